@@ -1,0 +1,348 @@
+//! The isolator's map layout, verdict reasons and events.
+//!
+//! # How a policy is laid out in the maps
+//!
+//! A zone's policy lives in a numbered *slot*. [`ZoneBinding`] (map
+//! [`MAP_ZONE_BINDINGS`], keyed by ifindex) points an interface at a slot; the
+//! port map and the source tries are keyed by slot. User space writes a new
+//! policy into a free slot and then flips the interface's binding with one map
+//! update, so a packet sees either the old policy or the new one, never a mix.
+//!
+//! Access is expressed with *source sets*: the source tries map a source
+//! address to the bitmask of sets it belongs to ([`SET_NODES`],
+//! [`SET_TRUSTED`]); everything protected (a port, tunnels, routing headers)
+//! carries an *access mask*: `0` means unprotected, otherwise the packet passes
+//! only if `source_sets & mask != 0` (see [`is_allowed`]). [`PROTECTED`] is
+//! never a source set, so `PROTECTED` alone means "nobody".
+
+/// ifindex (`u32`) → [`ZoneBinding`].
+pub const MAP_ZONE_BINDINGS: &str = "ZONE_BINDINGS";
+/// [`PortKey`] → access mask (`u32`).
+pub const MAP_PROTECTED_PORTS: &str = "PROTECTED_PORTS";
+/// LPM trie, key data [`SourceV4`] → source sets (`u32`).
+pub const MAP_SOURCES_V4: &str = "SOURCES_V4";
+/// LPM trie, key data [`SourceV6`] → source sets (`u32`).
+pub const MAP_SOURCES_V6: &str = "SOURCES_V6";
+/// LRU hash [`FragKey`] → [`FragVerdict`] as `u32`.
+pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
+/// Per-CPU array of `u64`, indexed by [`counter_index`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Per-CPU hash [`PortStatsKey`] → [`PortStats`], for protected ports only.
+pub const MAP_PORT_STATS: &str = "PORT_STATS";
+/// Ring buffer of [`DropEvent`].
+pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
+/// Array of `u64` runtime settings, indexed by `SETTING_*`.
+pub const MAP_SETTINGS: &str = "SETTINGS";
+/// Per-CPU array (one `u64`): when this CPU last emitted a drop event.
+pub const MAP_EVENT_CLOCK: &str = "EVENT_CLOCK";
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_ISOLATOR: &str = "isolator";
+
+/// Policy slots. Two per zone in use are enough for a flip; 16 leaves room.
+pub const MAX_SLOTS: u32 = 16;
+/// Zone interfaces one host can have.
+pub const MAX_INTERFACES: u32 = 256;
+/// Expanded (slot, protocol, port) entries the port map holds. Config
+/// validation keeps one policy under half of this so a flip always fits.
+pub const MAX_PORT_ENTRIES: u32 = 262_144;
+/// Prefixes per source trie (all slots together).
+pub const MAX_SOURCE_PREFIXES: u32 = 65_536;
+/// First fragments remembered while their followers arrive.
+pub const MAX_TRACKED_FRAGMENTS: u32 = 65_536;
+/// Protected (protocol, port) pairs with their own counters.
+pub const MAX_PORT_STATS: u32 = 16_384;
+/// Ring buffer size for drop events (a power of two, page aligned).
+pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Deepest stack of VLAN tags looked through; deeper stacks are dropped.
+pub const MAX_VLAN_DEPTH: usize = 8;
+/// Longest IPv6 extension-header chain looked through; longer are dropped.
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// Source set: the Swarm cluster's node addresses.
+pub const SET_NODES: u32 = 1 << 0;
+/// Source set: the zone's allow-list.
+pub const SET_TRUSTED: u32 = 1 << 1;
+/// Marks an access mask as protected; never set in a source's sets.
+pub const PROTECTED: u32 = 1 << 31;
+
+/// Does a source with `source_sets` pass something guarded by `access_mask`?
+#[inline(always)]
+pub const fn is_allowed(access_mask: u32, source_sets: u32) -> bool {
+    access_mask == 0 || source_sets & access_mask != 0
+}
+
+/// Setting: minimum nanoseconds between two drop events from one CPU
+/// (0 = every drop; `u64::MAX` = none).
+pub const SETTING_EVENT_INTERVAL_NS: u32 = 0;
+/// Number of entries in the settings array.
+pub const SETTINGS_LEN: u32 = 4;
+
+/// Where an interface's zone policy lives (value of [`MAP_ZONE_BINDINGS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZoneBinding {
+    /// Policy slot (`< MAX_SLOTS`).
+    pub slot: u32,
+    /// Access mask for encapsulated packets (IPIP, IPv6-in-IP, GRE, ESP, AH,
+    /// EtherIP, L2TP, MPLS-in-IP).
+    pub tunnel_access: u32,
+    /// Access mask for IPv6 packets with a routing header.
+    pub routing_header_access: u32,
+    /// Zone number, for display only (the kernel does not read it).
+    pub zone_id: u32,
+}
+
+/// Key of [`MAP_PROTECTED_PORTS`]. The port is in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub slot: u16,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl PortKey {
+    pub const fn new(slot: u16, proto: u8, port: u16) -> Self {
+        Self { slot, port, proto, _pad: [0; 3] }
+    }
+}
+
+/// LPM key data for IPv4 sources: the slot (big endian, always matched in
+/// full) followed by the address. Prefix length = 32 + CIDR prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceV4 {
+    pub slot: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// LPM key data for IPv6 sources; see [`SourceV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceV6 {
+    pub slot: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Prefix bits taken by the slot in a source key.
+pub const SOURCE_SLOT_BITS: u32 = 32;
+
+/// Address family tag used in [`FragKey`] and [`DropEvent`].
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Identifies one datagram's fragments, as the kernel's reassembly does:
+/// IPv4 by (src, dst, id, protocol); IPv6 by (src, dst, id) — `proto` is 0.
+/// IPv4 addresses use the first four bytes of `src`/`dst`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// What was decided for a datagram's first fragment.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FragVerdict {
+    Pass = 1,
+    Drop = 2,
+}
+
+impl FragVerdict {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Pass),
+            2 => Some(Self::Drop),
+            _ => None,
+        }
+    }
+}
+
+/// Why a packet passed. The discriminant is its counter index.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PassReason {
+    /// The interface has no zone.
+    NoZone = 0,
+    /// Not IPv4 or IPv6 (ARP, LLDP, …).
+    NotIp = 1,
+    /// TCP/UDP to a port that is not protected.
+    Unprotected = 2,
+    /// TCP/UDP to a protected port from an allowed source.
+    Allowed = 3,
+    /// A non-first fragment whose first fragment passed.
+    FragmentFollows = 4,
+    /// Another IP protocol (ICMP, …) or an allowed tunnel / routing header.
+    OtherProtocol = 5,
+}
+
+/// Why a packet was dropped. The discriminant is its counter index.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// TCP/UDP to a protected port from a source that may not reach it.
+    ProtectedPort = 16,
+    /// An encapsulation protocol from a source that may not send it.
+    Tunnel = 17,
+    /// An IPv6 routing header from a source that may not send it.
+    RoutingHeader = 18,
+    /// A non-first fragment whose first fragment was never seen.
+    FragmentUnknown = 19,
+    /// A non-first fragment whose first fragment was dropped.
+    FragmentOfDropped = 20,
+    /// A first fragment too short to hold the whole L4 header.
+    TinyFragment = 21,
+    /// A non-first fragment that would overlap the TCP header.
+    FragmentOverlap = 22,
+    /// A truncated or inconsistent header (lengths, versions).
+    Malformed = 23,
+    /// More than [`MAX_VLAN_DEPTH`] VLAN tags.
+    VlanTooDeep = 24,
+    /// More than [`MAX_IPV6_EXT_HEADERS`] IPv6 extension headers.
+    ExtensionChainTooLong = 25,
+}
+
+/// Number of counters in [`MAP_COUNTERS`].
+pub const COUNTERS_LEN: u32 = 32;
+
+impl PassReason {
+    pub const ALL: [PassReason; 6] = [
+        Self::NoZone,
+        Self::NotIp,
+        Self::Unprotected,
+        Self::Allowed,
+        Self::FragmentFollows,
+        Self::OtherProtocol,
+    ];
+
+    /// Stable snake_case name, used in status output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NoZone => "no_zone",
+            Self::NotIp => "not_ip",
+            Self::Unprotected => "unprotected",
+            Self::Allowed => "allowed",
+            Self::FragmentFollows => "fragment_follows",
+            Self::OtherProtocol => "other_protocol",
+        }
+    }
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        Self::ProtectedPort,
+        Self::Tunnel,
+        Self::RoutingHeader,
+        Self::FragmentUnknown,
+        Self::FragmentOfDropped,
+        Self::TinyFragment,
+        Self::FragmentOverlap,
+        Self::Malformed,
+        Self::VlanTooDeep,
+        Self::ExtensionChainTooLong,
+    ];
+
+    /// Stable snake_case name, used in status output, logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ProtectedPort => "protected_port",
+            Self::Tunnel => "tunnel",
+            Self::RoutingHeader => "routing_header",
+            Self::FragmentUnknown => "fragment_unknown",
+            Self::FragmentOfDropped => "fragment_of_dropped",
+            Self::TinyFragment => "tiny_fragment",
+            Self::FragmentOverlap => "fragment_overlap",
+            Self::Malformed => "malformed",
+            Self::VlanTooDeep => "vlan_too_deep",
+            Self::ExtensionChainTooLong => "extension_chain_too_long",
+        }
+    }
+
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u8 == v {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// The isolator's decision for one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Pass(PassReason),
+    Drop(DropReason),
+}
+
+impl Verdict {
+    pub const fn is_drop(self) -> bool {
+        matches!(self, Verdict::Drop(_))
+    }
+}
+
+/// Index of a verdict's counter in [`MAP_COUNTERS`].
+pub const fn counter_index(v: Verdict) -> u32 {
+    match v {
+        Verdict::Pass(r) => r as u32,
+        Verdict::Drop(r) => r as u32,
+    }
+}
+
+/// Key of [`MAP_PORT_STATS`] (port in host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortStatsKey {
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Per-CPU traffic to one protected port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+/// A sampled drop, sent to user space through [`MAP_DROP_EVENTS`].
+/// Ports are in host byte order and 0 when the packet has none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub ifindex: u32,
+    pub reason: u8,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and
+    // byte arrays, with padding spelled out as fields.
+    unsafe impl aya::Pod for ZoneBinding {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for SourceV4 {}
+    unsafe impl aya::Pod for SourceV6 {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for PortStatsKey {}
+    unsafe impl aya::Pod for PortStats {}
+    unsafe impl aya::Pod for DropEvent {}
+}

@@ -1,0 +1,329 @@
+//! The isolator's decision as plain Rust: the reference the XDP program
+//! (`lb-ebpf/src/isolator.rs`) must match packet for packet.
+//!
+//! The rules, in the order they apply to a frame arriving on an interface:
+//!
+//! 1. No zone bound to the interface → pass.
+//! 2. Ethernet: frames shorter than a header, or whose EtherType (after VLAN
+//!    tags) is neither IPv4 nor IPv6, pass. Up to [`MAX_VLAN_DEPTH`]
+//!    802.1Q/802.1ad tags are looked through *whatever their VLAN ID*: a
+//!    priority-tagged (VID 0) frame is delivered even by kernels without
+//!    802.1Q support, and a VLAN sub-interface would deliver the others.
+//!    A deeper stack or a truncated tag is dropped.
+//! 3. IP headers must be consistent (version, IHL, total/payload length
+//!    within the frame) or the packet is dropped as malformed. Only the bytes
+//!    inside the IP length count: Ethernet padding cannot supply an L4 header.
+//! 4. IPv6 extension headers are walked (at most [`MAX_IPV6_EXT_HEADERS`]);
+//!    a routing header is judged by the zone's routing-header access mask.
+//! 5. Fragments. A first fragment must hold the whole minimal L4 header
+//!    (TCP 20 bytes, UDP 8) or it is dropped; its verdict is remembered under
+//!    the kernel's reassembly key. A later fragment gets the remembered
+//!    verdict; with none remembered (first fragment dropped, lost, or not yet
+//!    arrived) it is dropped. A TCP fragment at an offset inside the TCP
+//!    header (RFC 1858) is dropped.
+//! 6. TCP/UDP: a protected destination port passes only from a source whose
+//!    sets intersect the port's access mask. Encapsulation protocols
+//!    ([`is_encapsulation`]) are judged by the zone's tunnel access mask.
+//!    Everything else (ICMP, …) passes.
+
+use crate::isolator::{
+    is_allowed, DropReason, FragKey, FragVerdict, PassReason, PortStatsKey, Verdict, ZoneBinding,
+    FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
+};
+use crate::wire::*;
+
+/// Read access to the policy maps, as the kernel sees them.
+pub trait Policy {
+    /// The zone bound to an interface, if any.
+    fn binding(&self, ifindex: u32) -> Option<ZoneBinding>;
+    /// Access mask of (slot, protocol, port); 0 when the port is unprotected.
+    fn port_access(&self, slot: u32, proto: u8, port: u16) -> u32;
+    /// Source sets of an IPv4 address in a slot (longest-prefix match).
+    fn source_sets_v4(&self, slot: u32, addr: [u8; 4]) -> u32;
+    /// Source sets of an IPv6 address in a slot (longest-prefix match).
+    fn source_sets_v6(&self, slot: u32, addr: [u8; 16]) -> u32;
+}
+
+/// The first-fragment verdicts remembered between packets.
+pub trait FragmentTable {
+    fn get(&mut self, key: &FragKey) -> Option<FragVerdict>;
+    fn record(&mut self, key: FragKey, verdict: FragVerdict);
+}
+
+/// The decision for one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Set when the packet was TCP/UDP to a protected port (per-port counters).
+    pub protected_port: Option<PortStatsKey>,
+}
+
+impl Decision {
+    const fn of(verdict: Verdict) -> Self {
+        Self { verdict, protected_port: None }
+    }
+}
+
+const fn pass(r: PassReason) -> Decision {
+    Decision::of(Verdict::Pass(r))
+}
+const fn drop(r: DropReason) -> Decision {
+    Decision::of(Verdict::Drop(r))
+}
+
+/// Source and destination of an IP packet, as the kernel program keeps them.
+#[derive(Clone, Copy)]
+enum Addrs {
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+}
+
+impl Addrs {
+    fn frag_key(&self, id: u32, proto: u8) -> FragKey {
+        let mut key = FragKey::default();
+        match self {
+            Addrs::V4 { src, dst } => {
+                key.src[..4].copy_from_slice(src);
+                key.dst[..4].copy_from_slice(dst);
+                key.family = FAMILY_V4;
+                key.proto = proto;
+            }
+            Addrs::V6 { src, dst } => {
+                key.src = *src;
+                key.dst = *dst;
+                key.family = FAMILY_V6;
+            }
+        }
+        key.id = id;
+        key
+    }
+
+    fn source_sets(&self, policy: &impl Policy, slot: u32) -> u32 {
+        match self {
+            Addrs::V4 { src, .. } => policy.source_sets_v4(slot, *src),
+            Addrs::V6 { src, .. } => policy.source_sets_v6(slot, *src),
+        }
+    }
+}
+
+fn be16(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+fn be32(f: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
+}
+
+/// Decides one frame received on `ifindex`, updating `frags`.
+pub fn decide(
+    frame: &[u8],
+    ifindex: u32,
+    policy: &impl Policy,
+    frags: &mut impl FragmentTable,
+) -> Decision {
+    let Some(zone) = policy.binding(ifindex) else {
+        return pass(PassReason::NoZone);
+    };
+    if frame.len() < ETH_HLEN {
+        return pass(PassReason::NotIp);
+    }
+    let mut ethertype = be16(frame, 12);
+    let mut off = ETH_HLEN;
+    let mut depth = 0;
+    while is_vlan_ethertype(ethertype) {
+        if depth == MAX_VLAN_DEPTH {
+            return drop(DropReason::VlanTooDeep);
+        }
+        if off + VLAN_HLEN > frame.len() {
+            return drop(DropReason::Malformed);
+        }
+        ethertype = be16(frame, off + 2);
+        off += VLAN_HLEN;
+        depth += 1;
+    }
+    match ethertype {
+        ETH_P_IPV4 => ipv4(frame, off, &zone, policy, frags),
+        ETH_P_IPV6 => ipv6(frame, off, &zone, policy, frags),
+        _ => pass(PassReason::NotIp),
+    }
+}
+
+fn ipv4(
+    f: &[u8],
+    off: usize,
+    zone: &ZoneBinding,
+    policy: &impl Policy,
+    frags: &mut impl FragmentTable,
+) -> Decision {
+    if off + IPV4_MIN_HLEN > f.len() || f[off] >> 4 != 4 {
+        return drop(DropReason::Malformed);
+    }
+    let ihl = usize::from(f[off] & 0x0f) * 4;
+    let total = usize::from(be16(f, off + 2));
+    if ihl < IPV4_MIN_HLEN || total < ihl || off + total > f.len() {
+        return drop(DropReason::Malformed);
+    }
+    let frag = be16(f, off + 6);
+    let more_fragments = frag & 0x2000 != 0;
+    let frag_offset = usize::from(frag & 0x1fff) * 8;
+    let proto = f[off + 9];
+    let addrs = Addrs::V4 {
+        src: [f[off + 12], f[off + 13], f[off + 14], f[off + 15]],
+        dst: [f[off + 16], f[off + 17], f[off + 18], f[off + 19]],
+    };
+    let key = addrs.frag_key(u32::from(be16(f, off + 4)), proto);
+    if frag_offset != 0 {
+        return later_fragment(&key, proto, frag_offset, frags);
+    }
+    let first = more_fragments.then_some(key);
+    transport(f, proto, off + ihl, off + total, &addrs, first, zone, policy, frags)
+}
+
+fn ipv6(
+    f: &[u8],
+    off: usize,
+    zone: &ZoneBinding,
+    policy: &impl Policy,
+    frags: &mut impl FragmentTable,
+) -> Decision {
+    if off + IPV6_HLEN > f.len() || f[off] >> 4 != 6 {
+        return drop(DropReason::Malformed);
+    }
+    let end = off + IPV6_HLEN + usize::from(be16(f, off + 4));
+    if end > f.len() {
+        return drop(DropReason::Malformed);
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&f[off + 8..off + 24]);
+    dst.copy_from_slice(&f[off + 24..off + 40]);
+    let addrs = Addrs::V6 { src, dst };
+
+    let mut next = f[off + 6];
+    let mut cur = off + IPV6_HLEN;
+    let mut first: Option<FragKey> = None;
+    let mut seen_fragment_header = false;
+    let truncated = |first: &Option<FragKey>| {
+        drop(if first.is_some() { DropReason::TinyFragment } else { DropReason::Malformed })
+    };
+    let mut headers = 0;
+    loop {
+        let is_ext = is_skippable_ipv6_ext(next) || next == IPPROTO_ROUTING || next == IPPROTO_FRAGMENT;
+        if !is_ext {
+            break;
+        }
+        if headers == MAX_IPV6_EXT_HEADERS {
+            return drop(DropReason::ExtensionChainTooLong);
+        }
+        headers += 1;
+        if next == IPPROTO_FRAGMENT {
+            if seen_fragment_header || cur + IPV6_FRAG_HLEN > end {
+                return drop(DropReason::Malformed);
+            }
+            seen_fragment_header = true;
+            let offset_field = be16(f, cur + 2);
+            let frag_offset = usize::from(offset_field & 0xfff8);
+            let key = addrs.frag_key(be32(f, cur + 4), 0);
+            let inner = f[cur];
+            if frag_offset != 0 {
+                return later_fragment(&key, inner, frag_offset, frags);
+            }
+            // Offset 0 without M is an "atomic fragment": a whole datagram.
+            if offset_field & 1 != 0 {
+                first = Some(key);
+            }
+            next = inner;
+            cur += IPV6_FRAG_HLEN;
+            continue;
+        }
+        if next == IPPROTO_ROUTING {
+            let access = zone.routing_header_access;
+            if access != 0 && !is_allowed(access, addrs.source_sets(policy, zone.slot)) {
+                return drop(DropReason::RoutingHeader);
+            }
+        }
+        if cur + 2 > end {
+            return truncated(&first);
+        }
+        let len = (usize::from(f[cur + 1]) + 1) * 8;
+        if cur + len > end {
+            return truncated(&first);
+        }
+        next = f[cur];
+        cur += len;
+    }
+    transport(f, next, cur, end, &addrs, first, zone, policy, frags)
+}
+
+fn later_fragment(
+    key: &FragKey,
+    proto: u8,
+    byte_offset: usize,
+    frags: &mut impl FragmentTable,
+) -> Decision {
+    if proto == IPPROTO_TCP && byte_offset < TCP_MIN_HLEN {
+        return drop(DropReason::FragmentOverlap);
+    }
+    match frags.get(key) {
+        Some(FragVerdict::Pass) => pass(PassReason::FragmentFollows),
+        Some(FragVerdict::Drop) => drop(DropReason::FragmentOfDropped),
+        None => drop(DropReason::FragmentUnknown),
+    }
+}
+
+/// Judges the upper-layer header at `l4` (the IP payload ends at `end`).
+/// `first_fragment` carries the reassembly key when this is a first fragment.
+#[allow(clippy::too_many_arguments)]
+fn transport(
+    f: &[u8],
+    proto: u8,
+    l4: usize,
+    end: usize,
+    addrs: &Addrs,
+    first_fragment: Option<FragKey>,
+    zone: &ZoneBinding,
+    policy: &impl Policy,
+    frags: &mut impl FragmentTable,
+) -> Decision {
+    let decision = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let min = if proto == IPPROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN };
+            if l4 + min > end {
+                return drop(if first_fragment.is_some() {
+                    DropReason::TinyFragment
+                } else {
+                    DropReason::Malformed
+                });
+            }
+            let port = be16(f, l4 + 2);
+            let access = policy.port_access(zone.slot, proto, port);
+            if access == 0 {
+                pass(PassReason::Unprotected)
+            } else {
+                let verdict = if is_allowed(access, addrs.source_sets(policy, zone.slot)) {
+                    Verdict::Pass(PassReason::Allowed)
+                } else {
+                    Verdict::Drop(DropReason::ProtectedPort)
+                };
+                Decision {
+                    verdict,
+                    protected_port: Some(PortStatsKey { port, proto, _pad: 0 }),
+                }
+            }
+        }
+        p if is_encapsulation(p) => {
+            let access = zone.tunnel_access;
+            if access == 0 || is_allowed(access, addrs.source_sets(policy, zone.slot)) {
+                pass(PassReason::OtherProtocol)
+            } else {
+                drop(DropReason::Tunnel)
+            }
+        }
+        _ => pass(PassReason::OtherProtocol),
+    };
+    if let Some(key) = first_fragment {
+        let remembered = if decision.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
+        frags.record(key, remembered);
+    }
+    decision
+}
