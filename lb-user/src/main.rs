@@ -1,1 +1,99 @@
-fn main() {}
+//! `swarmlb`: the command-line entry point.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_user::{config::Config, state::DEFAULT_RUNTIME_DIR, status};
+
+mod daemon;
+
+/// swarmlb — XDP port isolator and L4 load balancer for Docker Swarm.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the isolator, apply the config, and run until SIGINT/SIGTERM
+    /// (SIGHUP re-reads the config; a bad one keeps the running policy).
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where the state file for `swarmlb status` goes.
+        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        runtime_dir: PathBuf,
+        /// Keep the pinned maps (and their counters) after exit.
+        #[arg(long)]
+        keep_pinned: bool,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate a config file and print what it would apply.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show interfaces, zones, protected ports and counters of the running daemon.
+    Status {
+        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        runtime_dir: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, runtime_dir, keep_pinned, log_format } => {
+            init_logging(log_format);
+            daemon::run(&config, &runtime_dir, keep_pinned)
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
+                print!("{}", daemon::describe(&cfg));
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Status { runtime_dir, json } => status::collect(&runtime_dir).map(|r| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("status serializes"));
+            } else {
+                print!("{}", status::render_table(&r));
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swarmlb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

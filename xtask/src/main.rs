@@ -1,1 +1,106 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo>`.
+//!
+//! Every task that needs the toolchain or system packages runs `setup`
+//! first, so a fresh machine needs nothing but `cargo xtask …`.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "swarmlb project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent): rust-src for
+    /// nightly, bpf-linker against nightly's own libLLVM, Debian packages.
+    Setup,
+    /// Build the XDP programs (nightly, bpfel-unknown-none).
+    BuildEbpf,
+    /// Build the eBPF object and the `swarmlb` binary (release).
+    Build,
+    /// Build, then run `swarmlb` with the given arguments (e.g. `run --config examples/swarmlb.toml`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit, model, kernel differential, netns end to end.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Show the isolator at work in a throwaway netns topology.
+    Demo,
+}
+
+/// The workspace root (the parent of xtask/).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+/// A `cargo` command for the workspace, on the default (stable) toolchain.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn build_ebpf() -> Result<()> {
+    setup::ensure()?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root().join("lb-ebpf"))
+        .args(["+nightly", "build", "-Z", "build-std=core", "--target", "bpfel-unknown-none", "--release"]);
+    // The outer cargo's settings belong to the host build, not this one.
+    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO"] {
+        cmd.env_remove(var);
+    }
+    run(&mut cmd).context("building the eBPF programs")
+}
+
+fn build() -> Result<()> {
+    build_ebpf()?;
+    run(cargo().args(["build", "--release", "-p", "lb-user", "--bin", "swarmlb"]))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::ensure(),
+        Task::BuildEbpf => build_ebpf(),
+        Task::Build => build(),
+        Task::Run { args } => {
+            build()?;
+            run(Command::new(root().join("target/release/swarmlb")).args(args))
+        }
+        Task::Test { args } => {
+            build_ebpf()?;
+            // Release: the differential fuzz runs over 100k packets and the
+            // port scans over 2×65535 ports; debug builds make them crawl.
+            run(cargo().args(["test", "--release", "--workspace"]).args(args))
+        }
+        Task::Demo => {
+            build()?;
+            run(cargo().args(["run", "--release", "-q", "-p", "swarmlb-tests", "--bin", "demo"]))
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Logs the kernel's sampled drop events.
+
+use std::{collections::HashMap, net::IpAddr, path::Path};
+
+use anyhow::Result;
+use lb_common::isolator::{DropEvent, DropReason, FAMILY_V4, FAMILY_V6};
+use tokio::io::unix::AsyncFd;
+use tracing::warn;
+
+/// Reads drop events until the task is dropped, logging each one.
+pub async fn log_drops(pin_dir: &Path, ifnames: HashMap<u32, String>) -> Result<()> {
+    let ring = crate::maps::open_drop_events(pin_dir)?;
+    let mut fd = AsyncFd::new(ring)?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<DropEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel writes whole `DropEvent`s; the read is unaligned-safe.
+            let ev: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            log_one(&ev, &ifnames);
+        }
+        guard.clear_ready();
+    }
+}
+
+fn addr(family: u8, bytes: [u8; 16]) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
+        FAMILY_V6 => Some(IpAddr::from(bytes)),
+        _ => None,
+    }
+}
+
+fn log_one(ev: &DropEvent, ifnames: &HashMap<u32, String>) {
+    let reason = DropReason::from_u8(ev.reason).map_or("unknown", DropReason::name);
+    let iface = ifnames.get(&ev.ifindex).map_or("?", String::as_str);
+    let src = addr(ev.family, ev.src).map(|a| a.to_string()).unwrap_or_default();
+    let dst = addr(ev.family, ev.dst).map(|a| a.to_string()).unwrap_or_default();
+    warn!(
+        interface = iface,
+        reason,
+        proto = ev.proto,
+        src = %src,
+        src_port = ev.src_port,
+        dst = %dst,
+        dst_port = ev.dst_port,
+        "isolator dropped a packet (sampled)"
+    );
+}

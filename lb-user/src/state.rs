@@ -1,0 +1,118 @@
+//! What a running daemon tells `swarmlb status`: which maps it uses and what
+//! the numbers in them mean (interface and zone names). Written atomically
+//! (temp file + rename) to `<runtime dir>/state.json`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::loader::AttachMode;
+
+/// Default directory for the state file.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/swarmlb";
+
+/// A running daemon's description of itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DaemonState {
+    pub pid: u32,
+    pub config: PathBuf,
+    pub pin_path: PathBuf,
+    pub interfaces: Vec<InterfaceState>,
+    pub zones: Vec<ZoneState>,
+}
+
+/// One interface carrying the isolator.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InterfaceState {
+    pub name: String,
+    pub ifindex: u32,
+    pub zone: String,
+    pub mode: AttachMode,
+}
+
+/// One zone's policy, as configured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ZoneState {
+    pub name: String,
+    pub zone_id: u32,
+    pub slot: u32,
+    /// Protected ports as ranges, e.g. `tcp/9000-9100`.
+    pub protected: Vec<String>,
+    /// Allow-list CIDRs.
+    pub allow: Vec<String>,
+    pub tunnels_allowed: bool,
+    pub routing_header_allowed: bool,
+}
+
+/// Path of the state file in `runtime_dir`.
+pub fn state_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("state.json")
+}
+
+impl DaemonState {
+    /// Writes the state file (atomically).
+    pub fn write(&self, runtime_dir: &Path) -> Result<()> {
+        fs::create_dir_all(runtime_dir)
+            .with_context(|| format!("creating {}", runtime_dir.display()))?;
+        let path = state_path(runtime_dir);
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Reads the state file of the daemon using `runtime_dir`.
+    pub fn read(runtime_dir: &Path) -> Result<Self> {
+        let path = state_path(runtime_dir);
+        let text = fs::read(&path).with_context(|| {
+            format!("reading {} (is `swarmlb run` running with this runtime dir?)", path.display())
+        })?;
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Removes the state file.
+    pub fn remove(runtime_dir: &Path) {
+        let _ = fs::remove_file(state_path(runtime_dir));
+    }
+}
+
+/// Formats sorted (proto, port) pairs as compact ranges: `tcp/80`, `udp/9000-9100`.
+pub fn port_ranges(ports: impl IntoIterator<Item = (u8, u16)>) -> Vec<String> {
+    let mut sorted: Vec<(u8, u16)> = ports.into_iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let (proto, lo) = sorted[i];
+        let mut hi = lo;
+        while i + 1 < sorted.len() && sorted[i + 1].0 == proto && sorted[i + 1].1 == hi.wrapping_add(1) && hi != u16::MAX {
+            hi += 1;
+            i += 1;
+        }
+        let name = match proto {
+            lb_common::wire::IPPROTO_TCP => "tcp",
+            lb_common::wire::IPPROTO_UDP => "udp",
+            _ => "?",
+        };
+        out.push(if lo == hi { format!("{name}/{lo}") } else { format!("{name}/{lo}-{hi}") });
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_compress() {
+        let ports = [(6, 80), (6, 81), (6, 82), (6, 443), (17, 53), (6, 65535)];
+        assert_eq!(port_ranges(ports), ["tcp/80-82", "tcp/443", "tcp/65535", "udp/53"]);
+    }
+}

@@ -1,0 +1,131 @@
+//! `swarmlb status`: what the running daemon attached, and what the kernel
+//! counted — as a table (in the spirit of `ipvsadm -Ln --stats`) or JSON.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use lb_common::isolator::{DropReason, PassReason, Verdict};
+use serde::Serialize;
+
+use crate::{
+    maps::IsolatorMaps,
+    state::{port_ranges, DaemonState, ZoneState},
+};
+
+/// Everything `swarmlb status` shows.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub daemon_running: bool,
+    pub pin_path: String,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub zones: Vec<ZoneState>,
+    /// Packets by pass reason.
+    pub passed: BTreeMap<&'static str, u64>,
+    /// Packets by drop reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Traffic to protected ports.
+    pub ports: Vec<PortStatus>,
+}
+
+/// One zone interface.
+#[derive(Debug, Serialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub zone: String,
+    pub mode: crate::loader::AttachMode,
+    /// The kernel's binding for this ifindex points at the zone's slot.
+    pub bound: bool,
+}
+
+/// Traffic to one protected port.
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    pub port: String,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+/// Reads the daemon's state file and the kernel's maps.
+pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
+    let state = DaemonState::read(runtime_dir)?;
+    let maps = IsolatorMaps::open(&state.pin_path)?;
+    let counters = maps.counters()?;
+    let mut interfaces = Vec::new();
+    for i in &state.interfaces {
+        let slot = state.zones.iter().find(|z| z.name == i.zone).map(|z| z.slot);
+        let bound = maps.bindings.get(&i.ifindex, 0).ok().map(|b| b.slot) == slot;
+        interfaces.push(InterfaceStatus {
+            name: i.name.clone(),
+            ifindex: i.ifindex,
+            zone: i.zone.clone(),
+            mode: i.mode,
+            bound,
+        });
+    }
+    let count = |v: Verdict| counters[lb_common::isolator::counter_index(v) as usize];
+    let passed = PassReason::ALL.iter().map(|&r| (r.name(), count(Verdict::Pass(r)))).collect();
+    let dropped = DropReason::ALL.iter().map(|&r| (r.name(), count(Verdict::Drop(r)))).collect();
+    let ports = maps
+        .port_stats()?
+        .into_iter()
+        .map(|(k, s)| PortStatus {
+            port: port_ranges([(k.proto, k.port)]).remove(0),
+            passed: s.passed,
+            dropped: s.dropped,
+        })
+        .collect();
+    Ok(StatusReport {
+        pid: state.pid,
+        // SAFETY: signal 0 only checks that the process exists.
+        daemon_running: unsafe { libc::kill(state.pid as i32, 0) } == 0,
+        pin_path: state.pin_path.display().to_string(),
+        interfaces,
+        zones: state.zones,
+        passed,
+        dropped,
+        ports,
+    })
+}
+
+/// Renders the report as aligned text tables.
+pub fn render_table(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let running = if r.daemon_running { "running" } else { "NOT RUNNING" };
+    let _ = writeln!(out, "swarmlb isolator  pid {} ({running})  maps {}", r.pid, r.pin_path);
+    let _ = writeln!(out, "\n{:<16} {:>7} {:<12} {:<8} {}", "INTERFACE", "IFINDEX", "ZONE", "XDP", "BOUND");
+    for i in &r.interfaces {
+        let mode = match i.mode {
+            crate::loader::AttachMode::Native => "native",
+            crate::loader::AttachMode::Generic => "generic",
+        };
+        let _ = writeln!(out, "{:<16} {:>7} {:<12} {:<8} {}", i.name, i.ifindex, i.zone, mode, if i.bound { "yes" } else { "NO" });
+    }
+    for z in &r.zones {
+        let _ = writeln!(out, "\nzone {} (slot {})", z.name, z.slot);
+        let _ = writeln!(out, "  protected: {}", if z.protected.is_empty() { "-".into() } else { z.protected.join(", ") });
+        let _ = writeln!(out, "  allow:     {}", if z.allow.is_empty() { "-".into() } else { z.allow.join(", ") });
+        let _ = writeln!(
+            out,
+            "  tunnels:   {}   routing headers: {}",
+            if z.tunnels_allowed { "allowed" } else { "cluster nodes only" },
+            if z.routing_header_allowed { "allowed" } else { "cluster nodes only" }
+        );
+    }
+    let _ = writeln!(out, "\n{:<26} {:>14}", "PASSED", "PACKETS");
+    for (name, n) in &r.passed {
+        let _ = writeln!(out, "{name:<26} {n:>14}");
+    }
+    let _ = writeln!(out, "\n{:<26} {:>14}", "DROPPED", "PACKETS");
+    for (name, n) in &r.dropped {
+        let _ = writeln!(out, "{name:<26} {n:>14}");
+    }
+    if !r.ports.is_empty() {
+        let _ = writeln!(out, "\n{:<16} {:>14} {:>14}", "PROTECTED PORT", "PASSED", "DROPPED");
+        for p in &r.ports {
+            let _ = writeln!(out, "{:<16} {:>14} {:>14}", p.port, p.passed, p.dropped);
+        }
+    }
+    out
+}
