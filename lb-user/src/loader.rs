@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::isolator::PROGRAM_ISOLATOR;
@@ -72,6 +72,15 @@ impl Isolator {
         info!(interface = ifname, mode = ?mode, "isolator attached");
         self.links.push((ifname.to_owned(), id));
         Ok(mode)
+    }
+
+    /// Runs the program once over `frame` with `BPF_PROG_TEST_RUN` (as if it
+    /// arrived on the current namespace's loopback) and returns the XDP action.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<u32> {
+        let prog = program(&mut self.ebpf)?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN")?.return_value)
     }
 
     /// Detaches from one interface (no-op when not attached there).

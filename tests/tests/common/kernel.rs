@@ -1,0 +1,103 @@
+//! The isolator loaded for `BPF_PROG_TEST_RUN`, with a policy applied the
+//! way the daemon applies it, and its maps pinned in a directory of its own
+//! that is removed when the test ends (also on panic).
+
+use std::{collections::HashMap, path::PathBuf};
+
+use lb_common::{
+    isolator::{FragKey, FragVerdict},
+    model::FragmentTable,
+};
+use lb_user::{
+    config::{Config, ReferencePolicy},
+    loader::{remove_pins, Isolator},
+    maps::IsolatorMaps,
+    policy,
+};
+
+/// The policy the fixtures and the fuzzer are judged under. `lo` (ifindex 1,
+/// where BPF_PROG_TEST_RUN says packets arrive) is the DMZ interface.
+pub const FIXTURE_CONFIG: &str = r#"
+[[interface]]
+name = "lo"
+zone = "dmz"
+
+[zone.dmz]
+protected = ["tcp/22", "tcp/5432", "udp/161", "9000-9100"]
+allow = ["10.9.0.0/16", "10.9.1.0/24", "fd09::/32"]
+
+[cluster]
+nodes = ["10.7.0.1", "10.7.0.2", "fd07::1", "10.9.1.128/25"]
+"#;
+
+pub fn fixture_config() -> Config {
+    Config::parse(FIXTURE_CONFIG, "fixture.toml").expect("fixture config parses")
+}
+
+/// A loaded isolator with `config` applied, bound to `lo`.
+pub struct KernelIsolator {
+    // Field order: the program and maps close before the pins go.
+    iso: Option<Isolator>,
+    maps: Option<IsolatorMaps>,
+    pin_dir: PathBuf,
+    config: Config,
+    slots: HashMap<String, u32>,
+}
+
+impl KernelIsolator {
+    pub fn new(tag: &str, config: Config) -> Self {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/swarmlb-test-{}-{tag}", std::process::id()));
+        let _ = remove_pins(&pin_dir);
+        let iso = Isolator::load(&pin_dir).expect("isolator loads (run as root)");
+        let mut maps = IsolatorMaps::open(&pin_dir).expect("maps open");
+        // No drop events: the fuzzer drops a lot and nobody reads them here.
+        policy::apply_settings(&mut maps, u64::MAX).unwrap();
+        let ifindexes = HashMap::from([("lo".to_string(), 1u32)]);
+        let applied = policy::apply(&mut maps, &config.compile(), &ifindexes).expect("policy applies");
+        Self { iso: Some(iso), maps: Some(maps), pin_dir, config, slots: applied.slots }
+    }
+
+    /// The model's view of the same policy (semantic, not the compiled maps).
+    pub fn reference(&self) -> ReferencePolicy {
+        let ifindexes = HashMap::from([("lo".to_string(), 1u32)]);
+        ReferencePolicy::new(&self.config, &ifindexes, &self.slots)
+    }
+
+    /// XDP action for one frame.
+    pub fn run(&mut self, frame: &[u8]) -> u32 {
+        self.iso.as_mut().unwrap().test_run(frame).expect("test run")
+    }
+
+    pub fn counters(&self) -> Vec<u64> {
+        self.maps.as_ref().unwrap().counters().unwrap()
+    }
+
+    pub fn clear_fragments(&mut self) {
+        let maps = self.maps.as_mut().unwrap();
+        let keys: Vec<FragKey> = maps.fragments.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = maps.fragments.remove(&k);
+        }
+    }
+}
+
+impl Drop for KernelIsolator {
+    fn drop(&mut self) {
+        self.maps.take();
+        self.iso.take();
+        let _ = remove_pins(&self.pin_dir);
+    }
+}
+
+/// The model's fragment table.
+#[derive(Default)]
+pub struct ModelFrags(pub HashMap<FragKey, FragVerdict>);
+
+impl FragmentTable for ModelFrags {
+    fn get(&mut self, key: &FragKey) -> Option<FragVerdict> {
+        self.0.get(key).copied()
+    }
+    fn record(&mut self, key: FragKey, verdict: FragVerdict) {
+        self.0.insert(key, verdict);
+    }
+}
