@@ -106,17 +106,19 @@ struct Addrs {
 #[inline(always)]
 fn ipv4(c: &mut Ctx, off: usize) -> Decision {
     c.headers.family = FAMILY_V4;
-    let (Some(vihl), Some(total), Some(id), Some(frag), Some(proto), Some(src), Some(dst)) = (
-        c.pkt.u8_at(off),
+    let (Some(vihl_tos), Some(total), Some(id), Some(frag), Some(ttl_proto), Some(src), Some(dst)) = (
+        c.pkt.be16_at(off),
         c.pkt.be16_at(off + 2),
         c.pkt.be16_at(off + 4),
         c.pkt.be16_at(off + 6),
-        c.pkt.u8_at(off + 9),
+        c.pkt.be16_at(off + 8),
         c.pkt.bytes_at::<4>(off + 12),
         c.pkt.bytes_at::<4>(off + 16),
     ) else {
         return c.drop(DropReason::Malformed);
     };
+    let vihl = (vihl_tos >> 8) as u8;
+    let proto = ttl_proto as u8;
     let ihl = usize::from(vihl & 0x0f) * 4;
     let total = usize::from(total);
     if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || total < ihl || off + total > c.pkt.len() {
@@ -138,20 +140,21 @@ fn ipv4(c: &mut Ctx, off: usize) -> Decision {
 #[inline(always)]
 fn ipv6(c: &mut Ctx, off: usize) -> Decision {
     c.headers.family = FAMILY_V6;
-    let (Some(vtc), Some(plen), Some(mut next), Some(src), Some(dst)) = (
-        c.pkt.u8_at(off),
+    let (Some(vtc), Some(plen), Some(next_hop), Some(src), Some(dst)) = (
+        c.pkt.be16_at(off),
         c.pkt.be16_at(off + 4),
-        c.pkt.u8_at(off + 6),
+        c.pkt.be16_at(off + 6),
         c.pkt.bytes_at::<16>(off + 8),
         c.pkt.bytes_at::<16>(off + 24),
     ) else {
         return c.drop(DropReason::Malformed);
     };
     let end = off + IPV6_HLEN + usize::from(plen);
-    if vtc >> 4 != 6 || end > c.pkt.len() {
+    if vtc >> 12 != 6 || end > c.pkt.len() {
         return c.drop(DropReason::Malformed);
     }
     let addrs = Addrs { src, dst };
+    let mut next = (next_hop >> 8) as u8;
     let mut cur = off + IPV6_HLEN;
     let mut first = false;
     let mut key = FragKey::default();
@@ -169,11 +172,12 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
                 return c.drop(DropReason::Malformed);
             }
             seen_fragment_header = true;
-            let (Some(inner), Some(offset_field), Some(id)) =
-                (c.pkt.u8_at(cur), c.pkt.be16_at(cur + 2), c.pkt.be32_at(cur + 4))
+            let (Some(next_res), Some(offset_field), Some(id)) =
+                (c.pkt.be16_at(cur), c.pkt.be16_at(cur + 2), c.pkt.be32_at(cur + 4))
             else {
                 return c.drop(DropReason::Malformed);
             };
+            let inner = (next_res >> 8) as u8;
             key = frag_key(&addrs, id, 0, FAMILY_V6);
             let frag_offset = usize::from(offset_field & 0xfff8);
             if frag_offset != 0 {
@@ -196,10 +200,11 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
         if cur + 2 > end {
             return c.drop(truncated);
         }
-        let (Some(inner), Some(ext_len)) = (c.pkt.u8_at(cur), c.pkt.u8_at(cur + 1)) else {
+        let Some(next_len) = c.pkt.be16_at(cur) else {
             return c.drop(truncated);
         };
-        let len = (usize::from(ext_len) + 1) * 8;
+        let inner = (next_len >> 8) as u8;
+        let len = (usize::from(next_len & 0xff) + 1) * 8;
         if cur + len > end {
             return c.drop(truncated);
         }

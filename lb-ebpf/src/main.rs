@@ -6,6 +6,8 @@
 //! tunnels, routing headers). The decision mirrors `lb_common::model`.
 #![no_std]
 #![no_main]
+// An empty `asm!` is the optimisation barrier the bounds checks need.
+#![feature(asm_experimental_arch)]
 
 mod isolator;
 mod maps;
