@@ -93,10 +93,14 @@ fn main() -> Result<()> {
             run(Command::new(root().join("target/release/swarmlb")).args(args))
         }
         Task::Test { args } => {
-            build_ebpf()?;
+            // The end-to-end tests run the real `swarmlb` binary.
+            build()?;
             // Release: the differential fuzz runs over 100k packets and the
-            // port scans over 2×65535 ports; debug builds make them crawl.
-            run(cargo().args(["test", "--release", "--workspace"]).args(args))
+            // port scans over 4×65535 ports; debug builds make them crawl.
+            run(cargo()
+                .args(["test", "--release", "--workspace"])
+                .args(args)
+                .env("SWARMLB_BIN", root().join("target/release/swarmlb")))
         }
         Task::Demo => {
             build()?;

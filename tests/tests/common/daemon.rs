@@ -1,0 +1,90 @@
+//! Runs the real `swarmlb` binary inside a test namespace, with its pins,
+//! runtime dir and config private to the test, and stops it on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use harness::{ChildGuard, Netns};
+
+/// The binary under test: `SWARMLB_BIN` (set by `cargo xtask test`) or the
+/// workspace's release build.
+pub fn swarmlb_bin() -> PathBuf {
+    std::env::var_os("SWARMLB_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/swarmlb")
+    })
+}
+
+/// Private paths of one daemon instance.
+pub struct Instance {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub pin_path: PathBuf,
+}
+
+impl Instance {
+    /// Writes `config_body` (without `[settings]`) plus a private pin path.
+    pub fn new(tag: &str, config_body: &str) -> Self {
+        let id = format!("{}-{tag}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("swarmlb-test-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pin_path = PathBuf::from(format!("/sys/fs/bpf/swarmlb-test-{id}"));
+        let inst = Self { config: dir.join("swarmlb.toml"), runtime_dir: dir.join("run"), dir, pin_path };
+        inst.write_config(config_body);
+        inst
+    }
+
+    pub fn write_config(&self, body: &str) {
+        let text = format!(
+            "{body}\n[settings]\npin_path = \"{}\"\ndrop_event_interval_ms = 0\n",
+            self.pin_path.display()
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// `swarmlb run` in `ns`.
+    pub fn start(&self, ns: &Netns, extra: &[&str]) -> ChildGuard {
+        let mut cmd = Command::new(swarmlb_bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--runtime-dir")
+            .arg(&self.runtime_dir)
+            .args(extra)
+            .env("RUST_LOG", "info");
+        ns.spawn(&mut cmd)
+    }
+
+    /// Waits until the daemon wrote its state file (it has attached).
+    pub fn wait_ready(&self, child: &mut ChildGuard) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let state = self.runtime_dir.join("state.json");
+        while !state.exists() {
+            if let Some(status) = child.wait_timeout(Duration::from_millis(50)) {
+                panic!("swarmlb exited early ({status}):\n{}", child.output_so_far());
+            }
+            assert!(Instant::now() < deadline, "swarmlb not ready:\n{}", child.output_so_far());
+        }
+    }
+
+    /// `swarmlb status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(swarmlb_bin())
+            .args(["status", "--json", "--runtime-dir"])
+            .arg(&self.runtime_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = lb_user::loader::remove_pins(&self.pin_path);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
