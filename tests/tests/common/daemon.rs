@@ -39,7 +39,7 @@ impl Instance {
 
     pub fn write_config(&self, body: &str) {
         let text = format!(
-            "{body}\n[settings]\npin_path = \"{}\"\ndrop_event_interval_ms = 0\n",
+            "{body}\n[settings]\npin_path = \"{}\"\ndrop_event_interval_ms = 10\n",
             self.pin_path.display()
         );
         std::fs::write(&self.config, text).unwrap();

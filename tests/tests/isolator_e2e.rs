@@ -1,0 +1,195 @@
+//! The isolator end to end: real namespaces, veths, listeners and the real
+//! `swarmlb` daemon attached (native XDP) to a DMZ host's interface.
+//!
+//! Topology (one per test, unique names, removed on drop):
+//!
+//! ```text
+//!  dmz ns (scanner)                         host ns (the Swarm node)
+//!  10.77.0.2 outsider     ── veth ──  dmz0  10.77.0.1 / fd77::1
+//!  10.77.0.3 admin (allow-listed)            real TCP listeners and UDP echo
+//!  10.77.0.4 a Swarm node                    servers on open and protected ports
+//!  fd77::2 / ::3 / ::4 likewise
+//! ```
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    time::Duration,
+};
+
+use common::daemon::Instance;
+use harness::{
+    scan::{tcp_scan, udp_scan, TcpOutcome, UdpOutcome},
+    servers::{TcpListeners, UdpEcho},
+    Netns, Topology,
+};
+
+const CONFIG: &str = r#"
+[[interface]]
+name = "dmz0"
+zone = "dmz"
+
+[zone.dmz]
+protected = ["tcp/22", "tcp/5432", "udp/161", "9000-9100"]
+allow = ["10.77.0.3/32", "fd77::3/128"]
+
+[cluster]
+nodes = ["10.77.0.4", "fd77::4"]
+"#;
+
+const TCP_LISTEN: &[u16] = &[22, 80, 443, 2377, 5432, 7946, 8080, 9000, 9050, 9100, 9101, 65535];
+const UDP_LISTEN: &[u16] = &[53, 161, 4789, 5000, 7946, 9050, 9101];
+
+const HOST4: &str = "10.77.0.1";
+const HOST6: &str = "fd77::1";
+const OUT4: &str = "10.77.0.2";
+const ADMIN4: &str = "10.77.0.3";
+const NODE4: &str = "10.77.0.4";
+const OUT6: &str = "fd77::2";
+const ADMIN6: &str = "fd77::3";
+const NODE6: &str = "fd77::4";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Is (proto, port) protected by CONFIG, and may `src` reach it?
+fn protected(tcp: bool, port: u16) -> Option<&'static [&'static str]> {
+    let user = (tcp && (port == 22 || port == 5432)) || (!tcp && port == 161) || (9000..=9100).contains(&port);
+    let swarm = (tcp && (port == 2377 || port == 7946)) || (!tcp && (port == 7946 || port == 4789));
+    match (user, swarm) {
+        (true, true) => Some(&[ADMIN4, ADMIN6, NODE4, NODE6]),
+        (true, false) => Some(&[ADMIN4, ADMIN6]),
+        (false, true) => Some(&[NODE4, NODE6]),
+        (false, false) => None,
+    }
+}
+
+struct Lab {
+    // Drop order: daemon first, then the paths, then the namespaces.
+    daemon: harness::ChildGuard,
+    inst: Instance,
+    _tcp: TcpListeners,
+    udp: UdpEcho,
+    dmz: Netns,
+    host: Netns,
+    _topo: Topology,
+}
+
+fn lab(tag: &str) -> Lab {
+    harness::require_root().unwrap();
+    let mut topo = Topology::new();
+    let host = topo.netns(&format!("{tag}h"));
+    let dmz = topo.netns(&format!("{tag}d"));
+    topo.veth(&dmz, "out0", &host, "dmz0");
+    topo.addr(&host, "dmz0", &format!("{HOST4}/24"));
+    topo.addr(&host, "dmz0", &format!("{HOST6}/64"));
+    for a in [OUT4, ADMIN4, NODE4] {
+        topo.addr(&dmz, "out0", &format!("{a}/24"));
+    }
+    for a in [OUT6, ADMIN6, NODE6] {
+        topo.addr(&dmz, "out0", &format!("{a}/64"));
+    }
+    // Closed UDP ports must answer every probe with an ICMP error.
+    for (k, v) in [("net.ipv4.icmp_ratelimit", "0"), ("net.ipv6.icmp.ratelimit", "0")] {
+        host.sysctl(k, v).unwrap();
+    }
+    let addrs = [ip(HOST4), ip(HOST6)];
+    let tcp = TcpListeners::start(&host, &addrs, TCP_LISTEN).unwrap();
+    let udp = UdpEcho::start(&host, &addrs, UDP_LISTEN).unwrap();
+    let inst = Instance::new(tag, CONFIG);
+    let mut daemon = inst.start(&host, &[]);
+    inst.wait_ready(&mut daemon);
+    Lab { daemon, inst, _tcp: tcp, udp, dmz, host, _topo: topo }
+}
+
+fn expected_tcp(src: &str, port: u16) -> TcpOutcome {
+    match protected(true, port) {
+        Some(allowed) if !allowed.contains(&src) => TcpOutcome::Timeout,
+        _ if TCP_LISTEN.contains(&port) => TcpOutcome::Open,
+        _ => TcpOutcome::Refused,
+    }
+}
+
+fn expected_udp(src: &str, port: u16) -> UdpOutcome {
+    match protected(false, port) {
+        Some(allowed) if !allowed.contains(&src) => UdpOutcome::Silent,
+        _ if UDP_LISTEN.contains(&port) => UdpOutcome::Echoed,
+        _ => UdpOutcome::Unreachable,
+    }
+}
+
+/// Scans `ports` from `src` and checks every port's outcome.
+fn check_scan(lab: &Lab, target: &str, src: &str, ports: &[u16]) -> (usize, usize) {
+    let (t, s) = (ip(target), ip(src));
+    let p = ports.to_vec();
+    let tcp = lab.dmz.run(move || tcp_scan(t, p.into_iter(), Some(s), 2048, Duration::from_millis(1500)).unwrap());
+    let p = ports.to_vec();
+    let udp = lab.dmz.run(move || udp_scan(t, p.into_iter(), Some(s), Duration::from_millis(1500)).unwrap());
+    assert_eq!(tcp.len(), ports.len());
+    assert_eq!(udp.len(), ports.len());
+    let tcp_wrong: Vec<_> = tcp.iter().filter(|(p, o)| *o != expected_tcp(src, *p)).collect();
+    assert!(tcp_wrong.is_empty(), "TCP from {src} to {target}: unexpected {:?}", &tcp_wrong[..tcp_wrong.len().min(20)]);
+    let udp_wrong: Vec<_> = udp.iter().filter(|(p, o)| *o != expected_udp(src, *p)).collect();
+    assert!(udp_wrong.is_empty(), "UDP from {src} to {target}: unexpected {:?}", &udp_wrong[..udp_wrong.len().min(20)]);
+    let open_tcp = tcp.iter().filter(|(_, o)| *o == TcpOutcome::Open).count();
+    let echoed = udp.iter().filter(|(_, o)| *o == UdpOutcome::Echoed).count();
+    (open_tcp, echoed)
+}
+
+fn counter(status: &serde_json::Value, group: &str, name: &str) -> u64 {
+    status[group][name].as_u64().unwrap_or_else(|| panic!("no counter {group}.{name} in {status}"))
+}
+
+/// Every TCP and UDP port, from the DMZ side, over IPv4 and IPv6: exactly
+/// the open ports answer; protected ports are silent (dropped, not refused)
+/// and their listeners never saw a packet.
+#[test]
+fn full_port_scan_reaches_exactly_the_open_ports() {
+    let lab = lab("scan");
+    let all: Vec<u16> = (1..=65535).collect();
+    let start = std::time::Instant::now();
+    let (tcp4, udp4) = check_scan(&lab, HOST4, OUT4, &all);
+    let (tcp6, udp6) = check_scan(&lab, HOST6, OUT6, &all);
+    let open_tcp: BTreeSet<u16> = TCP_LISTEN.iter().copied().filter(|p| protected(true, *p).is_none()).collect();
+    let open_udp: BTreeSet<u16> = UDP_LISTEN.iter().copied().filter(|p| protected(false, *p).is_none()).collect();
+    assert_eq!((tcp4, tcp6), (open_tcp.len(), open_tcp.len()));
+    assert_eq!((udp4, udp6), (open_udp.len(), open_udp.len()));
+    for port in UDP_LISTEN.iter().filter(|p| protected(false, **p).is_some()) {
+        assert_eq!(lab.udp.received(*port), 0, "udp/{port} listener received a datagram from the DMZ");
+    }
+    let status = lab.inst.status();
+    let dropped = counter(&status, "dropped", "protected_port");
+    // At least one SYN per protected TCP port and one datagram per protected
+    // UDP port, per family (TCP retransmits SYNs, so more is fine).
+    let protected_pairs = (1..=65535u16).filter(|p| protected(true, *p).is_some()).count()
+        + (1..=65535u16).filter(|p| protected(false, *p).is_some()).count();
+    assert!(dropped >= 2 * protected_pairs as u64, "dropped {dropped} < {}", 2 * protected_pairs);
+    println!(
+        "scanned 4 x 65535 ports (tcp/udp x v4/v6) in {:.1}s: open tcp {tcp4}+{tcp6}, echoed udp {udp4}+{udp6}, {dropped} drops at protected ports",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// The allow-listed admin reaches the configured protected ports but not
+/// Swarm's; a Swarm node reaches Swarm's ports but not the configured ones.
+#[test]
+fn allow_list_and_swarm_ports() {
+    let lab = lab("allow");
+    let interesting: Vec<u16> = {
+        let mut v: BTreeSet<u16> = TCP_LISTEN.iter().chain(UDP_LISTEN).copied().collect();
+        v.extend([21, 23, 8999, 9101, 4790, 2376, 2378]);
+        v.into_iter().collect()
+    };
+    for (target, srcs) in [(HOST4, [OUT4, ADMIN4, NODE4]), (HOST6, [OUT6, ADMIN6, NODE6])] {
+        for src in srcs {
+            check_scan(&lab, target, src, &interesting);
+        }
+    }
+    let status = lab.inst.status();
+    assert!(counter(&status, "passed", "allowed") > 0);
+    let _ = &lab.host;
+    let _ = &lab.daemon;
+}

@@ -1,0 +1,127 @@
+//! The daemon's life: refusing bad configs without touching anything,
+//! attaching, reloading on SIGHUP (and keeping the running policy when the
+//! new config is broken), and leaving no program and no pins behind.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::daemon::{swarmlb_bin, Instance};
+use harness::{Netns, Topology};
+
+const GOOD: &str = r#"
+[[interface]]
+name = "dmz0"
+zone = "dmz"
+
+[zone.dmz]
+protected = ["tcp/5432"]
+"#;
+
+fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
+    let out = ns.exec(&["ip", "-d", "link", "show", "dev", ifname]).unwrap();
+    out.contains("xdp") || out.contains("prog/xdp")
+}
+
+fn one_iface(tag: &str) -> (Topology, Netns, Netns) {
+    harness::require_root().unwrap();
+    let mut topo = Topology::new();
+    let host = topo.netns(&format!("{tag}h"));
+    let peer = topo.netns(&format!("{tag}p"));
+    topo.veth(&peer, "out0", &host, "dmz0");
+    (topo, host, peer)
+}
+
+#[test]
+fn invalid_config_names_key_and_line_and_attaches_nothing() {
+    let (_topo, host, _peer) = one_iface("badcfg");
+    let inst = Instance::new("badcfg", "[[interface]]\nname = \"dmz0\"\nzone = \"dmz\"\n\n[zone.dmz]\nprotected = [\"tcp/70000\"]\n");
+    let mut child = inst.start(&host, &[]);
+    let status = child.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    let out = child.output_so_far();
+    assert!(out.contains("zone.dmz.protected"), "error names the key: {out}");
+    assert!(out.contains(":6:"), "error names the line: {out}");
+    assert!(!xdp_attached(&host, "dmz0"));
+    assert!(!inst.pin_path.exists(), "nothing pinned");
+
+    // A missing interface is refused before anything is loaded, too.
+    inst.write_config(&GOOD.replace("dmz0", "nosuch0"));
+    let mut child = inst.start(&host, &[]);
+    let status = child.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    assert!(child.output_so_far().contains("nosuch0"));
+    assert!(!inst.pin_path.exists());
+}
+
+#[test]
+fn check_command_validates() {
+    let inst = Instance::new("check", GOOD);
+    let ok = Command::new(swarmlb_bin()).arg("check").arg("--config").arg(&inst.config).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("tcp/5432"));
+    inst.write_config("[zone.dmz]\nallow = [\"10.0.0.0/33\"]\n");
+    let bad = Command::new(swarmlb_bin()).arg("check").arg("--config").arg(&inst.config).output().unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("zone.dmz.allow") && err.contains(":2:"), "{err}");
+}
+
+#[test]
+fn stop_detaches_and_unpins_unless_asked_to_keep() {
+    let (_topo, host, _peer) = one_iface("life");
+    let inst = Instance::new("life", GOOD);
+
+    let mut child = inst.start(&host, &[]);
+    inst.wait_ready(&mut child);
+    assert!(xdp_attached(&host, "dmz0"));
+    assert!(inst.pin_path.join("PROTECTED_PORTS").exists());
+    let status = inst.status();
+    assert_eq!(status["interfaces"][0]["name"], "dmz0");
+    assert_eq!(status["interfaces"][0]["mode"], "native");
+    assert_eq!(status["interfaces"][0]["bound"], true);
+    assert_eq!(status["zones"][0]["protected"][0], "tcp/5432");
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    assert!(!xdp_attached(&host, "dmz0"), "program left on the interface");
+    assert!(!inst.pin_path.exists(), "pins left behind");
+
+    // SIGINT with --keep-pinned: detached, maps (and counters) kept.
+    let mut child = inst.start(&host, &["--keep-pinned"]);
+    inst.wait_ready(&mut child);
+    child.signal(libc::SIGINT);
+    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    assert!(!xdp_attached(&host, "dmz0"));
+    assert!(inst.pin_path.join("COUNTERS").exists(), "pins kept");
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_config_keeps_the_running_policy() {
+    let (_topo, host, _peer) = one_iface("hup");
+    let inst = Instance::new("hup", GOOD);
+    let mut child = inst.start(&host, &[]);
+    inst.wait_ready(&mut child);
+
+    inst.write_config(&GOOD.replace("tcp/5432", "tcp/5432\", \"udp/9999"));
+    child.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let zones = inst.status()["zones"][0]["protected"].clone();
+        if zones.as_array().unwrap().iter().any(|p| p == "udp/9999") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "reload not applied: {zones}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    inst.write_config("[[interface]]\nname = \"dmz0\"\nzone = \"nosuchzone\"\n");
+    child.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.wait_timeout(Duration::from_millis(10)).is_none(), "daemon died on a bad reload");
+    let status = inst.status();
+    assert!(status["zones"][0]["protected"].as_array().unwrap().iter().any(|p| p == "udp/9999"));
+    assert!(xdp_attached(&host, "dmz0"));
+    assert!(child.output_so_far().contains("running policy stays"));
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+}
