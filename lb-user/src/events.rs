@@ -10,7 +10,9 @@ use tracing::warn;
 /// Reads drop events until the task is dropped, logging each one.
 pub async fn log_drops(pin_dir: &Path, ifnames: HashMap<u32, String>) -> Result<()> {
     let ring = crate::maps::open_drop_events(pin_dir)?;
-    let mut fd = AsyncFd::new(ring)?;
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
+    // the fd stays open for as long as it is registered.
+    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
     loop {
         let mut guard = fd.readable_mut().await?;
         let ring = guard.get_inner_mut();

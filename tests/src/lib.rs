@@ -1,1 +1,50 @@
-//! netns test harness
+#![warn(missing_docs)]
+//! swarmlb's network-namespace test harness.
+//!
+//! Tests build small networks out of namespaces and veth pairs
+//! ([`Topology`], [`Netns`]), put real servers at one end
+//! ([`servers::TcpListeners`], [`servers::UdpEcho`]), and probe from the
+//! other with port scanners that tell open, closed and dropped ports apart
+//! ([`scan`]), hand-made frames ([`rawframe`]) and kernel counters
+//! ([`counters::nstat`]). Everything is removed on drop, also when a test
+//! panics; names are unique per process and call, so tests run in parallel.
+//! Traffic never leaves the test's own namespaces.
+//!
+//! All of it needs root (namespaces, veths, AF_PACKET): see [`require_root`].
+
+pub mod counters;
+pub mod netns;
+pub mod rawframe;
+pub mod scan;
+pub mod servers;
+mod sys;
+pub mod topology;
+
+pub use counters::nstat;
+pub use netns::{ChildGuard, Netns};
+pub use topology::{Topology, TwoHosts};
+
+/// `Ok` when running as root; otherwise an error that says why the
+/// namespace tests cannot run (creating namespaces and veths needs
+/// CAP_SYS_ADMIN and CAP_NET_ADMIN in the initial namespaces).
+pub fn require_root() -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("this test needs root (network namespaces, veth pairs, AF_PACKET); run it with sudo");
+    }
+    Ok(())
+}
+
+/// For `#[test]`s that should be skipped, not failed, without root: prints
+/// why and returns `false`.
+pub fn root_or_skip() -> bool {
+    match require_root() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -193,3 +193,99 @@ fn allow_list_and_swarm_ports() {
     let _ = &lab.host;
     let _ = &lab.daemon;
 }
+
+/// Hand-made frames injected from the DMZ side (this kernel has no 802.1Q
+/// devices, so tags can only be injected raw): the echo servers count what
+/// the host's kernel delivered, the isolator's counters say why the rest
+/// was dropped.
+#[test]
+fn tagged_fragmented_chained_and_tunnelled_probes_do_not_reach_protected_ports() {
+    use harness::rawframe::{fragment_ipv4, fragment_ipv6, ExtHeader, FrameBuilder, Ipv4, Ipv6, RawSocket, L4};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    let lab = lab("raw");
+    let raw = lab.dmz.run(|| RawSocket::open(&lab.dmz, "out0")).unwrap();
+    let eth = FrameBuilder::new(
+        harness::topology::mac(&lab.dmz, "out0").unwrap(),
+        harness::topology::mac(&lab.host, "dmz0").unwrap(),
+    );
+    let (src4, dst4): (Ipv4Addr, Ipv4Addr) = (OUT4.parse().unwrap(), HOST4.parse().unwrap());
+    let (src6, dst6): (Ipv6Addr, Ipv6Addr) = (OUT6.parse().unwrap(), HOST6.parse().unwrap());
+    let payload = vec![0x5a; 64];
+    let udp = |dport| L4::udp(40000, dport, &payload);
+    let v4 = |id: u16| Ipv4 { id, ..Ipv4::new(src4, dst4) };
+    let v6 = || Ipv6::new(src6, dst6);
+    let mut id = 1000u16;
+    let mut next_id = || {
+        id += 1;
+        id
+    };
+
+    // Sends frames, waits for delivery, returns how many datagrams reached
+    // (protected udp/161, open udp/5000) and the isolator's counters.
+    let send = |frames: Vec<Vec<u8>>| {
+        let before = (lab.udp.received(161), lab.udp.received(5000));
+        for f in &frames {
+            raw.send(f).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        (lab.udp.received(161) - before.0, lab.udp.received(5000) - before.1)
+    };
+    let dropped = |name: &str| counter(&lab.inst.status(), "dropped", name);
+
+    // Sanity: raw injection reaches the open port.
+    assert_eq!(send(vec![eth.ipv4(&v4(next_id()).packet(&udp(5000)))]), (0, 1), "plain frame");
+
+    // VLAN-ID-0 priority tag: delivered by this kernel, so judged.
+    let tagged = eth.clone().vlan(0x8100, 0);
+    assert_eq!(send(vec![tagged.ipv4(&v4(next_id()).packet(&udp(5000)))]), (0, 1), "VID 0 frames are delivered");
+    let before = dropped("protected_port");
+    assert_eq!(send(vec![tagged.ipv4(&v4(next_id()).packet(&udp(161)))]), (0, 0), "VID 0 to udp/161");
+    assert_eq!(send(vec![eth.clone().vlan(0x88a8, 0).vlan(0x8100, 0).ipv4(&v4(next_id()).packet(&udp(161)))]), (0, 0), "QinQ to udp/161");
+    assert_eq!(dropped("protected_port") - before, 2);
+
+    // IPv4 fragments: in order to the open port passes and reassembles;
+    // to the protected port nothing arrives; out of order, the follower
+    // that comes first is dropped and the datagram never completes.
+    let frags = |dport, id| fragment_ipv4(&v4(id).packet(&udp(dport)), &[16, 48]).unwrap();
+    assert_eq!(send(frags(5000, next_id()).into_iter().map(|p| eth.ipv4(&p)).collect()), (0, 1), "fragmented to udp/5000");
+    let before = dropped("fragment_of_dropped");
+    assert_eq!(send(frags(161, next_id()).into_iter().map(|p| eth.ipv4(&p)).collect()), (0, 0), "fragmented to udp/161");
+    assert_eq!(dropped("fragment_of_dropped") - before, 2);
+    let before = dropped("fragment_unknown");
+    let mut reversed = frags(161, next_id());
+    reversed.reverse();
+    assert_eq!(send(reversed.into_iter().map(|p| eth.ipv4(&p)).collect()), (0, 0), "out-of-order fragments to udp/161");
+    assert_eq!(dropped("fragment_unknown") - before, 2);
+    // A zero-length first fragment that hides the UDP header.
+    let before = dropped("tiny_fragment");
+    assert_eq!(
+        send(fragment_ipv4(&v4(next_id()).packet(&udp(161)), &[0]).unwrap().into_iter().map(|p| eth.ipv4(&p)).collect()),
+        (0, 0),
+        "zero-length first fragment"
+    );
+    assert_eq!(dropped("tiny_fragment") - before, 1);
+
+    // IPv6: extension-header chains and fragments.
+    let chain = v6().with(ExtHeader::HopByHop(vec![])).with(ExtHeader::DestOpts(vec![]));
+    assert_eq!(send(vec![eth.ipv6(&chain.packet(&udp(5000)))]), (0, 1), "IPv6 chain to udp/5000");
+    assert_eq!(send(vec![eth.ipv6(&chain.packet(&udp(161)))]), (0, 0), "IPv6 chain to udp/161");
+    let frags6 = |dport, id| fragment_ipv6(&v6().packet(&udp(dport)), &[16, 48], id).unwrap();
+    assert_eq!(send(frags6(5000, 77).into_iter().map(|p| eth.ipv6(&p)).collect()), (0, 1), "IPv6 fragments to udp/5000");
+    assert_eq!(send(frags6(161, 78).into_iter().map(|p| eth.ipv6(&p)).collect()), (0, 0), "IPv6 fragments to udp/161");
+    let before = dropped("routing_header");
+    let srh = v6().with(ExtHeader::srh(0, &[dst6]));
+    assert_eq!(send(vec![eth.ipv6(&srh.packet(&udp(5000)))]), (0, 0), "routing header from outside");
+    assert_eq!(dropped("routing_header") - before, 1);
+
+    // Tunnels: IPIP and IPv6-in-IPv6 carrying a datagram for udp/161, GRE.
+    let before = dropped("tunnel");
+    let inner4 = v4(next_id()).packet(&udp(161));
+    let inner6 = v6().packet(&udp(161));
+    let ipip = v4(next_id()).with_payload(4, &inner4);
+    let ip6ip6 = v6().with_payload(41, &inner6);
+    let gre = v4(next_id()).with_payload(47, &[0, 0, 0x08, 0x00]);
+    assert_eq!(send(vec![eth.ipv4(&ipip), eth.ipv6(&ip6ip6), eth.ipv4(&gre)]), (0, 0));
+    assert_eq!(dropped("tunnel") - before, 3);
+    assert_eq!(lab.udp.received(161), 0, "udp/161 never saw a DMZ packet");
+}

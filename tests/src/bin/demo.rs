@@ -1,0 +1,181 @@
+//! `cargo xtask demo`: the isolator at work, in a throwaway topology.
+//!
+//! ```text
+//!  dmz ns                                   host ns (a Swarm node)
+//!  10.77.0.2 outsider      ── veth ──  dmz0  10.77.0.1, fd77::1
+//!  10.77.0.3 admin (allow-listed)             postgres-like :5432, web :80/:443,
+//!  10.77.0.4 another Swarm node               metrics :9090, swarm :2377, snmp udp/161
+//! ```
+//!
+//! It scans the host from the DMZ before and after `swarmlb run` attaches,
+//! tries the evasions (VLAN tag, fragments, tunnel), and prints `swarmlb
+//! status`. Everything is removed at the end, also on failure.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use harness::{
+    rawframe::{fragment_ipv4, FrameBuilder, Ipv4, RawSocket, L4},
+    scan::{tcp_scan, udp_scan, TcpOutcome, UdpOutcome},
+    servers::{TcpListeners, UdpEcho},
+    ChildGuard, Netns, Topology,
+};
+
+const DEMO_CONFIG: &str = include_str!("../../../examples/demo.toml");
+const TCP_PORTS: &[u16] = &[80, 443, 2377, 5432, 9090];
+const UDP_PORTS: &[u16] = &[161, 4789, 5000];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn tcp_word(o: TcpOutcome) -> &'static str {
+    match o {
+        TcpOutcome::Open => "open",
+        TcpOutcome::Refused => "closed",
+        TcpOutcome::Timeout => "DROPPED",
+    }
+}
+
+fn udp_word(o: UdpOutcome) -> &'static str {
+    match o {
+        UdpOutcome::Echoed => "open",
+        UdpOutcome::Unreachable => "closed",
+        UdpOutcome::Silent => "DROPPED",
+    }
+}
+
+/// One row per probed port: what each source saw.
+fn probe_table(dmz: &Netns, sources: &[(&str, &str)], target: IpAddr) -> Result<String> {
+    let mut rows = vec![format!("  {:<10}", "port")];
+    for (name, _) in sources {
+        rows[0].push_str(&format!(" {name:>12}"));
+    }
+    let mut cols = Vec::new();
+    for (_, src) in sources {
+        let s: IpAddr = src.parse()?;
+        let tcp = dmz.run(move || tcp_scan(target, TCP_PORTS.iter().copied(), Some(s), 64, Duration::from_millis(1200)))?;
+        let udp = dmz.run(move || udp_scan(target, UDP_PORTS.iter().copied(), Some(s), Duration::from_millis(1200)))?;
+        cols.push((tcp, udp));
+    }
+    for (i, port) in TCP_PORTS.iter().enumerate() {
+        let mut row = format!("  tcp/{port:<6}");
+        for (tcp, _) in &cols {
+            row.push_str(&format!(" {:>12}", tcp_word(tcp[i].1)));
+        }
+        rows.push(row);
+    }
+    for (i, port) in UDP_PORTS.iter().enumerate() {
+        let mut row = format!("  udp/{port:<6}");
+        for (_, udp) in &cols {
+            row.push_str(&format!(" {:>12}", udp_word(udp[i].1)));
+        }
+        rows.push(row);
+    }
+    Ok(rows.join("\n"))
+}
+
+fn swarmlb(args: &[&str]) -> Result<String> {
+    let out = Command::new(root().join("target/release/swarmlb")).args(args).output()?;
+    ensure!(out.status.success(), "swarmlb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn main() -> Result<()> {
+    harness::require_root()?;
+    let mut topo = Topology::new();
+    let host = topo.netns("demoh");
+    let dmz = topo.netns("demod");
+    topo.veth(&dmz, "out0", &host, "dmz0");
+    topo.addr(&host, "dmz0", "10.77.0.1/24");
+    topo.addr(&host, "dmz0", "fd77::1/64");
+    for a in ["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64"] {
+        topo.addr(&dmz, "out0", a);
+    }
+    let addrs: [IpAddr; 2] = ["10.77.0.1".parse()?, "fd77::1".parse()?];
+    let _tcp = TcpListeners::start(&host, &addrs, TCP_PORTS)?;
+    let udp = UdpEcho::start(&host, &addrs, UDP_PORTS)?;
+    let sources = [("outsider", "10.77.0.2"), ("admin", "10.77.0.3"), ("swarm node", "10.77.0.4")];
+
+    println!("== A Swarm node with services on {TCP_PORTS:?}/tcp and {UDP_PORTS:?}/udp, probed from its DMZ side\n");
+    println!("-- without swarmlb: the routing mesh's hole, everything is reachable\n{}\n", probe_table(&dmz, &sources, addrs[0])?);
+
+    let dir = std::env::temp_dir().join(format!("swarmlb-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let pin = format!("/sys/fs/bpf/swarmlb-demo-{}", std::process::id());
+    let config = dir.join("swarmlb.toml");
+    std::fs::write(&config, format!("{DEMO_CONFIG}\n[settings]\npin_path = \"{pin}\"\n"))?;
+    let runtime = dir.join("run");
+    println!("-- swarmlb run with examples/demo.toml:\n{}", DEMO_CONFIG.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(|l| format!("     {l}")).collect::<Vec<_>>().join("\n"));
+    let mut daemon: ChildGuard = host.spawn(
+        Command::new(root().join("target/release/swarmlb"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--runtime-dir")
+            .arg(&runtime),
+    );
+    let result = (|| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !runtime.join("state.json").exists() {
+            ensure!(daemon.try_status().is_none(), "swarmlb exited:\n{}", daemon.output_so_far());
+            ensure!(Instant::now() < deadline, "swarmlb did not start:\n{}", daemon.output_so_far());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("\n-- with swarmlb on dmz0: protected ports are dropped unless the source is allowed\n{}\n", probe_table(&dmz, &sources, addrs[0])?);
+
+        println!("-- a full scan of 1-65535/tcp from the outsider");
+        let t = Instant::now();
+        let full = dmz.run(move || tcp_scan(addrs[0], 1..=65535, Some("10.77.0.2".parse().unwrap()), 2048, Duration::from_millis(1500)))?;
+        let open: Vec<u16> = full.iter().filter(|(_, o)| *o == TcpOutcome::Open).map(|(p, _)| *p).collect();
+        let dropped = full.iter().filter(|(_, o)| *o == TcpOutcome::Timeout).count();
+        println!("   {} ports in {:.1}s: open {open:?}, {dropped} dropped, the rest closed\n", full.len(), t.elapsed().as_secs_f64());
+
+        println!("-- evasions from the outsider, aimed at udp/161 (snmp), injected as raw frames");
+        let raw = dmz.run(|| RawSocket::open(&dmz, "out0"))?;
+        let eth = FrameBuilder::new(harness::topology::mac(&dmz, "out0")?, harness::topology::mac(&host, "dmz0")?);
+        let (src, dst) = (Ipv4Addr::new(10, 77, 0, 2), Ipv4Addr::new(10, 77, 0, 1));
+        let snmp = L4::udp(40000, 161, &[0x30; 48]);
+        let tries: Vec<(&str, Vec<Vec<u8>>)> = vec![
+            ("VLAN-ID-0 priority tag", vec![eth.clone().vlan(0x8100, 0).ipv4(&Ipv4 { id: 1, ..Ipv4::new(src, dst) }.packet(&snmp))]),
+            ("QinQ, both tags VID 0", vec![eth.clone().vlan(0x88a8, 0).vlan(0x8100, 0).ipv4(&Ipv4 { id: 2, ..Ipv4::new(src, dst) }.packet(&snmp))]),
+            ("three fragments", fragment_ipv4(&Ipv4 { id: 3, ..Ipv4::new(src, dst) }.packet(&snmp), &[16, 40])?.iter().map(|p| eth.ipv4(p)).collect()),
+            ("fragments, last first", fragment_ipv4(&Ipv4 { id: 4, ..Ipv4::new(src, dst) }.packet(&snmp), &[16, 40])?.iter().rev().map(|p| eth.ipv4(p)).collect()),
+            ("zero-length first fragment", fragment_ipv4(&Ipv4 { id: 5, ..Ipv4::new(src, dst) }.packet(&snmp), &[0])?.iter().map(|p| eth.ipv4(p)).collect()),
+            ("IPIP-encapsulated", vec![eth.ipv4(&Ipv4 { id: 6, ..Ipv4::new(src, dst) }.with_payload(4, &Ipv4::new(src, dst).packet(&snmp)))]),
+        ];
+        for (name, frames) in tries {
+            let before = udp.received(161);
+            for f in &frames {
+                raw.send(f)?;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let got = udp.received(161) - before;
+            println!("   {name:<28} {} frame(s) sent, {got} datagram(s) reached udp/161", frames.len());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        println!("\n-- swarmlb status\n{}", swarmlb(&["status", "--runtime-dir", runtime.to_str().unwrap()])?);
+        Ok(())
+    })();
+    daemon.signal(libc::SIGTERM);
+    let stopped = daemon.wait_timeout(Duration::from_secs(10));
+    let log = daemon.output_so_far();
+    let sampled: Vec<&str> = log.lines().filter(|l| l.contains("dropped a packet")).take(3).collect();
+    if !sampled.is_empty() {
+        println!("-- a few of the daemon's sampled drop logs\n{}\n", sampled.join("\n"));
+    }
+    let attached = host.exec(&["ip", "link", "show", "dev", "dmz0"]).unwrap_or_default().contains("xdp");
+    println!(
+        "-- swarmlb stopped ({}); dmz0 has {}XDP program; pins {}",
+        stopped.map_or("still running?".into(), |s| s.to_string()),
+        if attached { "an " } else { "no " },
+        if Path::new(&pin).exists() { "left" } else { "removed" }
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    result.context("demo")
+}
