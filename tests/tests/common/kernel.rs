@@ -63,9 +63,14 @@ impl KernelIsolator {
         ReferencePolicy::new(&self.config, &ifindexes, &self.slots)
     }
 
-    /// XDP action for one frame.
-    pub fn run(&mut self, frame: &[u8]) -> u32 {
-        self.iso.as_mut().unwrap().test_run(frame).expect("test run")
+    /// XDP action for one frame; `None` for frames shorter than an
+    /// Ethernet header, which BPF_PROG_TEST_RUN refuses (EINVAL) and no
+    /// driver hands to XDP.
+    pub fn run(&mut self, frame: &[u8]) -> Option<u32> {
+        if frame.len() < lb_common::wire::ETH_HLEN {
+            return None;
+        }
+        Some(self.iso.as_mut().unwrap().test_run(frame).expect("test run"))
     }
 
     pub fn counters(&self) -> Vec<u64> {
