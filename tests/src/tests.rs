@@ -302,8 +302,16 @@ fn scans_from_a_chosen_source_address() {
     net.topo.addr(&client, TwoHosts::CLIENT_IF, &format!("{other6}/64"));
     let _tcp = TcpListeners::start(&server, &net.server_addrs(), &[80, 81]).unwrap();
     let _udp = UdpEcho::start(&server, &net.server_addrs(), &[80, 81]).unwrap();
-    // Only the "allow-listed" first address may reach port 80.
-    nft(&server, &[&format!("ip saddr {other4} th dport 80 drop"), &format!("ip6 saddr {other6} th dport 80 drop")]);
+    // Only the "allow-listed" first address may reach port 80. (`th dport`
+    // alone would also match ICMPv6 whose checksum happens to be 80 and, now
+    // and then, drop neighbour discovery: hence `meta l4proto`.)
+    nft(
+        &server,
+        &[
+            &format!("ip saddr {other4} meta l4proto {{ tcp, udp }} th dport 80 drop"),
+            &format!("ip6 saddr {other6} meta l4proto {{ tcp, udp }} th dport 80 drop"),
+        ],
+    );
     let ports = [79u16, 80, 81];
     for (target, allowed, other) in [
         (v4(TwoHosts::SERVER4), v4(TwoHosts::CLIENT4), v4(other4)),

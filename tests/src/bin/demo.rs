@@ -39,6 +39,7 @@ fn tcp_word(o: TcpOutcome) -> &'static str {
         TcpOutcome::Open => "open",
         TcpOutcome::Refused => "closed",
         TcpOutcome::Timeout => "DROPPED",
+        TcpOutcome::Error(_) => "error",
     }
 }
 
@@ -47,6 +48,7 @@ fn udp_word(o: UdpOutcome) -> &'static str {
         UdpOutcome::Echoed => "open",
         UdpOutcome::Unreachable => "closed",
         UdpOutcome::Silent => "DROPPED",
+        UdpOutcome::Error(_) => "error",
     }
 }
 
