@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::Result;
-use lb_common::isolator::{DropReason, PassReason, Verdict};
+use lb_common::isolator::{DropReason, PassReason, PortStats, PortStatsKey, Verdict};
 use serde::Serialize;
 
 use crate::{
@@ -39,7 +39,7 @@ pub struct InterfaceStatus {
     pub bound: bool,
 }
 
-/// Traffic to one protected port.
+/// Traffic to one protected port or run of consecutive ports.
 #[derive(Debug, Serialize)]
 pub struct PortStatus {
     pub port: String,
@@ -67,15 +67,7 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
     let count = |v: Verdict| counters[lb_common::isolator::counter_index(v) as usize];
     let passed = PassReason::ALL.iter().map(|&r| (r.name(), count(Verdict::Pass(r)))).collect();
     let dropped = DropReason::ALL.iter().map(|&r| (r.name(), count(Verdict::Drop(r)))).collect();
-    let ports = maps
-        .port_stats()?
-        .into_iter()
-        .map(|(k, s)| PortStatus {
-            port: port_ranges([(k.proto, k.port)]).remove(0),
-            passed: s.passed,
-            dropped: s.dropped,
-        })
-        .collect();
+    let ports = merge_port_runs(maps.port_stats()?);
     Ok(StatusReport {
         pid: state.pid,
         // SAFETY: signal 0 only checks that the process exists.
@@ -87,6 +79,32 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
         dropped,
         ports,
     })
+}
+
+/// Folds runs of consecutive ports (a protected range) into one row with
+/// summed counters, so `tcp/9000-9100` is one line, not a hundred.
+fn merge_port_runs(stats: Vec<(PortStatsKey, PortStats)>) -> Vec<PortStatus> {
+    let mut out: Vec<(u8, u16, u16, PortStats)> = Vec::new();
+    for (k, s) in stats {
+        match out.last_mut() {
+            Some((proto, _, hi, sum)) if *proto == k.proto && u32::from(*hi) + 1 == u32::from(k.port) => {
+                *hi = k.port;
+                sum.passed += s.passed;
+                sum.dropped += s.dropped;
+            }
+            _ => out.push((k.proto, k.port, k.port, s)),
+        }
+    }
+    out.into_iter()
+        .map(|(proto, lo, hi, s)| {
+            let name = port_ranges([(proto, lo)]).remove(0);
+            PortStatus {
+                port: if lo == hi { name } else { format!("{name}-{hi}") },
+                passed: s.passed,
+                dropped: s.dropped,
+            }
+        })
+        .collect()
 }
 
 /// Renders the report as aligned text tables.

@@ -138,28 +138,38 @@ fn main() -> Result<()> {
         let dropped = full.iter().filter(|(_, o)| *o == TcpOutcome::Timeout).count();
         println!("   {} ports in {:.1}s: open {open:?}, {dropped} dropped, the rest closed\n", full.len(), t.elapsed().as_secs_f64());
 
-        println!("-- evasions from the outsider, aimed at udp/161 (snmp), injected as raw frames");
+        println!("-- evasions from the outsider, injected as raw frames: aimed at udp/161 (snmp, protected),");
+        println!("   and the same frames to udp/5000 (open) to show the host's kernel would deliver them");
         let raw = dmz.run(|| RawSocket::open(&dmz, "out0"))?;
         let eth = FrameBuilder::new(harness::topology::mac(&dmz, "out0")?, harness::topology::mac(&host, "dmz0")?);
         let (src, dst) = (Ipv4Addr::new(10, 77, 0, 2), Ipv4Addr::new(10, 77, 0, 1));
-        let snmp = L4::udp(40000, 161, &[0x30; 48]);
-        let tries: Vec<(&str, Vec<Vec<u8>>)> = vec![
-            ("VLAN-ID-0 priority tag", vec![eth.clone().vlan(0x8100, 0).ipv4(&Ipv4 { id: 1, ..Ipv4::new(src, dst) }.packet(&snmp))]),
-            ("QinQ, both tags VID 0", vec![eth.clone().vlan(0x88a8, 0).vlan(0x8100, 0).ipv4(&Ipv4 { id: 2, ..Ipv4::new(src, dst) }.packet(&snmp))]),
-            ("three fragments", fragment_ipv4(&Ipv4 { id: 3, ..Ipv4::new(src, dst) }.packet(&snmp), &[16, 40])?.iter().map(|p| eth.ipv4(p)).collect()),
-            ("fragments, last first", fragment_ipv4(&Ipv4 { id: 4, ..Ipv4::new(src, dst) }.packet(&snmp), &[16, 40])?.iter().rev().map(|p| eth.ipv4(p)).collect()),
-            ("zero-length first fragment", fragment_ipv4(&Ipv4 { id: 5, ..Ipv4::new(src, dst) }.packet(&snmp), &[0])?.iter().map(|p| eth.ipv4(p)).collect()),
-            ("IPIP-encapsulated", vec![eth.ipv4(&Ipv4 { id: 6, ..Ipv4::new(src, dst) }.with_payload(4, &Ipv4::new(src, dst).packet(&snmp)))]),
-        ];
-        for (name, frames) in tries {
-            let before = udp.received(161);
-            for f in &frames {
+        let frames_to = |dport: u16, id: u16| -> Result<Vec<(&'static str, Vec<Vec<u8>>)>> {
+            let l4 = L4::udp(40000, dport, &[0x30; 48]);
+            let ip = |n: u16| Ipv4 { id: id + n, ..Ipv4::new(src, dst) };
+            Ok(vec![
+                ("VLAN-ID-0 priority tag", vec![eth.clone().vlan(0x8100, 0).ipv4(&ip(0).packet(&l4))]),
+                ("QinQ, both tags VID 0", vec![eth.clone().vlan(0x88a8, 0).vlan(0x8100, 0).ipv4(&ip(1).packet(&l4))]),
+                ("three fragments", fragment_ipv4(&ip(2).packet(&l4), &[16, 40])?.iter().map(|p| eth.ipv4(p)).collect()),
+                ("fragments, last first", fragment_ipv4(&ip(3).packet(&l4), &[16, 40])?.iter().rev().map(|p| eth.ipv4(p)).collect()),
+                ("zero-length first fragment", fragment_ipv4(&ip(4).packet(&l4), &[0])?.iter().map(|p| eth.ipv4(p)).collect()),
+                ("IPIP-encapsulated", vec![eth.ipv4(&ip(5).with_payload(4, &Ipv4::new(src, dst).packet(&l4)))]),
+            ])
+        };
+        let deliver = |frames: &[Vec<u8>], port: u16| -> Result<u64> {
+            let before = udp.received(port);
+            for f in frames {
                 raw.send(f)?;
             }
             std::thread::sleep(Duration::from_millis(200));
-            let got = udp.received(161) - before;
-            println!("   {name:<28} {} frame(s) sent, {got} datagram(s) reached udp/161", frames.len());
+            Ok(udp.received(port) - before)
+        };
+        println!("   {:<28} {:>7} {:>16} {:>16}", "probe", "frames", "reached udp/161", "reached udp/5000");
+        for ((name, to_snmp), (_, to_open)) in frames_to(161, 100)?.into_iter().zip(frames_to(5000, 200)?) {
+            let snmp = deliver(&to_snmp, 161)?;
+            let open = deliver(&to_open, 5000)?;
+            println!("   {name:<28} {:>7} {snmp:>16} {open:>16}", to_snmp.len());
         }
+        println!("   (out-of-order and zero-length-first fragments are dropped whatever the port: see the README)\n");
         std::thread::sleep(Duration::from_millis(300));
         println!("\n-- swarmlb status\n{}", swarmlb(&["status", "--runtime-dir", runtime.to_str().unwrap()])?);
         Ok(())
