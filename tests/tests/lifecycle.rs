@@ -84,6 +84,11 @@ fn stop_detaches_and_unpins_unless_asked_to_keep() {
     for p in ["tcp/5432", "tcp/2377", "udp/4789"] {
         assert!(protected.iter().any(|x| x == p), "{p} in {protected:?}");
     }
+    let table = Command::new(swarmlb_bin()).arg("status").arg("--runtime-dir").arg(&inst.runtime_dir).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    for want in ["dmz0", "native", "zone dmz", "tcp/5432", "protected_port"] {
+        assert!(table.contains(want), "status table lacks {want}:\n{table}");
+    }
     child.signal(libc::SIGTERM);
     assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
     assert!(!xdp_attached(&host, "dmz0"), "program left on the interface");
