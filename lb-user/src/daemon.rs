@@ -14,7 +14,7 @@ use lb_user::{
     loader::{remove_pins, AttachMode, Isolator},
     maps::IsolatorMaps,
     policy,
-    state::{port_ranges, DaemonState, InterfaceState, ZoneState},
+    state::{port_ranges, DaemonState, InstanceLock, InterfaceState, ZoneState},
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -153,6 +153,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
         warn!("{w}");
     }
     ifindexes(&cfg)?;
+    let _lock = InstanceLock::acquire(runtime_dir)?;
     let pin_dir = cfg.pin_path().to_owned();
     let isolator = Isolator::load(&pin_dir)?;
     let maps = IsolatorMaps::open(&pin_dir)?;

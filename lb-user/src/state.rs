@@ -48,6 +48,36 @@ pub struct ZoneState {
     pub routing_header_allowed: bool,
 }
 
+/// Held for the daemon's lifetime: one `swarmlb run` per runtime dir.
+pub struct InstanceLock {
+    _file: fs::File,
+}
+
+impl InstanceLock {
+    /// Takes the lock in `runtime_dir`, or says which daemon holds it.
+    pub fn acquire(runtime_dir: &Path) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        fs::create_dir_all(runtime_dir)
+            .with_context(|| format!("creating {}", runtime_dir.display()))?;
+        let path = runtime_dir.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: a valid open fd; flock has no memory effects.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = DaemonState::read(runtime_dir).map(|s| format!(" (pid {})", s.pid)).unwrap_or_default();
+            anyhow::bail!(
+                "another swarmlb is running with runtime dir {}{holder}; stop it first",
+                runtime_dir.display()
+            );
+        }
+        Ok(Self { _file: file })
+    }
+}
+
 /// Path of the state file in `runtime_dir`.
 pub fn state_path(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join("state.json")

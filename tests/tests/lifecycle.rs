@@ -84,6 +84,14 @@ fn stop_detaches_and_unpins_unless_asked_to_keep() {
     for p in ["tcp/5432", "tcp/2377", "udp/4789"] {
         assert!(protected.iter().any(|x| x == p), "{p} in {protected:?}");
     }
+    // A second daemon on the same runtime dir refuses to start.
+    let mut second = inst.start(&host, &[]);
+    let status = second.wait_timeout(Duration::from_secs(20)).expect("second daemon exits");
+    assert!(!status.success());
+    assert!(second.output_so_far().contains("another swarmlb is running"), "{}", second.output_so_far());
+    assert!(child.try_status().is_none(), "the first daemon keeps running");
+    assert!(xdp_attached(&host, "dmz0"));
+
     let table = Command::new(swarmlb_bin()).arg("status").arg("--runtime-dir").arg(&inst.runtime_dir).output().unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     for want in ["dmz0", "native", "zone dmz", "tcp/5432", "protected_port"] {
