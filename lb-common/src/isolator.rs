@@ -346,3 +346,47 @@ mod pod {
     unsafe impl aya::Pod for PortStats {}
     unsafe impl aya::Pod for DropEvent {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_masks() {
+        assert!(is_allowed(0, 0), "unprotected: everyone");
+        assert!(!is_allowed(PROTECTED, SET_NODES | SET_TRUSTED), "PROTECTED alone: nobody");
+        assert!(is_allowed(PROTECTED | SET_NODES, SET_NODES));
+        assert!(!is_allowed(PROTECTED | SET_NODES, SET_TRUSTED));
+        assert!(is_allowed(PROTECTED | SET_NODES | SET_TRUSTED, SET_TRUSTED));
+    }
+
+    #[test]
+    fn reasons_have_distinct_counters_and_round_trip() {
+        let mut seen = [false; COUNTERS_LEN as usize];
+        let verdicts = PassReason::ALL
+            .iter()
+            .map(|&r| Verdict::Pass(r))
+            .chain(DropReason::ALL.iter().map(|&r| Verdict::Drop(r)));
+        for v in verdicts {
+            let i = counter_index(v) as usize;
+            assert!(i < seen.len() && !seen[i], "{v:?}");
+            seen[i] = true;
+        }
+        for r in DropReason::ALL {
+            assert_eq!(DropReason::from_u8(r as u8), Some(r));
+        }
+        assert_eq!(DropReason::from_u8(0), None);
+    }
+
+    #[test]
+    fn map_types_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<ZoneBinding>(), 16);
+        assert_eq!(size_of::<PortKey>(), 8);
+        assert_eq!(size_of::<SourceV4>(), 8);
+        assert_eq!(size_of::<SourceV6>(), 20);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<PortStatsKey>(), 4);
+        assert_eq!(size_of::<DropEvent>(), 44);
+    }
+}
