@@ -141,3 +141,39 @@ fn sighup_reloads_and_a_broken_config_keeps_the_running_policy() {
     child.signal(libc::SIGTERM);
     assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
 }
+
+/// `kill -9` leaves the maps pinned (the program goes with the process);
+/// the next daemon adopts them: fresh slot, stale slot cleared, no leftovers.
+#[test]
+fn restart_after_kill_adopts_the_pinned_maps() {
+    let (_topo, host, _peer) = one_iface("adopt");
+    let inst = Instance::new("adopt", GOOD);
+    let mut child = inst.start(&host, &[]);
+    inst.wait_ready(&mut child);
+    let first_slot = inst.status()["zones"][0]["slot"].as_u64().unwrap();
+    child.signal(libc::SIGKILL);
+    child.wait_timeout(Duration::from_secs(10)).expect("killed");
+    assert!(inst.pin_path.join("ZONE_BINDINGS").exists(), "pins survive kill -9");
+
+    let mut child = inst.start(&host, &[]);
+    // The state file of the killed daemon is still there: wait for the new pid.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while inst.status()["pid"].as_u64() != Some(u64::from(child.pid())) {
+        assert!(std::time::Instant::now() < deadline, "restart not ready:\n{}", child.output_so_far());
+        assert!(child.try_status().is_none(), "restart failed:\n{}", child.output_so_far());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = inst.status();
+    let slot = status["zones"][0]["slot"].as_u64().unwrap();
+    assert_ne!(slot, first_slot, "the new policy went into a fresh slot");
+    assert_eq!(status["interfaces"][0]["bound"], true);
+    assert!(xdp_attached(&host, "dmz0"));
+    let maps = lb_user::maps::IsolatorMaps::open(&inst.pin_path).unwrap();
+    let ports: Vec<lb_common::isolator::PortKey> = maps.ports.keys().map(Result::unwrap).collect();
+    assert_eq!(ports.len(), 5, "tcp/5432 and Swarm's four ports, nothing stale: {ports:?}");
+    assert!(ports.iter().all(|k| u64::from(k.slot) == slot));
+    drop(maps);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    assert!(!inst.pin_path.exists());
+}
