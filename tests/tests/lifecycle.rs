@@ -177,3 +177,23 @@ fn restart_after_kill_adopts_the_pinned_maps() {
     assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
     assert!(!inst.pin_path.exists());
 }
+
+/// A device without native XDP (a bridge) gets the generic hook, with a
+/// warning, and loses it again on stop.
+#[test]
+fn falls_back_to_generic_xdp_with_a_warning() {
+    harness::require_root().unwrap();
+    let mut topo = Topology::new();
+    let host = topo.netns("genh");
+    host.exec(&["ip", "link", "add", "br0", "type", "bridge"]).unwrap();
+    host.exec(&["ip", "link", "set", "br0", "up"]).unwrap();
+    let inst = Instance::new("generic", &GOOD.replace("dmz0", "br0"));
+    let mut child = inst.start(&host, &[]);
+    inst.wait_ready(&mut child);
+    assert_eq!(inst.status()["interfaces"][0]["mode"], "generic");
+    assert!(child.output_so_far().contains("falling back to generic mode"), "{}", child.output_so_far());
+    assert!(xdp_attached(&host, "br0"));
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    assert!(!xdp_attached(&host, "br0"));
+}
