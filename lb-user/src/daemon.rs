@@ -35,6 +35,26 @@ fn ifindexes(cfg: &Config) -> Result<HashMap<String, u32>> {
     Ok(out)
 }
 
+/// Protected ports inside this host's ephemeral range also match the
+/// replies to its own outgoing connections (the isolator judges destination
+/// ports and keeps no connection state): say so, it is rarely intended.
+fn warn_ephemeral_overlap(compiled: &CompiledPolicy) {
+    let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else { return };
+    let mut it = range.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    let (Some(lo), Some(hi)) = (it.next(), it.next()) else { return };
+    for z in &compiled.zones {
+        let n = z.ports.iter().filter(|((_, p), access)| (lo..=hi).contains(p) && **access & lb_common::isolator::SET_TRUSTED != 0).count();
+        if n > 0 {
+            warn!(
+                zone = %z.name,
+                ports = n,
+                ephemeral = %format!("{lo}-{hi}"),
+                "protected ports overlap the ephemeral port range: replies to this host's own outgoing connections on those ports are dropped too"
+            );
+        }
+    }
+}
+
 /// What `check` prints: the compiled policy in words.
 pub fn describe(cfg: &Config) -> String {
     let compiled = cfg.compile();
@@ -86,6 +106,7 @@ impl Daemon {
     fn apply(&mut self, cfg: &Config, config_path: &Path, runtime_dir: &Path) -> Result<()> {
         let ifx = ifindexes(cfg)?;
         let compiled = cfg.compile();
+        warn_ephemeral_overlap(&compiled);
         let mut newly = Vec::new();
         for iface in cfg.interfaces() {
             if !self.attached.contains_key(&iface.name) {
