@@ -11,5 +11,6 @@
 #![no_std]
 
 pub mod isolator;
+pub mod maglev;
 pub mod model;
 pub mod wire;
