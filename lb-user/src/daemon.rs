@@ -189,10 +189,9 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = rt.block_on(async {
-        let names: HashMap<u32, String> = ifindexes(&cfg)?.into_iter().map(|(n, i)| (i, n)).collect();
         let pin = pin_dir.clone();
         let drops = tokio::spawn(async move {
-            if let Err(e) = events::log_drops(&pin, names).await {
+            if let Err(e) = events::log_drops(&pin).await {
                 error!(error = %e, "reading drop events failed");
             }
         });

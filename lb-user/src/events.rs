@@ -1,6 +1,6 @@
 //! Logs the kernel's sampled drop events.
 
-use std::{collections::HashMap, net::IpAddr, path::Path};
+use std::{net::IpAddr, path::Path};
 
 use anyhow::Result;
 use lb_common::isolator::{DropEvent, DropReason, FAMILY_V4, FAMILY_V6};
@@ -8,7 +8,7 @@ use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
 /// Reads drop events until the task is dropped, logging each one.
-pub async fn log_drops(pin_dir: &Path, ifnames: HashMap<u32, String>) -> Result<()> {
+pub async fn log_drops(pin_dir: &Path) -> Result<()> {
     let ring = crate::maps::open_drop_events(pin_dir)?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
     // the fd stays open for as long as it is registered.
@@ -22,7 +22,7 @@ pub async fn log_drops(pin_dir: &Path, ifnames: HashMap<u32, String>) -> Result<
             }
             // SAFETY: the kernel writes whole `DropEvent`s; the read is unaligned-safe.
             let ev: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            log_one(&ev, &ifnames);
+            log_one(&ev);
         }
         guard.clear_ready();
     }
@@ -36,13 +36,26 @@ fn addr(family: u8, bytes: [u8; 16]) -> Option<IpAddr> {
     }
 }
 
-fn log_one(ev: &DropEvent, ifnames: &HashMap<u32, String>) {
+/// The interface's current name (events are rate-limited, so a lookup per
+/// event is cheap, and it stays right across reloads and renames).
+fn ifname(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("if{ifindex}");
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+fn log_one(ev: &DropEvent) {
     let reason = DropReason::from_u8(ev.reason).map_or("unknown", DropReason::name);
-    let iface = ifnames.get(&ev.ifindex).map_or("?", String::as_str);
+    let iface = ifname(ev.ifindex);
     let src = addr(ev.family, ev.src).map(|a| a.to_string()).unwrap_or_default();
     let dst = addr(ev.family, ev.dst).map(|a| a.to_string()).unwrap_or_default();
     warn!(
-        interface = iface,
+        interface = %iface,
         reason,
         proto = ev.proto,
         src = %src,
