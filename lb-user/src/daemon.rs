@@ -101,6 +101,13 @@ struct Daemon {
 }
 
 impl Daemon {
+    fn detach(&mut self, names: &[String]) {
+        for name in names {
+            self.isolator.detach(name);
+            self.attached.remove(name);
+        }
+    }
+
     /// Applies `cfg`: attach to new interfaces, write the policy, detach from
     /// interfaces no longer configured. On error the old policy stays.
     fn apply(&mut self, cfg: &Config, config_path: &Path, runtime_dir: &Path) -> Result<()> {
@@ -116,10 +123,7 @@ impl Daemon {
                         self.attached.insert(iface.name.clone(), mode);
                     }
                     Err(e) => {
-                        for name in newly {
-                            self.isolator.detach(&name);
-                            self.attached.remove(&name);
-                        }
+                        self.detach(&newly);
                         return Err(e);
                     }
                 }
@@ -129,19 +133,13 @@ impl Daemon {
         let applied = match policy::apply(&mut self.maps, &compiled, &ifx) {
             Ok(a) => a,
             Err(e) => {
-                for name in newly {
-                    self.isolator.detach(&name);
-                    self.attached.remove(&name);
-                }
+                self.detach(&newly);
                 return Err(e);
             }
         };
         let gone: Vec<String> =
             self.attached.keys().filter(|n| !ifx.contains_key(*n)).cloned().collect();
-        for name in gone {
-            self.isolator.detach(&name);
-            self.attached.remove(&name);
-        }
+        self.detach(&gone);
         let state = DaemonState {
             pid: std::process::id(),
             config: config_path.to_owned(),
