@@ -197,3 +197,41 @@ fn falls_back_to_generic_xdp_with_a_warning() {
     assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
     assert!(!xdp_attached(&host, "br0"));
 }
+
+/// A reload that adds an interface attaches to it; one that drops an
+/// interface detaches from it; the others keep their program throughout.
+#[test]
+fn reload_attaches_and_detaches_interfaces() {
+    let (mut topo, host, peer) = one_iface("ifs");
+    topo.veth(&peer, "out1", &host, "dmz1");
+    let inst = Instance::new("ifs", GOOD);
+    let mut child = inst.start(&host, &[]);
+    inst.wait_ready(&mut child);
+    let wait_for = |want: &[&str]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = inst.status();
+            let names: Vec<String> = status["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_owned()).collect();
+            if names == want {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "interfaces {names:?}, want {want:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    inst.write_config(&format!("{GOOD}\n[[interface]]\nname = \"dmz1\"\nzone = \"dmz\"\n"));
+    child.signal(libc::SIGHUP);
+    wait_for(&["dmz0", "dmz1"]);
+    assert!(xdp_attached(&host, "dmz0") && xdp_attached(&host, "dmz1"));
+
+    inst.write_config(&GOOD.replace("dmz0", "dmz1"));
+    child.signal(libc::SIGHUP);
+    wait_for(&["dmz1"]);
+    assert!(!xdp_attached(&host, "dmz0"), "dropped interface keeps its program");
+    assert!(xdp_attached(&host, "dmz1"));
+    assert_eq!(inst.status()["interfaces"][0]["bound"], true);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    assert!(!xdp_attached(&host, "dmz1"));
+}
