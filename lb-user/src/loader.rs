@@ -74,13 +74,16 @@ impl Isolator {
         Ok(mode)
     }
 
-    /// Runs the program once over `frame` with `BPF_PROG_TEST_RUN` (as if it
-    /// arrived on the current namespace's loopback) and returns the XDP action.
-    pub fn test_run(&mut self, frame: &[u8]) -> Result<u32> {
+    /// Runs the program `repeat` times over `frame` with `BPF_PROG_TEST_RUN`
+    /// (as if it arrived on the current namespace's loopback); returns the
+    /// XDP action and the kernel's mean time per run.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration)> {
         let prog = program(&mut self.ebpf)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
-        Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN")?.return_value)
+        opts.repeat = repeat;
+        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        Ok((r.return_value, r.duration))
     }
 
     /// Detaches from one interface (no-op when not attached there).

@@ -13,6 +13,7 @@
 //! All of it needs root (namespaces, veths, AF_PACKET): see [`require_root`].
 
 pub mod counters;
+pub mod kernel;
 pub mod netns;
 pub mod rawframe;
 pub mod scan;

@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::{gen, kernel::{fixture_config, KernelIsolator, ModelFrags}};
+use common::gen;
+use harness::kernel::{fixture_config, KernelIsolator, ModelFrags};
 use lb_common::{
     isolator::{counter_index, DropReason, PassReason, Verdict, COUNTERS_LEN},
     model,

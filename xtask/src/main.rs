@@ -42,6 +42,8 @@ enum Task {
     },
     /// Show the isolator at work in a throwaway netns topology.
     Demo,
+    /// Measure (not test) per-packet costs; results in bench/results/.
+    Bench,
 }
 
 /// The workspace root (the parent of xtask/).
@@ -101,6 +103,10 @@ fn main() -> Result<()> {
                 .args(["test", "--release", "--workspace"])
                 .args(args)
                 .env("SWARMLB_BIN", root().join("target/release/swarmlb")))
+        }
+        Task::Bench => {
+            build()?;
+            run(cargo().args(["run", "--release", "-q", "-p", "swarmlb-tests", "--bin", "bench"]))
         }
         Task::Demo => {
             build()?;

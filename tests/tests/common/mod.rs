@@ -3,4 +3,3 @@
 
 pub mod gen;
 pub mod daemon;
-pub mod kernel;

@@ -1,6 +1,7 @@
 //! The isolator loaded for `BPF_PROG_TEST_RUN`, with a policy applied the
 //! way the daemon applies it, and its maps pinned in a directory of its own
-//! that is removed when the test ends (also on panic).
+//! that is removed on drop (also on panic). Used by the differential tests
+//! and the benchmark.
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -30,6 +31,7 @@ allow = ["10.9.0.0/16", "10.9.1.0/24", "fd09::/32"]
 nodes = ["10.7.0.1", "10.7.0.2", "fd07::1", "10.9.1.128/25"]
 "#;
 
+/// [`FIXTURE_CONFIG`], parsed.
 pub fn fixture_config() -> Config {
     Config::parse(FIXTURE_CONFIG, "fixture.toml").expect("fixture config parses")
 }
@@ -45,6 +47,8 @@ pub struct KernelIsolator {
 }
 
 impl KernelIsolator {
+    /// Loads the isolator with its maps pinned under a name made of the
+    /// process id and `tag`, applies `config` with `lo` as its interface.
     pub fn new(tag: &str, config: Config) -> Self {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/swarmlb-test-{}-{tag}", std::process::id()));
         let _ = remove_pins(&pin_dir);
@@ -70,13 +74,20 @@ impl KernelIsolator {
         if frame.len() < lb_common::wire::ETH_HLEN {
             return None;
         }
-        Some(self.iso.as_mut().unwrap().test_run(frame).expect("test run"))
+        Some(self.iso.as_mut().unwrap().test_run(frame, 1).expect("test run").0)
     }
 
+    /// Runs one frame `repeat` times in the kernel: (action, mean time per run).
+    pub fn run_repeated(&mut self, frame: &[u8], repeat: u32) -> (u32, std::time::Duration) {
+        self.iso.as_mut().unwrap().test_run(frame, repeat).expect("test run")
+    }
+
+    /// The per-reason counters, summed over CPUs.
     pub fn counters(&self) -> Vec<u64> {
         self.maps.as_ref().unwrap().counters().unwrap()
     }
 
+    /// Empties the fragment table.
     pub fn clear_fragments(&mut self) {
         let maps = self.maps.as_mut().unwrap();
         let keys: Vec<FragKey> = maps.fragments.keys().filter_map(Result::ok).collect();
