@@ -97,23 +97,17 @@ pub fn decide(ctx: &XdpContext) -> Decision {
     }
 }
 
-/// Source and destination addresses (IPv4 in the first four bytes).
-struct Addrs {
-    src: [u8; 16],
-    dst: [u8; 16],
-}
-
 #[inline(always)]
 fn ipv4(c: &mut Ctx, off: usize) -> Decision {
     c.headers.family = FAMILY_V4;
-    let (Some(vihl_tos), Some(total), Some(id), Some(frag), Some(ttl_proto), Some(src), Some(dst)) = (
+    // The addresses are read only when needed (allow-list, fragments); the
+    // length check below covers their bytes (total >= ihl >= 20).
+    let (Some(vihl_tos), Some(total), Some(id), Some(frag), Some(ttl_proto)) = (
         c.pkt.be16_at(off),
         c.pkt.be16_at(off + 2),
         c.pkt.be16_at(off + 4),
         c.pkt.be16_at(off + 6),
         c.pkt.be16_at(off + 8),
-        c.pkt.bytes_at::<4>(off + 12),
-        c.pkt.bytes_at::<4>(off + 16),
     ) else {
         return c.drop(DropReason::Malformed);
     };
@@ -125,39 +119,40 @@ fn ipv4(c: &mut Ctx, off: usize) -> Decision {
         return c.drop(DropReason::Malformed);
     }
     c.headers.proto = proto;
-    let mut addrs = Addrs { src: [0; 16], dst: [0; 16] };
-    addrs.src[..4].copy_from_slice(&src);
-    addrs.dst[..4].copy_from_slice(&dst);
-    let key = frag_key(&addrs, u32::from(id), proto, FAMILY_V4);
     let frag_offset = usize::from(frag & 0x1fff) * 8;
     if frag_offset != 0 {
-        return later_fragment(c, &key, proto, frag_offset);
+        return match frag_key(c, u32::from(id), proto) {
+            Some(key) => later_fragment(c, &key, proto, frag_offset),
+            None => c.drop(DropReason::Malformed),
+        };
     }
-    let first = frag & 0x2000 != 0;
-    transport(c, proto, off + ihl, off + total, &addrs, first, &key)
+    let first = if frag & 0x2000 != 0 {
+        match frag_key(c, u32::from(id), proto) {
+            Some(key) => Some(key),
+            None => return c.drop(DropReason::Malformed),
+        }
+    } else {
+        None
+    };
+    transport(c, proto, off + ihl, off + total, first)
 }
 
 #[inline(always)]
 fn ipv6(c: &mut Ctx, off: usize) -> Decision {
     c.headers.family = FAMILY_V6;
-    let (Some(vtc), Some(plen), Some(next_hop), Some(src), Some(dst)) = (
-        c.pkt.be16_at(off),
-        c.pkt.be16_at(off + 4),
-        c.pkt.be16_at(off + 6),
-        c.pkt.bytes_at::<16>(off + 8),
-        c.pkt.bytes_at::<16>(off + 24),
-    ) else {
+    // As for IPv4, the addresses are read on demand; `end` covers them.
+    let (Some(vtc), Some(plen), Some(next_hop)) =
+        (c.pkt.be16_at(off), c.pkt.be16_at(off + 4), c.pkt.be16_at(off + 6))
+    else {
         return c.drop(DropReason::Malformed);
     };
     let end = off + IPV6_HLEN + usize::from(plen);
     if vtc >> 12 != 6 || end > c.pkt.len() {
         return c.drop(DropReason::Malformed);
     }
-    let addrs = Addrs { src, dst };
     let mut next = (next_hop >> 8) as u8;
     let mut cur = off + IPV6_HLEN;
-    let mut first = false;
-    let mut key = FragKey::default();
+    let mut first: Option<FragKey> = None;
     let mut seen_fragment_header = false;
     for headers in 0..=MAX_IPV6_EXT_HEADERS {
         let is_ext = is_skippable_ipv6_ext(next) || next == IPPROTO_ROUTING || next == IPPROTO_FRAGMENT;
@@ -178,25 +173,30 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
                 return c.drop(DropReason::Malformed);
             };
             let inner = (next_res >> 8) as u8;
-            key = frag_key(&addrs, id, 0, FAMILY_V6);
             let frag_offset = usize::from(offset_field & 0xfff8);
-            if frag_offset != 0 {
-                c.headers.proto = inner;
-                return later_fragment(c, &key, inner, frag_offset);
+            // Offset 0 without M is an "atomic fragment": a whole datagram.
+            if frag_offset != 0 || offset_field & 1 != 0 {
+                let Some(key) = frag_key(c, id, 0) else {
+                    return c.drop(DropReason::Malformed);
+                };
+                if frag_offset != 0 {
+                    c.headers.proto = inner;
+                    return later_fragment(c, &key, inner, frag_offset);
+                }
+                first = Some(key);
             }
-            first = offset_field & 1 != 0;
             next = inner;
             cur += IPV6_FRAG_HLEN;
             continue;
         }
         if next == IPPROTO_ROUTING {
             let access = c.zone.routing_header_access;
-            if access != 0 && !is_allowed(access, source_sets(c.zone.slot, FAMILY_V6, &addrs)) {
+            if access != 0 && !is_allowed(access, source_sets(c)) {
                 c.headers.proto = next;
                 return c.drop(DropReason::RoutingHeader);
             }
         }
-        let truncated = if first { DropReason::TinyFragment } else { DropReason::Malformed };
+        let truncated = if first.is_some() { DropReason::TinyFragment } else { DropReason::Malformed };
         if cur + 2 > end {
             return c.drop(truncated);
         }
@@ -212,12 +212,24 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
         cur += len;
     }
     c.headers.proto = next;
-    transport(c, next, cur, end, &addrs, first, &key)
+    transport(c, next, cur, end, first)
 }
 
+/// The reassembly key of the packet's datagram (IPv4 addresses in the
+/// first four bytes). `None` only if the addresses are out of bounds, which
+/// the callers' length checks rule out.
 #[inline(always)]
-fn frag_key(addrs: &Addrs, id: u32, proto: u8, family: u8) -> FragKey {
-    FragKey { src: addrs.src, dst: addrs.dst, id, proto, family, _pad: [0; 2] }
+fn frag_key(c: &Ctx, id: u32, proto: u8) -> Option<FragKey> {
+    let l3 = c.headers.l3;
+    let mut key = FragKey { id, proto, family: c.headers.family, ..FragKey::default() };
+    if c.headers.family == FAMILY_V4 {
+        key.src[..4].copy_from_slice(&c.pkt.bytes_at::<4>(l3 + 12)?);
+        key.dst[..4].copy_from_slice(&c.pkt.bytes_at::<4>(l3 + 16)?);
+    } else {
+        key.src = c.pkt.bytes_at::<16>(l3 + 8)?;
+        key.dst = c.pkt.bytes_at::<16>(l3 + 24)?;
+    }
+    Some(key)
 }
 
 #[inline(always)]
@@ -233,36 +245,30 @@ fn later_fragment(c: &Ctx, key: &FragKey, proto: u8, byte_offset: usize) -> Deci
     }
 }
 
-/// The source sets of the packet's source address in the zone's slot.
+/// The source sets of the packet's source address in the zone's slot
+/// (0 if the address were out of bounds, which the length checks rule out).
 #[inline(always)]
-fn source_sets(slot: u32, family: u8, addrs: &Addrs) -> u32 {
-    let slot = slot.to_be_bytes();
-    let sets = if family == FAMILY_V4 {
-        let mut addr = [0u8; 4];
-        addr.copy_from_slice(&addrs.src[..4]);
+fn source_sets(c: &Ctx) -> u32 {
+    let slot = c.zone.slot.to_be_bytes();
+    let l3 = c.headers.l3;
+    let sets = if c.headers.family == FAMILY_V4 {
+        let Some(addr) = c.pkt.bytes_at::<4>(l3 + 12) else { return 0 };
         SOURCES_V4.get(Key::new(SOURCE_SLOT_BITS + 32, SourceV4 { slot, addr }))
     } else {
-        SOURCES_V6.get(Key::new(SOURCE_SLOT_BITS + 128, SourceV6 { slot, addr: addrs.src }))
+        let Some(addr) = c.pkt.bytes_at::<16>(l3 + 8) else { return 0 };
+        SOURCES_V6.get(Key::new(SOURCE_SLOT_BITS + 128, SourceV6 { slot, addr }))
     };
     sets.copied().unwrap_or(0)
 }
 
 /// Judges the upper-layer header at `l4`; the IP payload ends at `end`.
+/// `first_fragment` carries the reassembly key of a first fragment.
 #[inline(always)]
-fn transport(
-    c: &mut Ctx,
-    proto: u8,
-    l4: usize,
-    end: usize,
-    addrs: &Addrs,
-    first_fragment: bool,
-    key: &FragKey,
-) -> Decision {
-    let family = c.headers.family;
+fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Option<FragKey>) -> Decision {
     let decision = if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
         let min = if proto == IPPROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN };
         if l4 + min > end {
-            return c.drop(if first_fragment { DropReason::TinyFragment } else { DropReason::Malformed });
+            return c.drop(if first_fragment.is_some() { DropReason::TinyFragment } else { DropReason::Malformed });
         }
         let Some(port) = c.pkt.be16_at(l4 + 2) else {
             return c.drop(DropReason::Malformed);
@@ -274,7 +280,7 @@ fn transport(
         if access == 0 {
             c.pass(PassReason::Unprotected)
         } else {
-            let verdict = if is_allowed(access, source_sets(c.zone.slot, family, addrs)) {
+            let verdict = if is_allowed(access, source_sets(c)) {
                 Verdict::Pass(PassReason::Allowed)
             } else {
                 Verdict::Drop(DropReason::ProtectedPort)
@@ -287,7 +293,7 @@ fn transport(
         }
     } else if is_encapsulation(proto) {
         let access = c.zone.tunnel_access;
-        if access == 0 || is_allowed(access, source_sets(c.zone.slot, family, addrs)) {
+        if access == 0 || is_allowed(access, source_sets(c)) {
             c.pass(PassReason::OtherProtocol)
         } else {
             c.drop(DropReason::Tunnel)
@@ -295,11 +301,11 @@ fn transport(
     } else {
         c.pass(PassReason::OtherProtocol)
     };
-    if first_fragment {
+    if let Some(key) = first_fragment {
         let remembered = if decision.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
         // A full table evicts the oldest entry (LRU); a failed insert leaves
         // the followers unknown, which drops them: the safe side.
-        let _ = FRAGMENTS.insert(key, &(remembered as u32), u64::from(BPF_ANY));
+        let _ = FRAGMENTS.insert(&key, &(remembered as u32), u64::from(BPF_ANY));
     }
     decision
 }
