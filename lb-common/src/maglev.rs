@@ -232,6 +232,7 @@ mod tests {
         let moved = t1.iter().zip(&t2).filter(|(a, b)| key1(**a) != 1004 && key1(**a) != key2(**b)).count();
         // Maglev trades a little disruption for balance; the paper sees a
         // few percent. Slots of the survivors must almost all stay put.
+        std::println!("removing 1 of 10 backends moved {moved} of the survivors' slots");
         assert!(moved < DEFAULT_TABLE_SIZE as usize / 20, "{moved} slots of surviving backends moved");
     }
 
