@@ -6,7 +6,11 @@
 //! ([`servers::TcpListeners`], [`servers::UdpEcho`]), and probe from the
 //! other with port scanners that tell open, closed and dropped ports apart
 //! ([`scan`]), hand-made frames ([`rawframe`]) and kernel counters
-//! ([`counters::nstat`]). Everything is removed on drop, also when a test
+//! ([`counters::nstat`]). For the load balancer there are real TLS
+//! backends: Debian's nginx per worker namespace ([`nginx`]) with
+//! certificates from a per-test CA and rustls clients ([`tls`]);
+//! [`kernel`] loads the XDP program for BPF_PROG_TEST_RUN. Everything is
+//! removed on drop, also when a test
 //! panics; names are unique per process and call, so tests run in parallel.
 //! Traffic never leaves the test's own namespaces.
 //!
@@ -15,10 +19,12 @@
 pub mod counters;
 pub mod kernel;
 pub mod netns;
+pub mod nginx;
 pub mod rawframe;
 pub mod scan;
 pub mod servers;
 mod sys;
+pub mod tls;
 pub mod topology;
 
 pub use counters::nstat;
@@ -49,3 +55,5 @@ pub fn root_or_skip() -> bool {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
