@@ -16,7 +16,20 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn ensure() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
-    ensure_packages()
+    ensure_packages()?;
+    ensure_bpffs()
+}
+
+/// Mounts the BPF filesystem at /sys/fs/bpf once, before tests run in
+/// parallel: each process mounting it on its own could stack two mounts
+/// and hide the first one's pins.
+fn ensure_bpffs() -> Result<()> {
+    let fs = output(Command::new("stat").args(["-f", "-c", "%T", "/sys/fs/bpf"])).unwrap_or_default();
+    if fs == "bpf_fs" {
+        return Ok(());
+    }
+    eprintln!("setup: mounting bpffs at /sys/fs/bpf");
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
