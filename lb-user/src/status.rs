@@ -112,7 +112,7 @@ pub fn render_table(r: &StatusReport) -> String {
     let mut out = String::new();
     let running = if r.daemon_running { "running" } else { "NOT RUNNING" };
     let _ = writeln!(out, "swarmlb isolator  pid {} ({running})  maps {}", r.pid, r.pin_path);
-    let _ = writeln!(out, "\n{:<16} {:>7} {:<12} {:<8} {}", "INTERFACE", "IFINDEX", "ZONE", "XDP", "BOUND");
+    let _ = writeln!(out, "\n{:<16} {:>7} {:<12} {:<8} BOUND", "INTERFACE", "IFINDEX", "ZONE", "XDP");
     for i in &r.interfaces {
         let mode = match i.mode {
             crate::loader::AttachMode::Native => "native",

@@ -58,7 +58,7 @@ fn ip(s: &str) -> IpAddr {
 /// Is (proto, port) protected by CONFIG, and may `src` reach it?
 fn protected(tcp: bool, port: u16) -> Option<&'static [&'static str]> {
     let user = (tcp && (port == 22 || port == 5432)) || (!tcp && port == 161) || (9000..=9100).contains(&port);
-    let swarm = (tcp && (port == 2377 || port == 7946)) || (!tcp && (port == 7946 || port == 4789));
+    let swarm = port == 7946 || (tcp && port == 2377) || (!tcp && port == 4789);
     match (user, swarm) {
         (true, true) => Some(&[ADMIN4, ADMIN6, NODE4, NODE6]),
         (true, false) => Some(&[ADMIN4, ADMIN6]),
@@ -125,9 +125,9 @@ fn expected_udp(src: &str, port: u16) -> UdpOutcome {
 fn check_scan(lab: &Lab, target: &str, src: &str, ports: &[u16]) -> (usize, usize) {
     let (t, s) = (ip(target), ip(src));
     let p = ports.to_vec();
-    let tcp = lab.dmz.run(move || tcp_scan(t, p.into_iter(), Some(s), 2048, Duration::from_millis(1500)).unwrap());
+    let tcp = lab.dmz.run(move || tcp_scan(t, p, Some(s), 2048, Duration::from_millis(1500)).unwrap());
     let p = ports.to_vec();
-    let udp = lab.dmz.run(move || udp_scan(t, p.into_iter(), Some(s), Duration::from_millis(1500)).unwrap());
+    let udp = lab.dmz.run(move || udp_scan(t, p, Some(s), Duration::from_millis(1500)).unwrap());
     assert_eq!(tcp.len(), ports.len());
     assert_eq!(udp.len(), ports.len());
     let tcp_wrong: Vec<_> = tcp.iter().filter(|(p, o)| *o != expected_tcp(src, *p)).collect();

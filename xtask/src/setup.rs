@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: everything the build and the tests need, installed
 //! only when missing (a second run does nothing).
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{fs, path::{Path, PathBuf}, process::Command};
 
 use anyhow::{bail, Context, Result};
 
@@ -56,7 +56,7 @@ fn ensure_rust_src() -> Result<()> {
 }
 
 /// The nightly's own libLLVM: (major version, library name for `-l dylib=`).
-fn nightly_llvm(sysroot: &PathBuf) -> Result<(String, String)> {
+fn nightly_llvm(sysroot: &Path) -> Result<(String, String)> {
     let lib = sysroot.join("lib");
     for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
         let name = entry?.file_name().to_string_lossy().into_owned();

@@ -26,6 +26,9 @@ use harness::{
     ChildGuard, Netns, Topology,
 };
 
+/// A named evasion attempt: the frames it sends.
+type Probe = (&'static str, Vec<Vec<u8>>);
+
 const DEMO_CONFIG: &str = include_str!("../../../examples/demo.toml");
 const TCP_PORTS: &[u16] = &[80, 443, 2377, 5432, 9090];
 const UDP_PORTS: &[u16] = &[161, 4789, 5000];
@@ -143,7 +146,7 @@ fn main() -> Result<()> {
         let raw = dmz.run(|| RawSocket::open(&dmz, "out0"))?;
         let eth = FrameBuilder::new(harness::topology::mac(&dmz, "out0")?, harness::topology::mac(&host, "dmz0")?);
         let (src, dst) = (Ipv4Addr::new(10, 77, 0, 2), Ipv4Addr::new(10, 77, 0, 1));
-        let frames_to = |dport: u16, id: u16| -> Result<Vec<(&'static str, Vec<Vec<u8>>)>> {
+        let frames_to = |dport: u16, id: u16| -> Result<Vec<Probe>> {
             let l4 = L4::udp(40000, dport, &[0x30; 48]);
             let ip = |n: u16| Ipv4 { id: id + n, ..Ipv4::new(src, dst) };
             Ok(vec![

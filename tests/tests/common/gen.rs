@@ -133,7 +133,7 @@ pub fn fixtures() -> Vec<Fixture> {
         fx("IPv6 hop-by-hop + dest opts, tcp/22", tcp6(OUT6, &[generic_ext(0, 0), dest_opts(2)], 22), drop(D::ProtectedPort)),
         fx("IPv6 eight extension headers, tcp/80", tcp6(OUT6, &vec![dest_opts(0); 8], 80), pass(P::Unprotected)),
         fx("IPv6 nine extension headers", tcp6(OUT6, &vec![dest_opts(0); 9], 80), drop(D::ExtensionChainTooLong)),
-        fx("IPv6 routing header from outside", tcp6(OUT6, &[srh.clone()], 80), drop(D::RoutingHeader)),
+        fx("IPv6 routing header from outside", tcp6(OUT6, std::slice::from_ref(&srh), 80), drop(D::RoutingHeader)),
         fx("IPv6 routing header from a node", tcp6(NODE6, &[srh], 80), pass(P::Unprotected)),
         fx("IPv6 extension header past the payload", frag6(&[], 60, &[6, 4, 0, 0]), drop(D::Malformed)),
         // IPv4 fragments: the verdict of the first fragment carries over.
