@@ -6,7 +6,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::daemon::{swarmlb_bin, Instance};
+use common::daemon::{stop_cleanly, swarmlb_bin, wait_until, Instance};
 use harness::{Netns, Topology};
 
 const GOOD: &str = r#"
@@ -97,16 +97,14 @@ fn stop_detaches_and_unpins_unless_asked_to_keep() {
     for want in ["dmz0", "native", "zone dmz", "tcp/5432", "protected_port"] {
         assert!(table.contains(want), "status table lacks {want}:\n{table}");
     }
-    child.signal(libc::SIGTERM);
-    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    stop_cleanly(&mut child, libc::SIGTERM);
     assert!(!xdp_attached(&host, "dmz0"), "program left on the interface");
     assert!(!inst.pin_path.exists(), "pins left behind");
 
     // SIGINT with --keep-pinned: detached, maps (and counters) kept.
     let mut child = inst.start(&host, &["--keep-pinned"]);
     inst.wait_ready(&mut child);
-    child.signal(libc::SIGINT);
-    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    stop_cleanly(&mut child, libc::SIGINT);
     assert!(!xdp_attached(&host, "dmz0"));
     assert!(inst.pin_path.join("COUNTERS").exists(), "pins kept");
 }
@@ -120,30 +118,25 @@ fn sighup_reloads_and_a_broken_config_keeps_the_running_policy() {
 
     inst.write_config(&GOOD.replace("tcp/5432", "tcp/5432\", \"udp/9999"));
     child.signal(libc::SIGHUP);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let zones = inst.status()["zones"][0]["protected"].clone();
-        if zones.as_array().unwrap().iter().any(|p| p == "udp/9999") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "reload not applied: {zones}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let protected = || inst.status()["zones"][0]["protected"].clone();
+    wait_until(
+        Duration::from_secs(10),
+        || protected().as_array().unwrap().iter().any(|p| p == "udp/9999"),
+        || format!("reload not applied: {}", protected()),
+    );
 
     inst.write_config("[[interface]]\nname = \"dmz0\"\nzone = \"nosuchzone\"\n");
     child.signal(libc::SIGHUP);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !child.output_so_far().contains("running policy stays") {
-        assert!(std::time::Instant::now() < deadline, "bad reload not reported:\n{}", child.output_so_far());
-        assert!(child.try_status().is_none(), "daemon died on a bad reload");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || child.output_so_far().contains("running policy stays"),
+        || format!("bad reload not reported:\n{}", child.output_so_far()),
+    );
     let status = inst.status();
     assert!(status["zones"][0]["protected"].as_array().unwrap().iter().any(|p| p == "udp/9999"));
     assert!(xdp_attached(&host, "dmz0"));
     assert!(child.try_status().is_none(), "daemon died on a bad reload");
-    child.signal(libc::SIGTERM);
-    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    stop_cleanly(&mut child, libc::SIGTERM);
 }
 
 /// `kill -9` leaves the maps pinned (the program goes with the process);
@@ -161,12 +154,12 @@ fn restart_after_kill_adopts_the_pinned_maps() {
 
     let mut child = inst.start(&host, &[]);
     // The state file of the killed daemon is still there: wait for the new pid.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while inst.status()["pid"].as_u64() != Some(u64::from(child.pid())) {
-        assert!(std::time::Instant::now() < deadline, "restart not ready:\n{}", child.output_so_far());
-        assert!(child.try_status().is_none(), "restart failed:\n{}", child.output_so_far());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pid = u64::from(child.pid());
+    wait_until(
+        Duration::from_secs(20),
+        || inst.status()["pid"].as_u64() == Some(pid),
+        || format!("restart not ready:\n{}", child.output_so_far()),
+    );
     let status = inst.status();
     let slot = status["zones"][0]["slot"].as_u64().unwrap();
     assert_ne!(slot, first_slot, "the new policy went into a fresh slot");
@@ -177,8 +170,7 @@ fn restart_after_kill_adopts_the_pinned_maps() {
     assert_eq!(ports.len(), 5, "tcp/5432 and Swarm's four ports, nothing stale: {ports:?}");
     assert!(ports.iter().all(|k| u64::from(k.slot) == slot));
     drop(maps);
-    child.signal(libc::SIGTERM);
-    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    stop_cleanly(&mut child, libc::SIGTERM);
     assert!(!inst.pin_path.exists());
 }
 
@@ -197,8 +189,7 @@ fn falls_back_to_generic_xdp_with_a_warning() {
     assert_eq!(inst.status()["interfaces"][0]["mode"], "generic");
     assert!(child.output_so_far().contains("falling back to generic mode"), "{}", child.output_so_far());
     assert!(xdp_attached(&host, "br0"));
-    child.signal(libc::SIGTERM);
-    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    stop_cleanly(&mut child, libc::SIGTERM);
     assert!(!xdp_attached(&host, "br0"));
 }
 
@@ -211,17 +202,11 @@ fn reload_attaches_and_detaches_interfaces() {
     let inst = Instance::new("ifs", GOOD);
     let mut child = inst.start(&host, &[]);
     inst.wait_ready(&mut child);
+    let names = || -> Vec<String> {
+        inst.status()["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_owned()).collect()
+    };
     let wait_for = |want: &[&str]| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let status = inst.status();
-            let names: Vec<String> = status["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_owned()).collect();
-            if names == want {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "interfaces {names:?}, want {want:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(Duration::from_secs(10), || names() == want, || format!("interfaces {:?}, want {want:?}", names()));
     };
 
     inst.write_config(&format!("{GOOD}\n[[interface]]\nname = \"dmz1\"\nzone = \"dmz\"\n"));
@@ -235,7 +220,6 @@ fn reload_attaches_and_detaches_interfaces() {
     assert!(!xdp_attached(&host, "dmz0"), "dropped interface keeps its program");
     assert!(xdp_attached(&host, "dmz1"));
     assert_eq!(inst.status()["interfaces"][0]["bound"], true);
-    child.signal(libc::SIGTERM);
-    assert!(child.wait_timeout(Duration::from_secs(10)).expect("stops").success());
+    stop_cleanly(&mut child, libc::SIGTERM);
     assert!(!xdp_attached(&host, "dmz1"));
 }

@@ -88,3 +88,19 @@ impl Drop for Instance {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Sends `sig` and requires a clean exit within 10 s.
+pub fn stop_cleanly(child: &mut ChildGuard, sig: libc::c_int) {
+    child.signal(sig);
+    let status = child.wait_timeout(Duration::from_secs(10)).expect("swarmlb stops within 10 s");
+    assert!(status.success(), "swarmlb exited with {status}:\n{}", child.output_so_far());
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what()` after `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {}", what());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
