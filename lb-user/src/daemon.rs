@@ -166,6 +166,18 @@ impl Daemon {
     }
 }
 
+/// `swarmlb reload`: SIGHUP to the daemon named in the state file. The
+/// daemon logs whether the new config applied.
+pub fn signal_reload(runtime_dir: &Path) -> Result<()> {
+    let state = DaemonState::read(runtime_dir)?;
+    // SAFETY: kill(2) with a pid from our own state file and a valid signal.
+    if unsafe { libc::kill(state.pid as i32, libc::SIGHUP) } != 0 {
+        bail!("signalling swarmlb (pid {}): {}", state.pid, std::io::Error::last_os_error());
+    }
+    println!("asked swarmlb (pid {}) to reload {}", state.pid, state.config.display());
+    Ok(())
+}
+
 pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<()> {
     let cfg = Config::load(config_path)?;
     for w in cfg.warnings() {

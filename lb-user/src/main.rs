@@ -38,6 +38,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask the running daemon to re-read its config (sends it SIGHUP).
+    Reload {
+        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        runtime_dir: PathBuf,
+    },
     /// Show interfaces, zones, protected ports and counters of the running daemon.
     Status {
         #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e.into()),
         },
+        Command::Reload { runtime_dir } => daemon::signal_reload(&runtime_dir),
         Command::Status { runtime_dir, json } => status::collect(&runtime_dir).map(|r| {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("status serializes"));

@@ -117,7 +117,9 @@ fn sighup_reloads_and_a_broken_config_keeps_the_running_policy() {
     inst.wait_ready(&mut child);
 
     inst.write_config(&GOOD.replace("tcp/5432", "tcp/5432\", \"udp/9999"));
-    child.signal(libc::SIGHUP);
+    // `swarmlb reload` is SIGHUP to the pid in the state file.
+    let reload = Command::new(swarmlb_bin()).arg("reload").arg("--runtime-dir").arg(&inst.runtime_dir).output().unwrap();
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
     let protected = || inst.status()["zones"][0]["protected"].clone();
     wait_until(
         Duration::from_secs(10),
