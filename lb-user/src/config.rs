@@ -490,8 +490,10 @@ impl ReferencePolicy {
     pub fn new(cfg: &Config, ifindexes: &HashMap<String, u32>, slots: &HashMap<String, u32>) -> Self {
         let mut bindings = HashMap::new();
         let mut by_slot = HashMap::new();
-        for (zone_id, (name, z)) in cfg.zones.iter().enumerate() {
+        let compiled = cfg.compile();
+        for (name, z) in &cfg.zones {
             let Some(&slot) = slots.get(name) else { continue };
+            let zone_id = compiled.zones.iter().position(|c| &c.name == name).unwrap_or(usize::MAX);
             by_slot.insert(slot, z.clone());
             for i in cfg.interfaces.iter().filter(|i| &i.zone == name) {
                 if let Some(&ifindex) = ifindexes.get(&i.name) {

@@ -82,6 +82,11 @@ impl KernelIsolator {
         self.iso.as_mut().unwrap().test_run(frame, repeat).expect("test run")
     }
 
+    /// The binding the maps hold for an ifindex.
+    pub fn binding(&self, ifindex: u32) -> Option<lb_common::isolator::ZoneBinding> {
+        self.maps.as_ref().unwrap().bindings.get(&ifindex, 0).ok()
+    }
+
     /// The per-reason counters, summed over CPUs.
     pub fn counters(&self) -> Vec<u64> {
         self.maps.as_ref().unwrap().counters().unwrap()

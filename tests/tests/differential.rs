@@ -68,6 +68,7 @@ fn hex(b: &[u8]) -> String {
 fn evasion_fixtures() {
     let mut k = KernelIsolator::new("fixtures", fixture_config());
     let reference = k.reference();
+    assert_eq!(k.binding(1), lb_common::model::Policy::binding(&reference, 1), "the binding the daemon writes");
     let mut frags = ModelFrags::default();
     let cases = gen::fixtures();
     assert!(cases.len() >= 30, "fixture list shrank");
