@@ -100,6 +100,9 @@ fn stop_detaches_and_unpins_unless_asked_to_keep() {
     stop_cleanly(&mut child, libc::SIGTERM);
     assert!(!xdp_attached(&host, "dmz0"), "program left on the interface");
     assert!(!inst.pin_path.exists(), "pins left behind");
+    let status = Command::new(swarmlb_bin()).arg("status").arg("--runtime-dir").arg(&inst.runtime_dir).output().unwrap();
+    assert!(!status.status.success(), "status without a daemon must fail");
+    assert!(String::from_utf8_lossy(&status.stderr).contains("is `swarmlb run` running"));
 
     // SIGINT with --keep-pinned: detached, maps (and counters) kept.
     let mut child = inst.start(&host, &["--keep-pinned"]);
