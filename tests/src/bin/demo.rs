@@ -99,7 +99,7 @@ fn main() -> Result<()> {
     topo.veth(&dmz, "out0", &host, "dmz0");
     topo.addr(&host, "dmz0", "10.77.0.1/24");
     topo.addr(&host, "dmz0", "fd77::1/64");
-    for a in ["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64"] {
+    for a in ["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64", "fd77::3/64", "fd77::4/64"] {
         topo.addr(&dmz, "out0", a);
     }
     let addrs: [IpAddr; 2] = ["10.77.0.1".parse()?, "fd77::1".parse()?];
@@ -133,6 +133,8 @@ fn main() -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         println!("\n-- with swarmlb on dmz0: protected ports are dropped unless the source is allowed\n{}\n", probe_table(&dmz, &sources, addrs[0])?);
+        let sources6 = [("outsider", "fd77::2"), ("admin", "fd77::3"), ("swarm node", "fd77::4")];
+        println!("-- the same over IPv6 (fd77::1)\n{}\n", probe_table(&dmz, &sources6, addrs[1])?);
 
         println!("-- a full scan of 1-65535/tcp from the outsider");
         let t = Instant::now();
