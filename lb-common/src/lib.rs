@@ -10,6 +10,9 @@
 //! verdict for verdict (see the differential tests in `tests/`).
 #![no_std]
 
+pub mod balancer;
+pub mod balancer_model;
+pub mod csum;
 pub mod isolator;
 pub mod maglev;
 pub mod model;

@@ -1,0 +1,416 @@
+//! The load balancer's map layout, counters and limits.
+//!
+//! # How a VIP is laid out in the maps
+//!
+//! A *service* is one forwarding rule of a VIP: (address, protocol, entry
+//! port) → [`Service`] in [`MAP_SERVICES`]. Every `[[vip]]` owns one Maglev
+//! table of `table_size` slots in [`MAP_MAGLEV`], double-buffered: halves
+//! `2·vip` and `2·vip + 1`. User space fills the idle half and then points
+//! the VIP's services at it ([`Service::table_base`]); a hash-map update
+//! replaces the value as a whole, so a packet reads either the old table or
+//! the new one, never a half-written one.
+//!
+//! Table slots hold backend ids; [`MAP_BACKENDS`] maps an id to the backend's
+//! address. An id's [`BackendInfo::generation`] changes whenever the id is
+//! given to another backend, so a flow remembered under an old id is noticed
+//! and moved instead of silently following the id.
+//!
+//! # Flows
+//!
+//! [`MAP_FLOWS`] (LRU) remembers the backend of every flow by its 5-tuple as
+//! the client sent it. In `nat` mode a flow also owns a source port on the
+//! edge's inside address: [`MAP_NAT`] maps the reply's (backend, backend
+//! port, SNAT port) back to the client. NAT entries are not LRU: an entry is
+//! removed only by the agent's idle sweep, so a port is never handed to a
+//! second flow while the first one is alive.
+
+use crate::isolator::{FAMILY_V4, FAMILY_V6};
+
+/// [`ServiceKey`] → [`Service`].
+pub const MAP_SERVICES: &str = "LB_SERVICES";
+/// backend id (`u32`) → [`BackendInfo`].
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+/// Array of backend ids (`u32`): every VIP's two Maglev tables.
+pub const MAP_MAGLEV: &str = "LB_MAGLEV";
+/// LRU hash [`FlowKey`] → [`FlowEntry`].
+pub const MAP_FLOWS: &str = "LB_FLOWS";
+/// Hash [`NatKey`] → [`NatEntry`].
+pub const MAP_NAT: &str = "LB_NAT";
+/// Hash `0u32` → [`Globals`].
+pub const MAP_GLOBALS: &str = "LB_GLOBALS";
+/// Per-CPU array of `u64`, indexed by [`LbCounter`].
+pub const MAP_LB_COUNTERS: &str = "LB_COUNTERS";
+/// Per-CPU array of [`TrafficStats`], indexed by [`Service::stats_index`].
+pub const MAP_SERVICE_STATS: &str = "LB_SERVICE_STATS";
+/// Per-CPU array of [`TrafficStats`], indexed by backend id.
+pub const MAP_BACKEND_STATS: &str = "LB_BACKEND_STATS";
+/// Device hash map: the interfaces the balancer may redirect to.
+pub const MAP_EGRESS: &str = "LB_EGRESS";
+/// Program array: slot [`NEXT_STAGE_ISOLATOR`] holds the isolator, which
+/// judges traffic that is not the balancer's.
+pub const MAP_NEXT_STAGE: &str = "LB_NEXT_STAGE";
+/// On a DSR backend: [`DecapKey`] → `u32` (1): which tunnels to open.
+pub const MAP_DECAP: &str = "LB_DECAP";
+/// On a DSR backend: per-CPU array of `u64`, indexed by [`DecapCounter`].
+pub const MAP_DECAP_COUNTERS: &str = "LB_DECAP_COUNTERS";
+
+/// The balancer's XDP program.
+pub const PROGRAM_BALANCER: &str = "balancer";
+/// The DSR backend's decapsulation program.
+pub const PROGRAM_DECAP: &str = "decap";
+
+/// Slot of the isolator in [`MAP_NEXT_STAGE`].
+pub const NEXT_STAGE_ISOLATOR: u32 = 0;
+
+/// `[[vip]]` sections (each owns two Maglev tables).
+pub const MAX_VIPS: u32 = 16;
+/// Forwarding rules over all VIPs.
+pub const MAX_SERVICES: u32 = 256;
+/// Backend ids. Ids of removed backends are reused (with a new generation).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Backends one VIP may have.
+pub const MAX_BACKENDS_PER_VIP: usize = 1024;
+/// Flows remembered (LRU: the least recently used is forgotten first).
+pub const MAX_FLOWS: u32 = 262_144;
+/// NAT entries (one per `nat`-mode flow).
+pub const MAX_NAT_ENTRIES: u32 = 262_144;
+/// Interfaces the balancer may send packets out of.
+pub const MAX_EGRESS_INTERFACES: u32 = 64;
+/// Tunnel (edge address, VIP) pairs a DSR backend accepts.
+pub const MAX_DECAP_ENTRIES: u32 = 1024;
+/// SNAT ports tried for a new flow before it is refused as exhausted.
+pub const SNAT_PROBES: u32 = 8;
+/// A table slot without a backend (no backend has weight > 0).
+pub const NO_BACKEND: u32 = crate::maglev::EMPTY;
+/// Seed of the flow hash that picks the backend.
+pub const BACKEND_HASH_SEED: u32 = 0x5357_4c42;
+/// Seed of the flow hash that picks the first SNAT port to try.
+pub const SNAT_HASH_SEED: u32 = 0x6e61_7470;
+/// Hop limit of the outer header of a DSR tunnel packet.
+pub const TUNNEL_TTL: u8 = 64;
+/// The kernel refreshes [`NatEntry::last_seen_ns`] at most this often.
+pub const NAT_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// How a VIP forwards to its backends.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// DNAT to the backend, SNAT to the edge's inside address.
+    Nat = 0,
+    /// IPIP / IPv6-in-IPv6 to the backend, which answers the client.
+    Dsr = 1,
+    /// Ethernet rewrite only; the backend is on the edge's segment.
+    DsrL2 = 2,
+}
+
+impl Mode {
+    /// The mode stored as `raw` in [`Service::mode`].
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(Mode::Nat),
+            1 => Some(Mode::Dsr),
+            2 => Some(Mode::DsrL2),
+            _ => None,
+        }
+    }
+}
+
+/// A service: where a VIP's packets for one (protocol, port) arrive.
+/// Addresses are 16 bytes; IPv4 uses the first four, the rest are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    /// Entry port, host byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// What the kernel needs to forward a service's packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// First slot of the VIP's active Maglev table in [`MAP_MAGLEV`].
+    pub table_base: u32,
+    /// Slots in the table (a prime).
+    pub table_size: u32,
+    /// Index into [`MAP_SERVICE_STATS`].
+    pub stats_index: u32,
+    /// Port on the backend, host byte order (equal to the entry port in
+    /// the DSR modes).
+    pub target_port: u16,
+    /// [`Mode`] as `u8`.
+    pub mode: u8,
+    pub _pad: u8,
+}
+
+/// A backend as the kernel sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub addr: [u8; 16],
+    /// Changes whenever this id is given to another backend.
+    pub generation: u32,
+    pub family: u8,
+    /// 1 while the backend may keep flows; 0 when it is down (its flows
+    /// move to other backends). Draining is weight 0 in the Maglev table
+    /// with `up` still 1.
+    pub up: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A flow as the client sent it: the key of [`MAP_FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Host byte order.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Where a flow goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub backend: u32,
+    /// The backend's generation when the flow was placed.
+    pub generation: u32,
+    /// SNAT source port (host byte order); 0 in the DSR modes.
+    pub nat_port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// A `nat`-mode reply as it arrives from the backend: the key of [`MAP_NAT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub backend: [u8; 16],
+    /// Host byte order.
+    pub backend_port: u16,
+    /// Host byte order.
+    pub nat_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Where a `nat`-mode reply goes back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    pub client: [u8; 16],
+    pub vip: [u8; 16],
+    /// Host byte order.
+    pub client_port: u16,
+    /// Host byte order.
+    pub vip_port: u16,
+    /// The client's next hop (source MAC of the flow's first packet).
+    pub client_mac: [u8; 6],
+    /// The edge's MAC on that interface (its destination MAC).
+    pub edge_mac: [u8; 6],
+    /// The interface the flow arrived on; replies leave through it.
+    pub ifindex: u32,
+    pub _pad: [u8; 4],
+    /// `bpf_ktime_get_ns` of the last packet (refreshed at most every
+    /// [`NAT_TOUCH_INTERVAL_NS`]); the agent's idle sweep reads it.
+    pub last_seen_ns: u64,
+}
+
+/// Settings for all VIPs (key 0 of [`MAP_GLOBALS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// The edge's inside IPv4 address: SNAT source and tunnel source.
+    pub inside_v4: [u8; 4],
+    /// The edge's inside IPv6 address.
+    pub inside_v6: [u8; 16],
+    /// SNAT ports `[snat_port_min, snat_port_max]`, host byte order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+}
+
+/// Packets, bytes and new flows of a service or a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// A tunnel a DSR backend accepts: from the edge's address to the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecapKey {
+    pub outer_src: [u8; 16],
+    pub inner_dst: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What the balancer did with a packet. Each has a per-CPU counter (the
+/// discriminant is its index in [`MAP_LB_COUNTERS`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbCounter {
+    /// A packet of a known flow was forwarded.
+    FlowHit = 0,
+    /// A new flow was placed by the Maglev table.
+    NewFlow,
+    /// A flow's backend was gone or down: the flow was placed again.
+    FlowMoved,
+    /// A `nat`-mode reply was translated back to the client.
+    NatReply,
+    /// Dropped: the VIP's table has no backend.
+    NoBackend,
+    /// Dropped: no free SNAT port for a new flow.
+    SnatExhausted,
+    /// Dropped: no route to the backend.
+    NoRoute,
+    /// Dropped: the next hop's MAC is not resolved yet.
+    NoNeighbour,
+    /// Dropped: the route leads out of an interface not in [`MAP_EGRESS`].
+    NoEgress,
+    /// Dropped: the encapsulated packet exceeds the route's MTU.
+    TooBig,
+    /// Dropped: a fragment or a packet with IPv6 extension headers for a
+    /// VIP (no ports to balance on).
+    Unbalanceable,
+    /// Dropped: a packet for a VIP with a malformed header.
+    Malformed,
+    /// Handed to the kernel: the TTL would expire (it sends the ICMP).
+    TtlExpired,
+    /// Dropped: `bpf_xdp_adjust_head` failed (no headroom).
+    NoHeadroom,
+}
+
+/// Number of [`LbCounter`]s.
+pub const LB_COUNTERS_LEN: u32 = 14;
+
+impl LbCounter {
+    /// Every counter, in index order.
+    pub const ALL: [LbCounter; LB_COUNTERS_LEN as usize] = [
+        LbCounter::FlowHit,
+        LbCounter::NewFlow,
+        LbCounter::FlowMoved,
+        LbCounter::NatReply,
+        LbCounter::NoBackend,
+        LbCounter::SnatExhausted,
+        LbCounter::NoRoute,
+        LbCounter::NoNeighbour,
+        LbCounter::NoEgress,
+        LbCounter::TooBig,
+        LbCounter::Unbalanceable,
+        LbCounter::Malformed,
+        LbCounter::TtlExpired,
+        LbCounter::NoHeadroom,
+    ];
+
+    /// The name in `swarmlb status` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LbCounter::FlowHit => "flow_hit",
+            LbCounter::NewFlow => "new_flow",
+            LbCounter::FlowMoved => "flow_moved",
+            LbCounter::NatReply => "nat_reply",
+            LbCounter::NoBackend => "drop_no_backend",
+            LbCounter::SnatExhausted => "drop_snat_exhausted",
+            LbCounter::NoRoute => "drop_no_route",
+            LbCounter::NoNeighbour => "drop_no_neighbour",
+            LbCounter::NoEgress => "drop_no_egress",
+            LbCounter::TooBig => "drop_too_big",
+            LbCounter::Unbalanceable => "drop_unbalanceable",
+            LbCounter::Malformed => "drop_malformed",
+            LbCounter::TtlExpired => "pass_ttl_expired",
+            LbCounter::NoHeadroom => "drop_no_headroom",
+        }
+    }
+}
+
+/// What the decapsulation program did. Index in [`MAP_DECAP_COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapCounter {
+    /// A tunnel packet from an edge to a VIP was opened.
+    Decapsulated = 0,
+    /// A tunnel packet nobody configured: left to the kernel (which drops
+    /// it: no tunnel device).
+    Unknown,
+}
+
+/// Number of [`DecapCounter`]s.
+pub const DECAP_COUNTERS_LEN: u32 = 2;
+
+/// Reads the `family` field's address: 4 or 16 bytes of `addr`.
+#[inline(always)]
+pub fn addr_len(family: u8) -> usize {
+    if family == FAMILY_V6 {
+        16
+    } else {
+        4
+    }
+}
+
+/// An address in the 16-byte form the keys use.
+#[inline(always)]
+pub const fn v4_key(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// Is `family` one the balancer knows?
+#[inline(always)]
+pub const fn known_family(family: u8) -> bool {
+    family == FAMILY_V4 || family == FAMILY_V6
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are `repr(C)` plain data with explicit padding fields, so
+    // every byte is initialised and any bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for BackendInfo {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for Globals {}
+    unsafe impl aya::Pod for TrafficStats {}
+    unsafe impl aya::Pod for DecapKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<BackendInfo>(), 24);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowEntry>(), 12);
+        assert_eq!(size_of::<NatKey>(), 24);
+        assert_eq!(size_of::<NatEntry>(), 64);
+        assert_eq!(size_of::<Globals>(), 24);
+        assert_eq!(size_of::<TrafficStats>(), 24);
+        assert_eq!(size_of::<DecapKey>(), 36);
+    }
+
+    #[test]
+    fn counters_are_indexed_in_order() {
+        for (i, c) in LbCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The load balancer's decision and rewrite in plain Rust: the reference
+//! the XDP program (`lb-ebpf/src/balancer`) must match byte for byte.
+//!
+//! # Rules
+//!
+//! 1. Only untagged Ethernet frames carrying IPv4 or IPv6 with TCP or UDP
+//!    directly after the IP header can be the balancer's; everything else
+//!    goes to the next stage (the isolator, or the kernel).
+//! 2. A packet whose (destination, protocol, destination port) is a
+//!    service is forwarded; one that comes to the edge's inside address
+//!    and matches a NAT entry is a reply and goes back to its client.
+//!    Anything else goes to the next stage.
+//! 3. A service's packet that is a fragment, or whose headers do not fit
+//!    the frame, is dropped and counted; no backend can be chosen for it.
+//! 4. In `nat` mode a packet whose TTL / hop limit would expire goes to
+//!    the kernel unchanged (it sends the ICMP time-exceeded).
+//! 5. A known flow whose backend is still the same and up keeps it;
+//!    otherwise the VIP's Maglev table picks one for
+//!    `flow_hash(5-tuple) % table_size`, and the flow is remembered.
+//! 6. `nat`: the flow gets a SNAT port — the first free one of
+//!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple, or the
+//!    one whose NAT entry already names this flow. None free: dropped.
+//!    Destination becomes backend:target port, source the edge's inside
+//!    address:SNAT port, TTL − 1, checksums updated incrementally.
+//!    `dsr`: an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6) header from the
+//!    inside address to the backend is put in front; the inner packet is
+//!    not touched. `dsr-l2`: only the Ethernet addresses change.
+//! 7. The next hop comes from the route to the backend: its MACs go into
+//!    the Ethernet header; out of the ingress interface is `XDP_TX`,
+//!    another interface a redirect (it must be an egress interface).
+//! 8. A reply is rewritten back (source VIP:entry port, destination
+//!    client:port, TTL − 1) and sent to the MAC the flow came from, out of
+//!    the interface it came in on.
+
+use crate::{
+    balancer::*,
+    csum,
+    isolator::{FAMILY_V4, FAMILY_V6},
+    maglev::flow_hash,
+    wire::*,
+};
+
+/// What the routing table says about a destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Out of `ifindex`, from `smac` to `dmac`.
+    Via { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// No route.
+    Unreachable,
+    /// A route, but the next hop's MAC is unknown.
+    NoNeighbour,
+    /// A packet of the given IP length does not fit the route's MTU.
+    TooBig,
+}
+
+/// The state the decision reads and writes: the kernel's maps, or plain
+/// collections in a test.
+pub trait Tables {
+    fn service(&self, key: &ServiceKey) -> Option<Service>;
+    fn backend(&self, id: u32) -> Option<BackendInfo>;
+    /// The backend id in slot `index` of [`MAP_MAGLEV`].
+    fn maglev_slot(&self, index: u32) -> Option<u32>;
+    fn globals(&self) -> Option<Globals>;
+    fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
+    fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry);
+    fn nat(&self, key: &NatKey) -> Option<NatEntry>;
+    /// Inserts only if `key` is free; `false` if taken or the map is full.
+    fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> bool;
+    /// The route to `dst` for a packet of `ip_len` bytes (the IP packet as
+    /// it will be sent) that arrived on `ifindex`.
+    fn route(&self, family: u8, dst: &[u8; 16], ifindex: u32, ip_len: u16) -> Route;
+    /// May the balancer redirect out of `ifindex`?
+    fn is_egress(&self, ifindex: u32) -> bool;
+}
+
+/// The XDP action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Not the balancer's: on to the next stage, unchanged.
+    NextStage,
+    /// Handed to the kernel unchanged.
+    Pass,
+    Drop,
+    /// Out of the ingress interface.
+    Tx,
+    /// Out of another interface.
+    Redirect(u32),
+}
+
+/// What happened to a packet; `len` bytes of `out` are the packet sent
+/// (for `Tx` and `Redirect`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: Action,
+    /// The counter bumped (none for `NextStage`).
+    pub counter: Option<LbCounter>,
+    /// The flow's previous backend was gone or down.
+    pub moved: bool,
+    /// `(service stats index, backend id)` charged with the packet.
+    pub charged: Option<(u32, u32)>,
+    pub len: usize,
+}
+
+impl Outcome {
+    const fn next_stage() -> Self {
+        Outcome { action: Action::NextStage, counter: None, moved: false, charged: None, len: 0 }
+    }
+    const fn with(action: Action, counter: LbCounter) -> Self {
+        Outcome { action, counter: Some(counter), moved: false, charged: None, len: 0 }
+    }
+}
+
+/// The parsed headers of a TCP/UDP packet.
+#[derive(Clone, Copy, Debug)]
+struct Parsed {
+    family: u8,
+    proto: u8,
+    l3: usize,
+    l4: usize,
+    /// Length of the IP packet (header included) per its header.
+    ip_len: usize,
+    ttl: u8,
+    fragment: bool,
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+}
+
+fn be16(f: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]))
+}
+
+fn addr<const N: usize>(f: &[u8], off: usize) -> Option<[u8; 16]> {
+    let mut a = [0u8; 16];
+    a[..N].copy_from_slice(f.get(off..off + N)?);
+    Some(a)
+}
+
+/// Rule 1: the headers, if this can be a balanced packet at all.
+fn parse(f: &[u8]) -> Option<Parsed> {
+    let l3 = ETH_HLEN;
+    match be16(f, 12)? {
+        ETH_P_IPV4 => {
+            let vihl = *f.get(l3)?;
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            let proto = *f.get(l3 + 9)?;
+            if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+                return None;
+            }
+            let frag = be16(f, l3 + 6)?;
+            let l4 = l3 + ihl;
+            Some(Parsed {
+                family: FAMILY_V4,
+                proto,
+                l3,
+                l4,
+                ip_len: usize::from(be16(f, l3 + 2)?),
+                ttl: *f.get(l3 + 8)?,
+                fragment: frag & 0x3fff != 0,
+                src: addr::<4>(f, l3 + 12)?,
+                dst: addr::<4>(f, l3 + 16)?,
+                sport: be16(f, l4)?,
+                dport: be16(f, l4 + 2)?,
+            })
+        }
+        ETH_P_IPV6 => {
+            let proto = *f.get(l3 + 6)?;
+            if *f.get(l3)? >> 4 != 6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+                return None;
+            }
+            let l4 = l3 + IPV6_HLEN;
+            Some(Parsed {
+                family: FAMILY_V6,
+                proto,
+                l3,
+                l4,
+                ip_len: IPV6_HLEN + usize::from(be16(f, l3 + 4)?),
+                ttl: *f.get(l3 + 7)?,
+                fragment: false,
+                src: addr::<16>(f, l3 + 8)?,
+                dst: addr::<16>(f, l3 + 24)?,
+                sport: be16(f, l4)?,
+                dport: be16(f, l4 + 2)?,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Offset of the L4 checksum within the L4 header, and the header's
+/// minimum length.
+const fn l4_check(proto: u8) -> (usize, usize) {
+    if proto == IPPROTO_TCP {
+        (16, TCP_MIN_HLEN)
+    } else {
+        (6, UDP_HLEN)
+    }
+}
+
+/// Rule 3: `None` when the packet is fine, else the drop counter.
+fn unfit(p: &Parsed, frame_len: usize) -> Option<LbCounter> {
+    if p.fragment {
+        return Some(LbCounter::Unbalanceable);
+    }
+    let (_, min) = l4_check(p.proto);
+    if p.ip_len < p.l4 - p.l3 + min || p.l3 + p.ip_len > frame_len {
+        return Some(LbCounter::Malformed);
+    }
+    None
+}
+
+/// Decides what happens to `frame`, arrived on `ifindex`, and writes the
+/// packet to send into `out` (which needs `frame.len() + 40` bytes).
+pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T) -> Outcome {
+    let Some(p) = parse(frame) else { return Outcome::next_stage() };
+    let skey = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
+    if let Some(svc) = t.service(&skey) {
+        return forward(frame, out, ifindex, t, &p, &svc);
+    }
+    let Some(g) = t.globals() else { return Outcome::next_stage() };
+    let inside = if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
+    if p.dst != inside {
+        return Outcome::next_stage();
+    }
+    let nkey = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
+    match t.nat(&nkey) {
+        Some(entry) => reply(frame, out, ifindex, t, &p, &entry),
+        None => Outcome::next_stage(),
+    }
+}
+
+fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &Parsed, svc: &Service) -> Outcome {
+    if let Some(c) = unfit(p, frame.len()) {
+        return Outcome::with(Action::Drop, c);
+    }
+    let mode = Mode::from_raw(svc.mode).unwrap_or(Mode::Nat);
+    if mode == Mode::Nat && p.ttl <= 1 {
+        return Outcome::with(Action::Pass, LbCounter::TtlExpired);
+    }
+    let Some(g) = t.globals() else { return Outcome::with(Action::Drop, LbCounter::NoBackend) };
+    let fkey = FlowKey { src: p.src, dst: p.dst, src_port: p.sport, dst_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
+    let known = t.flow(&fkey);
+    let mut outcome = Outcome::with(Action::Drop, LbCounter::FlowHit);
+    let (id, backend, nat_port) = match known.and_then(|e| t.backend(e.backend).filter(|b| b.generation == e.generation && b.up == 1).map(|b| (e, b))) {
+        Some((e, b)) => (e.backend, b, e.nat_port),
+        None => {
+            outcome.moved = known.is_some();
+            let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, BACKEND_HASH_SEED);
+            let slot = svc.table_base.wrapping_add(h % svc.table_size.max(1));
+            let pick = t.maglev_slot(slot).filter(|&id| id != NO_BACKEND);
+            let Some((id, b)) = pick.and_then(|id| t.backend(id).filter(|b| b.up == 1).map(|b| (id, b))) else {
+                return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, LbCounter::NoBackend) };
+            };
+            let mut nat_port = 0;
+            if mode == Mode::Nat {
+                let Some(port) = allocate_snat_port(frame, ifindex, t, &g, p, svc, &b) else {
+                    return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, LbCounter::SnatExhausted) };
+                };
+                nat_port = port;
+            }
+            t.set_flow(&fkey, &FlowEntry { backend: id, generation: b.generation, nat_port, _pad: [0; 2] });
+            outcome.counter = Some(LbCounter::NewFlow);
+            (id, b, nat_port)
+        }
+    };
+    outcome.charged = Some((svc.stats_index, id));
+
+    let out_len;
+    let route;
+    match mode {
+        Mode::Nat => {
+            route = t.route(p.family, &backend.addr, ifindex, p.ip_len as u16);
+            out_len = frame.len();
+            out[..out_len].copy_from_slice(frame);
+            let inside = if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
+            rewrite(out, p, inside, nat_port, backend.addr, svc.target_port);
+        }
+        Mode::Dsr => {
+            let outer = if p.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN };
+            route = t.route(p.family, &backend.addr, ifindex, (p.ip_len + outer) as u16);
+            out_len = frame.len() + outer;
+            out[ETH_HLEN + outer..out_len].copy_from_slice(&frame[ETH_HLEN..]);
+            if p.family == FAMILY_V4 {
+                let mut h = [0u8; 20];
+                outer_ipv4(&mut h, g.inside_v4, &backend.addr, p.ip_len as u16);
+                out[ETH_HLEN..ETH_HLEN + 20].copy_from_slice(&h);
+            } else {
+                let mut h = [0u8; 40];
+                outer_ipv6(&mut h, &g.inside_v6, &backend.addr, p.ip_len as u16);
+                out[ETH_HLEN..ETH_HLEN + 40].copy_from_slice(&h);
+            }
+            let ethertype = if p.family == FAMILY_V4 { ETH_P_IPV4 } else { ETH_P_IPV6 };
+            out[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        }
+        Mode::DsrL2 => {
+            route = t.route(p.family, &backend.addr, ifindex, p.ip_len as u16);
+            out_len = frame.len();
+            out[..out_len].copy_from_slice(frame);
+        }
+    }
+    let (action, counter) = send(out, ifindex, t, route);
+    if action == Action::Drop {
+        return Outcome { action, counter: Some(counter), moved: outcome.moved, charged: None, len: 0 };
+    }
+    Outcome { action, len: out_len, ..outcome }
+}
+
+/// Rule 6's SNAT port: `None` when all probes are taken by other flows.
+fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Globals, p: &Parsed, svc: &Service, b: &BackendInfo) -> Option<u16> {
+    let span = u32::from(g.snat_port_max.checked_sub(g.snat_port_min)?) + 1;
+    let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
+    let mut entry = NatEntry {
+        client: p.src,
+        vip: p.dst,
+        client_port: p.sport,
+        vip_port: p.dport,
+        ifindex,
+        ..NatEntry::default()
+    };
+    entry.client_mac.copy_from_slice(&frame[6..12]);
+    entry.edge_mac.copy_from_slice(&frame[0..6]);
+    for i in 0..SNAT_PROBES {
+        let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
+        let key = NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
+        match t.nat(&key) {
+            Some(e) if same_flow(&e, &entry) => return Some(port),
+            Some(_) => continue,
+            None => {
+                if t.insert_nat(&key, &entry) {
+                    return Some(port);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Does a NAT entry belong to the flow `want` describes?
+pub fn same_flow(e: &NatEntry, want: &NatEntry) -> bool {
+    e.client == want.client && e.client_port == want.client_port && e.vip == want.vip && e.vip_port == want.vip_port
+}
+
+fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &Parsed, e: &NatEntry) -> Outcome {
+    if let Some(c) = unfit(p, frame.len()) {
+        return Outcome::with(Action::Drop, c);
+    }
+    if p.ttl <= 1 {
+        return Outcome::with(Action::Pass, LbCounter::TtlExpired);
+    }
+    out[..frame.len()].copy_from_slice(frame);
+    rewrite(out, p, e.vip, e.vip_port, e.client, e.client_port);
+    let route = Route::Via { ifindex: e.ifindex, smac: e.edge_mac, dmac: e.client_mac };
+    let (action, counter) = send(out, ifindex, t, route);
+    Outcome { action, counter: Some(if action == Action::Drop { counter } else { LbCounter::NatReply }), moved: false, charged: None, len: frame.len() }
+}
+
+/// Rule 7: Ethernet addresses from the route, and the action.
+fn send<T: Tables>(out: &mut [u8], ifindex: u32, t: &T, route: Route) -> (Action, LbCounter) {
+    match route {
+        Route::Via { ifindex: oif, smac, dmac } => {
+            if oif != ifindex && !t.is_egress(oif) {
+                return (Action::Drop, LbCounter::NoEgress);
+            }
+            out[0..6].copy_from_slice(&dmac);
+            out[6..12].copy_from_slice(&smac);
+            (if oif == ifindex { Action::Tx } else { Action::Redirect(oif) }, LbCounter::FlowHit)
+        }
+        Route::Unreachable => (Action::Drop, LbCounter::NoRoute),
+        Route::NoNeighbour => (Action::Drop, LbCounter::NoNeighbour),
+        Route::TooBig => (Action::Drop, LbCounter::TooBig),
+    }
+}
+
+/// Rewrites addresses and ports (NAT both ways), decrements the TTL and
+/// updates the checksums incrementally.
+fn rewrite(f: &mut [u8], p: &Parsed, src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) {
+    let (ip_check, l4_check_at) = (p.l3 + 10, p.l4 + l4_check(p.proto).0);
+    let mut l4c = u16::from_be_bytes([f[l4_check_at], f[l4_check_at + 1]]);
+    let udp_without_checksum = p.proto == IPPROTO_UDP && l4c == 0 && p.family == FAMILY_V4;
+    let src_at = if p.family == FAMILY_V4 { p.l3 + 12 } else { p.l3 + 8 };
+    if p.family == FAMILY_V4 {
+        let mut ipc = u16::from_be_bytes([f[ip_check], f[ip_check + 1]]);
+        let old: [u8; 8] = f[src_at..src_at + 8].try_into().unwrap();
+        let mut new = [0u8; 8];
+        new[..4].copy_from_slice(&src[..4]);
+        new[4..].copy_from_slice(&dst[..4]);
+        ipc = csum::update_bytes(ipc, &old, &new);
+        l4c = csum::update_bytes(l4c, &old, &new);
+        let old_ttl = u16::from_be_bytes([f[p.l3 + 8], f[p.l3 + 9]]);
+        f[p.l3 + 8] -= 1;
+        ipc = csum::update16(ipc, old_ttl, u16::from_be_bytes([f[p.l3 + 8], f[p.l3 + 9]]));
+        f[ip_check..ip_check + 2].copy_from_slice(&ipc.to_be_bytes());
+        f[src_at..src_at + 8].copy_from_slice(&new);
+    } else {
+        let old: [u8; 32] = f[src_at..src_at + 32].try_into().unwrap();
+        let mut new = [0u8; 32];
+        new[..16].copy_from_slice(&src);
+        new[16..].copy_from_slice(&dst);
+        l4c = csum::update_bytes(l4c, &old, &new);
+        f[p.l3 + 7] -= 1;
+        f[src_at..src_at + 32].copy_from_slice(&new);
+    }
+    let old_ports: [u8; 4] = f[p.l4..p.l4 + 4].try_into().unwrap();
+    let mut new_ports = [0u8; 4];
+    new_ports[..2].copy_from_slice(&sport.to_be_bytes());
+    new_ports[2..].copy_from_slice(&dport.to_be_bytes());
+    l4c = csum::update_bytes(l4c, &old_ports, &new_ports);
+    f[p.l4..p.l4 + 4].copy_from_slice(&new_ports);
+    if udp_without_checksum {
+        return;
+    }
+    if p.proto == IPPROTO_UDP {
+        l4c = csum::udp_nonzero(l4c);
+    }
+    f[l4_check_at..l4_check_at + 2].copy_from_slice(&l4c.to_be_bytes());
+}
+
+/// The outer IPv4 header of a DSR packet (IPIP, RFC 2003).
+pub fn outer_ipv4(h: &mut [u8; 20], src: [u8; 4], dst: &[u8; 16], inner_len: u16) {
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&(inner_len + 20).to_be_bytes());
+    h[8] = TUNNEL_TTL;
+    h[9] = IPPROTO_IPIP;
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst[..4]);
+    let c = csum::ipv4_header(h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The outer IPv6 header of a DSR packet (IPv6-in-IPv6, RFC 2473).
+pub fn outer_ipv6(h: &mut [u8; 40], src: &[u8; 16], dst: &[u8; 16], inner_len: u16) {
+    h[0] = 0x60;
+    h[4..6].copy_from_slice(&inner_len.to_be_bytes());
+    h[6] = IPPROTO_IPV6;
+    h[7] = TUNNEL_TTL;
+    h[8..24].copy_from_slice(src);
+    h[24..40].copy_from_slice(dst);
+}
