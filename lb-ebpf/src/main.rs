@@ -4,11 +4,20 @@
 //! drops TCP/UDP to the zone's protected ports unless the source may reach
 //! them, and whatever could smuggle a packet past that check (fragments,
 //! tunnels, routing headers). The decision mirrors `lb_common::model`.
+//!
+//! `balancer`: attached to the edge's outside and inside interfaces;
+//! forwards packets for a VIP's services to backends (`nat`, `dsr`,
+//! `dsr-l2`) and `nat` replies back to clients, and tail-calls the isolator
+//! with everything else. Mirrors `lb_common::balancer_model`.
+//!
+//! `decap`: attached on a DSR backend; opens the edge's tunnel packets.
 #![no_std]
 #![no_main]
 // An empty `asm!` is the optimisation barrier the bounds checks need.
 #![feature(asm_experimental_arch)]
 
+mod balancer;
+mod decap;
 mod isolator;
 mod maps;
 mod packet;
@@ -25,6 +34,16 @@ pub fn isolator(ctx: XdpContext) -> u32 {
         Verdict::Pass(_) => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,
     }
+}
+
+#[xdp]
+pub fn balancer(ctx: XdpContext) -> u32 {
+    balancer::run(&ctx)
+}
+
+#[xdp]
+pub fn decap(ctx: XdpContext) -> u32 {
+    decap::run(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,12 +1,12 @@
-//! The maps of the isolator. Layout, sizes and meaning: `lb_common::isolator`.
+//! The maps of the isolator and the balancer. Layout, sizes and meaning: `lb_common::isolator`.
 //! All are pinned by name so the agent can restart without losing state and
 //! `swarmlb status` can read them.
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
-use lb_common::isolator::*;
+use lb_common::{balancer::*, isolator::*, maglev::DEFAULT_TABLE_SIZE};
 
 #[map]
 pub static ZONE_BINDINGS: HashMap<u32, ZoneBinding> = HashMap::pinned(MAX_INTERFACES, 0);
@@ -39,3 +39,46 @@ pub static SETTINGS: Array<u64> = Array::pinned(SETTINGS_LEN, 0);
 
 #[map]
 pub static EVENT_CLOCK: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+// The balancer's maps. Layout and meaning: `lb_common::balancer`.
+
+#[map]
+pub static LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map]
+pub static LB_BACKENDS: HashMap<u32, BackendInfo> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// Sized by user space at load time (`MAX_VIPS · 2 · table_size`).
+#[map]
+pub static LB_MAGLEV: Array<u32> = Array::pinned(MAX_VIPS * 2 * DEFAULT_TABLE_SIZE, 0);
+
+#[map]
+pub static LB_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(MAX_FLOWS, 0);
+
+#[map]
+pub static LB_NAT: HashMap<NatKey, NatEntry> =
+    HashMap::pinned(MAX_NAT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB_GLOBALS: HashMap<u32, Globals> = HashMap::pinned(1, 0);
+
+#[map]
+pub static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(LB_COUNTERS_LEN, 0);
+
+#[map]
+pub static LB_SERVICE_STATS: PerCpuArray<TrafficStats> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+#[map]
+pub static LB_BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+#[map]
+pub static LB_EGRESS: DevMapHash = DevMapHash::pinned(MAX_EGRESS_INTERFACES, 0);
+
+#[map]
+pub static LB_NEXT_STAGE: ProgramArray = ProgramArray::pinned(1, 0);
+
+#[map]
+pub static LB_DECAP: HashMap<DecapKey, u32> = HashMap::pinned(MAX_DECAP_ENTRIES, 0);
+
+#[map]
+pub static LB_DECAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(DECAP_COUNTERS_LEN, 0);

@@ -1,6 +1,7 @@
 //! Bounds-checked reads from the packet. Every read proves to the verifier
 //! that it stays inside `[data, data_end)`; a read past the end is `None`,
-//! which the caller turns into a verdict — never `XDP_ABORTED`.
+//! which the caller turns into a verdict — never `XDP_ABORTED`. Writes are
+//! checked the same way.
 
 use aya_ebpf::programs::XdpContext;
 
@@ -68,6 +69,17 @@ impl Packet {
     pub fn be32_at(&self, off: usize) -> Option<u32> {
         // SAFETY: `at` checked all four bytes are inside the packet.
         self.at::<4>(off).map(|p| u32::from_be_bytes(unsafe { *p }))
+    }
+
+    /// Writes `bytes` at `off`; `None` (nothing written) if they do not
+    /// fit inside the packet.
+    #[inline(always)]
+    pub fn write<const N: usize>(&self, off: usize, bytes: [u8; N]) -> Option<()> {
+        let p = self.at::<N>(off)? as *mut [u8; N];
+        // SAFETY: `at` checked all `N` bytes are inside the packet, which
+        // XDP may write; `[u8; N]` has no alignment requirement.
+        unsafe { *p = bytes };
+        Some(())
     }
 
     #[inline(always)]

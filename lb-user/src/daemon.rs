@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use lb_user::{
     config::{CompiledPolicy, Config},
     events,
-    loader::{remove_pins, AttachMode, Isolator},
+    loader::{remove_pins, AttachMode, Datapath, Program},
     maps::IsolatorMaps,
     policy,
     state::{port_ranges, DaemonState, InstanceLock, InterfaceState, ZoneState},
@@ -95,7 +95,7 @@ fn zone_states(cfg: &Config, compiled: &CompiledPolicy, applied: &policy::Applie
 
 /// The daemon's running state.
 struct Daemon {
-    isolator: Isolator,
+    datapath: Datapath,
     maps: IsolatorMaps,
     attached: HashMap<String, AttachMode>,
 }
@@ -103,7 +103,7 @@ struct Daemon {
 impl Daemon {
     fn detach(&mut self, names: &[String]) {
         for name in names {
-            self.isolator.detach(name);
+            self.datapath.detach(name);
             self.attached.remove(name);
         }
     }
@@ -117,7 +117,7 @@ impl Daemon {
         let mut newly = Vec::new();
         for iface in cfg.interfaces() {
             if !self.attached.contains_key(&iface.name) {
-                match self.isolator.attach(&iface.name) {
+                match self.datapath.attach(&iface.name, Program::Isolator) {
                     Ok(mode) => {
                         newly.push(iface.name.clone());
                         self.attached.insert(iface.name.clone(), mode);
@@ -143,7 +143,7 @@ impl Daemon {
         let state = DaemonState {
             pid: std::process::id(),
             config: config_path.to_owned(),
-            pin_path: self.isolator.pin_dir().to_owned(),
+            pin_path: self.datapath.pin_dir().to_owned(),
             interfaces: cfg
                 .interfaces()
                 .iter()
@@ -186,11 +186,11 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
     ifindexes(&cfg)?;
     let _lock = InstanceLock::acquire(runtime_dir)?;
     let pin_dir = cfg.pin_path().to_owned();
-    let isolator = Isolator::load(&pin_dir)?;
+    let datapath = Datapath::load(&pin_dir, lb_common::maglev::DEFAULT_TABLE_SIZE)?;
     let maps = IsolatorMaps::open(&pin_dir)?;
-    let mut daemon = Daemon { isolator, maps, attached: HashMap::new() };
+    let mut daemon = Daemon { datapath, maps, attached: HashMap::new() };
     if let Err(e) = daemon.apply(&cfg, config_path, runtime_dir) {
-        daemon.isolator.detach_all();
+        daemon.datapath.detach_all();
         if !keep_pinned {
             remove_pins(&pin_dir).ok();
         }
@@ -227,7 +227,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
         drops.abort();
         Ok::<_, anyhow::Error>(())
     });
-    daemon.isolator.detach_all();
+    daemon.datapath.detach_all();
     DaemonState::remove(runtime_dir);
     drop(daemon);
     if keep_pinned {

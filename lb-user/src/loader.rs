@@ -1,5 +1,10 @@
-//! Loads the isolator into the kernel, pins its maps, attaches it to
-//! interfaces and takes it off again.
+//! Loads swarmlb's XDP programs into the kernel, pins their maps, attaches
+//! them to interfaces and takes them off again.
+//!
+//! Each interface carries one program: the `balancer` on the edge's
+//! outside and inside interfaces (it tail-calls the isolator with traffic
+//! that is not its own, so an interface can balance and isolate), the
+//! `isolator` alone on interfaces that only face a zone.
 
 use std::{
     ffi::CString,
@@ -12,7 +17,10 @@ use aya::{
     programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use lb_common::isolator::PROGRAM_ISOLATOR;
+use lb_common::{
+    balancer::{MAP_MAGLEV, MAP_NEXT_STAGE, MAX_VIPS, NEXT_STAGE_ISOLATOR, PROGRAM_BALANCER},
+    isolator::PROGRAM_ISOLATOR,
+};
 use tracing::{info, warn};
 
 /// `statfs` magic of the BPF filesystem.
@@ -28,25 +36,59 @@ pub enum AttachMode {
     Generic,
 }
 
-/// The loaded isolator and the interfaces it is attached to.
-pub struct Isolator {
-    ebpf: Ebpf,
-    pin_dir: PathBuf,
-    links: Vec<(String, XdpLinkId)>,
+/// Which of the programs an interface gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Program {
+    Isolator,
+    /// The balancer, with the isolator as its next stage.
+    Balancer,
 }
 
-impl Isolator {
-    /// Loads the program and creates (or reuses) its maps pinned in `pin_dir`.
-    pub fn load(pin_dir: &Path) -> Result<Self> {
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Program::Isolator => PROGRAM_ISOLATOR,
+            Program::Balancer => PROGRAM_BALANCER,
+        }
+    }
+}
+
+/// The loaded programs and the interfaces they are attached to.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    links: Vec<(String, Program, XdpLinkId)>,
+}
+
+/// Slots of the Maglev map for tables of `table_size`.
+pub fn maglev_map_len(table_size: u32) -> u32 {
+    MAX_VIPS * 2 * table_size
+}
+
+impl Datapath {
+    /// Loads the programs and creates (or reuses) their maps pinned in
+    /// `pin_dir`; the Maglev map holds tables of `table_size` slots.
+    pub fn load(pin_dir: &Path, table_size: u32) -> Result<Self> {
         ensure_bpffs(pin_dir)?;
         fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating the pin directory {}", pin_dir.display()))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .map_max_entries(MAP_MAGLEV, maglev_map_len(table_size))
             .load(crate::ebpf_object())
             .context("loading the eBPF object")?;
-        let prog: &mut Xdp = program(&mut ebpf)?;
-        prog.load().context("loading the isolator program (verifier)")?;
+        for p in [Program::Isolator, Program::Balancer] {
+            program(&mut ebpf, p)?
+                .load()
+                .with_context(|| format!("loading the {} program (verifier)", p.name()))?;
+        }
+        let isolator_fd = program(&mut ebpf, Program::Isolator)?.fd()?.try_clone()?;
+        let mut next: aya::maps::ProgramArray<_> = ebpf
+            .map_mut(MAP_NEXT_STAGE)
+            .context("the eBPF object has no next-stage map")?
+            .try_into()?;
+        next.set(NEXT_STAGE_ISOLATOR, &isolator_fd, 0).context("making the isolator the balancer's next stage")?;
         Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new() })
     }
 
@@ -55,30 +97,35 @@ impl Isolator {
         &self.pin_dir
     }
 
-    /// Attaches to `ifname`, natively if the driver can, else generically
-    /// (with a warning: generic XDP runs after the skb is built).
-    pub fn attach(&mut self, ifname: &str) -> Result<AttachMode> {
-        let prog = program(&mut self.ebpf)?;
+    /// Attaches `which` to `ifname`, natively if the driver can, else
+    /// generically (with a warning: generic XDP runs after the skb is built).
+    pub fn attach(&mut self, ifname: &str, which: Program) -> Result<AttachMode> {
+        let prog = program(&mut self.ebpf, which)?;
         let (id, mode) = match prog.attach(ifname, XdpMode::Driver) {
             Ok(id) => (id, AttachMode::Native),
             Err(native) => {
                 warn!(interface = ifname, error = %native, "native XDP attach failed; falling back to generic mode");
                 let id = prog
                     .attach(ifname, XdpMode::Skb)
-                    .with_context(|| format!("attaching the isolator to {ifname}"))?;
+                    .with_context(|| format!("attaching the {} to {ifname}", which.name()))?;
                 (id, AttachMode::Generic)
             }
         };
-        info!(interface = ifname, mode = ?mode, "isolator attached");
-        self.links.push((ifname.to_owned(), id));
+        info!(interface = ifname, mode = ?mode, program = which.name(), "attached");
+        self.links.push((ifname.to_owned(), which, id));
         Ok(mode)
     }
 
-    /// Runs the program `repeat` times over `frame` with `BPF_PROG_TEST_RUN`
-    /// (as if it arrived on the current namespace's loopback); returns the
-    /// XDP action and the kernel's mean time per run.
-    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration)> {
-        let prog = program(&mut self.ebpf)?;
+    /// The program attached to `ifname`, if any.
+    pub fn attached(&self, ifname: &str) -> Option<Program> {
+        self.links.iter().find(|(n, _, _)| n == ifname).map(|(_, p, _)| *p)
+    }
+
+    /// Runs `which` `repeat` times over `frame` with `BPF_PROG_TEST_RUN` (as
+    /// if it arrived on the current namespace's loopback); returns the XDP
+    /// action and the kernel's mean time per run.
+    pub fn test_run(&mut self, which: Program, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration)> {
+        let prog = program(&mut self.ebpf, which)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat;
@@ -86,38 +133,58 @@ impl Isolator {
         Ok((r.return_value, r.duration))
     }
 
+    /// Runs `which` once over `frame` as if it arrived on `ifindex` (an
+    /// interface of the current network namespace); returns the XDP action
+    /// and the packet as the program left it.
+    pub fn test_run_on(&mut self, which: Program, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
+        let prog = program(&mut self.ebpf, which)?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let mut ctx = [0u8; 24];
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
     /// Detaches from one interface (no-op when not attached there).
     pub fn detach(&mut self, ifname: &str) {
-        let Some(pos) = self.links.iter().position(|(n, _)| n == ifname) else { return };
-        let (ifname, id) = self.links.remove(pos);
-        if let Ok(prog) = program(&mut self.ebpf) {
+        let Some(pos) = self.links.iter().position(|(n, _, _)| n == ifname) else { return };
+        let (ifname, which, id) = self.links.remove(pos);
+        if let Ok(prog) = program(&mut self.ebpf, which) {
             match prog.detach(id) {
-                Ok(()) => info!(interface = %ifname, "isolator detached"),
-                Err(e) => warn!(interface = %ifname, error = %e, "detaching the isolator failed"),
+                Ok(()) => info!(interface = %ifname, program = which.name(), "detached"),
+                Err(e) => warn!(interface = %ifname, program = which.name(), error = %e, "detaching failed"),
             }
         }
     }
 
     /// Detaches from every interface.
     pub fn detach_all(&mut self) {
-        let names: Vec<String> = self.links.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = self.links.iter().map(|(n, _, _)| n.clone()).collect();
         for name in names {
             self.detach(&name);
         }
     }
 }
 
-impl Drop for Isolator {
+impl Drop for Datapath {
     fn drop(&mut self) {
         self.detach_all();
     }
 }
 
-fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    ebpf.program_mut(PROGRAM_ISOLATOR)
-        .context("the eBPF object has no isolator program")?
+fn program(ebpf: &mut Ebpf, which: Program) -> Result<&mut Xdp> {
+    let name = which.name();
+    ebpf.program_mut(name)
+        .with_context(|| format!("the eBPF object has no {name} program"))?
         .try_into()
-        .context("the isolator is not an XDP program")
+        .with_context(|| format!("{name} is not an XDP program"))
 }
 
 fn statfs_magic(path: &Path) -> Option<i64> {

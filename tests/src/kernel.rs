@@ -11,7 +11,7 @@ use lb_common::{
 };
 use lb_user::{
     config::{Config, ReferencePolicy},
-    loader::{remove_pins, Isolator},
+    loader::{remove_pins, Datapath, Program},
     maps::IsolatorMaps,
     policy,
 };
@@ -39,7 +39,7 @@ pub fn fixture_config() -> Config {
 /// A loaded isolator with `config` applied, bound to `lo`.
 pub struct KernelIsolator {
     // Field order: the program and maps close before the pins go.
-    iso: Option<Isolator>,
+    iso: Option<Datapath>,
     maps: Option<IsolatorMaps>,
     pin_dir: PathBuf,
     config: Config,
@@ -52,7 +52,7 @@ impl KernelIsolator {
     pub fn new(tag: &str, config: Config) -> Self {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/swarmlb-test-{}-{tag}", std::process::id()));
         let _ = remove_pins(&pin_dir);
-        let iso = Isolator::load(&pin_dir).expect("isolator loads (run as root)");
+        let iso = Datapath::load(&pin_dir, lb_common::maglev::DEFAULT_TABLE_SIZE).expect("programs load (run as root)");
         let mut maps = IsolatorMaps::open(&pin_dir).expect("maps open");
         // No drop events: the fuzzer drops a lot and nobody reads them here.
         policy::apply_settings(&mut maps, u64::MAX).unwrap();
@@ -74,12 +74,12 @@ impl KernelIsolator {
         if frame.len() < lb_common::wire::ETH_HLEN {
             return None;
         }
-        Some(self.iso.as_mut().unwrap().test_run(frame, 1).expect("test run").0)
+        Some(self.iso.as_mut().unwrap().test_run(Program::Isolator, frame, 1).expect("test run").0)
     }
 
     /// Runs one frame `repeat` times in the kernel: (action, mean time per run).
     pub fn run_repeated(&mut self, frame: &[u8], repeat: u32) -> (u32, std::time::Duration) {
-        self.iso.as_mut().unwrap().test_run(frame, repeat).expect("test run")
+        self.iso.as_mut().unwrap().test_run(Program::Isolator, frame, repeat).expect("test run")
     }
 
     /// The binding the maps hold for an ifindex.

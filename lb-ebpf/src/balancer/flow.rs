@@ -1,0 +1,139 @@
+//! Rules 5 and 6 of the model: which backend a flow goes to, and its SNAT
+//! port in `nat` mode.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use lb_common::{
+    balancer::*,
+    balancer_model::same_flow,
+    maglev::flow_hash,
+};
+
+use super::scratch::Scratch;
+use crate::{
+    maps::{LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_NAT},
+    packet::Packet,
+};
+
+/// A flow's backend.
+#[derive(Default)]
+pub struct Placed {
+    pub id: u32,
+    pub generation: u32,
+    pub addr: [u8; 16],
+    /// 0 outside `nat` mode.
+    pub nat_port: u16,
+    /// Placed by the Maglev table just now (not remembered yet).
+    pub new: bool,
+    /// Its previous backend was gone or down.
+    pub moved: bool,
+}
+
+/// Finds the flow's backend, or chooses one with the Maglev table, and
+/// fills `out`; `Err(counter)` when the packet must be dropped
+/// (`out.moved` is set either way). A new flow is remembered by
+/// [`remember`] once it has everything it needs.
+#[inline(never)]
+pub fn place(key: &FlowKey, svc: &Service, out: &mut Placed) -> Result<(), LbCounter> {
+    *out = Placed::default();
+    // SAFETY: flow entries are replaced whole.
+    if let Some(e) = unsafe { LB_FLOWS.get(key) } {
+        // SAFETY: backends are replaced whole by user space.
+        if let Some(b) = unsafe { LB_BACKENDS.get(&e.backend) } {
+            if b.generation == e.generation && b.up == 1 {
+                out.id = e.backend;
+                out.generation = b.generation;
+                out.addr = b.addr;
+                out.nat_port = e.nat_port;
+                return Ok(());
+            }
+        }
+        out.moved = true;
+    }
+    let h = flow_hash(&key.src, &key.dst, key.src_port, key.dst_port, key.proto, BACKEND_HASH_SEED);
+    let size = if svc.table_size == 0 { 1 } else { svc.table_size };
+    let id = match LB_MAGLEV.get(svc.table_base.wrapping_add(h % size)) {
+        Some(&id) if id != NO_BACKEND => id,
+        _ => return Err(LbCounter::NoBackend),
+    };
+    // SAFETY: as above.
+    match unsafe { LB_BACKENDS.get(&id) } {
+        Some(b) if b.up == 1 => {
+            out.id = id;
+            out.generation = b.generation;
+            out.addr = b.addr;
+            out.new = true;
+            Ok(())
+        }
+        _ => Err(LbCounter::NoBackend),
+    }
+}
+
+/// Remembers a newly placed flow.
+#[inline(always)]
+pub fn remember(key: &FlowKey, placed: &Placed) {
+    let entry = FlowEntry { backend: placed.id, generation: placed.generation, nat_port: placed.nat_port, _pad: [0; 2] };
+    let _ = LB_FLOWS.insert(key, &entry, 0);
+}
+
+/// [`snat_port`] found no free port.
+pub const NO_PORT: u32 = u32::MAX;
+
+/// The flow's SNAT port: its own NAT entry if one survived the flow
+/// table's eviction, else the first free port of the probe sequence;
+/// [`NO_PORT`] if all are taken.
+#[inline(never)]
+pub fn snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> u32 {
+    find_snat_port(pkt, s, g, svc).map_or(NO_PORT, u32::from)
+}
+
+#[inline(always)]
+fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> Option<u16> {
+    let (p, backend) = (&s.parsed, &s.placed.addr);
+    if g.snat_port_max < g.snat_port_min {
+        return None;
+    }
+    let span = u32::from(g.snat_port_max - g.snat_port_min) + 1;
+    let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
+    s.nat_entry = NatEntry {
+        client: p.src,
+        vip: p.dst,
+        client_port: p.sport,
+        vip_port: p.dport,
+        client_mac: pkt.bytes_at::<6>(6)?,
+        edge_mac: pkt.bytes_at::<6>(0)?,
+        ifindex: p.ifindex,
+        _pad: [0; 4],
+        // SAFETY: helper without side effects.
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    for i in 0..SNAT_PROBES {
+        let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
+        s.nat_key = NatKey { backend: *backend, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
+        // SAFETY: entries are replaced whole.
+        match unsafe { LB_NAT.get(&s.nat_key) } {
+            Some(e) if same_flow(e, &s.nat_entry) => return Some(port),
+            Some(_) => continue,
+            None => {
+                if LB_NAT.insert(&s.nat_key, &s.nat_entry, u64::from(BPF_NOEXIST)).is_ok() {
+                    return Some(port);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Refreshes a NAT entry's idle clock (at most once per
+/// [`NAT_TOUCH_INTERVAL_NS`], to keep writes off the hot path). Only the
+/// aligned 8-byte clock is written in place; the agent's sweep only reads it.
+#[inline(always)]
+pub fn touch_nat(e: *mut NatEntry) {
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `e` points into a live map value.
+    unsafe {
+        if now.wrapping_sub((*e).last_seen_ns) >= NAT_TOUCH_INTERVAL_NS {
+            (*e).last_seen_ns = now;
+        }
+    }
+}

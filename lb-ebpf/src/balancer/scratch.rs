@@ -1,0 +1,35 @@
+//! Per-CPU scratch space for one packet's working state. The whole path's
+//! structs on the stack would exceed BPF's 512-byte limit (the verifier
+//! adds up the frames of a call chain); XDP never runs twice at once on
+//! one CPU, so one slot per CPU is enough. Every field is written before
+//! it is read for each packet.
+
+use aya_ebpf::{bindings::bpf_fib_lookup, macros::map, maps::PerCpuArray};
+use lb_common::balancer::{FlowKey, NatEntry, NatKey, ServiceKey};
+
+use super::{egress::Hop, flow::Placed, parse::Parsed, rewrite::Translation};
+
+/// One packet's working state.
+pub struct Scratch {
+    pub parsed: Parsed,
+    pub service: ServiceKey,
+    pub flow: FlowKey,
+    pub placed: Placed,
+    pub hop: Hop,
+    pub translation: Translation,
+    pub nat_key: NatKey,
+    pub nat_entry: NatEntry,
+    pub fib: bpf_fib_lookup,
+}
+
+/// Not pinned: it holds nothing across packets.
+#[map]
+static LB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn get() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU slot; XDP does not nest on a CPU, so nobody else
+    // holds it while this packet is processed.
+    LB_SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
+}
