@@ -1,13 +1,14 @@
-//! Typed handles on the isolator's pinned maps. The daemon and `swarmlb
-//! status` both open the maps from their pins, so there is one way in.
+//! Typed handles on the pinned maps of the isolator and the balancer. The
+//! daemon, `swarmlb status` and the tests all open the maps from their
+//! pins, so there is one way in.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf,
+    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf,
 };
-use lb_common::isolator::*;
+use lb_common::{balancer::*, isolator::*};
 
 /// Every map of the isolator except the ring buffer (see [`open_drop_events`]).
 pub struct IsolatorMaps {
@@ -78,4 +79,60 @@ impl IsolatorMaps {
 /// Opens the pinned ring buffer of sampled drops.
 pub fn open_drop_events(dir: &Path) -> Result<RingBuf<MapData>> {
     Ok(typed!(dir, MAP_DROP_EVENTS))
+}
+
+/// The balancer's maps.
+pub struct BalancerMaps {
+    pub services: HashMap<MapData, ServiceKey, Service>,
+    pub backends: HashMap<MapData, u32, BackendInfo>,
+    pub maglev: Array<MapData, u32>,
+    pub flows: HashMap<MapData, FlowKey, FlowEntry>,
+    pub nat: HashMap<MapData, NatKey, NatEntry>,
+    pub globals: HashMap<MapData, u32, Globals>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub service_stats: PerCpuArray<MapData, TrafficStats>,
+    pub backend_stats: PerCpuArray<MapData, TrafficStats>,
+    pub egress: DevMapHash<MapData>,
+}
+
+impl BalancerMaps {
+    /// Opens the balancer's maps pinned in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            services: typed!(dir, MAP_SERVICES),
+            backends: typed!(dir, MAP_BACKENDS),
+            maglev: typed!(dir, MAP_MAGLEV),
+            flows: typed!(dir, MAP_FLOWS),
+            nat: typed!(dir, MAP_NAT),
+            globals: typed!(dir, MAP_GLOBALS),
+            counters: typed!(dir, MAP_LB_COUNTERS),
+            service_stats: typed!(dir, MAP_SERVICE_STATS),
+            backend_stats: typed!(dir, MAP_BACKEND_STATS),
+            egress: typed!(dir, MAP_EGRESS),
+        })
+    }
+
+    /// [`LbCounter`]s summed over CPUs, in index order.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        (0..LB_COUNTERS_LEN).map(|i| Ok(self.counters.get(&i, 0)?.iter().sum())).collect()
+    }
+
+    fn sum(per_cpu: &aya::maps::PerCpuValues<TrafficStats>) -> TrafficStats {
+        per_cpu.iter().fold(TrafficStats::default(), |mut t, s| {
+            t.packets += s.packets;
+            t.bytes += s.bytes;
+            t.new_flows += s.new_flows;
+            t
+        })
+    }
+
+    /// A service's traffic summed over CPUs.
+    pub fn service_stats(&self, index: u32) -> Result<TrafficStats> {
+        Ok(Self::sum(&self.service_stats.get(&index, 0)?))
+    }
+
+    /// A backend's traffic summed over CPUs.
+    pub fn backend_stats(&self, id: u32) -> Result<TrafficStats> {
+        Ok(Self::sum(&self.backend_stats.get(&id, 0)?))
+    }
 }

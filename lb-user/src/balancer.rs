@@ -1,0 +1,442 @@
+//! Writes the balancer's desired state into its maps: backend ids,
+//! Maglev tables (double-buffered, flipped per service), services, the
+//! edge's inside addresses and egress interfaces.
+//!
+//! The order of writes keeps every packet's view consistent: backends a new
+//! table needs exist before the table is written; a table is complete in
+//! the idle half before a service points at it; backends nothing points at
+//! any more are removed last (their flows then move, counted).
+//!
+//! A restarted daemon adopts what it finds pinned ([`BalancerWriter::adopt`]):
+//! backend ids and generations stay, so established flows keep their
+//! backends, and tables are rebuilt identically (Maglev is deterministic).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use anyhow::{bail, Context, Result};
+use lb_common::{
+    balancer::*,
+    isolator::{FAMILY_V4, FAMILY_V6},
+    maglev,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::maps::BalancerMaps;
+
+/// A backend as the control plane wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredBackend {
+    pub address: IpAddr,
+    /// Share of new flows; 0 = draining (flows stay, no new ones).
+    pub weight: u32,
+    /// `false`: down; its flows move to other backends.
+    pub up: bool,
+}
+
+/// A VIP as the control plane wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredVip {
+    pub name: String,
+    pub address: IpAddr,
+    pub mode: Mode,
+    /// (protocol, entry port, target port).
+    pub rules: Vec<(u8, u16, u16)>,
+    pub backends: Vec<DesiredBackend>,
+}
+
+/// Everything the balancer's maps should say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// The edge's inside addresses: SNAT and tunnel source.
+    pub inside_v4: Option<Ipv4Addr>,
+    pub inside_v6: Option<Ipv6Addr>,
+    /// SNAT ports, inclusive.
+    pub snat_ports: (u16, u16),
+    /// Interfaces packets may be redirected to.
+    pub egress: Vec<u32>,
+    pub vips: Vec<DesiredVip>,
+}
+
+/// One backend as applied (for `swarmlb status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedBackend {
+    pub address: IpAddr,
+    pub id: u32,
+    pub weight: u32,
+    pub up: bool,
+    /// Slots of the VIP's Maglev table it holds.
+    pub slots: u32,
+}
+
+/// One forwarding rule as applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRule {
+    pub proto: u8,
+    pub port: u16,
+    pub target_port: u16,
+    pub stats_index: u32,
+}
+
+/// One VIP as applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedVip {
+    pub name: String,
+    pub address: IpAddr,
+    pub mode: String,
+    pub table: u32,
+    pub rules: Vec<AppliedRule>,
+    pub backends: Vec<AppliedBackend>,
+}
+
+/// The mode's name in config and status.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Nat => "nat",
+        Mode::Dsr => "dsr",
+        Mode::DsrL2 => "dsr-l2",
+    }
+}
+
+/// The 16-byte key form of an address, and its family.
+pub fn addr_key(a: IpAddr) -> ([u8; 16], u8) {
+    match a {
+        IpAddr::V4(v4) => (v4_key(v4.octets()), FAMILY_V4),
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The address a 16-byte key holds.
+pub fn key_addr(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V6 {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    }
+}
+
+/// A backend's Maglev identity: the same on every edge host (FNV-1a over
+/// family and address), so two edges build the same table.
+pub fn backend_key(a: IpAddr) -> u64 {
+    let (bytes, family) = addr_key(a);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in std::iter::once(family).chain(bytes) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Builds a VIP's table of backend ids; every slot is [`NO_BACKEND`] when
+/// no backend is up with a weight above zero.
+pub fn build_table(backends: &[(IpAddr, u32, bool, u32)], table_size: u32) -> Result<Vec<u32>> {
+    // Sorted by key: the table must not depend on the order backends were
+    // listed in.
+    let mut live: Vec<(u64, u32, u32)> = backends
+        .iter()
+        .filter(|(_, w, up, _)| *up && *w > 0)
+        .map(|(a, w, _, id)| (backend_key(*a), *w, *id))
+        .collect();
+    live.sort_unstable();
+    let mut table = vec![NO_BACKEND; table_size as usize];
+    if live.is_empty() {
+        return Ok(table);
+    }
+    let input: Vec<maglev::Backend> = live.iter().map(|(k, w, _)| maglev::Backend { key: *k, weight: *w }).collect();
+    let (mut next, mut credit) = (vec![0; input.len()], vec![0; input.len()]);
+    maglev::build(&input, &mut table, &mut next, &mut credit).map_err(|e| anyhow::anyhow!("building a Maglev table: {e:?}"))?;
+    for slot in &mut table {
+        *slot = live[*slot as usize].2;
+    }
+    Ok(table)
+}
+
+/// What the writer knows about one VIP's table.
+#[derive(Clone, Debug)]
+struct VipSlot {
+    index: u32,
+    /// The half services point at.
+    half: u32,
+    /// Its contents, when known (not after adoption).
+    table: Option<Vec<u32>>,
+}
+
+/// Keeps the maps in line with [`Desired`] states, one apply at a time.
+pub struct BalancerWriter {
+    table_size: u32,
+    /// address → (id, generation).
+    ids: BTreeMap<IpAddr, (u32, u32)>,
+    next_generation: u32,
+    vips: BTreeMap<String, VipSlot>,
+    /// Services in the maps → their stats index.
+    services: BTreeMap<ServiceKeyOrd, u32>,
+    egress: BTreeSet<u32>,
+}
+
+/// [`ServiceKey`] with an order, for the writer's bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ServiceKeyOrd([u8; 16], u16, u8, u8);
+
+impl From<&ServiceKey> for ServiceKeyOrd {
+    fn from(k: &ServiceKey) -> Self {
+        ServiceKeyOrd(k.addr, k.port, k.proto, k.family)
+    }
+}
+
+impl ServiceKeyOrd {
+    fn key(&self) -> ServiceKey {
+        ServiceKey { addr: self.0, port: self.1, proto: self.2, family: self.3 }
+    }
+}
+
+impl BalancerWriter {
+    /// Starts from what the maps hold (empty after a fresh load; a previous
+    /// daemon's state after a restart).
+    pub fn adopt(maps: &BalancerMaps, table_size: u32) -> Result<Self> {
+        if !maglev::is_prime(table_size) {
+            bail!("table size {table_size} is not a prime");
+        }
+        let capacity = maps.maglev.len();
+        if capacity != crate::loader::maglev_map_len(table_size) {
+            bail!(
+                "the pinned Maglev map holds {capacity} slots, not {} for table_size {table_size}: \
+                 a changed table_size needs the old maps removed (stop swarmlb without --keep-pinned)",
+                crate::loader::maglev_map_len(table_size)
+            );
+        }
+        let mut w = Self {
+            table_size,
+            ids: BTreeMap::new(),
+            next_generation: 1,
+            vips: BTreeMap::new(),
+            services: BTreeMap::new(),
+            egress: BTreeSet::new(),
+        };
+        for item in maps.backends.iter() {
+            let (id, b) = item?;
+            w.ids.insert(key_addr(&b.addr, b.family), (id, b.generation));
+            w.next_generation = w.next_generation.max(b.generation.wrapping_add(1));
+        }
+        for item in maps.services.iter() {
+            let (k, s) = item?;
+            w.services.insert(ServiceKeyOrd::from(&k), s.stats_index);
+        }
+        for item in maps.egress.iter() {
+            let (ifindex, _) = item?;
+            w.egress.insert(ifindex);
+        }
+        Ok(w)
+    }
+
+    /// The table size the writer builds.
+    pub fn table_size(&self) -> u32 {
+        self.table_size
+    }
+
+    /// Makes the maps say `d`. Limits are checked before anything is
+    /// written, so a state that does not fit changes nothing.
+    pub fn apply(&mut self, maps: &mut BalancerMaps, d: &Desired) -> Result<Vec<AppliedVip>> {
+        let addresses: BTreeSet<IpAddr> = d.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect();
+        if addresses.len() > MAX_BACKENDS as usize {
+            bail!("{} backends, at most {MAX_BACKENDS}", addresses.len());
+        }
+        if d.vips.len() > MAX_VIPS as usize {
+            bail!("{} VIPs, at most {MAX_VIPS}", d.vips.len());
+        }
+        let rules: usize = d.vips.iter().map(|v| v.rules.len()).sum();
+        if rules > MAX_SERVICES as usize {
+            bail!("{rules} forwarding rules, at most {MAX_SERVICES}");
+        }
+
+        // 1. Backends: ids for new addresses; write new and changed ones.
+        let up: BTreeMap<IpAddr, bool> = addresses
+            .iter()
+            .map(|a| (*a, d.vips.iter().flat_map(|v| &v.backends).any(|b| b.address == *a && b.up)))
+            .collect();
+        let used_ids: BTreeSet<u32> = self.ids.values().map(|(id, _)| *id).collect();
+        let mut free_ids = (0..MAX_BACKENDS).filter(|i| !used_ids.contains(i));
+        for a in &addresses {
+            if !self.ids.contains_key(a) {
+                let id = free_ids.next().context("no free backend id")?;
+                self.ids.insert(*a, (id, self.next_generation));
+                self.next_generation = self.next_generation.wrapping_add(1).max(1);
+                maps.backend_stats.set(id, aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); nr_cpus()?])?, 0)?;
+            }
+            let (id, generation) = self.ids[a];
+            let (addr, family) = addr_key(*a);
+            let info = BackendInfo { addr, generation, family, up: u8::from(up[a]), _pad: [0; 2] };
+            if maps.backends.get(&id, 0).ok() != Some(info) {
+                maps.backends.insert(id, info, 0).with_context(|| format!("writing backend {a}"))?;
+            }
+        }
+
+        // 2. Globals and egress interfaces.
+        let g = Globals {
+            inside_v4: d.inside_v4.map_or([0; 4], |a| a.octets()),
+            inside_v6: d.inside_v6.map_or([0; 16], |a| a.octets()),
+            snat_port_min: d.snat_ports.0,
+            snat_port_max: d.snat_ports.1,
+        };
+        maps.globals.insert(0, g, 0).context("writing the balancer's globals")?;
+        for ifindex in &d.egress {
+            if self.egress.insert(*ifindex) {
+                maps.egress.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding interface {ifindex} to the egress map"))?;
+            }
+        }
+
+        // 3. Tables: the idle half, then the services flip to it.
+        let mut applied = Vec::new();
+        let mut wanted_services = BTreeSet::new();
+        let mut slots: BTreeMap<&str, VipSlot> = BTreeMap::new();
+        for v in &d.vips {
+            let known = self.vips.get(&v.name).cloned().or_else(|| {
+                // After a restart, a VIP's services still point at its table.
+                v.rules.iter().find_map(|(proto, port, _)| {
+                    let base = maps.services.get(&service_key(v.address, *proto, *port), 0).ok()?.table_base;
+                    Some(VipSlot { index: base / (2 * self.table_size), half: (base / self.table_size) % 2, table: None })
+                })
+            });
+            if let Some(s) = known {
+                if slots.values().all(|o| o.index != s.index) {
+                    slots.insert(&v.name, s);
+                }
+            }
+        }
+        let taken: BTreeSet<u32> = slots.values().map(|s| s.index).collect();
+        let mut free_tables = (0..MAX_VIPS).filter(|i| !taken.contains(i));
+        for v in &d.vips {
+            if !slots.contains_key(v.name.as_str()) {
+                let index = free_tables.next().context("no free Maglev table")?;
+                slots.insert(&v.name, VipSlot { index, half: 1, table: None });
+            }
+        }
+        for v in &d.vips {
+            let members: Vec<(IpAddr, u32, bool, u32)> =
+                v.backends.iter().map(|b| (b.address, b.weight, b.up, self.ids[&b.address].0)).collect();
+            let table = build_table(&members, self.table_size)?;
+            let slot = slots[v.name.as_str()].clone();
+            let mut slot = slot;
+            if slot.table.as_ref() != Some(&table) {
+                let half = 1 - slot.half;
+                let base = (slot.index * 2 + half) * self.table_size;
+                for (i, id) in table.iter().enumerate() {
+                    maps.maglev.set(base + i as u32, *id, 0).context("writing a Maglev table")?;
+                }
+                slot.half = half;
+                slot.table = Some(table.clone());
+            }
+            let base = (slot.index * 2 + slot.half) * self.table_size;
+            let mut rules = Vec::new();
+            for (proto, port, target) in &v.rules {
+                let key = service_key(v.address, *proto, *port);
+                let ord = ServiceKeyOrd::from(&key);
+                let stats_index = match self.services.get(&ord) {
+                    Some(i) => *i,
+                    None => {
+                        let used: BTreeSet<u32> = self.services.values().copied().collect();
+                        let i = (0..MAX_SERVICES).find(|i| !used.contains(i)).context("no free service slot")?;
+                        maps.service_stats.set(i, aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); nr_cpus()?])?, 0)?;
+                        i
+                    }
+                };
+                let svc = Service { table_base: base, table_size: self.table_size, stats_index, target_port: *target, mode: v.mode as u8, _pad: 0 };
+                if maps.services.get(&key, 0).ok() != Some(svc) {
+                    maps.services.insert(key, svc, 0).with_context(|| format!("writing service {} {proto}/{port}", v.address))?;
+                }
+                self.services.insert(ord, stats_index);
+                wanted_services.insert(ord);
+                rules.push(AppliedRule { proto: *proto, port: *port, target_port: *target, stats_index });
+            }
+            let counts = table_counts(slot.table.as_deref().unwrap_or(&[]));
+            applied.push(AppliedVip {
+                name: v.name.clone(),
+                address: v.address,
+                mode: mode_name(v.mode).to_string(),
+                table: slot.index,
+                rules,
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let id = self.ids[&b.address].0;
+                        AppliedBackend { address: b.address, id, weight: b.weight, up: b.up, slots: counts.get(&id).copied().unwrap_or(0) }
+                    })
+                    .collect(),
+            });
+            self.vips.insert(v.name.clone(), slot);
+        }
+
+        // 4. What is no longer wanted: services, then VIP tables, backends
+        //    and egress interfaces.
+        let stale: Vec<ServiceKeyOrd> = self.services.keys().filter(|k| !wanted_services.contains(k)).copied().collect();
+        for k in stale {
+            let _ = maps.services.remove(&k.key());
+            self.services.remove(&k);
+        }
+        self.vips.retain(|name, _| d.vips.iter().any(|v| &v.name == name));
+        let gone: Vec<IpAddr> = self.ids.keys().filter(|a| !addresses.contains(a)).copied().collect();
+        for a in gone {
+            let (id, _) = self.ids.remove(&a).unwrap();
+            let _ = maps.backends.remove(&id);
+        }
+        let keep: BTreeSet<u32> = d.egress.iter().copied().collect();
+        let extra: Vec<u32> = self.egress.iter().filter(|i| !keep.contains(i)).copied().collect();
+        for ifindex in extra {
+            let _ = maps.egress.remove(ifindex);
+            self.egress.remove(&ifindex);
+        }
+        Ok(applied)
+    }
+}
+
+fn table_counts(table: &[u32]) -> BTreeMap<u32, u32> {
+    let mut c = BTreeMap::new();
+    for id in table {
+        if *id != NO_BACKEND {
+            *c.entry(*id).or_insert(0) += 1;
+        }
+    }
+    c
+}
+
+/// The map key of a VIP's rule.
+pub fn service_key(address: IpAddr, proto: u8, port: u16) -> ServiceKey {
+    let (addr, family) = addr_key(address);
+    ServiceKey { addr, port, proto, family }
+}
+
+fn nr_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("counting possible CPUs: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(a: &str, w: u32, id: u32) -> (IpAddr, u32, bool, u32) {
+        (a.parse().unwrap(), w, true, id)
+    }
+
+    #[test]
+    fn tables_ignore_listing_order_and_skip_drained_and_down_backends() {
+        let one = build_table(&[b("10.0.0.1", 1, 5), b("10.0.0.2", 1, 6), b("10.0.0.3", 0, 7)], 251).unwrap();
+        let two = build_table(&[b("10.0.0.3", 0, 7), b("10.0.0.2", 1, 6), b("10.0.0.1", 1, 5)], 251).unwrap();
+        assert_eq!(one, two);
+        assert!(one.iter().all(|id| *id == 5 || *id == 6));
+        let mut down = b("10.0.0.2", 1, 6);
+        down.2 = false;
+        let three = build_table(&[b("10.0.0.1", 1, 5), down], 251).unwrap();
+        assert!(three.iter().all(|id| *id == 5));
+        assert!(build_table(&[], 251).unwrap().iter().all(|id| *id == NO_BACKEND));
+    }
+
+    #[test]
+    fn backend_keys_differ_by_family_and_address() {
+        let v4 = backend_key("10.0.0.1".parse().unwrap());
+        assert_ne!(v4, backend_key("10.0.0.2".parse().unwrap()));
+        assert_ne!(v4, backend_key("::ffff:10.0.0.1".parse().unwrap()));
+        assert_eq!(v4, backend_key("10.0.0.1".parse().unwrap()));
+    }
+}
