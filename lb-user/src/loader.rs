@@ -140,7 +140,9 @@ impl Datapath {
         let prog = program(&mut self.ebpf, which)?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
+        // The kernel wants `data_end` = the frame's length and no metadata.
         let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();

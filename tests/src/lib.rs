@@ -18,6 +18,7 @@
 
 pub mod counters;
 pub mod kernel;
+pub mod lb_kernel;
 pub mod netns;
 pub mod nginx;
 pub mod rawframe;

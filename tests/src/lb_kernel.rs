@@ -1,0 +1,312 @@
+//! The balancer loaded for `BPF_PROG_TEST_RUN` inside a namespace whose
+//! routes and neighbours are known exactly, so the kernel's next-hop
+//! lookups have answers the model can be given too ([`FixtureNet::route`]).
+//!
+//! ```text
+//!  clients 198.51.100.0/24, 2001:db8:1::/64          backends 10.1.0.0/24, fd00:1::/64
+//!        ── lbout (outside) ──[ balancer ]── lbin (inside, 10.1.0.1, fd00:1::1) ──
+//! ```
+//!
+//! Neighbours are permanent entries: backends `.11 .12 .13` (and `::11 …`)
+//! and client `.2`; `.20` has no neighbour entry; `192.0.2.0/24` has no route.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use lb_common::{
+    balancer::*,
+    balancer_model::{Route, Tables},
+    isolator::FAMILY_V4,
+};
+use lb_user::{
+    balancer::{addr_key, BalancerWriter, Desired},
+    loader::{remove_pins, Datapath, Program},
+    maps::BalancerMaps,
+};
+
+use crate::{topology, Netns, Topology};
+
+/// Outside interface (clients).
+pub const OUT_IF: &str = "lbout";
+/// Inside interface (backends).
+pub const IN_IF: &str = "lbin";
+/// Maglev table size of the fixtures: small, so the model can hold a copy.
+pub const FIXTURE_TABLE_SIZE: u32 = 251;
+/// MTU of both interfaces.
+pub const FIXTURE_MTU: u16 = 1500;
+
+/// Backends with a neighbour entry, and their MACs.
+pub const BACKENDS_V4: [&str; 3] = ["10.1.0.11", "10.1.0.12", "10.1.0.13"];
+/// IPv6 backends with a neighbour entry.
+pub const BACKENDS_V6: [&str; 3] = ["fd00:1::11", "fd00:1::12", "fd00:1::13"];
+/// A client with a neighbour entry on the outside.
+pub const CLIENT_V4: &str = "198.51.100.2";
+/// An IPv6 client with a neighbour entry.
+pub const CLIENT_V6: &str = "2001:db8:1::2";
+/// An inside address without a neighbour entry.
+pub const NO_NEIGHBOUR_V4: &str = "10.1.0.20";
+/// An address without a route.
+pub const NO_ROUTE_V4: &str = "192.0.2.99";
+
+/// The MAC a fixture neighbour has: `02:00:00:00:<family>:<last byte>`.
+pub fn neighbour_mac(a: IpAddr) -> [u8; 6] {
+    let (bytes, family) = addr_key(a);
+    let last = if family == FAMILY_V4 { bytes[3] } else { bytes[15] };
+    [2, 0, 0, 0, family, last]
+}
+
+/// The namespace and its two interfaces.
+pub struct FixtureNet {
+    /// Owns the namespace (removed on drop).
+    _topology: Topology,
+    /// The namespace.
+    pub ns: Netns,
+    /// ifindex of [`OUT_IF`].
+    pub out_ifindex: u32,
+    /// ifindex of [`IN_IF`].
+    pub in_ifindex: u32,
+    /// MAC of [`OUT_IF`].
+    pub out_mac: [u8; 6],
+    /// MAC of [`IN_IF`].
+    pub in_mac: [u8; 6],
+    /// What its routing table answers.
+    pub fib: FixtureFib,
+}
+
+/// The fixture namespace's routes and neighbours, as the model sees them.
+#[derive(Clone, Debug)]
+pub struct FixtureFib {
+    out_ifindex: u32,
+    in_ifindex: u32,
+    out_mac: [u8; 6],
+    in_mac: [u8; 6],
+    neighbours: HashSet<IpAddr>,
+}
+
+impl FixtureNet {
+    /// Builds the namespace (each veth's peer stays in it, down-stream of
+    /// nothing: no packet ever leaves, test runs only consult the tables).
+    pub fn new(tag: &str) -> Self {
+        let mut t = Topology::new();
+        let ns = t.netns(tag);
+        t.veth(&ns, OUT_IF, &ns, "lbout-p");
+        t.veth(&ns, IN_IF, &ns, "lbin-p");
+        t.addr(&ns, OUT_IF, "198.51.100.1/24");
+        t.addr(&ns, OUT_IF, "2001:db8:1::1/64");
+        t.addr(&ns, IN_IF, "10.1.0.1/24");
+        t.addr(&ns, IN_IF, "fd00:1::1/64");
+        t.forwarding(&ns);
+        let mut neighbours = HashSet::new();
+        let mut add = |ifname: &str, a: &str| {
+            let ip: IpAddr = a.parse().unwrap();
+            let m = neighbour_mac(ip);
+            let mac = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
+            ns.exec(&["ip", "neigh", "replace", a, "lladdr", &mac, "dev", ifname, "nud", "permanent"]).unwrap();
+            neighbours.insert(ip);
+        };
+        for a in BACKENDS_V4.iter().chain(&BACKENDS_V6) {
+            add(IN_IF, a);
+        }
+        add(OUT_IF, CLIENT_V4);
+        add(OUT_IF, CLIENT_V6);
+        let out_ifindex = t.ifindex(&ns, OUT_IF);
+        let in_ifindex = t.ifindex(&ns, IN_IF);
+        let out_mac = topology::mac(&ns, OUT_IF).unwrap();
+        let in_mac = topology::mac(&ns, IN_IF).unwrap();
+        let fib = FixtureFib { out_ifindex, in_ifindex, out_mac, in_mac, neighbours };
+        Self { _topology: t, ns, out_ifindex, in_ifindex, out_mac, in_mac, fib }
+    }
+}
+
+impl FixtureFib {
+    /// What the kernel's FIB answers for `dst` (the model's view of it).
+    pub fn route(&self, family: u8, dst: &[u8; 16], ip_len: u16) -> Route {
+        let a = lb_user::balancer::key_addr(dst, family);
+        let on = |prefix: &str, len: u32| -> bool {
+            let p: IpAddr = prefix.parse().unwrap();
+            match (a, p) {
+                (IpAddr::V4(a), IpAddr::V4(p)) => (u32::from(a) ^ u32::from(p)) >> (32 - len) == 0,
+                (IpAddr::V6(a), IpAddr::V6(p)) => (u128::from(a) ^ u128::from(p)) >> (128 - len) == 0,
+                _ => false,
+            }
+        };
+        let (ifindex, smac) = if on("10.1.0.0", 24) || on("fd00:1::", 64) {
+            (self.in_ifindex, self.in_mac)
+        } else if on("198.51.100.0", 24) || on("2001:db8:1::", 64) {
+            (self.out_ifindex, self.out_mac)
+        } else {
+            return Route::Unreachable;
+        };
+        let own: [IpAddr; 4] =
+            ["10.1.0.1".parse().unwrap(), "fd00:1::1".parse().unwrap(), "198.51.100.1".parse().unwrap(), "2001:db8:1::1".parse().unwrap()];
+        if own.contains(&a) {
+            return Route::Unreachable;
+        }
+        if ip_len > FIXTURE_MTU {
+            return Route::TooBig;
+        }
+        if !self.neighbours.contains(&a) {
+            return Route::NoNeighbour;
+        }
+        Route::Via { ifindex, smac, dmac: neighbour_mac(a) }
+    }
+}
+
+/// A loaded balancer with its maps pinned in a directory of its own
+/// (removed on drop, also on panic).
+pub struct KernelBalancer {
+    // Field order: the program and maps close before the pins go.
+    dp: Option<Datapath>,
+    /// The pinned maps (taken on drop).
+    pub maps: Option<BalancerMaps>,
+    writer: BalancerWriter,
+    pin_dir: PathBuf,
+    /// The fixture namespace.
+    pub net: FixtureNet,
+}
+
+impl KernelBalancer {
+    /// Loads the programs and builds the fixture namespace.
+    pub fn new(tag: &str) -> Self {
+        let net = FixtureNet::new(tag);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/swarmlb-lbtest-{}-{tag}", std::process::id()));
+        let _ = remove_pins(&pin_dir);
+        let dp = Datapath::load(&pin_dir, FIXTURE_TABLE_SIZE).expect("programs load (run as root)");
+        let maps = BalancerMaps::open(&pin_dir).expect("maps open");
+        let writer = BalancerWriter::adopt(&maps, FIXTURE_TABLE_SIZE).expect("writer");
+        Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net }
+    }
+
+    /// Applies a desired state (egress interfaces filled in).
+    pub fn apply(&mut self, desired: &Desired) {
+        let mut d = desired.clone();
+        d.egress = vec![self.net.out_ifindex, self.net.in_ifindex];
+        // The device map resolves ifindexes in the writer's namespace.
+        let (writer, maps) = (&mut self.writer, self.maps.as_mut().unwrap());
+        self.net.ns.run(|| writer.apply(maps, &d)).expect("desired state applies");
+    }
+
+    /// Runs the balancer over `frame` arriving on `ifindex`: (XDP action,
+    /// the packet as the program left it).
+    pub fn run(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let dp = self.dp.as_mut().unwrap();
+        self.net.ns.run(|| dp.test_run_on(Program::Balancer, frame, ifindex)).expect("test run")
+    }
+
+    /// The maps.
+    pub fn maps(&self) -> &BalancerMaps {
+        self.maps.as_ref().unwrap()
+    }
+
+    /// Forgets every flow and NAT entry.
+    pub fn clear_flows(&mut self) {
+        let maps = self.maps.as_mut().unwrap();
+        let keys: Vec<FlowKey> = maps.flows.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = maps.flows.remove(&k);
+        }
+        let keys: Vec<NatKey> = maps.nat.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = maps.nat.remove(&k);
+        }
+    }
+
+    /// The model's tables, with the kernel's services, backends, tables
+    /// and globals copied in and empty flow and NAT tables.
+    pub fn model(&self) -> ModelTables {
+        let maps = self.maps();
+        let mut m = ModelTables {
+            fib: self.net.fib.clone(),
+            services: HashMap::new(),
+            backends: HashMap::new(),
+            maglev: Vec::new(),
+            globals: maps.globals.get(&0, 0).ok(),
+            flows: HashMap::new(),
+            nat: HashMap::new(),
+            nat_capacity: MAX_NAT_ENTRIES as usize,
+            egress: [self.net.out_ifindex, self.net.in_ifindex].into_iter().collect(),
+        };
+        m.reload(maps);
+        m
+    }
+}
+
+impl Drop for KernelBalancer {
+    fn drop(&mut self) {
+        self.maps.take();
+        self.dp.take();
+        let _ = remove_pins(&self.pin_dir);
+    }
+}
+
+/// The model's state: plain collections.
+pub struct ModelTables {
+    fib: FixtureFib,
+    /// Copy of the kernel's services.
+    pub services: HashMap<ServiceKey, Service>,
+    /// Copy of the kernel's backends.
+    pub backends: HashMap<u32, BackendInfo>,
+    /// Copy of the kernel's Maglev map.
+    pub maglev: Vec<u32>,
+    /// Copy of the kernel's globals.
+    pub globals: Option<Globals>,
+    /// The model's own flow table.
+    pub flows: HashMap<FlowKey, FlowEntry>,
+    /// The model's own NAT table.
+    pub nat: HashMap<NatKey, NatEntry>,
+    /// NAT entries the model accepts.
+    pub nat_capacity: usize,
+    /// Interfaces it may redirect to.
+    pub egress: HashSet<u32>,
+}
+
+impl ModelTables {
+    /// Copies services, backends, tables and globals from the kernel's maps
+    /// (after an apply); flows and NAT entries stay.
+    pub fn reload(&mut self, maps: &BalancerMaps) {
+        self.services = maps.services.iter().map(|r| r.unwrap()).collect();
+        self.backends = maps.backends.iter().map(|r| r.unwrap()).collect();
+        self.maglev = (0..maps.maglev.len()).map(|i| maps.maglev.get(&i, 0).unwrap()).collect();
+        self.globals = maps.globals.get(&0, 0).ok();
+    }
+}
+
+impl Tables for ModelTables {
+    fn service(&self, key: &ServiceKey) -> Option<Service> {
+        self.services.get(key).copied()
+    }
+    fn backend(&self, id: u32) -> Option<BackendInfo> {
+        self.backends.get(&id).copied()
+    }
+    fn maglev_slot(&self, index: u32) -> Option<u32> {
+        self.maglev.get(index as usize).copied()
+    }
+    fn globals(&self) -> Option<Globals> {
+        self.globals
+    }
+    fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.flows.get(key).copied()
+    }
+    fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry) {
+        self.flows.insert(*key, *entry);
+    }
+    fn nat(&self, key: &NatKey) -> Option<NatEntry> {
+        self.nat.get(key).copied()
+    }
+    fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> bool {
+        if self.nat.contains_key(key) || self.nat.len() >= self.nat_capacity {
+            return false;
+        }
+        self.nat.insert(*key, *entry);
+        true
+    }
+    fn route(&self, family: u8, dst: &[u8; 16], _ifindex: u32, ip_len: u16) -> Route {
+        self.fib.route(family, dst, ip_len)
+    }
+    fn is_egress(&self, ifindex: u32) -> bool {
+        self.egress.contains(&ifindex)
+    }
+}

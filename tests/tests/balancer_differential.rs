@@ -1,0 +1,542 @@
+//! The balancer in the kernel (BPF_PROG_TEST_RUN) against its pure-Rust
+//! model (`lb_common::balancer_model`): hand-written fixtures whose output
+//! packets are also built independently with the harness's frame builders,
+//! and a differential run over random flows and mutated packets that must
+//! agree on the action, every output byte, the flow and NAT tables and
+//! every counter — and never return XDP_ABORTED.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use harness::{
+    lb_kernel::*,
+    rawframe::{FrameBuilder, Ipv4, Ipv6, L4},
+    root_or_skip,
+};
+use lb_common::{
+    balancer::*,
+    balancer_model::{process, Action, Outcome},
+    wire::{IPPROTO_TCP, IPPROTO_UDP},
+};
+use lb_user::balancer::{addr_key, Desired, DesiredBackend, DesiredVip};
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const NAT4: &str = "203.0.113.10";
+const DSR4: &str = "203.0.113.11";
+const L2_4: &str = "203.0.113.12";
+const NAT6: &str = "2001:db8:10::10";
+const DSR6: &str = "2001:db8:10::11";
+const L2_6: &str = "2001:db8:10::12";
+const NO_NEIGH_VIP: &str = "203.0.113.20";
+const NO_ROUTE_VIP: &str = "203.0.113.21";
+const EMPTY_VIP: &str = "203.0.113.22";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn backends(addrs: &[&str], weights: &[u32]) -> Vec<DesiredBackend> {
+    addrs.iter().zip(weights).map(|(a, w)| DesiredBackend { address: ip(a), weight: *w, up: true }).collect()
+}
+
+fn vip(name: &str, address: &str, mode: Mode, rules: &[(u8, u16, u16)], b: Vec<DesiredBackend>) -> DesiredVip {
+    DesiredVip { name: name.into(), address: ip(address), mode, rules: rules.to_vec(), backends: b }
+}
+
+fn desired() -> Desired {
+    let nat_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_TCP, 80, 8080), (IPPROTO_UDP, 53, 53)];
+    let dsr_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_UDP, 443, 443)];
+    Desired {
+        inside_v4: Some("10.1.0.1".parse().unwrap()),
+        inside_v6: Some("fd00:1::1".parse().unwrap()),
+        snat_ports: (1024, 65535),
+        egress: Vec::new(),
+        vips: vec![
+            vip("nat4", NAT4, Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 2])),
+            vip("dsr4", DSR4, Mode::Dsr, &dsr_rules, backends(&BACKENDS_V4[..2], &[1, 2])),
+            vip("l2-4", L2_4, Mode::DsrL2, &[(IPPROTO_TCP, 443, 443)], backends(&BACKENDS_V4[2..], &[1])),
+            vip("nat6", NAT6, Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])),
+            vip("dsr6", DSR6, Mode::Dsr, &dsr_rules, backends(&BACKENDS_V6, &[3, 1, 1])),
+            vip("l2-6", L2_6, Mode::DsrL2, &[(IPPROTO_TCP, 443, 443)], backends(&BACKENDS_V6[..1], &[1])),
+            vip("no-neigh", NO_NEIGH_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_NEIGHBOUR_V4], &[1])),
+            vip("no-route", NO_ROUTE_VIP, Mode::Dsr, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_ROUTE_V4], &[1])),
+            vip("empty", EMPTY_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], Vec::new()),
+        ],
+    }
+}
+
+fn client_frame(kb: &KernelBalancer, src: &str, dst: &str, l4: &L4) -> Vec<u8> {
+    let f = FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), kb.net.out_mac);
+    ip_frame(&f, src, dst, l4, |_| {}, |_| {})
+}
+
+fn ip_frame(f: &FrameBuilder, src: &str, dst: &str, l4: &L4, v4: impl Fn(&mut Ipv4), v6: impl Fn(&mut Ipv6)) -> Vec<u8> {
+    match (ip(src), ip(dst)) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = Ipv4::new(s, d);
+            v4(&mut h);
+            f.ipv4(&h.packet(l4))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut h = Ipv6::new(s, d);
+            v6(&mut h);
+            f.ipv6(&h.packet(l4))
+        }
+        _ => panic!("mixed families"),
+    }
+}
+
+fn action_code(a: Action) -> u32 {
+    match a {
+        Action::NextStage | Action::Pass => XDP_PASS,
+        Action::Drop => XDP_DROP,
+        Action::Tx => XDP_TX,
+        Action::Redirect(_) => XDP_REDIRECT,
+    }
+}
+
+/// Runs `frame` through kernel and model; asserts they agree and returns
+/// the model's outcome and the kernel's output packet.
+fn both(kb: &mut KernelBalancer, model: &mut ModelTables, frame: &[u8], ifindex: u32) -> (Outcome, Vec<u8>) {
+    let (action, out) = kb.run(frame, ifindex);
+    let mut buf = vec![0u8; frame.len() + 64];
+    let o = process(frame, &mut buf, ifindex, model);
+    assert_ne!(action, XDP_ABORTED, "XDP_ABORTED on {frame:02x?}");
+    assert_eq!(action, action_code(o.action), "action for {frame:02x?}: model {o:?}");
+    if matches!(o.action, Action::Tx | Action::Redirect(_)) {
+        assert_eq!(out, buf[..o.len].to_vec(), "output packet for {frame:02x?}");
+    }
+    (o, out)
+}
+
+fn flow_of(kb: &KernelBalancer, src: &str, sport: u16, dst: &str, dport: u16, proto: u8) -> FlowEntry {
+    let (s, family) = addr_key(ip(src));
+    let key = FlowKey { src: s, dst: addr_key(ip(dst)).0, src_port: sport, dst_port: dport, proto, family, _pad: [0; 2] };
+    kb.maps().flows.get(&key, 0).expect("the kernel remembers the flow")
+}
+
+fn backend_addr(kb: &KernelBalancer, id: u32) -> IpAddr {
+    let b = kb.maps().backends.get(&id, 0).unwrap();
+    lb_user::balancer::key_addr(&b.addr, b.family)
+}
+
+#[test]
+fn fixtures() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut kb = KernelBalancer::new("lbfix");
+    kb.apply(&desired());
+    let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
+    let mut model = kb.model();
+    let counters_before = kb.maps().counters().unwrap();
+    let mut m = model_counters();
+
+    // NAT, IPv4: client → VIP:443 becomes edge:port → backend:443.
+    let syn = L4::tcp_syn(40000, 443);
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &syn);
+    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    assert_eq!(o.action, Action::Redirect(in_if));
+    let flow = flow_of(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP);
+    let backend = backend_addr(&kb, flow.backend);
+    assert!(flow.nat_port >= 1024);
+    let expected = {
+        let f = FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend));
+        let mut h = Ipv4::new("10.1.0.1".parse().unwrap(), backend.to_string().parse().unwrap());
+        h.ttl = 63;
+        f.ipv4(&h.packet(&L4::tcp_syn(flow.nat_port, 443)))
+    };
+    assert_eq!(out, expected, "NAT rewrite of a SYN, checksums computed independently");
+
+    // The same flow again: the same backend, no new flow.
+    let (o, out2) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    assert_eq!(o.counter, Some(LbCounter::FlowHit));
+    assert_eq!(out2, expected);
+
+    // The backend's reply goes back to the client, from the VIP.
+    let reply = L4::Tcp { sport: 443, dport: flow.nat_port, seq: 7, ack: 0x1000_0001, flags: 0x12, window: 1000, payload: Vec::new() };
+    let f = FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac);
+    let frame = ip_frame(&f, &backend.to_string(), "10.1.0.1", &reply, |_| {}, |_| {});
+    let (o, out) = both(&mut kb, &mut model, &frame, in_if);
+    tally(&mut m, &o);
+    assert_eq!((o.action, o.counter), (Action::Redirect(out_if), Some(LbCounter::NatReply)));
+    let expected = {
+        let f = FrameBuilder::new(kb.net.out_mac, neighbour_mac(ip(CLIENT_V4)));
+        let mut h = Ipv4::new(CLIENT_V4.parse::<Ipv4Addr>().map(|_| NAT4.parse().unwrap()).unwrap(), CLIENT_V4.parse().unwrap());
+        h.ttl = 63;
+        let back = L4::Tcp { sport: 443, dport: 40000, seq: 7, ack: 0x1000_0001, flags: 0x12, window: 1000, payload: Vec::new() };
+        f.ipv4(&h.packet(&back))
+    };
+    assert_eq!(out, expected, "reverse NAT");
+
+    // Port 80 → target 8080; UDP with and without a checksum.
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(40001, 80));
+    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8080);
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::udp(5353, 53, b"query"));
+    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    let mut zero = client_frame(&kb, CLIENT_V4, NAT4, &L4::udp(5354, 53, b"query"));
+    zero[40] = 0;
+    zero[41] = 0;
+    let (o, out) = both(&mut kb, &mut model, &zero, out_if);
+    tally(&mut m, &o);
+    assert_eq!(&out[40..42], &[0, 0], "a zero UDP checksum stays zero");
+
+    // DSR, IPv4: the packet is wrapped, untouched, in IPIP to the backend.
+    let frame = client_frame(&kb, CLIENT_V4, DSR4, &syn);
+    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    let flow = flow_of(&kb, CLIENT_V4, 40000, DSR4, 443, IPPROTO_TCP);
+    let backend = backend_addr(&kb, flow.backend);
+    let expected = {
+        let f = FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend));
+        let mut outer = Ipv4::new("10.1.0.1".parse().unwrap(), backend.to_string().parse().unwrap());
+        outer.id = 0;
+        f.ipv4(&outer.with_payload(4, &frame[14..]))
+    };
+    assert_eq!((o.action, flow.nat_port), (Action::Redirect(in_if), 0));
+    assert_eq!(out, expected, "IPIP encapsulation");
+
+    // DSR, IPv6: IPv6-in-IPv6.
+    let frame = client_frame(&kb, CLIENT_V6, DSR6, &syn);
+    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    let flow = flow_of(&kb, CLIENT_V6, 40000, DSR6, 443, IPPROTO_TCP);
+    let backend = backend_addr(&kb, flow.backend);
+    let expected = {
+        let f = FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend));
+        let outer = Ipv6::new("fd00:1::1".parse().unwrap(), backend.to_string().parse().unwrap());
+        f.ipv6(&outer.with_payload(41, &frame[14..]))
+    };
+    assert_eq!(out, expected, "IPv6-in-IPv6 encapsulation");
+
+    // DSR-L2: only the MACs change.
+    for (client, vip) in [(CLIENT_V4, L2_4), (CLIENT_V6, L2_6)] {
+        let frame = client_frame(&kb, client, vip, &syn);
+        let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+        tally(&mut m, &o);
+        let backend = backend_addr(&kb, flow_of(&kb, client, 40000, vip, 443, IPPROTO_TCP).backend);
+        assert_eq!(&out[14..], &frame[14..]);
+        assert_eq!(&out[..12], &[neighbour_mac(backend), kb.net.in_mac].concat()[..]);
+    }
+
+    // NAT, IPv6, both ways.
+    let frame = client_frame(&kb, CLIENT_V6, NAT6, &syn);
+    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    let flow = flow_of(&kb, CLIENT_V6, 40000, NAT6, 443, IPPROTO_TCP);
+    let backend = backend_addr(&kb, flow.backend);
+    let expected = {
+        let f = FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend));
+        let mut h = Ipv6::new("fd00:1::1".parse().unwrap(), backend.to_string().parse().unwrap());
+        h.hop_limit = 63;
+        f.ipv6(&h.packet(&L4::tcp_syn(flow.nat_port, 443)))
+    };
+    assert_eq!(out, expected, "IPv6 NAT");
+    let f = FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac);
+    let frame = ip_frame(&f, &backend.to_string(), "fd00:1::1", &reply_to(flow.nat_port), |_| {}, |_| {});
+    let (o, _) = both(&mut kb, &mut model, &frame, in_if);
+    tally(&mut m, &o);
+    assert_eq!(o.counter, Some(LbCounter::NatReply));
+
+    // One-armed: a VIP packet arriving on the inside leaves by XDP_TX.
+    let frame = client_frame(&kb, "10.1.0.50", NAT4, &L4::tcp_syn(41000, 443));
+    let (o, _) = both(&mut kb, &mut model, &frame, in_if);
+    tally(&mut m, &o);
+    assert_eq!(o.action, Action::Tx);
+
+    // Drops and passes, each counted.
+    let cases: Vec<(Vec<u8>, Action, Option<LbCounter>)> = vec![
+        (client_frame(&kb, CLIENT_V4, NO_NEIGH_VIP, &syn), Action::Drop, Some(LbCounter::NoNeighbour)),
+        (client_frame(&kb, CLIENT_V4, NO_ROUTE_VIP, &syn), Action::Drop, Some(LbCounter::NoRoute)),
+        (client_frame(&kb, CLIENT_V4, EMPTY_VIP, &syn), Action::Drop, Some(LbCounter::NoBackend)),
+        (client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(40000, 8443)), Action::NextStage, None),
+        (client_frame(&kb, CLIENT_V4, "10.1.0.11", &syn), Action::NextStage, None),
+        (client_frame(&kb, CLIENT_V4, "10.1.0.1", &syn), Action::NextStage, None),
+        (ip_frame(&FrameBuilder::new([2; 6], kb.net.out_mac), CLIENT_V4, NAT4, &syn, |h| h.ttl = 1, |_| {}), Action::Pass, Some(LbCounter::TtlExpired)),
+        (ip_frame(&FrameBuilder::new([2; 6], kb.net.out_mac), CLIENT_V4, NAT4, &syn, |h| h.more_fragments = true, |_| {}), Action::Drop, Some(LbCounter::Unbalanceable)),
+        (client_frame(&kb, CLIENT_V4, NAT4, &syn)[..50].to_vec(), Action::Drop, Some(LbCounter::Malformed)),
+        (client_frame(&kb, CLIENT_V4, DSR4, &L4::Tcp { sport: 40002, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1460] }), Action::Drop, Some(LbCounter::TooBig)),
+    ];
+    for (i, (frame, action, counter)) in cases.iter().enumerate() {
+        let (o, out) = both(&mut kb, &mut model, frame, out_if);
+        tally(&mut m, &o);
+        assert_eq!((o.action, o.counter), (*action, *counter), "case {i}");
+        if o.action != Action::Drop {
+            assert_eq!(&out, frame, "case {i}: passed unchanged");
+        }
+    }
+    // DSR at exactly the MTU still fits (1480 + 20 = 1500).
+    let fits = client_frame(&kb, CLIENT_V4, DSR4, &L4::Tcp { sport: 40003, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1440] });
+    let (o, _) = both(&mut kb, &mut model, &fits, out_if);
+    tally(&mut m, &o);
+    assert_eq!(o.action, Action::Redirect(in_if));
+
+    // A backend goes down: its flows move to the others, counted.
+    let flow = flow_of(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP);
+    let down = backend_addr(&kb, flow.backend);
+    let mut d = desired();
+    // Health is per address: down in every VIP that has it.
+    for b in d.vips.iter_mut().flat_map(|v| &mut v.backends) {
+        b.up = b.address != down;
+    }
+    kb.apply(&d);
+    model.reload(kb.maps());
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &syn);
+    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    assert!(o.moved && o.counter == Some(LbCounter::NewFlow));
+    assert_ne!(backend_addr(&kb, flow_of(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP).backend), down);
+
+    let after = kb.maps().counters().unwrap();
+    let delta: Vec<u64> = after.iter().zip(&counters_before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, m, "kernel counters vs model");
+}
+
+fn reply_to(port: u16) -> L4 {
+    L4::Tcp { sport: 443, dport: port, seq: 7, ack: 1, flags: 0x12, window: 1000, payload: Vec::new() }
+}
+
+fn model_counters() -> Vec<u64> {
+    vec![0; LB_COUNTERS_LEN as usize]
+}
+
+fn tally(m: &mut [u64], o: &Outcome) {
+    if let Some(c) = o.counter {
+        m[c as usize] += 1;
+    }
+    if o.moved {
+        m[LbCounter::FlowMoved as usize] += 1;
+    }
+}
+
+#[test]
+fn snat_exhaustion_refuses_new_flows_cleanly() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut kb = KernelBalancer::new("lbsnat");
+    let mut d = desired();
+    d.snat_ports = (2000, 2001);
+    d.vips[0].backends.truncate(1);
+    kb.apply(&d);
+    let mut model = kb.model();
+    let out_if = kb.net.out_ifindex;
+    let mut ports = Vec::new();
+    let mut refused = 0;
+    for sport in 30000..30016u16 {
+        let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
+        let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+        match o.counter {
+            Some(LbCounter::NewFlow) => ports.push(flow_of(&kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP).nat_port),
+            Some(LbCounter::SnatExhausted) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, vec![2000, 2001], "each port is given to one flow only");
+    assert_eq!(refused, 14);
+    assert_eq!(kb.maps().counters().unwrap()[LbCounter::SnatExhausted as usize], 14);
+}
+
+/// A small deterministic PRNG (xorshift64*), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+/// A random packet: mostly clients to services (valid or mutated), some
+/// replies from backends to NAT ports, some arbitrary traffic.
+fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Vec<u8>, u32) {
+    let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
+    let kind = rng.below(100);
+    let mut frame = if kind < 35 && !model.flows.is_empty() {
+        // A packet of a flow seen before (its backend may have changed).
+        let keys: Vec<&FlowKey> = model.flows.keys().collect();
+        let k = **rng.pick(&keys);
+        let src = lb_user::balancer::key_addr(&k.src, k.family).to_string();
+        let dst = lb_user::balancer::key_addr(&k.dst, k.family).to_string();
+        let l4 = if k.proto == IPPROTO_TCP {
+            L4::Tcp { sport: k.src_port, dport: k.dst_port, seq: 1, ack: 1, flags: 0x18, window: 500, payload: vec![1; 64] }
+        } else {
+            L4::udp(k.src_port, k.dst_port, b"more")
+        };
+        (client_frame(kb, &src, &dst, &l4), if rng.below(8) == 0 { in_if } else { out_if })
+    } else if kind < 50 && !model.nat.is_empty() {
+        // A reply to one of the NAT entries, or to a port nobody holds.
+        let keys: Vec<&NatKey> = model.nat.keys().collect();
+        let k = **rng.pick(&keys);
+        let backend = lb_user::balancer::key_addr(&k.backend, k.family).to_string();
+        let inside = if k.family == lb_common::isolator::FAMILY_V4 { "10.1.0.1" } else { "fd00:1::1" };
+        let nat_port = if rng.below(10) == 0 { rng.below(65536) as u16 } else { k.nat_port };
+        let l4 = if k.proto == IPPROTO_TCP { reply_to(nat_port) } else { L4::udp(k.backend_port, nat_port, b"answer") };
+        let l4 = match l4 {
+            L4::Tcp { dport, seq, ack, flags, window, payload, .. } => L4::Tcp { sport: k.backend_port, dport, seq, ack, flags, window, payload },
+            other => other,
+        };
+        let f = FrameBuilder::new(neighbour_mac(ip(&backend)), kb.net.in_mac);
+        (ip_frame(&f, &backend, inside, &l4, |_| {}, |_| {}), in_if)
+    } else {
+        let v6 = rng.below(2) == 0;
+        let clients4 = ["198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.9"];
+        let clients6 = ["2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::77"];
+        let vips4 = [NAT4, NAT4, NAT4, DSR4, DSR4, L2_4, NO_NEIGH_VIP, NO_ROUTE_VIP, EMPTY_VIP, "10.1.0.11"];
+        let vips6 = [NAT6, NAT6, DSR6, DSR6, L2_6, "fd00:1::12"];
+        let (src, dst) = if v6 { (*rng.pick(&clients6), *rng.pick(&vips6)) } else { (*rng.pick(&clients4), *rng.pick(&vips4)) };
+        let dport = *rng.pick(&[443u16, 443, 443, 443, 443, 80, 53, 8080]);
+        let sport = 1024 + rng.below(2000) as u16;
+        let payload = vec![0x5a; *rng.pick(&[0usize, 10, 100, 1000, 1440, 1460])];
+        let l4 = if rng.below(4) == 0 {
+            L4::Udp { sport, dport, payload }
+        } else {
+            L4::Tcp { sport, dport, seq: rng.next() as u32, ack: 0, flags: *rng.pick(&[0x02u8, 0x10, 0x18, 0x11, 0x04]), window: 500, payload }
+        };
+        let ttl = *rng.pick(&[64u8, 64, 64, 2, 1, 0]);
+        let mf = rng.below(30) == 0;
+        let offset = if rng.below(30) == 0 { 8 } else { 0 };
+        let options = if rng.below(20) == 0 { vec![1, 1, 1, 1] } else { Vec::new() };
+        let f = FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), kb.net.out_mac);
+        let frame = ip_frame(
+            &f,
+            src,
+            dst,
+            &l4,
+            |h| {
+                h.ttl = ttl;
+                h.more_fragments = mf;
+                h.frag_offset = offset;
+                h.options = options.clone();
+            },
+            |h| h.hop_limit = ttl,
+        );
+        (frame, if rng.below(6) == 0 { in_if } else { out_if })
+    };
+    // Mutations: truncate, flip header bytes, zero the UDP checksum.
+    match rng.below(10) {
+        0 => {
+            let cut = 14 + rng.below(frame.0.len() as u64 - 13) as usize;
+            frame.0.truncate(cut);
+        }
+        1 => {
+            let n = 1 + rng.below(3);
+            for _ in 0..n {
+                let at = rng.below(frame.0.len().min(80) as u64) as usize;
+                frame.0[at] ^= 1 << rng.below(8);
+            }
+        }
+        2 if frame.0.len() > 42 && frame.0[23] == IPPROTO_UDP && frame.0[12..14] == [8, 0] => {
+            let l4 = 14 + usize::from(frame.0[14] & 0x0f) * 4;
+            if frame.0.len() >= l4 + 8 {
+                frame.0[l4 + 6] = 0;
+                frame.0[l4 + 7] = 0;
+            }
+        }
+        _ => {}
+    }
+    frame
+}
+
+#[test]
+fn kernel_matches_model_on_random_flows_and_mutated_packets() {
+    if !root_or_skip() {
+        return;
+    }
+    const BATCHES: u64 = 12;
+    const PER_BATCH: u64 = 10_000;
+    let mut kb = KernelBalancer::new("lbdiff");
+    let base = desired();
+    kb.apply(&base);
+    let mut model = kb.model();
+    let mut rng = Rng(0x5eed_1b_c0ffee);
+    let before = kb.maps().counters().unwrap();
+    let mut m = model_counters();
+    let mut actions: HashMap<u32, u64> = HashMap::new();
+    for batch in 0..BATCHES {
+        // Per batch: an apply may give a removed backend's id (and fresh
+        // counters) to a new one.
+        let mut stats: HashMap<u32, TrafficStats> = HashMap::new();
+        // Backend set changes between batches; flows stay (they must be
+        // kept or moved exactly as the model says).
+        let mut d = base.clone();
+        let everywhere = |d: &mut Desired, f: &dyn Fn(&mut Vec<DesiredBackend>)| d.vips.iter_mut().for_each(|v| f(&mut v.backends));
+        match batch % 4 {
+            1 => everywhere(&mut d, &|bs| bs.iter_mut().filter(|b| b.address == ip("10.1.0.12")).for_each(|b| b.up = false)),
+            2 => {
+                everywhere(&mut d, &|bs| bs.retain(|b| b.address != ip("10.1.0.11")));
+                d.vips[4].backends[0].weight = 0;
+            }
+            3 => d.vips[3].backends.push(DesiredBackend { address: ip("fd00:1::20"), weight: 1, up: true }),
+            _ => {}
+        }
+        kb.apply(&d);
+        model.reload(kb.maps());
+        let stats_before: HashMap<u32, TrafficStats> =
+            model.backends.keys().map(|id| (*id, kb.maps().backend_stats(*id).unwrap())).collect();
+        if batch % 4 == 0 {
+            kb.clear_flows();
+            model.flows.clear();
+            model.nat.clear();
+        }
+        for _ in 0..PER_BATCH {
+            let (frame, ifindex) = random_packet(&mut rng, &kb, &model);
+            if frame.len() < 14 {
+                continue;
+            }
+            let (o, _) = both(&mut kb, &mut model, &frame, ifindex);
+            tally(&mut m, &o);
+            *actions.entry(action_code(o.action)).or_default() += 1;
+            if let Some((_, backend)) = o.charged {
+                let s = stats.entry(backend).or_default();
+                s.packets += 1;
+                s.bytes += frame.len() as u64;
+                s.new_flows += u64::from(o.counter == Some(LbCounter::NewFlow));
+            }
+        }
+        // Flow and NAT tables agree entry for entry.
+        let kflows: HashMap<FlowKey, FlowEntry> = kb.maps().flows.iter().map(|r| r.unwrap()).collect();
+        assert_eq!(kflows, model.flows, "flow tables after batch {batch}");
+        let knat: HashMap<NatKey, NatEntry> =
+            kb.maps().nat.iter().map(|r| r.unwrap()).map(|(k, mut e)| {
+                e.last_seen_ns = 0;
+                (k, e)
+            }).collect();
+        assert_eq!(knat, model.nat, "NAT tables after batch {batch}");
+        for (id, s) in &stats {
+            let (k, b) = (kb.maps().backend_stats(*id).unwrap(), stats_before[id]);
+            let delta = (k.packets - b.packets, k.bytes - b.bytes, k.new_flows - b.new_flows);
+            assert_eq!(delta, (s.packets, s.bytes, s.new_flows), "backend {id} stats in batch {batch}");
+        }
+    }
+    let after = kb.maps().counters().unwrap();
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, m, "kernel counters vs model");
+    let named: Vec<String> = LbCounter::ALL.iter().map(|c| format!("{}={}", c.name(), m[*c as usize])).collect();
+    println!("{} packets; actions {actions:?}; counters {}", BATCHES * PER_BATCH, named.join(" "));
+    // The run exercised every path it claims to.
+    assert!(m[LbCounter::NewFlow as usize] > 10_000 && m[LbCounter::FlowHit as usize] > 20_000, "{named:?}");
+    assert!(m[LbCounter::FlowMoved as usize] > 100 && m[LbCounter::NatReply as usize] > 5_000, "{named:?}");
+}
+
