@@ -21,6 +21,9 @@ use lb_common::{
 use serde::Deserialize;
 use toml::Spanned;
 
+mod balancer;
+pub use balancer::{BackendConfig, BalancerConfig, ForwardMode, HealthCheck, HealthProtocol, Rule, VipConfig, DEFAULT_SNAT_PORTS};
+
 /// Where the maps are pinned unless `[settings].pin_path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/swarmlb";
 /// Default minimum time between two sampled drop events per CPU.
@@ -62,6 +65,17 @@ struct RawConfig {
     cluster: RawCluster,
     #[serde(default)]
     settings: RawSettings,
+    balancer: Option<balancer::RawBalancer>,
+    #[serde(default)]
+    vip: Vec<balancer::RawVip>,
+}
+
+/// `None` when `name` can be an interface name, else why not.
+fn check_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 || name.contains('/') || name.chars().any(char::is_whitespace) {
+        return Err("not a valid interface name (1-15 characters, no '/' or spaces)".into());
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -237,6 +251,7 @@ pub struct Config {
     nodes: Vec<Cidr>,
     pin_path: PathBuf,
     drop_event_interval_ns: u64,
+    balancer: Option<BalancerConfig>,
     warnings: Vec<String>,
 }
 
@@ -298,11 +313,8 @@ impl Config {
         let mut seen = HashMap::new();
         for (i, iface) in raw.interface.iter().enumerate() {
             let name = iface.name.get_ref();
-            if name.is_empty() || name.len() > 15 || name.contains('/') || name.chars().any(char::is_whitespace) {
-                return Err(loc.at(
-                    iface.name.span(),
-                    format!("interface[{i}].name = {name:?}: not a valid interface name (1-15 characters, no '/' or spaces)"),
-                ));
+            if let Err(m) = check_interface_name(name) {
+                return Err(loc.at(iface.name.span(), format!("interface[{i}].name = {name:?}: {m}")));
             }
             if let Some(first) = seen.insert(name.clone(), i) {
                 return Err(loc.at(iface.name.span(), format!("interface[{i}].name = {name:?}: already listed as interface[{first}]")));
@@ -336,13 +348,16 @@ impl Config {
             }
         }
 
+        let mut warnings = Vec::new();
+        let balancer = balancer::parse(&loc, raw.balancer.as_ref(), &raw.vip, &mut warnings)?;
         let cfg = Config {
             interfaces,
             zones,
             nodes,
             pin_path,
             drop_event_interval_ns: interval_ms * 1_000_000,
-            warnings: Vec::new(),
+            balancer,
+            warnings,
         };
         cfg.check_capacity(&loc)?;
         Ok(cfg.with_warnings())
@@ -368,7 +383,7 @@ impl Config {
     }
 
     fn with_warnings(mut self) -> Self {
-        if self.interfaces.is_empty() {
+        if self.interfaces.is_empty() && self.balancer.is_none() {
             self.warnings.push("no [[interface]] configured: the isolator is attached nowhere".into());
         }
         for (name, z) in &self.zones {
@@ -384,6 +399,10 @@ impl Config {
         self
     }
 
+    /// The load balancer's settings and VIPs (`None` without `[balancer]`).
+    pub fn balancer(&self) -> Option<&BalancerConfig> {
+        self.balancer.as_ref()
+    }
     pub fn interfaces(&self) -> &[InterfaceConfig] {
         &self.interfaces
     }

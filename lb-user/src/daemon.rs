@@ -1,38 +1,158 @@
 //! `swarmlb run`: load, apply, attach, serve signals, clean up.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     ffi::CString,
     fmt::Write as _,
+    net::IpAddr,
     path::Path,
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
+use lb_common::balancer::Mode;
 use lb_user::{
-    config::{CompiledPolicy, Config},
+    balancer::{AppliedVip, BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    config::{BalancerConfig, CompiledPolicy, Config, ForwardMode},
     events,
     loader::{remove_pins, AttachMode, Datapath, Program},
-    maps::IsolatorMaps,
-    policy,
+    maps::{BalancerMaps, IsolatorMaps},
+    neighbours, policy,
     state::{port_ranges, DaemonState, InstanceLock, InterfaceState, ZoneState},
+    sweep,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
 
 /// Resolves every configured interface name, so a typo fails before
 /// anything is loaded or attached.
 fn ifindexes(cfg: &Config) -> Result<HashMap<String, u32>> {
     let mut out = HashMap::new();
     for iface in cfg.interfaces() {
-        let c = CString::new(iface.name.as_str())?;
-        // SAFETY: valid C string.
-        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if idx == 0 {
+        let Some(idx) = ifindex(&iface.name) else {
             bail!("interface {:?} (zone {}) does not exist", iface.name, iface.zone);
-        }
+        };
         out.insert(iface.name.clone(), idx);
     }
+    if let Some(b) = cfg.balancer() {
+        for (name, role) in b.outside_interfaces.iter().map(|n| (n, "outside")).chain([(&b.inside_interface, "inside")]) {
+            let Some(idx) = ifindex(name) else {
+                bail!("interface {name:?} (balancer {role} interface) does not exist");
+            };
+            out.insert(name.clone(), idx);
+        }
+    }
     Ok(out)
+}
+
+/// Which program each interface gets: the balancer (with the isolator as
+/// its next stage) where VIP traffic or replies arrive, the isolator alone
+/// on other zone interfaces.
+fn programs(cfg: &Config) -> BTreeMap<String, Program> {
+    let mut out: BTreeMap<String, Program> = cfg.interfaces().iter().map(|i| (i.name.clone(), Program::Isolator)).collect();
+    if let Some(b) = cfg.balancer() {
+        for name in b.outside_interfaces.iter().chain([&b.inside_interface]) {
+            out.insert(name.clone(), Program::Balancer);
+        }
+    }
+    out
+}
+
+/// The first address of `family` (4 or 6) on `ifname`, link-local excluded.
+fn interface_address(ifname: &str, v6: bool) -> Option<IpAddr> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() && found.is_none() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        // SAFETY: ifa_name is a valid C string.
+        if ifa.ifa_addr.is_null() || unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes() != ifname.as_bytes() {
+            continue;
+        }
+        // SAFETY: the family tells which sockaddr type it is.
+        unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET if !v6 => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    found = Some(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
+                }
+                libc::AF_INET6 if v6 => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let a = std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr);
+                    if a.segments()[0] & 0xffc0 != 0xfe80 {
+                        found = Some(IpAddr::V6(a));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
+/// The balancer's desired state from the config (static backends, all up:
+/// health checks are the agent's next layer).
+fn desired(b: &BalancerConfig, ifx: &HashMap<String, u32>) -> Result<Desired> {
+    let inside_v4 = b.snat_v4.or_else(|| match interface_address(&b.inside_interface, false) {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    });
+    let inside_v6 = b.snat_v6.or_else(|| match interface_address(&b.inside_interface, true) {
+        Some(IpAddr::V6(a)) => Some(a),
+        _ => None,
+    });
+    let mut vips = Vec::new();
+    for v in &b.vips {
+        let needs_inside = v.mode != ForwardMode::DsrL2;
+        match v.address {
+            IpAddr::V4(_) if needs_inside && inside_v4.is_none() => {
+                bail!("vip {}: {} has no IPv4 address and balancer.snat_v4 is not set", v.name, b.inside_interface)
+            }
+            IpAddr::V6(_) if needs_inside && inside_v6.is_none() => {
+                bail!("vip {}: {} has no IPv6 address and balancer.snat_v6 is not set", v.name, b.inside_interface)
+            }
+            _ => {}
+        }
+        vips.push(DesiredVip {
+            name: v.name.clone(),
+            address: v.address,
+            mode: match v.mode {
+                ForwardMode::Nat => Mode::Nat,
+                ForwardMode::Dsr => Mode::Dsr,
+                ForwardMode::DsrL2 => Mode::DsrL2,
+            },
+            rules: v.rules.iter().map(|r| (r.proto, r.port, r.target_port)).collect(),
+            backends: v.backends.iter().map(|be| DesiredBackend { address: be.address, weight: be.weight, up: true }).collect(),
+        });
+    }
+    let egress = b.outside_interfaces.iter().chain([&b.inside_interface]).filter_map(|n| ifx.get(n).copied()).collect();
+    Ok(Desired { inside_v4, inside_v6, snat_ports: b.snat_ports, egress, vips })
+}
+
+/// Every (backend, first target port) of the config, for neighbour probes.
+fn probe_targets(vips: &[AppliedVip]) -> Vec<(IpAddr, u16)> {
+    let mut t: Vec<(IpAddr, u16)> = vips
+        .iter()
+        .flat_map(|v| v.backends.iter().map(move |b| (b.address, v.rules.first().map_or(80, |r| r.target_port))))
+        .collect();
+    t.sort();
+    t.dedup();
+    t
 }
 
 /// Protected ports inside this host's ephemeral range also match the
@@ -97,7 +217,11 @@ fn zone_states(cfg: &Config, compiled: &CompiledPolicy, applied: &policy::Applie
 struct Daemon {
     datapath: Datapath,
     maps: IsolatorMaps,
-    attached: HashMap<String, AttachMode>,
+    lb_maps: BalancerMaps,
+    lb_writer: BalancerWriter,
+    attached: HashMap<String, (Program, AttachMode)>,
+    /// What the last successful apply wrote (for neighbour probes).
+    vips: Vec<AppliedVip>,
 }
 
 impl Daemon {
@@ -114,13 +238,29 @@ impl Daemon {
         let ifx = ifindexes(cfg)?;
         let compiled = cfg.compile();
         warn_ephemeral_overlap(&compiled);
+        let table_size = cfg.balancer().map_or(lb_common::maglev::DEFAULT_TABLE_SIZE, |b| b.table_size);
+        if table_size != self.lb_writer.table_size() {
+            bail!(
+                "balancer.table_size changed from {} to {table_size}: that needs a restart (stop swarmlb, then start it again)",
+                self.lb_writer.table_size()
+            );
+        }
+        let desired = match cfg.balancer() {
+            Some(b) => desired(b, &ifx)?,
+            None => Desired { inside_v4: None, inside_v6: None, snat_ports: (0, 0), egress: Vec::new(), vips: Vec::new() },
+        };
+        let wanted = programs(cfg);
+        // An interface whose program changes is detached first.
+        let changed: Vec<String> =
+            self.attached.iter().filter(|(n, (p, _))| wanted.get(*n).is_some_and(|w| w != p)).map(|(n, _)| n.clone()).collect();
+        self.detach(&changed);
         let mut newly = Vec::new();
-        for iface in cfg.interfaces() {
-            if !self.attached.contains_key(&iface.name) {
-                match self.datapath.attach(&iface.name, Program::Isolator) {
+        for (name, program) in &wanted {
+            if !self.attached.contains_key(name) {
+                match self.datapath.attach(name, *program) {
                     Ok(mode) => {
-                        newly.push(iface.name.clone());
-                        self.attached.insert(iface.name.clone(), mode);
+                        newly.push(name.clone());
+                        self.attached.insert(name.clone(), (*program, mode));
                     }
                     Err(e) => {
                         self.detach(&newly);
@@ -137,31 +277,44 @@ impl Daemon {
                 return Err(e);
             }
         };
+        let vips = match self.lb_writer.apply(&mut self.lb_maps, &desired) {
+            Ok(v) => v,
+            Err(e) => {
+                self.detach(&newly);
+                return Err(e.context("writing the balancer's maps"));
+            }
+        };
         let gone: Vec<String> =
-            self.attached.keys().filter(|n| !ifx.contains_key(*n)).cloned().collect();
+            self.attached.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
         self.detach(&gone);
         let state = DaemonState {
             pid: std::process::id(),
             config: config_path.to_owned(),
             pin_path: self.datapath.pin_dir().to_owned(),
-            interfaces: cfg
-                .interfaces()
+            interfaces: wanted
                 .iter()
-                .map(|i| InterfaceState {
-                    name: i.name.clone(),
-                    ifindex: ifx[&i.name],
-                    zone: i.zone.clone(),
-                    mode: self.attached[&i.name],
+                .map(|(name, program)| InterfaceState {
+                    name: name.clone(),
+                    ifindex: ifx[name],
+                    zone: cfg.interfaces().iter().find(|i| &i.name == name).map(|i| i.zone.clone()).unwrap_or_default(),
+                    mode: self.attached[name].1,
+                    program: *program,
                 })
                 .collect(),
             zones: zone_states(cfg, &compiled, &applied),
+            vips: vips.clone(),
         };
         state.write(runtime_dir)?;
         info!(
-            interfaces = cfg.interfaces().len(),
+            interfaces = wanted.len(),
             zones = compiled.zones.len(),
-            "policy applied"
+            vips = vips.len(),
+            backends = vips.iter().map(|v| v.backends.len()).sum::<usize>(),
+            "config applied"
         );
+        let targets = probe_targets(&vips);
+        std::thread::spawn(move || neighbours::prime(&targets));
+        self.vips = vips;
         Ok(())
     }
 }
@@ -178,6 +331,14 @@ pub fn signal_reload(runtime_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How often idle NAT entries are swept and backend neighbours refreshed.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// (TCP, UDP) idle timeouts of NAT state.
+fn idle_timeouts(cfg: &Config) -> (Duration, Duration) {
+    cfg.balancer().map_or((Duration::from_secs(900), Duration::from_secs(300)), |b| (b.tcp_idle_timeout, b.udp_idle_timeout))
+}
+
 pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<()> {
     let cfg = Config::load(config_path)?;
     for w in cfg.warnings() {
@@ -186,9 +347,12 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
     ifindexes(&cfg)?;
     let _lock = InstanceLock::acquire(runtime_dir)?;
     let pin_dir = cfg.pin_path().to_owned();
-    let datapath = Datapath::load(&pin_dir, lb_common::maglev::DEFAULT_TABLE_SIZE)?;
+    let table_size = cfg.balancer().map_or(lb_common::maglev::DEFAULT_TABLE_SIZE, |b| b.table_size);
+    let datapath = Datapath::load(&pin_dir, table_size)?;
     let maps = IsolatorMaps::open(&pin_dir)?;
-    let mut daemon = Daemon { datapath, maps, attached: HashMap::new() };
+    let lb_maps = BalancerMaps::open(&pin_dir)?;
+    let lb_writer = BalancerWriter::adopt(&lb_maps, table_size)?;
+    let mut daemon = Daemon { datapath, maps, lb_maps, lb_writer, attached: HashMap::new(), vips: Vec::new() };
     if let Err(e) = daemon.apply(&cfg, config_path, runtime_dir) {
         daemon.datapath.detach_all();
         if !keep_pinned {
@@ -208,15 +372,29 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut idle = idle_timeouts(&cfg);
         info!(pid = std::process::id(), "swarmlb running");
         loop {
             tokio::select! {
+                _ = housekeeping.tick() => {
+                    match sweep::sweep_nat(&mut daemon.lb_maps, idle.0, idle.1) {
+                        Ok(0) => {}
+                        Ok(n) => info!(removed = n, "idle NAT entries removed"),
+                        Err(e) => warn!(error = %e, "sweeping NAT entries failed"),
+                    }
+                    let targets = probe_targets(&daemon.vips);
+                    std::thread::spawn(move || neighbours::prime(&targets));
+                }
                 _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => {
                     match Config::load(config_path) {
                         Ok(new) => match daemon.apply(&new, config_path, runtime_dir) {
-                            Ok(()) => info!("SIGHUP: config reloaded"),
+                            Ok(()) => {
+                                idle = idle_timeouts(&new);
+                                info!("SIGHUP: config reloaded")
+                            }
                             Err(e) => error!(error = format!("{e:#}"), "SIGHUP: applying the new config failed; the running policy stays"),
                         },
                         Err(e) => error!(error = %e, "SIGHUP: the new config is invalid; the running policy stays"),

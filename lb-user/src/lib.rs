@@ -9,9 +9,11 @@ pub mod config;
 pub mod events;
 pub mod loader;
 pub mod maps;
+pub mod neighbours;
 pub mod policy;
 pub mod state;
 pub mod status;
+pub mod sweep;
 
 /// The eBPF object (all of swarmlb's XDP programs), 8-byte aligned as the
 /// ELF parser wants it.

@@ -37,16 +37,18 @@ pub enum AttachMode {
 }
 
 /// Which of the programs an interface gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Program {
+    #[default]
     Isolator,
     /// The balancer, with the isolator as its next stage.
     Balancer,
 }
 
 impl Program {
-    fn name(self) -> &'static str {
+    /// The program's name in the object file.
+    pub fn name(self) -> &'static str {
         match self {
             Program::Isolator => PROGRAM_ISOLATOR,
             Program::Balancer => PROGRAM_BALANCER,

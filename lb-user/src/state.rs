@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::loader::AttachMode;
+use crate::{balancer::AppliedVip, loader::{AttachMode, Program}};
 
 /// Default directory for the state file.
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/swarmlb";
@@ -23,15 +23,21 @@ pub struct DaemonState {
     pub pin_path: PathBuf,
     pub interfaces: Vec<InterfaceState>,
     pub zones: Vec<ZoneState>,
+    /// The balancer's VIPs as applied (empty without `[[vip]]`).
+    #[serde(default)]
+    pub vips: Vec<AppliedVip>,
 }
 
-/// One interface carrying the isolator.
+/// One interface carrying one of swarmlb's programs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct InterfaceState {
     pub name: String,
     pub ifindex: u32,
+    /// The zone it faces; empty for a balancer-only interface.
     pub zone: String,
     pub mode: AttachMode,
+    #[serde(default)]
+    pub program: Program,
 }
 
 /// One zone's policy, as configured.

@@ -4,11 +4,15 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::Result;
-use lb_common::isolator::{DropReason, PassReason, PortStats, PortStatsKey, Verdict};
+use lb_common::{
+    balancer::LbCounter,
+    isolator::{DropReason, PassReason, PortStats, PortStatsKey, Verdict},
+};
 use serde::Serialize;
 
 use crate::{
-    maps::IsolatorMaps,
+    balancer::AppliedVip,
+    maps::{BalancerMaps, IsolatorMaps},
     state::{port_ranges, DaemonState, ZoneState},
 };
 
@@ -26,6 +30,73 @@ pub struct StatusReport {
     pub dropped: BTreeMap<&'static str, u64>,
     /// Traffic to protected ports.
     pub ports: Vec<PortStatus>,
+    /// The balancer's VIPs with their traffic.
+    pub vips: Vec<VipStatus>,
+    /// The balancer's counters by name.
+    pub balancer: BTreeMap<&'static str, u64>,
+    /// Flows remembered, and NAT entries held.
+    pub flows: usize,
+    pub nat_entries: usize,
+}
+
+/// One VIP: its rules and backends with their traffic.
+#[derive(Debug, Serialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub address: String,
+    pub mode: String,
+    pub rules: Vec<RuleStatus>,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One forwarding rule's traffic (client to backend direction).
+#[derive(Debug, Serialize)]
+pub struct RuleStatus {
+    pub rule: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// One backend's traffic (over all VIPs that use it).
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub address: String,
+    pub weight: u32,
+    pub up: bool,
+    /// Maglev slots it holds in this VIP's table.
+    pub slots: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+fn vip_status(maps: &BalancerMaps, v: &AppliedVip) -> Result<VipStatus> {
+    let mut rules = Vec::new();
+    for r in &v.rules {
+        let s = maps.service_stats(r.stats_index)?;
+        let proto = if r.proto == lb_common::wire::IPPROTO_TCP { "tcp" } else { "udp" };
+        rules.push(RuleStatus {
+            rule: format!("{proto}/{}→{}", r.port, r.target_port),
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+        });
+    }
+    let mut backends = Vec::new();
+    for b in &v.backends {
+        let s = maps.backend_stats(b.id)?;
+        backends.push(BackendStatus {
+            address: b.address.to_string(),
+            weight: b.weight,
+            up: b.up,
+            slots: b.slots,
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+        });
+    }
+    Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), rules, backends })
 }
 
 /// One zone interface.
@@ -35,6 +106,7 @@ pub struct InterfaceStatus {
     pub ifindex: u32,
     pub zone: String,
     pub mode: crate::loader::AttachMode,
+    pub program: crate::loader::Program,
     /// The kernel's binding for this ifindex points at the zone's slot.
     pub bound: bool,
 }
@@ -61,6 +133,7 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
             ifindex: i.ifindex,
             zone: i.zone.clone(),
             mode: i.mode,
+            program: i.program,
             bound,
         });
     }
@@ -68,6 +141,12 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
     let passed = PassReason::ALL.iter().map(|&r| (r.name(), count(Verdict::Pass(r)))).collect();
     let dropped = DropReason::ALL.iter().map(|&r| (r.name(), count(Verdict::Drop(r)))).collect();
     let ports = merge_port_runs(maps.port_stats()?);
+    let lb = BalancerMaps::open(&state.pin_path)?;
+    let lb_counters = lb.counters()?;
+    let balancer = LbCounter::ALL.iter().map(|c| (c.name(), lb_counters[*c as usize])).collect();
+    let vips = state.vips.iter().map(|v| vip_status(&lb, v)).collect::<Result<_>>()?;
+    let flows = lb.flows.keys().count();
+    let nat_entries = lb.nat.keys().count();
     Ok(StatusReport {
         pid: state.pid,
         // SAFETY: signal 0 only checks that the process exists.
@@ -78,6 +157,10 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
         passed,
         dropped,
         ports,
+        vips,
+        balancer,
+        flows,
+        nat_entries,
     })
 }
 
@@ -111,14 +194,43 @@ fn merge_port_runs(stats: Vec<(PortStatsKey, PortStats)>) -> Vec<PortStatus> {
 pub fn render_table(r: &StatusReport) -> String {
     let mut out = String::new();
     let running = if r.daemon_running { "running" } else { "NOT RUNNING" };
-    let _ = writeln!(out, "swarmlb isolator  pid {} ({running})  maps {}", r.pid, r.pin_path);
-    let _ = writeln!(out, "\n{:<16} {:>7} {:<12} {:<8} BOUND", "INTERFACE", "IFINDEX", "ZONE", "XDP");
+    let _ = writeln!(out, "swarmlb  pid {} ({running})  maps {}", r.pid, r.pin_path);
+    for v in &r.vips {
+        let _ = writeln!(out, "\nVIP {} {} ({})", v.name, v.address, v.mode);
+        let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10}", "RULE", "PACKETS", "BYTES", "NEW FLOWS");
+        for rule in &v.rules {
+            let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10}", rule.rule, rule.packets, rule.bytes, rule.new_flows);
+        }
+        let _ = writeln!(
+            out,
+            "  {:<28} {:>6} {:<5} {:>6} {:>14} {:>16} {:>10}",
+            "BACKEND", "WEIGHT", "STATE", "SLOTS", "PACKETS", "BYTES", "NEW FLOWS"
+        );
+        for b in &v.backends {
+            let state = if !b.up { "down" } else if b.weight == 0 { "drain" } else { "up" };
+            let _ = writeln!(
+                out,
+                "  {:<28} {:>6} {:<5} {:>6} {:>14} {:>16} {:>10}",
+                b.address, b.weight, state, b.slots, b.packets, b.bytes, b.new_flows
+            );
+        }
+    }
+    if !r.vips.is_empty() {
+        let _ = writeln!(out, "\nflows {}   nat entries {}", r.flows, r.nat_entries);
+        let _ = writeln!(out, "{:<26} {:>14}", "BALANCER", "PACKETS");
+        for (name, n) in &r.balancer {
+            let _ = writeln!(out, "{name:<26} {n:>14}");
+        }
+    }
+    let _ = writeln!(out, "\n{:<16} {:>7} {:<12} {:<10} {:<8} BOUND", "INTERFACE", "IFINDEX", "ZONE", "PROGRAM", "XDP");
     for i in &r.interfaces {
         let mode = match i.mode {
             crate::loader::AttachMode::Native => "native",
             crate::loader::AttachMode::Generic => "generic",
         };
-        let _ = writeln!(out, "{:<16} {:>7} {:<12} {:<8} {}", i.name, i.ifindex, i.zone, mode, if i.bound { "yes" } else { "NO" });
+        let zone = if i.zone.is_empty() { "-" } else { &i.zone };
+        let bound = if i.zone.is_empty() { "-" } else if i.bound { "yes" } else { "NO" };
+        let _ = writeln!(out, "{:<16} {:>7} {:<12} {:<10} {:<8} {bound}", i.name, i.ifindex, zone, i.program.name(), mode);
     }
     for z in &r.zones {
         let _ = writeln!(out, "\nzone {} (slot {})", z.name, z.slot);

@@ -1,0 +1,122 @@
+//! The load balancer's end-to-end network: a client, an edge host and
+//! worker nodes behind a switch, each in its own namespace.
+//!
+//! ```text
+//!  client ── c-out ═══ e-out ── edge ── e-in ═══ s-e ─┐ switch (bridge br0)
+//!  198.51.100.2        198.51.100.1    10.1.0.1       ├─ s-w1 ═══ eth0  w1 10.1.0.11
+//!  2001:db8:1::2       2001:db8:1::1   fd00:1::1      ├─ s-w2 ═══ eth0  w2 10.1.0.12
+//!                                                     └─ s-w3 ═══ eth0  w3 10.1.0.13
+//! ```
+//!
+//! The client reaches the VIPs ([`VIP_V4`], [`VIP_V6`]) through the edge;
+//! workers route everything else through the edge too (so DSR replies go
+//! straight from the worker to the client, past the balancer's state).
+//!
+//! A frame an XDP program redirects into a veth is only delivered if the
+//! veth's peer runs XDP itself; the peers of the edge's interfaces get a
+//! pass-through program (the isolator without a zone), loaded here.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
+
+use lb_user::loader::{remove_pins, Datapath, Program};
+
+use crate::{Netns, Topology};
+
+/// The IPv4 VIP.
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The IPv6 VIP.
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x10);
+/// The client's address.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The client's IPv6 address.
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+/// The edge's inside addresses (the SNAT source in `nat` mode).
+pub const EDGE_INSIDE_V4: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+/// The edge's inside IPv6 address.
+pub const EDGE_INSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 1, 0, 0, 0, 0, 1);
+
+/// Worker `i`'s (1-based) addresses.
+pub fn worker_addrs(i: usize) -> (Ipv4Addr, Ipv6Addr) {
+    (Ipv4Addr::new(10, 1, 0, 10 + i as u8), Ipv6Addr::new(0xfd00, 0, 1, 0, 0, 0, 0, 0x10 + i as u16))
+}
+
+/// The namespaces and links; everything is removed on drop.
+pub struct EdgeLab {
+    // Field order: the pass-through programs go before the namespaces.
+    pass: Option<Datapath>,
+    pass_pins: PathBuf,
+    /// The client namespace.
+    pub client: Netns,
+    /// The edge host, where swarmlb runs.
+    pub edge: Netns,
+    /// The switch between the edge and the workers.
+    pub switch: Netns,
+    /// Worker namespaces `w1`, `w2`, … (index 0 is `w1`).
+    pub workers: Vec<Netns>,
+    topology: Topology,
+}
+
+impl EdgeLab {
+    /// Builds the network with `workers` worker namespaces.
+    pub fn new(tag: &str, workers: usize) -> Self {
+        let mut t = Topology::new();
+        let client = t.netns(&format!("{tag}c"));
+        let edge = t.netns(&format!("{tag}e"));
+        let switch = t.netns(&format!("{tag}s"));
+        t.veth(&client, "c-out", &edge, "e-out");
+        t.veth(&edge, "e-in", &switch, "s-e");
+        t.addr(&client, "c-out", "198.51.100.2/24");
+        t.addr(&client, "c-out", "2001:db8:1::2/64");
+        t.addr(&edge, "e-out", "198.51.100.1/24");
+        t.addr(&edge, "e-out", "2001:db8:1::1/64");
+        t.addr(&edge, "e-in", "10.1.0.1/24");
+        t.addr(&edge, "e-in", "fd00:1::1/64");
+        t.route(&client, "203.0.113.0/24", "198.51.100.1");
+        t.route(&client, "2001:db8:10::/64", "2001:db8:1::1");
+        t.forwarding(&edge);
+        switch.exec(&["ip", "link", "add", "br0", "type", "bridge"]).unwrap();
+        switch.exec(&["ip", "link", "set", "br0", "up"]).unwrap();
+        switch.exec(&["ip", "link", "set", "s-e", "master", "br0"]).unwrap();
+        let mut ws = Vec::new();
+        for i in 1..=workers {
+            let w = t.netns(&format!("{tag}w{i}"));
+            let port = format!("s-w{i}");
+            t.veth(&w, "eth0", &switch, &port);
+            switch.exec(&["ip", "link", "set", &port, "master", "br0"]).unwrap();
+            let (v4, v6) = worker_addrs(i);
+            t.addr(&w, "eth0", &format!("{v4}/24"));
+            t.addr(&w, "eth0", &format!("{v6}/64"));
+            t.route(&w, "default", "10.1.0.1");
+            t.route(&w, "default", "fd00:1::1");
+            ws.push(w);
+        }
+        let pass_pins = PathBuf::from(format!("/sys/fs/bpf/swarmlb-lab-{}-{tag}", std::process::id()));
+        let _ = remove_pins(&pass_pins);
+        let mut pass = Datapath::load(&pass_pins, 251).expect("pass-through program loads");
+        for (ns, ifname) in [(&switch, "s-e"), (&client, "c-out")] {
+            ns.run(|| pass.attach(ifname, Program::Isolator)).expect("pass-through XDP attaches");
+        }
+        Self { pass: Some(pass), pass_pins, client, edge, switch, workers: ws, topology: t }
+    }
+
+    /// Worker `i`'s (1-based) addresses as `IpAddr`s.
+    pub fn worker_ips(&self, i: usize) -> [IpAddr; 2] {
+        let (v4, v6) = worker_addrs(i);
+        [IpAddr::V4(v4), IpAddr::V6(v6)]
+    }
+
+    /// The topology (for more links in a test).
+    pub fn topology(&mut self) -> &mut Topology {
+        &mut self.topology
+    }
+}
+
+impl Drop for EdgeLab {
+    fn drop(&mut self) {
+        self.pass.take();
+        let _ = remove_pins(&self.pass_pins);
+    }
+}
