@@ -36,11 +36,11 @@ pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 /// The edge's inside addresses (the SNAT source in `nat` mode).
 pub const EDGE_INSIDE_V4: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 /// The edge's inside IPv6 address.
-pub const EDGE_INSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 1, 0, 0, 0, 0, 1);
+pub const EDGE_INSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 
 /// Worker `i`'s (1-based) addresses.
 pub fn worker_addrs(i: usize) -> (Ipv4Addr, Ipv6Addr) {
-    (Ipv4Addr::new(10, 1, 0, 10 + i as u8), Ipv6Addr::new(0xfd00, 0, 1, 0, 0, 0, 0, 0x10 + i as u16))
+    (Ipv4Addr::new(10, 1, 0, 10 + i as u8), Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x10 + i as u16))
 }
 
 /// The namespaces and links; everything is removed on drop.
@@ -90,8 +90,15 @@ impl EdgeLab {
             t.addr(&w, "eth0", &format!("{v4}/24"));
             t.addr(&w, "eth0", &format!("{v6}/64"));
             t.route(&w, "default", "10.1.0.1");
-            t.route(&w, "default", "fd00:1::1");
+            // `onlink`: the prefix route may not be in place yet.
+            w.exec(&["ip", "-6", "route", "add", "default", "via", "fd00:1::1", "dev", "eth0", "onlink"]).unwrap();
             ws.push(w);
+        }
+        // veth hands packets on with the checksum left to "offload"; an XDP
+        // program that rewrites or forwards them would pass that partial
+        // checksum on as if it were complete (real NICs deliver full ones).
+        for (ns, ifname) in std::iter::once((&client, "c-out")).chain(ws.iter().map(|w| (w, "eth0"))) {
+            ns.exec(&["ethtool", "-K", ifname, "tx", "off"]).expect("ethtool -K tx off (cargo xtask setup installs ethtool)");
         }
         let pass_pins = PathBuf::from(format!("/sys/fs/bpf/swarmlb-lab-{}-{tag}", std::process::id()));
         let _ = remove_pins(&pass_pins);

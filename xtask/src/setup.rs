@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::run;
 
 /// Debian packages the tests and the demo use.
-const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx"];
+const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool"];
 
 /// bpf-linker release known to work with aya-ebpf 0.2.
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,253 @@
+//! The balancer end to end: `swarmlb run` on an edge namespace, Debian's
+//! nginx as the Swarm proxy on worker namespaces, real TLS clients.
+//! TLS passes through untouched (the client verifies each worker's
+//! certificate for every SNI name), ACME HTTP-01 on port 80 reaches the
+//! proxies, new connections follow the weights, and long-lived connections
+//! survive backend changes.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use common::daemon::{stop_cleanly, wait_until, Instance};
+use harness::{
+    edge_lab::*,
+    nginx::Nginx,
+    tls::{connect, handshake, http_get, tls_client, TestCa},
+    ChildGuard, Netns,
+};
+
+const SNI: [&str; 3] = ["a.com", "b.com", "c.com"];
+
+/// The balancer's config for `workers` (1-based index, weight), both
+/// families, `mode`.
+fn config(mode: &str, workers: &[(usize, u32)]) -> String {
+    let list = |v6: bool| {
+        workers
+            .iter()
+            .map(|(i, w)| {
+                let (a4, a6) = worker_addrs(*i);
+                let a = if v6 { a6.to_string() } else { a4.to_string() };
+                format!("{{ address = \"{a}\", weight = {w} }}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"
+[balancer]
+outside_interfaces = ["e-out"]
+inside_interface = "e-in"
+
+[[vip]]
+name = "web4"
+address = "{VIP_V4}"
+mode = "{mode}"
+rules = ["tcp/443", "tcp/80"]
+backends = [{}]
+
+[[vip]]
+name = "web6"
+address = "{VIP_V6}"
+mode = "{mode}"
+rules = ["tcp/443", "tcp/80"]
+backends = [{}]
+"#,
+        list(false),
+        list(true)
+    )
+}
+
+struct Running {
+    inst: Instance,
+    daemon: ChildGuard,
+    _nginx: Vec<Nginx>,
+    ca: TestCa,
+    lab: EdgeLab,
+}
+
+/// The lab with `n` workers running nginx (listening on every address, so
+/// a VIP on lo is served too), and swarmlb with `cfg`.
+fn start(tag: &str, n: usize, cfg: &str) -> Running {
+    harness::require_root().unwrap();
+    let lab = EdgeLab::new(tag, n);
+    let ca = TestCa::new();
+    let any: [IpAddr; 2] = ["0.0.0.0".parse().unwrap(), "::".parse().unwrap()];
+    let nginx = (1..=n)
+        .map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &any, &ca, &SNI).expect("nginx starts"))
+        .collect();
+    let inst = Instance::new(tag, cfg);
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    Running { inst, daemon, _nginx: nginx, ca, lab }
+}
+
+impl Running {
+    fn nginx(&self, worker: usize) -> &Nginx {
+        &self._nginx[worker - 1]
+    }
+
+    /// Rewrites the config, sends SIGHUP and waits until the status shows
+    /// the new backend lists.
+    fn reload(&mut self, cfg: &str, workers: &[(usize, u32)]) {
+        self.inst.write_config(cfg);
+        self.daemon.signal(libc::SIGHUP);
+        let want: Vec<(String, u64)> =
+            workers.iter().map(|(i, w)| (worker_addrs(*i).0.to_string(), u64::from(*w))).collect();
+        wait_until(
+            Duration::from_secs(10),
+            || {
+                let s = self.inst.status();
+                let got: Vec<(String, u64)> = s["vips"][0]["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| (b["address"].as_str().unwrap().to_string(), b["weight"].as_u64().unwrap()))
+                    .collect();
+                got == want
+            },
+            || format!("reload to {workers:?}:\n{}", self.daemon.output_so_far()),
+        );
+    }
+}
+
+/// `GET /` on port 80 through the VIP: the worker's name.
+fn who(ns: &Netns, vip: IpAddr) -> String {
+    let (status, body) = http_get(connect(ns, SocketAddr::new(vip, 80)).unwrap(), "a.com", "/").unwrap();
+    assert_eq!(status, 200);
+    body.trim().strip_prefix("worker=").expect("worker=NAME").to_string()
+}
+
+#[test]
+fn nat_passes_tls_through_and_http_for_acme_over_ipv4_and_ipv6() {
+    let mut r = start("lbnat", 3, &config("nat", &[(1, 1), (2, 1), (3, 1)]));
+    let client_cfg = tls_client(&r.ca);
+    for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+        for sni in SNI {
+            let stream = connect(&r.lab.client, SocketAddr::new(vip, 443)).unwrap_or_else(|e| {
+                panic!("connect {vip}: {e:#}\nstatus: {}\n{}", r.inst.status(), r.daemon.output_so_far())
+            });
+            let info = handshake(stream, &client_cfg, sni)
+                .unwrap_or_else(|e| panic!("TLS to {vip} for {sni}: {e:#}"));
+            assert!(["w1", "w2", "w3"].contains(&info.peer_cn.as_str()), "{info:?}");
+            assert!(info.peer_sans.iter().any(|s| s == sni), "the worker's own certificate for {sni}: {info:?}");
+        }
+        // ACME HTTP-01: the challenge file every proxy serves.
+        for i in 1..=3 {
+            r.nginx(i).put_acme_challenge("tok123", &format!("tok123.key-w{i}")).unwrap();
+        }
+        let (status, body) =
+            http_get(connect(&r.lab.client, SocketAddr::new(vip, 80)).unwrap(), "a.com", "/.well-known/acme-challenge/tok123").unwrap();
+        assert_eq!(status, 200);
+        assert!(body.starts_with("tok123.key-w"), "{body}");
+    }
+    // In nat mode the proxies see the edge's inside address.
+    for i in 1..=3 {
+        for a in r.nginx(i).accesses() {
+            assert!(a.client == IpAddr::V4(EDGE_INSIDE_V4) || a.client == IpAddr::V6(EDGE_INSIDE_V6), "{a:?}");
+        }
+    }
+    let s = r.inst.status();
+    assert!(s["vips"][0]["rules"][0]["new_flows"].as_u64().unwrap() >= 3, "{s}");
+    assert!(s["balancer"]["nat_reply"].as_u64().unwrap() > 0, "{s}");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+#[test]
+fn new_connections_follow_the_weights() {
+    let r = start("lbshare", 3, &config("nat", &[(1, 1), (2, 1), (3, 2)]));
+    const N: usize = 3000;
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for _ in 0..N {
+        *count.entry(who(&r.lab.client, IpAddr::V4(VIP_V4))).or_default() += 1;
+    }
+    println!("shares over {N} connections (weights 1:1:2): {count:?}");
+    for (w, weight) in [("w1", 1.0), ("w2", 1.0), ("w3", 2.0)] {
+        let expected = N as f64 * weight / 4.0;
+        let got = count.get(w).copied().unwrap_or(0) as f64;
+        assert!((got - expected).abs() <= expected * 0.15, "{w}: {got} vs {expected} (±15%): {count:?}");
+    }
+}
+
+/// A keep-alive HTTP connection that asks "who are you" again and again.
+struct Stream {
+    reader: BufReader<TcpStream>,
+    worker: String,
+}
+
+impl Stream {
+    fn open(ns: &Netns, vip: IpAddr) -> Self {
+        let sock = connect(ns, SocketAddr::new(vip, 80)).unwrap();
+        let mut s = Self { reader: BufReader::new(sock), worker: String::new() };
+        s.worker = s.ask().expect("first answer");
+        s
+    }
+
+    /// One request/response with a payload both ways.
+    fn ask(&mut self) -> std::io::Result<String> {
+        let pad = "x".repeat(512);
+        write!(self.reader.get_mut(), "GET / HTTP/1.1\r\nHost: a.com\r\nX-Pad: {pad}\r\n\r\n")?;
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).trim().trim_start_matches("worker=").to_string())
+    }
+}
+
+/// Asks every stream once; returns the indices that failed or moved.
+fn check(streams: &mut [Stream]) -> Vec<usize> {
+    let mut bad = Vec::new();
+    for (i, s) in streams.iter_mut().enumerate() {
+        match s.ask() {
+            Ok(w) if w == s.worker => {}
+            _ => bad.push(i),
+        }
+    }
+    bad
+}
+
+#[test]
+fn long_lived_connections_survive_backend_changes() {
+    let initial = [(1, 1), (2, 1), (3, 1)];
+    let mut r = start("lbkeep", 4, &config("nat", &initial));
+    let mut streams: Vec<Stream> = (0..30).map(|_| Stream::open(&r.lab.client, IpAddr::V4(VIP_V4))).collect();
+    let on = |streams: &[Stream], w: &str| streams.iter().filter(|s| s.worker == w).count();
+    println!("30 streams: w1 {} w2 {} w3 {}", on(&streams, "w1"), on(&streams, "w2"), on(&streams, "w3"));
+
+    // Adding a backend, changing weights, draining one: every stream stays.
+    let steps: [&[(usize, u32)]; 3] = [&[(1, 1), (2, 1), (3, 1), (4, 1)], &[(1, 3), (2, 1), (3, 1), (4, 1)], &[(1, 3), (2, 0), (3, 1), (4, 1)]];
+    for step in steps {
+        r.reload(&config("nat", step), step);
+        assert_eq!(check(&mut streams), Vec::<usize>::new(), "streams broken or moved after {step:?}");
+    }
+    // Drained: no new connection goes to w2.
+    for _ in 0..100 {
+        assert_ne!(who(&r.lab.client, IpAddr::V4(VIP_V4)), "w2", "a new connection reached the drained backend");
+    }
+    // Removing w3: only its streams are affected.
+    let removed: Vec<usize> = streams.iter().enumerate().filter(|(_, s)| s.worker == "w3").map(|(i, _)| i).collect();
+    let step: &[(usize, u32)] = &[(1, 3), (2, 0), (4, 1)];
+    r.reload(&config("nat", step), step);
+    let bad = check(&mut streams);
+    assert_eq!(bad, removed, "exactly the streams on the removed backend lost it");
+    println!("kept {} of 30 streams through add, reweight, drain; removal of w3 moved its {}", 30 - bad.len(), bad.len());
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
