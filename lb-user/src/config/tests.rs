@@ -151,3 +151,78 @@ fn flattening_matches_the_reference() {
         }
     }
 }
+
+const LB: &str = r#"
+[balancer]
+outside_interfaces = ["eth1"]
+inside_interface = "eth2"
+snat_ports = "2000-2999"
+
+[[vip]]
+name = "web"
+address = "203.0.113.10"
+rules = ["tcp/443", "tcp/80:8080", "udp/53"]
+backends = ["10.0.1.1", { address = "10.0.1.2", weight = 2 }, { address = "10.0.1.3", weight = 0 }]
+
+[[vip]]
+address = "2001:db8::10"
+mode = "dsr"
+rules = ["tcp/443"]
+backends = ["fd00::1"]
+[vip.health_check]
+protocol = "http"
+path = "/healthz"
+interval_s = 5
+"#;
+
+#[test]
+fn balancer_section_parses_with_defaults() {
+    let cfg = Config::parse(LB, "t.toml").unwrap();
+    let b = cfg.balancer().unwrap();
+    assert_eq!(b.outside_interfaces, vec!["eth1".to_string()]);
+    assert_eq!((b.inside_interface.as_str(), b.snat_ports, b.table_size), ("eth2", (2000, 2999), 65_537));
+    assert_eq!((b.snat_v4, b.snat_v6), (None, None));
+    assert_eq!(b.tcp_idle_timeout, std::time::Duration::from_secs(900));
+    let web = &b.vips[0];
+    assert_eq!((web.name.as_str(), web.mode), ("web", ForwardMode::Nat));
+    assert_eq!(web.rules[1], Rule { proto: IPPROTO_TCP, port: 80, target_port: 8080 });
+    assert_eq!(web.rules[2], Rule { proto: IPPROTO_UDP, port: 53, target_port: 53 });
+    let weights: Vec<u32> = web.backends.iter().map(|b| b.weight).collect();
+    assert_eq!(weights, vec![1, 2, 0]);
+    assert_eq!((web.health.protocol, web.health.port, web.health.rise, web.health.fall), (HealthProtocol::Tcp, 443, 3, 5));
+    let v6 = &b.vips[1];
+    assert_eq!((v6.name.as_str(), v6.mode), ("2001:db8::10", ForwardMode::Dsr));
+    assert_eq!((v6.health.protocol, v6.health.path.as_str(), v6.health.interval.as_secs()), (HealthProtocol::Http, "/healthz", 5));
+    assert!(Config::parse("", "t").unwrap().balancer().is_none());
+}
+
+#[test]
+fn balancer_errors_name_key_and_line() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\n", "t.toml:2:", "a [balancer] section"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\ntable_size=65536\n", "t.toml:4:", "must be a prime"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\nsnat_ports='10-20'\n", "t.toml:4:", "at least 64 ports"),
+        ("[balancer]\noutside_interfaces=[]\ninside_interface='i'\n", "t.toml:2:", "balancer.outside_interfaces"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='10.0.0.300'\nrules=['tcp/443']\n", "t.toml:5:", "vip[0].address"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['sctp/443']\n", "t.toml:6:", "vip[0].rules[0]"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nmode='dsr'\nrules=['tcp/443:8443']\n", "t.toml:7:", "cannot change the port"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nbackends=['10.0.0.1','fd00::1']\n", "t.toml:7:", "an IPv6 backend for an IPv4 VIP"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nbackends=['10.0.0.1','10.0.0.1']\n", "t.toml:7:", "listed twice"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nbackends=[{address='10.0.0.1', weight=70000}]\n", "t.toml:7:", "weight"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\nname='a'\naddress='203.0.113.1'\nrules=['tcp/443']\n[[vip]]\nname='b'\naddress='203.0.113.1'\nrules=['tcp/443']\n", "t.toml:11:", "another vip already forwards"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nmode='fast'\n", "t.toml:7:", "vip[0].mode"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\n[vip.health_check]\npath='/x'\n", "t.toml:7:", "only for protocol = \"http\""),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='127.0.0.1'\nrules=['tcp/443']\n", "t.toml:5:", "not usable as a VIP"),
+    ];
+    for (text, line, what) in cases {
+        let e = err(text);
+        assert!(e.contains(line) && e.contains(what), "{text}\n→ {e}\n(expected {line} … {what})");
+    }
+}
+
+#[test]
+fn balancer_warnings() {
+    let cfg = Config::parse("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\n", "t").unwrap();
+    assert!(cfg.warnings().iter().any(|w| w.contains("no backend with weight > 0")), "{:?}", cfg.warnings());
+    assert!(!cfg.warnings().iter().any(|w| w.contains("isolator is attached nowhere")));
+}
