@@ -290,10 +290,14 @@ pub enum LbCounter {
     TtlExpired,
     /// Dropped: `bpf_xdp_adjust_head` failed (no headroom).
     NoHeadroom,
+    /// A path-MTU ICMP error about a balanced flow went to its backend.
+    IcmpForwarded,
+    /// A path-MTU ICMP error for a VIP matched no flow: to the next stage.
+    IcmpUnmatched,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 14;
+pub const LB_COUNTERS_LEN: u32 = 16;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -312,6 +316,8 @@ impl LbCounter {
         LbCounter::Malformed,
         LbCounter::TtlExpired,
         LbCounter::NoHeadroom,
+        LbCounter::IcmpForwarded,
+        LbCounter::IcmpUnmatched,
     ];
 
     /// The name in `swarmlb status` and metrics.
@@ -331,6 +337,8 @@ impl LbCounter {
             LbCounter::Malformed => "drop_malformed",
             LbCounter::TtlExpired => "pass_ttl_expired",
             LbCounter::NoHeadroom => "drop_no_headroom",
+            LbCounter::IcmpForwarded => "icmp_forwarded",
+            LbCounter::IcmpUnmatched => "icmp_unmatched",
         }
     }
 }

@@ -31,6 +31,13 @@
 //! 8. A reply is rewritten back (source VIP:entry port, destination
 //!    client:port, TTL − 1) and sent to the MAC the flow came from, out of
 //!    the interface it came in on.
+//! 9. A path-MTU ICMP error (IPv4 fragmentation needed, IPv6 packet too
+//!    big) sent to a VIP about a packet the VIP sent to a client goes to
+//!    the flow's backend, so path MTU discovery works through the
+//!    balancer: in `nat` mode translated like the flow (outer and quoted
+//!    headers, all checksums), in the DSR modes forwarded like the flow's
+//!    packets. An error whose flow is unknown goes to the next stage. An
+//!    ICMP error never places a flow.
 
 use crate::{
     balancer::*,
@@ -213,7 +220,12 @@ fn unfit(p: &Parsed, frame_len: usize) -> Option<LbCounter> {
 /// Decides what happens to `frame`, arrived on `ifindex`, and writes the
 /// packet to send into `out` (which needs `frame.len() + 40` bytes).
 pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T) -> Outcome {
-    let Some(p) = parse(frame) else { return Outcome::next_stage() };
+    let Some(p) = parse(frame) else {
+        return match parse_icmp(frame) {
+            Some(e) => icmp_error(frame, out, ifindex, t, &e),
+            None => Outcome::next_stage(),
+        };
+    };
     let skey = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
     if let Some(svc) = t.service(&skey) {
         return forward(frame, out, ifindex, t, &p, &svc);
@@ -436,4 +448,239 @@ pub fn outer_ipv6(h: &mut [u8; 40], src: &[u8; 16], dst: &[u8; 16], inner_len: u
     h[7] = TUNNEL_TTL;
     h[8..24].copy_from_slice(src);
     h[24..40].copy_from_slice(dst);
+}
+
+/// A path-MTU ICMP error and the headers of the packet it quotes.
+#[derive(Clone, Copy, Debug)]
+struct IcmpError {
+    family: u8,
+    l3: usize,
+    /// Offset of the ICMP header.
+    icmp: usize,
+    ip_len: usize,
+    ttl: u8,
+    outer_dst: [u8; 16],
+    /// Offset of the quoted IP header and its L4 header.
+    inner_l3: usize,
+    inner_l4: usize,
+    inner_proto: u8,
+    inner_src: [u8; 16],
+    inner_dst: [u8; 16],
+    inner_sport: u16,
+    inner_dport: u16,
+}
+
+/// Rule 9: an ICMP path-MTU error quoting a TCP/UDP packet, whole inside
+/// the frame; `None` for anything else.
+fn parse_icmp(f: &[u8]) -> Option<IcmpError> {
+    let l3 = ETH_HLEN;
+    let e = match be16(f, 12)? {
+        ETH_P_IPV4 => {
+            let vihl = *f.get(l3)?;
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || *f.get(l3 + 9)? != IPPROTO_ICMP || be16(f, l3 + 6)? & 0x3fff != 0 {
+                return None;
+            }
+            let icmp = l3 + ihl;
+            if be16(f, icmp)? != u16::from_be_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED]) {
+                return None;
+            }
+            let inner = icmp + ICMP_HLEN;
+            let ivihl = *f.get(inner)?;
+            let iihl = usize::from(ivihl & 0x0f) * 4;
+            let iproto = *f.get(inner + 9)?;
+            if ivihl >> 4 != 4 || iihl < IPV4_MIN_HLEN || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) {
+                return None;
+            }
+            let inner_l4 = inner + iihl;
+            IcmpError {
+                family: FAMILY_V4,
+                l3,
+                icmp,
+                ip_len: usize::from(be16(f, l3 + 2)?),
+                ttl: *f.get(l3 + 8)?,
+                outer_dst: addr::<4>(f, l3 + 16)?,
+                inner_l3: inner,
+                inner_l4,
+                inner_proto: iproto,
+                inner_src: addr::<4>(f, inner + 12)?,
+                inner_dst: addr::<4>(f, inner + 16)?,
+                inner_sport: be16(f, inner_l4)?,
+                inner_dport: be16(f, inner_l4 + 2)?,
+            }
+        }
+        ETH_P_IPV6 => {
+            if *f.get(l3)? >> 4 != 6 || *f.get(l3 + 6)? != IPPROTO_ICMPV6 {
+                return None;
+            }
+            let icmp = l3 + IPV6_HLEN;
+            if *f.get(icmp)? != ICMPV6_PACKET_TOO_BIG {
+                return None;
+            }
+            let inner = icmp + ICMP_HLEN;
+            let iproto = *f.get(inner + 6)?;
+            if *f.get(inner)? >> 4 != 6 || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) {
+                return None;
+            }
+            let inner_l4 = inner + IPV6_HLEN;
+            IcmpError {
+                family: FAMILY_V6,
+                l3,
+                icmp,
+                ip_len: IPV6_HLEN + usize::from(be16(f, l3 + 4)?),
+                ttl: *f.get(l3 + 7)?,
+                outer_dst: addr::<16>(f, l3 + 24)?,
+                inner_l3: inner,
+                inner_l4,
+                inner_proto: iproto,
+                inner_src: addr::<16>(f, inner + 8)?,
+                inner_dst: addr::<16>(f, inner + 24)?,
+                inner_sport: be16(f, inner_l4)?,
+                inner_dport: be16(f, inner_l4 + 2)?,
+            }
+        }
+        _ => return None,
+    };
+    // The quoted ports must lie inside the IP packet, and the packet
+    // inside the frame.
+    if e.l3 + e.ip_len > f.len() || e.inner_l4 + 4 > e.l3 + e.ip_len {
+        return None;
+    }
+    Some(e)
+}
+
+fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, e: &IcmpError) -> Outcome {
+    if e.outer_dst != e.inner_src {
+        return Outcome::next_stage();
+    }
+    let skey = ServiceKey { addr: e.inner_src, port: e.inner_sport, proto: e.inner_proto, family: e.family };
+    let Some(svc) = t.service(&skey) else { return Outcome::next_stage() };
+    let fkey = FlowKey {
+        src: e.inner_dst,
+        dst: e.inner_src,
+        src_port: e.inner_dport,
+        dst_port: e.inner_sport,
+        proto: e.inner_proto,
+        family: e.family,
+        _pad: [0; 2],
+    };
+    let placed = t.flow(&fkey).and_then(|f| t.backend(f.backend).filter(|b| b.generation == f.generation && b.up == 1).map(|b| (f, b)));
+    let (Some((flow, backend)), Some(g)) = (placed, t.globals()) else {
+        return Outcome { counter: Some(LbCounter::IcmpUnmatched), ..Outcome::next_stage() };
+    };
+    let mode = Mode::from_raw(svc.mode).unwrap_or(Mode::Nat);
+    if mode == Mode::Nat && e.ttl <= 1 {
+        return Outcome::with(Action::Pass, LbCounter::TtlExpired);
+    }
+    let (route, out_len) = match mode {
+        Mode::Nat => {
+            let route = t.route(e.family, &backend.addr, ifindex, e.ip_len as u16);
+            out[..frame.len()].copy_from_slice(frame);
+            let inside = if e.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
+            rewrite_icmp(out, e, &inside, &backend.addr, svc.target_port, flow.nat_port);
+            (route, frame.len())
+        }
+        Mode::Dsr => {
+            let outer = if e.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN };
+            let route = t.route(e.family, &backend.addr, ifindex, (e.ip_len + outer) as u16);
+            out[ETH_HLEN + outer..frame.len() + outer].copy_from_slice(&frame[ETH_HLEN..]);
+            if e.family == FAMILY_V4 {
+                let mut h = [0u8; 20];
+                outer_ipv4(&mut h, g.inside_v4, &backend.addr, e.ip_len as u16);
+                out[ETH_HLEN..ETH_HLEN + 20].copy_from_slice(&h);
+                out[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+            } else {
+                let mut h = [0u8; 40];
+                outer_ipv6(&mut h, &g.inside_v6, &backend.addr, e.ip_len as u16);
+                out[ETH_HLEN..ETH_HLEN + 40].copy_from_slice(&h);
+                out[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+            }
+            (route, frame.len() + outer)
+        }
+        Mode::DsrL2 => {
+            out[..frame.len()].copy_from_slice(frame);
+            (t.route(e.family, &backend.addr, ifindex, e.ip_len as u16), frame.len())
+        }
+    };
+    let (action, counter) = send(out, ifindex, t, route);
+    if action == Action::Drop {
+        return Outcome::with(Action::Drop, counter);
+    }
+    Outcome { action, counter: Some(LbCounter::IcmpForwarded), moved: false, charged: None, len: out_len }
+}
+
+/// Rule 9 in `nat` mode: the error as the backend must see it — from the
+/// edge's inside address to the backend, quoting the packet the backend
+/// sent (backend:target port → inside address:SNAT port). Every checksum
+/// follows: outer IPv4 header, quoted IPv4 header, quoted L4 header when
+/// quoted whole enough to hold its checksum, and the ICMP checksum (with
+/// the IPv6 pseudo-header).
+fn rewrite_icmp(f: &mut [u8], e: &IcmpError, inside: &[u8; 16], backend: &[u8; 16], target_port: u16, nat_port: u16) {
+    let n = if e.family == FAMILY_V4 { 4 } else { 16 };
+    let (outer_src_at, ttl_at) = if e.family == FAMILY_V4 { (e.l3 + 12, e.l3 + 8) } else { (e.l3 + 8, e.l3 + 6) };
+    let inner_src_at = if e.family == FAMILY_V4 { e.inner_l3 + 12 } else { e.inner_l3 + 8 };
+    let icmp_check_at = e.icmp + 2;
+    let mut icmp_check = u16::from_be_bytes([f[icmp_check_at], f[icmp_check_at + 1]]);
+    let put = |f: &mut [u8], at: usize, bytes: &[u8], icmp_check: &mut u16| {
+        // Changes inside the ICMP message feed its checksum.
+        let mut old = [0u8; 32];
+        let mut new = [0u8; 32];
+        old[..bytes.len()].copy_from_slice(&f[at..at + bytes.len()]);
+        new[..bytes.len()].copy_from_slice(bytes);
+        *icmp_check = csum::update_bytes(*icmp_check, &old, &new);
+        f[at..at + bytes.len()].copy_from_slice(bytes);
+    };
+
+    // Outer header: addresses and TTL (IPv6: they are in the ICMPv6
+    // pseudo-header too).
+    let mut outer_new = [0u8; 32];
+    outer_new[..n].copy_from_slice(&inside[..n]);
+    outer_new[n..2 * n].copy_from_slice(&backend[..n]);
+    let mut outer_old = [0u8; 32];
+    outer_old[..2 * n].copy_from_slice(&f[outer_src_at..outer_src_at + 2 * n]);
+    if e.family == FAMILY_V4 {
+        let mut ipc = u16::from_be_bytes([f[e.l3 + 10], f[e.l3 + 11]]);
+        ipc = csum::update_bytes(ipc, &outer_old, &outer_new);
+        let ttl = u16::from_be_bytes([f[ttl_at], f[ttl_at + 1]]);
+        f[ttl_at] -= 1;
+        ipc = csum::update16(ipc, ttl, u16::from_be_bytes([f[ttl_at], f[ttl_at + 1]]));
+        f[e.l3 + 10..e.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
+    } else {
+        icmp_check = csum::update_bytes(icmp_check, &outer_old, &outer_new);
+        f[ttl_at + 1] -= 1;
+    }
+    f[outer_src_at..outer_src_at + 2 * n].copy_from_slice(&outer_new[..2 * n]);
+
+    // Quoted packet: backend:target → inside:nat port.
+    let mut inner_new = [0u8; 32];
+    inner_new[..n].copy_from_slice(&backend[..n]);
+    inner_new[n..2 * n].copy_from_slice(&inside[..n]);
+    let mut inner_old = [0u8; 32];
+    inner_old[..2 * n].copy_from_slice(&f[inner_src_at..inner_src_at + 2 * n]);
+    let mut ports_new = [0u8; 4];
+    ports_new[..2].copy_from_slice(&target_port.to_be_bytes());
+    ports_new[2..].copy_from_slice(&nat_port.to_be_bytes());
+    let ports_old: [u8; 4] = f[e.inner_l4..e.inner_l4 + 4].try_into().unwrap();
+    let (l4_off, _) = l4_check(e.inner_proto);
+    let l4c_at = e.inner_l4 + l4_off;
+    if l4c_at + 2 <= e.l3 + e.ip_len {
+        let old = u16::from_be_bytes([f[l4c_at], f[l4c_at + 1]]);
+        let zero_udp = e.inner_proto == IPPROTO_UDP && old == 0 && e.family == FAMILY_V4;
+        if !zero_udp {
+            let mut c = csum::update_bytes(old, &inner_old, &inner_new);
+            c = csum::update_bytes(c, &ports_old, &ports_new);
+            if e.inner_proto == IPPROTO_UDP {
+                c = csum::udp_nonzero(c);
+            }
+            put(f, l4c_at, &c.to_be_bytes(), &mut icmp_check);
+        }
+    }
+    if e.family == FAMILY_V4 {
+        let at = e.inner_l3 + 10;
+        let c = csum::update_bytes(u16::from_be_bytes([f[at], f[at + 1]]), &inner_old, &inner_new);
+        put(f, at, &c.to_be_bytes(), &mut icmp_check);
+    }
+    put(f, inner_src_at, &inner_new[..2 * n], &mut icmp_check);
+    put(f, e.inner_l4, &ports_new, &mut icmp_check);
+    f[icmp_check_at..icmp_check_at + 2].copy_from_slice(&icmp_check.to_be_bytes());
 }

@@ -22,6 +22,18 @@ pub const IPV6_HLEN: usize = 40;
 pub const IPV6_FRAG_HLEN: usize = 8;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// ICMPv4 destination unreachable; with code [`ICMP_FRAG_NEEDED`] the
+/// path-MTU signal (RFC 1191).
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMPv4 code: fragmentation needed and DF set.
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// ICMPv6 packet too big (RFC 8201).
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// ICMP header before the quoted packet.
+pub const ICMP_HLEN: usize = 8;
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;

@@ -12,7 +12,7 @@ use std::{
 
 use harness::{
     lb_kernel::*,
-    rawframe::{FrameBuilder, Ipv4, Ipv6, L4},
+    rawframe::{checksum, fold, sum16, FrameBuilder, Ipv4, Ipv6, L4},
     root_or_skip,
 };
 use lb_common::{
@@ -304,6 +304,93 @@ fn fixtures() {
     assert_eq!(delta, m, "kernel counters vs model");
 }
 
+/// An ICMP path-MTU error from `router` to `to`, quoting the first
+/// `quote` bytes of `packet` (an IP packet).
+fn icmp_error(router: &str, to: &str, packet: &[u8], quote: usize, ttl: u8) -> Vec<u8> {
+    let quoted = &packet[..quote.min(packet.len())];
+    match (ip(router), ip(to)) {
+        (IpAddr::V4(r), IpAddr::V4(t)) => {
+            let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+            icmp.extend_from_slice(quoted);
+            let c = checksum(&icmp);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut h = Ipv4::new(r, t);
+            h.ttl = ttl;
+            h.with_payload(1, &icmp)
+        }
+        (IpAddr::V6(r), IpAddr::V6(t)) => {
+            let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+            icmp.extend_from_slice(quoted);
+            let c = icmpv6_checksum(&r.octets(), &t.octets(), &icmp);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut h = Ipv6::new(r, t);
+            h.hop_limit = ttl;
+            h.with_payload(58, &icmp)
+        }
+        _ => panic!("mixed families"),
+    }
+}
+
+fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> u16 {
+    let mut acc = sum16(src, 0);
+    acc = sum16(dst, acc);
+    acc = sum16(&(icmp.len() as u32).to_be_bytes(), acc);
+    acc = sum16(&[0, 0, 0, 58], acc);
+    fold(sum16(icmp, acc))
+}
+
+#[test]
+fn path_mtu_errors_reach_the_flows_backend() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut kb = KernelBalancer::new("lbicmp");
+    kb.apply(&desired());
+    let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
+    let mut model = kb.model();
+    let data = L4::Tcp { sport: 443, dport: 40000, seq: 9, ack: 5, flags: 0x18, window: 500, payload: vec![7; 1400] };
+    let router_mac = neighbour_mac(ip(CLIENT_V4));
+    for (client, vip, router) in [(CLIENT_V4, NAT4, "198.51.100.9"), (CLIENT_V6, NAT6, "2001:db8:1::9")] {
+        // The flow, then an error about the VIP's reply to the client.
+        let syn = client_frame(&kb, client, vip, &L4::tcp_syn(40000, 443));
+        both(&mut kb, &mut model, &syn, out_if);
+        let flow = flow_of(&kb, client, 40000, vip, 443, IPPROTO_TCP);
+        let backend = backend_addr(&kb, flow.backend);
+        let inside = if backend.is_ipv4() { "10.1.0.1" } else { "fd00:1::1" };
+        let sent = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), vip, client, &data, |_| {}, |_| {});
+        // The least an error quotes: the IP header and 8 bytes of L4.
+        let least = if backend.is_ipv4() { 28 } else { 48 };
+        for quote in [least, least + 20, 68, 548] {
+            let err = icmp_error(router, vip, &sent[14..], quote, 60);
+            let frame = FrameBuilder::new(router_mac, kb.net.out_mac).ip(&err);
+            let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+            assert_eq!((o.action, o.counter), (Action::Redirect(in_if), Some(LbCounter::IcmpForwarded)), "quote {quote}: {frame:02x?}");
+            // What the backend must get, built from scratch: an error from
+            // the edge quoting the packet the backend itself sent.
+            let its = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), &backend.to_string(), inside, &L4::Tcp { sport: 443, dport: flow.nat_port, seq: 9, ack: 5, flags: 0x18, window: 500, payload: vec![7; 1400] }, |_| {}, |_| {});
+            let expected = FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend)).ip(&icmp_error(inside, &backend.to_string(), &its[14..], quote, 59));
+            assert_eq!(out, expected, "{vip}: translated error quoting {quote} bytes");
+        }
+        // An error about a flow nobody has goes on, counted.
+        let stranger = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), vip, client, &L4::Tcp { sport: 443, dport: 40999, seq: 9, ack: 5, flags: 0x18, window: 500, payload: vec![] }, |_| {}, |_| {});
+        let frame = FrameBuilder::new(router_mac, kb.net.out_mac).ip(&icmp_error(router, vip, &stranger[14..], 48, 60));
+        let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+        assert_eq!((o.action, o.counter), (Action::NextStage, Some(LbCounter::IcmpUnmatched)));
+    }
+    // DSR: the error travels to the backend like the flow's packets.
+    let syn = client_frame(&kb, CLIENT_V4, DSR4, &L4::tcp_syn(40000, 443));
+    both(&mut kb, &mut model, &syn, out_if);
+    let backend = backend_addr(&kb, flow_of(&kb, CLIENT_V4, 40000, DSR4, 443, IPPROTO_TCP).backend);
+    let sent = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), DSR4, CLIENT_V4, &data, |_| {}, |_| {});
+    let err = icmp_error("198.51.100.9", DSR4, &sent[14..], 548, 60);
+    let frame = FrameBuilder::new(router_mac, kb.net.out_mac).ip(&err);
+    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+    assert_eq!(o.counter, Some(LbCounter::IcmpForwarded));
+    let mut outer = Ipv4::new("10.1.0.1".parse().unwrap(), backend.to_string().parse().unwrap());
+    outer.id = 0;
+    assert_eq!(out, FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend)).ipv4(&outer.with_payload(4, &err)));
+}
+
 fn reply_to(port: u16) -> L4 {
     L4::Tcp { sport: 443, dport: port, seq: 7, ack: 1, flags: 0x12, window: 1000, payload: Vec::new() }
 }
@@ -385,7 +472,25 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
             L4::udp(k.src_port, k.dst_port, b"more")
         };
         (client_frame(kb, &src, &dst, &l4), if rng.below(8) == 0 { in_if } else { out_if })
-    } else if kind < 50 && !model.nat.is_empty() {
+    } else if kind < 42 && !model.flows.is_empty() {
+        // A path-MTU error about a packet of a known flow, quoting a
+        // random amount of it.
+        let keys: Vec<&FlowKey> = model.flows.keys().collect();
+        let k = **rng.pick(&keys);
+        let client = lb_user::balancer::key_addr(&k.src, k.family).to_string();
+        let vip = lb_user::balancer::key_addr(&k.dst, k.family).to_string();
+        let l4 = if k.proto == IPPROTO_TCP {
+            L4::Tcp { sport: k.dst_port, dport: k.src_port, seq: 3, ack: 4, flags: 0x18, window: 9, payload: vec![2; 600] }
+        } else {
+            L4::udp(k.dst_port, k.src_port, &[3; 600])
+        };
+        let sent = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), &vip, &client, &l4, |_| {}, |_| {});
+        let router = if k.family == lb_common::isolator::FAMILY_V4 { "198.51.100.9" } else { "2001:db8:1::9" };
+        let quote = *rng.pick(&[20usize, 28, 40, 48, 60, 300]);
+        let ttl = *rng.pick(&[64u8, 64, 1]);
+        let err = icmp_error(router, &vip, &sent[14..], quote, ttl);
+        (FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), kb.net.out_mac).ip(&err), out_if)
+    } else if kind < 55 && !model.nat.is_empty() {
         // A reply to one of the NAT entries, or to a port nobody holds.
         let keys: Vec<&NatKey> = model.nat.keys().collect();
         let k = **rng.pick(&keys);
@@ -538,5 +643,6 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     // The run exercised every path it claims to.
     assert!(m[LbCounter::NewFlow as usize] > 10_000 && m[LbCounter::FlowHit as usize] > 20_000, "{named:?}");
     assert!(m[LbCounter::FlowMoved as usize] > 100 && m[LbCounter::NatReply as usize] > 5_000, "{named:?}");
+    assert!(m[LbCounter::IcmpForwarded as usize] > 1_000, "{named:?}");
 }
 

@@ -68,6 +68,22 @@ pub fn place(key: &FlowKey, svc: &Service, out: &mut Placed) -> Result<(), LbCou
     }
 }
 
+/// Fills `out` with a known flow's backend, if it is still there and up;
+/// never places a flow.
+#[inline(always)]
+pub fn known(key: &FlowKey, out: &mut Placed) -> bool {
+    // SAFETY: flow entries are replaced whole.
+    let Some(e) = (unsafe { LB_FLOWS.get(key) }) else { return false };
+    // SAFETY: backends are replaced whole by user space.
+    match unsafe { LB_BACKENDS.get(&e.backend) } {
+        Some(b) if b.generation == e.generation && b.up == 1 => {
+            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, new: false, moved: false };
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Remembers a newly placed flow.
 #[inline(always)]
 pub fn remember(key: &FlowKey, placed: &Placed) {

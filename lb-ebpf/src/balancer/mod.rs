@@ -9,6 +9,7 @@
 
 mod egress;
 mod flow;
+mod icmp;
 mod parse;
 mod rewrite;
 mod scratch;
@@ -48,7 +49,9 @@ fn next_stage(ctx: &XdpContext) -> u32 {
 fn decide(ctx: &XdpContext) -> Option<u32> {
     let pkt = Packet::new(ctx);
     let s = scratch::get()?;
-    parse::parse(&pkt, ctx.ingress_ifindex() as u32, &mut s.parsed)?;
+    if parse::parse(&pkt, ctx.ingress_ifindex() as u32, &mut s.parsed).is_none() {
+        return icmp::handle(ctx, &pkt, s);
+    }
     let p = &s.parsed;
     s.service = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
     // SAFETY: services are replaced whole by user space.
@@ -67,7 +70,7 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
 }
 
 #[inline(always)]
-fn count(c: LbCounter) {
+pub(crate) fn count(c: LbCounter) {
     if let Some(v) = LB_COUNTERS.get_ptr_mut(c as u32) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *v += 1 };
@@ -75,7 +78,7 @@ fn count(c: LbCounter) {
 }
 
 #[inline(always)]
-fn drop(c: LbCounter) -> u32 {
+pub(crate) fn drop(c: LbCounter) -> u32 {
     count(c);
     xdp_action::XDP_DROP
 }

@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::bpf_fib_lookup, macros::map, maps::PerCpuArray};
 use lb_common::balancer::{FlowKey, NatEntry, NatKey, ServiceKey};
 
-use super::{egress::Hop, flow::Placed, parse::Parsed, rewrite::Translation};
+use super::{egress::Hop, flow::Placed, icmp::IcmpError, parse::Parsed, rewrite::Translation};
 
 /// One packet's working state.
 pub struct Scratch {
@@ -20,6 +20,10 @@ pub struct Scratch {
     pub nat_key: NatKey,
     pub nat_entry: NatEntry,
     pub fib: bpf_fib_lookup,
+    pub icmp: IcmpError,
+    /// Quoted addresses before and after an ICMP error's translation.
+    pub quoted_old: [u8; 32],
+    pub quoted_new: [u8; 32],
 }
 
 /// Not pinned: it holds nothing across packets.
