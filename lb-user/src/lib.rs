@@ -4,6 +4,7 @@
 //! Data flows one way: [`config`] → [`policy`] (maps writer) → kernel.
 //! [`maps`] is the only module that opens BPF maps.
 
+pub mod backend;
 pub mod balancer;
 pub mod config;
 pub mod events;

@@ -43,6 +43,30 @@ enum Command {
         #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
     },
+    /// On a DSR backend: attach the decapsulation program (mode dsr), put
+    /// the VIPs on lo and set the ARP sysctls; `--undo` takes it all back.
+    BackendSetup {
+        /// The interface the edge's tunnel packets arrive on.
+        #[arg(long, required_unless_present = "undo")]
+        interface: Option<String>,
+        /// A VIP this backend serves (repeat for more).
+        #[arg(long = "vip")]
+        vips: Vec<std::net::IpAddr>,
+        /// An edge host's inside address, the tunnel source (repeat for more).
+        #[arg(long = "edge")]
+        edges: Vec<std::net::IpAddr>,
+        #[arg(long, value_enum, default_value = "dsr")]
+        mode: lb_user::backend::BackendMode,
+        /// Where the program's pins live.
+        #[arg(long, default_value = lb_user::backend::DEFAULT_BACKEND_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Where the record of what was changed lives (for --undo).
+        #[arg(long, default_value = lb_user::backend::DEFAULT_BACKEND_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Remove what an earlier setup did.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Show interfaces, zones, protected ports and counters of the running daemon.
     Status {
         #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
@@ -91,6 +115,14 @@ fn main() -> ExitCode {
             Err(e) => Err(e.into()),
         },
         Command::Reload { runtime_dir } => daemon::signal_reload(&runtime_dir),
+        Command::BackendSetup { interface, vips, edges, mode, pin_path, state_dir, undo } => {
+            init_logging(LogFormat::Text);
+            if undo {
+                lb_user::backend::undo(&pin_path, &state_dir)
+            } else {
+                lb_user::backend::setup(interface.as_deref().unwrap_or_default(), &vips, &edges, mode, &pin_path, &state_dir)
+            }
+        }
         Command::Status { runtime_dir, json } => status::collect(&runtime_dir).map(|r| {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("status serializes"));

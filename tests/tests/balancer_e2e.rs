@@ -146,7 +146,9 @@ fn nat_passes_tls_through_and_http_for_acme_over_ipv4_and_ipv6() {
         assert_eq!(status, 200);
         assert!(body.starts_with("tok123.key-w"), "{body}");
     }
-    // In nat mode the proxies see the edge's inside address.
+    // In nat mode the proxies see the edge's inside address (nginx logs a
+    // request after answering it).
+    wait_until(Duration::from_secs(5), || (1..=3).map(|i| r.nginx(i).access_count()).sum::<usize>() >= 2, || "access log lines".into());
     for i in 1..=3 {
         for a in r.nginx(i).accesses() {
             assert!(a.client == IpAddr::V4(EDGE_INSIDE_V4) || a.client == IpAddr::V6(EDGE_INSIDE_V6), "{a:?}");
@@ -249,5 +251,99 @@ fn long_lived_connections_survive_backend_changes() {
     let bad = check(&mut streams);
     assert_eq!(bad, removed, "exactly the streams on the removed backend lost it");
     println!("kept {} of 30 streams through add, reweight, drain; removal of w3 moved its {}", 30 - bad.len(), bad.len());
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+/// `swarmlb backend-setup` (or `--undo`) inside a worker namespace. Spawned
+/// with setns, not `ip netns exec`, which would remount /sys and pin into a
+/// bpffs that dies with the command.
+fn backend_setup(ns: &Netns, pin: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(common::daemon::swarmlb_bin());
+    let state = std::env::temp_dir().join(pin.file_name().unwrap());
+    cmd.arg("backend-setup").arg("--pin-path").arg(pin).arg("--state-dir").arg(&state).args(args);
+    let mut child = ns.spawn(&mut cmd);
+    let status = child.wait_timeout(Duration::from_secs(20)).expect("backend-setup finishes");
+    let out = child.output_so_far();
+    assert!(status.success(), "backend-setup {args:?} failed:\n{out}");
+    out
+}
+
+/// Undoes every worker's backend setup on drop (also when a test fails).
+struct BackendSetups(Vec<(Netns, std::path::PathBuf)>);
+
+impl Drop for BackendSetups {
+    fn drop(&mut self) {
+        for (ns, pin) in &self.0 {
+            backend_setup(ns, pin, &["--undo"]);
+            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(pin.file_name().unwrap()));
+        }
+    }
+}
+
+fn setup_backends(r: &Running, tag: &str, mode: &str) -> BackendSetups {
+    let mut done = BackendSetups(Vec::new());
+    for (i, w) in r.lab.workers.iter().enumerate() {
+        let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/swarmlb-bs-{}-{tag}-{i}", std::process::id()));
+        let (vip4, vip6, edge4, edge6) = (VIP_V4.to_string(), VIP_V6.to_string(), EDGE_INSIDE_V4.to_string(), EDGE_INSIDE_V6.to_string());
+        backend_setup(w, &pin, &["--interface", "eth0", "--mode", mode, "--vip", &vip4, "--vip", &vip6, "--edge", &edge4, "--edge", &edge6]);
+        done.0.push((w.clone(), pin));
+    }
+    done
+}
+
+fn xdp_on(ns: &Netns, ifname: &str) -> bool {
+    let out = ns.exec(&["ip", "-d", "link", "show", "dev", ifname]).unwrap();
+    out.contains("prog/xdp") || out.contains(" xdp")
+}
+
+/// TLS for every SNI and HTTP through both VIPs; the proxies must see the
+/// client's own address.
+fn serves_with_client_address(r: &Running) {
+    let client_cfg = tls_client(&r.ca);
+    for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+        for sni in SNI {
+            let stream = connect(&r.lab.client, SocketAddr::new(vip, 443))
+                .unwrap_or_else(|e| panic!("connect {vip}: {e:#}\nstatus: {}", r.inst.status()));
+            let info = handshake(stream, &client_cfg, sni).unwrap_or_else(|e| panic!("TLS to {vip} for {sni}: {e:#}"));
+            assert!(["w1", "w2", "w3"].contains(&info.peer_cn.as_str()), "{info:?}");
+            assert!(info.peer_sans.iter().any(|s| s == sni), "{info:?}");
+        }
+        assert!(who(&r.lab.client, vip).starts_with('w'));
+    }
+    // nginx logs a request after answering it.
+    wait_until(Duration::from_secs(5), || (1..=3).map(|i| r.nginx(i).access_count()).sum::<usize>() >= 2, || "access log lines".into());
+    let mut seen = 0;
+    for i in 1..=3 {
+        for a in r.nginx(i).accesses() {
+            assert!(a.client == IpAddr::V4(CLIENT_V4) || a.client == IpAddr::V6(CLIENT_V6), "the client's address is kept: {a:?}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "requests reached the proxies");
+}
+
+#[test]
+fn dsr_tunnels_to_backends_that_answer_clients_directly() {
+    let mut r = start("lbdsr", 3, &config("dsr", &[(1, 1), (2, 1), (3, 1)]));
+    let setups = setup_backends(&r, "lbdsr", "dsr");
+    assert!(xdp_on(&r.lab.workers[0], "eth0"), "decap attached and kept after backend-setup exited");
+    serves_with_client_address(&r);
+    let s = r.inst.status();
+    assert!(s["balancer"]["nat_reply"].as_u64().unwrap() == 0 && s["nat_entries"].as_u64().unwrap() == 0, "no NAT state in dsr: {s}");
+    // --undo takes it all back.
+    drop(setups);
+    let w = &r.lab.workers[0];
+    assert!(!xdp_on(w, "eth0"), "decap detached");
+    assert!(!w.exec(&["ip", "addr", "show", "dev", "lo"]).unwrap().contains(&VIP_V4.to_string()), "VIP removed from lo");
+    assert_eq!(w.sysctl_get("net.ipv4.conf.all.arp_ignore").unwrap().trim(), "0", "sysctls restored");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+#[test]
+fn dsr_l2_rewrites_macs_for_backends_on_the_edges_segment() {
+    let mut r = start("lbl2", 3, &config("dsr-l2", &[(1, 1), (2, 1), (3, 1)]));
+    let _setups = setup_backends(&r, "lbl2", "dsr-l2");
+    assert!(!xdp_on(&r.lab.workers[0], "eth0"), "dsr-l2 needs no decap program");
+    serves_with_client_address(&r);
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
