@@ -194,6 +194,26 @@ pub fn describe(cfg: &Config) -> String {
             z.sources_v6.len()
         );
     }
+    if let Some(b) = cfg.balancer() {
+        let _ = writeln!(
+            out,
+            "balancer: outside {}, inside {}, SNAT ports {}-{}, Maglev table {} slots",
+            b.outside_interfaces.join(", "),
+            b.inside_interface,
+            b.snat_ports.0,
+            b.snat_ports.1,
+            b.table_size
+        );
+        for v in &b.vips {
+            let rules: Vec<String> = v
+                .rules
+                .iter()
+                .map(|r| format!("{}/{}→{}", if r.proto == lb_common::wire::IPPROTO_TCP { "tcp" } else { "udp" }, r.port, r.target_port))
+                .collect();
+            let backends: Vec<String> = v.backends.iter().map(|b| format!("{} (weight {})", b.address, b.weight)).collect();
+            let _ = writeln!(out, "vip {} {} ({}): {}; backends {}", v.name, v.address, v.mode, rules.join(", "), if backends.is_empty() { "none".into() } else { backends.join(", ") });
+        }
+    }
     out
 }
 
