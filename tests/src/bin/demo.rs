@@ -1,4 +1,7 @@
-//! `cargo xtask demo`: the isolator at work, in a throwaway topology.
+//! `cargo xtask demo`: the isolator and the load balancer at work, in
+//! throwaway topologies.
+//!
+//! First the isolator:
 //!
 //! ```text
 //!  dmz ns                                   host ns (a Swarm node)
@@ -9,7 +12,11 @@
 //!
 //! It scans the host from the DMZ before and after `swarmlb run` attaches,
 //! tries the evasions (VLAN tag, fragments, tunnel), and prints `swarmlb
-//! status`. Everything is removed at the end, also on failure.
+//! status`. Then the balancer, in `harness::edge_lab`'s network (a client,
+//! an edge running swarmlb, three workers running nginx): TLS handshakes
+//! through the VIP for each SNI name, connections spread by weight with the
+//! counters printed as they grow, a backend drained by a reload. Everything
+//! is removed at the end, also on failure.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -93,6 +100,107 @@ fn swarmlb(args: &[&str]) -> Result<String> {
 
 fn main() -> Result<()> {
     harness::require_root()?;
+    isolator_demo()?;
+    balancer_demo()
+}
+
+const BALANCER_CONFIG: &str = r#"[balancer]
+outside_interfaces = ["e-out"]
+inside_interface = "e-in"
+
+[[vip]]
+name = "web"
+address = "203.0.113.10"
+mode = "nat"
+rules = ["tcp/443", "tcp/80"]
+backends = ["10.1.0.11", "10.1.0.12", { address = "10.1.0.13", weight = WEIGHT3 }]
+
+[[vip]]
+name = "web6"
+address = "2001:db8:10::10"
+mode = "nat"
+rules = ["tcp/443", "tcp/80"]
+backends = ["fd00:1::11", "fd00:1::12", "fd00:1::13"]
+"#;
+
+fn balancer_demo() -> Result<()> {
+    use harness::{edge_lab::*, nginx::Nginx, tls};
+    use std::{collections::BTreeMap, net::SocketAddr};
+
+    println!("\n\n== The load balancer: client ── edge (swarmlb, VIP 203.0.113.10 / 2001:db8:10::10) ── switch ── w1 w2 w3 (nginx)\n");
+    let lab = EdgeLab::new("demolb", 3);
+    let ca = tls::TestCa::new();
+    let any: [IpAddr; 2] = ["0.0.0.0".parse()?, "::".parse()?];
+    let _nginx: Vec<Nginx> = (1..=3).map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &any, &ca, &["a.com", "b.com", "c.com"])).collect::<Result<_>>()?;
+    let dir = std::env::temp_dir().join(format!("swarmlb-demolb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let pin = format!("/sys/fs/bpf/swarmlb-demolb-{}", std::process::id());
+    let config = dir.join("swarmlb.toml");
+    let write = |weight3: u32| std::fs::write(&config, format!("{}\n[settings]\npin_path = \"{pin}\"\n", BALANCER_CONFIG.replace("WEIGHT3", &weight3.to_string())));
+    write(2)?;
+    println!("-- swarmlb run with:\n{}", BALANCER_CONFIG.replace("WEIGHT3", "2").lines().map(|l| format!("     {l}")).collect::<Vec<_>>().join("\n"));
+    let runtime = dir.join("run");
+    let mut daemon: ChildGuard = lab.edge.spawn(
+        Command::new(root().join("target/release/swarmlb")).arg("run").arg("--config").arg(&config).arg("--runtime-dir").arg(&runtime),
+    );
+    let status = || swarmlb(&["status", "--json", "--runtime-dir", runtime.to_str().unwrap()]).and_then(|s| Ok(serde_json::from_str::<serde_json::Value>(&s)?));
+    let result = (|| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !runtime.join("state.json").exists() {
+            ensure!(daemon.try_status().is_none(), "swarmlb exited:\n{}", daemon.output_so_far());
+            ensure!(Instant::now() < deadline, "swarmlb did not start:\n{}", daemon.output_so_far());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("\n-- TLS through the VIP, passed through untouched: the client verifies each worker's own certificate");
+        let client_cfg = tls::tls_client(&ca);
+        for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+            for sni in ["a.com", "b.com", "c.com"] {
+                let info = tls::handshake(tls::connect(&lab.client, SocketAddr::new(vip, 443))?, &client_cfg, sni)?;
+                println!("   {sni:<6} via {:<22} → {} (certificate CN={}, SAN {}, {:?})", SocketAddr::new(vip, 443).to_string(), info.peer_cn, info.peer_cn, info.peer_sans.join(","), info.protocol_version);
+            }
+        }
+        let who = |n: usize, counts: &mut BTreeMap<String, usize>| -> Result<()> {
+            for _ in 0..n {
+                let (_, body) = tls::http_get(tls::connect(&lab.client, SocketAddr::new(IpAddr::V4(VIP_V4), 80))?, "a.com", "/")?;
+                *counts.entry(body.trim().trim_start_matches("worker=").to_string()).or_default() += 1;
+            }
+            Ok(())
+        };
+        let live = |label: &str| -> Result<()> {
+            let s = status()?;
+            let backends: Vec<String> = s["vips"][0]["backends"]
+                .as_array()
+                .map(|a| a.iter().map(|b| format!("{} w={} flows={:<4} pkts={:<5}", b["address"].as_str().unwrap_or("?"), b["weight"], b["new_flows"], b["packets"])).collect())
+                .unwrap_or_default();
+            println!("   {label:<14} kernel counters: {}", backends.join(" | "));
+            Ok(())
+        };
+        println!("\n-- 900 new HTTP connections to 203.0.113.10:80, weights 1:1:2, the kernel's counters as they grow");
+        let mut counts = BTreeMap::new();
+        for round in 1..=3 {
+            who(300, &mut counts)?;
+            live(&format!("after {}", round * 300))?;
+        }
+        println!("   answered by: {counts:?} (ideal 225 / 225 / 450)");
+        println!("\n-- w3 drained (weight 0) with SIGHUP: existing flows stay, new ones go elsewhere");
+        write(0)?;
+        daemon.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(500));
+        let mut after = BTreeMap::new();
+        who(300, &mut after)?;
+        println!("   300 more connections answered by: {after:?}");
+        live("after drain")?;
+        println!("\n-- swarmlb status\n{}", swarmlb(&["status", "--runtime-dir", runtime.to_str().unwrap()])?);
+        Ok(())
+    })();
+    daemon.signal(libc::SIGTERM);
+    let stopped = daemon.wait_timeout(Duration::from_secs(10));
+    println!("-- swarmlb stopped ({}); pins {}", stopped.map_or("still running?".into(), |s| s.to_string()), if Path::new(&pin).exists() { "left" } else { "removed" });
+    let _ = std::fs::remove_dir_all(&dir);
+    result.context("balancer demo")
+}
+
+fn isolator_demo() -> Result<()> {
     let mut topo = Topology::new();
     let host = topo.netns("demoh");
     let dmz = topo.netns("demod");
@@ -194,5 +302,5 @@ fn main() -> Result<()> {
         if Path::new(&pin).exists() { "left" } else { "removed" }
     );
     let _ = std::fs::remove_dir_all(&dir);
-    result.context("demo")
+    result.context("isolator demo")
 }
