@@ -279,7 +279,8 @@ pub enum LbCounter {
     NoNeighbour,
     /// Dropped: the route leads out of an interface not in [`MAP_EGRESS`].
     NoEgress,
-    /// Dropped: the encapsulated packet exceeds the route's MTU.
+    /// Dropped: too big for the path and IPv4 without DF (XDP cannot
+    /// fragment), or an ICMP error too big to forward.
     TooBig,
     /// Dropped: a fragment or a packet with IPv6 extension headers for a
     /// VIP (no ports to balance on).
@@ -294,10 +295,13 @@ pub enum LbCounter {
     IcmpForwarded,
     /// A path-MTU ICMP error for a VIP matched no flow: to the next stage.
     IcmpUnmatched,
+    /// Too big for the path to the backend: the client was sent the MTU
+    /// it may use (ICMP fragmentation needed / packet too big).
+    IcmpTooBigSent,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 16;
+pub const LB_COUNTERS_LEN: u32 = 17;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -318,6 +322,7 @@ impl LbCounter {
         LbCounter::NoHeadroom,
         LbCounter::IcmpForwarded,
         LbCounter::IcmpUnmatched,
+        LbCounter::IcmpTooBigSent,
     ];
 
     /// The name in `swarmlb status` and metrics.
@@ -339,6 +344,7 @@ impl LbCounter {
             LbCounter::NoHeadroom => "drop_no_headroom",
             LbCounter::IcmpForwarded => "icmp_forwarded",
             LbCounter::IcmpUnmatched => "icmp_unmatched",
+            LbCounter::IcmpTooBigSent => "icmp_too_big_sent",
         }
     }
 }

@@ -28,6 +28,11 @@
 //! 7. The next hop comes from the route to the backend: its MACs go into
 //!    the Ethernet header; out of the ingress interface is `XDP_TX`,
 //!    another interface a redirect (it must be an egress interface).
+//!    A packet that would not fit the route's MTU (after the tunnel header
+//!    in `dsr`) is answered, from the VIP, with an ICMP "fragmentation
+//!    needed" (IPv6: "packet too big") carrying the MTU the client may use,
+//!    quoting the IP header and 8 bytes — unless it is IPv4 without DF,
+//!    which is dropped (XDP cannot fragment).
 //! 8. A reply is rewritten back (source VIP:entry port, destination
 //!    client:port, TTL − 1) and sent to the MAC the flow came from, out of
 //!    the interface it came in on.
@@ -57,7 +62,7 @@ pub enum Route {
     /// A route, but the next hop's MAC is unknown.
     NoNeighbour,
     /// A packet of the given IP length does not fit the route's MTU.
-    TooBig,
+    TooBig { mtu: u16 },
 }
 
 /// The state the decision reads and writes: the kernel's maps, or plain
@@ -311,11 +316,73 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             out[..out_len].copy_from_slice(frame);
         }
     }
+    if let Route::TooBig { mtu } = route {
+        let extra = if mode == Mode::Dsr { if p.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN } } else { 0 };
+        let reply = icmp_too_big(frame, out, p, mtu.saturating_sub(extra as u16));
+        return match reply {
+            Some(len) => Outcome { action: Action::Tx, counter: Some(LbCounter::IcmpTooBigSent), moved: outcome.moved, charged: None, len },
+            None => Outcome { action: Action::Drop, counter: Some(LbCounter::TooBig), moved: outcome.moved, charged: None, len: 0 },
+        };
+    }
     let (action, counter) = send(out, ifindex, t, route);
     if action == Action::Drop {
         return Outcome { action, counter: Some(counter), moved: outcome.moved, charged: None, len: 0 };
     }
     Outcome { action, len: out_len, ..outcome }
+}
+
+/// Bytes of the offending packet an IPv6 "packet too big" quotes.
+pub const TOO_BIG_QUOTE_V6: usize = IPV6_HLEN + 8;
+
+/// Rule 7's answer to a packet too big for the path: an ICMP error from
+/// the VIP back to the client, written into `out`; its length, or `None`
+/// for IPv4 without DF.
+fn icmp_too_big(frame: &[u8], out: &mut [u8], p: &Parsed, mtu: u16) -> Option<usize> {
+    out[0..6].copy_from_slice(&frame[6..12]);
+    out[6..12].copy_from_slice(&frame[0..6]);
+    let l3 = ETH_HLEN;
+    if p.family == FAMILY_V4 {
+        if u16::from_be_bytes([frame[l3 + 6], frame[l3 + 7]]) & 0x4000 == 0 {
+            return None;
+        }
+        let quote = p.l4 - p.l3 + 8;
+        let icmp = l3 + IPV4_MIN_HLEN;
+        let len = icmp + ICMP_HLEN + quote;
+        out[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&((len - l3) as u16).to_be_bytes());
+        h[8] = TUNNEL_TTL;
+        h[9] = IPPROTO_ICMP;
+        h[12..16].copy_from_slice(&p.dst[..4]);
+        h[16..20].copy_from_slice(&p.src[..4]);
+        let c = csum::ipv4_header(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        out[l3..icmp].copy_from_slice(&h);
+        let m = mtu.to_be_bytes();
+        out[icmp..icmp + 8].copy_from_slice(&[ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, m[0], m[1]]);
+        out[icmp + 8..len].copy_from_slice(&frame[l3..l3 + quote]);
+        let c = !csum::fold(csum::sum_words(&out[icmp..len], 0));
+        out[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+        Some(len)
+    } else {
+        let icmp = l3 + IPV6_HLEN;
+        let len = icmp + ICMP_HLEN + TOO_BIG_QUOTE_V6;
+        out[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        out[l3..l3 + 8].copy_from_slice(&[0x60, 0, 0, 0, 0, (ICMP_HLEN + TOO_BIG_QUOTE_V6) as u8, IPPROTO_ICMPV6, TUNNEL_TTL]);
+        out[l3 + 8..l3 + 24].copy_from_slice(&p.dst);
+        out[l3 + 24..l3 + 40].copy_from_slice(&p.src);
+        let m = u32::from(mtu).to_be_bytes();
+        out[icmp..icmp + 8].copy_from_slice(&[ICMPV6_PACKET_TOO_BIG, 0, 0, 0, m[0], m[1], m[2], m[3]]);
+        out[icmp + 8..len].copy_from_slice(&frame[l3..l3 + TOO_BIG_QUOTE_V6]);
+        // The ICMPv6 checksum covers a pseudo-header: addresses, length,
+        // next header.
+        let mut sum = csum::sum_words(&out[l3 + 8..l3 + 40], 0);
+        sum += (ICMP_HLEN + TOO_BIG_QUOTE_V6) as u32 + u32::from(IPPROTO_ICMPV6);
+        let c = !csum::fold(csum::sum_words(&out[icmp..len], sum));
+        out[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+        Some(len)
+    }
 }
 
 /// Rule 6's SNAT port: `None` when all probes are taken by other flows.
@@ -380,7 +447,7 @@ fn send<T: Tables>(out: &mut [u8], ifindex: u32, t: &T, route: Route) -> (Action
         }
         Route::Unreachable => (Action::Drop, LbCounter::NoRoute),
         Route::NoNeighbour => (Action::Drop, LbCounter::NoNeighbour),
-        Route::TooBig => (Action::Drop, LbCounter::TooBig),
+        Route::TooBig { .. } => (Action::Drop, LbCounter::TooBig),
     }
 }
 

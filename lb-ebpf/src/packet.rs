@@ -11,7 +11,7 @@ const MAX_OFFSET: usize = 4096;
 
 /// Returns `x`, unknown to the optimiser.
 #[inline(always)]
-fn opaque(mut x: usize) -> usize {
+pub fn opaque(mut x: usize) -> usize {
     // SAFETY: an empty asm block that only "modifies" a register.
     unsafe { core::arch::asm!("/* {0} */", inout(reg) x, options(nomem, nostack, pure)) };
     x

@@ -146,7 +146,7 @@ impl FixtureFib {
             return Route::Unreachable;
         }
         if ip_len > FIXTURE_MTU {
-            return Route::TooBig;
+            return Route::TooBig { mtu: FIXTURE_MTU };
         }
         if !self.neighbours.contains(&a) {
             return Route::NoNeighbour;

@@ -277,6 +277,38 @@ fn fixtures() {
             assert_eq!(&out, frame, "case {i}: passed unchanged");
         }
     }
+    // With DF set, a packet too big for the tunnel is answered with the MTU
+    // the client may use, from the VIP (IPv4 fragmentation needed, IPv6
+    // packet too big), built here independently.
+    let big = L4::Tcp { sport: 40002, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1460] };
+    let client_mac = neighbour_mac(ip(CLIENT_V4));
+    let frame = ip_frame(&FrameBuilder::new(client_mac, kb.net.out_mac), CLIENT_V4, DSR4, &big, |h| h.dont_fragment = true, |_| {});
+    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    assert_eq!((o.action, o.counter), (Action::Tx, Some(LbCounter::IcmpTooBigSent)));
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xc8]; // MTU 1500 − 20
+    icmp.extend_from_slice(&frame[14..14 + 28]);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut h = Ipv4::new(DSR4.parse().unwrap(), CLIENT_V4.parse().unwrap());
+    h.id = 0;
+    assert_eq!(out, FrameBuilder::new(kb.net.out_mac, client_mac).ipv4(&h.with_payload(1, &icmp)), "fragmentation needed, MTU 1480");
+    let frame = client_frame(&kb, CLIENT_V6, DSR6, &big);
+    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    assert_eq!((o.action, o.counter), (Action::Tx, Some(LbCounter::IcmpTooBigSent)));
+    let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0xb4]; // MTU 1500 − 40
+    icmp.extend_from_slice(&frame[14..14 + 48]);
+    let (vip6, client6): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (DSR6.parse().unwrap(), CLIENT_V6.parse().unwrap());
+    let c = icmpv6_checksum(&vip6.octets(), &client6.octets(), &icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(out, FrameBuilder::new(kb.net.out_mac, client_mac).ipv6(&Ipv6::new(vip6, client6).with_payload(58, &icmp)), "packet too big, MTU 1460");
+    // NAT: the MTU itself.
+    let frame = ip_frame(&FrameBuilder::new(client_mac, kb.net.out_mac), CLIENT_V4, NAT4, &L4::Tcp { sport: 40004, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1480] }, |h| h.dont_fragment = true, |_| {});
+    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    assert_eq!((o.counter, &out[40..42]), (Some(LbCounter::IcmpTooBigSent), &[0x05u8, 0xdc][..]));
+
     // DSR at exactly the MTU still fits (1480 + 20 = 1500).
     let fits = client_frame(&kb, CLIENT_V4, DSR4, &L4::Tcp { sport: 40003, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1440] });
     let (o, _) = both(&mut kb, &mut model, &fits, out_if);
@@ -521,6 +553,7 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         };
         let ttl = *rng.pick(&[64u8, 64, 64, 2, 1, 0]);
         let mf = rng.below(30) == 0;
+        let df = rng.below(2) == 0;
         let offset = if rng.below(30) == 0 { 8 } else { 0 };
         let options = if rng.below(20) == 0 { vec![1, 1, 1, 1] } else { Vec::new() };
         let f = FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), kb.net.out_mac);
@@ -531,6 +564,7 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
             &l4,
             |h| {
                 h.ttl = ttl;
+                h.dont_fragment = df;
                 h.more_fragments = mf;
                 h.frag_offset = offset;
                 h.options = options.clone();
@@ -643,6 +677,6 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     // The run exercised every path it claims to.
     assert!(m[LbCounter::NewFlow as usize] > 10_000 && m[LbCounter::FlowHit as usize] > 20_000, "{named:?}");
     assert!(m[LbCounter::FlowMoved as usize] > 100 && m[LbCounter::NatReply as usize] > 5_000, "{named:?}");
-    assert!(m[LbCounter::IcmpForwarded as usize] > 1_000, "{named:?}");
+    assert!(m[LbCounter::IcmpForwarded as usize] > 1_000 && m[LbCounter::IcmpTooBigSent as usize] > 1_000, "{named:?}");
 }
 

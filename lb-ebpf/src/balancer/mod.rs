@@ -13,6 +13,7 @@ mod icmp;
 mod parse;
 mod rewrite;
 mod scratch;
+mod too_big;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
@@ -138,6 +139,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         _ => 0,
     };
     if let Err(c) = egress::route(ctx, s, extra) {
+        if c == LbCounter::TooBig {
+            return too_big::answer(ctx, s, extra);
+        }
         return drop(c);
     }
     let p = &s.parsed;
