@@ -180,19 +180,21 @@ fn new_connections_follow_the_weights() {
 struct Stream {
     reader: BufReader<TcpStream>,
     worker: String,
+    /// Bytes of padding each request carries.
+    pad: usize,
 }
 
 impl Stream {
     fn open(ns: &Netns, vip: IpAddr) -> Self {
         let sock = connect(ns, SocketAddr::new(vip, 80)).unwrap();
-        let mut s = Self { reader: BufReader::new(sock), worker: String::new() };
+        let mut s = Self { reader: BufReader::new(sock), worker: String::new(), pad: 512 };
         s.worker = s.ask().expect("first answer");
         s
     }
 
     /// One request/response with a payload both ways.
     fn ask(&mut self) -> std::io::Result<String> {
-        let pad = "x".repeat(512);
+        let pad = "x".repeat(self.pad);
         write!(self.reader.get_mut(), "GET / HTTP/1.1\r\nHost: a.com\r\nX-Pad: {pad}\r\n\r\n")?;
         let mut len = 0;
         loop {
@@ -328,7 +330,16 @@ fn dsr_tunnels_to_backends_that_answer_clients_directly() {
     let setups = setup_backends(&r, "lbdsr", "dsr");
     assert!(xdp_on(&r.lab.workers[0], "eth0"), "decap attached and kept after backend-setup exited");
     serves_with_client_address(&r);
+    // Full-size segments do not fit the tunnel: the edge tells the client
+    // the MTU it may use, and the client's TCP adapts (path MTU discovery
+    // through the balancer).
+    for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+        let mut big = Stream::open(&r.lab.client, vip);
+        big.pad = 6000;
+        assert_eq!(big.ask().unwrap_or_else(|e| panic!("a 6 kB request through {vip}: {e}\n{}", r.inst.status())), big.worker);
+    }
     let s = r.inst.status();
+    assert!(s["balancer"]["icmp_too_big_sent"].as_u64().unwrap() >= 2, "{s}");
     assert!(s["balancer"]["nat_reply"].as_u64().unwrap() == 0 && s["nat_entries"].as_u64().unwrap() == 0, "no NAT state in dsr: {s}");
     // --undo takes it all back.
     drop(setups);
