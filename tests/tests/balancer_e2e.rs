@@ -358,3 +358,66 @@ fn dsr_l2_rewrites_macs_for_backends_on_the_edges_segment() {
     serves_with_client_address(&r);
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
+
+#[test]
+fn udp_is_balanced_and_a_zone_on_the_outside_interface_still_isolates() {
+    use harness::{
+        scan::{tcp_scan, TcpOutcome},
+        servers::{TcpListeners, UdpEcho},
+    };
+    let cfg = format!(
+        r#"
+[[interface]]
+name = "e-out"
+zone = "dmz"
+
+[zone.dmz]
+protected = ["tcp/5432"]
+
+[balancer]
+outside_interfaces = ["e-out"]
+inside_interface = "e-in"
+
+[[vip]]
+name = "dns"
+address = "{VIP_V4}"
+rules = ["udp/5353", "tcp/80"]
+backends = ["10.1.0.11", "10.1.0.12", "10.1.0.13"]
+"#
+    );
+    let r = start("lbudp", 3, &cfg);
+    let echoes: Vec<UdpEcho> =
+        (1..=3).map(|i| UdpEcho::start(&r.lab.workers[i - 1], &[IpAddr::V4(worker_addrs(i).0)], &[5353]).unwrap()).collect();
+    let edge_addr: IpAddr = "198.51.100.1".parse().unwrap();
+    let _edge_services = TcpListeners::start(&r.lab.edge, &[edge_addr], &[5432, 8000]).unwrap();
+
+    // The isolator still judges what is not the balancer's.
+    let scan = r.lab.client.run(move || tcp_scan(edge_addr, [5432, 8000], None, 4, Duration::from_millis(800))).unwrap();
+    assert_eq!(scan, vec![(5432, TcpOutcome::Timeout), (8000, TcpOutcome::Open)], "protected port dropped, others open");
+
+    // UDP through the VIP: every datagram echoed back from the VIP.
+    let answered = r.lab.client.run(|| {
+        let mut answered = 0;
+        for i in 0..30u16 {
+            let sock = std::net::UdpSocket::bind((IpAddr::V4(CLIENT_V4), 20000 + i)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            sock.connect(SocketAddr::new(IpAddr::V4(VIP_V4), 5353)).unwrap();
+            sock.send(b"where are you").unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok(n) = sock.recv(&mut buf) {
+                assert_eq!(&buf[..n], b"where are you");
+                answered += 1;
+            }
+        }
+        answered
+    });
+    assert_eq!(answered, 30, "every datagram answered through the VIP");
+    let per_worker: Vec<u64> = echoes.iter().map(|e| e.received(5353)).collect();
+    assert_eq!(per_worker.iter().sum::<u64>(), 30, "{per_worker:?}");
+    assert!(per_worker.iter().filter(|n| **n > 0).count() >= 2, "spread over the workers: {per_worker:?}");
+
+    let s = r.inst.status();
+    let e_out = s["interfaces"].as_array().unwrap().iter().find(|i| i["name"] == "e-out").unwrap().clone();
+    assert_eq!((e_out["program"].as_str(), e_out["zone"].as_str(), e_out["bound"].as_bool()), (Some("balancer"), Some("dmz"), Some(true)), "{s}");
+    assert!(s["dropped"]["protected_port"].as_u64().unwrap() > 0, "{s}");
+}
