@@ -751,3 +751,68 @@ fn rewrite_icmp(f: &mut [u8], e: &IcmpError, inside: &[u8; 16], backend: &[u8; 1
     put(f, e.inner_l4, &ports_new, &mut icmp_check);
     f[icmp_check_at..icmp_check_at + 2].copy_from_slice(&icmp_check.to_be_bytes());
 }
+
+/// What the DSR backend's `decap` program does with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decap {
+    /// Not an edge's tunnel packet (or malformed): untouched, not counted.
+    NotTunnel,
+    /// A tunnel packet no (edge, VIP) pair allows: untouched, counted.
+    Unknown,
+    /// Opened: `len` bytes of `out` are the frame the kernel receives.
+    Opened { len: usize },
+}
+
+/// The `decap` program's decision: an IPv4 (no options, not a fragment)
+/// IPIP packet or an IPv6-in-IPv6 packet whose (outer source, inner
+/// destination) is allowed loses its outer header; the Ethernet addresses
+/// stay, the EtherType becomes the inner packet's.
+pub fn decapsulate(frame: &[u8], out: &mut [u8], allowed: impl Fn(&DecapKey) -> bool) -> Decap {
+    let l3 = ETH_HLEN;
+    let parsed = (|| -> Option<(DecapKey, usize, u16)> {
+        match be16(frame, 12)? {
+            ETH_P_IPV4 => {
+                if *frame.get(l3)? != 0x45 || *frame.get(l3 + 9)? != IPPROTO_IPIP || be16(frame, l3 + 6)? & 0x3fff != 0 {
+                    return None;
+                }
+                let inner = l3 + IPV4_MIN_HLEN;
+                let key = DecapKey {
+                    outer_src: addr::<4>(frame, l3 + 12)?,
+                    inner_dst: [0; 16],
+                    family: FAMILY_V4,
+                    _pad: [0; 3],
+                };
+                Some((key, inner, ETH_P_IPV4))
+            }
+            ETH_P_IPV6 => {
+                if *frame.get(l3)? >> 4 != 6 || *frame.get(l3 + 6)? != IPPROTO_IPV6 {
+                    return None;
+                }
+                let key = DecapKey { outer_src: addr::<16>(frame, l3 + 8)?, inner_dst: [0; 16], family: FAMILY_V6, _pad: [0; 3] };
+                Some((key, l3 + IPV6_HLEN, ETH_P_IPV6))
+            }
+            _ => None,
+        }
+    })();
+    let Some((mut key, inner, ethertype)) = parsed else { return Decap::NotTunnel };
+    // The inner version must match; its destination must be readable.
+    let version = if key.family == FAMILY_V4 { 4 } else { 6 };
+    let inner_dst = match frame.get(inner..inner + 2) {
+        Some(v) if v[0] >> 4 == version => {
+            if key.family == FAMILY_V4 { addr::<4>(frame, inner + 16) } else { addr::<16>(frame, inner + 24) }
+        }
+        Some(_) => return Decap::Unknown,
+        None => return Decap::NotTunnel,
+    };
+    let Some(inner_dst) = inner_dst else { return Decap::NotTunnel };
+    key.inner_dst = inner_dst;
+    if !allowed(&key) {
+        return Decap::Unknown;
+    }
+    let outer = inner - l3;
+    let len = frame.len() - outer;
+    out[..12].copy_from_slice(&frame[..12]);
+    out[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    out[14..len].copy_from_slice(&frame[inner..]);
+    Decap::Opened { len }
+}

@@ -1,7 +1,9 @@
 //! The DSR backend's side: opens the tunnel packets an edge sends to a VIP
 //! and hands the inner packet to the kernel, as if it had arrived plain.
 //! Only (edge address, VIP) pairs in `LB_DECAP` are opened; anything else
-//! passes untouched (the kernel has no tunnel device and drops it).
+//! passes untouched (the kernel has no tunnel device and drops it), and a
+//! tunnel packet that is not allowed is counted. Mirrors
+//! `lb_common::balancer_model::decapsulate`.
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext, EbpfContext};
 use lb_common::{
@@ -78,7 +80,9 @@ fn open(ctx: &XdpContext) -> Option<bool> {
         _ => return None,
     };
     // SAFETY: read-only lookup.
-    unsafe { LB_DECAP.get(&key) }?;
+    if unsafe { LB_DECAP.get(&key) }.is_none() {
+        return Some(false);
+    }
     let macs: [u8; 12] = pkt.bytes_at(0)?;
     // SAFETY: the context is the program's own; shrinking the head by
     // less than the packet's length always succeeds or changes nothing.

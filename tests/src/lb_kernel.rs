@@ -310,3 +310,62 @@ impl Tables for ModelTables {
         self.egress.contains(&ifindex)
     }
 }
+
+/// The DSR backend's `decap` program loaded for `BPF_PROG_TEST_RUN`, its
+/// maps pinned in a directory of its own (removed on drop).
+pub struct KernelDecap {
+    ebpf: Option<aya::Ebpf>,
+    pin_dir: PathBuf,
+}
+
+impl KernelDecap {
+    /// Loads only the decap program, as `swarmlb backend-setup` does.
+    pub fn new(tag: &str) -> Self {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/swarmlb-dctest-{}-{tag}", std::process::id()));
+        let _ = remove_pins(&pin_dir);
+        lb_user::loader::ensure_bpffs(&pin_dir).unwrap();
+        std::fs::create_dir_all(&pin_dir).unwrap();
+        let mut ebpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries(MAP_MAGLEV, 1)
+            .map_max_entries(MAP_FLOWS, 1)
+            .load(lb_user::ebpf_object())
+            .expect("object loads");
+        let prog: &mut aya::programs::Xdp = ebpf.program_mut(PROGRAM_DECAP).unwrap().try_into().unwrap();
+        prog.load().expect("decap verifies");
+        Self { ebpf: Some(ebpf), pin_dir }
+    }
+
+    /// Lets tunnel packets from `edge` to `vip` in.
+    pub fn allow(&mut self, key: DecapKey) {
+        let map = self.ebpf.as_mut().unwrap().map_mut(MAP_DECAP).unwrap();
+        let mut map: aya::maps::HashMap<_, DecapKey, u32> = aya::maps::HashMap::try_from(map).unwrap();
+        map.insert(key, 1, 0).unwrap();
+    }
+
+    /// (XDP action, the frame as the program left it).
+    pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut aya::programs::Xdp = self.ebpf.as_mut().unwrap().program_mut(PROGRAM_DECAP).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = aya::programs::TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = aya::programs::TestRun::test_run(prog, opts).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// The decap counters summed over CPUs, by [`DecapCounter`] index.
+    pub fn counters(&self) -> Vec<u64> {
+        let map = self.ebpf.as_ref().unwrap().map(MAP_DECAP_COUNTERS).unwrap();
+        let map: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map).unwrap();
+        (0..DECAP_COUNTERS_LEN).map(|i| map.get(&i, 0).unwrap().iter().sum()).collect()
+    }
+}
+
+impl Drop for KernelDecap {
+    fn drop(&mut self) {
+        self.ebpf.take();
+        let _ = remove_pins(&self.pin_dir);
+    }
+}

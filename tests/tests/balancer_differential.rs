@@ -680,3 +680,81 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     assert!(m[LbCounter::IcmpForwarded as usize] > 1_000 && m[LbCounter::IcmpTooBigSent as usize] > 1_000, "{named:?}");
 }
 
+
+#[test]
+fn decap_opens_only_the_edges_tunnels_like_the_model() {
+    use lb_common::balancer_model::{decapsulate, Decap};
+    if !root_or_skip() {
+        return;
+    }
+    let mut kd = KernelDecap::new("dcfix");
+    let key = |edge: &str, vip: &str| {
+        let (outer_src, family) = addr_key(ip(edge));
+        DecapKey { outer_src, inner_dst: addr_key(ip(vip)).0, family, _pad: [0; 3] }
+    };
+    let allowed = [key("10.1.0.1", DSR4), key("fd00:1::1", DSR6)];
+    for k in allowed {
+        kd.allow(k);
+    }
+    let eth = FrameBuilder::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let inner4 = Ipv4::new(CLIENT_V4.parse().unwrap(), DSR4.parse().unwrap()).packet(&L4::tcp_syn(40000, 443));
+    let inner6 = Ipv6::new(CLIENT_V6.parse().unwrap(), DSR6.parse().unwrap()).packet(&L4::tcp_syn(40000, 443));
+    let tunnel4 = |edge: &str, inner: &[u8]| eth.ipv4(&Ipv4 { id: 0, ..Ipv4::new(edge.parse().unwrap(), "10.1.0.11".parse().unwrap()) }.with_payload(4, inner));
+    let tunnel6 = |edge: &str, inner: &[u8]| eth.ipv6(&Ipv6::new(edge.parse().unwrap(), "fd00:1::11".parse().unwrap()).with_payload(41, inner));
+    let other4 = Ipv4::new(CLIENT_V4.parse().unwrap(), NAT4.parse().unwrap()).packet(&L4::tcp_syn(40000, 443));
+    let cases: Vec<(&str, Vec<u8>, Decap)> = vec![
+        ("IPIP from the edge to the VIP", tunnel4("10.1.0.1", &inner4), Decap::Opened { len: 14 + inner4.len() }),
+        ("IPv6-in-IPv6 from the edge", tunnel6("fd00:1::1", &inner6), Decap::Opened { len: 14 + inner6.len() }),
+        ("IPIP from a stranger", tunnel4("10.1.0.99", &inner4), Decap::Unknown),
+        ("IPIP to another address", tunnel4("10.1.0.1", &other4), Decap::Unknown),
+        ("IPIP carrying IPv6", tunnel4("10.1.0.1", &inner6), Decap::Unknown),
+        ("plain TCP", eth.ipv4(&inner4), Decap::NotTunnel),
+    ];
+    let before = kd.counters();
+    for (name, frame, want) in &cases {
+        let (action, out) = kd.run(frame);
+        let mut buf = vec![0u8; frame.len()];
+        let model = decapsulate(frame, &mut buf, |k| allowed.contains(k));
+        assert_eq!((action, &model), (XDP_PASS, want), "{name}");
+        match model {
+            Decap::Opened { len } => {
+                assert_eq!(out, buf[..len].to_vec(), "{name}");
+                let inner = if frame[12..14] == [8, 0] { &inner4 } else { &inner6 };
+                assert_eq!(out, eth.ip(inner), "{name}: exactly the inner packet, same MACs");
+            }
+            _ => assert_eq!(&out, frame, "{name}: untouched"),
+        }
+    }
+    let after = kd.counters();
+    assert_eq!((after[0] - before[0], after[1] - before[1]), (2, 3), "opened, unknown");
+
+    // Mutations and truncations: the kernel and the model agree, always XDP_PASS.
+    let mut rng = Rng(0xdeca_bad5_eed5);
+    let seeds: Vec<Vec<u8>> = cases.iter().map(|(_, f, _)| f.clone()).collect();
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let before = kd.counters();
+    for _ in 0..20_000 {
+        let mut f = rng.pick(&seeds).clone();
+        match rng.below(3) {
+            0 => f.truncate(14 + rng.below(f.len() as u64 - 13) as usize),
+            1 => {
+                let at = rng.below(f.len().min(100) as u64) as usize;
+                f[at] ^= 1 << rng.below(8);
+            }
+            _ => {}
+        }
+        let (action, out) = kd.run(&f);
+        let mut buf = vec![0u8; f.len()];
+        let model = decapsulate(&f, &mut buf, |k| allowed.contains(k));
+        assert_eq!(action, XDP_PASS, "{f:02x?}");
+        match model {
+            Decap::Opened { len } => assert_eq!(out, buf[..len].to_vec(), "{f:02x?}"),
+            _ => assert_eq!(out, f, "{f:02x?}"),
+        }
+        *counts.entry(format!("{model:?}").split(' ').next().unwrap().to_string()).or_insert(0) += 1;
+    }
+    let after = kd.counters();
+    let kernel = (after[0] - before[0], after[1] - before[1]);
+    assert_eq!(kernel, (counts.get("Opened").copied().unwrap_or(0), counts.get("Unknown").copied().unwrap_or(0)), "counters");
+    println!("decap fuzz: {counts:?}");
+}
