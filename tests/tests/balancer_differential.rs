@@ -609,7 +609,7 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     let base = desired();
     kb.apply(&base);
     let mut model = kb.model();
-    let mut rng = Rng(0x5eed_1b_c0ffee);
+    let mut rng = Rng(0x5eed_1bc0_ffee);
     let before = kb.maps().counters().unwrap();
     let mut m = model_counters();
     let mut actions: HashMap<u32, u64> = HashMap::new();
