@@ -492,7 +492,7 @@ impl Rng {
 fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Vec<u8>, u32) {
     let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
     let kind = rng.below(100);
-    let mut frame = if kind < 35 && !model.flows.is_empty() {
+    let mut frame = if kind < 25 && !model.flows.is_empty() {
         // A packet of a flow seen before (its backend may have changed).
         let keys: Vec<&FlowKey> = model.flows.keys().collect();
         let k = **rng.pick(&keys);
@@ -504,7 +504,7 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
             L4::udp(k.src_port, k.dst_port, b"more")
         };
         (client_frame(kb, &src, &dst, &l4), if rng.below(8) == 0 { in_if } else { out_if })
-    } else if kind < 42 && !model.flows.is_empty() {
+    } else if kind < 31 && !model.flows.is_empty() {
         // A path-MTU error about a packet of a known flow, quoting a
         // random amount of it.
         let keys: Vec<&FlowKey> = model.flows.keys().collect();
@@ -522,7 +522,7 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         let ttl = *rng.pick(&[64u8, 64, 1]);
         let err = icmp_error(router, &vip, &sent[14..], quote, ttl);
         (FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), kb.net.out_mac).ip(&err), out_if)
-    } else if kind < 55 && !model.nat.is_empty() {
+    } else if kind < 40 && !model.nat.is_empty() {
         // A reply to one of the NAT entries, or to a port nobody holds.
         let keys: Vec<&NatKey> = model.nat.keys().collect();
         let k = **rng.pick(&keys);
@@ -538,20 +538,20 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         (ip_frame(&f, &backend, inside, &l4, |_| {}, |_| {}), in_if)
     } else {
         let v6 = rng.below(2) == 0;
-        let clients4 = ["198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.9"];
+        let clients4 = ["198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.9", "198.51.100.77"];
         let clients6 = ["2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::77"];
-        let vips4 = [NAT4, NAT4, NAT4, DSR4, DSR4, L2_4, NO_NEIGH_VIP, NO_ROUTE_VIP, EMPTY_VIP, "10.1.0.11"];
-        let vips6 = [NAT6, NAT6, DSR6, DSR6, L2_6, "fd00:1::12"];
+        let vips4 = [NAT4, NAT4, NAT4, NAT4, DSR4, DSR4, DSR4, L2_4, L2_4, NO_NEIGH_VIP, NO_ROUTE_VIP, EMPTY_VIP, "10.1.0.11"];
+        let vips6 = [NAT6, NAT6, NAT6, DSR6, DSR6, L2_6, L2_6, "fd00:1::12"];
         let (src, dst) = if v6 { (*rng.pick(&clients6), *rng.pick(&vips6)) } else { (*rng.pick(&clients4), *rng.pick(&vips4)) };
-        let dport = *rng.pick(&[443u16, 443, 443, 443, 443, 80, 53, 8080]);
-        let sport = 1024 + rng.below(2000) as u16;
+        let dport = *rng.pick(&[443u16, 443, 443, 443, 443, 443, 443, 80, 53, 8080]);
+        let sport = 1024 + rng.below(60_000) as u16;
         let payload = vec![0x5a; *rng.pick(&[0usize, 10, 100, 1000, 1440, 1460])];
         let l4 = if rng.below(4) == 0 {
             L4::Udp { sport, dport, payload }
         } else {
             L4::Tcp { sport, dport, seq: rng.next() as u32, ack: 0, flags: *rng.pick(&[0x02u8, 0x10, 0x18, 0x11, 0x04]), window: 500, payload }
         };
-        let ttl = *rng.pick(&[64u8, 64, 64, 2, 1, 0]);
+        let ttl = *rng.pick(&[64u8, 64, 64, 64, 64, 64, 2, 1, 0]);
         let mf = rng.below(30) == 0;
         let df = rng.below(2) == 0;
         let offset = if rng.below(30) == 0 { 8 } else { 0 };
@@ -603,8 +603,8 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     if !root_or_skip() {
         return;
     }
-    const BATCHES: u64 = 12;
-    const PER_BATCH: u64 = 10_000;
+    const BATCHES: u64 = 20;
+    const PER_BATCH: u64 = 12_000;
     let mut kb = KernelBalancer::new("lbdiff");
     let base = desired();
     kb.apply(&base);
@@ -613,6 +613,7 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     let before = kb.maps().counters().unwrap();
     let mut m = model_counters();
     let mut actions: HashMap<u32, u64> = HashMap::new();
+    let mut flows_offered = std::collections::HashSet::new();
     for batch in 0..BATCHES {
         // Per batch: an apply may give a removed backend's id (and fresh
         // counters) to a new one.
@@ -646,6 +647,17 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
             }
             let (o, _) = both(&mut kb, &mut model, &frame, ifindex);
             tally(&mut m, &o);
+            // Distinct 5-tuples offered (TCP/UDP over plain IPv4/IPv6).
+            if frame.len() >= 58 {
+                let tuple = match &frame[12..14] {
+                    [8, 0] => Some((frame[23], frame[26..34].to_vec(), frame[34..38].to_vec())),
+                    [0x86, 0xdd] => Some((frame[20], frame[22..54].to_vec(), frame[54..58].to_vec())),
+                    _ => None,
+                };
+                if let Some(t) = tuple.filter(|t| t.0 == IPPROTO_TCP || t.0 == IPPROTO_UDP) {
+                    flows_offered.insert(t);
+                }
+            }
             *actions.entry(action_code(o.action)).or_default() += 1;
             if let Some((_, backend)) = o.charged {
                 let s = stats.entry(backend).or_default();
@@ -673,7 +685,8 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(delta, m, "kernel counters vs model");
     let named: Vec<String> = LbCounter::ALL.iter().map(|c| format!("{}={}", c.name(), m[*c as usize])).collect();
-    println!("{} packets; actions {actions:?}; counters {}", BATCHES * PER_BATCH, named.join(" "));
+    println!("{} packets, {} distinct flows; actions {actions:?}; counters {}", BATCHES * PER_BATCH, flows_offered.len(), named.join(" "));
+    assert!(flows_offered.len() >= 100_000, "{} distinct flows", flows_offered.len());
     // The run exercised every path it claims to.
     assert!(m[LbCounter::NewFlow as usize] > 10_000 && m[LbCounter::FlowHit as usize] > 20_000, "{named:?}");
     assert!(m[LbCounter::FlowMoved as usize] > 100 && m[LbCounter::NatReply as usize] > 5_000, "{named:?}");
