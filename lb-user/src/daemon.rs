@@ -12,12 +12,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_common::balancer::Mode;
 use lb_user::{
-    balancer::{AppliedVip, BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    balancer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
     config::{BalancerConfig, CompiledPolicy, Config, ForwardMode},
     events,
     loader::{remove_pins, AttachMode, Datapath, Program},
     maps::{BalancerMaps, IsolatorMaps},
-    neighbours, policy,
+    health::HealthChecks,
+    policy,
     state::{port_ranges, DaemonState, InstanceLock, InterfaceState, ZoneState},
     sweep,
 };
@@ -105,9 +106,9 @@ fn interface_address(ifname: &str, v6: bool) -> Option<IpAddr> {
     found
 }
 
-/// The balancer's desired state from the config (static backends, all up:
-/// health checks are the agent's next layer).
-fn desired(b: &BalancerConfig, ifx: &HashMap<String, u32>) -> Result<Desired> {
+/// The balancer's desired state from the config, with the health checks'
+/// verdicts.
+fn desired(b: &BalancerConfig, ifx: &HashMap<String, u32>, health: &HealthChecks) -> Result<Desired> {
     let inside_v4 = b.snat_v4.or_else(|| match interface_address(&b.inside_interface, false) {
         Some(IpAddr::V4(a)) => Some(a),
         _ => None,
@@ -137,22 +138,15 @@ fn desired(b: &BalancerConfig, ifx: &HashMap<String, u32>) -> Result<Desired> {
                 ForwardMode::DsrL2 => Mode::DsrL2,
             },
             rules: v.rules.iter().map(|r| (r.proto, r.port, r.target_port)).collect(),
-            backends: v.backends.iter().map(|be| DesiredBackend { address: be.address, weight: be.weight, up: true }).collect(),
+            backends: v
+                .backends
+                .iter()
+                .map(|be| DesiredBackend { address: be.address, weight: be.weight, up: health.is_up(&v.name, be.address) })
+                .collect(),
         });
     }
     let egress = b.outside_interfaces.iter().chain([&b.inside_interface]).filter_map(|n| ifx.get(n).copied()).collect();
     Ok(Desired { inside_v4, inside_v6, snat_ports: b.snat_ports, egress, vips })
-}
-
-/// Every (backend, first target port) of the config, for neighbour probes.
-fn probe_targets(vips: &[AppliedVip]) -> Vec<(IpAddr, u16)> {
-    let mut t: Vec<(IpAddr, u16)> = vips
-        .iter()
-        .flat_map(|v| v.backends.iter().map(move |b| (b.address, v.rules.first().map_or(80, |r| r.target_port))))
-        .collect();
-    t.sort();
-    t.dedup();
-    t
 }
 
 /// Protected ports inside this host's ephemeral range also match the
@@ -240,8 +234,9 @@ struct Daemon {
     lb_maps: BalancerMaps,
     lb_writer: BalancerWriter,
     attached: HashMap<String, (Program, AttachMode)>,
-    /// What the last successful apply wrote (for neighbour probes).
-    vips: Vec<AppliedVip>,
+    health: HealthChecks,
+    /// The config in force (re-applied when a backend's health changes).
+    config: Option<Config>,
 }
 
 impl Daemon {
@@ -266,7 +261,10 @@ impl Daemon {
             );
         }
         let desired = match cfg.balancer() {
-            Some(b) => desired(b, &ifx)?,
+            Some(b) => {
+                self.health.follow(Some(b));
+                desired(b, &ifx, &self.health)?
+            }
             None => Desired { inside_v4: None, inside_v6: None, snat_ports: (0, 0), egress: Vec::new(), vips: Vec::new() },
         };
         let wanted = programs(cfg);
@@ -322,19 +320,21 @@ impl Daemon {
                 })
                 .collect(),
             zones: zone_states(cfg, &compiled, &applied),
-            vips: vips.clone(),
+            vips,
         };
         state.write(runtime_dir)?;
+        if cfg.balancer().is_none() {
+            self.health.follow(None);
+        }
         info!(
             interfaces = wanted.len(),
             zones = compiled.zones.len(),
-            vips = vips.len(),
-            backends = vips.iter().map(|v| v.backends.len()).sum::<usize>(),
+            vips = state.vips.len(),
+            backends = state.vips.iter().map(|v| v.backends.len()).sum::<usize>(),
+            up = state.vips.iter().flat_map(|v| &v.backends).filter(|b| b.up).count(),
             "config applied"
         );
-        let targets = probe_targets(&vips);
-        std::thread::spawn(move || neighbours::prime(&targets));
-        self.vips = vips;
+        self.config = Some(cfg.clone());
         Ok(())
     }
 }
@@ -351,7 +351,7 @@ pub fn signal_reload(runtime_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// How often idle NAT entries are swept and backend neighbours refreshed.
+/// How often idle NAT entries are swept.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// (TCP, UDP) idle timeouts of NAT state.
@@ -372,7 +372,12 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
     let maps = IsolatorMaps::open(&pin_dir)?;
     let lb_maps = BalancerMaps::open(&pin_dir)?;
     let lb_writer = BalancerWriter::adopt(&lb_maps, table_size)?;
-    let mut daemon = Daemon { datapath, maps, lb_maps, lb_writer, attached: HashMap::new(), vips: Vec::new() };
+    // Health checks run on the runtime from the first apply on.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _runtime = rt.enter();
+    let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
+    let health = HealthChecks::new(health_tx);
+    let mut daemon = Daemon { datapath, maps, lb_maps, lb_writer, attached: HashMap::new(), health, config: None };
     if let Err(e) = daemon.apply(&cfg, config_path, runtime_dir) {
         daemon.datapath.detach_all();
         if !keep_pinned {
@@ -381,7 +386,6 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
         return Err(e);
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = rt.block_on(async {
         let pin = pin_dir.clone();
         let drops = tokio::spawn(async move {
@@ -403,8 +407,15 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
                         Ok(n) => info!(removed = n, "idle NAT entries removed"),
                         Err(e) => warn!(error = %e, "sweeping NAT entries failed"),
                     }
-                    let targets = probe_targets(&daemon.vips);
-                    std::thread::spawn(move || neighbours::prime(&targets));
+                }
+                Some(()) = health_rx.recv() => {
+                    // Several transitions at once make one apply.
+                    while health_rx.try_recv().is_ok() {}
+                    if let Some(current) = daemon.config.clone() {
+                        if let Err(e) = daemon.apply(&current, config_path, runtime_dir) {
+                            error!(error = format!("{e:#}"), "applying a health change failed");
+                        }
+                    }
                 }
                 _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { info!("SIGINT: shutting down"); break; }

@@ -66,7 +66,7 @@ backends = [{}]
 struct Running {
     inst: Instance,
     daemon: ChildGuard,
-    _nginx: Vec<Nginx>,
+    nginx: Vec<Nginx>,
     ca: TestCa,
     lab: EdgeLab,
 }
@@ -84,12 +84,19 @@ fn start(tag: &str, n: usize, cfg: &str) -> Running {
     let inst = Instance::new(tag, cfg);
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
-    Running { inst, daemon, _nginx: nginx, ca, lab }
+    Running { inst, daemon, nginx, ca, lab }
 }
 
 impl Running {
     fn nginx(&self, worker: usize) -> &Nginx {
-        &self._nginx[worker - 1]
+        &self.nginx[worker - 1]
+    }
+
+    /// Whether the status says `worker` is up in the first VIP.
+    fn up(&self, worker: usize) -> bool {
+        let addr = worker_addrs(worker).0.to_string();
+        let s = self.inst.status();
+        s["vips"][0]["backends"].as_array().unwrap().iter().any(|b| b["address"] == addr.as_str() && b["up"] == true)
     }
 
     /// Rewrites the config, sends SIGHUP and waits until the status shows
@@ -420,4 +427,37 @@ backends = ["10.1.0.11", "10.1.0.12", "10.1.0.13"]
     let e_out = s["interfaces"].as_array().unwrap().iter().find(|i| i["name"] == "e-out").unwrap().clone();
     assert_eq!((e_out["program"].as_str(), e_out["zone"].as_str(), e_out["bound"].as_bool()), (Some("balancer"), Some("dmz"), Some(true)), "{s}");
     assert!(s["dropped"]["protected_port"].as_u64().unwrap() > 0, "{s}");
+}
+
+#[test]
+fn health_checks_take_a_dead_proxy_out_and_bring_it_back() {
+    let cfg = config("nat", &[(1, 1), (2, 1), (3, 1)]).replace(
+        "rules = [\"tcp/443\", \"tcp/80\"]\nbackends = [{ address = \"10.1.0.11\"",
+        "rules = [\"tcp/443\", \"tcp/80\"]\nhealth_check = { protocol = \"http\", port = 80, path = \"/\", interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }\nbackends = [{ address = \"10.1.0.11\"",
+    );
+    assert!(cfg.contains("health_check"), "{cfg}");
+    let mut r = start("lbhealth", 3, &cfg);
+    assert!((1..=3).all(|w| r.up(w)));
+
+    // w2's proxy dies: out within fall × interval (+ the probe timeout).
+    r.nginx[1].stop();
+    let t = std::time::Instant::now();
+    wait_until(Duration::from_secs(15), || !r.up(2), || "w2 taken out".into());
+    let takeout = t.elapsed();
+    println!("dead proxy taken out after {:.1} s (fall 2 × interval 3 s + timeout 1 s = 7 s at most)", takeout.as_secs_f64());
+    assert!(takeout <= Duration::from_secs(7) + Duration::from_millis(1500), "{takeout:?}");
+    for _ in 0..60 {
+        assert_ne!(who(&r.lab.client, IpAddr::V4(VIP_V4)), "w2", "a new connection went to a backend that is down");
+    }
+
+    // It comes back: in again after rise successes.
+    let any: [IpAddr; 2] = ["0.0.0.0".parse().unwrap(), "::".parse().unwrap()];
+    r.nginx[1] = Nginx::start(&r.lab.workers[1], "w2", &any, &r.ca, &SNI).unwrap();
+    let t = std::time::Instant::now();
+    wait_until(Duration::from_secs(15), || r.up(2), || "w2 back".into());
+    println!("recovered proxy back after {:.1} s (rise 2 × interval 3 s)", t.elapsed().as_secs_f64());
+    let back = (0..90).filter(|_| who(&r.lab.client, IpAddr::V4(VIP_V4)) == "w2").count();
+    assert!(back > 10, "new connections reach w2 again: {back} of 90");
+    assert!(r.daemon.output_so_far().contains("backend failed its health checks: out"), "the transition is logged");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
