@@ -100,9 +100,12 @@ impl EdgeLab {
         for (ns, ifname) in std::iter::once((&client, "c-out")).chain(ws.iter().map(|w| (w, "eth0"))) {
             ns.exec(&["ethtool", "-K", ifname, "tx", "off"]).expect("ethtool -K tx off (cargo xtask setup installs ethtool)");
         }
-        let pass_pins = PathBuf::from(format!("/sys/fs/bpf/swarmlb-lab-{}-{tag}", std::process::id()));
+        let pass_pins = crate::pins::private_pin_dir("lab", tag);
         let _ = remove_pins(&pass_pins);
-        let mut pass = Datapath::load(&pass_pins, 251).expect("pass-through program loads");
+        let mut pass = Datapath::load(&pass_pins, 251).unwrap_or_else(|e| {
+            let _ = remove_pins(&pass_pins);
+            panic!("pass-through program loads: {e:#}")
+        });
         for (ns, ifname) in [(&switch, "s-e"), (&client, "c-out")] {
             ns.run(|| pass.attach(ifname, Program::Isolator)).expect("pass-through XDP attaches");
         }

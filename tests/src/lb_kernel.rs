@@ -172,9 +172,12 @@ impl KernelBalancer {
     /// Loads the programs and builds the fixture namespace.
     pub fn new(tag: &str) -> Self {
         let net = FixtureNet::new(tag);
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/swarmlb-lbtest-{}-{tag}", std::process::id()));
+        let pin_dir = crate::pins::private_pin_dir("lbtest", tag);
         let _ = remove_pins(&pin_dir);
-        let dp = Datapath::load(&pin_dir, FIXTURE_TABLE_SIZE).expect("programs load (run as root)");
+        let dp = Datapath::load(&pin_dir, FIXTURE_TABLE_SIZE).unwrap_or_else(|e| {
+            let _ = remove_pins(&pin_dir);
+            panic!("programs load (run as root): {e:#}")
+        });
         let maps = BalancerMaps::open(&pin_dir).expect("maps open");
         let writer = BalancerWriter::adopt(&maps, FIXTURE_TABLE_SIZE).expect("writer");
         Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net }
@@ -321,19 +324,22 @@ pub struct KernelDecap {
 impl KernelDecap {
     /// Loads only the decap program, as `swarmlb backend-setup` does.
     pub fn new(tag: &str) -> Self {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/swarmlb-dctest-{}-{tag}", std::process::id()));
+        let pin_dir = crate::pins::private_pin_dir("dctest", tag);
         let _ = remove_pins(&pin_dir);
         lb_user::loader::ensure_bpffs(&pin_dir).unwrap();
         std::fs::create_dir_all(&pin_dir).unwrap();
-        let mut ebpf = aya::EbpfLoader::new()
+        let ebpf = aya::EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(MAP_MAGLEV, 1)
             .map_max_entries(MAP_FLOWS, 1)
-            .load(lb_user::ebpf_object())
-            .expect("object loads");
+            .load(lb_user::ebpf_object());
+        // Constructed before anything can fail, so Drop removes the pins.
+        let mut me = Self { ebpf: None, pin_dir };
+        let mut ebpf = ebpf.expect("object loads");
         let prog: &mut aya::programs::Xdp = ebpf.program_mut(PROGRAM_DECAP).unwrap().try_into().unwrap();
         prog.load().expect("decap verifies");
-        Self { ebpf: Some(ebpf), pin_dir }
+        me.ebpf = Some(ebpf);
+        me
     }
 
     /// Lets tunnel packets from `edge` to `vip` in.

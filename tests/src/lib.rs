@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod lb_kernel;
 pub mod netns;
 pub mod nginx;
+pub mod pins;
 pub mod rawframe;
 pub mod scan;
 pub mod servers;
