@@ -98,6 +98,22 @@ fn swarmlb(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// `swarmlb run` in `ns` with `config`.
+fn start_swarmlb(ns: &Netns, config: &Path, runtime: &Path) -> ChildGuard {
+    ns.spawn(Command::new(root().join("target/release/swarmlb")).arg("run").arg("--config").arg(config).arg("--runtime-dir").arg(runtime))
+}
+
+/// Waits until the daemon wrote its state file (it has attached).
+fn wait_ready(daemon: &mut ChildGuard, runtime: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !runtime.join("state.json").exists() {
+        ensure!(daemon.try_status().is_none(), "swarmlb exited:\n{}", daemon.output_so_far());
+        ensure!(Instant::now() < deadline, "swarmlb did not start:\n{}", daemon.output_so_far());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     harness::require_root()?;
     isolator_demo()?;
@@ -140,17 +156,10 @@ fn balancer_demo() -> Result<()> {
     write(2)?;
     println!("-- swarmlb run with:\n{}", BALANCER_CONFIG.replace("WEIGHT3", "2").lines().map(|l| format!("     {l}")).collect::<Vec<_>>().join("\n"));
     let runtime = dir.join("run");
-    let mut daemon: ChildGuard = lab.edge.spawn(
-        Command::new(root().join("target/release/swarmlb")).arg("run").arg("--config").arg(&config).arg("--runtime-dir").arg(&runtime),
-    );
+    let mut daemon = start_swarmlb(&lab.edge, &config, &runtime);
     let status = || swarmlb(&["status", "--json", "--runtime-dir", runtime.to_str().unwrap()]).and_then(|s| Ok(serde_json::from_str::<serde_json::Value>(&s)?));
     let result = (|| -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !runtime.join("state.json").exists() {
-            ensure!(daemon.try_status().is_none(), "swarmlb exited:\n{}", daemon.output_so_far());
-            ensure!(Instant::now() < deadline, "swarmlb did not start:\n{}", daemon.output_so_far());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_ready(&mut daemon, &runtime)?;
         println!("\n-- TLS through the VIP, passed through untouched: the client verifies each worker's own certificate");
         let client_cfg = tls::tls_client(&ca);
         for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
@@ -225,21 +234,9 @@ fn isolator_demo() -> Result<()> {
     std::fs::write(&config, format!("{DEMO_CONFIG}\n[settings]\npin_path = \"{pin}\"\n"))?;
     let runtime = dir.join("run");
     println!("-- swarmlb run with examples/demo.toml:\n{}", DEMO_CONFIG.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(|l| format!("     {l}")).collect::<Vec<_>>().join("\n"));
-    let mut daemon: ChildGuard = host.spawn(
-        Command::new(root().join("target/release/swarmlb"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--runtime-dir")
-            .arg(&runtime),
-    );
+    let mut daemon = start_swarmlb(&host, &config, &runtime);
     let result = (|| -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !runtime.join("state.json").exists() {
-            ensure!(daemon.try_status().is_none(), "swarmlb exited:\n{}", daemon.output_so_far());
-            ensure!(Instant::now() < deadline, "swarmlb did not start:\n{}", daemon.output_so_far());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_ready(&mut daemon, &runtime)?;
         println!("\n-- with swarmlb on dmz0: protected ports are dropped unless the source is allowed\n{}\n", probe_table(&dmz, &sources, addrs[0])?);
         let sources6 = [("outsider", "fd77::2"), ("admin", "fd77::3"), ("swarm node", "fd77::4")];
         println!("-- the same over IPv6 (fd77::1)\n{}\n", probe_table(&dmz, &sources6, addrs[1])?);
