@@ -33,7 +33,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::HashMap as BpfHashMap,
-    programs::{links::FdLink, Xdp, XdpMode},
+    programs::Xdp,
     EbpfLoader,
 };
 use lb_common::balancer::{DecapKey, MAP_DECAP, MAP_FLOWS, MAP_MAGLEV, PROGRAM_DECAP};
@@ -107,9 +107,6 @@ fn record_path(state_dir: &Path) -> PathBuf {
     state_dir.join("setup.json")
 }
 
-fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
-    pin_dir.join(format!("link-{interface}"))
-}
 
 /// Sets a backend up (idempotent: a second run with the same arguments
 /// changes nothing). Errors leave what was already done recorded, so
@@ -174,7 +171,7 @@ pub fn setup(interface: &str, vips: &[IpAddr], edges: &[IpAddr], mode: BackendMo
         save(&record)?;
     }
     if mode == BackendMode::Dsr {
-        if !link_pin(pin_dir, interface).exists() {
+        if !crate::loader::has_pinned_link(pin_dir, interface) {
             record.attach = Some(attach_decap(interface, pin_dir)?);
             save(&record)?;
         }
@@ -205,16 +202,7 @@ fn attach_decap(interface: &str, pin_dir: &Path) -> Result<AttachMode> {
         .context("loading the eBPF object")?;
     let prog: &mut Xdp = ebpf.program_mut(PROGRAM_DECAP).context("no decap program in the object")?.try_into()?;
     prog.load().context("loading the decap program (verifier)")?;
-    let (id, mode) = match prog.attach(interface, XdpMode::Driver) {
-        Ok(id) => (id, AttachMode::Native),
-        Err(native) => {
-            tracing::warn!(interface, error = %native, "native XDP attach failed; using generic mode");
-            (prog.attach(interface, XdpMode::Skb).with_context(|| format!("attaching decap to {interface}"))?, AttachMode::Generic)
-        }
-    };
-    let link = prog.take_link(id)?;
-    let fd: FdLink = link.try_into().context("this kernel attached XDP without a bpf_link; cannot keep it after exit")?;
-    fd.pin(link_pin(pin_dir, interface)).context("pinning the decap link")?;
+    let (_link, mode) = crate::loader::attach_pinned(prog, interface, pin_dir)?;
     Ok(mode)
 }
 
@@ -248,11 +236,9 @@ pub fn undo(pin_dir: &Path, state_dir: &Path) -> Result<()> {
         return Ok(());
     };
     let record: SetupRecord = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-    let link = link_pin(pin_dir, &record.interface);
-    if link.exists() {
-        // The pin holds the last reference: removing it detaches.
-        fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
-    }
+    // Detach first (the link's pin holds its last reference), so nothing
+    // decapsulates for a VIP that is no longer on lo.
+    crate::loader::remove_link_pins(pin_dir)?;
     for v in &record.added_vips {
         let _ = ip(&["addr", "del", &host_prefix(*v), "dev", "lo"]);
     }

@@ -202,7 +202,7 @@ impl BalancerWriter {
         if capacity != crate::loader::maglev_map_len(table_size) {
             bail!(
                 "the pinned Maglev map holds {capacity} slots, not {} for table_size {table_size}: \
-                 a changed table_size needs the old maps removed (stop swarmlb without --keep-pinned)",
+                 a changed table_size needs the old maps removed (stop swarmlb, then `swarmlb down`, then start it)",
                 crate::loader::maglev_map_len(table_size)
             );
         }

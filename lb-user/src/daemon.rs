@@ -256,7 +256,7 @@ impl Daemon {
         let table_size = cfg.balancer().map_or(lb_common::maglev::DEFAULT_TABLE_SIZE, |b| b.table_size);
         if table_size != self.lb_writer.table_size() {
             bail!(
-                "balancer.table_size changed from {} to {table_size}: that needs a restart (stop swarmlb, then start it again)",
+                "balancer.table_size changed from {} to {table_size}: that needs new maps (stop swarmlb, `swarmlb down`, start it again)",
                 self.lb_writer.table_size()
             );
         }
@@ -268,16 +268,17 @@ impl Daemon {
             None => Desired { inside_v4: None, inside_v6: None, snat_ports: (0, 0), egress: Vec::new(), vips: Vec::new() },
         };
         let wanted = programs(cfg);
-        // An interface whose program changes is detached first.
-        let changed: Vec<String> =
-            self.attached.iter().filter(|(n, (p, _))| wanted.get(*n).is_some_and(|w| w != p)).map(|(n, _)| n.clone()).collect();
-        self.detach(&changed);
+        // New interfaces get a program; an interface whose program changes
+        // gets the new one swapped in on its link. Only the new ones are
+        // taken off again if the rest fails.
         let mut newly = Vec::new();
         for (name, program) in &wanted {
-            if !self.attached.contains_key(name) {
+            if self.attached.get(name).map(|(p, _)| p) != Some(program) {
                 match self.datapath.attach(name, *program) {
-                    Ok(mode) => {
-                        newly.push(name.clone());
+                    Ok((mode, was_running)) => {
+                        if !was_running {
+                            newly.push(name.clone());
+                        }
                         self.attached.insert(name.clone(), (*program, mode));
                     }
                     Err(e) => {
@@ -359,7 +360,21 @@ fn idle_timeouts(cfg: &Config) -> (Duration, Duration) {
     cfg.balancer().map_or((Duration::from_secs(900), Duration::from_secs(300)), |b| (b.tcp_idle_timeout, b.udp_idle_timeout))
 }
 
-pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<()> {
+/// `swarmlb down`: takes the data path off every interface and removes the
+/// pinned maps (counters, flows, NAT state). Refuses while a daemon runs.
+pub fn down(pin_dir: &Path, runtime_dir: &Path) -> Result<()> {
+    let _lock = InstanceLock::acquire(runtime_dir)?;
+    if !pin_dir.exists() {
+        println!("nothing pinned at {}", pin_dir.display());
+        return Ok(());
+    }
+    remove_pins(pin_dir).with_context(|| format!("removing the pins in {}", pin_dir.display()))?;
+    DaemonState::remove(runtime_dir);
+    println!("swarmlb's programs detached and {} removed", pin_dir.display());
+    Ok(())
+}
+
+pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     let cfg = Config::load(config_path)?;
     for w in cfg.warnings() {
         warn!("{w}");
@@ -378,13 +393,18 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
     let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
     let health = HealthChecks::new(health_tx);
     let mut daemon = Daemon { datapath, maps, lb_maps, lb_writer, attached: HashMap::new(), health, config: None };
+    let was_running = daemon.datapath.found_running();
+    if was_running {
+        info!(pin_path = %pin_dir.display(), "adopting the running data path");
+    }
     if let Err(e) = daemon.apply(&cfg, config_path, runtime_dir) {
-        daemon.datapath.detach_all();
-        if !keep_pinned {
+        // What ran before keeps running; a first start leaves no trace.
+        if !was_running {
             remove_pins(&pin_dir).ok();
         }
         return Err(e);
     }
+    daemon.datapath.release_unclaimed();
 
     let result = rt.block_on(async {
         let pin = pin_dir.clone();
@@ -436,14 +456,11 @@ pub fn run(config_path: &Path, runtime_dir: &Path, keep_pinned: bool) -> Result<
         drops.abort();
         Ok::<_, anyhow::Error>(())
     });
-    daemon.datapath.detach_all();
     DaemonState::remove(runtime_dir);
     drop(daemon);
-    if keep_pinned {
-        info!(pin_path = %pin_dir.display(), "pinned maps kept");
-    } else {
-        remove_pins(&pin_dir).context("removing pinned maps")?;
-        info!("pinned maps removed");
-    }
+    info!(
+        pin_path = %pin_dir.display(),
+        "stopped; the data path keeps running on its pinned links and maps (the next `swarmlb run` adopts it, `swarmlb down` removes it)"
+    );
     result
 }

@@ -5,6 +5,14 @@
 //! outside and inside interfaces (it tail-calls the isolator with traffic
 //! that is not its own, so an interface can balance and isolate), the
 //! `isolator` alone on interfaces that only face a zone.
+//!
+//! Every attachment is a bpf_link pinned next to the maps
+//! (`xdp-native-<ifname>` or `xdp-generic-<ifname>`), so the data path
+//! outlives the process that set it up: a daemon that stops, crashes or is
+//! upgraded leaves packets flowing. The next daemon adopts each pinned link
+//! and swaps its own program in with one `bpf_link_update` — there is no
+//! moment without a program on the interface. Only an explicit detach (or
+//! [`remove_pins`], i.e. `swarmlb down`) takes a program off.
 
 use std::{
     ffi::CString,
@@ -14,7 +22,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        TestRun, TestRunOptions, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -46,6 +58,68 @@ pub enum Program {
     Balancer,
 }
 
+impl AttachMode {
+    fn word(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+}
+
+/// Where the link of `ifname` attached in `mode` is pinned. The mode is in
+/// the name because the kernel does not report it for a link.
+fn link_pin(pin_dir: &Path, mode: AttachMode, ifname: &str) -> PathBuf {
+    pin_dir.join(format!("xdp-{}-{ifname}", mode.word()))
+}
+
+/// The pinned links in `pin_dir`: interface name → (mode, pin path).
+fn pinned_links(pin_dir: &Path) -> Vec<(String, AttachMode, PathBuf)> {
+    let Ok(entries) = fs::read_dir(pin_dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (mode, ifname) = if let Some(n) = name.strip_prefix("xdp-native-") {
+                (AttachMode::Native, n)
+            } else {
+                (AttachMode::Generic, name.strip_prefix("xdp-generic-")?)
+            };
+            Some((ifname.to_owned(), mode, e.path()))
+        })
+        .collect()
+}
+
+/// Attaches `prog` to `ifname`, natively if the driver can, else
+/// generically (with a warning: generic XDP runs after the skb is built),
+/// and pins the link at the path [`link_pin`] gives.
+pub(crate) fn attach_pinned(prog: &mut Xdp, ifname: &str, pin_dir: &Path) -> Result<(FdLink, AttachMode)> {
+    let (id, mode) = match prog.attach(ifname, XdpMode::Driver) {
+        Ok(id) => (id, AttachMode::Native),
+        Err(native) => {
+            warn!(interface = ifname, error = %native, "native XDP attach failed; falling back to generic mode");
+            let id = prog.attach(ifname, XdpMode::Skb).with_context(|| format!("attaching XDP to {ifname}"))?;
+            (id, AttachMode::Generic)
+        }
+    };
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .context("this kernel attached XDP without a bpf_link (Linux 5.9 or later is needed)")?;
+    let path = link_pin(pin_dir, mode, ifname);
+    let pinned = link.pin(&path).with_context(|| format!("pinning the XDP link of {ifname} at {}", path.display()))?;
+    Ok((pinned.into(), mode))
+}
+
+/// One interface carrying one of the programs.
+struct Attachment {
+    ifname: String,
+    program: Program,
+    mode: AttachMode,
+    /// Our handle on the pinned link (the pin keeps it alive without us).
+    link: FdLink,
+}
+
 impl Program {
     /// The program's name in the object file.
     pub fn name(self) -> &'static str {
@@ -60,7 +134,9 @@ impl Program {
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    links: Vec<(String, Program, XdpLinkId)>,
+    links: Vec<Attachment>,
+    /// Links an earlier process pinned and this one has not claimed yet.
+    found: Vec<(String, AttachMode, PathBuf)>,
 }
 
 /// Slots of the Maglev map for tables of `table_size`.
@@ -91,7 +167,24 @@ impl Datapath {
             .context("the eBPF object has no next-stage map")?
             .try_into()?;
         next.set(NEXT_STAGE_ISOLATOR, &isolator_fd, 0).context("making the isolator the balancer's next stage")?;
-        Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new() })
+        let found = pinned_links(pin_dir);
+        Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new(), found })
+    }
+
+    /// Whether an earlier process left programs attached (pinned links).
+    pub fn found_running(&self) -> bool {
+        !self.found.is_empty()
+    }
+
+    /// Detaches what an earlier process attached and this one did not
+    /// claim (interfaces no longer configured).
+    pub fn release_unclaimed(&mut self) {
+        for (ifname, _, path) in self.found.drain(..) {
+            match fs::remove_file(&path) {
+                Ok(()) => info!(interface = %ifname, "detached (no longer configured)"),
+                Err(e) => warn!(interface = %ifname, error = %e, "removing a stale link pin failed"),
+            }
+        }
     }
 
     /// Where the maps are pinned.
@@ -99,28 +192,63 @@ impl Datapath {
         &self.pin_dir
     }
 
-    /// Attaches `which` to `ifname`, natively if the driver can, else
-    /// generically (with a warning: generic XDP runs after the skb is built).
-    pub fn attach(&mut self, ifname: &str, which: Program) -> Result<AttachMode> {
-        let prog = program(&mut self.ebpf, which)?;
-        let (id, mode) = match prog.attach(ifname, XdpMode::Driver) {
-            Ok(id) => (id, AttachMode::Native),
-            Err(native) => {
-                warn!(interface = ifname, error = %native, "native XDP attach failed; falling back to generic mode");
-                let id = prog
-                    .attach(ifname, XdpMode::Skb)
-                    .with_context(|| format!("attaching the {} to {ifname}", which.name()))?;
-                (id, AttachMode::Generic)
+    /// Puts `which` on `ifname`. A link pinned by an earlier process (or
+    /// this one, with another program) is adopted and its program replaced
+    /// atomically; otherwise a new link is attached and pinned. Returns the
+    /// mode and whether the interface already carried a program.
+    pub fn attach(&mut self, ifname: &str, which: Program) -> Result<(AttachMode, bool)> {
+        let existing = match self.links.iter().position(|a| a.ifname == ifname) {
+            Some(i) => {
+                let a = self.links.remove(i);
+                Some((a.mode, a.link, link_pin(&self.pin_dir, a.mode, ifname)))
             }
+            None => match self.found.iter().position(|(n, _, _)| n == ifname) {
+                Some(i) => {
+                    let (_, mode, path) = self.found.remove(i);
+                    match PinnedLink::from_pin(&path) {
+                        Ok(p) => Some((mode, p.into(), path)),
+                        Err(e) => {
+                            warn!(interface = ifname, error = %e, "a pinned link cannot be opened; attaching anew");
+                            let _ = fs::remove_file(&path);
+                            None
+                        }
+                    }
+                }
+                None => None,
+            },
         };
+        let prog = program(&mut self.ebpf, which)?;
+        if let Some((mode, link, path)) = existing {
+            match Self::replace(prog, link) {
+                Ok(link) => {
+                    info!(interface = ifname, mode = ?mode, program = which.name(), "program replaced on the running link");
+                    self.links.push(Attachment { ifname: ifname.to_owned(), program: which, mode, link });
+                    return Ok((mode, true));
+                }
+                Err(e) => {
+                    // A link whose interface is gone (or was re-created) is
+                    // defunct: attach a fresh one.
+                    warn!(interface = ifname, error = format!("{e:#}"), "the pinned link is defunct; attaching anew");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        let (link, mode) = attach_pinned(prog, ifname, &self.pin_dir)?;
         info!(interface = ifname, mode = ?mode, program = which.name(), "attached");
-        self.links.push((ifname.to_owned(), which, id));
-        Ok(mode)
+        self.links.push(Attachment { ifname: ifname.to_owned(), program: which, mode, link });
+        Ok((mode, false))
+    }
+
+    /// Swaps `prog` into `link` with `bpf_link_update`.
+    fn replace(prog: &mut Xdp, link: FdLink) -> Result<FdLink> {
+        let link = XdpLink::try_from(link).context("the pinned link is not an XDP link")?;
+        let id = prog.attach_to_link(link).context("bpf_link_update")?;
+        Ok(prog.take_link(id)?.try_into().context("the link stopped being a bpf_link")?)
     }
 
     /// The program attached to `ifname`, if any.
     pub fn attached(&self, ifname: &str) -> Option<Program> {
-        self.links.iter().find(|(n, _, _)| n == ifname).map(|(_, p, _)| *p)
+        self.links.iter().find(|a| a.ifname == ifname).map(|a| a.program)
     }
 
     /// Runs `which` `repeat` times over `frame` with `BPF_PROG_TEST_RUN` (as
@@ -158,28 +286,22 @@ impl Datapath {
 
     /// Detaches from one interface (no-op when not attached there).
     pub fn detach(&mut self, ifname: &str) {
-        let Some(pos) = self.links.iter().position(|(n, _, _)| n == ifname) else { return };
-        let (ifname, which, id) = self.links.remove(pos);
-        if let Ok(prog) = program(&mut self.ebpf, which) {
-            match prog.detach(id) {
-                Ok(()) => info!(interface = %ifname, program = which.name(), "detached"),
-                Err(e) => warn!(interface = %ifname, program = which.name(), error = %e, "detaching failed"),
-            }
+        let Some(pos) = self.links.iter().position(|a| a.ifname == ifname) else { return };
+        let a = self.links.remove(pos);
+        // The pin holds the link's other reference: with both gone the
+        // program comes off.
+        match fs::remove_file(link_pin(&self.pin_dir, a.mode, ifname)) {
+            Ok(()) => info!(interface = %ifname, program = a.program.name(), "detached"),
+            Err(e) => warn!(interface = %ifname, program = a.program.name(), error = %e, "unpinning the link failed"),
         }
     }
 
-    /// Detaches from every interface.
+    /// Detaches from every interface this process attached to.
     pub fn detach_all(&mut self) {
-        let names: Vec<String> = self.links.iter().map(|(n, _, _)| n.clone()).collect();
+        let names: Vec<String> = self.links.iter().map(|a| a.ifname.clone()).collect();
         for name in names {
             self.detach(&name);
         }
-    }
-}
-
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        self.detach_all();
     }
 }
 
@@ -225,8 +347,24 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes the pinned maps and the pin directory.
+/// Whether a link for `ifname` is pinned in `pin_dir`.
+pub fn has_pinned_link(pin_dir: &Path, ifname: &str) -> bool {
+    pinned_links(pin_dir).iter().any(|(n, _, _)| n == ifname)
+}
+
+/// Unpins every link in `pin_dir`: the programs come off their interfaces
+/// (unless a live process still holds a link).
+pub fn remove_link_pins(pin_dir: &Path) -> Result<()> {
+    for (_, _, path) in pinned_links(pin_dir) {
+        fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes every pin in `pin_dir` — links first, so no program runs on
+/// with half its maps unpinned — and the directory.
 pub fn remove_pins(pin_dir: &Path) -> Result<()> {
+    remove_link_pins(pin_dir)?;
     if !pin_dir.exists() {
         return Ok(());
     }

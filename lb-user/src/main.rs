@@ -17,8 +17,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the isolator, apply the config, and run until SIGINT/SIGTERM
+    /// Load the programs, apply the config, and run until SIGINT/SIGTERM
     /// (SIGHUP re-reads the config; a bad one keeps the running policy).
+    /// On exit the programs stay attached and the maps pinned, so a restart
+    /// or upgrade breaks no connection; `swarmlb down` removes them.
     Run {
         /// The TOML config file.
         #[arg(long, short)]
@@ -26,9 +28,6 @@ enum Command {
         /// Where the state file for `swarmlb status` goes.
         #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
-        /// Keep the pinned maps (and their counters) after exit.
-        #[arg(long)]
-        keep_pinned: bool,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -37,6 +36,15 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Take swarmlb's programs off every interface and remove the pinned
+    /// maps (flows, NAT state, counters). Refuses while `swarmlb run` runs.
+    Down {
+        /// The pin path of the config (`settings.pin_path`).
+        #[arg(long, default_value = lb_user::config::DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        runtime_dir: PathBuf,
     },
     /// Ask the running daemon to re-read its config (sends it SIGHUP).
     Reload {
@@ -100,10 +108,11 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, runtime_dir, keep_pinned, log_format } => {
+        Command::Run { config, runtime_dir, log_format } => {
             init_logging(log_format);
-            daemon::run(&config, &runtime_dir, keep_pinned)
+            daemon::run(&config, &runtime_dir)
         }
+        Command::Down { pin_path, runtime_dir } => daemon::down(&pin_path, &runtime_dir),
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
                 for w in cfg.warnings() {

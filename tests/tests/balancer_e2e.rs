@@ -461,3 +461,84 @@ fn health_checks_take_a_dead_proxy_out_and_bring_it_back() {
     assert!(r.daemon.output_so_far().contains("backend failed its health checks: out"), "the transition is logged");
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
+
+/// The id of the XDP program on `ifname` in `ns`.
+fn xdp_prog_id(ns: &Netns, ifname: &str) -> String {
+    let out = ns.exec(&["ip", "-d", "link", "show", "dev", ifname]).unwrap();
+    let at = out.find("prog/xdp id ").map(|i| i + "prog/xdp id ".len()).expect("a program is attached");
+    out[at..].split_whitespace().next().unwrap().to_owned()
+}
+
+/// Restarting the daemon — SIGTERM and start (an upgrade is the same with a
+/// new binary), or kill -9 and start — while 50 connections stream:
+/// nothing breaks, nothing moves, and requests keep being answered while no
+/// daemon runs at all. The restarted daemon's programs replace the old ones
+/// on the same links.
+#[test]
+fn restarts_break_no_connection() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    };
+    let workers = [(1, 1), (2, 1), (3, 1)];
+    let mut r = start("lbrst", 3, &config("nat", &workers));
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let mut s = Stream::open(&r.lab.client, IpAddr::V4(VIP_V4));
+            let (stop, answered) = (stop.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let mut failure = None;
+                while !stop.load(Ordering::Relaxed) && failure.is_none() {
+                    match s.ask() {
+                        Ok(w) if w == s.worker => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(w) => failure = Some(format!("moved from {} to {w}", s.worker)),
+                        Err(e) => failure = Some(format!("on {}: {e}", s.worker)),
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                failure
+            })
+        })
+        .collect();
+    // Requests answered within `window`: proves the streams are moving.
+    let progress = |what: &str, window: Duration| {
+        let before = answered.load(Ordering::Relaxed);
+        std::thread::sleep(window);
+        let n = answered.load(Ordering::Relaxed) - before;
+        println!("{what}: {n} requests answered in {window:?}");
+        assert!(n >= 50, "{what}: streams stalled ({n} answers)");
+    };
+    progress("before", Duration::from_secs(1));
+    let first_prog = xdp_prog_id(&r.lab.edge, "e-out");
+
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+    progress("no daemon (after SIGTERM)", Duration::from_secs(2));
+    r.daemon = r.inst.start(&r.lab.edge, &[]);
+    r.inst.wait_ready(&mut r.daemon);
+    assert!(r.daemon.output_so_far().contains("adopting the running data path"), "{}", r.daemon.output_so_far());
+    let second_prog = xdp_prog_id(&r.lab.edge, "e-out");
+    assert_ne!(first_prog, second_prog, "the restarted daemon's program runs");
+    progress("after restart", Duration::from_secs(1));
+
+    r.daemon.signal(libc::SIGKILL);
+    r.daemon.wait_timeout(Duration::from_secs(10)).expect("killed");
+    progress("no daemon (after kill -9)", Duration::from_secs(2));
+    r.daemon = r.inst.start(&r.lab.edge, &[]);
+    let pid = u64::from(r.daemon.pid());
+    wait_until(Duration::from_secs(20), || r.inst.status()["pid"].as_u64() == Some(pid), || r.daemon.output_so_far());
+    assert_ne!(xdp_prog_id(&r.lab.edge, "e-out"), second_prog);
+    progress("after restart from kill -9", Duration::from_secs(1));
+
+    stop.store(true, Ordering::Relaxed);
+    let broken: Vec<String> = threads.into_iter().filter_map(|t| t.join().unwrap()).collect();
+    println!("50 streams through SIGTERM + restart and kill -9 + restart: {} broken, {} requests answered", broken.len(), answered.load(Ordering::Relaxed));
+    assert!(broken.is_empty(), "broken streams: {broken:?}");
+    // New connections after all that still spread over every worker.
+    let seen: std::collections::BTreeSet<String> = (0..60).map(|_| who(&r.lab.client, IpAddr::V4(VIP_V4))).collect();
+    assert_eq!(seen.len(), 3, "new connections reach every worker: {seen:?}");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}

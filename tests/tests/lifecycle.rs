@@ -1,6 +1,7 @@
 //! The daemon's life: refusing bad configs without touching anything,
 //! attaching, reloading on SIGHUP (and keeping the running policy when the
-//! new config is broken), and leaving no program and no pins behind.
+//! new config is broken), leaving the data path running when it stops, and
+//! `swarmlb down` leaving no program and no pins behind.
 
 mod common;
 
@@ -67,8 +68,11 @@ fn check_command_validates() {
     assert!(err.contains("zone.dmz.allow") && err.contains(":2:"), "{err}");
 }
 
+/// Stopping the daemon leaves the data path running (that is what makes
+/// restarts and upgrades hitless); the next daemon adopts it, and only
+/// `swarmlb down` takes it away.
 #[test]
-fn stop_detaches_and_unpins_unless_asked_to_keep() {
+fn stop_leaves_the_data_path_and_down_removes_it() {
     let (_topo, host, _peer) = one_iface("life");
     let inst = Instance::new("life", GOOD);
 
@@ -97,19 +101,32 @@ fn stop_detaches_and_unpins_unless_asked_to_keep() {
     for want in ["dmz0", "native", "zone dmz", "tcp/5432", "protected_port"] {
         assert!(table.contains(want), "status table lacks {want}:\n{table}");
     }
+    // `down` refuses while the daemon runs.
+    let down = inst.down();
+    assert!(!down.status.success() && String::from_utf8_lossy(&down.stderr).contains("another swarmlb is running"));
+    assert!(xdp_attached(&host, "dmz0"));
+
     stop_cleanly(&mut child, libc::SIGTERM);
-    assert!(!xdp_attached(&host, "dmz0"), "program left on the interface");
-    assert!(!inst.pin_path.exists(), "pins left behind");
+    assert!(child.output_so_far().contains("the data path keeps running"), "{}", child.output_so_far());
+    assert!(xdp_attached(&host, "dmz0"), "the program stays on the interface");
+    assert!(inst.pin_path.join("PROTECTED_PORTS").exists() && inst.pin_path.join("xdp-native-dmz0").exists());
     let status = Command::new(swarmlb_bin()).arg("status").arg("--runtime-dir").arg(&inst.runtime_dir).output().unwrap();
     assert!(!status.status.success(), "status without a daemon must fail");
     assert!(String::from_utf8_lossy(&status.stderr).contains("is `swarmlb run` running"));
 
-    // SIGINT with --keep-pinned: detached, maps (and counters) kept.
-    let mut child = inst.start(&host, &["--keep-pinned"]);
+    // The next daemon swaps its program into the running link.
+    let mut child = inst.start(&host, &[]);
     inst.wait_ready(&mut child);
+    assert!(child.output_so_far().contains("adopting the running data path"), "{}", child.output_so_far());
+    assert!(child.output_so_far().contains("program replaced on the running link"), "{}", child.output_so_far());
+    assert_eq!(inst.status()["interfaces"][0]["bound"], true);
     stop_cleanly(&mut child, libc::SIGINT);
-    assert!(!xdp_attached(&host, "dmz0"));
-    assert!(inst.pin_path.join("COUNTERS").exists(), "pins kept");
+    assert!(xdp_attached(&host, "dmz0"));
+
+    let down = inst.down();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(!xdp_attached(&host, "dmz0"), "down takes the program off");
+    assert!(!inst.pin_path.exists(), "down removes the pins");
 }
 
 #[test]
@@ -176,11 +193,12 @@ fn restart_after_kill_adopts_the_pinned_maps() {
     assert!(ports.iter().all(|k| u64::from(k.slot) == slot));
     drop(maps);
     stop_cleanly(&mut child, libc::SIGTERM);
+    assert!(inst.down().status.success());
     assert!(!inst.pin_path.exists());
 }
 
 /// A device without native XDP (a bridge) gets the generic hook, with a
-/// warning, and loses it again on stop.
+/// warning; a restart adopts it as generic, and `down` takes it off.
 #[test]
 fn falls_back_to_generic_xdp_with_a_warning() {
     harness::require_root().unwrap();
@@ -195,6 +213,12 @@ fn falls_back_to_generic_xdp_with_a_warning() {
     assert!(child.output_so_far().contains("falling back to generic mode"), "{}", child.output_so_far());
     assert!(xdp_attached(&host, "br0"));
     stop_cleanly(&mut child, libc::SIGTERM);
+    let mut child = inst.start(&host, &[]);
+    inst.wait_ready(&mut child);
+    assert_eq!(inst.status()["interfaces"][0]["mode"], "generic");
+    stop_cleanly(&mut child, libc::SIGTERM);
+    assert!(xdp_attached(&host, "br0"));
+    assert!(inst.down().status.success());
     assert!(!xdp_attached(&host, "br0"));
 }
 
@@ -226,5 +250,6 @@ fn reload_attaches_and_detaches_interfaces() {
     assert!(xdp_attached(&host, "dmz1"));
     assert_eq!(inst.status()["interfaces"][0]["bound"], true);
     stop_cleanly(&mut child, libc::SIGTERM);
+    assert!(inst.down().status.success());
     assert!(!xdp_attached(&host, "dmz1"));
 }

@@ -204,7 +204,9 @@ fn balancer_demo() -> Result<()> {
     })();
     daemon.signal(libc::SIGTERM);
     let stopped = daemon.wait_timeout(Duration::from_secs(10));
-    println!("-- swarmlb stopped ({}); pins {}", stopped.map_or("still running?".into(), |s| s.to_string()), if Path::new(&pin).exists() { "left" } else { "removed" });
+    println!("-- swarmlb stopped ({}); the data path keeps running until `swarmlb down`", stopped.map_or("still running?".into(), |s| s.to_string()));
+    let down = swarmlb(&["down", "--pin-path", &pin, "--runtime-dir", runtime.to_str().unwrap()]);
+    println!("-- swarmlb down: {}", down.as_ref().map_or_else(|e| format!("{e:#}"), |o| o.trim().to_owned()));
     let _ = std::fs::remove_dir_all(&dir);
     result.context("balancer demo")
 }
@@ -286,6 +288,7 @@ fn isolator_demo() -> Result<()> {
     })();
     daemon.signal(libc::SIGTERM);
     let stopped = daemon.wait_timeout(Duration::from_secs(10));
+    let down = swarmlb(&["down", "--pin-path", &pin, "--runtime-dir", runtime.to_str().unwrap()]);
     let log = daemon.output_so_far();
     let sampled: Vec<&str> = log.lines().filter(|l| l.contains("dropped a packet")).take(3).collect();
     if !sampled.is_empty() {
@@ -293,8 +296,9 @@ fn isolator_demo() -> Result<()> {
     }
     let attached = host.exec(&["ip", "link", "show", "dev", "dmz0"]).unwrap_or_default().contains("xdp");
     println!(
-        "-- swarmlb stopped ({}); dmz0 has {}XDP program; pins {}",
+        "-- swarmlb stopped ({}), then `swarmlb down` ({}); dmz0 has {}XDP program; pins {}",
         stopped.map_or("still running?".into(), |s| s.to_string()),
+        if down.is_ok() { "ok" } else { "failed" },
         if attached { "an " } else { "no " },
         if Path::new(&pin).exists() { "left" } else { "removed" }
     );

@@ -70,6 +70,18 @@ impl Instance {
         }
     }
 
+    /// `swarmlb down`: detaches the programs and removes the pins.
+    pub fn down(&self) -> std::process::Output {
+        Command::new(swarmlb_bin())
+            .arg("down")
+            .arg("--pin-path")
+            .arg(&self.pin_path)
+            .arg("--runtime-dir")
+            .arg(&self.runtime_dir)
+            .output()
+            .unwrap()
+    }
+
     /// `swarmlb status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
         let out = Command::new(swarmlb_bin())
