@@ -22,7 +22,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod balancer;
+mod swarm;
 pub use balancer::{BackendConfig, BalancerConfig, ForwardMode, HealthCheck, HealthProtocol, Rule, VipConfig, DEFAULT_SNAT_PORTS};
+pub use swarm::{SwarmAdditions, SwarmConfig};
 
 /// Where the maps are pinned unless `[settings].pin_path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/swarmlb";
@@ -68,6 +70,7 @@ struct RawConfig {
     balancer: Option<balancer::RawBalancer>,
     #[serde(default)]
     vip: Vec<balancer::RawVip>,
+    swarm: Option<swarm::RawSwarm>,
 }
 
 /// `None` when `name` can be an interface name, else why not.
@@ -119,6 +122,14 @@ pub enum Cidr {
 }
 
 impl Cidr {
+    /// The host prefix of `a` (/32 or /128).
+    pub fn host(a: IpAddr) -> Self {
+        match a {
+            IpAddr::V4(a) => Cidr::V4(a.octets(), 32),
+            IpAddr::V6(a) => Cidr::V6(a.octets(), 128),
+        }
+    }
+
     /// Parses `ADDR/LEN` or a bare address (a host prefix).
     pub fn parse(s: &str) -> Result<Self, String> {
         let (addr, len) = match s.split_once('/') {
@@ -252,6 +263,7 @@ pub struct Config {
     pin_path: PathBuf,
     drop_event_interval_ns: u64,
     balancer: Option<BalancerConfig>,
+    swarm: Option<SwarmConfig>,
     warnings: Vec<String>,
 }
 
@@ -349,7 +361,8 @@ impl Config {
         }
 
         let mut warnings = Vec::new();
-        let balancer = balancer::parse(&loc, raw.balancer.as_ref(), &raw.vip, &mut warnings)?;
+        let swarm = swarm::parse(&loc, raw.swarm.as_ref())?;
+        let balancer = balancer::parse(&loc, raw.balancer.as_ref(), &raw.vip, swarm.is_some(), &mut warnings)?;
         let cfg = Config {
             interfaces,
             zones,
@@ -357,6 +370,7 @@ impl Config {
             pin_path,
             drop_event_interval_ns: interval_ms * 1_000_000,
             balancer,
+            swarm,
             warnings,
         };
         cfg.check_capacity(&loc)?;
@@ -390,13 +404,18 @@ impl Config {
             if !self.interfaces.iter().any(|i| &i.zone == name) {
                 self.warnings.push(format!("zone {name} has no interface: its policy is not applied"));
             }
-            if z.swarm_ports && self.nodes.is_empty() && self.interfaces.iter().any(|i| &i.zone == name) {
+            if z.swarm_ports && self.nodes.is_empty() && self.swarm.is_none() && self.interfaces.iter().any(|i| &i.zone == name) {
                 self.warnings.push(format!(
                     "zone {name} protects Swarm's ports but [cluster].nodes is empty: no node can reach 2377/7946/4789 through it"
                 ));
             }
         }
         self
+    }
+
+    /// Where the Swarm is (`None` without `[swarm]`: static config only).
+    pub fn swarm(&self) -> Option<&SwarmConfig> {
+        self.swarm.as_ref()
     }
 
     /// The load balancer's settings and VIPs (`None` without `[balancer]`).

@@ -20,6 +20,7 @@ use lb_user::{
     health::HealthChecks,
     policy,
     state::{port_ranges, DaemonState, InstanceLock, InterfaceState, ZoneState},
+    swarm::follow::SwarmFollower,
     sweep,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -188,6 +189,17 @@ pub fn describe(cfg: &Config) -> String {
             z.sources_v6.len()
         );
     }
+    if let Some(s) = cfg.swarm() {
+        let _ = writeln!(
+            out,
+            "swarm: {} (resync every {} s); node labels: zone {:?}, address {:?}, weight {:?}",
+            s.docker_host.as_deref().unwrap_or("DOCKER_HOST or unix:///var/run/docker.sock"),
+            s.resync_interval.as_secs(),
+            s.zone_label,
+            s.address_label,
+            s.weight_label
+        );
+    }
     if let Some(b) = cfg.balancer() {
         let _ = writeln!(
             out,
@@ -204,7 +216,10 @@ pub fn describe(cfg: &Config) -> String {
                 .iter()
                 .map(|r| format!("{}/{}→{}", if r.proto == lb_common::wire::IPPROTO_TCP { "tcp" } else { "udp" }, r.port, r.target_port))
                 .collect();
-            let backends: Vec<String> = v.backends.iter().map(|b| format!("{} (weight {})", b.address, b.weight)).collect();
+            let mut backends: Vec<String> = v.backends.iter().map(|b| format!("{} (weight {})", b.address, b.weight)).collect();
+            if let Some(sel) = &v.backends_from {
+                backends.push(format!("Swarm nodes matching {sel}"));
+            }
             let _ = writeln!(out, "vip {} {} ({}): {}; backends {}", v.name, v.address, v.mode, rules.join(", "), if backends.is_empty() { "none".into() } else { backends.join(", ") });
         }
     }
@@ -235,8 +250,12 @@ struct Daemon {
     lb_writer: BalancerWriter,
     attached: HashMap<String, (Program, AttachMode)>,
     health: HealthChecks,
-    /// The config in force (re-applied when a backend's health changes).
-    config: Option<Config>,
+    swarm: SwarmFollower,
+    /// The config file's contents in force (re-applied, with the Swarm's
+    /// additions, when a backend's health or the Swarm changes).
+    file_config: Option<Config>,
+    /// The state file's contents, as last written.
+    state: Option<DaemonState>,
 }
 
 impl Daemon {
@@ -247,9 +266,12 @@ impl Daemon {
         }
     }
 
-    /// Applies `cfg`: attach to new interfaces, write the policy, detach from
-    /// interfaces no longer configured. On error the old policy stays.
-    fn apply(&mut self, cfg: &Config, config_path: &Path, runtime_dir: &Path) -> Result<()> {
+    /// Applies the config file's `file_cfg` with what the Swarm adds to it:
+    /// attach to new interfaces, write the policy and the balancer's maps,
+    /// detach from interfaces no longer configured. On error the old policy
+    /// stays.
+    fn apply(&mut self, file_cfg: &Config, config_path: &Path, runtime_dir: &Path) -> Result<()> {
+        let cfg = &file_cfg.with_swarm(&self.swarm.additions_for(file_cfg));
         let ifx = ifindexes(cfg)?;
         let compiled = cfg.compile();
         warn_ephemeral_overlap(&compiled);
@@ -322,8 +344,8 @@ impl Daemon {
                 .collect(),
             zones: zone_states(cfg, &compiled, &applied),
             vips,
+            swarm: None,
         };
-        state.write(runtime_dir)?;
         if cfg.balancer().is_none() {
             self.health.follow(None);
         }
@@ -335,8 +357,26 @@ impl Daemon {
             up = state.vips.iter().flat_map(|v| &v.backends).filter(|b| b.up).count(),
             "config applied"
         );
-        self.config = Some(cfg.clone());
-        Ok(())
+        self.swarm.follow(file_cfg);
+        self.file_config = Some(file_cfg.clone());
+        self.state = Some(state);
+        self.write_state(runtime_dir)
+    }
+
+    /// Applies the config in force again (health or Swarm changed).
+    fn reapply(&mut self, why: &str, config_path: &Path, runtime_dir: &Path) {
+        if let Some(current) = self.file_config.clone() {
+            if let Err(e) = self.apply(&current, config_path, runtime_dir) {
+                error!(error = format!("{e:#}"), "applying a {why} change failed; the running state stays");
+            }
+        }
+    }
+
+    /// Writes the state file with the current Swarm sync state.
+    fn write_state(&mut self, runtime_dir: &Path) -> Result<()> {
+        let Some(state) = self.state.as_mut() else { return Ok(()) };
+        state.swarm = self.swarm.sync().cloned();
+        state.write(runtime_dir)
     }
 }
 
@@ -392,7 +432,19 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     let _runtime = rt.enter();
     let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
     let health = HealthChecks::new(health_tx);
-    let mut daemon = Daemon { datapath, maps, lb_maps, lb_writer, attached: HashMap::new(), health, config: None };
+    let (swarm_tx, mut swarm_rx) = tokio::sync::mpsc::unbounded_channel();
+    let swarm = SwarmFollower::new(swarm_tx, runtime_dir);
+    let mut daemon = Daemon {
+        datapath,
+        maps,
+        lb_maps,
+        lb_writer,
+        attached: HashMap::new(),
+        health,
+        swarm,
+        file_config: None,
+        state: None,
+    };
     let was_running = daemon.datapath.found_running();
     if was_running {
         info!(pin_path = %pin_dir.display(), "adopting the running data path");
@@ -431,10 +483,17 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                 Some(()) = health_rx.recv() => {
                     // Several transitions at once make one apply.
                     while health_rx.try_recv().is_ok() {}
-                    if let Some(current) = daemon.config.clone() {
-                        if let Err(e) = daemon.apply(&current, config_path, runtime_dir) {
-                            error!(error = format!("{e:#}"), "applying a health change failed");
-                        }
+                    daemon.reapply("health", config_path, runtime_dir);
+                }
+                Some(update) = swarm_rx.recv() => {
+                    let changed = match daemon.file_config.clone() {
+                        Some(current) => daemon.swarm.update(update, &current),
+                        None => false,
+                    };
+                    if changed {
+                        daemon.reapply("Swarm", config_path, runtime_dir);
+                    } else if let Err(e) = daemon.write_state(runtime_dir) {
+                        warn!(error = format!("{e:#}"), "writing the state file failed");
                     }
                 }
                 _ = term.recv() => { info!("SIGTERM: shutting down"); break; }

@@ -14,6 +14,7 @@ pub mod maps;
 pub mod policy;
 pub mod state;
 pub mod status;
+pub mod swarm;
 pub mod sweep;
 
 /// The eBPF object (all of swarmlb's XDP programs), 8-byte aligned as the

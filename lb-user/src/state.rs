@@ -26,6 +26,9 @@ pub struct DaemonState {
     /// The balancer's VIPs as applied (empty without `[[vip]]`).
     #[serde(default)]
     pub vips: Vec<AppliedVip>,
+    /// How the sync with the Swarm is going (`None` without `[swarm]`).
+    #[serde(default)]
+    pub swarm: Option<crate::swarm::follow::SwarmSync>,
 }
 
 /// One interface carrying one of swarmlb's programs.

@@ -37,6 +37,8 @@ pub struct StatusReport {
     /// Flows remembered, and NAT entries held.
     pub flows: usize,
     pub nat_entries: usize,
+    /// How the sync with the Swarm is going (`None` without `[swarm]`).
+    pub swarm: Option<crate::swarm::follow::SwarmSync>,
 }
 
 /// One VIP: its rules and backends with their traffic.
@@ -161,6 +163,7 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
         balancer,
         flows,
         nat_entries,
+        swarm: state.swarm,
     })
 }
 
@@ -195,6 +198,27 @@ pub fn render_table(r: &StatusReport) -> String {
     let mut out = String::new();
     let running = if r.daemon_running { "running" } else { "NOT RUNNING" };
     let _ = writeln!(out, "swarmlb  pid {} ({running})  maps {}", r.pid, r.pin_path);
+    if let Some(s) = &r.swarm {
+        let age = s.last_sync.map_or("never".into(), |t| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            format!("{:.1} s ago", (now - t).max(0.0))
+        });
+        let _ = writeln!(
+            out,
+            "swarm    {}  last sync {age}  {} nodes  {} services  {} syncs  {} failures",
+            if s.connected { "connected" } else { "DISCONNECTED (serving the last good state)" },
+            s.nodes,
+            s.services,
+            s.syncs,
+            s.failures
+        );
+        if let Some(e) = s.last_error.as_ref().filter(|_| !s.connected) {
+            let _ = writeln!(out, "         last error: {e}");
+        }
+        for n in &s.notes {
+            let _ = writeln!(out, "         skipped: {n}");
+        }
+    }
     for v in &r.vips {
         let _ = writeln!(out, "\nVIP {} {} ({})", v.name, v.address, v.mode);
         let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10}", "RULE", "PACKETS", "BYTES", "NEW FLOWS");

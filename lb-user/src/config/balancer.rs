@@ -17,6 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{check_interface_name, ConfigError, Locator};
+use crate::swarm::selector::NodeSelector;
 
 /// How a VIP forwards to its backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -90,6 +91,8 @@ pub struct VipConfig {
     pub mode: ForwardMode,
     pub rules: Vec<Rule>,
     pub backends: Vec<BackendConfig>,
+    /// Swarm nodes that are backends too (`backends_from`).
+    pub backends_from: Option<NodeSelector>,
     pub health: HealthCheck,
 }
 
@@ -138,6 +141,7 @@ pub(super) struct RawVip {
     rules: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     backends: Vec<Spanned<RawBackend>>,
+    backends_from: Option<Spanned<String>>,
     health_check: Option<Spanned<RawHealth>>,
 }
 
@@ -192,6 +196,7 @@ pub(super) fn parse(
     loc: &Locator,
     raw: Option<&RawBalancer>,
     vips: &[RawVip],
+    have_swarm: bool,
     warnings: &mut Vec<String>,
 ) -> Result<Option<BalancerConfig>, ConfigError> {
     let Some(b) = raw else {
@@ -265,6 +270,9 @@ pub(super) fn parse(
     let mut services = BTreeSet::new();
     for (i, v) in vips.iter().enumerate() {
         let vip = parse_vip(loc, i, v, table_size)?;
+        if let (Some(sel), false) = (&v.backends_from, have_swarm) {
+            return Err(loc.at(sel.span(), format!("vip[{i}].backends_from: needs a [swarm] section (where the Docker API is)")));
+        }
         if !names.insert(vip.name.clone()) {
             let span = v.name.as_ref().map_or(v.address.span(), Spanned::span);
             return Err(loc.at(span, format!("vip[{i}].name = {:?}: another vip has this name", vip.name)));
@@ -277,7 +285,7 @@ pub(super) fn parse(
                 ));
             }
         }
-        if !vip.backends.iter().any(|b| b.weight > 0) {
+        if vip.backends_from.is_none() && !vip.backends.iter().any(|b| b.weight > 0) {
             warnings.push(format!("vip {} has no backend with weight > 0: new connections are dropped", vip.name));
         }
         out.push(vip);
@@ -360,8 +368,14 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
         let weight = in_range(weight, 0, 65_535, "weight").map_err(|m| loc.at(b.span(), format!("{key}.weight: {m}")))?;
         backends.push(BackendConfig { address: a, weight: weight as u32 });
     }
+    let backends_from = match &v.backends_from {
+        Some(sel) => Some(
+            NodeSelector::parse(sel.get_ref()).map_err(|m| loc.at(sel.span(), format!("vip[{i}].backends_from = {:?}: {m}", sel.get_ref())))?,
+        ),
+        None => None,
+    };
     let health = parse_health(loc, i, v.health_check.as_ref(), rules[0].target_port)?;
-    Ok(VipConfig { name, address, mode, rules, backends, health })
+    Ok(VipConfig { name, address, mode, rules, backends, backends_from, health })
 }
 
 fn parse_health(loc: &Locator, i: usize, raw: Option<&Spanned<RawHealth>>, default_port: u16) -> Result<HealthCheck, ConfigError> {

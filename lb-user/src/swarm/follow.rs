@@ -1,0 +1,184 @@
+//! The daemon's side of the Swarm source: the last good view, what it adds
+//! to the config, and how the sync is going (for logs, status and metrics).
+//!
+//! The last good view is saved in the runtime dir, so a restarted daemon
+//! (also after `kill -9`) applies the same backends before it has talked to
+//! dockerd: a restart never shrinks the backend set.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
+use tracing::{error, info, warn};
+
+use super::{mapping, source::SwarmUpdate, view::SwarmView};
+use crate::config::{Config, SwarmAdditions, SwarmConfig};
+
+/// How the sync with the Swarm is going.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwarmSync {
+    /// The last attempt reached the API.
+    pub connected: bool,
+    /// Unix time (seconds) of the last complete view.
+    pub last_sync: Option<f64>,
+    /// Complete views received.
+    pub syncs: u64,
+    /// Failed connections, lists and unusable views.
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// Nodes and services in the last good view.
+    pub nodes: usize,
+    pub services: usize,
+    /// What the mapping skipped, in words.
+    pub notes: Vec<String>,
+}
+
+/// The Swarm as the daemon knows it.
+pub struct SwarmFollower {
+    updates: UnboundedSender<SwarmUpdate>,
+    task: Option<(SwarmConfig, JoinHandle<()>)>,
+    saved: PathBuf,
+    view: Option<SwarmView>,
+    additions: SwarmAdditions,
+    sync: SwarmSync,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl SwarmFollower {
+    /// Sends the source's updates to `updates`; the last good view is
+    /// read from (and saved to) `runtime_dir`.
+    pub fn new(updates: UnboundedSender<SwarmUpdate>, runtime_dir: &Path) -> Self {
+        let saved = runtime_dir.join("swarm-view.json");
+        let view = fs::read(&saved).ok().and_then(|b| serde_json::from_slice::<SwarmView>(&b).ok());
+        if view.is_some() {
+            info!(path = %saved.display(), "using the saved Swarm view until dockerd answers");
+        }
+        Self { updates, task: None, saved, view, additions: SwarmAdditions::default(), sync: SwarmSync::default() }
+    }
+
+    /// What the Swarm would add to `cfg` (a config about to be applied);
+    /// changes nothing.
+    pub fn additions_for(&self, cfg: &Config) -> SwarmAdditions {
+        match (cfg.swarm(), &self.view) {
+            (Some(sc), Some(view)) => {
+                mapping::map(cfg, sc, view, Some(&self.additions)).map_or_else(|_| self.additions.clone(), |m| m.additions)
+            }
+            _ => SwarmAdditions::default(),
+        }
+    }
+
+    /// Starts, restarts or stops the source for `cfg`'s `[swarm]` (the
+    /// config just applied), and maps the view for it.
+    pub fn follow(&mut self, cfg: &Config) {
+        let wanted = cfg.swarm().cloned();
+        if self.task.as_ref().map(|(c, _)| c) != wanted.as_ref() {
+            if let Some((_, t)) = self.task.take() {
+                t.abort();
+            }
+            if let Some(sc) = wanted {
+                let tx = self.updates.clone();
+                let task = tokio::spawn(super::source::run(sc.clone(), tx));
+                self.task = Some((sc, task));
+            } else {
+                self.view = None;
+                self.sync = SwarmSync::default();
+            }
+        }
+        self.remap(cfg);
+    }
+
+    fn remap(&mut self, cfg: &Config) -> bool {
+        let (Some(sc), Some(view)) = (cfg.swarm(), &self.view) else {
+            let changed = self.additions != SwarmAdditions::default();
+            self.additions = SwarmAdditions::default();
+            return changed;
+        };
+        match mapping::map(cfg, sc, view, Some(&self.additions)) {
+            Ok(m) => {
+                let notes: Vec<String> = m.notes.into_iter().collect();
+                for n in notes.iter().filter(|n| !self.sync.notes.contains(n)) {
+                    warn!("swarm: {n}");
+                }
+                self.sync.notes = notes;
+                let changed = m.additions != self.additions;
+                self.additions = m.additions;
+                changed
+            }
+            Err(e) => {
+                self.sync.failures += 1;
+                self.sync.last_error = Some(e.clone());
+                error!(error = %e, "the Swarm's view is unusable; keeping the last good one");
+                false
+            }
+        }
+    }
+
+    /// Takes in one update from the source; returns whether the additions
+    /// changed (the config must be re-applied).
+    pub fn update(&mut self, update: SwarmUpdate, cfg: &Config) -> bool {
+        match update {
+            SwarmUpdate::View(view) => {
+                if !self.sync.connected {
+                    info!(nodes = view.nodes.len(), services = view.services.len(), "in sync with the Swarm");
+                }
+                self.sync.connected = true;
+                if view.nodes.is_empty() {
+                    self.sync.failures += 1;
+                    self.sync.last_error = Some("the Swarm reported no nodes".into());
+                    error!("the Swarm reported no nodes; keeping the last good view");
+                    return false;
+                }
+                self.sync.last_sync = Some(now());
+                self.sync.syncs += 1;
+                self.sync.nodes = view.nodes.len();
+                self.sync.services = view.services.len();
+                if self.view.as_ref() == Some(&view) {
+                    return false;
+                }
+                if let Ok(bytes) = serde_json::to_vec(&view) {
+                    let tmp = self.saved.with_extension("json.tmp");
+                    if fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, &self.saved)).is_err() {
+                        warn!(path = %self.saved.display(), "saving the Swarm view failed");
+                    }
+                }
+                self.view = Some(view);
+                self.remap(cfg)
+            }
+            SwarmUpdate::Lost(e) => {
+                if self.sync.connected || self.sync.failures == 0 {
+                    error!(error = %e, "lost the Swarm; serving the last good state and retrying");
+                }
+                self.sync.connected = false;
+                self.sync.failures += 1;
+                self.sync.last_error = Some(e);
+                false
+            }
+        }
+    }
+
+    /// What the Swarm adds to the config now.
+    pub fn additions(&self) -> &SwarmAdditions {
+        &self.additions
+    }
+
+    /// The sync state (`None` without `[swarm]`).
+    pub fn sync(&self) -> Option<&SwarmSync> {
+        self.task.as_ref().map(|_| &self.sync)
+    }
+}
+
+impl Drop for SwarmFollower {
+    fn drop(&mut self) {
+        if let Some((_, t)) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+

@@ -1,0 +1,108 @@
+//! What swarmlb reads of the Swarm: nodes and services, reduced to the
+//! fields the mapping needs.
+
+use std::collections::BTreeMap;
+
+use bollard::models::{EndpointPortConfig, Node, Service};
+use serde::{Deserialize, Serialize};
+
+/// One Swarm node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub hostname: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// Status.State is `ready`.
+    pub ready: bool,
+    /// Spec.Availability: `active`, `pause` or `drain`.
+    pub availability: String,
+    /// Status.Addr (may be empty or `0.0.0.0`).
+    pub addr: String,
+    /// ManagerStatus.Addr (`host:port`), managers only.
+    pub manager_addr: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A published port of a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// 0 when not (yet) assigned.
+    pub published: u32,
+    /// `ingress` or `host`.
+    pub mode: String,
+}
+
+/// One Swarm service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub id: String,
+    pub name: String,
+    /// Placement constraints, as written (`node.labels.zone==intra`).
+    pub constraints: Vec<String>,
+    pub ports: Vec<PortInfo>,
+}
+
+/// The Swarm at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmView {
+    pub nodes: Vec<NodeInfo>,
+    pub services: Vec<ServiceInfo>,
+}
+
+impl NodeInfo {
+    /// From the Engine API's node.
+    pub fn from_api(n: &Node) -> Self {
+        let spec = n.spec.as_ref();
+        let status = n.status.as_ref();
+        Self {
+            id: n.id.clone().unwrap_or_default(),
+            hostname: n.description.as_ref().and_then(|d| d.hostname.clone()).unwrap_or_default(),
+            role: spec.and_then(|s| s.role).map(|r| r.to_string()).unwrap_or_default(),
+            ready: status.and_then(|s| s.state).is_some_and(|s| s.to_string() == "ready"),
+            availability: spec.and_then(|s| s.availability).map(|a| a.to_string()).unwrap_or_default(),
+            addr: status.and_then(|s| s.addr.clone()).unwrap_or_default(),
+            manager_addr: n.manager_status.as_ref().and_then(|m| m.addr.clone()),
+            labels: spec.and_then(|s| s.labels.clone()).unwrap_or_default().into_iter().collect(),
+        }
+    }
+}
+
+fn port(p: &EndpointPortConfig) -> PortInfo {
+    PortInfo {
+        protocol: p.protocol.map(|x| x.to_string()).unwrap_or_else(|| "tcp".into()),
+        published: p.published_port.and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+        mode: p.publish_mode.map(|m| m.to_string()).unwrap_or_else(|| "ingress".into()),
+    }
+}
+
+impl ServiceInfo {
+    /// From the Engine API's service: the spec's ports and the ports Swarm
+    /// assigned (an ingress port given without a number gets one).
+    pub fn from_api(s: &Service) -> Self {
+        let spec = s.spec.as_ref();
+        let mut ports: Vec<PortInfo> = spec
+            .and_then(|s| s.endpoint_spec.as_ref())
+            .and_then(|e| e.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .chain(s.endpoint.as_ref().and_then(|e| e.ports.as_ref()).into_iter().flatten())
+            .map(port)
+            .filter(|p| p.published != 0)
+            .collect();
+        ports.sort();
+        ports.dedup();
+        Self {
+            id: s.id.clone().unwrap_or_default(),
+            name: spec.and_then(|s| s.name.clone()).unwrap_or_default(),
+            constraints: spec
+                .and_then(|s| s.task_template.as_ref())
+                .and_then(|t| t.placement.as_ref())
+                .and_then(|p| p.constraints.clone())
+                .unwrap_or_default(),
+            ports,
+        }
+    }
+}
