@@ -28,6 +28,9 @@ pub use swarm::{SwarmAdditions, SwarmConfig};
 
 /// Where the maps are pinned unless `[settings].pin_path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/swarmlb";
+/// Where the Prometheus endpoint listens unless `[settings].metrics_listen`
+/// says otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9469";
 /// Default minimum time between two sampled drop events per CPU.
 pub const DEFAULT_DROP_EVENT_INTERVAL_MS: u64 = 100;
 
@@ -112,6 +115,7 @@ struct RawCluster {
 struct RawSettings {
     pin_path: Option<Spanned<String>>,
     drop_event_interval_ms: Option<Spanned<u64>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 /// An IPv4 or IPv6 prefix with no host bits set.
@@ -262,6 +266,7 @@ pub struct Config {
     nodes: Vec<Cidr>,
     pin_path: PathBuf,
     drop_event_interval_ns: u64,
+    metrics_listen: Option<std::net::SocketAddr>,
     balancer: Option<BalancerConfig>,
     swarm: Option<SwarmConfig>,
     warnings: Vec<String>,
@@ -353,6 +358,13 @@ impl Config {
             }
             pin_path = PathBuf::from(p.get_ref());
         }
+        let metrics_listen = match &raw.settings.metrics_listen {
+            None => Some(DEFAULT_METRICS_LISTEN.parse().expect("a socket address")),
+            Some(v) if v.get_ref().is_empty() => None,
+            Some(v) => Some(v.get_ref().parse().map_err(|_| {
+                loc.at(v.span(), format!("settings.metrics_listen = {:?}: expected ADDRESS:PORT (\"\" turns metrics off)", v.get_ref()))
+            })?),
+        };
         let interval_ms = raw.settings.drop_event_interval_ms.as_ref().map_or(DEFAULT_DROP_EVENT_INTERVAL_MS, |v| *v.get_ref());
         if let Some(v) = &raw.settings.drop_event_interval_ms {
             if *v.get_ref() > 3_600_000 {
@@ -369,6 +381,7 @@ impl Config {
             nodes,
             pin_path,
             drop_event_interval_ns: interval_ms * 1_000_000,
+            metrics_listen,
             balancer,
             swarm,
             warnings,
@@ -434,6 +447,11 @@ impl Config {
     pub fn pin_path(&self) -> &Path {
         &self.pin_path
     }
+    /// Where the Prometheus endpoint listens (`None`: off).
+    pub fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listen
+    }
+
     pub fn drop_event_interval_ns(&self) -> u64 {
         self.drop_event_interval_ns
     }

@@ -19,7 +19,7 @@ use lb_user::{
     maps::{BalancerMaps, IsolatorMaps},
     health::HealthChecks,
     policy,
-    state::{port_ranges, DaemonState, InstanceLock, InterfaceState, ZoneState},
+    state::{port_ranges, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
     swarm::follow::SwarmFollower,
     sweep,
 };
@@ -345,6 +345,7 @@ impl Daemon {
             zones: zone_states(cfg, &compiled, &applied),
             vips,
             swarm: None,
+            health_transitions: Vec::new(),
         };
         if cfg.balancer().is_none() {
             self.health.follow(None);
@@ -376,6 +377,12 @@ impl Daemon {
     fn write_state(&mut self, runtime_dir: &Path) -> Result<()> {
         let Some(state) = self.state.as_mut() else { return Ok(()) };
         state.swarm = self.swarm.sync().cloned();
+        state.health_transitions = state
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+            .map(|(v, b)| HealthTransitions { vip: v.name.clone(), backend: b.address, transitions: self.health.transitions(&v.name, b.address) })
+            .collect();
         state.write(runtime_dir)
     }
 }
@@ -465,6 +472,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                 error!(error = %e, "reading drop events failed");
             }
         });
+        let metrics = cfg.metrics_listen().map(|addr| tokio::spawn(lb_user::metrics::serve(addr, runtime_dir.to_owned())));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -501,6 +509,10 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                 _ = hup.recv() => {
                     match Config::load(config_path) {
                         Ok(new) => match daemon.apply(&new, config_path, runtime_dir) {
+                            Ok(()) if new.metrics_listen() != cfg.metrics_listen() => {
+                                idle = idle_timeouts(&new);
+                                warn!("SIGHUP: config reloaded, but settings.metrics_listen takes effect at the next start");
+                            }
                             Ok(()) => {
                                 idle = idle_timeouts(&new);
                                 info!("SIGHUP: config reloaded")
@@ -513,6 +525,9 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
             }
         }
         drops.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         Ok::<_, anyhow::Error>(())
     });
     DaemonState::remove(runtime_dir);

@@ -11,6 +11,7 @@ pub mod events;
 pub mod loader;
 pub mod health;
 pub mod maps;
+pub mod metrics;
 pub mod policy;
 pub mod state;
 pub mod status;

@@ -29,6 +29,17 @@ pub struct DaemonState {
     /// How the sync with the Swarm is going (`None` without `[swarm]`).
     #[serde(default)]
     pub swarm: Option<crate::swarm::follow::SwarmSync>,
+    /// Health-check transitions (in or out) per VIP and backend.
+    #[serde(default)]
+    pub health_transitions: Vec<HealthTransitions>,
+}
+
+/// How often one backend of one VIP went in or out by its health checks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthTransitions {
+    pub vip: String,
+    pub backend: std::net::IpAddr,
+    pub transitions: u64,
 }
 
 /// One interface carrying one of swarmlb's programs.

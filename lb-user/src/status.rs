@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::{
     balancer::AppliedVip,
     maps::{BalancerMaps, IsolatorMaps},
-    state::{port_ranges, DaemonState, ZoneState},
+    state::{port_ranges, DaemonState, HealthTransitions, ZoneState},
 };
 
 /// Everything `swarmlb status` shows.
@@ -71,9 +71,11 @@ pub struct BackendStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Times its health checks took it out or brought it back (this VIP).
+    pub health_transitions: u64,
 }
 
-fn vip_status(maps: &BalancerMaps, v: &AppliedVip) -> Result<VipStatus> {
+fn vip_status(maps: &BalancerMaps, v: &AppliedVip, health: &[HealthTransitions]) -> Result<VipStatus> {
     let mut rules = Vec::new();
     for r in &v.rules {
         let s = maps.service_stats(r.stats_index)?;
@@ -96,6 +98,10 @@ fn vip_status(maps: &BalancerMaps, v: &AppliedVip) -> Result<VipStatus> {
             packets: s.packets,
             bytes: s.bytes,
             new_flows: s.new_flows,
+            health_transitions: health
+                .iter()
+                .find(|h| h.vip == v.name && h.backend == b.address)
+                .map_or(0, |h| h.transitions),
         });
     }
     Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), rules, backends })
@@ -146,7 +152,7 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
     let lb = BalancerMaps::open(&state.pin_path)?;
     let lb_counters = lb.counters()?;
     let balancer = LbCounter::ALL.iter().map(|c| (c.name(), lb_counters[*c as usize])).collect();
-    let vips = state.vips.iter().map(|v| vip_status(&lb, v)).collect::<Result<_>>()?;
+    let vips = state.vips.iter().map(|v| vip_status(&lb, v, &state.health_transitions)).collect::<Result<_>>()?;
     let flows = lb.flows.keys().count();
     let nat_entries = lb.nat.keys().count();
     Ok(StatusReport {

@@ -459,7 +459,35 @@ fn health_checks_take_a_dead_proxy_out_and_bring_it_back() {
     let back = (0..90).filter(|_| who(&r.lab.client, IpAddr::V4(VIP_V4)) == "w2").count();
     assert!(back > 10, "new connections reach w2 again: {back} of 90");
     assert!(r.daemon.output_so_far().contains("backend failed its health checks: out"), "the transition is logged");
+    // ... and counted, in `status` and in the Prometheus endpoint.
+    let b = &r.inst.status()["vips"][0]["backends"];
+    let transitions = |addr: &str| b.as_array().unwrap().iter().find(|x| x["address"] == addr).unwrap()["health_transitions"].as_u64().unwrap();
+    assert_eq!((transitions("10.1.0.11"), transitions("10.1.0.12")), (0, 2), "{b}");
+    let m = metrics(&r.lab.edge);
+    for want in [
+        "swarmlb_backend_health_transitions_total{vip=\"web4\",backend=\"10.1.0.12\"} 2",
+        "swarmlb_backend_up{vip=\"web4\",backend=\"10.1.0.12\"} 1",
+        "swarmlb_backend_weight{vip=\"web4\",backend=\"10.1.0.11\"} 1",
+        "swarmlb_isolator_dropped_total{reason=",
+        "swarmlb_balancer_packets_total{outcome=",
+    ] {
+        assert!(m.contains(want), "metrics lack {want}:\n{m}");
+    }
+    let new_flows: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("swarmlb_backend_new_flows_total{vip=\"web4\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(new_flows >= 150, "the metrics count the connections made here: {new_flows}");
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+/// `GET /metrics` from the daemon's default endpoint in `ns`.
+fn metrics(ns: &Netns) -> String {
+    let sock = connect(ns, "127.0.0.1:9469".parse().unwrap()).expect("the metrics endpoint listens");
+    let (status, body) = http_get(sock, "127.0.0.1", "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// The id of the XDP program on `ifname` in `ns`.
