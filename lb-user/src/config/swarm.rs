@@ -32,6 +32,9 @@ pub struct SwarmConfig {
     pub address_label: String,
     /// Node label with the backend weight.
     pub weight_label: String,
+    /// How long a node that stops matching a VIP's selector stays as a
+    /// draining backend (weight 0) so established flows finish.
+    pub deregistration_delay: Duration,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +46,7 @@ pub(super) struct RawSwarm {
     zone_label: Option<Spanned<String>>,
     address_label: Option<Spanned<String>>,
     weight_label: Option<Spanned<String>>,
+    deregistration_delay_s: Option<Spanned<i64>>,
 }
 
 pub(super) fn parse(loc: &Locator, raw: Option<&RawSwarm>) -> Result<Option<SwarmConfig>, ConfigError> {
@@ -69,6 +73,11 @@ pub(super) fn parse(loc: &Locator, raw: Option<&RawSwarm>) -> Result<Option<Swar
         Some(s) if (1..=3600).contains(s.get_ref()) => Duration::from_secs(*s.get_ref() as u64),
         Some(s) => return Err(loc.at(s.span(), format!("swarm.resync_interval_s = {}: out of range 1-3600", s.get_ref()))),
     };
+    let deregistration_delay = match &r.deregistration_delay_s {
+        None => Duration::from_secs(300),
+        Some(s) if (0..=86_400).contains(s.get_ref()) => Duration::from_secs(*s.get_ref() as u64),
+        Some(s) => return Err(loc.at(s.span(), format!("swarm.deregistration_delay_s = {}: out of range 0-86400", s.get_ref()))),
+    };
     let label = |v: &Option<Spanned<String>>, key: &str, default: &str| -> Result<String, ConfigError> {
         match v {
             None => Ok(default.to_owned()),
@@ -83,11 +92,12 @@ pub(super) fn parse(loc: &Locator, raw: Option<&RawSwarm>) -> Result<Option<Swar
         zone_label: label(&r.zone_label, "zone_label", "zone")?,
         address_label: label(&r.address_label, "address_label", "swarmlb.address")?,
         weight_label: label(&r.weight_label, "weight_label", "swarmlb.weight")?,
+        deregistration_delay,
     }))
 }
 
 /// What the Swarm adds to the config.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SwarmAdditions {
     /// VIP name → backends from its `backends_from` selector.
     pub backends: BTreeMap<String, Vec<BackendConfig>>,
@@ -95,6 +105,9 @@ pub struct SwarmAdditions {
     pub protected: BTreeMap<String, BTreeSet<(u8, u16)>>,
     /// Node addresses (may reach Swarm's ports).
     pub nodes: BTreeSet<IpAddr>,
+    /// (VIP, backend) draining since (unix time) because its node stopped
+    /// matching.
+    pub leaving: BTreeMap<(String, IpAddr), f64>,
 }
 
 impl Config {

@@ -68,7 +68,7 @@ impl SwarmFollower {
     pub fn additions_for(&self, cfg: &Config) -> SwarmAdditions {
         match (cfg.swarm(), &self.view) {
             (Some(sc), Some(view)) => {
-                mapping::map(cfg, sc, view, Some(&self.additions)).map_or_else(|_| self.additions.clone(), |m| m.additions)
+                mapping::map(cfg, sc, view, Some(&self.additions), now()).map_or_else(|_| self.additions.clone(), |m| m.additions)
             }
             _ => SwarmAdditions::default(),
         }
@@ -100,7 +100,7 @@ impl SwarmFollower {
             self.additions = SwarmAdditions::default();
             return changed;
         };
-        match mapping::map(cfg, sc, view, Some(&self.additions)) {
+        match mapping::map(cfg, sc, view, Some(&self.additions), now()) {
             Ok(m) => {
                 let notes: Vec<String> = m.notes.into_iter().collect();
                 for n in notes.iter().filter(|n| !self.sync.notes.contains(n)) {
@@ -140,7 +140,8 @@ impl SwarmFollower {
                 self.sync.nodes = view.nodes.len();
                 self.sync.services = view.services.len();
                 if self.view.as_ref() == Some(&view) {
-                    return false;
+                    // Draining backends may have served their delay.
+                    return self.remap(cfg);
                 }
                 if let Ok(bytes) = serde_json::to_vec(&view) {
                     let tmp = self.saved.with_extension("json.tmp");

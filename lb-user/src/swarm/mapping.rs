@@ -42,9 +42,10 @@ fn host_of(addr: &str) -> &str {
     h.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// Maps `view` for `cfg`. `previous` is the last applied mapping (for the
-/// keep-what-we-had rule). Errors mean the whole view is unusable.
-pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option<&SwarmAdditions>) -> Result<Mapped, String> {
+/// Maps `view` for `cfg` at unix time `now`. `previous` is the last
+/// applied mapping (for the keep-what-we-had and deregistration rules).
+/// Errors mean the whole view is unusable.
+pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option<&SwarmAdditions>, now: f64) -> Result<Mapped, String> {
     if view.nodes.is_empty() {
         return Err("the Swarm reported no nodes".into());
     }
@@ -121,6 +122,20 @@ pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option
                     prev.len()
                 ));
                 backends = prev.clone();
+            }
+        }
+        // A node that stops matching (label removed, node gone) is drained
+        // first: no new flows, established ones finish, for
+        // `deregistration_delay`.
+        for gone in previous.and_then(|p| p.backends.get(&vip.name)).into_iter().flatten() {
+            if backends.iter().any(|b| b.address == gone.address) {
+                continue;
+            }
+            let key = (vip.name.clone(), gone.address);
+            let since = previous.and_then(|p| p.leaving.get(&key).copied()).unwrap_or(now);
+            if now - since < swarm.deregistration_delay.as_secs_f64() {
+                backends.push(BackendConfig { address: gone.address, weight: 0 });
+                out.additions.leaving.insert(key, since);
             }
         }
         if backends.len() > MAX_BACKENDS_PER_VIP {
@@ -230,8 +245,12 @@ backends_from = "node.labels.lb==proxy"
     }
 
     fn run(view: &SwarmView, previous: Option<&SwarmAdditions>) -> Mapped {
+        run_at(view, previous, 1000.0)
+    }
+
+    fn run_at(view: &SwarmView, previous: Option<&SwarmAdditions>, now: f64) -> Mapped {
         let c = cfg();
-        map(&c, c.swarm().unwrap(), view, previous).unwrap()
+        map(&c, c.swarm().unwrap(), view, previous, now).unwrap()
     }
 
     fn backends(m: &Mapped) -> Vec<(String, u32)> {
@@ -292,16 +311,32 @@ backends_from = "node.labels.lb==proxy"
     fn bad_data_never_empties_the_backends() {
         let c = cfg();
         let empty = SwarmView::default();
-        assert!(map(&c, c.swarm().unwrap(), &empty, None).is_err(), "a view without nodes is refused");
+        assert!(map(&c, c.swarm().unwrap(), &empty, None, 0.0).is_err(), "a view without nodes is refused");
         let good = run(&SwarmView { nodes: vec![node("a", "10.0.0.1", &[("lb", "proxy")])], services: vec![] }, None);
         // The same node now with a broken address label: previous kept.
         let broken = SwarmView { nodes: vec![node("a", "10.0.0.1", &[("lb", "proxy"), ("swarmlb.address", "x")])], services: vec![] };
         let m = run(&broken, Some(&good.additions));
         assert_eq!(backends(&m), [("10.0.0.1".into(), 1)]);
         assert!(m.notes.iter().any(|n| n.contains("keeping the previous 1 backends")), "{:?}", m.notes);
-        // The label removed for real: no backends, as asked.
-        let gone = run(&SwarmView { nodes: vec![node("a", "10.0.0.1", &[])], services: vec![] }, Some(&good.additions));
-        assert!(backends(&gone).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_stops_matching_drains_for_the_deregistration_delay() {
+        let both = SwarmView { nodes: vec![node("a", "10.0.0.1", &[("lb", "proxy")]), node("b", "10.0.0.2", &[("lb", "proxy")])], services: vec![] };
+        let one = SwarmView { nodes: vec![node("a", "10.0.0.1", &[("lb", "proxy")]), node("b", "10.0.0.2", &[])], services: vec![] };
+        let t0 = 1000.0;
+        let first = run_at(&both, None, t0);
+        // Label removed: weight 0 (established flows finish), for 300 s.
+        let draining = run_at(&one, Some(&first.additions), t0 + 1.0);
+        assert_eq!(backends(&draining), [("10.0.0.1".into(), 1), ("10.0.0.2".into(), 0)]);
+        let still = run_at(&one, Some(&draining.additions), t0 + 250.0);
+        assert_eq!(backends(&still), [("10.0.0.1".into(), 1), ("10.0.0.2".into(), 0)]);
+        let gone = run_at(&one, Some(&still.additions), t0 + 302.0);
+        assert_eq!(backends(&gone), [("10.0.0.1".into(), 1)]);
+        // Labelled again while draining: back at full weight, no longer leaving.
+        let back = run_at(&both, Some(&still.additions), t0 + 260.0);
+        assert_eq!(backends(&back), [("10.0.0.1".into(), 1), ("10.0.0.2".into(), 1)]);
+        assert!(back.additions.leaving.is_empty());
     }
 
     #[test]
