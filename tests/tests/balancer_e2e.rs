@@ -9,12 +9,14 @@ mod common;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
-use common::daemon::{stop_cleanly, wait_until, Instance};
+use common::{
+    daemon::{stop_cleanly, wait_until, Instance},
+    http::{check, metrics, who, Stream},
+};
 use harness::{
     edge_lab::*,
     nginx::Nginx,
@@ -123,13 +125,6 @@ impl Running {
     }
 }
 
-/// `GET /` on port 80 through the VIP: the worker's name.
-fn who(ns: &Netns, vip: IpAddr) -> String {
-    let (status, body) = http_get(connect(ns, SocketAddr::new(vip, 80)).unwrap(), "a.com", "/").unwrap();
-    assert_eq!(status, 200);
-    body.trim().strip_prefix("worker=").expect("worker=NAME").to_string()
-}
-
 #[test]
 fn nat_passes_tls_through_and_http_for_acme_over_ipv4_and_ipv6() {
     let mut r = start("lbnat", 3, &config("nat", &[(1, 1), (2, 1), (3, 1)]));
@@ -181,58 +176,6 @@ fn new_connections_follow_the_weights() {
         let got = count.get(w).copied().unwrap_or(0) as f64;
         assert!((got - expected).abs() <= expected * 0.15, "{w}: {got} vs {expected} (±15%): {count:?}");
     }
-}
-
-/// A keep-alive HTTP connection that asks "who are you" again and again.
-struct Stream {
-    reader: BufReader<TcpStream>,
-    worker: String,
-    /// Bytes of padding each request carries.
-    pad: usize,
-}
-
-impl Stream {
-    fn open(ns: &Netns, vip: IpAddr) -> Self {
-        let sock = connect(ns, SocketAddr::new(vip, 80)).unwrap();
-        let mut s = Self { reader: BufReader::new(sock), worker: String::new(), pad: 512 };
-        s.worker = s.ask().expect("first answer");
-        s
-    }
-
-    /// One request/response with a payload both ways.
-    fn ask(&mut self) -> std::io::Result<String> {
-        let pad = "x".repeat(self.pad);
-        write!(self.reader.get_mut(), "GET / HTTP/1.1\r\nHost: a.com\r\nX-Pad: {pad}\r\n\r\n")?;
-        let mut len = 0;
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body)?;
-        Ok(String::from_utf8_lossy(&body).trim().trim_start_matches("worker=").to_string())
-    }
-}
-
-/// Asks every stream once; returns the indices that failed or moved.
-fn check(streams: &mut [Stream]) -> Vec<usize> {
-    let mut bad = Vec::new();
-    for (i, s) in streams.iter_mut().enumerate() {
-        match s.ask() {
-            Ok(w) if w == s.worker => {}
-            _ => bad.push(i),
-        }
-    }
-    bad
 }
 
 #[test]
@@ -480,14 +423,6 @@ fn health_checks_take_a_dead_proxy_out_and_bring_it_back() {
         .sum();
     assert!(new_flows >= 150, "the metrics count the connections made here: {new_flows}");
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
-}
-
-/// `GET /metrics` from the daemon's default endpoint in `ns`.
-fn metrics(ns: &Netns) -> String {
-    let sock = connect(ns, "127.0.0.1:9469".parse().unwrap()).expect("the metrics endpoint listens");
-    let (status, body) = http_get(sock, "127.0.0.1", "/metrics").unwrap();
-    assert_eq!(status, 200, "{body}");
-    body
 }
 
 /// The id of the XDP program on `ifname` in `ns`.
