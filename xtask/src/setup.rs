@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::run;
 
-/// Debian packages the tests and the demo use.
-const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool"];
+/// Debian packages the tests and the demo use: docker.io for the Swarm
+/// tests' own dockerd nodes, busybox-static for the image they run.
+const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static"];
 
 /// bpf-linker release known to work with aya-ebpf 0.2.
 const BPF_LINKER_VERSION: &str = "0.13.0";
