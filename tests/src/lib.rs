@@ -26,6 +26,7 @@ pub mod pins;
 pub mod rawframe;
 pub mod scan;
 pub mod servers;
+pub mod swarm;
 mod sys;
 pub mod tls;
 pub mod topology;

@@ -108,6 +108,7 @@ impl SwarmFollower {
                 }
                 self.sync.notes = notes;
                 let changed = m.additions != self.additions;
+                tracing::debug!(changed, additions = ?m.additions, "Swarm view mapped");
                 self.additions = m.additions;
                 changed
             }

@@ -67,8 +67,7 @@ pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option
         }
     }
 
-    let Some(b) = cfg.balancer() else { return Ok(out) };
-    for vip in &b.vips {
+    for vip in cfg.balancer().map(|b| b.vips.as_slice()).unwrap_or_default() {
         let Some(selector) = &vip.backends_from else { continue };
         let mut matched = 0;
         let mut backends: Vec<BackendConfig> = Vec::new();
@@ -337,6 +336,14 @@ backends_from = "node.labels.lb==proxy"
         let back = run_at(&both, Some(&still.additions), t0 + 260.0);
         assert_eq!(backends(&back), [("10.0.0.1".into(), 1), ("10.0.0.2".into(), 1)]);
         assert!(back.additions.leaving.is_empty());
+    }
+
+    #[test]
+    fn services_protect_ports_without_a_balancer_too() {
+        let c = Config::parse("[swarm]\n[[interface]]\nname = \"eth1\"\nzone = \"dmz\"\n[zone.dmz]\n[zone.intra]\n", "test").unwrap();
+        let view = SwarmView { nodes: vec![node("a", "10.0.0.1", &[])], services: vec![service("db", &["node.labels.zone==intra"], &[("tcp", 5432)])] };
+        let m = map(&c, c.swarm().unwrap(), &view, None, 0.0).unwrap();
+        assert_eq!(m.additions.protected["dmz"], BTreeSet::from([(IPPROTO_TCP, 5432)]));
     }
 
     #[test]

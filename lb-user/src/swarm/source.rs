@@ -117,6 +117,7 @@ async fn session(cfg: &SwarmConfig, tx: &UnboundedSender<SwarmUpdate>) -> Result
         }
         match list(&docker).await {
             Ok(view) => {
+                debug!(nodes = view.nodes.len(), services = view.services.len(), "listed the Swarm");
                 if tx.send(SwarmUpdate::View(view)).is_err() {
                     return Ok(());
                 }

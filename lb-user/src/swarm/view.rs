@@ -106,3 +106,27 @@ impl ServiceInfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What dockerd 20.10 (API 1.41) answered for a service published in
+    /// host mode and pinned to a zone.
+    const SERVICE: &str = r#"{"ID":"km5mreiogaah97skz3hoh9nc5","Version":{"Index":13},"Spec":{"Name":"web","Labels":{},
+      "TaskTemplate":{"ContainerSpec":{"Image":"busybox:latest"},"Placement":{"Constraints":["node.labels.zone==intra"]},"Runtime":"container"},
+      "Mode":{"Replicated":{"Replicas":1}},
+      "EndpointSpec":{"Mode":"vip","Ports":[{"Protocol":"tcp","TargetPort":8080,"PublishedPort":8080,"PublishMode":"host"}]}},
+      "Endpoint":{"Spec":{"Mode":"vip","Ports":[{"Protocol":"tcp","TargetPort":8080,"PublishedPort":8080,"PublishMode":"host"}]},
+      "Ports":[{"Protocol":"tcp","TargetPort":8080,"PublishedPort":8080,"PublishMode":"host"},{"Protocol":"udp","TargetPort":53,"PublishedPort":30053,"PublishMode":"ingress"}]}}"#;
+
+    #[test]
+    fn services_read_from_the_engine_api() {
+        let s: Service = serde_json::from_str(SERVICE).unwrap();
+        let info = ServiceInfo::from_api(&s);
+        assert_eq!(info.name, "web");
+        assert_eq!(info.constraints, ["node.labels.zone==intra"]);
+        let ports: Vec<(&str, u32, &str)> = info.ports.iter().map(|p| (p.protocol.as_str(), p.published, p.mode.as_str())).collect();
+        assert_eq!(ports, [("tcp", 8080, "host"), ("udp", 30053, "ingress")]);
+    }
+}

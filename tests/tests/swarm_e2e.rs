@@ -1,0 +1,305 @@
+//! The agent against a real Docker Swarm: three `dockerd` nodes in their own
+//! namespaces (the harness's [`SwarmLab`]), an edge namespace running
+//! `swarmlb run` with a `[swarm]` section, a DMZ client and an intra client.
+//! Node labels, availability and health decide the backends; services
+//! pinned to a zone close their published ports on the other zones'
+//! interfaces; dockerd going away changes nothing that is running.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
+
+use common::{
+    daemon::{stop_cleanly, wait_until, Instance},
+    http::{check, who, Stream},
+};
+use harness::{
+    nginx::Nginx,
+    scan::{tcp_scan, TcpOutcome},
+    swarm::SwarmLab,
+    tls::TestCa,
+    Netns, Topology,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+/// The swarm, the edge and its clients.
+struct Site {
+    // Field order: the daemon's namespaces go before the swarm's.
+    client: Netns,
+    intra: Netns,
+    edge: Netns,
+    // Kept for its drop: the clients' links and namespaces.
+    _topo: Topology,
+    lab: SwarmLab,
+}
+
+fn node_addr(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 2, 0, 11 + i as u8))
+}
+
+fn site(tag: &str) -> Site {
+    harness::require_root().unwrap();
+    let t0 = Instant::now();
+    let mut lab = SwarmLab::new(tag, 3).expect("a three-node swarm comes up");
+    println!("swarm of 3 nodes up in {:.1} s", t0.elapsed().as_secs_f64());
+    let mut topo = Topology::new();
+    let client = topo.netns(&format!("{tag}c"));
+    let intra = topo.netns(&format!("{tag}i"));
+    let edge = topo.netns(&format!("{tag}e"));
+    topo.veth(&client, "c-out", &edge, "e-out");
+    topo.veth(&intra, "i-out", &edge, "e-intra");
+    topo.addr(&client, "c-out", "198.51.100.2/24");
+    topo.addr(&edge, "e-out", "198.51.100.1/24");
+    topo.addr(&intra, "i-out", "192.0.2.2/24");
+    topo.addr(&edge, "e-intra", "192.0.2.1/24");
+    topo.route(&client, "203.0.113.0/24", "198.51.100.1");
+    topo.route(&client, "10.2.0.0/24", "198.51.100.1");
+    topo.route(&intra, "10.2.0.0/24", "192.0.2.1");
+    topo.forwarding(&edge);
+    let edge_port = lab.attach(&edge, "e-in", "10.2.0.1/24");
+    for n in lab.nodes() {
+        n.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
+        for net in ["198.51.100.0/24", "192.0.2.0/24"] {
+            n.ns.exec(&["ip", "route", "add", net, "via", "10.2.0.1"]).unwrap();
+        }
+    }
+    // The balancer rewrites packets: they must carry full checksums (veth
+    // leaves them to "offload"); its redirects into a veth need GRO on the
+    // peer.
+    client.exec(&["ethtool", "-K", "c-out", "tx", "off", "gro", "on"]).unwrap();
+    lab.switch.exec(&["ethtool", "-K", &edge_port, "gro", "on"]).unwrap();
+    intra.exec(&["ethtool", "-K", "i-out", "tx", "off"]).unwrap();
+    Site { client, intra, edge, _topo: topo, lab }
+}
+
+impl Site {
+    fn config(&self, body: &str) -> String {
+        format!(
+            r#"
+[swarm]
+docker_host = "unix://{}"
+
+[[interface]]
+name = "e-out"
+zone = "dmz"
+
+[[interface]]
+name = "e-intra"
+zone = "intra"
+
+[zone.dmz]
+[zone.intra]
+{body}"#,
+            self.lab.manager_socket().display()
+        )
+    }
+}
+
+/// The backends of the first VIP: (address, weight, up).
+fn backends(inst: &Instance) -> Vec<(String, u64, bool)> {
+    let s = inst.status();
+    s["vips"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["address"].as_str().unwrap().to_owned(), b["weight"].as_u64().unwrap(), b["up"].as_bool().unwrap()))
+        .collect()
+}
+
+fn weight_of(inst: &Instance, addr: IpAddr) -> Option<u64> {
+    backends(inst).into_iter().find(|b| b.0 == addr.to_string()).map(|b| b.1)
+}
+
+/// Waits until `cond`, returning how long it took.
+fn timed(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    wait_until(limit, &mut cond, || what.to_owned());
+    t.elapsed()
+}
+
+/// Who answers `n` new connections through the VIP.
+fn answers(ns: &Netns, n: usize) -> BTreeSet<String> {
+    (0..n).map(|_| who(ns, IpAddr::V4(VIP))).collect()
+}
+
+#[test]
+fn node_labels_availability_and_health_decide_the_backends() {
+    let mut s = site("swlb");
+    let ca = TestCa::new();
+    let any: [IpAddr; 1] = ["0.0.0.0".parse().unwrap()];
+    let mut proxies: Vec<Nginx> = s
+        .lab
+        .nodes()
+        .iter()
+        .map(|n| Nginx::start(&n.ns, &n.hostname, &any, &ca, &["a.com"]).expect("nginx on the node"))
+        .collect();
+    let names: Vec<String> = s.lab.nodes().iter().map(|n| n.hostname.clone()).collect();
+    for i in 0..3 {
+        s.lab.node_id(i).unwrap();
+    }
+    s.lab.label_add(0, "lb", "proxy").unwrap();
+    s.lab.label_add(1, "lb", "proxy").unwrap();
+    let inst = Instance::new(
+        "swlb",
+        &s.config(&format!(
+            r#"
+[balancer]
+outside_interfaces = ["e-out"]
+inside_interface = "e-in"
+
+[[vip]]
+name = "web"
+address = "{VIP}"
+rules = ["tcp/80"]
+backends_from = "node.labels.lb==proxy"
+health_check = {{ protocol = "tcp", port = 80, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }}
+"#
+        )),
+    );
+    let mut daemon = inst.start(&s.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    wait_until(Duration::from_secs(10), || backends(&inst).len() == 2, || format!("two labelled nodes: {:?}", backends(&inst)));
+    assert_eq!(answers(&s.client, 40), BTreeSet::from([names[0].clone(), names[1].clone()]));
+
+    // Label a node: a backend within 2 s, new connections reach it.
+    let t = Instant::now();
+    s.lab.label_add(2, "lb", "proxy").unwrap();
+    let synced = timed(Duration::from_secs(5), "n3 labelled", || weight_of(&inst, node_addr(2)) == Some(1));
+    let mut reached = Duration::ZERO;
+    while reached.is_zero() {
+        if who(&s.client, IpAddr::V4(VIP)) == names[2] {
+            reached = t.elapsed();
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "no new connection reached the labelled node within 2 s");
+    }
+    println!(
+        "label added → map updated in {:.0} ms (label command included); first connection on it after {:.0} ms",
+        synced.as_secs_f64() * 1e3,
+        reached.as_secs_f64() * 1e3
+    );
+
+    // dockerd (the manager) stops: serving continues on the last good state.
+    s.lab.stop_dockerd(0);
+    wait_until(Duration::from_secs(10), || inst.status()["swarm"]["connected"] == false, || "the loss is reported".into());
+    assert_eq!(answers(&s.client, 60).len(), 3, "all three backends still serve with dockerd gone");
+    assert_eq!(backends(&inst).len(), 3);
+    let t = Instant::now();
+    s.lab.start_dockerd(0).expect("dockerd starts again");
+    wait_until(Duration::from_secs(40), || inst.status()["swarm"]["connected"] == true, || "reconnected".into());
+    println!("dockerd back: in sync again {:.1} s after it was started", t.elapsed().as_secs_f64());
+
+    // Streams over all three, then drain n1 and unlabel n2: no new
+    // connections to them, the established ones go on.
+    let mut streams: Vec<Stream> = (0..18).map(|_| Stream::open(&s.client, IpAddr::V4(VIP))).collect();
+    let on = |w: &str| streams.iter().filter(|x| x.worker == w).count();
+    assert!(on(&names[0]) > 0 && on(&names[1]) > 0, "streams on n1 and n2");
+    let drained = timed(Duration::from_secs(5), "n1 drained", || {
+        s.lab.availability(0, "drain").ok();
+        weight_of(&inst, node_addr(0)) == Some(0)
+    });
+    let unlabelled = timed(Duration::from_secs(5), "n2 unlabelled", || {
+        s.lab.label_rm(1, "lb").ok();
+        weight_of(&inst, node_addr(1)) == Some(0)
+    });
+    println!("drain → weight 0 in {:.0} ms; label removed → draining in {:.0} ms", drained.as_secs_f64() * 1e3, unlabelled.as_secs_f64() * 1e3);
+    assert_eq!(answers(&s.client, 40), BTreeSet::from([names[2].clone()]), "new connections only to n3");
+    assert_eq!(check(&mut streams), Vec::<usize>::new(), "established connections to n1 and n2 finish undisturbed");
+
+    // n3's proxy stops: health checks take it out within fall × interval.
+    proxies[2].stop();
+    let out = timed(Duration::from_secs(9), "n3 out", || backends(&inst).iter().any(|b| b.0 == node_addr(2).to_string() && !b.2));
+    println!("stopped proxy taken out after {:.1} s (fall 2 × interval 3 s + timeout 1 s = 7 s at most)", out.as_secs_f64());
+    assert!(out <= Duration::from_millis(8500), "{out:?}");
+    let m = common::http::metrics(&s.edge);
+    for want in ["swarmlb_swarm_connected 1", "swarmlb_swarm_nodes 3", "swarmlb_backend_up{vip=\"web\",backend=\"10.2.0.13\"} 0"] {
+        assert!(m.contains(want), "metrics lack {want}:\n{m}");
+    }
+    drop(streams);
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+    proxies.clear();
+}
+
+/// One TCP probe of `addr:port` from `ns`.
+fn probe(ns: &Netns, addr: IpAddr, port: u16) -> TcpOutcome {
+    ns.run(|| tcp_scan(addr, [port], None, 1, Duration::from_millis(700))).unwrap().remove(0).1
+}
+
+/// The IPv4 sources the isolator lets reach Swarm's ports in any zone.
+fn node_sources(inst: &Instance) -> BTreeSet<IpAddr> {
+    let maps = lb_user::maps::IsolatorMaps::open(&inst.pin_path).unwrap();
+    maps.sources_v4
+        .keys()
+        .map(Result::unwrap)
+        .filter(|k| k.prefix_len() == lb_common::isolator::SOURCE_SLOT_BITS + 32)
+        .map(|k| IpAddr::from(k.data().addr))
+        .collect()
+}
+
+#[test]
+fn services_pinned_to_a_zone_close_their_ports_on_the_other_zones() {
+    let mut s = site("swzn");
+    s.lab.label_add(0, "zone", "dmz").unwrap();
+    s.lab.label_add(1, "zone", "dmz").unwrap();
+    s.lab.label_add(2, "zone", "intra").unwrap();
+    let image = s.lab.import_busybox().unwrap();
+    let inst = Instance::new("swzn", &s.config(""));
+    let mut daemon = inst.start(&s.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    wait_until(Duration::from_secs(10), || inst.status()["swarm"]["connected"] == true, || "in sync".into());
+    let protected = |zone: usize| -> Vec<String> {
+        inst.status()["zones"][zone]["protected"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect()
+    };
+    // zones are listed by name: dmz, intra.
+    assert_eq!(inst.status()["zones"][0]["name"], "dmz");
+    assert!(!protected(0).contains(&"tcp/8080".to_string()));
+    // Every node may reach Swarm's ports: its address is an allowed source.
+    let nodes: BTreeSet<IpAddr> = (0..3).map(node_addr).collect();
+    assert!(node_sources(&inst).is_superset(&nodes), "{:?}", node_sources(&inst));
+
+    let t = Instant::now();
+    s.lab
+        .docker(
+            0,
+            &[
+                "service", "create", "--detach", "--name", "intra-web", "--no-resolve-image",
+                "--constraint", "node.labels.zone==intra",
+                "--publish", "mode=host,target=8080,published=8080",
+                "--endpoint-mode", "dnsrr",
+                &image, "/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/",
+            ],
+        )
+        .unwrap();
+    let closed = timed(Duration::from_secs(5), "tcp/8080 protected in dmz", || protected(0).contains(&"tcp/8080".to_string()));
+    println!("service created → its port protected on the DMZ side in {:.0} ms", closed.as_secs_f64() * 1e3);
+    assert!(!protected(1).contains(&"tcp/8080".to_string()), "open in its own zone");
+    wait_until(Duration::from_secs(60), || probe(&s.intra, node_addr(2), 8080) == TcpOutcome::Open, || "the task serves 8080 to the intra side".into());
+    println!("task running and reachable from the intra side after {:.1} s", t.elapsed().as_secs_f64());
+    for n in 0..3 {
+        assert_eq!(probe(&s.client, node_addr(n), 8080), TcpOutcome::Timeout, "node {n}'s 8080 reachable from the DMZ");
+    }
+    // The same node's unprotected ports still answer from the DMZ (refused).
+    assert_eq!(probe(&s.client, node_addr(2), 8081), TcpOutcome::Refused);
+
+    // The service goes: the port opens again.
+    s.lab.docker(0, &["service", "rm", "intra-web"]).unwrap();
+    timed(Duration::from_secs(5), "tcp/8080 open again", || !protected(0).contains(&"tcp/8080".to_string()));
+    wait_until(
+        Duration::from_secs(30),
+        || probe(&s.client, node_addr(2), 8080) != TcpOutcome::Timeout,
+        || "8080 reachable from the DMZ again".into(),
+    );
+
+    // A node that leaves the swarm loses its pass to Swarm's ports.
+    let id = s.lab.node_id(1).unwrap();
+    s.lab.stop_dockerd(1);
+    s.lab.docker(0, &["node", "rm", "--force", &id]).unwrap();
+    let left = timed(Duration::from_secs(10), "n2 no longer allowed", || !node_sources(&inst).contains(&node_addr(1)));
+    println!("node removed → its address off the allow-list in {:.0} ms", left.as_secs_f64() * 1e3);
+    assert!(node_sources(&inst).contains(&node_addr(0)));
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+}
