@@ -243,7 +243,7 @@ impl Datapath {
     fn replace(prog: &mut Xdp, link: FdLink) -> Result<FdLink> {
         let link = XdpLink::try_from(link).context("the pinned link is not an XDP link")?;
         let id = prog.attach_to_link(link).context("bpf_link_update")?;
-        Ok(prog.take_link(id)?.try_into().context("the link stopped being a bpf_link")?)
+        prog.take_link(id)?.try_into().context("the link stopped being a bpf_link")
     }
 
     /// The program attached to `ifname`, if any.
