@@ -41,8 +41,9 @@ mkdir -p /sys/fs/cgroup/systemd; mount -t cgroup -o none,name=systemd cgroup /sy
 mkdir -p /run/containerd; mount -t tmpfs tmpfs /run/containerd
 hostname "$1"
 export DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1
-exec dockerd --data-root "$2/data" --exec-root "$2/exec" -H "unix://$2/docker.sock" \
-  --pidfile "$2/docker.pid" --storage-driver vfs
+node_dir="$2"; shift 2
+exec dockerd --data-root "$node_dir/data" --exec-root "$node_dir/exec" -H "unix://$node_dir/docker.sock" \
+  --pidfile "$node_dir/docker.pid" --storage-driver vfs "$@"
 "#;
 
 /// One Swarm node.
@@ -62,6 +63,8 @@ pub struct SwarmNode {
     init_pid: Option<i32>,
     /// The Swarm node id (known once it joined).
     id: String,
+    /// More dockerd arguments (TLS on TCP).
+    extra_args: Vec<String>,
 }
 
 /// The nodes, their LAN and their dockerds; all removed on drop.
@@ -127,7 +130,8 @@ impl SwarmNode {
         cmd.args(["--mount", "--uts", "--pid", "--fork", "--mount-proc", "--propagation", "private", "--kill-child=SIGKILL"])
             .args(["sh", "-c", NODE_SCRIPT, "node"])
             .arg(&self.hostname)
-            .arg(&self.dir);
+            .arg(&self.dir)
+            .args(&self.extra_args);
         let guard = self.ns.try_spawn(&mut cmd)?;
         let unshare = guard.pid();
         self.dockerd = Some(guard);
@@ -189,7 +193,7 @@ impl SwarmLab {
             let ndir = lab.dir.join(format!("n{}", i + 1));
             std::fs::create_dir_all(&ndir)?;
             let mut node =
-                SwarmNode { hostname, ns, addr, socket: ndir.join("docker.sock"), dir: ndir, dockerd: None, init_pid: None, id: String::new() };
+                SwarmNode { hostname, ns, addr, socket: ndir.join("docker.sock"), dir: ndir, dockerd: None, init_pid: None, id: String::new(), extra_args: Vec::new() };
             node.start()?;
             lab.nodes.push(node);
         }
@@ -282,6 +286,36 @@ impl SwarmLab {
     /// API answers.
     pub fn start_dockerd(&mut self, node: usize) -> Result<()> {
         self.nodes[node].start()
+    }
+
+    /// Makes node `node`'s dockerd also serve its API on
+    /// `tcp://ADDR:2376` with TLS, clients authenticated by certificate
+    /// (`--tlsverify`), all issued by `ca`; restarts that dockerd. Returns a
+    /// directory with `ca.pem`, `cert.pem` and `key.pem` for a client.
+    pub fn serve_tls(&mut self, node: usize, ca: &crate::tls::TestCa) -> Result<PathBuf> {
+        let n = &mut self.nodes[node];
+        let (cert, key) = ca.issue(&[&n.addr.to_string()], &n.hostname);
+        for (name, pem) in [("ca.pem", ca.cert_pem()), ("server.pem", cert.as_str()), ("server-key.pem", key.as_str())] {
+            std::fs::write(n.dir.join(name), pem)?;
+        }
+        let client = self.dir.join(format!("client-tls-{}", n.hostname));
+        std::fs::create_dir_all(&client)?;
+        let (cert, key) = ca.issue_client("swarmlb");
+        for (name, pem) in [("ca.pem", ca.cert_pem()), ("cert.pem", cert.as_str()), ("key.pem", key.as_str())] {
+            std::fs::write(client.join(name), pem)?;
+        }
+        let file = |f: &str| n.dir.join(f).display().to_string();
+        n.extra_args = vec![
+            "--tlsverify".into(),
+            format!("--tlscacert={}", file("ca.pem")),
+            format!("--tlscert={}", file("server.pem")),
+            format!("--tlskey={}", file("server-key.pem")),
+            "-H".into(),
+            format!("tcp://{}:2376", n.addr),
+        ];
+        n.stop();
+        n.start()?;
+        Ok(client)
     }
 
     /// A veth from `ns` (named `ifname`, address `cidr`) to a new port of

@@ -95,6 +95,16 @@ impl TestCa {
     /// The chain is just the leaf: clients trust the CA itself.
     /// Panics if a name is not a valid SAN (a test bug).
     pub fn issue(&self, names: &[&str], subject_cn: &str) -> (String, String) {
+        self.issue_for(names, subject_cn, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// Issues a client certificate (TLS client authentication) with subject
+    /// CN `subject_cn`; returns `(certificate PEM, private key PEM)`.
+    pub fn issue_client(&self, subject_cn: &str) -> (String, String) {
+        self.issue_for(&[], subject_cn, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue_for(&self, names: &[&str], subject_cn: &str, usage: ExtendedKeyUsagePurpose) -> (String, String) {
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(sans).unwrap_or_else(|e| panic!("SANs {names:?}: {e}"));
         params.distinguished_name = DistinguishedName::new();
@@ -102,7 +112,7 @@ impl TestCa {
         params.distinguished_name.push(DnType::OrganizationName, "swarmlb tests");
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("generate leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf certificate");

@@ -303,3 +303,51 @@ fn services_pinned_to_a_zone_close_their_ports_on_the_other_zones() {
     assert!(node_sources(&inst).contains(&node_addr(0)));
     stop_cleanly(&mut daemon, libc::SIGTERM);
 }
+
+/// `docker_host = "tcp://…:2376"` with `tls_cert_dir`: the agent talks to
+/// dockerd over TLS with a client certificate; with certificates of another
+/// CA it is refused and says so.
+#[test]
+fn the_docker_api_over_tcp_with_tls() {
+    harness::require_root().unwrap();
+    let mut lab = SwarmLab::new("swtls", 1).unwrap();
+    let ca = TestCa::new();
+    let certs = lab.serve_tls(0, &ca).unwrap();
+    let mut topo = Topology::new();
+    let edge = topo.netns("swtlse");
+    lab.attach(&edge, "e-in", "10.2.0.1/24");
+    let config = |dir: &std::path::Path| {
+        format!(
+            "[swarm]\ndocker_host = \"tcp://10.2.0.11:2376\"\ntls_cert_dir = \"{}\"\n\n[[interface]]\nname = \"e-in\"\nzone = \"lan\"\n[zone.lan]\n",
+            dir.display()
+        )
+    };
+    let inst = Instance::new("swtls", &config(&certs));
+    let mut daemon = inst.start(&edge, &[]);
+    inst.wait_ready(&mut daemon);
+    wait_until(Duration::from_secs(10), || inst.status()["swarm"]["connected"] == true, || daemon.output_so_far());
+    assert_eq!(inst.status()["swarm"]["nodes"], 1);
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+
+    // Client certificates from another CA: refused, reported, nothing applied.
+    let other = TestCa::new();
+    let wrong = certs.with_file_name("wrong-certs");
+    std::fs::create_dir_all(&wrong).unwrap();
+    let (cert, key) = other.issue_client("intruder");
+    std::fs::write(wrong.join("cert.pem"), cert).unwrap();
+    std::fs::write(wrong.join("key.pem"), key).unwrap();
+    std::fs::write(wrong.join("ca.pem"), ca.cert_pem()).unwrap();
+    inst.write_config(&config(&wrong));
+    let mut daemon = inst.start(&edge, &[]);
+    inst.wait_ready(&mut daemon);
+    wait_until(
+        Duration::from_secs(10),
+        || inst.status()["swarm"]["failures"].as_u64().unwrap_or(0) > 0,
+        || daemon.output_so_far(),
+    );
+    let s = inst.status();
+    assert_eq!(s["swarm"]["connected"], false);
+    println!("with a foreign client certificate: {}", s["swarm"]["last_error"]);
+    assert!(daemon.output_so_far().contains("lost the Swarm"), "{}", daemon.output_so_far());
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+}
