@@ -192,6 +192,9 @@ health_check = {{ protocol = "tcp", port = 80, interval_s = 3, timeout_s = 1, ri
     s.lab.start_dockerd(0).expect("dockerd starts again");
     wait_until(Duration::from_secs(40), || inst.status()["swarm"]["connected"] == true, || "reconnected".into());
     println!("dockerd back: in sync again {:.1} s after it was started", t.elapsed().as_secs_f64());
+    // The restarted manager calls every node `unknown` until it hears from
+    // it: that drains nothing.
+    assert!(backends(&inst).iter().all(|b| b.1 == 1 && b.2), "a manager restart drained backends: {:?}", backends(&inst));
 
     // Streams over all three, then drain n1 and unlabel n2: no new
     // connections to them, the established ones go on.

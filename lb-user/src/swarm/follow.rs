@@ -125,7 +125,10 @@ impl SwarmFollower {
     /// changed (the config must be re-applied).
     pub fn update(&mut self, update: SwarmUpdate, cfg: &Config) -> bool {
         match update {
-            SwarmUpdate::View(view) => {
+            SwarmUpdate::View(mut view) => {
+                if let Some(previous) = &self.view {
+                    view.carry_unknown_states(previous);
+                }
                 if !self.sync.connected {
                     info!(nodes = view.nodes.len(), services = view.services.len(), "in sync with the Swarm");
                 }

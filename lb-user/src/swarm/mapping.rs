@@ -110,7 +110,7 @@ pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option
                 continue;
             }
             // Drained, paused or not ready: no new flows, existing ones finish.
-            let serving = n.ready && n.availability == "active";
+            let serving = n.ready() && n.availability == "active";
             backends.push(BackendConfig { address, weight: if serving { weight } else { 0 } });
         }
         if matched > 0 && backends.is_empty() {
@@ -226,7 +226,7 @@ backends_from = "node.labels.lb==proxy"
             id: id.into(),
             hostname: format!("host-{id}"),
             role: "worker".into(),
-            ready: true,
+            state: "ready".into(),
             availability: "active".into(),
             addr: addr.into(),
             manager_addr: None,
@@ -261,7 +261,7 @@ backends_from = "node.labels.lb==proxy"
         let mut drained = node("c", "10.0.0.3", &[("lb", "proxy")]);
         drained.availability = "drain".into();
         let mut down = node("d", "10.0.0.4", &[("lb", "proxy")]);
-        down.ready = false;
+        down.state = "down".into();
         let view = SwarmView {
             nodes: vec![
                 node("a", "10.0.0.1", &[("lb", "proxy")]),

@@ -77,20 +77,27 @@ pub async fn run(cfg: SwarmConfig, tx: UnboundedSender<SwarmUpdate>) {
     const MAX_BACKOFF: Duration = Duration::from_secs(30);
     let mut backoff = MIN_BACKOFF;
     loop {
-        let err = match session(&cfg, &tx).await {
+        let mut synced = false;
+        let err = match session(&cfg, &tx, &mut synced).await {
             Ok(()) => return,
             Err(e) => e,
         };
         if tx.send(SwarmUpdate::Lost(format!("{err:#}"))).is_err() {
             return;
         }
+        // A session that got as far as a view was a success: the next
+        // failure starts the backoff over.
+        if synced {
+            backoff = MIN_BACKOFF;
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// One connection's life: returns `Ok` only when the daemon is gone.
-async fn session(cfg: &SwarmConfig, tx: &UnboundedSender<SwarmUpdate>) -> Result<()> {
+/// One connection's life: returns `Ok` only when the daemon is gone;
+/// `synced` turns true once a view was sent.
+async fn session(cfg: &SwarmConfig, tx: &UnboundedSender<SwarmUpdate>, synced: &mut bool) -> Result<()> {
     let docker = connect(cfg).await?;
     // Subscribe before listing, so no change falls between the two.
     let filters = HashMap::from([("type".to_owned(), vec!["node".to_owned(), "service".to_owned()])]);
@@ -98,6 +105,7 @@ async fn session(cfg: &SwarmConfig, tx: &UnboundedSender<SwarmUpdate>) -> Result
     if tx.send(SwarmUpdate::View(list(&docker).await?)).is_err() {
         return Ok(());
     }
+    *synced = true;
     info!(host = %docker_host(cfg), "watching the Swarm");
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.tick().await;

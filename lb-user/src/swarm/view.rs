@@ -13,8 +13,10 @@ pub struct NodeInfo {
     pub hostname: String,
     /// `manager` or `worker`.
     pub role: String,
-    /// Status.State is `ready`.
-    pub ready: bool,
+    /// Status.State: `ready`, `down`, `disconnected` or `unknown` (what a
+    /// manager says of every node until it has heard from it again after
+    /// a restart or a leadership change).
+    pub state: String,
     /// Spec.Availability: `active`, `pause` or `drain`.
     pub availability: String,
     /// Status.Addr (may be empty or `0.0.0.0`).
@@ -22,6 +24,16 @@ pub struct NodeInfo {
     /// ManagerStatus.Addr (`host:port`), managers only.
     pub manager_addr: Option<String>,
     pub labels: BTreeMap<String, String>,
+}
+
+/// The state a manager gives nodes it has not heard from since it started.
+const UNKNOWN: &str = "unknown";
+
+impl NodeInfo {
+    /// Status.State is `ready`.
+    pub fn ready(&self) -> bool {
+        self.state == "ready"
+    }
 }
 
 /// A published port of a service.
@@ -52,6 +64,22 @@ pub struct SwarmView {
     pub services: Vec<ServiceInfo>,
 }
 
+impl SwarmView {
+    /// Gives every node whose state is `unknown` its state in `previous`
+    /// (the last good view), where it had one. A manager that restarts
+    /// marks all nodes `unknown` until their agents report again (a few
+    /// seconds): that says nothing about the nodes, and taking them all
+    /// out would drain every backend at each manager restart. A node that
+    /// is really gone turns `down` after the manager's grace period.
+    pub fn carry_unknown_states(&mut self, previous: &SwarmView) {
+        for n in self.nodes.iter_mut().filter(|n| n.state == UNKNOWN) {
+            if let Some(p) = previous.nodes.iter().find(|p| p.id == n.id) {
+                n.state.clone_from(&p.state);
+            }
+        }
+    }
+}
+
 impl NodeInfo {
     /// From the Engine API's node.
     pub fn from_api(n: &Node) -> Self {
@@ -61,7 +89,7 @@ impl NodeInfo {
             id: n.id.clone().unwrap_or_default(),
             hostname: n.description.as_ref().and_then(|d| d.hostname.clone()).unwrap_or_default(),
             role: spec.and_then(|s| s.role).map(|r| r.to_string()).unwrap_or_default(),
-            ready: status.and_then(|s| s.state).is_some_and(|s| s.to_string() == "ready"),
+            state: status.and_then(|s| s.state).map(|s| s.to_string()).unwrap_or_else(|| UNKNOWN.into()),
             availability: spec.and_then(|s| s.availability).map(|a| a.to_string()).unwrap_or_default(),
             addr: status.and_then(|s| s.addr.clone()).unwrap_or_default(),
             manager_addr: n.manager_status.as_ref().and_then(|m| m.addr.clone()),
@@ -110,6 +138,24 @@ impl ServiceInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(id: &str, state: &str) -> NodeInfo {
+        NodeInfo { id: id.into(), state: state.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn unknown_states_keep_what_the_last_view_said() {
+        let previous = SwarmView { nodes: vec![node("a", "ready"), node("b", "down"), node("c", "ready")], services: vec![] };
+        let mut view = SwarmView {
+            nodes: vec![node("a", "unknown"), node("b", "unknown"), node("c", "down"), node("new", "unknown")],
+            services: vec![],
+        };
+        view.carry_unknown_states(&previous);
+        let states: Vec<&str> = view.nodes.iter().map(|n| n.state.as_str()).collect();
+        // Known states are news; a node never seen stays unknown (not ready).
+        assert_eq!(states, ["ready", "down", "down", "unknown"]);
+        assert!(view.nodes[0].ready() && !view.nodes[3].ready());
+    }
 
     /// What dockerd 20.10 (API 1.41) answered for a service published in
     /// host mode and pinned to a zone.
