@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo>`.
+//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo|bench>`.
 //!
 //! Every task that needs the toolchain or system packages runs `setup`
 //! first, so a fresh machine needs nothing but `cargo xtask …`.
@@ -42,8 +42,15 @@ enum Task {
     },
     /// Show the isolator at work in a throwaway netns topology.
     Demo,
-    /// Measure (not test) per-packet costs; results in bench/results/.
-    Bench,
+    /// Measure (not test) swarmlb beside the alternatives; results in bench/results/.
+    Bench {
+        /// Fewer, shorter rounds (about 2 minutes); results in bench/results/quick/.
+        #[arg(long)]
+        quick: bool,
+        /// Only these sections (comma-separated: xdp, control, e2e).
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 /// The workspace root (the parent of xtask/).
@@ -68,16 +75,21 @@ fn cargo() -> Command {
     cmd
 }
 
-fn build_ebpf() -> Result<()> {
-    setup::ensure()?;
+/// Builds the eBPF crate in `dir` (a workspace of its own) with nightly.
+fn build_bpf_crate(dir: &str) -> Result<()> {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root().join("lb-ebpf"))
+    cmd.current_dir(root().join(dir))
         .args(["+nightly", "build", "-Z", "build-std=core", "--target", "bpfel-unknown-none", "--release"]);
     // The outer cargo's settings belong to the host build, not this one.
     for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO"] {
         cmd.env_remove(var);
     }
-    run(&mut cmd).context("building the eBPF programs")
+    run(&mut cmd).with_context(|| format!("building the eBPF programs of {dir}"))
+}
+
+fn build_ebpf() -> Result<()> {
+    setup::ensure()?;
+    build_bpf_crate("lb-ebpf")
 }
 
 fn build() -> Result<()> {
@@ -104,9 +116,22 @@ fn main() -> Result<()> {
                 .args(args)
                 .env("SWARMLB_BIN", root().join("target/release/swarmlb")))
         }
-        Task::Bench => {
+        Task::Bench { quick, only } => {
+            setup::ensure_bench()?;
             build()?;
-            run(cargo().args(["run", "--release", "-q", "-p", "swarmlb-tests", "--bin", "bench"]))
+            // The baselines (XDP_PASS, parse-swap-XDP_TX) and the input
+            // restoring wrapper the per-packet costs are measured with.
+            build_bpf_crate("bench-ebpf")?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "-q", "-p", "swarmlb-tests", "--bin", "bench", "--"])
+                .env("SWARMLB_BIN", root().join("target/release/swarmlb"));
+            if quick {
+                cmd.arg("--quick");
+            }
+            if let Some(only) = only {
+                cmd.args(["--only", &only]);
+            }
+            run(&mut cmd)
         }
         Task::Demo => {
             build()?;

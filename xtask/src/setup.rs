@@ -11,14 +11,25 @@ use crate::run;
 /// tests' own dockerd nodes, busybox-static for the image they run.
 const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static"];
 
+/// What `cargo xtask bench` adds: the alternatives it compares swarmlb
+/// with (HAProxy; nftables is above), the load and bulk tools, and the
+/// charts' font.
+const BENCH_PACKAGES: &[&str] = &["haproxy", "iperf3", "fonts-dejavu-core"];
+
 /// bpf-linker release known to work with aya-ebpf 0.2.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn ensure() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
-    ensure_packages()?;
+    ensure_packages(PACKAGES)?;
     ensure_bpffs()
+}
+
+/// [`ensure`], and what the benchmark needs.
+pub fn ensure_bench() -> Result<()> {
+    ensure()?;
+    ensure_packages(BENCH_PACKAGES)
 }
 
 /// Mounts the BPF filesystem at /sys/fs/bpf once, before tests run in
@@ -102,8 +113,8 @@ fn ensure_bpf_linker() -> Result<()> {
     run(&mut cmd).context("building bpf-linker")
 }
 
-fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -1,0 +1,9 @@
+//! Placeholder: being written.
+
+use anyhow::Result;
+
+use crate::{report::Section, Opts};
+
+pub fn run(_opts: &Opts) -> Result<Section> {
+    anyhow::bail!("the xdp section is not written yet")
+}
