@@ -1,9 +1,313 @@
-//! Placeholder: being written.
+//! The control plane: how long a Maglev table takes to build, how long a
+//! Swarm label change takes to reach the kernel's maps, and how much memory
+//! the agent holds, idle and with 1000 backends and 100k flows.
 
-use anyhow::Result;
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use crate::{report::Section, Opts};
+use anyhow::{bail, Context, Result};
+use harness::{swarm::SwarmLab, ChildGuard, Netns, Topology};
+use lb_common::{
+    balancer::{FlowEntry, FlowKey, ServiceKey},
+    isolator::FAMILY_V4,
+    maglev::{self, Backend, DEFAULT_TABLE_SIZE},
+};
+use lb_user::{balancer::addr_key, maps::BalancerMaps};
 
-pub fn run(_opts: &Opts) -> Result<Section> {
-    anyhow::bail!("the control section is not written yet")
+use crate::{
+    report::{BarChart, Section, Summary},
+    Opts,
+};
+
+pub fn run(opts: &Opts) -> Result<Section> {
+    let mut md = String::new();
+    let mut charts = Vec::new();
+    let (text, chart) = maglev_builds(opts)?;
+    md.push_str(&text);
+    charts.push(chart);
+    md.push_str(&swarm_sync(opts)?);
+    let (text, chart) = agent_memory()?;
+    md.push_str(&text);
+    charts.push(chart);
+    Ok(Section { name: "control", title: "Control plane: Maglev builds, Swarm sync, agent memory".into(), markdown: md, charts })
+}
+
+/// `lb_common::maglev::build` for 3, 100 and 1000 backends, M = 65537,
+/// the sizes interleaved round by round.
+fn maglev_builds(opts: &Opts) -> Result<(String, BarChart)> {
+    let sizes = [3usize, 100, 1000];
+    let (rounds, builds) = if opts.quick { (3, 5) } else { (9, 20) };
+    let mut samples = vec![Vec::new(); sizes.len()];
+    let mut table = vec![0u32; DEFAULT_TABLE_SIZE as usize];
+    for _ in 0..rounds {
+        for (i, &n) in sizes.iter().enumerate() {
+            // Keys as the writer makes them (a hash of the address), weights 1–3.
+            let backends: Vec<Backend> =
+                (0..n as u64).map(|k| Backend { key: k.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed, weight: 1 + (k % 3) as u32 }).collect();
+            let (mut next, mut credit) = (vec![0u64; n], vec![0u64; n]);
+            let t = Instant::now();
+            for _ in 0..builds {
+                maglev::build(&backends, &mut table, &mut next, &mut credit).map_err(|e| anyhow::anyhow!("maglev build: {e:?}"))?;
+            }
+            samples[i].push(t.elapsed().as_secs_f64() * 1e3 / builds as f64);
+            anyhow::ensure!(table.iter().all(|&s| (s as usize) < n), "a slot left empty with {n} backends");
+        }
+    }
+    let mut md = String::new();
+    writeln!(md, "## Maglev table build (M = {DEFAULT_TABLE_SIZE})\n")?;
+    writeln!(
+        md,
+        "`lb_common::maglev::build` (the table the agent writes per VIP), weights 1–3; {rounds} interleaved rounds of {builds} builds; median (min–max) ms per build. Every slot is checked to hold a backend.\n"
+    )?;
+    writeln!(md, "| backends | ms per build |\n| ---: | ---: |")?;
+    let mut bars = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let s = Summary::of(&samples[i]);
+        writeln!(md, "| {n} | {} |", s.show(2))?;
+        bars.push((format!("{n} backends"), s));
+    }
+    md.push('\n');
+    let chart = BarChart { file: "control-maglev".into(), title: format!("Maglev table build, M = {DEFAULT_TABLE_SIZE}"), unit: "ms per build".into(), bars };
+    Ok((md, chart))
+}
+
+/// `swarmlb` running in a namespace with a private config, pins and
+/// runtime dir; stopped and its pins removed on drop.
+struct Agent {
+    dir: PathBuf,
+    pin_path: PathBuf,
+    runtime_dir: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+fn swarmlb_bin() -> PathBuf {
+    std::env::var_os("SWARMLB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/swarmlb"))
+}
+
+impl Agent {
+    /// Starts `swarmlb run` in `ns` with `body` (plus `[settings]`) and
+    /// waits until it has applied its config.
+    fn start(ns: &Netns, tag: &str, body: &str) -> Result<Self> {
+        let id = format!("{}-{tag}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("swarmlb-bench-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let pin_path = PathBuf::from(format!("/sys/fs/bpf/swarmlb-bench-{id}"));
+        let config = dir.join("swarmlb.toml");
+        std::fs::write(&config, format!("{body}\n[settings]\npin_path = \"{}\"\n", pin_path.display()))?;
+        let runtime_dir = dir.join("run");
+        let mut agent = Self { dir, pin_path, runtime_dir, child: None };
+        let mut cmd = Command::new(swarmlb_bin());
+        cmd.arg("run").arg("--config").arg(&config).arg("--runtime-dir").arg(&agent.runtime_dir).env("RUST_LOG", "warn");
+        let mut child = ns.try_spawn(&mut cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !agent.runtime_dir.join("state.json").exists() {
+            if let Some(status) = child.wait_timeout(Duration::from_millis(50)) {
+                bail!("swarmlb exited ({status}):\n{}", child.output_so_far());
+            }
+            if Instant::now() > deadline {
+                bail!("swarmlb not ready within 30 s:\n{}", child.output_so_far());
+            }
+        }
+        agent.child = Some(child);
+        Ok(agent)
+    }
+
+    /// Resident and peak resident memory, in MiB.
+    fn memory(&self) -> Result<(f64, f64)> {
+        let pid = self.child.as_ref().map(ChildGuard::pid).context("not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = |key: &str| -> f64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        Ok((kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0))
+    }
+
+    fn maps(&self) -> Result<BalancerMaps> {
+        BalancerMaps::open(&self.pin_path)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.terminate(Duration::from_secs(10));
+        }
+        let _ = Command::new(swarmlb_bin()).arg("down").arg("--pin-path").arg(&self.pin_path).arg("--runtime-dir").arg(&self.runtime_dir).output();
+        let _ = lb_user::loader::remove_pins(&self.pin_path);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether the backend `addr` has slots in the active Maglev table of
+/// the VIP 203.0.113.10 tcp/80: what "the kernel's map is updated" means.
+/// With the node and one static backend at equal weight, half the slots
+/// are the node's; the first 64 slots of the table all missing it has a
+/// chance of 2^-64, so sampling them (not 65537 map reads) decides.
+fn has_slots(maps: &BalancerMaps, addr: IpAddr) -> Result<bool> {
+    let (key, _) = addr_key(addr);
+    let Some(id) = maps.backends.iter().filter_map(Result::ok).find(|(_, b)| b.addr == key).map(|(id, _)| id) else {
+        return Ok(false);
+    };
+    let (vip, family) = addr_key(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)));
+    let Ok(svc) = maps.services.get(&ServiceKey { addr: vip, port: 80, proto: 6, family }, 0) else {
+        return Ok(false);
+    };
+    for slot in svc.table_base..svc.table_base + 64 {
+        if maps.maglev.get(&slot, 0)? == id {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A one-node Swarm, an edge running the agent with `backends_from`, and
+/// rounds of `docker node update --label-add/--label-rm`, timing each
+/// until the backend has (or no longer has) Maglev slots in the pinned maps.
+fn swarm_sync(opts: &Opts) -> Result<String> {
+    let rounds = if opts.quick { 3 } else { 7 };
+    let mut lab = SwarmLab::new("bsync", 1).context("a one-node Swarm")?;
+    let mut topo = Topology::new();
+    let edge = topo.netns("bsynce");
+    let outside = topo.netns("bsyncc");
+    topo.veth(&outside, "c-out", &edge, "e-out");
+    topo.addr(&edge, "e-out", "198.51.100.1/24");
+    lab.attach(&edge, "e-in", "10.2.0.1/24");
+    let node = IpAddr::V4(lab.nodes()[0].addr);
+    let agent = Agent::start(
+        &edge,
+        "sync",
+        &format!(
+            "[swarm]\ndocker_host = \"unix://{}\"\n\n[balancer]\noutside_interfaces = [\"e-out\"]\ninside_interface = \"e-in\"\n\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.10\"\nrules = [\"tcp/80\"]\nbackends = [\"10.2.0.99\"]\nbackends_from = \"node.labels.lb==proxy\"\n",
+            lab.manager_socket().display()
+        ),
+    )?;
+    let maps = agent.maps()?;
+    let (mut added, mut removed, mut cli) = (Vec::new(), Vec::new(), Vec::new());
+    let wait = |want: bool| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while has_slots(&maps, node)? != want {
+            if Instant::now() > deadline {
+                bail!("the label change did not reach the maps within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    };
+    for _ in 0..rounds {
+        let t = Instant::now();
+        lab.label_add(0, "lb", "proxy")?;
+        cli.push(t.elapsed().as_secs_f64() * 1e3);
+        wait(true)?;
+        added.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        lab.label_rm(0, "lb")?;
+        cli.push(t.elapsed().as_secs_f64() * 1e3);
+        // Unlabelled: drained (weight 0, no slots) at once.
+        wait(false)?;
+        removed.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(agent);
+    drop(topo);
+    drop(lab);
+    let mut md = String::new();
+    writeln!(md, "## Swarm label change → kernel maps\n")?;
+    writeln!(
+        md,
+        "A real one-node Swarm (dockerd in its own namespaces), the agent following it over the API socket; {rounds} rounds of `docker node update --label-add lb=proxy` then `--label-rm lb`, each timed from the command's start until the node's backend has (has no longer) Maglev slots in the pinned maps, polled every 2 ms. The time includes the `docker` command itself, shown on its own.\n"
+    )?;
+    writeln!(md, "| change | ms, median (min–max) |\n| --- | ---: |")?;
+    writeln!(md, "| label added → backend in the Maglev table | {} |", Summary::of(&added).show(0))?;
+    writeln!(md, "| label removed → backend drained (no slots) | {} |", Summary::of(&removed).show(0))?;
+    writeln!(md, "| of which: the `docker node update` command | {} |\n", Summary::of(&cli).show(0))?;
+    Ok(md)
+}
+
+/// Fills the flow table with `n` flows on the backends in the maps.
+fn fill_flows(maps: &mut BalancerMaps, vip: Ipv4Addr, n: u32) -> Result<()> {
+    let backends: Vec<(u32, u32)> = maps.backends.iter().filter_map(Result::ok).map(|(id, b)| (id, b.generation)).collect();
+    anyhow::ensure!(!backends.is_empty(), "no backends to place flows on");
+    let (dst, _) = addr_key(IpAddr::V4(vip));
+    for i in 0..n {
+        let src = Ipv4Addr::from(0xc633_0000 | (i >> 14)); // 198.51.x.y, 16384 ports each
+        let (src, _) = addr_key(IpAddr::V4(src));
+        let key = FlowKey { src, dst, src_port: 10_000 + (i & 0x3fff) as u16, dst_port: 443, proto: 6, family: FAMILY_V4, _pad: [0; 2] };
+        let (backend, generation) = backends[i as usize % backends.len()];
+        maps.flows.insert(key, FlowEntry { backend, generation, nat_port: 0, _pad: [0; 2] }, 0)?;
+    }
+    Ok(())
+}
+
+/// Scrapes the agent's metrics endpoint from inside `ns` (the endpoint
+/// walks every map, flows included: the agent's working set at its largest).
+fn scrape(ns: &Netns) -> Result<usize> {
+    ns.run(|| -> Result<usize> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9469")?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body)?;
+        anyhow::ensure!(body.starts_with(b"HTTP/1.1 200"), "metrics: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+        Ok(body.len())
+    })
+}
+
+/// The agent's resident memory: isolator only, a VIP with 3 backends,
+/// 1000 backends, and 1000 backends with 100k flows in the table, each
+/// read after a metrics scrape.
+fn agent_memory() -> Result<(String, BarChart)> {
+    let mut topo = Topology::new();
+    let edge = topo.netns("bmem");
+    topo.veth(&edge, "e-out", &edge, "e-out-p");
+    topo.veth(&edge, "e-in", &edge, "e-in-p");
+    topo.addr(&edge, "e-out", "198.51.100.1/24");
+    topo.addr(&edge, "e-in", "10.1.0.1/16");
+    let isolator = "[[interface]]\nname = \"e-out\"\nzone = \"dmz\"\n\n[zone.dmz]\nprotected = [\"tcp/5432\"]\n";
+    let vip = |n: usize| -> String {
+        let backends: Vec<String> = (0..n).map(|i| format!("\"10.1.{}.{}\"", 1 + i / 250, 2 + i % 250)).collect();
+        format!(
+            "[balancer]\noutside_interfaces = [\"e-out\"]\ninside_interface = \"e-in\"\n\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.10\"\nrules = [\"tcp/443\"]\nbackends = [{}]\n",
+            backends.join(", ")
+        )
+    };
+    let mut rows = Vec::new();
+    for (name, body, flows) in [
+        ("isolator only (idle)", isolator.to_owned(), 0u32),
+        ("a VIP with 3 backends", vip(3), 0),
+        ("a VIP with 1000 backends", vip(1000), 0),
+        ("1000 backends + 100k flows", vip(1000), 100_000),
+    ] {
+        let agent = Agent::start(&edge, "mem", &body)?;
+        if flows > 0 {
+            fill_flows(&mut agent.maps()?, Ipv4Addr::new(203, 0, 113, 10), flows)?;
+        }
+        // Let the first health-check rounds and housekeeping run.
+        std::thread::sleep(Duration::from_secs(3));
+        let bytes = scrape(&edge)?;
+        let (rss, peak) = agent.memory()?;
+        rows.push((name, rss, peak, bytes));
+    }
+    let mut md = String::new();
+    writeln!(md, "## Agent memory\n")?;
+    writeln!(md, "`swarmlb run` in a namespace, static config; read from /proc/<pid>/status 3 s after start and after one scrape of the metrics endpoint (which walks every map, the flow table included). Flows are written into the pinned flow table directly. Kernel map memory is not in the agent's RSS.\n")?;
+    writeln!(md, "| agent with | RSS MiB | peak RSS MiB | metrics body bytes |\n| --- | ---: | ---: | ---: |")?;
+    let mut bars = Vec::new();
+    for (name, rss, peak, bytes) in rows {
+        writeln!(md, "| {name} | {rss:.1} | {peak:.1} | {bytes} |")?;
+        bars.push((name.to_owned(), Summary::of(&[rss])));
+    }
+    md.push('\n');
+    let chart = BarChart { file: "control-memory".into(), title: "Agent resident memory".into(), unit: "MiB (VmRSS)".into(), bars };
+    Ok((md, chart))
 }

@@ -44,6 +44,7 @@ fn main() -> Result<()> {
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
     let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join(if quick { "../bench/results/quick" } else { "../bench/results" });
     std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
     let machine = report::Machine::read();
     let mut sections = Vec::new();
     type Section = fn(&Opts) -> Result<report::Section>;

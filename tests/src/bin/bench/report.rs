@@ -48,7 +48,6 @@ pub struct Summary {
     pub median: f64,
     pub min: f64,
     pub max: f64,
-    pub n: usize,
 }
 
 impl Summary {
@@ -61,7 +60,7 @@ impl Summary {
         s.sort_by(|a, b| a.total_cmp(b));
         let n = s.len();
         let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
-        Self { median, min: s[0], max: s[n - 1], n }
+        Self { median, min: s[0], max: s[n - 1] }
     }
 
     /// `median (min–max)` with `digits` decimals.
@@ -166,13 +165,17 @@ fn draw(chart: &BarChart, path: &Path) -> Result<()> {
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(label_width)
-        .build_cartesian_2d(0.0..top, 0..rows)
+        .build_cartesian_2d(0.0..top, (0..rows - 1).into_segmented())
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let labels: Vec<String> = chart.bars.iter().map(|(l, _)| l.clone()).collect();
+    // Row 0 at the top: the bars read in the table's order.
+    let label = |v: &SegmentValue<usize>| match v {
+        SegmentValue::CenterOf(i) if *i < rows => chart.bars[rows - 1 - i].0.clone(),
+        _ => String::new(),
+    };
     c.configure_mesh()
         .disable_y_mesh()
         .y_labels(rows)
-        .y_label_formatter(&|i| labels.get(rows - 1 - (*i).min(rows - 1)).cloned().unwrap_or_default())
+        .y_label_formatter(&label)
         .x_desc(chart.unit.as_str())
         .label_style(("sans-serif", 13))
         .draw()
@@ -180,10 +183,10 @@ fn draw(chart: &BarChart, path: &Path) -> Result<()> {
     for (i, (_, s)) in chart.bars.iter().enumerate() {
         let y = rows - 1 - i;
         let color = Palette99::pick(i).mix(0.8);
-        c.draw_series(std::iter::once(Rectangle::new([(0.0, y), (s.median, y + 1)], color.filled())))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        c.draw_series(std::iter::once(PathElement::new(vec![(s.min, y), (s.max, y)], BLACK.stroke_width(2))))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let bar = Rectangle::new([(0.0, SegmentValue::Exact(y)), (s.median, SegmentValue::Exact(y + 1))], color.filled());
+        c.draw_series(std::iter::once(bar)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let whisker = PathElement::new(vec![(s.min, SegmentValue::CenterOf(y)), (s.max, SegmentValue::CenterOf(y))], BLACK.stroke_width(2));
+        c.draw_series(std::iter::once(whisker)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok(())
