@@ -124,8 +124,13 @@ fn docker_at(socket: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<Strin
 impl SwarmNode {
     /// Starts dockerd; returns once its API answers.
     fn start(&mut self) -> Result<()> {
-        // A killed dockerd leaves its pid file, which would stop the next.
+        // A killed dockerd leaves its pid file, which would stop the next,
+        // and containerd's: its pid belonged to the old PID namespace, and
+        // in the new one the same number is often one of dockerd's own
+        // threads, so dockerd would take containerd for alive and wait on
+        // its dead socket until it gives up.
         let _ = std::fs::remove_file(self.dir.join("docker.pid"));
+        let _ = std::fs::remove_file(self.dir.join("exec/containerd/containerd.pid"));
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--uts", "--pid", "--fork", "--mount-proc", "--propagation", "private", "--kill-child=SIGKILL"])
             .args(["sh", "-c", NODE_SCRIPT, "node"])
