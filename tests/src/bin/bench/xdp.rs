@@ -148,6 +148,8 @@ struct Row {
 struct Measured {
     gross: Vec<f64>,
     net: Vec<f64>,
+    /// `bench_restore`'s own cost (restored rows), subtracted from both.
+    wrapper: Vec<f64>,
     /// Checks that failed (the row's numbers are not valid).
     failures: Vec<String>,
 }
@@ -173,14 +175,15 @@ pub fn run(opts: &Opts) -> Result<Section> {
     let mut m: Vec<Measured> = rows.iter().map(|_| Measured::default()).collect();
     let mut verdicts = Vec::new();
     for (row, m) in rows.iter().zip(&mut m) {
-        verdicts.push(check(row, m, &mut bench, &mut iso, &mut kb)?);
+        verdicts.push(check(row, m, &mut bench, &mut iso, &mut kb, &balancer)?);
     }
     for _ in 0..plan.rounds {
         let mut floor = f64::NAN;
         for (row, m) in rows.iter().zip(&mut m) {
             let (gross, net) = match row.subject {
                 Subject::Balancer(flow) => {
-                    let net = time_balancer(row, flow, &plan, m, &mut bench, &mut kb, &balancer)?;
+                    let (net, wrapper) = time_balancer(row, flow, &plan, m, &mut bench, &mut kb, &balancer)?;
+                    m.wrapper.push(wrapper - floor);
                     (net + floor, net)
                 }
                 _ => {
@@ -326,14 +329,14 @@ fn balancer_rows(kb: &KernelBalancer) -> Vec<Row> {
 
 /// The plain (unwrapped, single) run of a row's program: the verdict it
 /// shows, after comparing action and output with what they must be.
-fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut KernelIsolator, kb: &mut KernelBalancer) -> Result<String> {
+fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut KernelIsolator, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<String> {
     let (action, out, expected_out) = match row.subject {
         Subject::Floor => {
-            let (a, out) = once(bench.program(PASS)?, &row.frame, None)?;
+            let (a, out) = once(bench.program(PASS)?, &row.frame, None, 1)?;
             (a, out, row.frame.clone())
         }
         Subject::SwapTx => {
-            let (a, out) = once(bench.program(SWAP_TX)?, &row.frame, None)?;
+            let (a, out) = once(bench.program(SWAP_TX)?, &row.frame, None, 1)?;
             let mut swapped = row.frame.clone();
             swapped[..6].copy_from_slice(&row.frame[6..12]);
             swapped[6..12].copy_from_slice(&row.frame[..6]);
@@ -351,6 +354,9 @@ fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut Kerne
         }
         Subject::Balancer(flow) => {
             let (a, out, modelled) = check_balancer(row, flow, m, kb);
+            if flow != Flow::New {
+                check_restored(row, &out, m, bench, kb, balancer)?;
+            }
             (a, out, modelled)
         }
     };
@@ -390,6 +396,21 @@ fn check_balancer(row: &Row, flow: Flow, m: &mut Measured, kb: &mut KernelBalanc
     }
     let modelled = if matches!(o.action, Action::Tx | Action::Redirect(_)) { buf[..o.len].to_vec() } else { row.frame.clone() };
     (action, out, modelled)
+}
+
+/// Two repeats under `bench_restore` must leave the same packet as one
+/// plain run: the second repeat saw exactly the input again. (New-flow
+/// rows differ by design; their counters show every repeat was a new flow,
+/// which an unrestored packet — no longer addressed to the VIP — is not.)
+fn check_restored(row: &Row, plain: &[u8], m: &mut Measured, bench: &mut BenchPrograms, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<()> {
+    bench.set_input(&row.frame, false)?;
+    bench.set_target(balancer)?;
+    let ifindex = kb.net.out_ifindex;
+    let (_, out) = kb.net.ns.run(|| once(bench.program(RESTORE)?, &row.frame, Some(ifindex), 2))?;
+    if out != plain {
+        m.fail(format!("{}: bench_restore's 2nd repeat left another packet than a plain run", row.name));
+    }
+    Ok(())
 }
 
 fn action_code(a: Action) -> u32 {
@@ -433,8 +454,9 @@ fn time_direct(row: &Row, plan: &Plan, m: &mut Measured, bench: &mut BenchProgra
 
 /// One call of a balancer row under `bench_restore`, and one of the
 /// wrapper alone (pointed at `bench_pass`, same frame, context and
-/// repeat): the balancer's net ns per packet, their difference.
-fn time_balancer(row: &Row, flow: Flow, plan: &Plan, m: &mut Measured, bench: &mut BenchPrograms, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<f64> {
+/// repeat): the balancer's net ns per packet (their difference), and the
+/// wrapper's time alone.
+fn time_balancer(row: &Row, flow: Flow, plan: &Plan, m: &mut Measured, bench: &mut BenchPrograms, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<(f64, f64)> {
     let repeat = if flow == Flow::New { plan.new_flow_repeat } else { plan.repeat };
     let ifindex = kb.net.out_ifindex;
     bench.set_input(&row.frame, flow == Flow::New)?;
@@ -472,7 +494,7 @@ fn time_balancer(row: &Row, flow: Flow, plan: &Plan, m: &mut Measured, bench: &m
     if flow == Flow::New {
         kb.clear_flows();
     }
-    Ok(ns - wrapper_ns)
+    Ok((ns - wrapper_ns, wrapper_ns))
 }
 
 /// The `xdp_md` a test run starts from: the frame's length, arriving on
@@ -498,14 +520,16 @@ fn timed(prog: &mut Xdp, frame: &[u8], ifindex: Option<u32>, repeat: u32) -> Res
     Ok((r.return_value, r.duration.as_secs_f64() * 1e9))
 }
 
-/// One plain run: the action and the packet as the program left it.
-fn once(prog: &mut Xdp, frame: &[u8], ifindex: Option<u32>) -> Result<(u32, Vec<u8>)> {
+/// A run of `repeat` (few) repeats: the last one's action and the packet
+/// as the program left it.
+fn once(prog: &mut Xdp, frame: &[u8], ifindex: Option<u32>, repeat: u32) -> Result<(u32, Vec<u8>)> {
     let ctx = ifindex.map(|i| xdp_md(frame.len(), i));
     let mut out = vec![0u8; frame.len() + 256];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
     opts.data_out = Some(&mut out);
     opts.ctx_in = ctx.as_ref().map(|c| &c[..]);
+    opts.repeat = repeat;
     let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, out))
@@ -629,7 +653,9 @@ lookups and redirects have real answers.\n\
 flow table; user space empties the flow and NAT tables around each such call ({new} repeats over 3 backends, so at most ~{per_backend} of a \
 backend's 31 744 SNAT ports are taken by a call's end). Established rows are ACKs of a flow placed before the call.\n\
 - The wrapper's own cost is measured in the same round, right before, with the same frame, context and repeat count, pointed at `bench_pass`: \
-**net** = T(wrapper → balancer) − T(wrapper → bench_pass); **gross** = net + this round's XDP_PASS floor. Direct rows: gross = T, net = T − floor.\n\
+**net** = T(wrapper → balancer) − T(wrapper → bench_pass); **gross** = net + this round's XDP_PASS floor; the wrapper column is \
+T(wrapper → bench_pass) − floor. Direct rows: gross = T, net = T − floor. A plain run and two repeats under the wrapper must leave the same \
+output packet (the restore is exact).\n\
 - Checks: once per row, a plain run of the program itself (no wrapper) must give the expected verdict and output — balancer rows compared with \
 lb-common's model (action and every output byte, as `balancer_differential.rs` does), isolator rows with the isolator model's verdict and the packet \
 unchanged, baselines with their obvious result. Every timed call is checked too: the last repeat's verdict, and for balancer rows the counters \
@@ -643,7 +669,7 @@ unchanged, baselines with their obvious result. Every timed call is checked too:
 }
 
 fn results_table(md: &mut String, rows: &[Row], m: &[Measured], verdicts: &[String], plan: &Plan) {
-    let _ = writeln!(md, "## Results\n\n| | path | method | repeats | verdict (checked) | gross ns/packet | net ns/packet |\n| --- | --- | --- | ---: | --- | ---: | ---: |");
+    let _ = writeln!(md, "## Results\n\n| | path | method | repeats | verdict (checked) | gross ns/packet | net ns/packet | wrapper ns (subtracted) |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: |");
     for ((row, m), verdict) in rows.iter().zip(m).zip(verdicts) {
         let (method, repeat) = match row.subject {
             Subject::Balancer(Flow::New) => ("restored, new flow each", plan.new_flow_repeat),
@@ -655,7 +681,8 @@ fn results_table(md: &mut String, rows: &[Row], m: &[Measured], verdicts: &[Stri
         } else {
             (format!("**CHECK FAILED** ({verdict})"), "**INVALID**".into(), "**INVALID**".into())
         };
-        let _ = writeln!(md, "| {} | {} | {method} | {repeat} | {verdict} | {gross} | {net} |", row.group, row.name);
+        let wrapper = if m.wrapper.is_empty() { "–".into() } else { Summary::of(&m.wrapper).show(1) };
+        let _ = writeln!(md, "| {} | {} | {method} | {repeat} | {verdict} | {gross} | {net} | {wrapper} |", row.group, row.name);
     }
 }
 
@@ -712,26 +739,31 @@ fn failures(md: &mut String, rows: &[Row], m: &[Measured]) {
     }
 }
 
+/// Two charts, because the balancer's new flows would flatten the rest:
+/// baselines, isolator and the non-VIP path; the balancer beside Katran
+/// (each Katran path followed by the swarmlb rows compared with it).
 fn charts(rows: &[Row], m: &[Measured]) -> Vec<BarChart> {
-    let valid = |r: &Row, m: &Measured| m.failures.is_empty() && r.subject != Subject::Floor;
-    let paths = rows
+    let valid: Vec<(&Row, &Measured)> = rows.iter().zip(m).filter(|(r, m)| m.failures.is_empty() && r.subject != Subject::Floor).collect();
+    let small = valid
         .iter()
-        .zip(m)
-        .filter(|(r, m)| valid(r, m))
+        .filter(|(r, _)| !matches!(r.subject, Subject::Balancer(Flow::New | Flow::Established)))
         .map(|(r, m)| (format!("{}: {}", r.group, r.name), Summary::of(&m.net)))
         .collect();
     let mut katran = Vec::new();
-    for (r, m) in rows.iter().zip(m).filter(|(r, m)| valid(r, m)) {
-        if let Some((k, _)) = r.katran {
+    for k in [Katran::LruHitIpip, Katran::NewFlow] {
+        let v = k.net_ns();
+        katran.push((format!("Katran {}", k.label()), Summary { median: v, min: v, max: v, n: 1 }));
+        for (r, m) in valid.iter().filter(|(r, _)| r.katran.is_some_and(|(rk, _)| rk == k)) {
             katran.push((format!("swarmlb {}", r.name), Summary::of(&m.net)));
-            if !katran.iter().any(|(l, _)| l == &format!("Katran {}", k.label())) {
-                let v = k.net_ns();
-                katran.push((format!("Katran {}", k.label()), Summary { median: v, min: v, max: v, n: 1 }));
-            }
         }
     }
     vec![
-        BarChart { file: "xdp-net".into(), title: "Net kernel time per packet (minus the XDP_PASS floor)".into(), unit: "ns/packet".into(), bars: paths },
-        BarChart { file: "xdp-katran".into(), title: "Balancer paths against Katran (net ns/packet)".into(), unit: "ns/packet".into(), bars: katran },
+        BarChart {
+            file: "xdp-isolator".into(),
+            title: "Baselines, isolator, not-a-VIP: net ns/packet (minus the XDP_PASS floor)".into(),
+            unit: "ns/packet".into(),
+            bars: small,
+        },
+        BarChart { file: "xdp-balancer".into(), title: "Balancer against Katran: net ns/packet".into(), unit: "ns/packet".into(), bars: katran },
     ]
 }
