@@ -700,12 +700,20 @@ fn katran_table(md: &mut String, rows: &[Row], m: &[Measured]) {
         md,
         "\n## Against Katran\n\nKatran's reference numbers, measured the same way on these machines: XDP_PASS floor ≈ {KATRAN_FLOOR:.0} ns \
 (this run's: {floor:.1} ns), LRU hit + IPIP ≈ {} ns net, new flow ≈ {} ns net, non-VIP ≈ {} ns net. Net against net, so the floors cancel. \
-Target: at most Katran's net on the comparable path; nat rows are compared too but do more work.\n\n\
-| swarmlb path | Katran path | swarmlb net ns | Katran net ns | ratio | target | note |\n| --- | --- | ---: | ---: | ---: | --- | --- |",
+Target: at most Katran's net on the comparable path; nat rows are compared too but do more work.",
         Katran::LruHitIpip.net_ns(),
         Katran::NewFlow.net_ns(),
         Katran::NonVip.net_ns()
     );
+    if (floor / KATRAN_FLOOR - 1.0).abs() > 0.3 {
+        let _ = writeln!(
+            md,
+            "\n**This run's floor ({floor:.1} ns) is not Katran's ({KATRAN_FLOOR:.0} ns): the machine or its load differs from the one Katran \
+was measured on, so the ratios below carry that difference too (a floor is mostly fixed per-run cost and does not scale the paths); \
+rerun both on one machine to compare them strictly.**"
+        );
+    }
+    let _ = writeln!(md, "\n| swarmlb path | Katran path | swarmlb net ns | Katran net ns | ratio | target | note |\n| --- | --- | ---: | ---: | ---: | --- | --- |");
     for (row, m) in rows.iter().zip(m) {
         let Some((k, note)) = row.katran else { continue };
         if !m.failures.is_empty() {
