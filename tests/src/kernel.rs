@@ -77,6 +77,11 @@ impl KernelIsolator {
         Some(self.iso.as_mut().unwrap().test_run(Program::Isolator, frame, 1).expect("test run").0)
     }
 
+    /// Runs one frame once: (XDP action, the packet as the program left it).
+    pub fn run_with_output(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.iso.as_mut().unwrap().test_run_on(Program::Isolator, frame, 1).expect("test run")
+    }
+
     /// Runs one frame `repeat` times in the kernel: (action, mean time per run).
     pub fn run_repeated(&mut self, frame: &[u8], repeat: u32) -> (u32, std::time::Duration) {
         self.iso.as_mut().unwrap().test_run(Program::Isolator, frame, repeat).expect("test run")

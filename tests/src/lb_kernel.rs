@@ -199,6 +199,19 @@ impl KernelBalancer {
         self.net.ns.run(|| dp.test_run_on(Program::Balancer, frame, ifindex)).expect("test run")
     }
 
+    /// A descriptor of the loaded balancer program, for tail calls into it
+    /// from another object (the benchmark's input-restoring wrapper). It is
+    /// the kernel's `balancer` program that uses this fixture's flow map.
+    pub fn balancer_fd(&self) -> anyhow::Result<aya::programs::ProgramFd> {
+        let flows = aya::maps::MapInfo::from_pin(self.pin_dir.join(MAP_FLOWS))?.id();
+        let uses_flows = |p: &aya::programs::ProgramInfo| p.map_ids().ok().flatten().is_some_and(|ids| ids.contains(&flows));
+        let info = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.name_as_str() == Some(PROGRAM_BALANCER) && uses_flows(p))
+            .ok_or_else(|| anyhow::anyhow!("the fixture's balancer program is not among the loaded programs"))?;
+        Ok(info.fd()?)
+    }
+
     /// The maps.
     pub fn maps(&self) -> &BalancerMaps {
         self.maps.as_ref().unwrap()

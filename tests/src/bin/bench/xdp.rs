@@ -1,9 +1,777 @@
-//! Placeholder: being written.
+//! The `xdp` section: the kernel's time per packet on each XDP path, with
+//! BPF_PROG_TEST_RUN, beside two baselines (an XDP_PASS program, the
+//! floor, and parse + MAC swap + XDP_TX) and Katran's reference numbers.
+//!
+//! Programs that rewrite packets cannot simply be repeated on one buffer
+//! (the second repeat would see the first one's output), so the balancer
+//! runs under `bench_restore` (bench-ebpf), which puts the input back
+//! before every repeat; its own cost is measured and subtracted. The
+//! method is spelled out in [`method`], which the results carry.
 
-use anyhow::Result;
+use std::{fmt::Write as _, net::IpAddr, path::Path};
 
-use crate::{report::Section, Opts};
+use anyhow::{bail, ensure, Context, Result};
+use aya::{
+    maps::{Array, ProgramArray},
+    programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use harness::{
+    kernel::{fixture_config, KernelIsolator, ModelFrags},
+    lb_kernel::{neighbour_mac, KernelBalancer, BACKENDS_V4, BACKENDS_V6, CLIENT_V4, CLIENT_V6},
+    rawframe::{fragment_ipv4, ExtHeader, FrameBuilder, Ipv4, Ipv6, L4},
+};
+use lb_common::{
+    balancer::{LbCounter, Mode},
+    balancer_model::{process, Action},
+    model,
+    wire::IPPROTO_TCP,
+};
+use lb_user::balancer::{Desired, DesiredBackend, DesiredVip};
 
-pub fn run(_opts: &Opts) -> Result<Section> {
-    anyhow::bail!("the xdp section is not written yet")
+use crate::{
+    report::{BarChart, Section, Summary},
+    Opts,
+};
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+/// Longest frame `bench_restore` restores (bench-ebpf's `FRAME_MAX`).
+const FRAME_MAX: usize = 256;
+
+/// The VIPs of the balancer rows (TEST-NET-3 and the documentation prefix).
+const NAT4: &str = "203.0.113.10";
+const DSR4: &str = "203.0.113.11";
+const NAT6: &str = "2001:db8:10::10";
+const DSR6: &str = "2001:db8:10::11";
+/// The edge's own outside address: not a VIP, so on to the isolator.
+const EDGE_OUTSIDE_V4: &str = "198.51.100.1";
+
+/// Katran's reference numbers, measured with BPF_PROG_TEST_RUN the same
+/// way on these machines (ns per packet).
+const KATRAN_FLOOR: f64 = 26.0;
+
+/// How many rounds and repeats.
+struct Plan {
+    rounds: usize,
+    /// Repeats per call of the rows whose every repeat is the same path.
+    repeat: u32,
+    /// Repeats per call of the new-flow rows: each is a new flow (and in
+    /// `nat` mode an SNAT port), so a call must stay well below the 31 744
+    /// SNAT ports a backend has (1024–32767); the tables are emptied
+    /// between calls.
+    new_flow_repeat: u32,
+}
+
+impl Plan {
+    fn of(opts: &Opts) -> Self {
+        if opts.quick {
+            Plan { rounds: 3, repeat: 50_000, new_flow_repeat: 4096 }
+        } else {
+            Plan { rounds: 7, repeat: 200_000, new_flow_repeat: 8192 }
+        }
+    }
+}
+
+/// A Katran path a swarmlb row is compared with.
+#[derive(Clone, Copy, PartialEq)]
+enum Katran {
+    /// LRU hit + IPIP encapsulation.
+    LruHitIpip,
+    /// New flow: LRU miss, Maglev, IPIP.
+    NewFlow,
+    /// Not a VIP: passed on.
+    NonVip,
+}
+
+impl Katran {
+    fn label(self) -> &'static str {
+        match self {
+            Katran::LruHitIpip => "LRU hit + IPIP",
+            Katran::NewFlow => "new flow",
+            Katran::NonVip => "non-VIP",
+        }
+    }
+
+    /// Katran's net ns per packet (minus its XDP_PASS floor).
+    fn net_ns(self) -> f64 {
+        match self {
+            Katran::LruHitIpip => 155.0,
+            Katran::NewFlow => 384.0,
+            Katran::NonVip => 60.0,
+        }
+    }
+}
+
+/// Which flow-table path a balancer row takes.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Flow {
+    /// Every repeat a flow the table has not seen.
+    New,
+    /// Every repeat the same, already placed flow.
+    Established,
+    /// Not for any VIP.
+    NotOurs,
+}
+
+/// What a row runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Subject {
+    /// `bench_pass`, directly: the floor.
+    Floor,
+    /// `bench_swap_tx`, directly (swapping the MACs back and forth is the
+    /// same work every repeat).
+    SwapTx,
+    /// The isolator on a DMZ interface, directly: it never rewrites.
+    Isolator,
+    /// The balancer on its outside interface, under `bench_restore`.
+    Balancer(Flow),
+}
+
+/// One line of the results.
+struct Row {
+    group: &'static str,
+    name: String,
+    subject: Subject,
+    frame: Vec<u8>,
+    /// The XDP action the path ends in.
+    expect: u32,
+    katran: Option<(Katran, &'static str)>,
+}
+
+/// A row's measurements.
+#[derive(Default)]
+struct Measured {
+    gross: Vec<f64>,
+    net: Vec<f64>,
+    /// `bench_restore`'s own cost (restored rows), subtracted from both.
+    wrapper: Vec<f64>,
+    /// Checks that failed (the row's numbers are not valid).
+    failures: Vec<String>,
+}
+
+impl Measured {
+    fn fail(&mut self, what: String) {
+        eprintln!("xdp bench: CHECK FAILED: {what}");
+        if !self.failures.contains(&what) {
+            self.failures.push(what);
+        }
+    }
+}
+
+/// Runs the section.
+pub fn run(opts: &Opts) -> Result<Section> {
+    let plan = Plan::of(opts);
+    let mut bench = BenchPrograms::load()?;
+    let mut iso = KernelIsolator::new("benchxdp", fixture_config());
+    let mut kb = KernelBalancer::new("benchxdp");
+    kb.apply(&desired());
+    let balancer = kb.balancer_fd()?;
+    let rows = rows(&kb);
+    let mut m: Vec<Measured> = rows.iter().map(|_| Measured::default()).collect();
+    let mut verdicts = Vec::new();
+    for (row, m) in rows.iter().zip(&mut m) {
+        verdicts.push(check(row, m, &mut bench, &mut iso, &mut kb, &balancer)?);
+    }
+    for _ in 0..plan.rounds {
+        let mut floor = f64::NAN;
+        for (row, m) in rows.iter().zip(&mut m) {
+            let (gross, net) = match row.subject {
+                Subject::Balancer(flow) => {
+                    let (net, wrapper) = time_balancer(row, flow, &plan, m, &mut bench, &mut kb, &balancer)?;
+                    m.wrapper.push(wrapper - floor);
+                    (net + floor, net)
+                }
+                _ => {
+                    let gross = time_direct(row, &plan, m, &mut bench, &mut iso)?;
+                    if row.subject == Subject::Floor {
+                        floor = gross;
+                    }
+                    (gross, gross - floor)
+                }
+            };
+            m.gross.push(gross);
+            m.net.push(net);
+        }
+    }
+    Ok(section(&rows, &m, &verdicts, &plan))
+}
+
+/// The balancer's services: one VIP per mode and family, TCP 443.
+fn desired() -> Desired {
+    let vip = |name: &str, address: &str, mode: Mode, backends: &[&str]| DesiredVip {
+        name: name.into(),
+        address: address.parse().unwrap(),
+        mode,
+        rules: vec![(IPPROTO_TCP, 443, 443)],
+        backends: backends.iter().map(|a| DesiredBackend { address: a.parse().unwrap(), weight: 1, up: true }).collect(),
+    };
+    Desired {
+        inside_v4: Some("10.1.0.1".parse().unwrap()),
+        inside_v6: Some("fd00:1::1".parse().unwrap()),
+        snat_ports: (1024, 32767),
+        egress: Vec::new(),
+        vips: vec![
+            vip("nat4", NAT4, Mode::Nat, &BACKENDS_V4),
+            vip("dsr4", DSR4, Mode::Dsr, &BACKENDS_V4),
+            vip("nat6", NAT6, Mode::Nat, &BACKENDS_V6),
+            vip("dsr6", DSR6, Mode::Dsr, &BACKENDS_V6),
+        ],
+    }
+}
+
+/// Every row, in the order they run and are reported.
+fn rows(kb: &KernelBalancer) -> Vec<Row> {
+    let mut rows = baseline_rows();
+    rows.extend(isolator_rows());
+    rows.extend(balancer_rows(kb));
+    rows
+}
+
+fn row(group: &'static str, name: &str, subject: Subject, frame: Vec<u8>, expect: u32) -> Row {
+    Row { group, name: name.to_owned(), subject, frame, expect, katran: None }
+}
+
+/// A TCP SYN from `src` to `dst`:`dport` behind `eth`.
+fn syn(eth: &FrameBuilder, src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    tcp(eth, src, dst, &L4::tcp_syn(40000, dport))
+}
+
+fn tcp(eth: &FrameBuilder, src: &str, dst: &str, l4: &L4) -> Vec<u8> {
+    match (src.parse().unwrap(), dst.parse().unwrap()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(&Ipv4::new(s, d).packet(l4)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(&Ipv6::new(s, d).packet(l4)),
+        _ => unreachable!("mixed address families"),
+    }
+}
+
+fn isolator_eth() -> FrameBuilder {
+    FrameBuilder::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+}
+
+fn baseline_rows() -> Vec<Row> {
+    let frame = syn(&isolator_eth(), "10.1.2.3", "10.0.0.1", 443);
+    vec![
+        row("baseline", "XDP_PASS program (the floor)", Subject::Floor, frame.clone(), XDP_PASS),
+        row("baseline", "parse eth/IPv4/TCP, swap MACs, XDP_TX", Subject::SwapTx, frame, XDP_TX),
+    ]
+}
+
+/// The old isolator bench's rows, under the fixture policy (`lo` is the
+/// DMZ interface; tcp/22 protected; 10.9.0.0/16 allow-listed).
+fn isolator_rows() -> Vec<Row> {
+    let eth = isolator_eth();
+    let (out4, trust4, dst4, out6, dst6) = ("10.1.2.3", "10.9.5.5", "10.0.0.1", "fd01::3", "fd00::1");
+    let first_fragment = {
+        let packet = Ipv4::new(out4.parse().unwrap(), dst4.parse().unwrap()).packet(&L4::udp(1, 53, &[0; 64]));
+        eth.ipv4(&fragment_ipv4(&packet, &[32]).expect("fragments")[0])
+    };
+    let ext = Ipv6::new(out6.parse().unwrap(), dst6.parse().unwrap())
+        .with(ExtHeader::HopByHop(vec![]))
+        .with(ExtHeader::DestOpts(vec![]))
+        .packet(&L4::tcp_syn(40000, 22));
+    let r = |name: &str, frame: Vec<u8>, expect: u32| row("isolator", name, Subject::Isolator, frame, expect);
+    vec![
+        r("non-IP (ARP): pass", eth.frame(0x0806, &[0; 28]), XDP_PASS),
+        r("IPv4 TCP, unprotected port: pass", syn(&eth, out4, dst4, 443), XDP_PASS),
+        r("IPv4 TCP, protected port: drop", syn(&eth, out4, dst4, 22), XDP_DROP),
+        r("IPv4 TCP, protected port, allow-listed: pass", syn(&eth, trust4, dst4, 22), XDP_PASS),
+        r("IPv4 TCP in a VID-0 tag, protected: drop", syn(&eth.clone().vlan(0x8100, 0), out4, dst4, 22), XDP_DROP),
+        r("IPv4 first fragment (verdict remembered): pass", first_fragment, XDP_PASS),
+        r("IPv6 TCP, unprotected port: pass", syn(&eth, out6, dst6, 443), XDP_PASS),
+        r("IPv6 TCP behind HBH + DestOpts, protected: drop", eth.ipv6(&ext), XDP_DROP),
+    ]
+}
+
+/// New and established flows in both modes and families, and a packet
+/// for no VIP. Established flows are ACKs, new ones SYNs.
+fn balancer_rows(kb: &KernelBalancer) -> Vec<Row> {
+    let eth = FrameBuilder::new(neighbour_mac(CLIENT_V4.parse().unwrap()), kb.net.out_mac);
+    let ack = L4::Tcp { sport: 40000, dport: 443, seq: 0x1000_0001, ack: 0x2000_0001, flags: 0x10, window: 64240, payload: Vec::new() };
+    let mut rows = Vec::new();
+    for (family, client, nat, dsr, tunnel) in [("IPv4", CLIENT_V4, NAT4, DSR4, "IPIP"), ("IPv6", CLIENT_V6, NAT6, DSR6, "IP6IP6")] {
+        for (mode, vip, rewrite) in [("nat", nat, "DNAT+SNAT"), ("dsr", dsr, tunnel)] {
+            let note = if mode == "nat" { "nat does more: both addresses and ports, a NAT entry" } else if family == "IPv6" { "IPv6-in-IPv6 vs Katran's IPv4 IPIP" } else { "" };
+            rows.push(Row {
+                group: "balancer",
+                name: format!("{mode} {family}, new flow (miss → Maglev → {rewrite})"),
+                subject: Subject::Balancer(Flow::New),
+                frame: syn(&eth, client, vip, 443),
+                expect: XDP_REDIRECT,
+                katran: Some((Katran::NewFlow, note)),
+            });
+            rows.push(Row {
+                group: "balancer",
+                name: format!("{mode} {family}, established (hit → {rewrite})"),
+                subject: Subject::Balancer(Flow::Established),
+                frame: tcp(&eth, client, vip, &ack),
+                expect: XDP_REDIRECT,
+                katran: Some((Katran::LruHitIpip, note)),
+            });
+        }
+    }
+    rows.push(Row {
+        group: "balancer",
+        name: "IPv4, not a VIP (→ isolator → XDP_PASS)".into(),
+        subject: Subject::Balancer(Flow::NotOurs),
+        frame: syn(&eth, CLIENT_V4, EDGE_OUTSIDE_V4, 22),
+        expect: XDP_PASS,
+        katran: Some((Katran::NonVip, "")),
+    });
+    rows
+}
+
+// ---------------------------------------------------------------- checks
+
+/// The plain (unwrapped, single) run of a row's program: the verdict it
+/// shows, after comparing action and output with what they must be.
+fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut KernelIsolator, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<String> {
+    let (action, out, expected_out) = match row.subject {
+        Subject::Floor => {
+            let (a, out) = once(bench.program(PASS)?, &row.frame, None, 1)?;
+            (a, out, row.frame.clone())
+        }
+        Subject::SwapTx => {
+            let (a, out) = once(bench.program(SWAP_TX)?, &row.frame, None, 1)?;
+            let mut swapped = row.frame.clone();
+            swapped[..6].copy_from_slice(&row.frame[6..12]);
+            swapped[6..12].copy_from_slice(&row.frame[..6]);
+            (a, out, swapped)
+        }
+        Subject::Isolator => {
+            let modelled = model::decide(&row.frame, 1, &iso.reference(), &mut ModelFrags::default()).verdict;
+            let want = if modelled.is_drop() { XDP_DROP } else { XDP_PASS };
+            if want != row.expect {
+                m.fail(format!("{}: the isolator model says {modelled:?}", row.name));
+            }
+            iso.clear_fragments();
+            let (a, out) = iso.run_with_output(&row.frame);
+            (a, out, row.frame.clone())
+        }
+        Subject::Balancer(flow) => {
+            let (a, out, modelled) = check_balancer(row, flow, m, kb);
+            if flow != Flow::New {
+                check_restored(row, &out, m, bench, kb, balancer)?;
+            }
+            (a, out, modelled)
+        }
+    };
+    if action != row.expect {
+        m.fail(format!("{}: verdict {} (expected {})", row.name, action_name(action), action_name(row.expect)));
+    }
+    if row.expect != XDP_DROP && out != expected_out {
+        m.fail(format!("{}: the output packet differs from the expected one", row.name));
+    }
+    Ok(action_name(action).to_owned())
+}
+
+/// Runs a balancer row's frame once in the kernel and in lb-common's
+/// model (after placing the flow first for an established row); returns
+/// the kernel's action and packet and the model's packet.
+fn check_balancer(row: &Row, flow: Flow, m: &mut Measured, kb: &mut KernelBalancer) -> (u32, Vec<u8>, Vec<u8>) {
+    kb.clear_flows();
+    let mut model = kb.model();
+    let ifindex = kb.net.out_ifindex;
+    let mut buf = vec![0u8; row.frame.len() + 64];
+    if flow == Flow::Established {
+        kb.run(&row.frame, ifindex);
+        process(&row.frame, &mut buf, ifindex, &mut model);
+    }
+    let (action, out) = kb.run(&row.frame, ifindex);
+    let o = process(&row.frame, &mut buf, ifindex, &mut model);
+    let want_counter = match flow {
+        Flow::New => Some(LbCounter::NewFlow),
+        Flow::Established => Some(LbCounter::FlowHit),
+        Flow::NotOurs => None,
+    };
+    if o.counter != want_counter {
+        m.fail(format!("{}: the model counts {:?}, not {want_counter:?}", row.name, o.counter));
+    }
+    if action != action_code(o.action) {
+        m.fail(format!("{}: kernel {} but model {:?}", row.name, action_name(action), o.action));
+    }
+    let modelled = if matches!(o.action, Action::Tx | Action::Redirect(_)) { buf[..o.len].to_vec() } else { row.frame.clone() };
+    (action, out, modelled)
+}
+
+/// Two repeats under `bench_restore` must leave the same packet as one
+/// plain run: the second repeat saw exactly the input again. (New-flow
+/// rows differ by design; their counters show every repeat was a new flow,
+/// which an unrestored packet — no longer addressed to the VIP — is not.)
+fn check_restored(row: &Row, plain: &[u8], m: &mut Measured, bench: &mut BenchPrograms, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<()> {
+    bench.set_input(&row.frame, false)?;
+    bench.set_target(balancer)?;
+    let ifindex = kb.net.out_ifindex;
+    let (_, out) = kb.net.ns.run(|| once(bench.program(RESTORE)?, &row.frame, Some(ifindex), 2))?;
+    if out != plain {
+        m.fail(format!("{}: bench_restore's 2nd repeat left another packet than a plain run", row.name));
+    }
+    Ok(())
+}
+
+fn action_code(a: Action) -> u32 {
+    match a {
+        Action::NextStage | Action::Pass => XDP_PASS,
+        Action::Drop => XDP_DROP,
+        Action::Tx => XDP_TX,
+        Action::Redirect(_) => XDP_REDIRECT,
+    }
+}
+
+fn action_name(a: u32) -> &'static str {
+    match a {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "unknown",
+    }
+}
+
+// ---------------------------------------------------------------- timing
+
+/// One call of a directly run row: its mean ns per repeat.
+fn time_direct(row: &Row, plan: &Plan, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut KernelIsolator) -> Result<f64> {
+    let (action, ns) = match row.subject {
+        Subject::Floor => timed(bench.program(PASS)?, &row.frame, None, plan.repeat)?,
+        Subject::SwapTx => timed(bench.program(SWAP_TX)?, &row.frame, None, plan.repeat)?,
+        Subject::Isolator => {
+            let (a, d) = iso.run_repeated(&row.frame, plan.repeat);
+            (a, d.as_secs_f64() * 1e9)
+        }
+        Subject::Balancer(_) => unreachable!("balancer rows run under bench_restore"),
+    };
+    if action != row.expect {
+        m.fail(format!("{}: a timed run ended in {}", row.name, action_name(action)));
+    }
+    Ok(ns)
+}
+
+/// One call of a balancer row under `bench_restore`, and one of the
+/// wrapper alone (pointed at `bench_pass`, same frame, context and
+/// repeat): the balancer's net ns per packet (their difference), and the
+/// wrapper's time alone.
+fn time_balancer(row: &Row, flow: Flow, plan: &Plan, m: &mut Measured, bench: &mut BenchPrograms, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<(f64, f64)> {
+    let repeat = if flow == Flow::New { plan.new_flow_repeat } else { plan.repeat };
+    let ifindex = kb.net.out_ifindex;
+    bench.set_input(&row.frame, flow == Flow::New)?;
+    let pass = bench.pass_fd()?;
+    bench.set_target(&pass)?;
+    let (alone, wrapper_ns) = kb.net.ns.run(|| timed(bench.program(RESTORE)?, &row.frame, Some(ifindex), repeat))?;
+    if alone != XDP_PASS {
+        m.fail(format!("{}: bench_restore → bench_pass ended in {}", row.name, action_name(alone)));
+    }
+    match flow {
+        Flow::New => kb.clear_flows(),
+        // Other rows empty the flow table: place this row's flow again.
+        Flow::Established => {
+            let _ = kb.run(&row.frame, ifindex);
+        }
+        Flow::NotOurs => {}
+    }
+    bench.set_target(balancer)?;
+    let before = kb.maps().counters()?;
+    let (action, ns) = kb.net.ns.run(|| timed(bench.program(RESTORE)?, &row.frame, Some(ifindex), repeat))?;
+    let after = kb.maps().counters()?;
+    if action != row.expect {
+        m.fail(format!("{}: a timed run ended in {}", row.name, action_name(action)));
+    }
+    let delta = |c: LbCounter| after[c as usize] - before[c as usize];
+    let (new, hits) = (delta(LbCounter::NewFlow), delta(LbCounter::FlowHit));
+    let want = match flow {
+        Flow::New => (u64::from(repeat), 0),
+        Flow::Established => (0, u64::from(repeat)),
+        Flow::NotOurs => (0, 0),
+    };
+    if (new, hits) != want {
+        m.fail(format!("{}: {repeat} repeats counted {new} new flows and {hits} hits", row.name));
+    }
+    if flow == Flow::New {
+        kb.clear_flows();
+    }
+    Ok((ns - wrapper_ns, wrapper_ns))
+}
+
+/// The `xdp_md` a test run starts from: the frame's length, arriving on
+/// `ifindex` (an interface of the calling thread's namespace).
+fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// One BPF_PROG_TEST_RUN call: the last repeat's action and the kernel's
+/// mean ns per repeat.
+fn timed(prog: &mut Xdp, frame: &[u8], ifindex: Option<u32>, repeat: u32) -> Result<(u32, f64)> {
+    let ctx = ifindex.map(|i| xdp_md(frame.len(), i));
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.ctx_in = ctx.as_ref().map(|c| &c[..]);
+    opts.repeat = repeat;
+    let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    Ok((r.return_value, r.duration.as_secs_f64() * 1e9))
+}
+
+/// A run of `repeat` (few) repeats: the last one's action and the packet
+/// as the program left it.
+fn once(prog: &mut Xdp, frame: &[u8], ifindex: Option<u32>, repeat: u32) -> Result<(u32, Vec<u8>)> {
+    let ctx = ifindex.map(|i| xdp_md(frame.len(), i));
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = ctx.as_ref().map(|c| &c[..]);
+    opts.repeat = repeat;
+    let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
+
+// ---------------------------------------------------------------- bench-ebpf
+
+const PASS: &str = "bench_pass";
+const SWAP_TX: &str = "bench_swap_tx";
+const RESTORE: &str = "bench_restore";
+
+/// `bench_restore`'s input, laid out as bench-ebpf's `Input`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RestoreInput {
+    len: u32,
+    vary_at: u32,
+    csum_at: u32,
+    _pad: u32,
+    bytes: [u8; FRAME_MAX],
+}
+
+// SAFETY: `repr(C)` integers and bytes, no padding (4 × 4 + 256).
+unsafe impl aya::Pod for RestoreInput {}
+
+/// bench-ebpf's programs, loaded.
+struct BenchPrograms {
+    ebpf: Ebpf,
+}
+
+impl BenchPrograms {
+    fn load() -> Result<Self> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-ebpf/target/bpfel-unknown-none/release/bench-ebpf");
+        let object = std::fs::read(&path)
+            .with_context(|| format!("the baseline programs {} are missing (cargo xtask bench builds them)", path.display()))?;
+        let mut ebpf = Ebpf::load(&object).context("loading bench-ebpf")?;
+        for name in [PASS, SWAP_TX, RESTORE] {
+            xdp(&mut ebpf, name)?.load().with_context(|| format!("loading {name} (verifier)"))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    fn program(&mut self, name: &str) -> Result<&mut Xdp> {
+        xdp(&mut self.ebpf, name)
+    }
+
+    fn pass_fd(&mut self) -> Result<ProgramFd> {
+        Ok(self.program(PASS)?.fd()?.try_clone()?)
+    }
+
+    /// The frame `bench_restore` puts back before every repeat; with
+    /// `vary`, each repeat also gets its number added to the TCP source
+    /// port (a new flow every time).
+    fn set_input(&mut self, frame: &[u8], vary: bool) -> Result<()> {
+        ensure!(!frame.is_empty() && frame.len() <= FRAME_MAX, "bench_restore takes frames of 1..={FRAME_MAX} bytes");
+        let (vary_at, csum_at) = if vary {
+            let l4 = tcp_offset(frame)?;
+            (l4 as u32, l4 as u32 + 16)
+        } else {
+            (0, 0)
+        };
+        let mut input = RestoreInput { len: frame.len() as u32, vary_at, csum_at, _pad: 0, bytes: [0; FRAME_MAX] };
+        input.bytes[..frame.len()].copy_from_slice(frame);
+        let mut map: Array<_, RestoreInput> = self.ebpf.map_mut("BENCH_INPUT").context("no BENCH_INPUT map")?.try_into()?;
+        map.set(0, input, 0)?;
+        Ok(())
+    }
+
+    /// The program `bench_restore` tail-calls.
+    fn set_target(&mut self, prog: &ProgramFd) -> Result<()> {
+        let mut map: ProgramArray<_> = self.ebpf.map_mut("BENCH_TARGET").context("no BENCH_TARGET map")?.try_into()?;
+        map.set(0, prog, 0).context("BENCH_TARGET (programs must be the same type)")?;
+        Ok(())
+    }
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name).with_context(|| format!("bench-ebpf has no {name}"))?.try_into().with_context(|| format!("{name} is not XDP"))
+}
+
+/// Where the TCP header of an untagged IPv4 or IPv6 (no extension
+/// headers) frame starts.
+fn tcp_offset(frame: &[u8]) -> Result<usize> {
+    let l4 = match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 if frame[23] == IPPROTO_TCP => 14 + usize::from(frame[14] & 0x0f) * 4,
+        0x86dd if frame[20] == IPPROTO_TCP => 54,
+        _ => bail!("new-flow rows need an untagged TCP frame"),
+    };
+    ensure!(l4 + 20 <= frame.len(), "truncated TCP header");
+    Ok(l4)
+}
+
+// ---------------------------------------------------------------- report
+
+fn section(rows: &[Row], m: &[Measured], verdicts: &[String], plan: &Plan) -> Section {
+    let mut md = method(plan);
+    results_table(&mut md, rows, m, verdicts, plan);
+    katran_table(&mut md, rows, m);
+    failures(&mut md, rows, m);
+    Section {
+        name: "xdp",
+        title: "XDP data path: kernel time per packet (BPF_PROG_TEST_RUN)".into(),
+        markdown: md,
+        charts: charts(rows, m),
+    }
+}
+
+fn method(plan: &Plan) -> String {
+    format!(
+        "## Method\n\n\
+- Every row is one frame run by BPF_PROG_TEST_RUN, {repeat} repeats per call ({new} for new-flow rows); the kernel reports the mean ns per repeat (whole ns). \
+{rounds} rounds, every row once per round in the same order (A B C … A B C …); median (min–max) over the rounds.\n\
+- *direct* rows run the program itself: the XDP_PASS floor, parse + swap MACs + XDP_TX (swapping back and forth is the same work every repeat), \
+and the isolator (it never rewrites a packet), bound to `lo` as a DMZ interface under the differential tests' fixture policy.\n\
+- *restored* rows: test_run repeats a program on the same buffer, so a program that rewrites (nat) or encapsulates (dsr) would see its own output \
+from the 2nd repeat on. These rows run under `bench_restore` (bench-ebpf), which before every repeat moves the head back to the saved frame's length \
+(bpf_xdp_adjust_head), copies the frame back (bpf_xdp_store_bytes) and tail-calls the balancer through a PROG_ARRAY; the balancer tail-calls the \
+isolator through its own LB_NEXT_STAGE as when attached. They run in the balancer fixture's namespace, arriving on its outside interface, so FIB \
+lookups and redirects have real answers.\n\
+- New-flow rows: the wrapper also adds a per-CPU repeat number to the TCP source port (checksum updated incrementally), so every repeat misses the \
+flow table; user space empties the flow and NAT tables around each such call ({new} repeats over 3 backends, so at most ~{per_backend} of a \
+backend's 31 744 SNAT ports are taken by a call's end). Established rows are ACKs of a flow placed before the call.\n\
+- The wrapper's own cost is measured in the same round, right before, with the same frame, context and repeat count, pointed at `bench_pass`: \
+**net** = T(wrapper → balancer) − T(wrapper → bench_pass); **gross** = net + this round's XDP_PASS floor; the wrapper column is \
+T(wrapper → bench_pass) − floor. Direct rows: gross = T, net = T − floor. A plain run and two repeats under the wrapper must leave the same \
+output packet (the restore is exact).\n\
+- Checks: once per row, a plain run of the program itself (no wrapper) must give the expected verdict and output — balancer rows compared with \
+lb-common's model (action and every output byte, as `balancer_differential.rs` does), isolator rows with the isolator model's verdict and the packet \
+unchanged, baselines with their obvious result. Every timed call is checked too: the last repeat's verdict, and for balancer rows the counters \
+(every repeat a new flow, or every repeat a hit, or neither for the non-VIP packet). A failed check marks the row **INVALID**.\n\
+- These VMs are noisy (2 cores, other builds running): compare rows and ratios of one run, not runs.\n\n",
+        repeat = plan.repeat,
+        new = plan.new_flow_repeat,
+        rounds = plan.rounds,
+        per_backend = plan.new_flow_repeat.div_ceil(3),
+    )
+}
+
+fn results_table(md: &mut String, rows: &[Row], m: &[Measured], verdicts: &[String], plan: &Plan) {
+    let _ = writeln!(md, "## Results\n\n| | path | method | repeats | verdict (checked) | gross ns/packet | net ns/packet | wrapper ns (subtracted) |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: |");
+    for ((row, m), verdict) in rows.iter().zip(m).zip(verdicts) {
+        let (method, repeat) = match row.subject {
+            Subject::Balancer(Flow::New) => ("restored, new flow each", plan.new_flow_repeat),
+            Subject::Balancer(_) => ("restored", plan.repeat),
+            _ => ("direct", plan.repeat),
+        };
+        let (verdict, gross, net) = if m.failures.is_empty() {
+            (format!("{verdict} ✓"), Summary::of(&m.gross).show(1), net_cell(row, m))
+        } else {
+            (format!("**CHECK FAILED** ({verdict})"), "**INVALID**".into(), "**INVALID**".into())
+        };
+        let wrapper = if m.wrapper.is_empty() { "–".into() } else { Summary::of(&m.wrapper).show(1) };
+        let _ = writeln!(md, "| {} | {} | {method} | {repeat} | {verdict} | {gross} | {net} | {wrapper} |", row.group, row.name);
+    }
+}
+
+fn net_cell(row: &Row, m: &Measured) -> String {
+    if row.subject == Subject::Floor {
+        "0 (the floor)".into()
+    } else {
+        Summary::of(&m.net).show(1)
+    }
+}
+
+fn katran_table(md: &mut String, rows: &[Row], m: &[Measured]) {
+    let floor = rows.iter().zip(m).find(|(r, _)| r.subject == Subject::Floor).map(|(_, m)| Summary::of(&m.gross).median).unwrap_or(f64::NAN);
+    let _ = writeln!(
+        md,
+        "\n## Against Katran\n\nKatran's reference numbers, measured the same way on these machines: XDP_PASS floor ≈ {KATRAN_FLOOR:.0} ns \
+(this run's: {floor:.1} ns), LRU hit + IPIP ≈ {} ns net, new flow ≈ {} ns net, non-VIP ≈ {} ns net. Net against net, so the floors cancel. \
+Target: at most Katran's net on the comparable path; nat rows are compared too but do more work.",
+        Katran::LruHitIpip.net_ns(),
+        Katran::NewFlow.net_ns(),
+        Katran::NonVip.net_ns()
+    );
+    if (floor / KATRAN_FLOOR - 1.0).abs() > 0.3 {
+        let _ = writeln!(
+            md,
+            "\n**This run's floor ({floor:.1} ns) is not Katran's ({KATRAN_FLOOR:.0} ns): the machine or its load differs from the one Katran \
+was measured on, so the ratios below carry that difference too (a floor is mostly fixed per-run cost and does not scale the paths); \
+rerun both on one machine to compare them strictly.**"
+        );
+    }
+    let _ = writeln!(md, "\n| swarmlb path | Katran path | swarmlb net ns | Katran net ns | ratio | target | note |\n| --- | --- | ---: | ---: | ---: | --- | --- |");
+    for (row, m) in rows.iter().zip(m) {
+        let Some((k, note)) = row.katran else { continue };
+        if !m.failures.is_empty() {
+            let _ = writeln!(md, "| {} | {} | **INVALID** | {} | – | check failed | {note} |", row.name, k.label(), k.net_ns());
+            continue;
+        }
+        let ours = Summary::of(&m.net).median;
+        let _ = writeln!(md, "| {} | {} | {ours:.1} | {:.0} | {:.2} | {} | {note} |", row.name, k.label(), k.net_ns(), ours / k.net_ns(), verdict_vs(ours, k.net_ns()));
+    }
+}
+
+/// "met" or "missed by how much".
+fn verdict_vs(ours: f64, theirs: f64) -> String {
+    let d = ours - theirs;
+    if d <= 0.0 {
+        format!("met ({:.0} ns, {:.0}% below)", -d, -d / theirs * 100.0)
+    } else {
+        format!("**missed by {d:.0} ns (+{:.0}%)**", d / theirs * 100.0)
+    }
+}
+
+fn failures(md: &mut String, rows: &[Row], m: &[Measured]) {
+    let all: Vec<&String> = rows.iter().zip(m).flat_map(|(_, m)| &m.failures).collect();
+    if all.is_empty() {
+        let _ = writeln!(md, "\nEvery check passed: each row's verdict and output packet were the expected ones.");
+        return;
+    }
+    let _ = writeln!(md, "\n## ⚠ FAILED CHECKS — the rows above marked INVALID measure something else\n");
+    for f in all {
+        let _ = writeln!(md, "- {f}");
+    }
+}
+
+/// Two charts, because the balancer's new flows would flatten the rest:
+/// baselines, isolator and the non-VIP path; the balancer beside Katran
+/// (each Katran path followed by the swarmlb rows compared with it).
+fn charts(rows: &[Row], m: &[Measured]) -> Vec<BarChart> {
+    let valid: Vec<(&Row, &Measured)> = rows.iter().zip(m).filter(|(r, m)| m.failures.is_empty() && r.subject != Subject::Floor).collect();
+    let small = valid
+        .iter()
+        .filter(|(r, _)| !matches!(r.subject, Subject::Balancer(Flow::New | Flow::Established)))
+        .map(|(r, m)| (format!("{}: {}", r.group, r.name), Summary::of(&m.net)))
+        .collect();
+    let mut katran = Vec::new();
+    for k in [Katran::LruHitIpip, Katran::NewFlow] {
+        let v = k.net_ns();
+        katran.push((format!("Katran {}", k.label()), Summary { median: v, min: v, max: v, n: 1 }));
+        for (r, m) in valid.iter().filter(|(r, _)| r.katran.is_some_and(|(rk, _)| rk == k)) {
+            katran.push((format!("swarmlb {}", r.name), Summary::of(&m.net)));
+        }
+    }
+    vec![
+        BarChart {
+            file: "xdp-isolator".into(),
+            title: "Baselines, isolator, not-a-VIP: net ns/packet (minus the XDP_PASS floor)".into(),
+            unit: "ns/packet".into(),
+            bars: small,
+        },
+        BarChart { file: "xdp-balancer".into(), title: "Balancer against Katran: net ns/packet".into(), unit: "ns/packet".into(), bars: katran },
+    ]
 }
