@@ -760,7 +760,7 @@ fn charts(rows: &[Row], m: &[Measured]) -> Vec<BarChart> {
     let mut katran = Vec::new();
     for k in [Katran::LruHitIpip, Katran::NewFlow] {
         let v = k.net_ns();
-        katran.push((format!("Katran {}", k.label()), Summary { median: v, min: v, max: v, n: 1 }));
+        katran.push((format!("Katran {}", k.label()), Summary::of(&[v])));
         for (r, m) in valid.iter().filter(|(r, _)| r.katran.is_some_and(|(rk, _)| rk == k)) {
             katran.push((format!("swarmlb {}", r.name), Summary::of(&m.net)));
         }
