@@ -55,9 +55,10 @@ pub static LB_MAGLEV: Array<u32> = Array::pinned(MAX_VIPS * 2 * DEFAULT_TABLE_SI
 #[map]
 pub static LB_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(MAX_FLOWS, 0);
 
+/// Preallocated: a new `nat` flow inserts here, and an allocating insert
+/// (`BPF_F_NO_PREALLOC`) doubled that path's cost (docs/balancer.md).
 #[map]
-pub static LB_NAT: HashMap<NatKey, NatEntry> =
-    HashMap::pinned(MAX_NAT_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+pub static LB_NAT: HashMap<NatKey, NatEntry> = HashMap::pinned(MAX_NAT_ENTRIES, 0);
 
 #[map]
 pub static LB_GLOBALS: HashMap<u32, Globals> = HashMap::pinned(1, 0);
