@@ -279,7 +279,7 @@ impl BalancerWriter {
             snat_port_min: d.snat_ports.0,
             snat_port_max: d.snat_ports.1,
         };
-        maps.globals.insert(0, g, 0).context("writing the balancer's globals")?;
+        maps.globals.set(0, g, 0).context("writing the balancer's globals")?;
         for ifindex in &d.egress {
             if self.egress.insert(*ifindex) {
                 maps.egress.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding interface {ifindex} to the egress map"))?;

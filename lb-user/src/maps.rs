@@ -88,7 +88,7 @@ pub struct BalancerMaps {
     pub maglev: Array<MapData, u32>,
     pub flows: HashMap<MapData, FlowKey, FlowEntry>,
     pub nat: HashMap<MapData, NatKey, NatEntry>,
-    pub globals: HashMap<MapData, u32, Globals>,
+    pub globals: Array<MapData, Globals>,
     pub counters: PerCpuArray<MapData, u64>,
     pub service_stats: PerCpuArray<MapData, TrafficStats>,
     pub backend_stats: PerCpuArray<MapData, TrafficStats>,

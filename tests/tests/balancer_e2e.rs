@@ -16,6 +16,7 @@ use std::{
 use common::{
     daemon::{stop_cleanly, wait_until, Instance},
     http::{check, metrics, who, Stream},
+    xdp,
 };
 use harness::{
     edge_lab::*,
@@ -243,11 +244,6 @@ fn setup_backends(r: &Running, tag: &str, mode: &str) -> BackendSetups {
     done
 }
 
-fn xdp_on(ns: &Netns, ifname: &str) -> bool {
-    let out = ns.exec(&["ip", "-d", "link", "show", "dev", ifname]).unwrap();
-    out.contains("prog/xdp") || out.contains(" xdp")
-}
-
 /// TLS for every SNI and HTTP through both VIPs; the proxies must see the
 /// client's own address.
 fn serves_with_client_address(r: &Running) {
@@ -278,7 +274,7 @@ fn serves_with_client_address(r: &Running) {
 fn dsr_tunnels_to_backends_that_answer_clients_directly() {
     let mut r = start("lbdsr", 3, &config("dsr", &[(1, 1), (2, 1), (3, 1)]));
     let setups = setup_backends(&r, "lbdsr", "dsr");
-    assert!(xdp_on(&r.lab.workers[0], "eth0"), "decap attached and kept after backend-setup exited");
+    assert!(xdp::attached(&r.lab.workers[0], "eth0"), "decap attached and kept after backend-setup exited");
     serves_with_client_address(&r);
     // Full-size segments do not fit the tunnel: the edge tells the client
     // the MTU it may use, and the client's TCP adapts (path MTU discovery
@@ -294,7 +290,7 @@ fn dsr_tunnels_to_backends_that_answer_clients_directly() {
     // --undo takes it all back.
     drop(setups);
     let w = &r.lab.workers[0];
-    assert!(!xdp_on(w, "eth0"), "decap detached");
+    assert!(xdp::detached_soon(w, "eth0"), "decap detached");
     assert!(!w.exec(&["ip", "addr", "show", "dev", "lo"]).unwrap().contains(&VIP_V4.to_string()), "VIP removed from lo");
     assert_eq!(w.sysctl_get("net.ipv4.conf.all.arp_ignore").unwrap().trim(), "0", "sysctls restored");
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
@@ -304,7 +300,7 @@ fn dsr_tunnels_to_backends_that_answer_clients_directly() {
 fn dsr_l2_rewrites_macs_for_backends_on_the_edges_segment() {
     let mut r = start("lbl2", 3, &config("dsr-l2", &[(1, 1), (2, 1), (3, 1)]));
     let _setups = setup_backends(&r, "lbl2", "dsr-l2");
-    assert!(!xdp_on(&r.lab.workers[0], "eth0"), "dsr-l2 needs no decap program");
+    assert!(!xdp::attached(&r.lab.workers[0], "eth0"), "dsr-l2 needs no decap program");
     serves_with_client_address(&r);
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }

@@ -7,7 +7,10 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::daemon::{stop_cleanly, swarmlb_bin, wait_until, Instance};
+use common::{
+    daemon::{stop_cleanly, swarmlb_bin, wait_until, Instance},
+    xdp::{attached as xdp_attached, detached_soon},
+};
 use harness::{Netns, Topology};
 
 const GOOD: &str = r#"
@@ -18,11 +21,6 @@ zone = "dmz"
 [zone.dmz]
 protected = ["tcp/5432"]
 "#;
-
-fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
-    let out = ns.exec(&["ip", "-d", "link", "show", "dev", ifname]).unwrap();
-    out.contains("xdp") || out.contains("prog/xdp")
-}
 
 fn one_iface(tag: &str) -> (Topology, Netns, Netns) {
     harness::require_root().unwrap();
@@ -125,7 +123,7 @@ fn stop_leaves_the_data_path_and_down_removes_it() {
 
     let down = inst.down();
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
-    assert!(!xdp_attached(&host, "dmz0"), "down takes the program off");
+    assert!(detached_soon(&host, "dmz0"), "down takes the program off");
     assert!(!inst.pin_path.exists(), "down removes the pins");
 }
 
@@ -219,7 +217,7 @@ fn falls_back_to_generic_xdp_with_a_warning() {
     stop_cleanly(&mut child, libc::SIGTERM);
     assert!(xdp_attached(&host, "br0"));
     assert!(inst.down().status.success());
-    assert!(!xdp_attached(&host, "br0"));
+    assert!(detached_soon(&host, "br0"));
 }
 
 /// A reload that adds an interface attaches to it; one that drops an
@@ -246,10 +244,10 @@ fn reload_attaches_and_detaches_interfaces() {
     inst.write_config(&GOOD.replace("dmz0", "dmz1"));
     child.signal(libc::SIGHUP);
     wait_for(&["dmz1"]);
-    assert!(!xdp_attached(&host, "dmz0"), "dropped interface keeps its program");
+    assert!(detached_soon(&host, "dmz0"), "dropped interface keeps its program");
     assert!(xdp_attached(&host, "dmz1"));
     assert_eq!(inst.status()["interfaces"][0]["bound"], true);
     stop_cleanly(&mut child, libc::SIGTERM);
     assert!(inst.down().status.success());
-    assert!(!xdp_attached(&host, "dmz1"));
+    assert!(detached_soon(&host, "dmz1"));
 }

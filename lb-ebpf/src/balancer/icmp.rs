@@ -121,8 +121,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch) -> Option<u32> {
         family: s.parsed.family,
         _pad: [0; 2],
     };
-    // SAFETY: written whole by user space.
-    let g = unsafe { LB_GLOBALS.get(0) };
+    let g = LB_GLOBALS.get(0);
     let (true, Some(g)) = (flow::known(&s.flow, &mut s.placed), g) else {
         count(LbCounter::IcmpUnmatched);
         return None;

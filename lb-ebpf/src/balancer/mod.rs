@@ -59,8 +59,7 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
     if let Some(svc) = unsafe { LB_SERVICES.get(&s.service) } {
         return Some(forward(ctx, &pkt, s, svc));
     }
-    // SAFETY: as above.
-    let g = unsafe { LB_GLOBALS.get(0) }?;
+    let g = LB_GLOBALS.get(0)?;
     let inside = if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
     if p.dst != inside {
         return None;
@@ -110,8 +109,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         count(LbCounter::TtlExpired);
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: written whole by user space.
-    let Some(g) = (unsafe { LB_GLOBALS.get(0) }) else {
+    let Some(g) = LB_GLOBALS.get(0) else {
         return drop(LbCounter::NoBackend);
     };
     s.flow = FlowKey { src: p.src, dst: p.dst, src_port: p.sport, dst_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };

@@ -4,3 +4,4 @@
 pub mod gen;
 pub mod daemon;
 pub mod http;
+pub mod xdp;
