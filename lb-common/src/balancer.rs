@@ -146,7 +146,10 @@ pub struct Service {
     pub _pad: u8,
 }
 
-/// A backend as the kernel sees it.
+/// A backend as the kernel sees it: the value of [`MAP_BACKENDS`], an
+/// array indexed by backend id. An id no backend holds is *vacant*
+/// (family 0, not up) and keeps the generation it had last, so that
+/// generations never repeat, also across restarts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendInfo {
@@ -159,6 +162,18 @@ pub struct BackendInfo {
     /// with `up` still 1.
     pub up: u8,
     pub _pad: [u8; 2],
+}
+
+impl BackendInfo {
+    /// The entry of an id that no backend holds, `generation` kept.
+    pub const fn vacant(generation: u32) -> Self {
+        Self { addr: [0; 16], generation, family: 0, up: 0, _pad: [0; 2] }
+    }
+
+    /// No backend holds this id.
+    pub const fn is_vacant(&self) -> bool {
+        self.family == 0
+    }
 }
 
 /// A flow as the client sent it: the key of [`MAP_FLOWS`].

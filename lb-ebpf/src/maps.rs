@@ -45,8 +45,10 @@ pub static EVENT_CLOCK: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 #[map]
 pub static LB_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
 
+/// Indexed by backend id (vacant ids read as not up): an array's lookup
+/// is inlined by the verifier, and every balanced packet reads it.
 #[map]
-pub static LB_BACKENDS: HashMap<u32, BackendInfo> = HashMap::pinned(MAX_BACKENDS, 0);
+pub static LB_BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 
 /// Sized by user space at load time (`MAX_VIPS · 2 · table_size`).
 #[map]

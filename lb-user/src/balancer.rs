@@ -214,10 +214,12 @@ impl BalancerWriter {
             services: BTreeMap::new(),
             egress: BTreeSet::new(),
         };
-        for item in maps.backends.iter() {
-            let (id, b) = item?;
-            w.ids.insert(key_addr(&b.addr, b.family), (id, b.generation));
+        for (id, item) in (0..).zip(maps.backends.iter()) {
+            let b = item?;
             w.next_generation = w.next_generation.max(b.generation.wrapping_add(1));
+            if !b.is_vacant() {
+                w.ids.insert(key_addr(&b.addr, b.family), (id, b.generation));
+            }
         }
         for item in maps.services.iter() {
             let (k, s) = item?;
@@ -268,7 +270,7 @@ impl BalancerWriter {
             let (addr, family) = addr_key(*a);
             let info = BackendInfo { addr, generation, family, up: u8::from(up[a]), _pad: [0; 2] };
             if maps.backends.get(&id, 0).ok() != Some(info) {
-                maps.backends.insert(id, info, 0).with_context(|| format!("writing backend {a}"))?;
+                maps.backends.set(id, info, 0).with_context(|| format!("writing backend {a}"))?;
             }
         }
 
@@ -378,8 +380,8 @@ impl BalancerWriter {
         self.vips.retain(|name, _| d.vips.iter().any(|v| &v.name == name));
         let gone: Vec<IpAddr> = self.ids.keys().filter(|a| !addresses.contains(a)).copied().collect();
         for a in gone {
-            let (id, _) = self.ids.remove(&a).unwrap();
-            let _ = maps.backends.remove(&id);
+            let (id, generation) = self.ids.remove(&a).unwrap();
+            let _ = maps.backends.set(id, BackendInfo::vacant(generation), 0);
         }
         let keep: BTreeSet<u32> = d.egress.iter().copied().collect();
         let extra: Vec<u32> = self.egress.iter().filter(|i| !keep.contains(i)).copied().collect();

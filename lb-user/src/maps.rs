@@ -84,7 +84,7 @@ pub fn open_drop_events(dir: &Path) -> Result<RingBuf<MapData>> {
 /// The balancer's maps.
 pub struct BalancerMaps {
     pub services: HashMap<MapData, ServiceKey, Service>,
-    pub backends: HashMap<MapData, u32, BackendInfo>,
+    pub backends: Array<MapData, BackendInfo>,
     pub maglev: Array<MapData, u32>,
     pub flows: HashMap<MapData, FlowKey, FlowEntry>,
     pub nat: HashMap<MapData, NatKey, NatEntry>,

@@ -284,7 +284,7 @@ impl ModelTables {
     /// (after an apply); flows and NAT entries stay.
     pub fn reload(&mut self, maps: &BalancerMaps) {
         self.services = maps.services.iter().map(|r| r.unwrap()).collect();
-        self.backends = maps.backends.iter().map(|r| r.unwrap()).collect();
+        self.backends = (0..).zip(maps.backends.iter()).map(|(id, b)| (id, b.unwrap())).filter(|(_, b)| !b.is_vacant()).collect();
         self.maglev = (0..maps.maglev.len()).map(|i| maps.maglev.get(&i, 0).unwrap()).collect();
         self.globals = maps.globals.get(&0, 0).ok();
     }

@@ -37,8 +37,7 @@ pub fn place(key: &FlowKey, svc: &Service, out: &mut Placed) -> Result<(), LbCou
     *out = Placed::default();
     // SAFETY: flow entries are replaced whole.
     if let Some(e) = unsafe { LB_FLOWS.get(key) } {
-        // SAFETY: backends are replaced whole by user space.
-        if let Some(b) = unsafe { LB_BACKENDS.get(&e.backend) } {
+        if let Some(b) = LB_BACKENDS.get(e.backend) {
             if b.generation == e.generation && b.up == 1 {
                 out.id = e.backend;
                 out.generation = b.generation;
@@ -55,8 +54,7 @@ pub fn place(key: &FlowKey, svc: &Service, out: &mut Placed) -> Result<(), LbCou
         Some(&id) if id != NO_BACKEND => id,
         _ => return Err(LbCounter::NoBackend),
     };
-    // SAFETY: as above.
-    match unsafe { LB_BACKENDS.get(&id) } {
+    match LB_BACKENDS.get(id) {
         Some(b) if b.up == 1 => {
             out.id = id;
             out.generation = b.generation;
@@ -74,8 +72,7 @@ pub fn place(key: &FlowKey, svc: &Service, out: &mut Placed) -> Result<(), LbCou
 pub fn known(key: &FlowKey, out: &mut Placed) -> bool {
     // SAFETY: flow entries are replaced whole.
     let Some(e) = (unsafe { LB_FLOWS.get(key) }) else { return false };
-    // SAFETY: backends are replaced whole by user space.
-    match unsafe { LB_BACKENDS.get(&e.backend) } {
+    match LB_BACKENDS.get(e.backend) {
         Some(b) if b.generation == e.generation && b.up == 1 => {
             *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, new: false, moved: false };
             true

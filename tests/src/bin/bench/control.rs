@@ -156,7 +156,7 @@ impl Drop for Agent {
 /// chance of 2^-64, so sampling them (not 65537 map reads) decides.
 fn has_slots(maps: &BalancerMaps, addr: IpAddr) -> Result<bool> {
     let (key, _) = addr_key(addr);
-    let Some(id) = maps.backends.iter().filter_map(Result::ok).find(|(_, b)| b.addr == key).map(|(id, _)| id) else {
+    let Some(id) = (0..).zip(maps.backends.iter()).find(|(_, b)| b.as_ref().is_ok_and(|b| !b.is_vacant() && b.addr == key)).map(|(id, _)| id) else {
         return Ok(false);
     };
     let (vip, family) = addr_key(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)));
@@ -235,7 +235,8 @@ fn swarm_sync(opts: &Opts) -> Result<String> {
 
 /// Fills the flow table with `n` flows on the backends in the maps.
 fn fill_flows(maps: &mut BalancerMaps, vip: Ipv4Addr, n: u32) -> Result<()> {
-    let backends: Vec<(u32, u32)> = maps.backends.iter().filter_map(Result::ok).map(|(id, b)| (id, b.generation)).collect();
+    let backends: Vec<(u32, u32)> =
+        (0..).zip(maps.backends.iter()).filter_map(|(id, b)| b.ok().filter(|b| !b.is_vacant()).map(|b| (id, b.generation))).collect();
     anyhow::ensure!(!backends.is_empty(), "no backends to place flows on");
     let (dst, _) = addr_key(IpAddr::V4(vip));
     for i in 0..n {
