@@ -160,13 +160,15 @@ fn draw(chart: &BarChart, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let top = chart.bars.iter().map(|(_, s)| s.max.max(s.median)).fold(0.0_f64, f64::max).max(1e-9) * 1.15;
+    // Differences (extra cost over a baseline) can be negative.
+    let bottom = chart.bars.iter().map(|(_, s)| s.min.min(s.median)).fold(0.0_f64, f64::min) * 1.15;
     let label_width = chart.bars.iter().map(|(l, _)| l.len()).max().unwrap_or(10).min(48) as u32 * 7 + 10;
     let mut c = ChartBuilder::on(&root)
         .caption(&chart.title, ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(label_width)
-        .build_cartesian_2d(0.0..top, 0..rows)
+        .build_cartesian_2d(bottom..top, 0..rows)
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let labels: Vec<String> = chart.bars.iter().map(|(l, _)| l.clone()).collect();
     c.configure_mesh()
