@@ -47,6 +47,14 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// CPU time of `pids` from `self` to `later`, µs.
+    pub fn tasks_us(&self, later: &Snapshot, pids: &[u32]) -> f64 {
+        let delta = |pid: &u32| later.tasks.get(pid).copied().unwrap_or(0).saturating_sub(self.tasks.get(pid).copied().unwrap_or(0));
+        pids.iter().map(delta).sum::<u64>() as f64 * us_per_tick()
+    }
+}
+
 /// Busy ticks from the `cpu` line: user nice system idle iowait irq softirq …
 fn machine_busy() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();

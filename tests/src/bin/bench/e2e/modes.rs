@@ -329,7 +329,8 @@ fn nft_load(edge: &Netns, family: &str, rules: &str, tag: &str) -> Result<String
 fn haproxy(edge: &Netns, tag: &str) -> Result<(ChildGuard, PathBuf)> {
     let dir = turn_dir("haproxy", tag)?;
     let mut cfg = String::from(
-        "global\n  maxconn 100000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
+        // maxconn sized to the FD limit HAProxy may raise itself to here (20000).
+        "global\n  maxconn 9000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
     );
     for port in PORTS {
         cfg += &format!("\nlisten p{port}\n  bind {VIP_V4}:{port}\n  balance roundrobin\n");
@@ -341,6 +342,25 @@ fn haproxy(edge: &Netns, tag: &str) -> Result<(ChildGuard, PathBuf)> {
     cfg += &format!("\nlisten bulk\n  bind {BULK_VIP}:{IPERF_PORT}\n  server w1 {first}:{IPERF_PORT}\n");
     let file = dir.join("haproxy.cfg");
     std::fs::write(&file, cfg)?;
-    let child = edge.try_spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&file)).context("haproxy (apt-get install haproxy)")?;
+    let mut child = edge.try_spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&file)).context("haproxy (apt-get install haproxy)")?;
+    wait_listening(edge, &mut child, SocketAddrV4::new(VIP_V4, PORTS[0]))?;
     Ok((child, dir))
+}
+
+/// Until `child` accepts on `addr`; its output if it exits first.
+fn wait_listening(ns: &Netns, child: &mut ChildGuard, addr: SocketAddrV4) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_status() {
+            bail!("exited at start ({status}):\n{}", child.output_so_far());
+        }
+        let addr = addr.into();
+        if ns.run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not listening on {addr} after 5 s:\n{}", child.output_so_far());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
