@@ -134,11 +134,15 @@ pub fn run(opts: &Opts) -> Result<Section> {
 /// One turn: install the mode, check it reaches every backend, measure,
 /// remove it (the guard's drop).
 fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize, round: usize) -> Result<Sample> {
+    modes::check_clean(lab)?;
     let installed = mode.install(lab, &format!("r{round}m{i}"))?;
     let client = &lab.lab.client;
     let http = Targets { src: client_addr(i), dsts: mode.dsts(80) };
     let https = Targets { src: client_addr(i), dsts: mode.dsts(443) };
     load::warm_up(client, &http, WORKERS, Duration::from_secs(5))?;
+    // Latency first: one client on a quiet path, before the load's tail
+    // (closing sockets, softirq backlog) could reach into it.
+    let mut lat = load::latencies(client, &http, plan.latency_count)?;
 
     let topology: HashSet<u32> =
         lab.pids().into_iter().chain(installed.pids()).chain([std::process::id()]).collect();
@@ -149,7 +153,6 @@ fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize
     let balancer_us = before.tasks_us(&after, &installed.pids());
     anyhow::ensure!(rate.done > 0, "no connection completed ({} failed)", rate.failed);
 
-    let mut lat = load::latencies(client, &http, plan.latency_count)?;
     let hs = load::handshake_rate(client, &https, tls, plan.tls_threads, plan.tls_window);
     let gbits = load::bulk_gbits(client, client_addr(i), SocketAddr::V4(mode.bulk_dst()), plan.bulk_seconds)?;
     let capacity_us = rate.elapsed.as_secs_f64() * 1e6 * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;

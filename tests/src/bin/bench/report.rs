@@ -168,13 +168,17 @@ fn draw(chart: &BarChart, path: &Path) -> Result<()> {
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(label_width)
-        .build_cartesian_2d(bottom..top, 0..rows)
+        // Segmented: a label sits at the centre of its bar, not on a boundary.
+        .build_cartesian_2d(bottom..top, (0..rows).into_segmented())
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let labels: Vec<String> = chart.bars.iter().map(|(l, _)| l.clone()).collect();
     c.configure_mesh()
         .disable_y_mesh()
         .y_labels(rows)
-        .y_label_formatter(&|i| labels.get(rows - 1 - (*i).min(rows - 1)).cloned().unwrap_or_default())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) if *i < rows => labels[rows - 1 - i].clone(),
+            _ => String::new(),
+        })
         .x_desc(chart.unit.as_str())
         .label_style(("sans-serif", 13))
         .draw()
@@ -182,9 +186,9 @@ fn draw(chart: &BarChart, path: &Path) -> Result<()> {
     for (i, (_, s)) in chart.bars.iter().enumerate() {
         let y = rows - 1 - i;
         let color = Palette99::pick(i).mix(0.8);
-        c.draw_series(std::iter::once(Rectangle::new([(0.0, y), (s.median, y + 1)], color.filled())))
+        c.draw_series(std::iter::once(Rectangle::new([(0.0, SegmentValue::Exact(y)), (s.median, SegmentValue::Exact(y + 1))], color.filled())))
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        c.draw_series(std::iter::once(PathElement::new(vec![(s.min, y), (s.max, y)], BLACK.stroke_width(2))))
+        c.draw_series(std::iter::once(PathElement::new(vec![(s.min, SegmentValue::CenterOf(y)), (s.max, SegmentValue::CenterOf(y))], BLACK.stroke_width(2))))
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;

@@ -101,6 +101,30 @@ impl Mode {
     }
 }
 
+/// Fails unless the previous turn left nothing behind: no XDP program on
+/// the edge's legs or the workers, no nftables rules, no VIP on any `lo`.
+/// (The lab's own pass-through programs sit on other interfaces.)
+pub fn check_clean(lab: &Lab) -> Result<()> {
+    let l = &lab.lab;
+    let legs = [(&l.edge, "e-out"), (&l.edge, "e-in")].into_iter().chain(l.workers.iter().map(|w| (w, "eth0")));
+    for (ns, dev) in legs {
+        if ns.exec(&["ip", "-d", "link", "show", "dev", dev])?.contains("prog/xdp") {
+            bail!("an XDP program is still attached to {dev} in {}", ns.name());
+        }
+    }
+    let rules = l.edge.exec(&["nft", "list", "ruleset"])?;
+    if !rules.trim().is_empty() {
+        bail!("nftables rules left in the edge:\n{rules}");
+    }
+    for ns in std::iter::once(&l.edge).chain(&l.workers) {
+        let lo = ns.exec(&["ip", "-o", "-4", "addr", "show", "dev", "lo"])?;
+        if lo.contains("203.0.113.") {
+            bail!("a VIP is left on lo in {}: {lo}", ns.name());
+        }
+    }
+    Ok(())
+}
+
 /// What a mode put in place; removed on drop, also when a turn fails.
 #[derive(Default)]
 pub struct Installed {

@@ -92,9 +92,12 @@ fn method(plan: &Plan) -> String {
          outside leg, `fwd ip to` a jhash-chosen worker: the in-kernel L2 DSR) and **HAProxy** in TCP mode (round robin). \
          Each mode is installed for its turn only, with its own client source address, and checked to reach all three workers first.\n\n\
          - *Connections*: {threads} client threads for {win:.1} s, each connection a connect, a small GET, the reply, close \
-         (client first), targets rotated per connection. **CPU per connection** is the whole machine's busy time \
-         (/proc/stat: user+nice+system+irq+softirq of all cores, so every process and softirq of the topology) in that \
-         window divided by the connections completed; **extra** is that minus the baseline's of the same round.\n\
+         (client first), targets rotated per connection; a connection counts once its reply arrived. **CPU per connection**: \
+         the whole machine's busy time in that window (/proc/stat: user+nice+system+irq+softirq of all cores, so every \
+         process and softirq of the topology) divided by the connections completed, and the same less the CPU time of \
+         processes outside the topology (from /proc/PID/stat; this kernel charges a softirq to the task it interrupted, so \
+         the little of ours that lands on foreign tasks is taken off too); **extra** is the figure minus the baseline's of \
+         the same round.\n\
          - *Latency*: one client, {lat} sequential connects (time to `connect()` returning), then {lat} requests on one \
          kept-alive connection.\n\
          - *TLS*: {tls_threads} threads for {tls_win:.1} s doing connect and a full rustls handshake (certificate verified), then close.\n\
