@@ -95,6 +95,8 @@ pub struct Sample {
     pub handshakes_per_s: f64,
     pub handshakes_failed: u64,
     pub gbits: f64,
+    /// swarmlb's non-zero drop counters after the connection window.
+    pub drops: String,
 }
 
 /// A turn's outcome: the figures, or why the mode could not be measured.
@@ -112,14 +114,15 @@ pub fn run(opts: &Opts) -> Result<Section> {
             let turn = measure(&lab, &tls, &plan, *mode, i, round).map_err(|e| format!("{e:#}"));
             match &turn {
                 Ok(s) => eprintln!(
-                    "  round {round} {:<22} {:>7.0} conn/s {:>6.1} µs/conn ({:.1} net of foreign), foreign {:.0}%, {:.0} TLS/s, {:.2} Gbit/s",
+                    "  round {round} {:<22} {:>7.0} conn/s {:>6.1} µs/conn ({:.1} net of foreign), foreign {:.0}%, {:.0} TLS/s, {:.2} Gbit/s {}",
                     mode.label(),
                     s.conns_per_s,
                     s.cpu_us_per_conn,
                     s.net_us_per_conn,
                     s.foreign_pct,
                     s.handshakes_per_s,
-                    s.gbits
+                    s.gbits,
+                    s.drops
                 ),
                 Err(e) => eprintln!("  round {round} {:<22} failed: {e}", mode.label()),
             }
@@ -151,6 +154,7 @@ fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize
     let after = cpu::Snapshot::take();
     let usage = before.until(&after, &topology);
     let balancer_us = before.tasks_us(&after, &installed.pids());
+    let drops = installed.drops()?;
     anyhow::ensure!(rate.done > 0, "no connection completed ({} failed)", rate.failed);
 
     let hs = load::handshake_rate(client, &https, tls, plan.tls_threads, plan.tls_window);
@@ -170,5 +174,6 @@ fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize
         handshakes_per_s: hs.per_second(),
         handshakes_failed: hs.failed,
         gbits,
+        drops,
     })
 }

@@ -144,6 +144,23 @@ impl Installed {
     }
 }
 
+impl Installed {
+    /// swarmlb's drop counters that are not zero (`swarmlb status --json`),
+    /// e.g. `drop_no_neighbour 3`; empty for the other modes.
+    pub fn drops(&self) -> Result<String> {
+        let Some(s) = &self.swarmlb else { return Ok(String::new()) };
+        let out = Command::new(swarmlb_bin()).args(["status", "--json", "--runtime-dir"]).arg(s.dir.join("run")).output()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).context("swarmlb status --json")?;
+        let counters = status["balancer"].as_object().context("no balancer counters in swarmlb status")?;
+        let drops: Vec<String> = counters
+            .iter()
+            .filter(|(k, v)| k.starts_with("drop_") && v.as_u64().unwrap_or(0) > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        Ok(drops.join(", "))
+    }
+}
+
 impl Drop for Installed {
     fn drop(&mut self) {
         self.swarmlb.take();

@@ -76,6 +76,7 @@ pub fn section(plan: &Plan, rounds: &[Vec<Turn>]) -> Section {
         }
     }
     foreign_table(&mut md, rounds);
+    drops_list(&mut md, rounds);
     targets(&mut md, rounds);
     failures(&mut md, rounds);
     Section { name: "e2e", title: "End to end: swarmlb beside no balancer, nftables and HAProxy".into(), markdown: md, charts: charts(rounds) }
@@ -95,8 +96,8 @@ fn method(plan: &Plan) -> String {
          (client first), targets rotated per connection; a connection counts once its reply arrived. **CPU per connection**: \
          the whole machine's busy time in that window (/proc/stat: user+nice+system+irq+softirq of all cores, so every \
          process and softirq of the topology) divided by the connections completed, and the same less the CPU time of \
-         processes outside the topology (from /proc/PID/stat; this kernel charges a softirq to the task it interrupted, so \
-         the little of ours that lands on foreign tasks is taken off too); **extra** is the figure minus the baseline's of \
+         processes outside the topology (from /proc/PID/stat; user time only, because this kernel charges a softirq \
+         to the task it interrupted as system time, so a foreign task's system time holds some of our packets' work); **extra** is the figure minus the baseline's of \
          the same round.\n\
          - *Latency*: one client, {lat} sequential connects (time to `connect()` returning), then {lat} requests on one \
          kept-alive connection.\n\
@@ -120,7 +121,7 @@ fn cpu_table(md: &mut String, rounds: &[Vec<Turn>]) {
     let _ = writeln!(md, "\n## CPU per connection\n");
     let _ = writeln!(
         md,
-        "*machine*: all busy time / connections; *topology*: the same without the foreign processes' time (the \
+        "*machine*: all busy time / connections; *topology*: the same without the foreign processes' user time (the \
          headline: on a shared VM another build's minute of CPU would otherwise count as ours); *extra*: minus the \
          baseline of the same round; *balancer process*: the user-space process of the mode (swarmlb's agent, HAProxy).\n"
     );
@@ -169,6 +170,24 @@ fn tls_failures(md: &mut String, rounds: &[Vec<Turn>]) {
     }
 }
 
+/// swarmlb's drop counters per turn: a dropped SYN costs its client a
+/// second (the retransmission), which shows in the connection rate.
+fn drops_list(md: &mut String, rounds: &[Vec<Turn>]) {
+    let lines: Vec<String> = rounds
+        .iter()
+        .enumerate()
+        .flat_map(|(r, turns)| {
+            turns.iter().zip(ALL).filter_map(move |(t, m)| {
+                let s = t.as_ref().ok().filter(|s| !s.drops.is_empty())?;
+                Some(format!("- round {}, {}: {}", r + 1, m.label(), s.drops))
+            })
+        })
+        .collect();
+    if !lines.is_empty() {
+        let _ = writeln!(md, "\n## swarmlb's drop counters (after the turn's connections)\n\n{}", lines.join("\n"));
+    }
+}
+
 fn foreign_table(md: &mut String, rounds: &[Vec<Turn>]) {
     let _ = writeln!(md, "\n## Foreign load during the connection window (% of all cores)\n");
     let head: Vec<&str> = ALL.iter().map(|m| m.label()).collect();
@@ -211,9 +230,15 @@ fn targets(md: &mut String, rounds: &[Vec<Turn>]) {
         let ratio_ok = (ratio.median * 100.0).round() >= (min_ratio * 100.0).round();
         let extra_ok = extra.median <= max_extra;
         let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+        let drops: Vec<&str> = column(rounds, m).iter().map(|(s, _)| s.drops.as_str()).filter(|d| !d.is_empty()).collect();
+        let why = if ratio_ok || drops.is_empty() {
+            String::new()
+        } else {
+            format!(" It dropped packets: {} (each dropped SYN stalls its connection for the 1 s retransmission).", drops.join("; "))
+        };
         let _ = writeln!(
             md,
-            "- {}: extra {:+.1} µs/conn (target ≤ {:+.0}: {}), {:.2}× the baseline's connection rate (target ≥ {:.2}: {}).",
+            "- {}: extra {:+.1} µs/conn (target ≤ {:+.0}: {}), {:.2}× the baseline's connection rate (target ≥ {:.2}: {}).{why}",
             mode.label(),
             extra.median,
             max_extra,
