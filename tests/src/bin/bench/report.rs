@@ -168,8 +168,9 @@ fn draw(chart: &BarChart, path: &Path) -> Result<()> {
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(label_width)
-        // Segmented: a label sits at the centre of its bar, not on a boundary.
-        .build_cartesian_2d(bottom..top, (0..rows).into_segmented())
+        // Segmented (`0..rows - 1` holds `rows` segments): a label sits at the
+        // centre of its bar, not on a boundary.
+        .build_cartesian_2d(bottom..top, (0..rows - 1).into_segmented())
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let labels: Vec<String> = chart.bars.iter().map(|(l, _)| l.clone()).collect();
     c.configure_mesh()

@@ -13,18 +13,20 @@ fn us_per_tick() -> f64 {
 pub struct Snapshot {
     /// user + nice + system + irq + softirq of all CPUs, in ticks.
     busy: u64,
-    /// (utime, utime + stime) per process (threads included), in ticks.
-    tasks: HashMap<u32, (u64, u64)>,
+    /// utime + stime per process (threads included), in ticks.
+    tasks: HashMap<u32, u64>,
 }
 
 /// What happened between two snapshots.
 pub struct Usage {
     /// The whole machine's busy CPU time, µs.
     pub busy_us: f64,
-    /// User time of processes outside the topology, µs: a noisy window
-    /// shows. User time only: this kernel (no IRQ_TIME_ACCOUNTING) charges
-    /// a softirq tick to whichever task it interrupted, as system time, so
-    /// a foreign task's system time holds some of our packets' work.
+    /// Busy time (user and system) of processes outside the topology, µs:
+    /// a noisy window shows. System time too, because a neighbour running
+    /// BPF_PROG_TEST_RUN or I/O burns it; the cost is that a softirq tick of
+    /// ours that interrupts a foreign task is charged to that task (no
+    /// IRQ_TIME_ACCOUNTING here) — rare, because veth delivers in the
+    /// sender's context, so our packets' softirqs run on our own tasks.
     pub foreign_us: f64,
 }
 
@@ -43,7 +45,7 @@ impl Snapshot {
             .tasks
             .iter()
             .filter(|(pid, _)| !ours(pid))
-            .map(|(pid, t)| t.0.saturating_sub(self.tasks.get(pid).map_or(0, |b| b.0)))
+            .map(|(pid, t)| t.saturating_sub(self.tasks.get(pid).copied().unwrap_or(0)))
             .sum();
         let tick = us_per_tick();
         Usage { busy_us: later.busy.saturating_sub(self.busy) as f64 * tick, foreign_us: foreign as f64 * tick }
@@ -53,8 +55,7 @@ impl Snapshot {
 impl Snapshot {
     /// CPU time of `pids` from `self` to `later`, µs.
     pub fn tasks_us(&self, later: &Snapshot, pids: &[u32]) -> f64 {
-        let total = |snap: &Snapshot, pid: &u32| snap.tasks.get(pid).map_or(0, |t| t.1);
-        let delta = |pid: &u32| total(later, pid).saturating_sub(total(self, pid));
+        let delta = |pid: &u32| later.tasks.get(pid).copied().unwrap_or(0).saturating_sub(self.tasks.get(pid).copied().unwrap_or(0));
         pids.iter().map(delta).sum::<u64>() as f64 * us_per_tick()
     }
 }
@@ -67,8 +68,8 @@ fn machine_busy() -> u64 {
     [0, 1, 2, 5, 6].iter().filter_map(|i| f.get(*i)).sum()
 }
 
-/// (utime, utime + stime) of every process now running.
-fn task_times() -> HashMap<u32, (u64, u64)> {
+/// utime + stime of every process now running.
+fn task_times() -> HashMap<u32, u64> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return HashMap::new() };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
@@ -76,15 +77,14 @@ fn task_times() -> HashMap<u32, (u64, u64)> {
         .collect()
 }
 
-/// (utime, utime + stime) of one process, ticks.
-fn task_time(pid: u32) -> Option<(u64, u64)> {
+/// utime + stime of one process, ticks.
+fn task_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces: fields count
     // from the last ')'. utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let (utime, stime) = (f.get(11)?.parse::<u64>().ok()?, f.get(12)?.parse::<u64>().ok()?);
-    Some((utime, utime + stime))
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 fn is_ksoftirqd(pid: u32) -> bool {

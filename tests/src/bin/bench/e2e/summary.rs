@@ -96,8 +96,7 @@ fn method(plan: &Plan) -> String {
          (client first), targets rotated per connection; a connection counts once its reply arrived. **CPU per connection**: \
          the whole machine's busy time in that window (/proc/stat: user+nice+system+irq+softirq of all cores, so every \
          process and softirq of the topology) divided by the connections completed, and the same less the CPU time of \
-         processes outside the topology (from /proc/PID/stat; user time only, because this kernel charges a softirq \
-         to the task it interrupted as system time, so a foreign task's system time holds some of our packets' work); **extra** is the figure minus the baseline's of \
+         processes outside the topology (utime+stime from /proc/PID/stat); **extra** is the figure minus the baseline's of \
          the same round.\n\
          - *Latency*: one client, {lat} sequential connects (time to `connect()` returning), then {lat} requests on one \
          kept-alive connection.\n\
@@ -121,7 +120,7 @@ fn cpu_table(md: &mut String, rounds: &[Vec<Turn>]) {
     let _ = writeln!(md, "\n## CPU per connection\n");
     let _ = writeln!(
         md,
-        "*machine*: all busy time / connections; *topology*: the same without the foreign processes' user time (the \
+        "*machine*: all busy time / connections; *topology*: the same without the foreign processes' time (the \
          headline: on a shared VM another build's minute of CPU would otherwise count as ours); *extra*: minus the \
          baseline of the same round; *balancer process*: the user-space process of the mode (swarmlb's agent, HAProxy).\n"
     );
