@@ -31,7 +31,7 @@ use harness::tls::tls_client;
 use rustls::ClientConfig;
 
 use crate::{report::Section, Opts};
-use lab::{client_addr, Lab, WORKERS};
+use lab::{Lab, WORKERS};
 use load::Targets;
 use modes::{Mode, ALL};
 
@@ -140,8 +140,8 @@ fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize
     modes::check_clean(lab)?;
     let installed = mode.install(lab, &format!("r{round}m{i}"))?;
     let client = &lab.lab.client;
-    let http = Targets { src: client_addr(i), dsts: mode.dsts(80) };
-    let https = Targets { src: client_addr(i), dsts: mode.dsts(443) };
+    let http = Targets { srcs: mode.srcs(i), dsts: mode.dsts(80) };
+    let https = Targets { srcs: mode.srcs(i), dsts: mode.dsts(443) };
     load::warm_up(client, &http, WORKERS, Duration::from_secs(5))?;
     // Latency first: one client on a quiet path, before the load's tail
     // (closing sockets, softirq backlog) could reach into it.
@@ -158,7 +158,7 @@ fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize
     anyhow::ensure!(rate.done > 0, "no connection completed ({} failed)", rate.failed);
 
     let hs = load::handshake_rate(client, &https, tls, plan.tls_threads, plan.tls_window);
-    let gbits = load::bulk_gbits(client, client_addr(i), SocketAddr::V4(mode.bulk_dst()), plan.bulk_seconds)?;
+    let gbits = load::bulk_gbits(client, http.srcs[0], SocketAddr::V4(mode.bulk_dst()), plan.bulk_seconds)?;
     let capacity_us = rate.elapsed.as_secs_f64() * 1e6 * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Ok(Sample {
         conns_per_s: rate.per_second(),

@@ -26,10 +26,13 @@ pub const BULK_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 /// The iperf3 servers' port.
 pub const IPERF_PORT: u16 = 5201;
 
-/// The client address of mode number `i`: modes never share a source, so
+/// Client addresses per mode (see `load::Targets::pick`).
+pub const ADDRS_PER_MODE: usize = 3;
+
+/// Client address `k` of mode number `i`: modes never share a source, so
 /// one mode's TIME_WAIT sockets on a backend cannot meet another mode's SYNs.
-pub fn client_addr(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 51, 100, 20 + i as u8)
+pub fn client_addr(i: usize, k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, (20 + i * ADDRS_PER_MODE + k) as u8)
 }
 
 /// The running lab. Field order is drop order: servers before namespaces.
@@ -48,7 +51,9 @@ impl Lab {
         // The baseline reaches the workers' own addresses through the edge.
         lab.topology().route(&client, "10.1.0.0/24", "198.51.100.1");
         for i in 0..modes {
-            lab.topology().addr(&client, "c-out", &format!("{}/24", client_addr(i)));
+            for k in 0..ADDRS_PER_MODE {
+                lab.topology().addr(&client, "c-out", &format!("{}/24", client_addr(i, k)));
+            }
         }
         // Tens of thousands of short connections per window: every port,
         // and TIME_WAIT ports reused (client, and HAProxy's side on the edge).

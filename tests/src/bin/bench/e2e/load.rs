@@ -28,15 +28,24 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: a.com\r\nUser-Agent: swarmlb-be
 /// Where one mode's connections go from and to.
 #[derive(Clone)]
 pub struct Targets {
-    /// The mode's own client address.
-    pub src: Ipv4Addr,
-    /// Rotated per connection (the three backends, or the one VIP).
+    /// The mode's own client addresses.
+    pub srcs: Vec<Ipv4Addr>,
+    /// The three backends, or the one VIP.
     pub dsts: Vec<SocketAddrV4>,
 }
 
 impl Targets {
-    fn pick(&self, n: usize) -> SocketAddrV4 {
-        self.dsts[n % self.dsts.len()]
+    /// Connection `n`'s source and destination: both rotated, so that the
+    /// baseline (one source, three workers) and a VIP (three sources, one
+    /// VIP) spread over the same number of address pairs, and the client's
+    /// port allocation and TIME_WAIT reuse cost the same in every mode.
+    fn pick(&self, n: usize) -> (Ipv4Addr, SocketAddrV4) {
+        (self.srcs[n % self.srcs.len()], self.dsts[n % self.dsts.len()])
+    }
+
+    fn connect(&self, n: usize) -> io::Result<TcpStream> {
+        let (src, dst) = self.pick(n);
+        connect_from(src, dst)
     }
 }
 
@@ -130,7 +139,7 @@ fn complete_body(buf: &[u8]) -> Option<String> {
 /// One short connection: connect, request, response, close (the client
 /// closes first, so TIME_WAIT stays on the client, as with browsers).
 fn one_connection(t: &Targets, n: usize) -> io::Result<()> {
-    let mut s = connect_from(t.src, t.pick(n))?;
+    let mut s = t.connect(n)?;
     exchange(&mut s).map(drop)
 }
 
@@ -168,7 +177,7 @@ pub fn connection_rate(ns: &Netns, t: &Targets, threads: usize, window: Duration
 /// TLS 1.3 handshakes per second (rustls, SNI `a.com`, certificate verified).
 pub fn handshake_rate(ns: &Netns, t: &Targets, tls: &Arc<ClientConfig>, threads: usize, window: Duration) -> Rate {
     saturate(ns, threads, window, |n| {
-        connect_from(t.src, t.pick(n)).map_err(anyhow::Error::from).and_then(|s| handshake(s, tls, "a.com")).is_ok()
+        t.connect(n).map_err(anyhow::Error::from).and_then(|s| handshake(s, tls, "a.com")).is_ok()
     })
 }
 
@@ -187,11 +196,11 @@ pub fn latencies(ns: &Netns, t: &Targets, count: usize) -> io::Result<Latencies>
         let mut connect = Vec::with_capacity(count);
         for n in 0..count {
             let start = Instant::now();
-            let mut s = connect_from(t.src, t.pick(n))?;
+            let mut s = t.connect(n)?;
             connect.push(start.elapsed().as_secs_f64() * 1e6);
             exchange(&mut s)?;
         }
-        let mut s = connect_from(t.src, t.pick(0))?;
+        let mut s = t.connect(0)?;
         let mut request = Vec::with_capacity(count);
         for _ in 0..count {
             let start = Instant::now();
@@ -221,7 +230,7 @@ pub fn warm_up(ns: &Netns, t: &Targets, backends: usize, deadline: Duration) -> 
     let mut n = 0;
     let mut last_err = String::new();
     while start.elapsed() < deadline {
-        let r = ns.run(|| connect_from(t.src, t.pick(n)).and_then(|mut s| exchange(&mut s)));
+        let r = ns.run(|| t.connect(n).and_then(|mut s| exchange(&mut s)));
         n += 1;
         match r {
             Ok(body) => {

@@ -15,7 +15,7 @@ use harness::{
     ChildGuard, Netns,
 };
 
-use super::lab::{Lab, BULK_VIP, IPERF_PORT};
+use super::lab::{client_addr, Lab, ADDRS_PER_MODE, BULK_VIP, IPERF_PORT};
 
 /// A way through the edge.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -59,6 +59,13 @@ impl Mode {
             Mode::Baseline => Lab::workers().into_iter().map(|w| SocketAddrV4::new(w, port)).collect(),
             _ => vec![SocketAddrV4::new(VIP_V4, port)],
         }
+    }
+
+    /// Mode number `i`'s client addresses: one for the baseline, which
+    /// rotates over three destinations, three for a single VIP.
+    pub fn srcs(self, i: usize) -> Vec<Ipv4Addr> {
+        let n = if self == Mode::Baseline { 1 } else { ADDRS_PER_MODE };
+        (0..n).map(|k| client_addr(i, k)).collect()
     }
 
     /// Where the bulk stream goes: worker 1, directly or through the bulk VIP.

@@ -91,7 +91,9 @@ fn method(plan: &Plan) -> String {
          binary in the edge, `swarmlb backend-setup` on the workers for the DSR modes), **nftables DNAT** (prerouting, \
          `jhash ip saddr . tcp sport mod 3`, through conntrack; flushed after its turn), **nftables fwd** (netdev ingress on the \
          outside leg, `fwd ip to` a jhash-chosen worker: the in-kernel L2 DSR) and **HAProxy** in TCP mode (round robin). \
-         Each mode is installed for its turn only, with its own client source address, and checked to reach all three workers first.\n\n\
+         Each mode is installed for its turn only, with its own client source addresses (the baseline one, rotating over three \
+         workers; a VIP three, rotated: the same number of address pairs, so the client's port allocation costs the same), \
+         and checked to reach all three workers first.\n\n\
          - *Connections*: {threads} client threads for {win:.1} s, each connection a connect, a small GET, the reply, close \
          (client first), targets rotated per connection; a connection counts once its reply arrived. **CPU per connection**: \
          the whole machine's busy time in that window (/proc/stat: user+nice+system+irq+softirq of all cores, so every \
