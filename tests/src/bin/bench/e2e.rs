@@ -82,7 +82,7 @@ pub struct Sample {
     /// The whole machine's busy CPU time per completed connection.
     pub cpu_us_per_conn: f64,
     /// The same without the foreign processes' time: what the topology spent.
-    pub net_us_per_conn: f64,
+    pub topology_us_per_conn: f64,
     /// Of that, the balancer's own user-space process (swarmlb, HAProxy).
     pub balancer_us_per_conn: f64,
     pub conns_failed: u64,
@@ -114,11 +114,11 @@ pub fn run(opts: &Opts) -> Result<Section> {
             let turn = measure(&lab, &tls, &plan, *mode, i, round).map_err(|e| format!("{e:#}"));
             match &turn {
                 Ok(s) => eprintln!(
-                    "  round {round} {:<22} {:>7.0} conn/s {:>6.1} µs/conn ({:.1} net of foreign), foreign {:.0}%, {:.0} TLS/s, {:.2} Gbit/s {}",
+                    "  round {round} {:<22} {:>7.0} conn/s {:>6.1} µs/conn ({:.1} without foreign load), foreign {:.0}%, {:.0} TLS/s, {:.2} Gbit/s {}",
                     mode.label(),
                     s.conns_per_s,
                     s.cpu_us_per_conn,
-                    s.net_us_per_conn,
+                    s.topology_us_per_conn,
                     s.foreign_pct,
                     s.handshakes_per_s,
                     s.gbits,
@@ -163,7 +163,7 @@ fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize
     Ok(Sample {
         conns_per_s: rate.per_second(),
         cpu_us_per_conn: usage.busy_us / rate.done as f64,
-        net_us_per_conn: (usage.busy_us - usage.foreign_us).max(0.0) / rate.done as f64,
+        topology_us_per_conn: (usage.busy_us - usage.foreign_us).max(0.0) / rate.done as f64,
         balancer_us_per_conn: balancer_us / rate.done as f64,
         conns_failed: rate.failed,
         foreign_pct: 100.0 * usage.foreign_us / capacity_us,

@@ -54,7 +54,7 @@ fn extra(rounds: &[Vec<Turn>], m: usize, get: fn(&Sample) -> f64) -> Summary {
 
 /// The topology's CPU per connection: the headline figure.
 fn net(s: &Sample) -> f64 {
-    s.net_us_per_conn
+    s.topology_us_per_conn
 }
 
 fn show(s: &Summary, digits: usize) -> String {
