@@ -14,6 +14,7 @@ use harness::{
     edge_lab::{EDGE_INSIDE_V4, VIP_V4},
     ChildGuard, Netns,
 };
+use lb_user::loader::{remove_pins, Datapath, Program};
 
 use super::lab::{client_addr, Lab, ADDRS_PER_MODE, BULK_VIP, IPERF_PORT};
 
@@ -22,6 +23,10 @@ use super::lab::{client_addr, Lab, ADDRS_PER_MODE, BULK_VIP, IPERF_PORT};
 pub enum Mode {
     /// No balancer: the client spreads over the workers itself, the edge routes.
     Baseline,
+    /// The baseline with a pass-through XDP program (the isolator without
+    /// a zone) on the edge's two legs: what XDP on a veth costs by itself,
+    /// the floor under any XDP balancer in this topology.
+    XdpPass,
     SwarmlbNat,
     SwarmlbDsr,
     SwarmlbDsrL2,
@@ -34,8 +39,16 @@ pub enum Mode {
 }
 
 /// Every mode, in the order of a round (the baseline first).
-pub const ALL: [Mode; 7] =
-    [Mode::Baseline, Mode::SwarmlbNat, Mode::SwarmlbDsr, Mode::SwarmlbDsrL2, Mode::NftDnat, Mode::NftFwd, Mode::Haproxy];
+pub const ALL: [Mode; 8] = [
+    Mode::Baseline,
+    Mode::XdpPass,
+    Mode::SwarmlbNat,
+    Mode::SwarmlbDsr,
+    Mode::SwarmlbDsrL2,
+    Mode::NftDnat,
+    Mode::NftFwd,
+    Mode::Haproxy,
+];
 
 /// The HTTP and TLS ports every mode serves.
 const PORTS: [u16; 2] = [80, 443];
@@ -44,6 +57,7 @@ impl Mode {
     pub fn label(self) -> &'static str {
         match self {
             Mode::Baseline => "no balancer (baseline)",
+            Mode::XdpPass => "no balancer + XDP pass",
             Mode::SwarmlbNat => "swarmlb nat",
             Mode::SwarmlbDsr => "swarmlb dsr",
             Mode::SwarmlbDsrL2 => "swarmlb dsr-l2",
@@ -56,7 +70,7 @@ impl Mode {
     /// Where the client connects on `port`: the workers, or the VIP.
     pub fn dsts(self, port: u16) -> Vec<SocketAddrV4> {
         match self {
-            Mode::Baseline => Lab::workers().into_iter().map(|w| SocketAddrV4::new(w, port)).collect(),
+            Mode::Baseline | Mode::XdpPass => Lab::workers().into_iter().map(|w| SocketAddrV4::new(w, port)).collect(),
             _ => vec![SocketAddrV4::new(VIP_V4, port)],
         }
     }
@@ -64,14 +78,14 @@ impl Mode {
     /// Mode number `i`'s client addresses: one for the baseline, which
     /// rotates over three destinations, three for a single VIP.
     pub fn srcs(self, i: usize) -> Vec<Ipv4Addr> {
-        let n = if self == Mode::Baseline { 1 } else { ADDRS_PER_MODE };
+        let n = if matches!(self, Mode::Baseline | Mode::XdpPass) { 1 } else { ADDRS_PER_MODE };
         (0..n).map(|k| client_addr(i, k)).collect()
     }
 
     /// Where the bulk stream goes: worker 1, directly or through the bulk VIP.
     pub fn bulk_dst(self) -> SocketAddrV4 {
         match self {
-            Mode::Baseline => SocketAddrV4::new(Lab::workers()[0], IPERF_PORT),
+            Mode::Baseline | Mode::XdpPass => SocketAddrV4::new(Lab::workers()[0], IPERF_PORT),
             _ => SocketAddrV4::new(BULK_VIP, IPERF_PORT),
         }
     }
@@ -82,6 +96,7 @@ impl Mode {
         done.edge = Some(lab.lab.edge.clone());
         match self {
             Mode::Baseline => {}
+            Mode::XdpPass => done.xdp_pass = Some(XdpPass::attach(&lab.lab.edge, tag)?),
             Mode::SwarmlbNat => done.swarmlb = Some(Swarmlb::start(&lab.lab.edge, "nat", tag)?),
             Mode::SwarmlbDsr | Mode::SwarmlbDsrL2 => {
                 let mode = if self == Mode::SwarmlbDsr { "dsr" } else { "dsr-l2" };
@@ -137,6 +152,7 @@ pub fn check_clean(lab: &Lab) -> Result<()> {
 pub struct Installed {
     edge: Option<Netns>,
     swarmlb: Option<Swarmlb>,
+    xdp_pass: Option<XdpPass>,
     backends: Vec<BackendSetup>,
     nft_table: Option<String>,
     flush_conntrack: bool,
@@ -171,6 +187,7 @@ impl Installed {
 impl Drop for Installed {
     fn drop(&mut self) {
         self.swarmlb.take();
+        self.xdp_pass.take();
         self.backends.clear();
         if let Some((mut child, dir)) = self.haproxy.take() {
             child.terminate(Duration::from_secs(2));
@@ -197,6 +214,35 @@ fn turn_dir(what: &str, tag: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The lab's pass-through program on the edge's legs, loaded in this
+/// process (no daemon); detached and unpinned on drop.
+struct XdpPass {
+    datapath: Datapath,
+    pins: PathBuf,
+}
+
+impl XdpPass {
+    fn attach(edge: &Netns, tag: &str) -> Result<Self> {
+        let pins = harness::pins::private_pin_dir("lab", &format!("bench{tag}"));
+        let _ = remove_pins(&pins);
+        // The table size is irrelevant to the isolator; the smallest prime
+        // the lab uses keeps the load quick.
+        let datapath = Datapath::load(&pins, 251)?;
+        let mut pass = Self { datapath, pins };
+        for dev in ["e-out", "e-in"] {
+            edge.run(|| pass.datapath.attach(dev, Program::Isolator)).with_context(|| format!("XDP pass on {dev}"))?;
+        }
+        Ok(pass)
+    }
+}
+
+impl Drop for XdpPass {
+    fn drop(&mut self) {
+        self.datapath.detach_all();
+        let _ = remove_pins(&self.pins);
+    }
+}
+
 /// The swarmlb binary: `SWARMLB_BIN` (set by `cargo xtask bench`) or the
 /// workspace's release build.
 pub fn swarmlb_bin() -> PathBuf {
@@ -218,7 +264,7 @@ impl Swarmlb {
     fn start(edge: &Netns, mode: &str, tag: &str) -> Result<Self> {
         let dir = turn_dir("swarmlb", tag)?;
         let pins = harness::pins::private_pin_dir("test", &format!("bench{tag}"));
-        let _ = lb_user::loader::remove_pins(&pins);
+        let _ = remove_pins(&pins);
         let config = dir.join("swarmlb.toml");
         std::fs::write(&config, swarmlb_config(mode, &pins))?;
         let runtime = dir.join("run");
@@ -255,7 +301,7 @@ impl Drop for Swarmlb {
             .arg("--runtime-dir")
             .arg(self.dir.join("run"))
             .output();
-        let _ = lb_user::loader::remove_pins(&self.pins);
+        let _ = remove_pins(&self.pins);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
