@@ -1,5 +1,6 @@
-//! The subjects: no balancer, swarmlb's three modes, nftables DNAT,
-//! nftables `fwd` and HAProxy. Each is installed for its turn and removed
+//! The subjects: no balancer (and, as a control, no balancer with XDP
+//! pass-through on the edge's veths), swarmlb's three modes, nftables
+//! DNAT, nftables `fwd` and HAProxy. Each is installed for its turn and removed
 //! after it ([`Installed`]'s drop), so no mode runs beside another.
 
 use std::{
