@@ -79,14 +79,32 @@ fn task_times() -> HashMap<u32, u64> {
 
 /// utime + stime of one process, ticks.
 fn task_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_task_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime from the text of /proc/PID/stat.
+fn parse_task_time(stat: &str) -> Option<u64> {
     // The command name is in parentheses and may hold spaces: fields count
     // from the last ')'. utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 fn is_ksoftirqd(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("ksoftirqd/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_times_count_from_the_last_parenthesis() {
+        // A command name with a space and a parenthesis of its own.
+        let stat = "4242 (we (ird) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 123 0 0";
+        assert_eq!(parse_task_time(stat), Some(10));
+        assert_eq!(parse_task_time("garbage"), None);
+        assert_eq!(parse_task_time("1 (x)"), None);
+    }
 }

@@ -263,3 +263,32 @@ pub fn bulk_gbits(ns: &Netns, src: Ipv4Addr, dst: SocketAddr, seconds: u32) -> a
         .ok_or_else(|| anyhow::anyhow!("no end.sum_received in iperf3's output: {}", v["error"]))?;
     Ok(bps / 1e9)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_complete_with_its_length() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nworker=w1\n";
+        assert_eq!(complete_body(r).as_deref(), Some("worker=w1\n"));
+        assert_eq!(complete_body(&r[..r.len() - 1]), None);
+        assert_eq!(complete_body(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"), None);
+    }
+
+    #[test]
+    fn quantiles() {
+        let mut v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(quantile(&mut v, 0.5), 51.0);
+        assert_eq!(quantile(&mut v, 0.99), 99.0);
+        assert!(quantile(&mut [], 0.5).is_nan());
+    }
+
+    #[test]
+    fn sources_and_destinations_rotate_together() {
+        let dst = |p| SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 11), p);
+        let t = Targets { srcs: vec![Ipv4Addr::new(198, 51, 100, 20), Ipv4Addr::new(198, 51, 100, 21)], dsts: vec![dst(80)] };
+        assert_eq!(t.pick(0).0, Ipv4Addr::new(198, 51, 100, 20));
+        assert_eq!(t.pick(1), (Ipv4Addr::new(198, 51, 100, 21), dst(80)));
+    }
+}
