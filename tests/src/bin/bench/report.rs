@@ -48,6 +48,8 @@ pub struct Summary {
     pub median: f64,
     pub min: f64,
     pub max: f64,
+    /// How many samples (finite ones) it summarizes.
+    pub n: usize,
 }
 
 impl Summary {
@@ -60,7 +62,7 @@ impl Summary {
         s.sort_by(|a, b| a.total_cmp(b));
         let n = s.len();
         let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
-        Self { median, min: s[0], max: s[n - 1] }
+        Self { median, min: s[0], max: s[n - 1], n }
     }
 
     /// `median (min–max)` with `digits` decimals.
@@ -159,23 +161,26 @@ fn draw(chart: &BarChart, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let top = chart.bars.iter().map(|(_, s)| s.max.max(s.median)).fold(0.0_f64, f64::max).max(1e-9) * 1.15;
+    // Differences (extra cost over a baseline) can be negative.
+    let bottom = chart.bars.iter().map(|(_, s)| s.min.min(s.median)).fold(0.0_f64, f64::min) * 1.15;
     let label_width = chart.bars.iter().map(|(l, _)| l.len()).max().unwrap_or(10).min(48) as u32 * 7 + 10;
     let mut c = ChartBuilder::on(&root)
         .caption(&chart.title, ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(label_width)
-        .build_cartesian_2d(0.0..top, (0..rows - 1).into_segmented())
+        // Segmented (`0..rows - 1` holds `rows` segments): a label sits at the
+        // centre of its bar, not on a boundary.
+        .build_cartesian_2d(bottom..top, (0..rows - 1).into_segmented())
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    // Row 0 at the top: the bars read in the table's order.
-    let label = |v: &SegmentValue<usize>| match v {
-        SegmentValue::CenterOf(i) if *i < rows => chart.bars[rows - 1 - i].0.clone(),
-        _ => String::new(),
-    };
+    let labels: Vec<String> = chart.bars.iter().map(|(l, _)| l.clone()).collect();
     c.configure_mesh()
         .disable_y_mesh()
         .y_labels(rows)
-        .y_label_formatter(&label)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) if *i < rows => labels[rows - 1 - i].clone(),
+            _ => String::new(),
+        })
         .x_desc(chart.unit.as_str())
         .label_style(("sans-serif", 13))
         .draw()
@@ -183,10 +188,10 @@ fn draw(chart: &BarChart, path: &Path) -> Result<()> {
     for (i, (_, s)) in chart.bars.iter().enumerate() {
         let y = rows - 1 - i;
         let color = Palette99::pick(i).mix(0.8);
-        let bar = Rectangle::new([(0.0, SegmentValue::Exact(y)), (s.median, SegmentValue::Exact(y + 1))], color.filled());
-        c.draw_series(std::iter::once(bar)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let whisker = PathElement::new(vec![(s.min, SegmentValue::CenterOf(y)), (s.max, SegmentValue::CenterOf(y))], BLACK.stroke_width(2));
-        c.draw_series(std::iter::once(whisker)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        c.draw_series(std::iter::once(Rectangle::new([(0.0, SegmentValue::Exact(y)), (s.median, SegmentValue::Exact(y + 1))], color.filled())))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        c.draw_series(std::iter::once(PathElement::new(vec![(s.min, SegmentValue::CenterOf(y)), (s.max, SegmentValue::CenterOf(y))], BLACK.stroke_width(2))))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok(())
