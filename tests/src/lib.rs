@@ -17,6 +17,7 @@
 //! All of it needs root (namespaces, veths, AF_PACKET): see [`require_root`].
 
 pub mod counters;
+pub mod daemon;
 pub mod edge_lab;
 pub mod kernel;
 pub mod lb_kernel;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod gen;
-pub mod daemon;
+#[allow(unused_imports)]
+pub use harness::daemon;
 pub mod http;
 pub mod xdp;

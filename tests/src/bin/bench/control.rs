@@ -5,13 +5,11 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use harness::{swarm::SwarmLab, ChildGuard, Netns, Topology};
+use harness::{daemon::Instance, swarm::SwarmLab, ChildGuard, Netns, Topology};
 use lb_common::{
     balancer::{FlowEntry, FlowKey, ServiceKey},
     isolator::FAMILY_V4,
@@ -76,53 +74,24 @@ fn maglev_builds(opts: &Opts) -> Result<(String, BarChart)> {
     Ok((md, chart))
 }
 
-/// `swarmlb` running in a namespace with a private config, pins and
-/// runtime dir; stopped and its pins removed on drop.
+/// `swarmlb run` in `ns` with `body`, ready; stopped (the process) and
+/// removed (its pins and files) when dropped, process first.
 struct Agent {
-    dir: PathBuf,
-    pin_path: PathBuf,
-    runtime_dir: PathBuf,
-    child: Option<ChildGuard>,
-}
-
-fn swarmlb_bin() -> PathBuf {
-    std::env::var_os("SWARMLB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/swarmlb"))
+    child: ChildGuard,
+    inst: Instance,
 }
 
 impl Agent {
-    /// Starts `swarmlb run` in `ns` with `body` (plus `[settings]`) and
-    /// waits until it has applied its config.
-    fn start(ns: &Netns, tag: &str, body: &str) -> Result<Self> {
-        let id = format!("{}-{tag}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("swarmlb-bench-{id}"));
-        std::fs::create_dir_all(&dir)?;
-        let pin_path = PathBuf::from(format!("/sys/fs/bpf/swarmlb-bench-{id}"));
-        let config = dir.join("swarmlb.toml");
-        std::fs::write(&config, format!("{body}\n[settings]\npin_path = \"{}\"\n", pin_path.display()))?;
-        let runtime_dir = dir.join("run");
-        let mut agent = Self { dir, pin_path, runtime_dir, child: None };
-        let mut cmd = Command::new(swarmlb_bin());
-        cmd.arg("run").arg("--config").arg(&config).arg("--runtime-dir").arg(&agent.runtime_dir).env("RUST_LOG", "warn");
-        let mut child = ns.try_spawn(&mut cmd)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !agent.runtime_dir.join("state.json").exists() {
-            if let Some(status) = child.wait_timeout(Duration::from_millis(50)) {
-                bail!("swarmlb exited ({status}):\n{}", child.output_so_far());
-            }
-            if Instant::now() > deadline {
-                bail!("swarmlb not ready within 30 s:\n{}", child.output_so_far());
-            }
-        }
-        agent.child = Some(child);
-        Ok(agent)
+    fn start(ns: &Netns, tag: &str, body: &str) -> Self {
+        let inst = Instance::new(&format!("bench{tag}"), body);
+        let mut child = inst.start(ns, &[]);
+        inst.wait_ready(&mut child);
+        Self { child, inst }
     }
 
     /// Resident and peak resident memory, in MiB.
     fn memory(&self) -> Result<(f64, f64)> {
-        let pid = self.child.as_ref().map(ChildGuard::pid).context("not running")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.pid()))?;
         let kib = |key: &str| -> f64 {
             status
                 .lines()
@@ -134,18 +103,14 @@ impl Agent {
     }
 
     fn maps(&self) -> Result<BalancerMaps> {
-        BalancerMaps::open(&self.pin_path)
+        BalancerMaps::open(&self.inst.pin_path)
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.terminate(Duration::from_secs(10));
-        }
-        let _ = Command::new(swarmlb_bin()).arg("down").arg("--pin-path").arg(&self.pin_path).arg("--runtime-dir").arg(&self.runtime_dir).output();
-        let _ = lb_user::loader::remove_pins(&self.pin_path);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.child.terminate(Duration::from_secs(10));
+        let _ = self.inst.down();
     }
 }
 
@@ -191,7 +156,7 @@ fn swarm_sync(opts: &Opts) -> Result<String> {
             "[swarm]\ndocker_host = \"unix://{}\"\n\n[balancer]\noutside_interfaces = [\"e-out\"]\ninside_interface = \"e-in\"\n\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.10\"\nrules = [\"tcp/80\"]\nbackends = [\"10.2.0.99\"]\nbackends_from = \"node.labels.lb==proxy\"\n",
             lab.manager_socket().display()
         ),
-    )?;
+    );
     let maps = agent.maps()?;
     let (mut added, mut removed, mut cli) = (Vec::new(), Vec::new(), Vec::new());
     let wait = |want: bool| -> Result<()> {
@@ -289,7 +254,7 @@ fn agent_memory() -> Result<(String, BarChart)> {
         ("a VIP with 1000 backends", vip(1000), 0),
         ("1000 backends + 100k flows", vip(1000), 100_000),
     ] {
-        let agent = Agent::start(&edge, "mem", &body)?;
+        let agent = Agent::start(&edge, "mem", &body);
         if flows > 0 {
             fill_flows(&mut agent.maps()?, Ipv4Addr::new(203, 0, 113, 10), flows)?;
         }

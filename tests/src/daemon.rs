@@ -7,9 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use harness::{ChildGuard, Netns};
+use crate::{ChildGuard, Netns};
 
-/// The binary under test: `SWARMLB_BIN` (set by `cargo xtask test`) or the
+/// The binary under test: `SWARMLB_BIN` (set by `cargo xtask test` and
+/// `cargo xtask bench`) or the
 /// workspace's release build.
 pub fn swarmlb_bin() -> PathBuf {
     std::env::var_os("SWARMLB_BIN").map(PathBuf::from).unwrap_or_else(|| {
@@ -17,11 +18,15 @@ pub fn swarmlb_bin() -> PathBuf {
     })
 }
 
-/// Private paths of one daemon instance.
+/// Private paths of one daemon instance (removed, pins included, on drop).
 pub struct Instance {
+    /// Holds the config and the runtime dir.
     pub dir: PathBuf,
+    /// The config file `swarmlb run` reads.
     pub config: PathBuf,
+    /// `--runtime-dir` (state file, lock, saved Swarm view).
     pub runtime_dir: PathBuf,
+    /// `[settings] pin_path`, under /sys/fs/bpf.
     pub pin_path: PathBuf,
 }
 
@@ -37,6 +42,7 @@ impl Instance {
         inst
     }
 
+    /// Writes `body` (without `[settings]`) plus the private pin path.
     pub fn write_config(&self, body: &str) {
         let text = format!(
             "{body}\n[settings]\npin_path = \"{}\"\ndrop_event_interval_ms = 10\n",
