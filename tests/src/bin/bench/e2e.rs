@@ -26,7 +26,7 @@ mod load;
 mod modes;
 mod summary;
 
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use harness::tls::tls_client;
@@ -89,8 +89,11 @@ pub struct Sample {
     /// Of that, the balancer's own user-space process (swarmlb, HAProxy).
     pub balancer_us_per_conn: f64,
     pub conns_failed: u64,
-    /// CPU time of processes outside the topology, in % of all cores.
+    /// CPU time of processes outside the topology in the connection
+    /// window, in % of all cores; the same in the TLS and bulk windows.
     pub foreign_pct: f64,
+    pub foreign_tls_pct: f64,
+    pub foreign_bulk_pct: f64,
     pub connect_p50: f64,
     pub connect_p99: f64,
     pub request_p50: f64,
@@ -137,6 +140,16 @@ pub fn run(opts: &Opts) -> Result<Section> {
     Ok(summary::section(&plan, &rounds))
 }
 
+/// Runs `f` between two /proc snapshots; returns its result, the
+/// snapshots and the time it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, cpu::Snapshot, cpu::Snapshot, Duration) {
+    let before = cpu::Snapshot::take();
+    let start = std::time::Instant::now();
+    let value = f();
+    let elapsed = start.elapsed();
+    (value, before, cpu::Snapshot::take(), elapsed)
+}
+
 /// One turn: install the mode, check it reaches every backend, measure,
 /// remove it (the guard's drop).
 fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize, round: usize) -> Result<Sample> {
@@ -150,33 +163,32 @@ fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize
     // (closing sockets, softirq backlog) could reach into it.
     let mut lat = load::latencies(client, &http, plan.latency_count)?;
 
-    let topology: HashSet<u32> =
-        lab.pids().into_iter().chain(installed.pids()).chain([std::process::id()]).collect();
-    let before = cpu::Snapshot::take();
-    let rate = load::connection_rate(client, &http, plan.conn_threads, plan.conn_window);
-    let after = cpu::Snapshot::take();
-    let usage = before.until(&after, &topology);
+    let (rate, before, after, _) = timed(|| load::connection_rate(client, &http, plan.conn_threads, plan.conn_window));
+    let usage = before.until(&after);
     let balancer_us = before.tasks_us(&after, &installed.pids());
     let drops = installed.drops()?;
     anyhow::ensure!(rate.done > 0, "no connection completed ({} failed)", rate.failed);
 
-    let hs = load::handshake_rate(client, &https, tls, plan.tls_threads, plan.tls_window);
-    let gbits = load::bulk_gbits(client, http.srcs[0], SocketAddr::V4(mode.bulk_dst()), plan.bulk_seconds)?;
-    let capacity_us = rate.elapsed.as_secs_f64() * 1e6 * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let (hs, tls_before, tls_after, _) = timed(|| load::handshake_rate(client, &https, tls, plan.tls_threads, plan.tls_window));
+    let bulk_dst = SocketAddr::V4(mode.bulk_dst());
+    let (gbits, bulk_before, bulk_after, bulk_elapsed) =
+        timed(|| load::bulk_gbits(client, http.srcs[0], bulk_dst, plan.bulk_seconds));
     Ok(Sample {
         conns_per_s: rate.per_second(),
         cpu_us_per_conn: usage.busy_us / rate.done as f64,
         topology_us_per_conn: (usage.busy_us - usage.foreign_us).max(0.0) / rate.done as f64,
         balancer_us_per_conn: balancer_us / rate.done as f64,
         conns_failed: rate.failed,
-        foreign_pct: 100.0 * usage.foreign_us / capacity_us,
+        foreign_pct: usage.foreign_pct(rate.elapsed),
+        foreign_tls_pct: tls_before.until(&tls_after).foreign_pct(hs.elapsed),
+        foreign_bulk_pct: bulk_before.until(&bulk_after).foreign_pct(bulk_elapsed),
         connect_p50: load::quantile(&mut lat.connect, 0.5),
         connect_p99: load::quantile(&mut lat.connect, 0.99),
         request_p50: load::quantile(&mut lat.request, 0.5),
         request_p99: load::quantile(&mut lat.request, 0.99),
         handshakes_per_s: hs.per_second(),
         handshakes_failed: hs.failed,
-        gbits,
+        gbits: gbits?,
         drops,
     })
 }

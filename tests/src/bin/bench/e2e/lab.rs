@@ -37,8 +37,9 @@ pub fn client_addr(i: usize, k: usize) -> Ipv4Addr {
 
 /// The running lab. Field order is drop order: servers before namespaces.
 pub struct Lab {
-    pub nginx: Vec<Nginx>,
-    pub iperf: Vec<ChildGuard>,
+    // Held, never read: the servers run as long as the lab and stop on drop.
+    _nginx: Vec<Nginx>,
+    _iperf: Vec<ChildGuard>,
     pub ca: TestCa,
     pub lab: EdgeLab,
 }
@@ -71,16 +72,11 @@ impl Lab {
             let port = IPERF_PORT.to_string();
             iperf.push(w.try_spawn(Command::new("iperf3").args(["-s", "-p", &port])).context("iperf3 (apt-get install iperf3)")?);
         }
-        Ok(Self { nginx, iperf, ca, lab })
+        Ok(Self { _nginx: nginx, _iperf: iperf, ca, lab })
     }
 
     /// The workers' addresses.
     pub fn workers() -> Vec<Ipv4Addr> {
         (1..=WORKERS).map(|i| worker_addrs(i).0).collect()
-    }
-
-    /// The servers' PIDs (the topology's processes).
-    pub fn pids(&self) -> Vec<u32> {
-        self.nginx.iter().map(Nginx::pid).chain(self.iperf.iter().map(ChildGuard::pid)).collect()
     }
 }
