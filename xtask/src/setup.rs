@@ -12,9 +12,9 @@ use crate::run;
 const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static"];
 
 /// What `cargo xtask bench` adds: the alternatives it compares swarmlb
-/// with (HAProxy; nftables is above), the load and bulk tools, and the
-/// charts' font.
-const BENCH_PACKAGES: &[&str] = &["haproxy", "iperf3", "fonts-dejavu-core"];
+/// with (HAProxy; nftables is above, conntrack flushes its NAT state
+/// between turns), the bulk tool, and the charts' font.
+const BENCH_PACKAGES: &[&str] = &["haproxy", "iperf3", "conntrack", "fonts-dejavu-core"];
 
 /// bpf-linker release known to work with aya-ebpf 0.2.
 const BPF_LINKER_VERSION: &str = "0.13.0";
