@@ -233,7 +233,10 @@ pub struct NatEntry {
     pub edge_mac: [u8; 6],
     /// The interface the flow arrived on; replies leave through it.
     pub ifindex: u32,
-    pub _pad: [u8; 4],
+    /// 1 once a TCP FIN or RST of the flow passed, either way: the agent's
+    /// sweep then frees the port after the shorter `tcp_closed_timeout`.
+    pub closing: u8,
+    pub _pad: [u8; 3],
     /// `bpf_ktime_get_ns` of the last packet (refreshed at most every
     /// [`NAT_TOUCH_INTERVAL_NS`]); the agent's idle sweep reads it.
     pub last_seen_ns: u64,

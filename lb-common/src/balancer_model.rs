@@ -22,6 +22,9 @@
 //!    one whose NAT entry already names this flow. None free: dropped.
 //!    Destination becomes backend:target port, source the edge's inside
 //!    address:SNAT port, TTL − 1, checksums updated incrementally.
+//!    6b. A TCP packet with FIN or RST marks the flow's NAT entry
+//!    `closing`, in either direction (a reply, rule 8, too), before the
+//!    route is looked up: the agent's sweep frees such a port sooner.
 //!    `dsr`: an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6) header from the
 //!    inside address to the backend is put in front; the inner packet is
 //!    not touched. `dsr-l2`: only the Ethernet addresses change.
@@ -76,6 +79,8 @@ pub trait Tables {
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
     fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry);
     fn nat(&self, key: &NatKey) -> Option<NatEntry>;
+    /// Sets [`NatEntry::closing`] of the entry at `key`, if there is one.
+    fn mark_nat_closing(&mut self, key: &NatKey);
     /// Inserts only if `key` is free; `false` if taken or the map is full.
     fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> bool;
     /// The route to `dst` for a packet of `ip_len` bytes (the IP packet as
@@ -242,7 +247,7 @@ pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T)
     }
     let nkey = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
     match t.nat(&nkey) {
-        Some(entry) => reply(frame, out, ifindex, t, &p, &entry),
+        Some(entry) => reply(frame, out, ifindex, t, &p, &nkey, &entry),
         None => Outcome::next_stage(),
     }
 }
@@ -282,6 +287,10 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
         }
     };
     outcome.charged = Some((svc.stats_index, id));
+    // Rule 6b: a FIN or RST ends the NAT entry's long idle life.
+    if mode == Mode::Nat && ends_connection(frame, p) {
+        t.mark_nat_closing(&NatKey { backend: backend.addr, backend_port: svc.target_port, nat_port, proto: p.proto, family: p.family, _pad: [0; 2] });
+    }
 
     let out_len;
     let route;
@@ -420,12 +429,20 @@ pub fn same_flow(e: &NatEntry, want: &NatEntry) -> bool {
     e.client == want.client && e.client_port == want.client_port && e.vip == want.vip && e.vip_port == want.vip_port
 }
 
-fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &Parsed, e: &NatEntry) -> Outcome {
+/// A TCP packet with FIN or RST (its header is whole: after [`unfit`]).
+fn ends_connection(frame: &[u8], p: &Parsed) -> bool {
+    p.proto == IPPROTO_TCP && frame.get(p.l4 + TCP_FLAGS_OFFSET).is_some_and(|f| f & (TCP_FIN | TCP_RST) != 0)
+}
+
+fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &Parsed, key: &NatKey, e: &NatEntry) -> Outcome {
     if let Some(c) = unfit(p, frame.len()) {
         return Outcome::with(Action::Drop, c);
     }
     if p.ttl <= 1 {
         return Outcome::with(Action::Pass, LbCounter::TtlExpired);
+    }
+    if ends_connection(frame, p) {
+        t.mark_nat_closing(key);
     }
     out[..frame.len()].copy_from_slice(frame);
     rewrite(out, p, e.vip, e.vip_port, e.client, e.client_port);

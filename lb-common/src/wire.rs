@@ -36,6 +36,11 @@ pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 pub const ICMP_HLEN: usize = 8;
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
+/// TCP flags (byte 13 of the header) that end a connection.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+/// Offset of the flags byte in the TCP header.
+pub const TCP_FLAGS_OFFSET: usize = 13;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_IPV6: u8 = 41;
 pub const IPPROTO_ROUTING: u8 = 43;

@@ -402,9 +402,13 @@ pub fn signal_reload(runtime_dir: &Path) -> Result<()> {
 /// How often idle NAT entries are swept.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// (TCP, UDP) idle timeouts of NAT state.
-fn idle_timeouts(cfg: &Config) -> (Duration, Duration) {
-    cfg.balancer().map_or((Duration::from_secs(900), Duration::from_secs(300)), |b| (b.tcp_idle_timeout, b.udp_idle_timeout))
+/// Idle timeouts of NAT state.
+fn idle_timeouts(cfg: &Config) -> sweep::Timeouts {
+    cfg.balancer().map_or_else(sweep::Timeouts::default, |b| sweep::Timeouts {
+        tcp: b.tcp_idle_timeout,
+        tcp_closed: b.tcp_closed_timeout,
+        udp: b.udp_idle_timeout,
+    })
 }
 
 /// `swarmlb down`: takes the data path off every interface and removes the
@@ -482,7 +486,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         loop {
             tokio::select! {
                 _ = housekeeping.tick() => {
-                    match sweep::sweep_nat(&mut daemon.lb_maps, idle.0, idle.1) {
+                    match sweep::sweep_nat(&mut daemon.lb_maps, &idle) {
                         Ok(0) => {}
                         Ok(n) => info!(removed = n, "idle NAT entries removed"),
                         Err(e) => warn!(error = %e, "sweeping NAT entries failed"),

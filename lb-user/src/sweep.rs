@@ -22,18 +22,46 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Removes NAT entries (and their flows) idle for longer than the
-/// timeout of their protocol. Returns how many were removed.
-pub fn sweep_nat(maps: &mut BalancerMaps, tcp_idle: Duration, udp_idle: Duration) -> Result<usize> {
+/// How long NAT state may be idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP, while open.
+    pub tcp: Duration,
+    /// TCP after a FIN or RST ([`NatEntry::closing`]): long enough for
+    /// TIME_WAIT, far shorter than `tcp`, so closed connections give their
+    /// ports back (at 900 s, a backend port could take only 35 new
+    /// connections a second before its 31 744 SNAT ports ran out).
+    pub tcp_closed: Duration,
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    /// The config's defaults.
+    fn default() -> Self {
+        Self { tcp: Duration::from_secs(900), tcp_closed: Duration::from_secs(120), udp: Duration::from_secs(300) }
+    }
+}
+
+impl Timeouts {
+    /// The limit for an entry of protocol `proto`.
+    pub fn of(&self, proto: u8, e: &NatEntry) -> Duration {
+        match (proto == IPPROTO_TCP, e.closing != 0) {
+            (true, true) => self.tcp_closed,
+            (true, false) => self.tcp,
+            _ => self.udp,
+        }
+    }
+}
+
+/// Removes NAT entries (and their flows) idle for longer than their
+/// timeout. Returns how many were removed.
+pub fn sweep_nat(maps: &mut BalancerMaps, timeouts: &Timeouts) -> Result<usize> {
     let now = monotonic_ns();
     let idle: Vec<(NatKey, NatEntry)> = maps
         .nat
         .iter()
         .filter_map(Result::ok)
-        .filter(|(k, e)| {
-            let limit = if k.proto == IPPROTO_TCP { tcp_idle } else { udp_idle };
-            now.saturating_sub(e.last_seen_ns) > limit.as_nanos() as u64
-        })
+        .filter(|(k, e)| now.saturating_sub(e.last_seen_ns) > timeouts.of(k.proto, e).as_nanos() as u64)
         .collect();
     for (k, e) in &idle {
         let flow = FlowKey {

@@ -217,6 +217,11 @@ impl KernelBalancer {
         self.maps.as_ref().unwrap()
     }
 
+    /// The pinned maps, for writers such as the NAT sweep.
+    pub fn maps_mut(&mut self) -> &mut BalancerMaps {
+        self.maps.as_mut().unwrap()
+    }
+
     /// Forgets every flow and NAT entry.
     pub fn clear_flows(&mut self) {
         let maps = self.maps.as_mut().unwrap();
@@ -302,6 +307,11 @@ impl Tables for ModelTables {
     }
     fn globals(&self) -> Option<Globals> {
         self.globals
+    }
+    fn mark_nat_closing(&mut self, key: &NatKey) {
+        if let Some(e) = self.nat.get_mut(key) {
+            e.closing = 1;
+        }
     }
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flows.get(key).copied()

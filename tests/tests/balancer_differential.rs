@@ -530,8 +530,10 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         let inside = if k.family == lb_common::isolator::FAMILY_V4 { "10.1.0.1" } else { "fd00:1::1" };
         let nat_port = if rng.below(10) == 0 { rng.below(65536) as u16 } else { k.nat_port };
         let l4 = if k.proto == IPPROTO_TCP { reply_to(nat_port) } else { L4::udp(k.backend_port, nat_port, b"answer") };
+        // SYN-ACKs, data, and the FINs and RSTs that mark an entry closing.
+        let flags = *rng.pick(&[0x12u8, 0x18, 0x18, 0x11, 0x04]);
         let l4 = match l4 {
-            L4::Tcp { dport, seq, ack, flags, window, payload, .. } => L4::Tcp { sport: k.backend_port, dport, seq, ack, flags, window, payload },
+            L4::Tcp { dport, seq, ack, window, payload, .. } => L4::Tcp { sport: k.backend_port, dport, seq, ack, flags, window, payload },
             other => other,
         };
         let f = FrameBuilder::new(neighbour_mac(ip(&backend)), kb.net.in_mac);
@@ -770,4 +772,62 @@ fn decap_opens_only_the_edges_tunnels_like_the_model() {
     let kernel = (after[0] - before[0], after[1] - before[1]);
     assert_eq!(kernel, (counts.get("Opened").copied().unwrap_or(0), counts.get("Unknown").copied().unwrap_or(0)), "counters");
     println!("decap fuzz: {counts:?}");
+}
+
+/// A FIN or RST, from the client or from the backend, marks the flow's NAT
+/// entry closing (kernel and model alike); the sweep then frees the port
+/// after `tcp_closed` while open entries keep theirs for `tcp`.
+#[test]
+fn a_closed_connection_gives_its_snat_port_back() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut kb = KernelBalancer::new("lbclose");
+    kb.apply(&desired());
+    let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
+    let mut model = kb.model();
+    let nat_entry = |kb: &KernelBalancer, sport: u16| -> (NatKey, NatEntry) {
+        let flow = flow_of(kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP);
+        let backend = addr_key(backend_addr(kb, flow.backend)).0;
+        let key = NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::isolator::FAMILY_V4, _pad: [0; 2] };
+        (key, kb.maps().nat.get(&key, 0).expect("a NAT entry"))
+    };
+    // Three connections: one stays open, the client closes one (FIN), the
+    // backend resets the third.
+    for sport in [41000, 41001, 41002] {
+        let syn = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
+        both(&mut kb, &mut model, &syn, out_if);
+        assert_eq!(nat_entry(&kb, sport).1.closing, 0, "a SYN opens");
+    }
+    let ack = |sport, flags| L4::Tcp { sport, dport: 443, seq: 2, ack: 2, flags, window: 500, payload: vec![] };
+    for (sport, flags) in [(41000, 0x10), (41001, 0x11)] {
+        let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack(sport, flags));
+        both(&mut kb, &mut model, &frame, out_if);
+    }
+    let (key, _) = nat_entry(&kb, 41002);
+    let backend = lb_user::balancer::key_addr(&key.backend, key.family);
+    let rst = L4::Tcp { sport: 443, dport: key.nat_port, seq: 9, ack: 0, flags: 0x04, window: 0, payload: vec![] };
+    let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), "10.1.0.1", &rst, |_| {}, |_| {});
+    let (o, _) = both(&mut kb, &mut model, &frame, in_if);
+    assert_eq!(o.counter, Some(LbCounter::NatReply), "the RST still reaches the client");
+    let closing: Vec<u8> = [41000, 41001, 41002].iter().map(|p| nat_entry(&kb, *p).1.closing).collect();
+    assert_eq!(closing, [0, 1, 1], "FIN from the client, RST from the backend");
+    let knat: HashMap<NatKey, NatEntry> = kb.maps().nat.iter().map(|r| r.unwrap()).map(|(k, mut e)| {
+        e.last_seen_ns = 0;
+        (k, e)
+    }).collect();
+    assert_eq!(knat, model.nat, "the model marks the same entries");
+
+    // The sweep: closed entries go after `tcp_closed`, with their flows;
+    // the open one stays.
+    let open = nat_entry(&kb, 41000).0;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let t = lb_user::sweep::Timeouts { tcp: std::time::Duration::from_secs(900), tcp_closed: std::time::Duration::from_millis(10), udp: std::time::Duration::from_secs(300) };
+    let removed = lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap();
+    assert_eq!(removed, 2);
+    let left: Vec<NatKey> = kb.maps().nat.keys().map(Result::unwrap).collect();
+    assert_eq!(left, vec![open], "only the open connection keeps its port");
+    let (s, family) = addr_key(ip(CLIENT_V4));
+    let flow = |sport| FlowKey { src: s, dst: addr_key(ip(NAT4)).0, src_port: sport, dst_port: 443, proto: IPPROTO_TCP, family, _pad: [0; 2] };
+    assert!(kb.maps().flows.get(&flow(41001), 0).is_err() && kb.maps().flows.get(&flow(41000), 0).is_ok(), "flows go with their ports");
 }

@@ -115,7 +115,8 @@ fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> 
         client_mac: pkt.bytes_at::<6>(6)?,
         edge_mac: pkt.bytes_at::<6>(0)?,
         ifindex: p.ifindex,
-        _pad: [0; 4],
+        closing: 0,
+        _pad: [0; 3],
         // SAFETY: helper without side effects.
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
     };
@@ -134,6 +135,17 @@ fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> 
         }
     }
     None
+}
+
+/// Marks the flow's NAT entry closing (rule 6b: a FIN or RST passed).
+#[inline(never)]
+pub fn mark_closing(s: &mut Scratch, svc: &Service) {
+    let p = &s.parsed;
+    s.nat_key = NatKey { backend: s.placed.addr, backend_port: svc.target_port, nat_port: s.placed.nat_port, proto: p.proto, family: p.family, _pad: [0; 2] };
+    if let Some(e) = LB_NAT.get_ptr_mut(&s.nat_key) {
+        // SAFETY: points into a live map value; one byte, written in place.
+        unsafe { (*e).closing = 1 };
+    }
 }
 
 /// Refreshes a NAT entry's idle clock (at most once per

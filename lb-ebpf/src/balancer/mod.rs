@@ -130,6 +130,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         }
         flow::remember(&s.flow, &s.placed);
     }
+    if mode == Mode::Nat && parse::ends_connection(pkt, &s.parsed) {
+        flow::mark_closing(s, svc);
+    }
     let bytes = pkt.len() as u64;
     let extra = match mode {
         Mode::Dsr if s.parsed.family == FAMILY_V4 => IPV4_MIN_HLEN,
@@ -190,6 +193,10 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
         return xdp_action::XDP_PASS;
     }
     flow::touch_nat(entry);
+    if parse::ends_connection(pkt, p) {
+        // SAFETY: as above; one byte, written in place.
+        unsafe { (*entry).closing = 1 };
+    }
     s.translation = Translation { src: e.vip, dst: e.client, sport: e.vip_port, dport: e.client_port };
     if !rewrite::nat(pkt, p, &s.translation) {
         return drop(LbCounter::Malformed);

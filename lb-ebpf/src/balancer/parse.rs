@@ -102,3 +102,13 @@ pub fn unfit(p: &Parsed, frame_len: usize) -> Option<LbCounter> {
     }
     None
 }
+
+/// A TCP packet with FIN or RST (rule 6b); its header is whole once
+/// [`unfit`] passed.
+#[inline(always)]
+pub fn ends_connection(pkt: &Packet, p: &Parsed) -> bool {
+    // Bytes 12–13 (data offset, flags) as one read: LLVM turns the bounds
+    // check of a one-byte read into `ptr >= end`, which this kernel's
+    // verifier does not take as room for the byte.
+    p.proto == IPPROTO_TCP && pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).is_some_and(|w| (w as u8) & (TCP_FIN | TCP_RST) != 0)
+}

@@ -111,6 +111,8 @@ pub struct BalancerConfig {
     /// Maglev table size (a prime).
     pub table_size: u32,
     pub tcp_idle_timeout: Duration,
+    /// For TCP NAT state after a FIN or RST (TIME_WAIT on either side).
+    pub tcp_closed_timeout: Duration,
     pub udp_idle_timeout: Duration,
     pub vips: Vec<VipConfig>,
 }
@@ -129,6 +131,7 @@ pub(super) struct RawBalancer {
     snat_ports: Option<Spanned<String>>,
     table_size: Option<Spanned<u32>>,
     tcp_idle_timeout_s: Option<Spanned<u64>>,
+    tcp_closed_timeout_s: Option<Spanned<u64>>,
     udp_idle_timeout_s: Option<Spanned<u64>>,
 }
 
@@ -260,6 +263,9 @@ pub(super) fn parse(
         }
     };
     let tcp_idle_timeout = timeout(&b.tcp_idle_timeout_s, "tcp_idle_timeout_s", 900)?;
+    // conntrack's TIME_WAIT timeout: a port is not handed to a new flow
+    // while the backend may still hold the old connection in TIME_WAIT.
+    let tcp_closed_timeout = timeout(&b.tcp_closed_timeout_s, "tcp_closed_timeout_s", 120)?;
     let udp_idle_timeout = timeout(&b.udp_idle_timeout_s, "udp_idle_timeout_s", 300)?;
 
     if vips.len() > MAX_VIPS as usize {
@@ -298,6 +304,7 @@ pub(super) fn parse(
         snat_ports,
         table_size,
         tcp_idle_timeout,
+        tcp_closed_timeout,
         udp_idle_timeout,
         vips: out,
     }))
