@@ -79,7 +79,31 @@ pub const MAX_EGRESS_INTERFACES: u32 = 64;
 /// Tunnel (edge address, VIP) pairs a DSR backend accepts.
 pub const MAX_DECAP_ENTRIES: u32 = 1024;
 /// SNAT ports tried for a new flow before it is refused as exhausted.
-pub const SNAT_PROBES: u32 = 8;
+pub const SNAT_PROBES: u32 = 32;
+
+/// [`NatEntry::closing`]: the client closed first, or a RST ended the
+/// flow: the backend holds no TIME_WAIT, the port may soon serve again.
+pub const NAT_CLOSED: u8 = 1;
+/// [`NatEntry::closing`]: the backend closed first and holds the
+/// connection in TIME_WAIT: its port must wait longer.
+pub const NAT_TIME_WAIT: u8 = 2;
+
+/// What a TCP packet with `flags` says of its flow's end (0: nothing):
+/// rule 6b of the model. `from_backend`: a reply.
+pub const fn close_state(flags: u8, from_backend: bool) -> u8 {
+    use crate::wire::{TCP_FIN, TCP_RST};
+    if flags & TCP_RST != 0 {
+        NAT_CLOSED
+    } else if flags & TCP_FIN != 0 {
+        if from_backend {
+            NAT_TIME_WAIT
+        } else {
+            NAT_CLOSED
+        }
+    } else {
+        0
+    }
+}
 /// A table slot without a backend (no backend has weight > 0).
 pub const NO_BACKEND: u32 = crate::maglev::EMPTY;
 /// Seed of the flow hash that picks the backend.
@@ -233,8 +257,9 @@ pub struct NatEntry {
     pub edge_mac: [u8; 6],
     /// The interface the flow arrived on; replies leave through it.
     pub ifindex: u32,
-    /// 1 once a TCP FIN or RST of the flow passed, either way: the agent's
-    /// sweep then frees the port after the shorter `tcp_closed_timeout`.
+    /// 0 while open; how a TCP flow ended, by the first FIN or RST seen
+    /// ([`NAT_CLOSED`], [`NAT_TIME_WAIT`]): the agent's sweep frees the
+    /// port sooner than an open flow's.
     pub closing: u8,
     pub _pad: [u8; 3],
     /// `bpf_ktime_get_ns` of the last packet (refreshed at most every

@@ -22,9 +22,11 @@
 //!    one whose NAT entry already names this flow. None free: dropped.
 //!    Destination becomes backend:target port, source the edge's inside
 //!    address:SNAT port, TTL − 1, checksums updated incrementally.
-//!    6b. A TCP packet with FIN or RST marks the flow's NAT entry
-//!    `closing`, in either direction (a reply, rule 8, too), before the
-//!    route is looked up: the agent's sweep frees such a port sooner.
+//!    6b. The first TCP FIN or RST of a flow, in either direction (a
+//!    reply, rule 8, too), marks its NAT entry closing, before the route
+//!    is looked up: [`NAT_TIME_WAIT`] for a FIN from the backend (it
+//!    holds TIME_WAIT), else [`NAT_CLOSED`]. The agent's sweep frees such
+//!    ports sooner.
 //!    `dsr`: an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6) header from the
 //!    inside address to the backend is put in front; the inner packet is
 //!    not touched. `dsr-l2`: only the Ethernet addresses change.
@@ -79,8 +81,9 @@ pub trait Tables {
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
     fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry);
     fn nat(&self, key: &NatKey) -> Option<NatEntry>;
-    /// Sets [`NatEntry::closing`] of the entry at `key`, if there is one.
-    fn mark_nat_closing(&mut self, key: &NatKey);
+    /// Sets [`NatEntry::closing`] of the entry at `key` to `state`, if
+    /// there is an entry and it is still open (the first end seen wins).
+    fn mark_nat_closing(&mut self, key: &NatKey, state: u8);
     /// Inserts only if `key` is free; `false` if taken or the map is full.
     fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> bool;
     /// The route to `dst` for a packet of `ip_len` bytes (the IP packet as
@@ -288,8 +291,9 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     };
     outcome.charged = Some((svc.stats_index, id));
     // Rule 6b: a FIN or RST ends the NAT entry's long idle life.
-    if mode == Mode::Nat && ends_connection(frame, p) {
-        t.mark_nat_closing(&NatKey { backend: backend.addr, backend_port: svc.target_port, nat_port, proto: p.proto, family: p.family, _pad: [0; 2] });
+    let state = end_of_flow(frame, p, false);
+    if mode == Mode::Nat && state != 0 {
+        t.mark_nat_closing(&NatKey { backend: backend.addr, backend_port: svc.target_port, nat_port, proto: p.proto, family: p.family, _pad: [0; 2] }, state);
     }
 
     let out_len;
@@ -429,9 +433,12 @@ pub fn same_flow(e: &NatEntry, want: &NatEntry) -> bool {
     e.client == want.client && e.client_port == want.client_port && e.vip == want.vip && e.vip_port == want.vip_port
 }
 
-/// A TCP packet with FIN or RST (its header is whole: after [`unfit`]).
-fn ends_connection(frame: &[u8], p: &Parsed) -> bool {
-    p.proto == IPPROTO_TCP && frame.get(p.l4 + TCP_FLAGS_OFFSET).is_some_and(|f| f & (TCP_FIN | TCP_RST) != 0)
+/// [`close_state`] of a TCP packet (its header is whole: after [`unfit`]).
+fn end_of_flow(frame: &[u8], p: &Parsed, from_backend: bool) -> u8 {
+    match frame.get(p.l4 + TCP_FLAGS_OFFSET) {
+        Some(&flags) if p.proto == IPPROTO_TCP => close_state(flags, from_backend),
+        _ => 0,
+    }
 }
 
 fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &Parsed, key: &NatKey, e: &NatEntry) -> Outcome {
@@ -441,8 +448,9 @@ fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &P
     if p.ttl <= 1 {
         return Outcome::with(Action::Pass, LbCounter::TtlExpired);
     }
-    if ends_connection(frame, p) {
-        t.mark_nat_closing(key);
+    let state = end_of_flow(frame, p, true);
+    if state != 0 {
+        t.mark_nat_closing(key, state);
     }
     out[..frame.len()].copy_from_slice(frame);
     rewrite(out, p, e.vip, e.vip_port, e.client, e.client_port);

@@ -407,6 +407,7 @@ fn idle_timeouts(cfg: &Config) -> sweep::Timeouts {
     cfg.balancer().map_or_else(sweep::Timeouts::default, |b| sweep::Timeouts {
         tcp: b.tcp_idle_timeout,
         tcp_closed: b.tcp_closed_timeout,
+        tcp_time_wait: b.tcp_time_wait_timeout,
         udp: b.udp_idle_timeout,
     })
 }

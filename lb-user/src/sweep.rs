@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use lb_common::{
-    balancer::{FlowKey, NatEntry, NatKey},
+    balancer::{FlowKey, NatEntry, NatKey, NAT_CLOSED, NAT_TIME_WAIT},
     wire::IPPROTO_TCP,
 };
 
@@ -27,28 +27,37 @@ pub fn monotonic_ns() -> u64 {
 pub struct Timeouts {
     /// TCP, while open.
     pub tcp: Duration,
-    /// TCP after a FIN or RST ([`NatEntry::closing`]): long enough for
-    /// TIME_WAIT, far shorter than `tcp`, so closed connections give their
-    /// ports back (at 900 s, a backend port could take only 35 new
-    /// connections a second before its 31 744 SNAT ports ran out).
+    /// TCP closed by the client or a RST ([`NAT_CLOSED`]): the backend
+    /// holds no TIME_WAIT, so the port may serve again soon. (Closed flows
+    /// held for `tcp` would let a backend port take only 35 new
+    /// connections a second before its 31 744 SNAT ports ran out.)
     pub tcp_closed: Duration,
+    /// TCP closed by the backend ([`NAT_TIME_WAIT`]): long enough for the
+    /// backend's TIME_WAIT, so a new flow never meets the old connection.
+    pub tcp_time_wait: Duration,
     pub udp: Duration,
 }
 
 impl Default for Timeouts {
     /// The config's defaults.
     fn default() -> Self {
-        Self { tcp: Duration::from_secs(900), tcp_closed: Duration::from_secs(120), udp: Duration::from_secs(300) }
+        Self {
+            tcp: Duration::from_secs(900),
+            tcp_closed: Duration::from_secs(10),
+            tcp_time_wait: Duration::from_secs(120),
+            udp: Duration::from_secs(300),
+        }
     }
 }
 
 impl Timeouts {
     /// The limit for an entry of protocol `proto`.
     pub fn of(&self, proto: u8, e: &NatEntry) -> Duration {
-        match (proto == IPPROTO_TCP, e.closing != 0) {
-            (true, true) => self.tcp_closed,
-            (true, false) => self.tcp,
-            _ => self.udp,
+        match (proto == IPPROTO_TCP, e.closing) {
+            (false, _) => self.udp,
+            (true, NAT_CLOSED) => self.tcp_closed,
+            (true, NAT_TIME_WAIT) => self.tcp_time_wait,
+            (true, _) => self.tcp,
         }
     }
 }

@@ -308,9 +308,9 @@ impl Tables for ModelTables {
     fn globals(&self) -> Option<Globals> {
         self.globals
     }
-    fn mark_nat_closing(&mut self, key: &NatKey) {
-        if let Some(e) = self.nat.get_mut(key) {
-            e.closing = 1;
+    fn mark_nat_closing(&mut self, key: &NatKey, state: u8) {
+        if let Some(e) = self.nat.get_mut(key).filter(|e| e.closing == 0) {
+            e.closing = state;
         }
     }
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {

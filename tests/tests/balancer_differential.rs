@@ -774,9 +774,11 @@ fn decap_opens_only_the_edges_tunnels_like_the_model() {
     println!("decap fuzz: {counts:?}");
 }
 
-/// A FIN or RST, from the client or from the backend, marks the flow's NAT
-/// entry closing (kernel and model alike); the sweep then frees the port
-/// after `tcp_closed` while open entries keep theirs for `tcp`.
+/// The first FIN or RST of a flow, from the client or from the backend,
+/// marks its NAT entry closing (kernel and model alike): closed (client
+/// first, or a RST) or TIME_WAIT (the backend first). The sweep frees
+/// closed ports after `tcp_closed`, TIME_WAIT ones after `tcp_time_wait`,
+/// open ones after `tcp`.
 #[test]
 fn a_closed_connection_gives_its_snat_port_back() {
     if !root_or_skip() {
@@ -792,26 +794,34 @@ fn a_closed_connection_gives_its_snat_port_back() {
         let key = NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::isolator::FAMILY_V4, _pad: [0; 2] };
         (key, kb.maps().nat.get(&key, 0).expect("a NAT entry"))
     };
-    // Three connections: one stays open, the client closes one (FIN), the
-    // backend resets the third.
-    for sport in [41000, 41001, 41002] {
+    // Four connections: one stays open; the client closes one (FIN); the
+    // backend resets one; the backend closes one (FIN), then the client.
+    let ports = [41000u16, 41001, 41002, 41003];
+    for sport in ports {
         let syn = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
         both(&mut kb, &mut model, &syn, out_if);
         assert_eq!(nat_entry(&kb, sport).1.closing, 0, "a SYN opens");
     }
-    let ack = |sport, flags| L4::Tcp { sport, dport: 443, seq: 2, ack: 2, flags, window: 500, payload: vec![] };
-    for (sport, flags) in [(41000, 0x10), (41001, 0x11)] {
-        let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack(sport, flags));
-        both(&mut kb, &mut model, &frame, out_if);
-    }
-    let (key, _) = nat_entry(&kb, 41002);
-    let backend = lb_user::balancer::key_addr(&key.backend, key.family);
-    let rst = L4::Tcp { sport: 443, dport: key.nat_port, seq: 9, ack: 0, flags: 0x04, window: 0, payload: vec![] };
-    let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), "10.1.0.1", &rst, |_| {}, |_| {});
-    let (o, _) = both(&mut kb, &mut model, &frame, in_if);
-    assert_eq!(o.counter, Some(LbCounter::NatReply), "the RST still reaches the client");
-    let closing: Vec<u8> = [41000, 41001, 41002].iter().map(|p| nat_entry(&kb, *p).1.closing).collect();
-    assert_eq!(closing, [0, 1, 1], "FIN from the client, RST from the backend");
+    let from_client = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, flags| {
+        let l4 = L4::Tcp { sport, dport: 443, seq: 2, ack: 2, flags, window: 500, payload: vec![] };
+        let frame = client_frame(kb, CLIENT_V4, NAT4, &l4);
+        both(kb, model, &frame, out_if);
+    };
+    let from_backend = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, flags| {
+        let (key, _) = nat_entry(kb, sport);
+        let backend = lb_user::balancer::key_addr(&key.backend, key.family);
+        let l4 = L4::Tcp { sport: 443, dport: key.nat_port, seq: 9, ack: 3, flags, window: 0, payload: vec![] };
+        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), "10.1.0.1", &l4, |_| {}, |_| {});
+        let (o, _) = both(kb, model, &frame, in_if);
+        assert_eq!(o.counter, Some(LbCounter::NatReply), "the backend's packet still reaches the client");
+    };
+    from_client(&mut kb, &mut model, 41000, 0x10);
+    from_client(&mut kb, &mut model, 41001, 0x11);
+    from_backend(&mut kb, &mut model, 41002, 0x04);
+    from_backend(&mut kb, &mut model, 41003, 0x11);
+    from_client(&mut kb, &mut model, 41003, 0x11);
+    let closing: Vec<u8> = ports.iter().map(|p| nat_entry(&kb, *p).1.closing).collect();
+    assert_eq!(closing, [0, NAT_CLOSED, NAT_CLOSED, NAT_TIME_WAIT], "open, client FIN, backend RST, backend FIN first");
     let knat: HashMap<NatKey, NatEntry> = kb.maps().nat.iter().map(|r| r.unwrap()).map(|(k, mut e)| {
         e.last_seen_ns = 0;
         (k, e)
@@ -819,15 +829,18 @@ fn a_closed_connection_gives_its_snat_port_back() {
     assert_eq!(knat, model.nat, "the model marks the same entries");
 
     // The sweep: closed entries go after `tcp_closed`, with their flows;
-    // the open one stays.
-    let open = nat_entry(&kb, 41000).0;
+    // the open and the TIME_WAIT ones stay.
+    let keep: std::collections::BTreeSet<u16> = [41000, 41003].iter().map(|p| nat_entry(&kb, *p).0.nat_port).collect();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let t = lb_user::sweep::Timeouts { tcp: std::time::Duration::from_secs(900), tcp_closed: std::time::Duration::from_millis(10), udp: std::time::Duration::from_secs(300) };
-    let removed = lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap();
-    assert_eq!(removed, 2);
-    let left: Vec<NatKey> = kb.maps().nat.keys().map(Result::unwrap).collect();
-    assert_eq!(left, vec![open], "only the open connection keeps its port");
+    let secs = std::time::Duration::from_secs;
+    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300) };
+    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 2);
+    let left: std::collections::BTreeSet<u16> = kb.maps().nat.keys().map(|k| k.unwrap().nat_port).collect();
+    assert_eq!(left, keep, "the open and the TIME_WAIT connections keep their ports");
     let (s, family) = addr_key(ip(CLIENT_V4));
     let flow = |sport| FlowKey { src: s, dst: addr_key(ip(NAT4)).0, src_port: sport, dst_port: 443, proto: IPPROTO_TCP, family, _pad: [0; 2] };
     assert!(kb.maps().flows.get(&flow(41001), 0).is_err() && kb.maps().flows.get(&flow(41000), 0).is_ok(), "flows go with their ports");
+    // ... and TIME_WAIT after its own timeout.
+    let t = lb_user::sweep::Timeouts { tcp_time_wait: std::time::Duration::from_millis(10), ..t };
+    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);
 }

@@ -137,14 +137,19 @@ fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> 
     None
 }
 
-/// Marks the flow's NAT entry closing (rule 6b: a FIN or RST passed).
+/// Marks the flow's NAT entry closing with `state` (rule 6b: its first
+/// FIN or RST passed).
 #[inline(never)]
-pub fn mark_closing(s: &mut Scratch, svc: &Service) {
+pub fn mark_closing(s: &mut Scratch, svc: &Service, state: u8) {
     let p = &s.parsed;
     s.nat_key = NatKey { backend: s.placed.addr, backend_port: svc.target_port, nat_port: s.placed.nat_port, proto: p.proto, family: p.family, _pad: [0; 2] };
     if let Some(e) = LB_NAT.get_ptr_mut(&s.nat_key) {
         // SAFETY: points into a live map value; one byte, written in place.
-        unsafe { (*e).closing = 1 };
+        unsafe {
+            if (*e).closing == 0 {
+                (*e).closing = state;
+            }
+        }
     }
 }
 

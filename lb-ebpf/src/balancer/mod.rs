@@ -130,8 +130,11 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         }
         flow::remember(&s.flow, &s.placed);
     }
-    if mode == Mode::Nat && parse::ends_connection(pkt, &s.parsed) {
-        flow::mark_closing(s, svc);
+    if mode == Mode::Nat {
+        let state = parse::end_of_flow(pkt, &s.parsed, false);
+        if state != 0 {
+            flow::mark_closing(s, svc, state);
+        }
     }
     let bytes = pkt.len() as u64;
     let extra = match mode {
@@ -193,9 +196,12 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
         return xdp_action::XDP_PASS;
     }
     flow::touch_nat(entry);
-    if parse::ends_connection(pkt, p) {
-        // SAFETY: as above; one byte, written in place.
-        unsafe { (*entry).closing = 1 };
+    let state = parse::end_of_flow(pkt, p, true);
+    // SAFETY: as above; one byte, written in place (the first end wins).
+    unsafe {
+        if state != 0 && (*entry).closing == 0 {
+            (*entry).closing = state;
+        }
     }
     s.translation = Translation { src: e.vip, dst: e.client, sport: e.vip_port, dport: e.client_port };
     if !rewrite::nat(pkt, p, &s.translation) {

@@ -2,7 +2,7 @@
 //! balancer's, and whether a service's packet can be balanced at all.
 
 use lb_common::{
-    balancer::{v4_key, LbCounter},
+    balancer::{close_state, v4_key, LbCounter},
     isolator::{FAMILY_V4, FAMILY_V6},
     wire::*,
 };
@@ -103,12 +103,15 @@ pub fn unfit(p: &Parsed, frame_len: usize) -> Option<LbCounter> {
     None
 }
 
-/// A TCP packet with FIN or RST (rule 6b); its header is whole once
-/// [`unfit`] passed.
+/// What a TCP packet says of its flow's end (`close_state`, rule 6b; 0:
+/// nothing); its header is whole once [`unfit`] passed.
 #[inline(always)]
-pub fn ends_connection(pkt: &Packet, p: &Parsed) -> bool {
+pub fn end_of_flow(pkt: &Packet, p: &Parsed, from_backend: bool) -> u8 {
+    if p.proto != IPPROTO_TCP {
+        return 0;
+    }
     // Bytes 12–13 (data offset, flags) as one read: LLVM turns the bounds
     // check of a one-byte read into `ptr >= end`, which this kernel's
     // verifier does not take as room for the byte.
-    p.proto == IPPROTO_TCP && pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).is_some_and(|w| (w as u8) & (TCP_FIN | TCP_RST) != 0)
+    pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).map_or(0, |w| close_state(w as u8, from_backend))
 }

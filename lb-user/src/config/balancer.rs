@@ -111,8 +111,10 @@ pub struct BalancerConfig {
     /// Maglev table size (a prime).
     pub table_size: u32,
     pub tcp_idle_timeout: Duration,
-    /// For TCP NAT state after a FIN or RST (TIME_WAIT on either side).
+    /// For TCP NAT state the client (or a RST) closed.
     pub tcp_closed_timeout: Duration,
+    /// For TCP NAT state the backend closed (it holds TIME_WAIT).
+    pub tcp_time_wait_timeout: Duration,
     pub udp_idle_timeout: Duration,
     pub vips: Vec<VipConfig>,
 }
@@ -132,6 +134,7 @@ pub(super) struct RawBalancer {
     table_size: Option<Spanned<u32>>,
     tcp_idle_timeout_s: Option<Spanned<u64>>,
     tcp_closed_timeout_s: Option<Spanned<u64>>,
+    tcp_time_wait_timeout_s: Option<Spanned<u64>>,
     udp_idle_timeout_s: Option<Spanned<u64>>,
 }
 
@@ -263,9 +266,10 @@ pub(super) fn parse(
         }
     };
     let tcp_idle_timeout = timeout(&b.tcp_idle_timeout_s, "tcp_idle_timeout_s", 900)?;
-    // conntrack's TIME_WAIT timeout: a port is not handed to a new flow
-    // while the backend may still hold the old connection in TIME_WAIT.
-    let tcp_closed_timeout = timeout(&b.tcp_closed_timeout_s, "tcp_closed_timeout_s", 120)?;
+    // conntrack's CLOSE and TIME_WAIT timeouts: a port is not handed to a
+    // new flow while the backend may still hold the old connection.
+    let tcp_closed_timeout = timeout(&b.tcp_closed_timeout_s, "tcp_closed_timeout_s", 10)?;
+    let tcp_time_wait_timeout = timeout(&b.tcp_time_wait_timeout_s, "tcp_time_wait_timeout_s", 120)?;
     let udp_idle_timeout = timeout(&b.udp_idle_timeout_s, "udp_idle_timeout_s", 300)?;
 
     if vips.len() > MAX_VIPS as usize {
@@ -305,6 +309,7 @@ pub(super) fn parse(
         table_size,
         tcp_idle_timeout,
         tcp_closed_timeout,
+        tcp_time_wait_timeout,
         udp_idle_timeout,
         vips: out,
     }))

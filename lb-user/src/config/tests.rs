@@ -183,7 +183,7 @@ fn balancer_section_parses_with_defaults() {
     assert_eq!((b.inside_interface.as_str(), b.snat_ports, b.table_size), ("eth2", (2000, 2999), 65_537));
     assert_eq!((b.snat_v4, b.snat_v6), (None, None));
     assert_eq!(b.tcp_idle_timeout, std::time::Duration::from_secs(900));
-    assert_eq!(b.tcp_closed_timeout, std::time::Duration::from_secs(120));
+    assert_eq!((b.tcp_closed_timeout, b.tcp_time_wait_timeout), (std::time::Duration::from_secs(10), std::time::Duration::from_secs(120)));
     let web = &b.vips[0];
     assert_eq!((web.name.as_str(), web.mode), ("web", ForwardMode::Nat));
     assert_eq!(web.rules[1], Rule { proto: IPPROTO_TCP, port: 80, target_port: 8080 });

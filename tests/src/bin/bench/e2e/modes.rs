@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use harness::{
+    daemon::{swarmlb_bin, Instance},
     edge_lab::{EDGE_INSIDE_V4, VIP_V4},
     ChildGuard, Netns,
 };
@@ -98,11 +99,11 @@ impl Mode {
         match self {
             Mode::Baseline => {}
             Mode::XdpPass => done.xdp_pass = Some(XdpPass::attach(&lab.lab.edge, tag)?),
-            Mode::SwarmlbNat => done.swarmlb = Some(Swarmlb::start(&lab.lab.edge, "nat", tag)?),
+            Mode::SwarmlbNat => done.swarmlb = Some(Swarmlb::start(&lab.lab.edge, "nat", tag)),
             Mode::SwarmlbDsr | Mode::SwarmlbDsrL2 => {
                 let mode = if self == Mode::SwarmlbDsr { "dsr" } else { "dsr-l2" };
                 done.backends = backend_setup(lab, mode, tag)?;
-                done.swarmlb = Some(Swarmlb::start(&lab.lab.edge, mode, tag)?);
+                done.swarmlb = Some(Swarmlb::start(&lab.lab.edge, mode, tag));
             }
             Mode::NftDnat => {
                 done.nft_table = Some(nft_load(&lab.lab.edge, "ip", &nft_dnat(), tag)?);
@@ -173,8 +174,7 @@ impl Installed {
     /// e.g. `drop_no_neighbour 3`; empty for the other modes.
     pub fn drops(&self) -> Result<String> {
         let Some(s) = &self.swarmlb else { return Ok(String::new()) };
-        let out = Command::new(swarmlb_bin()).args(["status", "--json", "--runtime-dir"]).arg(s.dir.join("run")).output()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).context("swarmlb status --json")?;
+        let status = s.inst.status();
         let counters = status["balancer"].as_object().context("no balancer counters in swarmlb status")?;
         let drops: Vec<String> = counters
             .iter()
@@ -244,70 +244,32 @@ impl Drop for XdpPass {
     }
 }
 
-/// The swarmlb binary: `SWARMLB_BIN` (set by `cargo xtask bench`) or the
-/// workspace's release build.
-pub fn swarmlb_bin() -> PathBuf {
-    std::env::var_os("SWARMLB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/swarmlb"))
-}
-
-/// `swarmlb run` in the edge with a private config, pin path and runtime
-/// dir; on drop SIGTERM and `swarmlb down` (the daemon leaves its programs
-/// attached on exit, by design, so that restarts keep flows).
+/// `swarmlb run` in the edge (the harness's [`Instance`]: private config,
+/// pin path and runtime dir); on drop SIGTERM and `swarmlb down` (the
+/// daemon leaves its programs attached on exit, by design, so that
+/// restarts keep flows), then the instance's files go.
 struct Swarmlb {
     child: ChildGuard,
-    dir: PathBuf,
-    pins: PathBuf,
+    inst: Instance,
 }
 
 impl Swarmlb {
-    fn start(edge: &Netns, mode: &str, tag: &str) -> Result<Self> {
-        let dir = turn_dir("swarmlb", tag)?;
-        let pins = harness::pins::private_pin_dir("test", &format!("bench{tag}"));
-        let _ = remove_pins(&pins);
-        let config = dir.join("swarmlb.toml");
-        std::fs::write(&config, swarmlb_config(mode, &pins))?;
-        let runtime = dir.join("run");
-        let mut cmd = Command::new(swarmlb_bin());
-        cmd.arg("run").arg("--config").arg(&config).arg("--runtime-dir").arg(&runtime).env("RUST_LOG", "warn");
-        let child = edge.try_spawn(&mut cmd)?;
-        let mut s = Self { child, dir, pins };
-        s.wait_ready(&runtime.join("state.json"))?;
-        Ok(s)
-    }
-
-    /// Until the daemon wrote its state file (it has attached).
-    fn wait_ready(&mut self, state: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !state.exists() {
-            if let Some(status) = self.child.wait_timeout(Duration::from_millis(20)) {
-                bail!("swarmlb exited at start ({status}):\n{}", self.child.output_so_far());
-            }
-            if Instant::now() > deadline {
-                bail!("swarmlb not ready after 20 s:\n{}", self.child.output_so_far());
-            }
-        }
-        Ok(())
+    fn start(edge: &Netns, mode: &str, tag: &str) -> Self {
+        let inst = Instance::new(&format!("bench{tag}"), &swarmlb_config(mode));
+        let mut child = inst.start(edge, &[]);
+        inst.wait_ready(&mut child);
+        Self { child, inst }
     }
 }
 
 impl Drop for Swarmlb {
     fn drop(&mut self) {
         self.child.terminate(Duration::from_secs(5));
-        let _ = Command::new(swarmlb_bin())
-            .arg("down")
-            .arg("--pin-path")
-            .arg(&self.pins)
-            .arg("--runtime-dir")
-            .arg(self.dir.join("run"))
-            .output();
-        let _ = remove_pins(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = self.inst.down();
     }
 }
 
-fn swarmlb_config(mode: &str, pins: &Path) -> String {
+fn swarmlb_config(mode: &str) -> String {
     let backends = Lab::workers().iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", ");
     let first = Lab::workers()[0];
     format!(
@@ -328,11 +290,7 @@ address = "{BULK_VIP}"
 mode = "{mode}"
 rules = ["tcp/{IPERF_PORT}"]
 backends = ["{first}"]
-
-[settings]
-pin_path = "{}"
-"#,
-        pins.display()
+"#
     )
 }
 
