@@ -8,6 +8,9 @@
 //! before every repeat; its own cost is measured and subtracted. The
 //! method is spelled out in [`method`], which the results carry.
 
+
+mod live;
+
 use std::{fmt::Write as _, net::IpAddr, path::Path};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -72,14 +75,16 @@ struct Plan {
     /// SNAT ports a backend has (1024–32767); the tables are emptied
     /// between calls.
     new_flow_repeat: u32,
+    /// Live frames per run of the packet-rate measurement.
+    live_frames: u32,
 }
 
 impl Plan {
     fn of(opts: &Opts) -> Self {
         if opts.quick {
-            Plan { rounds: 3, repeat: 50_000, new_flow_repeat: 4096 }
+            Plan { rounds: 3, repeat: 50_000, new_flow_repeat: 4096, live_frames: 500_000 }
         } else {
-            Plan { rounds: 7, repeat: 200_000, new_flow_repeat: 8192 }
+            Plan { rounds: 7, repeat: 200_000, new_flow_repeat: 8192, live_frames: 2_000_000 }
         }
     }
 }
@@ -207,7 +212,19 @@ pub fn run(opts: &Opts) -> Result<Section> {
             m.net.push(net);
         }
     }
-    Ok(section(&rows, &m, &verdicts, &plan))
+    let live_paths = live_paths(&rows);
+    let rates = live::measure(&live_paths, plan.rounds.min(3), plan.live_frames, &mut kb, &mut bench, &balancer)?;
+    let mut section = section(&rows, &m, &verdicts, &plan);
+    live::table(&mut section.markdown, &rates, plan.live_frames, plan.rounds.min(3));
+    Ok(section)
+}
+
+/// The established-flow rows, for the live-frames rates.
+fn live_paths(rows: &[Row]) -> Vec<live::LivePath> {
+    rows.iter()
+        .filter(|r| r.subject == Subject::Balancer(Flow::Established))
+        .map(|r| live::LivePath { name: r.name.clone(), frame: r.frame.clone() })
+        .collect()
 }
 
 /// The balancer's services: one VIP per mode and family, TCP 443.
