@@ -33,6 +33,20 @@ pub mod tls;
 pub mod topology;
 
 pub use counters::nstat;
+
+/// XDP actions as BPF_PROG_TEST_RUN reports them (`enum xdp_action`).
+pub mod xdp_action {
+    /// An error in the program (swarmlb's never return it).
+    pub const XDP_ABORTED: u32 = 0;
+    /// Dropped.
+    pub const XDP_DROP: u32 = 1;
+    /// On to the kernel's stack.
+    pub const XDP_PASS: u32 = 2;
+    /// Back out of the ingress interface.
+    pub const XDP_TX: u32 = 3;
+    /// Out of another interface (or CPU, or socket).
+    pub const XDP_REDIRECT: u32 = 4;
+}
 pub use netns::{ChildGuard, Netns};
 pub use topology::{Topology, TwoHosts};
 

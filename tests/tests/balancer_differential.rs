@@ -11,6 +11,7 @@ use std::{
 };
 
 use harness::{
+    xdp_action::*,
     lb_kernel::*,
     rawframe::{checksum, fold, sum16, FrameBuilder, Ipv4, Ipv6, L4},
     root_or_skip,
@@ -22,11 +23,6 @@ use lb_common::{
 };
 use lb_user::balancer::{addr_key, Desired, DesiredBackend, DesiredVip};
 
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const NAT4: &str = "203.0.113.10";
 const DSR4: &str = "203.0.113.11";

@@ -8,16 +8,16 @@
 mod common;
 
 use common::gen;
-use harness::kernel::{fixture_config, KernelIsolator, ModelFrags};
+use harness::{
+    kernel::{fixture_config, KernelIsolator, ModelFrags},
+    xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+};
 use lb_common::{
     isolator::{counter_index, DropReason, PassReason, Verdict, COUNTERS_LEN},
     model,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 /// Runs `frames` through kernel and model, chunk by chunk (the fragment
 /// tables are emptied between chunks so LRU eviction cannot make the kernel

@@ -20,6 +20,7 @@ use aya::{
     Ebpf,
 };
 use harness::{
+    xdp_action::*,
     kernel::{fixture_config, KernelIsolator, ModelFrags},
     lb_kernel::{neighbour_mac, KernelBalancer, BACKENDS_V4, BACKENDS_V6, CLIENT_V4, CLIENT_V6},
     rawframe::{fragment_ipv4, ExtHeader, FrameBuilder, Ipv4, Ipv6, L4},
@@ -37,11 +38,6 @@ use crate::{
     Opts,
 };
 
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 /// Longest frame `bench_restore` restores (bench-ebpf's `FRAME_MAX`).
 const FRAME_MAX: usize = 256;
