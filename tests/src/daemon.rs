@@ -107,6 +107,36 @@ impl Drop for Instance {
     }
 }
 
+/// `swarmlb run` from an [`Instance`], ready; on drop SIGTERM, then
+/// `swarmlb down` (the daemon leaves its programs attached when it exits,
+/// by design, so that restarts keep flows), then the instance's files go.
+/// For tools that start and forget a daemon (the benchmark); tests that
+/// stop and restart it hold an [`Instance`] and its [`ChildGuard`].
+pub struct RunningDaemon {
+    /// The `swarmlb run` process.
+    pub child: ChildGuard,
+    /// Its config, pins and runtime dir.
+    pub inst: Instance,
+}
+
+impl RunningDaemon {
+    /// Starts `swarmlb run` in `ns` with `config_body` and waits until it
+    /// has attached.
+    pub fn start(ns: &Netns, tag: &str, config_body: &str) -> Self {
+        let inst = Instance::new(tag, config_body);
+        let mut child = inst.start(ns, &[]);
+        inst.wait_ready(&mut child);
+        Self { child, inst }
+    }
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        self.child.terminate(Duration::from_secs(10));
+        let _ = self.inst.down();
+    }
+}
+
 /// Sends `sig` and requires a clean exit within 10 s.
 pub fn stop_cleanly(child: &mut ChildGuard, sig: libc::c_int) {
     child.signal(sig);

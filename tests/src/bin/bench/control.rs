@@ -8,8 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use harness::{daemon::Instance, swarm::SwarmLab, ChildGuard, Netns, Topology};
+use anyhow::{bail, ensure, Context, Result};
+use harness::{daemon::RunningDaemon, swarm::SwarmLab, tls, Netns, Topology};
 use lb_common::{
     balancer::{FlowEntry, FlowKey, ServiceKey},
     isolator::FAMILY_V4,
@@ -53,7 +53,7 @@ fn maglev_builds(opts: &Opts) -> Result<(String, BarChart)> {
                 maglev::build(&backends, &mut table, &mut next, &mut credit).map_err(|e| anyhow::anyhow!("maglev build: {e:?}"))?;
             }
             samples[i].push(t.elapsed().as_secs_f64() * 1e3 / builds as f64);
-            anyhow::ensure!(table.iter().all(|&s| (s as usize) < n), "a slot left empty with {n} backends");
+            ensure!(table.iter().all(|&s| (s as usize) < n), "a slot left empty with {n} backends");
         }
     }
     let mut md = String::new();
@@ -74,44 +74,21 @@ fn maglev_builds(opts: &Opts) -> Result<(String, BarChart)> {
     Ok((md, chart))
 }
 
-/// `swarmlb run` in `ns` with `body`, ready; stopped (the process) and
-/// removed (its pins and files) when dropped, process first.
-struct Agent {
-    child: ChildGuard,
-    inst: Instance,
+/// Resident and peak resident memory of `daemon`, in MiB.
+fn memory(daemon: &RunningDaemon) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.pid()))?;
+    let kib = |key: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Ok((kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0))
 }
 
-impl Agent {
-    fn start(ns: &Netns, tag: &str, body: &str) -> Self {
-        let inst = Instance::new(&format!("bench{tag}"), body);
-        let mut child = inst.start(ns, &[]);
-        inst.wait_ready(&mut child);
-        Self { child, inst }
-    }
-
-    /// Resident and peak resident memory, in MiB.
-    fn memory(&self) -> Result<(f64, f64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.pid()))?;
-        let kib = |key: &str| -> f64 {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
-        };
-        Ok((kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0))
-    }
-
-    fn maps(&self) -> Result<BalancerMaps> {
-        BalancerMaps::open(&self.inst.pin_path)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.child.terminate(Duration::from_secs(10));
-        let _ = self.inst.down();
-    }
+fn open_maps(daemon: &RunningDaemon) -> Result<BalancerMaps> {
+    BalancerMaps::open(&daemon.inst.pin_path)
 }
 
 /// Whether the backend `addr` has slots in the active Maglev table of
@@ -121,15 +98,13 @@ impl Drop for Agent {
 /// chance of 2^-64, so sampling them (not 65537 map reads) decides.
 fn has_slots(maps: &BalancerMaps, addr: IpAddr) -> Result<bool> {
     let (key, _) = addr_key(addr);
-    let Some(id) = (0..).zip(maps.backends.iter()).find(|(_, b)| b.as_ref().is_ok_and(|b| !b.is_vacant() && b.addr == key)).map(|(id, _)| id) else {
-        return Ok(false);
-    };
     let (vip, family) = addr_key(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)));
     let Ok(svc) = maps.services.get(&ServiceKey { addr: vip, port: 80, proto: 6, family }, 0) else {
         return Ok(false);
     };
     for slot in svc.table_base..svc.table_base + 64 {
-        if maps.maglev.get(&slot, 0)? == id {
+        let id = maps.maglev.get(&slot, 0)?;
+        if maps.backends.get(&id, 0).is_ok_and(|b| !b.is_vacant() && b.addr == key) {
             return Ok(true);
         }
     }
@@ -149,15 +124,15 @@ fn swarm_sync(opts: &Opts) -> Result<String> {
     topo.addr(&edge, "e-out", "198.51.100.1/24");
     lab.attach(&edge, "e-in", "10.2.0.1/24");
     let node = IpAddr::V4(lab.nodes()[0].addr);
-    let agent = Agent::start(
+    let agent = RunningDaemon::start(
         &edge,
-        "sync",
+        "benchsync",
         &format!(
             "[swarm]\ndocker_host = \"unix://{}\"\n\n[balancer]\noutside_interfaces = [\"e-out\"]\ninside_interface = \"e-in\"\n\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.10\"\nrules = [\"tcp/80\"]\nbackends = [\"10.2.0.99\"]\nbackends_from = \"node.labels.lb==proxy\"\n",
             lab.manager_socket().display()
         ),
     );
-    let maps = agent.maps()?;
+    let maps = open_maps(&agent)?;
     let (mut added, mut removed, mut cli) = (Vec::new(), Vec::new(), Vec::new());
     let wait = |want: bool| -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -202,7 +177,7 @@ fn swarm_sync(opts: &Opts) -> Result<String> {
 fn fill_flows(maps: &mut BalancerMaps, vip: Ipv4Addr, n: u32) -> Result<()> {
     let backends: Vec<(u32, u32)> =
         (0..).zip(maps.backends.iter()).filter_map(|(id, b)| b.ok().filter(|b| !b.is_vacant()).map(|b| (id, b.generation))).collect();
-    anyhow::ensure!(!backends.is_empty(), "no backends to place flows on");
+    ensure!(!backends.is_empty(), "no backends to place flows on");
     let (dst, _) = addr_key(IpAddr::V4(vip));
     for i in 0..n {
         let src = Ipv4Addr::from(0xc633_0000 | (i >> 14)); // 198.51.x.y, 16384 ports each
@@ -217,16 +192,10 @@ fn fill_flows(maps: &mut BalancerMaps, vip: Ipv4Addr, n: u32) -> Result<()> {
 /// Scrapes the agent's metrics endpoint from inside `ns` (the endpoint
 /// walks every map, flows included: the agent's working set at its largest).
 fn scrape(ns: &Netns) -> Result<usize> {
-    ns.run(|| -> Result<usize> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9469")?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-        let mut body = Vec::new();
-        s.read_to_end(&mut body)?;
-        anyhow::ensure!(body.starts_with(b"HTTP/1.1 200"), "metrics: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
-        Ok(body.len())
-    })
+    let sock = tls::connect(ns, "127.0.0.1:9469".parse()?)?;
+    let (status, body) = tls::http_get(sock, "127.0.0.1", "/metrics")?;
+    ensure!(status == 200, "metrics: {status} {body}");
+    Ok(body.len())
 }
 
 /// The agent's resident memory: isolator only, a VIP with 3 backends,
@@ -254,14 +223,14 @@ fn agent_memory() -> Result<(String, BarChart)> {
         ("a VIP with 1000 backends", vip(1000), 0),
         ("1000 backends + 100k flows", vip(1000), 100_000),
     ] {
-        let agent = Agent::start(&edge, "mem", &body);
+        let agent = RunningDaemon::start(&edge, "benchmem", &body);
         if flows > 0 {
-            fill_flows(&mut agent.maps()?, Ipv4Addr::new(203, 0, 113, 10), flows)?;
+            fill_flows(&mut open_maps(&agent)?, Ipv4Addr::new(203, 0, 113, 10), flows)?;
         }
         // Let the first health-check rounds and housekeeping run.
         std::thread::sleep(Duration::from_secs(3));
         let bytes = scrape(&edge)?;
-        let (rss, peak) = agent.memory()?;
+        let (rss, peak) = memory(&agent)?;
         rows.push((name, rss, peak, bytes));
     }
     let mut md = String::new();

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use harness::{
-    daemon::{swarmlb_bin, Instance},
+    daemon::{swarmlb_bin, RunningDaemon},
     edge_lab::{EDGE_INSIDE_V4, VIP_V4},
     ChildGuard, Netns,
 };
@@ -99,11 +99,11 @@ impl Mode {
         match self {
             Mode::Baseline => {}
             Mode::XdpPass => done.xdp_pass = Some(XdpPass::attach(&lab.lab.edge, tag)?),
-            Mode::SwarmlbNat => done.swarmlb = Some(Swarmlb::start(&lab.lab.edge, "nat", tag)),
+            Mode::SwarmlbNat => done.swarmlb = Some(RunningDaemon::start(&lab.lab.edge, &format!("bench{tag}"), &swarmlb_config("nat"))),
             Mode::SwarmlbDsr | Mode::SwarmlbDsrL2 => {
                 let mode = if self == Mode::SwarmlbDsr { "dsr" } else { "dsr-l2" };
                 done.backends = backend_setup(lab, mode, tag)?;
-                done.swarmlb = Some(Swarmlb::start(&lab.lab.edge, mode, tag));
+                done.swarmlb = Some(RunningDaemon::start(&lab.lab.edge, &format!("bench{tag}"), &swarmlb_config(mode)));
             }
             Mode::NftDnat => {
                 done.nft_table = Some(nft_load(&lab.lab.edge, "ip", &nft_dnat(), tag)?);
@@ -153,7 +153,7 @@ pub fn check_clean(lab: &Lab) -> Result<()> {
 #[derive(Default)]
 pub struct Installed {
     edge: Option<Netns>,
-    swarmlb: Option<Swarmlb>,
+    swarmlb: Option<RunningDaemon>,
     xdp_pass: Option<XdpPass>,
     backends: Vec<BackendSetup>,
     nft_table: Option<String>,
@@ -241,31 +241,6 @@ impl Drop for XdpPass {
     fn drop(&mut self) {
         self.datapath.detach_all();
         let _ = remove_pins(&self.pins);
-    }
-}
-
-/// `swarmlb run` in the edge (the harness's [`Instance`]: private config,
-/// pin path and runtime dir); on drop SIGTERM and `swarmlb down` (the
-/// daemon leaves its programs attached on exit, by design, so that
-/// restarts keep flows), then the instance's files go.
-struct Swarmlb {
-    child: ChildGuard,
-    inst: Instance,
-}
-
-impl Swarmlb {
-    fn start(edge: &Netns, mode: &str, tag: &str) -> Self {
-        let inst = Instance::new(&format!("bench{tag}"), &swarmlb_config(mode));
-        let mut child = inst.start(edge, &[]);
-        inst.wait_ready(&mut child);
-        Self { child, inst }
-    }
-}
-
-impl Drop for Swarmlb {
-    fn drop(&mut self) {
-        self.child.terminate(Duration::from_secs(5));
-        let _ = self.inst.down();
     }
 }
 
