@@ -237,9 +237,10 @@ impl BalancerWriter {
         self.table_size
     }
 
-    /// Makes the maps say `d`. Limits are checked before anything is
-    /// written, so a state that does not fit changes nothing.
-    pub fn apply(&mut self, maps: &mut BalancerMaps, d: &Desired) -> Result<Vec<AppliedVip>> {
+    /// Whether `d` fits the maps (what [`BalancerWriter::apply`] checks
+    /// before it writes anything): the daemon asks before it touches the
+    /// isolator, so a balancer that does not fit changes nothing at all.
+    pub fn check(&self, d: &Desired) -> Result<()> {
         let addresses: BTreeSet<IpAddr> = d.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect();
         if addresses.len() > MAX_BACKENDS as usize {
             bail!("{} backends, at most {MAX_BACKENDS}", addresses.len());
@@ -251,6 +252,14 @@ impl BalancerWriter {
         if rules > MAX_SERVICES as usize {
             bail!("{rules} forwarding rules, at most {MAX_SERVICES}");
         }
+        Ok(())
+    }
+
+    /// Makes the maps say `d`. Limits are checked before anything is
+    /// written, so a state that does not fit changes nothing.
+    pub fn apply(&mut self, maps: &mut BalancerMaps, d: &Desired) -> Result<Vec<AppliedVip>> {
+        self.check(d)?;
+        let addresses: BTreeSet<IpAddr> = d.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect();
 
         // 1. Backends: ids for new addresses; write new and changed ones.
         let up: BTreeMap<IpAddr, bool> = addresses

@@ -19,7 +19,8 @@ use lb_user::{
     maps::{BalancerMaps, IsolatorMaps},
     health::HealthChecks,
     policy,
-    state::{port_ranges, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
+    status::ReportMaps,
+    state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
     swarm::follow::SwarmFollower,
     sweep,
 };
@@ -256,6 +257,8 @@ struct Daemon {
     file_config: Option<Config>,
     /// The state file's contents, as last written.
     state: Option<DaemonState>,
+    /// Start, adoption, reloads and pins (for status and metrics).
+    agent: AgentStatus,
 }
 
 impl Daemon {
@@ -282,13 +285,13 @@ impl Daemon {
                 self.lb_writer.table_size()
             );
         }
+        // Everything that can refuse the config is asked before anything
+        // is written; the health checks follow only a config that applied.
         let desired = match cfg.balancer() {
-            Some(b) => {
-                self.health.follow(Some(b));
-                desired(b, &ifx, &self.health)?
-            }
+            Some(b) => desired(b, &ifx, &self.health)?,
             None => Desired { inside_v4: None, inside_v6: None, snat_ports: (0, 0), egress: Vec::new(), vips: Vec::new() },
         };
+        self.lb_writer.check(&desired).context("the balancer's maps")?;
         let wanted = programs(cfg);
         // New interfaces get a program; an interface whose program changes
         // gets the new one swapped in on its link. Only the new ones are
@@ -346,10 +349,9 @@ impl Daemon {
             vips,
             swarm: None,
             health_transitions: Vec::new(),
+            agent: AgentStatus::default(),
         };
-        if cfg.balancer().is_none() {
-            self.health.follow(None);
-        }
+        self.health.follow(cfg.balancer());
         info!(
             interfaces = wanted.len(),
             zones = compiled.zones.len(),
@@ -373,10 +375,72 @@ impl Daemon {
         }
     }
 
+    /// Notes a SIGHUP's outcome (status, metrics) and writes the state file.
+    fn reloaded(&mut self, outcome: Result<(), String>, runtime_dir: &Path) {
+        match outcome {
+            Ok(()) => {
+                self.agent.reloads_succeeded += 1;
+                self.agent.last_reload_ok = true;
+                self.agent.last_reload_success = now();
+                self.agent.last_reload_error = None;
+            }
+            Err(e) => {
+                self.agent.reloads_failed += 1;
+                self.agent.last_reload_ok = false;
+                self.agent.last_reload_error = Some(e);
+            }
+        }
+        if let Err(e) = self.write_state(runtime_dir) {
+            warn!(error = format!("{e:#}"), "writing the state file failed");
+        }
+    }
+
+    /// Looks for the pins of every map and link; when some are gone (the
+    /// bpffs unmounted, or files removed), says so once and pins them
+    /// again from this process's handles as soon as the pin path is on a
+    /// bpffs again. The data path never stops meanwhile.
+    fn check_pins(&mut self, runtime_dir: &Path) {
+        let missing = self.datapath.missing_pins();
+        if missing.is_empty() && self.agent.pins_ok {
+            return;
+        }
+        let pin_path = self.datapath.pin_dir().display().to_string();
+        if self.agent.pins_ok {
+            self.agent.pins_ok = false;
+            self.agent.pins_lost += 1;
+            error!(
+                pin_path,
+                missing = missing.len(),
+                "the pinned maps and links are gone (bpffs unmounted?): the data path keeps running on this process's handles, but a restart now would lose it; pinning them again once the pin path is on a bpffs"
+            );
+        }
+        let before = self.agent.pins_error.clone();
+        match self.datapath.repin() {
+            Ok(n) => {
+                info!(pin_path, pinned = n, "the maps and links are pinned again: a restart adopts the data path");
+                self.agent.pins_ok = true;
+                self.agent.pins_error = None;
+            }
+            Err(e) => {
+                let mut names = missing.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+                if missing.len() > 4 {
+                    names.push_str(", …");
+                }
+                self.agent.pins_error = Some(format!("{} pins missing in {pin_path} ({names}); re-pinning: {e:#}", missing.len()));
+            }
+        }
+        if self.agent.pins_ok || self.agent.pins_error != before {
+            if let Err(e) = self.write_state(runtime_dir) {
+                warn!(error = format!("{e:#}"), "writing the state file failed");
+            }
+        }
+    }
+
     /// Writes the state file with the current Swarm sync state.
     fn write_state(&mut self, runtime_dir: &Path) -> Result<()> {
         let Some(state) = self.state.as_mut() else { return Ok(()) };
         state.swarm = self.swarm.sync().cloned();
+        state.agent = self.agent.clone();
         state.health_transitions = state
             .vips
             .iter()
@@ -397,6 +461,14 @@ pub fn signal_reload(runtime_dir: &Path) -> Result<()> {
     }
     println!("asked swarmlb (pid {}) to reload {}", state.pid, state.config.display());
     Ok(())
+}
+
+/// How often the pins are looked for.
+const PIN_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Unix time in seconds.
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// How often idle NAT entries are swept.
@@ -456,11 +528,21 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         swarm,
         file_config: None,
         state: None,
+        agent: AgentStatus::default(),
     };
     let was_running = daemon.datapath.found_running();
     if was_running {
         info!(pin_path = %pin_dir.display(), "adopting the running data path");
     }
+    let started = now();
+    daemon.agent = AgentStatus {
+        started,
+        adopted: was_running,
+        last_reload_ok: true,
+        last_reload_success: started,
+        pins_ok: true,
+        ..AgentStatus::default()
+    };
     if let Err(e) = daemon.apply(&cfg, config_path, runtime_dir) {
         // What ran before keeps running; a first start leaves no trace.
         if !was_running {
@@ -469,6 +551,15 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         return Err(e);
     }
     daemon.datapath.release_unclaimed();
+    if was_running {
+        info!(
+            pin_path = %pin_dir.display(),
+            links = daemon.attached.len(),
+            flows = daemon.lb_maps.flows.keys().count(),
+            nat_entries = daemon.lb_maps.nat.keys().count(),
+            "adopted the pinned data path: links, maps, flows, NAT state and counters carried over"
+        );
+    }
 
     let result = rt.block_on(async {
         let pin = pin_dir.clone();
@@ -477,11 +568,20 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                 error!(error = %e, "reading drop events failed");
             }
         });
-        let metrics = cfg.metrics_listen().map(|addr| tokio::spawn(lb_user::metrics::serve(addr, runtime_dir.to_owned())));
+        // The endpoint reads the maps through handles of its own, opened
+        // now, so it keeps answering if the pins go.
+        let metrics = cfg.metrics_listen().and_then(|addr| match ReportMaps::open(&pin_dir) {
+            Ok(maps) => Some(tokio::spawn(lb_user::metrics::serve(addr, runtime_dir.to_owned(), maps))),
+            Err(e) => {
+                error!(error = format!("{e:#}"), "opening the maps for the metrics endpoint failed; running without it");
+                None
+            }
+        });
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut pin_check = tokio::time::interval(PIN_CHECK_INTERVAL);
         let mut idle = idle_timeouts(&cfg);
         info!(pid = std::process::id(), "swarmlb running");
         loop {
@@ -493,6 +593,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                         Err(e) => warn!(error = %e, "sweeping NAT entries failed"),
                     }
                 }
+                _ = pin_check.tick() => daemon.check_pins(runtime_dir),
                 Some(()) = health_rx.recv() => {
                     // Several transitions at once make one apply.
                     while health_rx.try_recv().is_ok() {}
@@ -512,20 +613,30 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                 _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => {
-                    match Config::load(config_path) {
+                    let config = config_path.display().to_string();
+                    let outcome = match Config::load(config_path) {
                         Ok(new) => match daemon.apply(&new, config_path, runtime_dir) {
-                            Ok(()) if new.metrics_listen() != cfg.metrics_listen() => {
-                                idle = idle_timeouts(&new);
-                                warn!("SIGHUP: config reloaded, but settings.metrics_listen takes effect at the next start");
-                            }
                             Ok(()) => {
                                 idle = idle_timeouts(&new);
-                                info!("SIGHUP: config reloaded")
+                                if new.metrics_listen() != cfg.metrics_listen() {
+                                    warn!(config, "SIGHUP: config reloaded, but settings.metrics_listen takes effect at the next start");
+                                } else {
+                                    info!(config, "SIGHUP: config reloaded");
+                                }
+                                Ok(())
                             }
-                            Err(e) => error!(error = format!("{e:#}"), "SIGHUP: applying the new config failed; the running policy stays"),
+                            Err(e) => {
+                                let e = format!("{e:#}");
+                                error!(config, error = e, "SIGHUP: applying the new config failed; the running policy stays");
+                                Err(e)
+                            }
                         },
-                        Err(e) => error!(error = %e, "SIGHUP: the new config is invalid; the running policy stays"),
-                    }
+                        Err(e) => {
+                            error!(config, error = %e, "SIGHUP: the new config is invalid; the running policy stays");
+                            Err(e.to_string())
+                        }
+                    };
+                    daemon.reloaded(outcome, runtime_dir);
                 }
             }
         }

@@ -137,6 +137,8 @@ pub struct Datapath {
     links: Vec<Attachment>,
     /// Links an earlier process pinned and this one has not claimed yet.
     found: Vec<(String, AttachMode, PathBuf)>,
+    /// The maps that are pinned (by name), to pin again if the pins go.
+    pinned_maps: Vec<String>,
 }
 
 /// Slots of the Maglev map for tables of `table_size`.
@@ -168,7 +170,45 @@ impl Datapath {
             .try_into()?;
         next.set(NEXT_STAGE_ISOLATOR, &isolator_fd, 0).context("making the isolator the balancer's next stage")?;
         let found = pinned_links(pin_dir);
-        Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new(), found })
+        let pinned_maps = ebpf.maps().map(|(name, _)| name.to_owned()).filter(|name| pin_dir.join(name).exists()).collect();
+        Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new(), found, pinned_maps })
+    }
+
+    /// The pins that should be in the pin directory and are not (a bpffs
+    /// unmounted, or pins removed by hand), by file name. The data path
+    /// runs on regardless (this process holds every map and link), but
+    /// without them a restart would not find it: with this process gone,
+    /// its links would be released and the programs would come off.
+    pub fn missing_pins(&self) -> Vec<String> {
+        let maps = self.pinned_maps.iter().cloned();
+        let links = self.links.iter().filter_map(|a| link_pin(&self.pin_dir, a.mode, &a.ifname).file_name()?.to_str().map(str::to_owned));
+        maps.chain(links).filter(|name| !self.pin_dir.join(name).exists()).collect()
+    }
+
+    /// Pins again, from this process's own handles, every map and link
+    /// whose pin is missing; returns how many. Fails (pinning nothing more)
+    /// while the pin directory is not on a bpffs — unless it is below
+    /// `/sys/fs/bpf`, where one is mounted ([`ensure_bpffs`]).
+    pub fn repin(&mut self) -> Result<usize> {
+        ensure_bpffs(&self.pin_dir)?;
+        fs::create_dir_all(&self.pin_dir).with_context(|| format!("creating the pin directory {}", self.pin_dir.display()))?;
+        let mut n = 0;
+        for name in &self.pinned_maps {
+            let path = self.pin_dir.join(name);
+            if !path.exists() {
+                let map = self.ebpf.map(name).with_context(|| format!("the eBPF object has no map {name}"))?;
+                map.pin(&path).with_context(|| format!("pinning map {name} at {}", path.display()))?;
+                n += 1;
+            }
+        }
+        for a in &self.links {
+            let path = link_pin(&self.pin_dir, a.mode, &a.ifname);
+            if !path.exists() {
+                pin_link(&a.link, &path).with_context(|| format!("pinning the XDP link of {} at {}", a.ifname, path.display()))?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Whether an earlier process left programs attached (pinned links).
@@ -303,6 +343,46 @@ impl Datapath {
             self.detach(&name);
         }
     }
+}
+
+/// `bpf(2)`; returns its result, or the error.
+fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a `#[repr(C)]` prefix of `union bpf_attr` for `cmd`,
+    // and the size passed is its size (the kernel zero-extends the rest).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Pins `link` at `path` without giving it up ([`FdLink::pin`] consumes
+/// the link, and a failed pin would drop it: the program would come off).
+/// A second fd on the same link comes from its id.
+fn pin_link(link: &FdLink, path: &Path) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    #[repr(C)]
+    struct GetFdById {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let id = link.info().context("reading the link's id")?.id();
+    let fd = sys_bpf(BPF_LINK_GET_FD_BY_ID, &GetFdById { id, next_id: 0, open_flags: 0 }).context("BPF_LINK_GET_FD_BY_ID")?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let c = CString::new(path.as_os_str().as_encoded_bytes())?;
+    sys_bpf(BPF_OBJ_PIN, &ObjPin { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 }).context("BPF_OBJ_PIN")?;
+    Ok(())
 }
 
 fn program(ebpf: &mut Ebpf, which: Program) -> Result<&mut Xdp> {

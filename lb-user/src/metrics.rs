@@ -1,8 +1,10 @@
 //! The Prometheus endpoint: `GET /metrics` answers the text exposition
 //! format, built from the same report `swarmlb status` prints (the state
-//! file plus the kernel's counters), so the two never disagree.
+//! file plus the kernel's counters), so the two never disagree. It reads
+//! the maps through the daemon's own handles, so it keeps answering when
+//! the pins are gone.
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -10,7 +12,10 @@ use tokio::{
 };
 use tracing::{debug, error, info};
 
-use crate::status::{self, StatusReport};
+use crate::{
+    state::DaemonState,
+    status::{self, ReportMaps, StatusReport},
+};
 
 /// Escapes a label value.
 fn esc(v: &str) -> String {
@@ -93,6 +98,22 @@ pub fn render(r: &StatusReport) -> String {
     for p in &r.ports {
         f.sample("swarmlb_protected_port_dropped_total", &[("port", &p.port)], p.dropped);
     }
+    let a = &r.agent;
+    f.head("swarmlb_agent_start_timestamp_seconds", "gauge", "Unix time the running agent started.");
+    f.sample("swarmlb_agent_start_timestamp_seconds", &[], a.started);
+    f.head("swarmlb_agent_adopted", "gauge", "1 when the agent took over a data path that was already running (a restart).");
+    f.sample("swarmlb_agent_adopted", &[], u8::from(a.adopted));
+    f.head("swarmlb_config_last_reload_successful", "gauge", "1 when the last load of the config file applied (0: a refused reload; the previous config runs).");
+    f.sample("swarmlb_config_last_reload_successful", &[], u8::from(a.last_reload_ok));
+    f.head("swarmlb_config_last_reload_success_timestamp_seconds", "gauge", "Unix time the config in force was applied.");
+    f.sample("swarmlb_config_last_reload_success_timestamp_seconds", &[], a.last_reload_success);
+    f.head("swarmlb_config_reloads_total", "counter", "SIGHUP reloads by result.");
+    f.sample("swarmlb_config_reloads_total", &[("result", "success")], a.reloads_succeeded);
+    f.sample("swarmlb_config_reloads_total", &[("result", "failed")], a.reloads_failed);
+    f.head("swarmlb_pins_ok", "gauge", "1 when every map and link is pinned (0: a restart would not adopt the data path).");
+    f.sample("swarmlb_pins_ok", &[], u8::from(a.pins_ok));
+    f.head("swarmlb_pins_lost_total", "counter", "Times the pins were found missing.");
+    f.sample("swarmlb_pins_lost_total", &[], a.pins_lost);
     if let Some(s) = &r.swarm {
         f.head("swarmlb_swarm_connected", "gauge", "1 while the Docker API answers (0: serving the last good state).");
         f.sample("swarmlb_swarm_connected", &[], u8::from(s.connected));
@@ -112,7 +133,8 @@ pub fn render(r: &StatusReport) -> String {
 
 /// Serves `GET /metrics` on `addr` until the task is dropped. A port that
 /// cannot be bound is logged; the daemon runs on without metrics.
-pub async fn serve(addr: SocketAddr, runtime_dir: PathBuf) {
+pub async fn serve(addr: SocketAddr, runtime_dir: PathBuf, maps: ReportMaps) {
+    let maps = Arc::new(maps);
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -123,16 +145,16 @@ pub async fn serve(addr: SocketAddr, runtime_dir: PathBuf) {
     info!(%addr, "metrics at http://{addr}/metrics");
     loop {
         let Ok((sock, peer)) = listener.accept().await else { continue };
-        let dir = runtime_dir.clone();
+        let (dir, maps) = (runtime_dir.clone(), maps.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(sock, &dir).await {
+            if let Err(e) = answer(sock, &dir, &maps).await {
                 debug!(%peer, error = %e, "metrics request failed");
             }
         });
     }
 }
 
-async fn answer(mut sock: TcpStream, runtime_dir: &std::path::Path) -> std::io::Result<()> {
+async fn answer(mut sock: TcpStream, runtime_dir: &std::path::Path, maps: &ReportMaps) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     // The request head, within 5 s and 8 KiB.
@@ -157,7 +179,7 @@ async fn answer(mut sock: TcpStream, runtime_dir: &std::path::Path) -> std::io::
     } else if path != "/metrics" && path != "/" {
         ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
     } else {
-        match status::collect(runtime_dir) {
+        match DaemonState::read(runtime_dir).and_then(|state| status::report(state, maps)) {
             Ok(r) => ("200 OK", "text/plain; version=0.0.4", render(&r)),
             Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
         }

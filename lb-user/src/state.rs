@@ -32,6 +32,33 @@ pub struct DaemonState {
     /// Health-check transitions (in or out) per VIP and backend.
     #[serde(default)]
     pub health_transitions: Vec<HealthTransitions>,
+    /// The agent itself: start, adoption, reloads, pins.
+    #[serde(default)]
+    pub agent: AgentStatus,
+}
+
+/// How the agent itself is doing (status and metrics show it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentStatus {
+    /// Unix time (seconds) this process started.
+    pub started: f64,
+    /// It found a running data path (pinned links) and took it over.
+    pub adopted: bool,
+    /// SIGHUP reloads applied and refused.
+    pub reloads_succeeded: u64,
+    pub reloads_failed: u64,
+    /// The last load of the config file (at start, or the last SIGHUP) applied.
+    pub last_reload_ok: bool,
+    /// Unix time of the last config load that applied.
+    pub last_reload_success: f64,
+    /// Why the last reload was refused (while `last_reload_ok` is false).
+    pub last_reload_error: Option<String>,
+    /// Every map and link is pinned in the pin path (a restart would adopt).
+    pub pins_ok: bool,
+    /// Times the pins were found missing.
+    pub pins_lost: u64,
+    /// Which pins are missing and why they cannot be restored yet.
+    pub pins_error: Option<String>,
 }
 
 /// How often one backend of one VIP went in or out by its health checks.

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::{
     balancer::AppliedVip,
     maps::{BalancerMaps, IsolatorMaps},
-    state::{port_ranges, DaemonState, HealthTransitions, ZoneState},
+    state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, ZoneState},
 };
 
 /// Everything `swarmlb status` shows.
@@ -39,6 +39,8 @@ pub struct StatusReport {
     pub nat_entries: usize,
     /// How the sync with the Swarm is going (`None` without `[swarm]`).
     pub swarm: Option<crate::swarm::follow::SwarmSync>,
+    /// The agent: start, adoption, config reloads, pins.
+    pub agent: AgentStatus,
 }
 
 /// One VIP: its rules and backends with their traffic.
@@ -127,10 +129,38 @@ pub struct PortStatus {
     pub dropped: u64,
 }
 
-/// Reads the daemon's state file and the kernel's maps.
+/// The maps a report reads: opened from the pins (`swarmlb status`) or
+/// once, by the daemon, for its metrics endpoint (whose handles keep
+/// working when the pins are gone).
+pub struct ReportMaps {
+    isolator: IsolatorMaps,
+    balancer: BalancerMaps,
+}
+
+impl ReportMaps {
+    /// Opens the maps pinned in `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        Ok(Self { isolator: IsolatorMaps::open(pin_dir)?, balancer: BalancerMaps::open(pin_dir)? })
+    }
+}
+
+/// Reads the daemon's state file and the kernel's maps through their pins.
 pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
     let state = DaemonState::read(runtime_dir)?;
-    let maps = IsolatorMaps::open(&state.pin_path)?;
+    let maps = ReportMaps::open(&state.pin_path).map_err(|e| match &state.agent.pins_error {
+        // The daemon noticed, and still runs on its own handles.
+        Some(why) if !state.agent.pins_ok => e.context(format!(
+            "the pins are gone and swarmlb (pid {}) knows it: {why}; its metrics endpoint still reports (swarmlb_pins_ok 0)",
+            state.pid
+        )),
+        _ => e,
+    })?;
+    report(state, &maps)
+}
+
+/// The report of `state` (the daemon's state file) with the counters in `maps`.
+pub fn report(state: DaemonState, maps: &ReportMaps) -> Result<StatusReport> {
+    let (maps, lb) = (&maps.isolator, &maps.balancer);
     let counters = maps.counters()?;
     let mut interfaces = Vec::new();
     for i in &state.interfaces {
@@ -149,10 +179,9 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
     let passed = PassReason::ALL.iter().map(|&r| (r.name(), count(Verdict::Pass(r)))).collect();
     let dropped = DropReason::ALL.iter().map(|&r| (r.name(), count(Verdict::Drop(r)))).collect();
     let ports = merge_port_runs(maps.port_stats()?);
-    let lb = BalancerMaps::open(&state.pin_path)?;
     let lb_counters = lb.counters()?;
     let balancer = LbCounter::ALL.iter().map(|c| (c.name(), lb_counters[*c as usize])).collect();
-    let vips = state.vips.iter().map(|v| vip_status(&lb, v, &state.health_transitions)).collect::<Result<_>>()?;
+    let vips = state.vips.iter().map(|v| vip_status(lb, v, &state.health_transitions)).collect::<Result<_>>()?;
     let flows = lb.flows.keys().count();
     let nat_entries = lb.nat.keys().count();
     Ok(StatusReport {
@@ -170,6 +199,7 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
         flows,
         nat_entries,
         swarm: state.swarm,
+        agent: state.agent,
     })
 }
 
@@ -204,6 +234,20 @@ pub fn render_table(r: &StatusReport) -> String {
     let mut out = String::new();
     let running = if r.daemon_running { "running" } else { "NOT RUNNING" };
     let _ = writeln!(out, "swarmlb  pid {} ({running})  maps {}", r.pid, r.pin_path);
+    let a = &r.agent;
+    let _ = writeln!(
+        out,
+        "agent    {}  reloads {} applied, {} refused",
+        if a.adopted { "adopted the running data path" } else { "started the data path" },
+        a.reloads_succeeded,
+        a.reloads_failed
+    );
+    if let Some(e) = a.last_reload_error.as_ref().filter(|_| !a.last_reload_ok) {
+        let _ = writeln!(out, "         LAST RELOAD REFUSED (the running config stays): {e}");
+    }
+    if let Some(e) = a.pins_error.as_ref().filter(|_| !a.pins_ok) {
+        let _ = writeln!(out, "         PINS MISSING (a restart would not adopt): {e}");
+    }
     if let Some(s) = &r.swarm {
         let age = s.last_sync.map_or("never".into(), |t| {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());

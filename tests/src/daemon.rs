@@ -33,10 +33,16 @@ pub struct Instance {
 impl Instance {
     /// Writes `config_body` (without `[settings]`) plus a private pin path.
     pub fn new(tag: &str, config_body: &str) -> Self {
+        let pin_path = PathBuf::from(format!("/sys/fs/bpf/swarmlb-test-{}-{tag}", std::process::id()));
+        Self::with_pin_path(tag, config_body, pin_path)
+    }
+
+    /// Like [`Instance::new`], with the maps pinned at `pin_path` (on a
+    /// bpffs of the test's own, [`crate::pins::BpfMount`]).
+    pub fn with_pin_path(tag: &str, config_body: &str, pin_path: PathBuf) -> Self {
         let id = format!("{}-{tag}", std::process::id());
         let dir = std::env::temp_dir().join(format!("swarmlb-test-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let pin_path = PathBuf::from(format!("/sys/fs/bpf/swarmlb-test-{id}"));
         let inst = Self { config: dir.join("swarmlb.toml"), runtime_dir: dir.join("run"), dir, pin_path };
         inst.write_config(config_body);
         inst

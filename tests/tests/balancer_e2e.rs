@@ -15,7 +15,7 @@ use std::{
 
 use common::{
     daemon::{stop_cleanly, wait_until, Instance},
-    http::{check, metrics, who, Stream},
+    http::{check, metrics, who, Stream, StreamLoad},
     xdp,
 };
 use harness::{
@@ -449,42 +449,11 @@ fn xdp_prog_id(ns: &Netns, ifname: &str) -> String {
 /// on the same links.
 #[test]
 fn restarts_break_no_connection() {
-    use std::sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    };
     let workers = [(1, 1), (2, 1), (3, 1)];
     let mut r = start("lbrst", 3, &config("nat", &workers));
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..50)
-        .map(|_| {
-            let mut s = Stream::open(&r.lab.client, IpAddr::V4(VIP_V4));
-            let (stop, answered) = (stop.clone(), answered.clone());
-            std::thread::spawn(move || {
-                let mut failure = None;
-                while !stop.load(Ordering::Relaxed) && failure.is_none() {
-                    match s.ask() {
-                        Ok(w) if w == s.worker => {
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(w) => failure = Some(format!("moved from {} to {w}", s.worker)),
-                        Err(e) => failure = Some(format!("on {}: {e}", s.worker)),
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                failure
-            })
-        })
-        .collect();
-    // Requests answered within `window`: proves the streams are moving.
-    let progress = |what: &str, window: Duration| {
-        let before = answered.load(Ordering::Relaxed);
-        std::thread::sleep(window);
-        let n = answered.load(Ordering::Relaxed) - before;
-        println!("{what}: {n} requests answered in {window:?}");
-        assert!(n >= 50, "{what}: streams stalled ({n} answers)");
-    };
+    let load = StreamLoad::start(&r.lab.client, IpAddr::V4(VIP_V4), 50, Duration::from_millis(20));
+    // Requests answered within a window: proves the streams are moving.
+    let progress = |what: &str, window: Duration| load.progress(what, window, 50);
     progress("before", Duration::from_secs(1));
     let first_prog = xdp_prog_id(&r.lab.edge, "e-out");
 
@@ -506,9 +475,9 @@ fn restarts_break_no_connection() {
     assert_ne!(xdp_prog_id(&r.lab.edge, "e-out"), second_prog);
     progress("after restart from kill -9", Duration::from_secs(1));
 
-    stop.store(true, Ordering::Relaxed);
-    let broken: Vec<String> = threads.into_iter().filter_map(|t| t.join().unwrap()).collect();
-    println!("50 streams through SIGTERM + restart and kill -9 + restart: {} broken, {} requests answered", broken.len(), answered.load(Ordering::Relaxed));
+    let answered = load.answered();
+    let broken = load.finish();
+    println!("50 streams through SIGTERM + restart and kill -9 + restart: {} broken, {answered} requests answered", broken.len());
     assert!(broken.is_empty(), "broken streams: {broken:?}");
     // New connections after all that still spread over every worker.
     let seen: std::collections::BTreeSet<String> = (0..60).map(|_| who(&r.lab.client, IpAddr::V4(VIP_V4))).collect();

@@ -45,6 +45,8 @@ pub struct SwarmFollower {
     view: Option<SwarmView>,
     additions: SwarmAdditions,
     sync: SwarmSync,
+    /// When the connection was lost (for the log line at its return).
+    lost_at: Option<f64>,
 }
 
 fn now() -> f64 {
@@ -60,7 +62,7 @@ impl SwarmFollower {
         if view.is_some() {
             info!(path = %saved.display(), "using the saved Swarm view until dockerd answers");
         }
-        Self { updates, task: None, saved, view, additions: SwarmAdditions::default(), sync: SwarmSync::default() }
+        Self { updates, task: None, saved, view, additions: SwarmAdditions::default(), sync: SwarmSync::default(), lost_at: None }
     }
 
     /// What the Swarm would add to `cfg` (a config about to be applied);
@@ -130,7 +132,16 @@ impl SwarmFollower {
                     view.carry_unknown_states(previous);
                 }
                 if !self.sync.connected {
-                    info!(nodes = view.nodes.len(), services = view.services.len(), "in sync with the Swarm");
+                    match self.lost_at.take() {
+                        Some(t) => info!(
+                            nodes = view.nodes.len(),
+                            services = view.services.len(),
+                            disconnected_s = format!("{:.1}", now() - t),
+                            failures = self.sync.failures,
+                            "in sync with the Swarm again; applying what changed meanwhile"
+                        ),
+                        None => info!(nodes = view.nodes.len(), services = view.services.len(), "in sync with the Swarm"),
+                    }
                 }
                 self.sync.connected = true;
                 if view.nodes.is_empty() {
@@ -157,8 +168,10 @@ impl SwarmFollower {
                 self.remap(cfg)
             }
             SwarmUpdate::Lost(e) => {
+                // Once per loss, not per retry.
                 if self.sync.connected || self.sync.failures == 0 {
-                    error!(error = %e, "lost the Swarm; serving the last good state and retrying");
+                    error!(error = %e, "lost the Swarm; serving the last good state and retrying (every 0.5 s to 10 s; logged again when back)");
+                    self.lost_at = Some(now());
                 }
                 self.sync.connected = false;
                 self.sync.failures += 1;

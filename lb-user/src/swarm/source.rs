@@ -74,7 +74,9 @@ async fn list(docker: &Docker) -> Result<SwarmView> {
 /// Runs until the receiver is gone.
 pub async fn run(cfg: SwarmConfig, tx: UnboundedSender<SwarmUpdate>) {
     const MIN_BACKOFF: Duration = Duration::from_millis(500);
-    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    // A local socket is cheap to try: at most 10 s between attempts, so a
+    // returning dockerd is in sync within about 10 s.
+    const MAX_BACKOFF: Duration = Duration::from_secs(10);
     let mut backoff = MIN_BACKOFF;
     loop {
         let mut synced = false;

@@ -5,4 +5,5 @@ pub mod gen;
 #[allow(unused_imports)]
 pub use harness::daemon;
 pub mod http;
+pub mod site;
 pub mod xdp;
