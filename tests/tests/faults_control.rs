@@ -337,7 +337,7 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
     let (lab, nginx) = edge_lab("fchup", 3);
     // An inside interface without an IPv6 address, for a config that
     // parses but cannot be applied (the IPv6 VIP needs one).
-    lab.edge.exec(&["ip", "link", "add", "e-dummy", "type", "dummy"]).unwrap();
+    lab.edge.exec(&["ip", "link", "add", "e-dummy", "type", "bridge"]).unwrap();
     lab.edge.exec(&["ip", "addr", "add", "10.9.0.1/24", "dev", "e-dummy"]).unwrap();
     lab.edge.exec(&["ip", "link", "set", "e-dummy", "up"]).unwrap();
     let good = edge_config(&[1, 2], "\"tcp/5432\"", "e-in");
