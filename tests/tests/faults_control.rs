@@ -59,8 +59,11 @@ fn kernel_state(pin: &Path) -> String {
     format!("bindings {bindings:?}\nports {ports:?}\nservices {services:?}\nbackends {backends:?}\ntables {tables:?}")
 }
 
-/// Each VIP's backends as applied: (address, weight, up, Maglev slots).
-fn applied_vips(inst: &Instance) -> Vec<(String, Vec<(String, u64, bool, u64)>)> {
+/// A backend as applied: (address, weight, up, Maglev slots).
+type AppliedBackend = (String, u64, bool, u64);
+
+/// Each VIP's backends as applied.
+fn applied_vips(inst: &Instance) -> Vec<(String, Vec<AppliedBackend>)> {
     let s = inst.status();
     s["vips"]
         .as_array()
