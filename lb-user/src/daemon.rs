@@ -646,11 +646,22 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     });
+    // One last look: pins that went since the last check are restored if
+    // they can be, so the data path outlives this process.
+    daemon.check_pins(runtime_dir);
+    let pins_ok = daemon.agent.pins_ok;
     DaemonState::remove(runtime_dir);
     drop(daemon);
-    info!(
-        pin_path = %pin_dir.display(),
-        "stopped; the data path keeps running on its pinned links and maps (the next `swarmlb run` adopts it, `swarmlb down` removes it)"
-    );
+    if pins_ok {
+        info!(
+            pin_path = %pin_dir.display(),
+            "stopped; the data path keeps running on its pinned links and maps (the next `swarmlb run` adopts it, `swarmlb down` removes it)"
+        );
+    } else {
+        error!(
+            pin_path = %pin_dir.display(),
+            "stopped with the pins missing: the programs came off with this process (the next `swarmlb run` starts afresh)"
+        );
+    }
     result
 }
