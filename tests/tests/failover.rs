@@ -296,6 +296,7 @@ fn failover(tag: &str, mode: &str, snat: Snat) -> Run {
     let before = streams.progress(Duration::from_secs(1));
     assert!(before >= STREAMS as u64 / 2, "streams are moving: {before} answers in 1 s");
     let f = crash_master(&mut ha);
+    let mode = if snat == Snat::Shared { "nat, shared SNAT" } else { mode };
     println!(
         "{mode}: after the crash edge b was master at {:.2} s, the client's ARP entry named it at {:.2} s, a new connection was answered at {:.2} s",
         f.master.as_secs_f64(),
