@@ -3,7 +3,7 @@
 //! directory. Stopped on drop, its VRRP child too (killed or not).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -118,11 +118,6 @@ impl Keepalived {
     /// Everything keepalived logged so far.
     pub fn log(&self) -> String {
         self.child.output_so_far()
-    }
-
-    /// The private directory (config, pid files).
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
