@@ -443,6 +443,24 @@ mod tests {
         assert!(build_table(&[], 251).unwrap().iter().all(|id| *id == NO_BACKEND));
     }
 
+    /// Two edges with the same backends (addresses, weights) send every
+    /// slot to the same address, whatever ids each edge's history gave the
+    /// backends and in whatever order it lists them: a failover between
+    /// them keeps flows on their backends (docs/ha.md).
+    #[test]
+    fn two_edges_with_the_same_backends_build_the_same_table_whatever_the_ids() {
+        let set = [("10.0.0.1", 1), ("10.0.0.2", 3), ("10.0.0.3", 2), ("10.0.0.4", 1), ("10.0.0.5", 0)];
+        let by_address = |list: &[(IpAddr, u32, bool, u32)]| -> Vec<IpAddr> {
+            let table = build_table(list, maglev::DEFAULT_TABLE_SIZE).unwrap();
+            table.iter().map(|id| list.iter().find(|b| b.3 == *id).unwrap().0).collect()
+        };
+        let edge_a: Vec<_> = set.iter().enumerate().map(|(i, (a, w))| b(a, *w, i as u32)).collect();
+        // Edge b: other ids (backends added and removed over time) and the
+        // reverse order.
+        let edge_b: Vec<_> = set.iter().enumerate().rev().map(|(i, (a, w))| b(a, *w, 1000 - 7 * i as u32)).collect();
+        assert_eq!(by_address(&edge_a), by_address(&edge_b));
+    }
+
     #[test]
     fn backend_keys_differ_by_family_and_address() {
         let v4 = backend_key("10.0.0.1".parse().unwrap());

@@ -2,6 +2,7 @@
 //! runtime dir and config private to the test, and stops it on drop.
 
 use std::{
+    net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -156,5 +157,53 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, what: impl 
     while !cond() {
         assert!(Instant::now() < deadline, "timed out: {}", what());
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `swarmlb backend-setup ARGS` (or `--undo`) inside a worker namespace.
+/// Spawned with setns, not `ip netns exec`, which would remount /sys and
+/// pin into a bpffs that dies with the command.
+pub fn backend_setup(ns: &Netns, pin: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(swarmlb_bin());
+    let state = std::env::temp_dir().join(pin.file_name().unwrap());
+    cmd.arg("backend-setup").arg("--pin-path").arg(pin).arg("--state-dir").arg(&state).args(args);
+    let mut child = ns.spawn(&mut cmd);
+    let status = child.wait_timeout(Duration::from_secs(20)).expect("backend-setup finishes");
+    let out = child.output_so_far();
+    assert!(status.success(), "backend-setup {args:?} failed:\n{out}");
+    out
+}
+
+/// The backend side of the DSR modes on a set of workers; every worker's
+/// setup is undone on drop (also when a test fails).
+pub struct BackendSetups(Vec<(Netns, PathBuf)>);
+
+impl BackendSetups {
+    /// `swarmlb backend-setup --interface eth0 --mode MODE` on each worker,
+    /// opening tunnels from any of `edges` to any of `vips`.
+    pub fn apply(workers: &[Netns], tag: &str, mode: &str, vips: &[IpAddr], edges: &[IpAddr]) -> Self {
+        let mut done = BackendSetups(Vec::new());
+        for (i, w) in workers.iter().enumerate() {
+            let pin = PathBuf::from(format!("/sys/fs/bpf/swarmlb-bs-{}-{tag}-{i}", std::process::id()));
+            let mut args = vec!["--interface".to_string(), "eth0".into(), "--mode".into(), mode.into()];
+            for v in vips {
+                args.extend(["--vip".to_string(), v.to_string()]);
+            }
+            for e in edges {
+                args.extend(["--edge".to_string(), e.to_string()]);
+            }
+            backend_setup(w, &pin, &args.iter().map(String::as_str).collect::<Vec<_>>());
+            done.0.push((w.clone(), pin));
+        }
+        done
+    }
+}
+
+impl Drop for BackendSetups {
+    fn drop(&mut self) {
+        for (ns, pin) in &self.0 {
+            backend_setup(ns, pin, &["--undo"]);
+            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(pin.file_name().unwrap()));
+        }
     }
 }

@@ -19,6 +19,8 @@
 pub mod counters;
 pub mod daemon;
 pub mod edge_lab;
+pub mod ha_lab;
+pub mod keepalived;
 pub mod kernel;
 pub mod lb_kernel;
 pub mod netns;

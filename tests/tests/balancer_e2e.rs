@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::{
-    daemon::{stop_cleanly, wait_until, Instance},
+    daemon::{stop_cleanly, wait_until, BackendSetups, Instance},
     http::{check, metrics, who, Stream, StreamLoad},
     xdp,
 };
@@ -207,41 +207,9 @@ fn long_lived_connections_survive_backend_changes() {
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
 
-/// `swarmlb backend-setup` (or `--undo`) inside a worker namespace. Spawned
-/// with setns, not `ip netns exec`, which would remount /sys and pin into a
-/// bpffs that dies with the command.
-fn backend_setup(ns: &Netns, pin: &std::path::Path, args: &[&str]) -> String {
-    let mut cmd = std::process::Command::new(common::daemon::swarmlb_bin());
-    let state = std::env::temp_dir().join(pin.file_name().unwrap());
-    cmd.arg("backend-setup").arg("--pin-path").arg(pin).arg("--state-dir").arg(&state).args(args);
-    let mut child = ns.spawn(&mut cmd);
-    let status = child.wait_timeout(Duration::from_secs(20)).expect("backend-setup finishes");
-    let out = child.output_so_far();
-    assert!(status.success(), "backend-setup {args:?} failed:\n{out}");
-    out
-}
-
-/// Undoes every worker's backend setup on drop (also when a test fails).
-struct BackendSetups(Vec<(Netns, std::path::PathBuf)>);
-
-impl Drop for BackendSetups {
-    fn drop(&mut self) {
-        for (ns, pin) in &self.0 {
-            backend_setup(ns, pin, &["--undo"]);
-            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(pin.file_name().unwrap()));
-        }
-    }
-}
-
 fn setup_backends(r: &Running, tag: &str, mode: &str) -> BackendSetups {
-    let mut done = BackendSetups(Vec::new());
-    for (i, w) in r.lab.workers.iter().enumerate() {
-        let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/swarmlb-bs-{}-{tag}-{i}", std::process::id()));
-        let (vip4, vip6, edge4, edge6) = (VIP_V4.to_string(), VIP_V6.to_string(), EDGE_INSIDE_V4.to_string(), EDGE_INSIDE_V6.to_string());
-        backend_setup(w, &pin, &["--interface", "eth0", "--mode", mode, "--vip", &vip4, "--vip", &vip6, "--edge", &edge4, "--edge", &edge6]);
-        done.0.push((w.clone(), pin));
-    }
-    done
+    let vips = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)];
+    BackendSetups::apply(&r.lab.workers, tag, mode, &vips, &[IpAddr::V4(EDGE_INSIDE_V4), IpAddr::V6(EDGE_INSIDE_V6)])
 }
 
 /// TLS for every SNI and HTTP through both VIPs; the proxies must see the
