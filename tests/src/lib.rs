@@ -19,6 +19,8 @@
 pub mod counters;
 pub mod daemon;
 pub mod edge_lab;
+pub mod evasion;
+pub mod isolator_lab;
 pub mod kernel;
 pub mod lb_kernel;
 pub mod netns;
