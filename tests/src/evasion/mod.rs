@@ -378,9 +378,10 @@ fn ipv6_only() -> Vec<Technique> {
             ext.extend(std::iter::repeat_n(dstopts(), 8));
             chain(e, ext, &l4(a))
         }),
-        t("1 KiB of dest-opts padding", v, BOTH, &[], |e, a| {
-            let padn: Vec<u8> = (0..4).flat_map(|_| [1u8, 252].into_iter().chain(std::iter::repeat_n(0, 252))).collect();
-            chain(e, vec![ExtHeader::DestOpts(padn)], &l4(a))
+        t("1 KiB of unknown skippable dest-opts", v, BOTH, &[], |e, a| {
+            // Option type 0x1e: top bits 00, "skip if unknown" (RFC 8200 4.2).
+            let opts: Vec<u8> = (0..4).flat_map(|_| [0x1eu8, 252].into_iter().chain(std::iter::repeat_n(0, 252))).collect();
+            chain(e, vec![ExtHeader::DestOpts(opts)], &l4(a))
         }),
         t("unknown next header (253) before L4", v, BOTH, &[], |e, a| {
             chain(e, vec![dstopts(), ExtHeader::Raw { protocol: 253, bytes: vec![0; 6] }], &l4(a))
