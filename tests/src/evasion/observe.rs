@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::super::rawframe::proto;
+use crate::rawframe::proto;
 
 /// IPv6 headers a receiver walks over to find the L4 header: those the
 /// isolator walks and those Linux knows (routing, destination options).
