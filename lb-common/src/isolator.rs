@@ -23,7 +23,7 @@ pub const MAP_PROTECTED_PORTS: &str = "PROTECTED_PORTS";
 pub const MAP_SOURCES_V4: &str = "SOURCES_V4";
 /// LPM trie, key data [`SourceV6`] → source sets (`u32`).
 pub const MAP_SOURCES_V6: &str = "SOURCES_V6";
-/// LRU hash [`FragKey`] → [`FragVerdict`] as `u32`.
+/// LRU hash [`FragKey`] → [`FragEntry`] as `u32` ([`FragEntry::to_u32`]).
 pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 /// Per-CPU array of `u64`, indexed by [`counter_index`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
@@ -166,6 +166,32 @@ impl FragVerdict {
     }
 }
 
+/// What is remembered of a datagram's first fragment: its verdict and where
+/// its headers end, so that a later fragment rewriting them (an overlap,
+/// RFC 1858 / RFC 5722) is caught whatever headers precede the L4 header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragEntry {
+    pub verdict: FragVerdict,
+    /// Bytes of the fragmentable part (IPv4: the payload; IPv6: what follows
+    /// the fragment header) up to the end of the minimal L4 header (TCP 20,
+    /// UDP 8, others 0). A later fragment starting before this overlaps them.
+    pub headers_end: u16,
+}
+
+impl FragEntry {
+    /// The map value: the verdict in the low half, `headers_end` in the high.
+    pub const fn to_u32(self) -> u32 {
+        self.verdict as u32 | (self.headers_end as u32) << 16
+    }
+
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match FragVerdict::from_u32(v & 0xffff) {
+            Some(verdict) => Some(Self { verdict, headers_end: (v >> 16) as u16 }),
+            None => None,
+        }
+    }
+}
+
 /// Why a packet passed. The discriminant is its counter index.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -200,7 +226,8 @@ pub enum DropReason {
     FragmentOfDropped = 20,
     /// A first fragment too short to hold the whole L4 header.
     TinyFragment = 21,
-    /// A non-first fragment that would overlap the TCP header.
+    /// A non-first fragment that would overlap the TCP header, or the
+    /// headers of its first fragment.
     FragmentOverlap = 22,
     /// A truncated or inconsistent header (lengths, versions).
     Malformed = 23,
@@ -376,6 +403,18 @@ mod tests {
             assert_eq!(DropReason::from_u8(r as u8), Some(r));
         }
         assert_eq!(DropReason::from_u8(0), None);
+    }
+
+    #[test]
+    fn fragment_entries_round_trip() {
+        for verdict in [FragVerdict::Pass, FragVerdict::Drop] {
+            for headers_end in [0, 8, 20, 28, 4096] {
+                let e = FragEntry { verdict, headers_end };
+                assert_eq!(FragEntry::from_u32(e.to_u32()), Some(e));
+            }
+        }
+        assert_eq!(FragEntry::from_u32(0), None);
+        assert_eq!(FragEntry::from_u32(3 | 20 << 16), None);
     }
 
     #[test]

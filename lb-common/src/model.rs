@@ -20,14 +20,17 @@
 //!    the kernel's reassembly key. A later fragment gets the remembered
 //!    verdict; with none remembered (first fragment dropped, lost, or not yet
 //!    arrived) it is dropped. A TCP fragment at an offset inside the TCP
-//!    header (RFC 1858) is dropped.
+//!    header (RFC 1858) is dropped, and so is any later fragment that starts
+//!    inside its first fragment's headers (the IPv6 extension headers after
+//!    the fragment header and the minimal L4 header): it could only be
+//!    there to rewrite them.
 //! 6. TCP/UDP: a protected destination port passes only from a source whose
 //!    sets intersect the port's access mask. Encapsulation protocols
 //!    ([`is_encapsulation`]) are judged by the zone's tunnel access mask.
 //!    Everything else (ICMP, …) passes.
 
 use crate::isolator::{
-    is_allowed, DropReason, FragKey, FragVerdict, PassReason, PortStatsKey, Verdict, ZoneBinding,
+    is_allowed, DropReason, FragEntry, FragKey, FragVerdict, PassReason, PortStatsKey, Verdict, ZoneBinding,
     FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
 };
 use crate::wire::*;
@@ -46,8 +49,8 @@ pub trait Policy {
 
 /// The first-fragment verdicts remembered between packets.
 pub trait FragmentTable {
-    fn get(&mut self, key: &FragKey) -> Option<FragVerdict>;
-    fn record(&mut self, key: FragKey, verdict: FragVerdict);
+    fn get(&mut self, key: &FragKey) -> Option<FragEntry>;
+    fn record(&mut self, key: FragKey, entry: FragEntry);
 }
 
 /// The decision for one frame.
@@ -175,7 +178,7 @@ fn ipv4(
     if frag_offset != 0 {
         return later_fragment(&key, proto, frag_offset, frags);
     }
-    let first = more_fragments.then_some(key);
+    let first = more_fragments.then_some((key, off + ihl));
     transport(f, proto, off + ihl, off + total, &addrs, first, zone, policy, frags)
 }
 
@@ -201,9 +204,9 @@ fn ipv6(
 
     let mut next = f[off + 6];
     let mut cur = off + IPV6_HLEN;
-    let mut first: Option<FragKey> = None;
+    let mut first: Option<(FragKey, usize)> = None;
     let mut seen_fragment_header = false;
-    let truncated = |first: &Option<FragKey>| {
+    let truncated = |first: &Option<(FragKey, usize)>| {
         drop(if first.is_some() { DropReason::TinyFragment } else { DropReason::Malformed })
     };
     let mut headers = 0;
@@ -230,7 +233,7 @@ fn ipv6(
             }
             // Offset 0 without M is an "atomic fragment": a whole datagram.
             if offset_field & 1 != 0 {
-                first = Some(key);
+                first = Some((key, cur + IPV6_FRAG_HLEN));
             }
             next = inner;
             cur += IPV6_FRAG_HLEN;
@@ -265,14 +268,16 @@ fn later_fragment(
         return drop(DropReason::FragmentOverlap);
     }
     match frags.get(key) {
-        Some(FragVerdict::Pass) => pass(PassReason::FragmentFollows),
-        Some(FragVerdict::Drop) => drop(DropReason::FragmentOfDropped),
+        Some(FragEntry { verdict: FragVerdict::Drop, .. }) => drop(DropReason::FragmentOfDropped),
+        Some(e) if byte_offset < usize::from(e.headers_end) => drop(DropReason::FragmentOverlap),
+        Some(_) => pass(PassReason::FragmentFollows),
         None => drop(DropReason::FragmentUnknown),
     }
 }
 
 /// Judges the upper-layer header at `l4` (the IP payload ends at `end`).
-/// `first_fragment` carries the reassembly key when this is a first fragment.
+/// `first_fragment` carries the reassembly key and where the fragmentable
+/// part starts when this is a first fragment.
 #[allow(clippy::too_many_arguments)]
 fn transport(
     f: &[u8],
@@ -280,14 +285,14 @@ fn transport(
     l4: usize,
     end: usize,
     addrs: &Addrs,
-    first_fragment: Option<FragKey>,
+    first_fragment: Option<(FragKey, usize)>,
     zone: &ZoneBinding,
     policy: &impl Policy,
     frags: &mut impl FragmentTable,
 ) -> Decision {
     let decision = match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let min = if proto == IPPROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN };
+            let min = l4_min_len(proto);
             if l4 + min > end {
                 return drop(if first_fragment.is_some() {
                     DropReason::TinyFragment
@@ -321,9 +326,10 @@ fn transport(
         }
         _ => pass(PassReason::OtherProtocol),
     };
-    if let Some(key) = first_fragment {
-        let remembered = if decision.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
-        frags.record(key, remembered);
+    if let Some((key, start)) = first_fragment {
+        let verdict = if decision.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
+        let headers_end = (l4 + l4_min_len(proto)).saturating_sub(start) as u16;
+        frags.record(key, FragEntry { verdict, headers_end });
     }
     decision
 }

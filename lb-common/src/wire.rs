@@ -62,6 +62,16 @@ pub const TCP_MIN_HLEN: usize = 20;
 /// UDP header.
 pub const UDP_HLEN: usize = 8;
 
+/// The shortest L4 header a first fragment must hold: TCP 20 bytes, UDP 8;
+/// 0 for protocols whose ports the isolator does not read.
+pub const fn l4_min_len(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => TCP_MIN_HLEN,
+        IPPROTO_UDP => UDP_HLEN,
+        _ => 0,
+    }
+}
+
 /// IP protocols that carry another packet (or IPsec payload) which the kernel
 /// behind a zone interface could unwrap and deliver past the port check.
 pub const fn is_encapsulation(proto: u8) -> bool {

@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::BPF_ANY, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
     isolator::{
-        is_allowed, DropReason, FragKey, FragVerdict, PassReason, PortStatsKey, SourceV4,
+        is_allowed, DropReason, FragEntry, FragKey, FragVerdict, PassReason, PortStatsKey, SourceV4,
         SourceV6, Verdict, ZoneBinding, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS,
         MAX_VLAN_DEPTH, SOURCE_SLOT_BITS,
     },
@@ -128,7 +128,7 @@ fn ipv4(c: &mut Ctx, off: usize) -> Decision {
     }
     let first = if frag & 0x2000 != 0 {
         match frag_key(c, u32::from(id), proto) {
-            Some(key) => Some(key),
+            Some(key) => Some((key, off + ihl)),
             None => return c.drop(DropReason::Malformed),
         }
     } else {
@@ -152,7 +152,7 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
     }
     let mut next = (next_hop >> 8) as u8;
     let mut cur = off + IPV6_HLEN;
-    let mut first: Option<FragKey> = None;
+    let mut first: Option<(FragKey, usize)> = None;
     let mut seen_fragment_header = false;
     for headers in 0..=MAX_IPV6_EXT_HEADERS {
         let is_ext = is_skippable_ipv6_ext(next) || next == IPPROTO_ROUTING || next == IPPROTO_FRAGMENT;
@@ -183,7 +183,7 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
                     c.headers.proto = inner;
                     return later_fragment(c, &key, inner, frag_offset);
                 }
-                first = Some(key);
+                first = Some((key, cur + IPV6_FRAG_HLEN));
             }
             next = inner;
             cur += IPV6_FRAG_HLEN;
@@ -238,9 +238,10 @@ fn later_fragment(c: &Ctx, key: &FragKey, proto: u8, byte_offset: usize) -> Deci
         return c.drop(DropReason::FragmentOverlap);
     }
     // SAFETY: values are plain u32s written whole.
-    match unsafe { FRAGMENTS.get(key) }.copied().and_then(FragVerdict::from_u32) {
-        Some(FragVerdict::Pass) => c.pass(PassReason::FragmentFollows),
-        Some(FragVerdict::Drop) => c.drop(DropReason::FragmentOfDropped),
+    match unsafe { FRAGMENTS.get(key) }.copied().and_then(FragEntry::from_u32) {
+        Some(FragEntry { verdict: FragVerdict::Drop, .. }) => c.drop(DropReason::FragmentOfDropped),
+        Some(e) if byte_offset < usize::from(e.headers_end) => c.drop(DropReason::FragmentOverlap),
+        Some(_) => c.pass(PassReason::FragmentFollows),
         None => c.drop(DropReason::FragmentUnknown),
     }
 }
@@ -262,11 +263,12 @@ fn source_sets(c: &Ctx) -> u32 {
 }
 
 /// Judges the upper-layer header at `l4`; the IP payload ends at `end`.
-/// `first_fragment` carries the reassembly key of a first fragment.
+/// `first_fragment` carries the reassembly key of a first fragment and where
+/// its fragmentable part starts.
 #[inline(always)]
-fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Option<FragKey>) -> Decision {
+fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Option<(FragKey, usize)>) -> Decision {
     let decision = if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
-        let min = if proto == IPPROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN };
+        let min = l4_min_len(proto);
         if l4 + min > end {
             return c.drop(if first_fragment.is_some() { DropReason::TinyFragment } else { DropReason::Malformed });
         }
@@ -301,11 +303,15 @@ fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Opti
     } else {
         c.pass(PassReason::OtherProtocol)
     };
-    if let Some(key) = first_fragment {
-        let remembered = if decision.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
+    if let Some((key, start)) = first_fragment {
+        let verdict = if decision.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
+        // Both offsets are bounded by the frame (MAX_OFFSET), and the L4
+        // header starts at or after the fragmentable part.
+        let headers_end = (l4 + l4_min_len(proto)).saturating_sub(start) as u16;
+        let entry = FragEntry { verdict, headers_end };
         // A full table evicts the oldest entry (LRU); a failed insert leaves
         // the followers unknown, which drops them: the safe side.
-        let _ = FRAGMENTS.insert(&key, &(remembered as u32), u64::from(BPF_ANY));
+        let _ = FRAGMENTS.insert(&key, &entry.to_u32(), u64::from(BPF_ANY));
     }
     decision
 }

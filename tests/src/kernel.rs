@@ -6,7 +6,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use lb_common::{
-    isolator::{FragKey, FragVerdict},
+    isolator::{FragEntry, FragKey},
     model::FragmentTable,
 };
 use lb_user::{
@@ -117,13 +117,13 @@ impl Drop for KernelIsolator {
 
 /// The model's fragment table.
 #[derive(Default)]
-pub struct ModelFrags(pub HashMap<FragKey, FragVerdict>);
+pub struct ModelFrags(pub HashMap<FragKey, FragEntry>);
 
 impl FragmentTable for ModelFrags {
-    fn get(&mut self, key: &FragKey) -> Option<FragVerdict> {
+    fn get(&mut self, key: &FragKey) -> Option<FragEntry> {
         self.0.get(key).copied()
     }
-    fn record(&mut self, key: FragKey, verdict: FragVerdict) {
-        self.0.insert(key, verdict);
+    fn record(&mut self, key: FragKey, entry: FragEntry) {
+        self.0.insert(key, entry);
     }
 }

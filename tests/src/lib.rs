@@ -19,7 +19,9 @@
 pub mod counters;
 pub mod daemon;
 pub mod edge_lab;
+pub mod evasion;
 pub mod ha_lab;
+pub mod isolator_lab;
 pub mod keepalived;
 pub mod kernel;
 pub mod lb_kernel;

@@ -1,108 +1,19 @@
 //! The isolator end to end: real namespaces, veths, listeners and the real
-//! `swarmlb` daemon attached (native XDP) to a DMZ host's interface.
-//!
-//! Topology (one per test, unique names, removed on drop):
-//!
-//! ```text
-//!  dmz ns (scanner)                         host ns (the Swarm node)
-//!  10.77.0.2 outsider     ── veth ──  dmz0  10.77.0.1 / fd77::1
-//!  10.77.0.3 admin (allow-listed)            real TCP listeners and UDP echo
-//!  10.77.0.4 a Swarm node                    servers on open and protected ports
-//!  fd77::2 / ::3 / ::4 likewise
-//! ```
-
-mod common;
+//! `swarmlb` daemon attached (native XDP) to a DMZ host's interface (the lab
+//! is `harness::isolator_lab`, one per test).
 
 use std::{
     collections::BTreeSet,
-    net::IpAddr,
     time::Duration,
 };
 
-use common::daemon::Instance;
 use harness::{
+    isolator_lab::{ip, protected, IsolatorLab as Lab, ADMIN4, ADMIN6, HOST4, HOST6, NODE4, NODE6, OUT4, OUT6, TCP_LISTEN, UDP_LISTEN},
     scan::{tcp_scan, udp_scan, TcpOutcome, UdpOutcome},
-    servers::{TcpListeners, UdpEcho},
-    Netns, Topology,
 };
 
-const CONFIG: &str = r#"
-[[interface]]
-name = "dmz0"
-zone = "dmz"
-
-[zone.dmz]
-protected = ["tcp/22", "tcp/5432", "udp/161", "9000-9100"]
-allow = ["10.77.0.3/32", "fd77::3/128"]
-
-[cluster]
-nodes = ["10.77.0.4", "fd77::4"]
-"#;
-
-const TCP_LISTEN: &[u16] = &[22, 80, 443, 2377, 5432, 7946, 8080, 9000, 9050, 9100, 9101, 65535];
-const UDP_LISTEN: &[u16] = &[53, 161, 4789, 5000, 7946, 9050, 9101];
-
-const HOST4: &str = "10.77.0.1";
-const HOST6: &str = "fd77::1";
-const OUT4: &str = "10.77.0.2";
-const ADMIN4: &str = "10.77.0.3";
-const NODE4: &str = "10.77.0.4";
-const OUT6: &str = "fd77::2";
-const ADMIN6: &str = "fd77::3";
-const NODE6: &str = "fd77::4";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// Is (proto, port) protected by CONFIG, and may `src` reach it?
-fn protected(tcp: bool, port: u16) -> Option<&'static [&'static str]> {
-    let user = (tcp && (port == 22 || port == 5432)) || (!tcp && port == 161) || (9000..=9100).contains(&port);
-    let swarm = port == 7946 || (tcp && port == 2377) || (!tcp && port == 4789);
-    match (user, swarm) {
-        (true, true) => Some(&[ADMIN4, ADMIN6, NODE4, NODE6]),
-        (true, false) => Some(&[ADMIN4, ADMIN6]),
-        (false, true) => Some(&[NODE4, NODE6]),
-        (false, false) => None,
-    }
-}
-
-struct Lab {
-    // Drop order: daemon first, then the paths, then the namespaces.
-    daemon: harness::ChildGuard,
-    inst: Instance,
-    _tcp: TcpListeners,
-    udp: UdpEcho,
-    dmz: Netns,
-    host: Netns,
-    _topo: Topology,
-}
-
 fn lab(tag: &str) -> Lab {
-    harness::require_root().unwrap();
-    let mut topo = Topology::new();
-    let host = topo.netns(&format!("{tag}h"));
-    let dmz = topo.netns(&format!("{tag}d"));
-    topo.veth(&dmz, "out0", &host, "dmz0");
-    topo.addr(&host, "dmz0", &format!("{HOST4}/24"));
-    topo.addr(&host, "dmz0", &format!("{HOST6}/64"));
-    for a in [OUT4, ADMIN4, NODE4] {
-        topo.addr(&dmz, "out0", &format!("{a}/24"));
-    }
-    for a in [OUT6, ADMIN6, NODE6] {
-        topo.addr(&dmz, "out0", &format!("{a}/64"));
-    }
-    // Closed UDP ports must answer every probe with an ICMP error.
-    for (k, v) in [("net.ipv4.icmp_ratelimit", "0"), ("net.ipv6.icmp.ratelimit", "0")] {
-        host.sysctl(k, v).unwrap();
-    }
-    let addrs = [ip(HOST4), ip(HOST6)];
-    let tcp = TcpListeners::start(&host, &addrs, TCP_LISTEN).unwrap();
-    let udp = UdpEcho::start(&host, &addrs, UDP_LISTEN).unwrap();
-    let inst = Instance::new(tag, CONFIG);
-    let mut daemon = inst.start(&host, &[]);
-    inst.wait_ready(&mut daemon);
-    Lab { daemon, inst, _tcp: tcp, udp, dmz, host, _topo: topo }
+    Lab::start(tag)
 }
 
 fn expected_tcp(src: &str, port: u16) -> TcpOutcome {
@@ -288,7 +199,7 @@ fn tagged_fragmented_chained_and_tunnelled_probes_do_not_reach_protected_ports()
     assert_eq!(lab.udp.received(161), 0, "udp/161 never saw a DMZ packet");
 
     // Drops are sampled into the ring buffer and logged by the daemon.
-    let log = lab.daemon.output_so_far();
+    let log = lab.daemon().output_so_far();
     for reason in ["protected_port", "fragment_unknown", "tiny_fragment", "routing_header", "tunnel"] {
         assert!(
             log.lines().any(|l| l.contains("isolator dropped a packet") && l.contains(&format!("reason=\"{reason}\""))),

@@ -88,7 +88,11 @@ impl RawSocket {
     /// A socket that also receives every frame seen on `ifname`, in and out
     /// (for [`RawSocket::recv_timeout`]).
     pub fn open_capture(ns: &Netns, ifname: &str) -> Result<Self> {
-        Self::open_proto(ns, ifname, libc::ETH_P_ALL as u16)
+        let sock = Self::open_proto(ns, ifname, libc::ETH_P_ALL as u16)?;
+        // Room for a burst of frames read only afterwards (root may exceed
+        // rmem_max); a full queue would lose frames silently.
+        sys::setsockopt(sock.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 16i32 << 20)?;
+        Ok(sock)
     }
 
     fn open_proto(ns: &Netns, ifname: &str, protocol: u16) -> Result<Self> {

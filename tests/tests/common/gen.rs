@@ -161,6 +161,9 @@ pub fn fixtures() -> Vec<Fixture> {
             frag6(&[fragment(0, true, 9), dest_opts(1)], 6, &segment(&syn(22))[..4]),
             drop(D::TinyFragment),
         ),
+        fx("v6 first fragment tcp/80 behind dest opts", frag6(&[fragment(0, true, 13), dest_opts(0)], 6, &with_big(80)), pass(P::Unprotected)),
+        fx("v6 follower at 8 rewriting the ports behind dest opts", frag6(&[fragment(1, false, 13)], 60, &big), drop(D::FragmentOverlap)),
+        fx("v6 follower past the headers behind dest opts", frag6(&[fragment(4, false, 13)], 60, &big), pass(P::FragmentFollows)),
         fx("v6 atomic fragment tcp/22", tcp6(OUT6, &[ExtHeader::atomic_fragment(10)], 22), drop(D::ProtectedPort)),
         fx("v6 two fragment headers", tcp6(OUT6, &[fragment(0, true, 11), fragment(0, true, 12)], 80), drop(D::Malformed)),
         // Tunnels.
