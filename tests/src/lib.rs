@@ -16,6 +16,7 @@
 //!
 //! All of it needs root (namespaces, veths, AF_PACKET): see [`require_root`].
 
+pub mod corpus;
 pub mod counters;
 pub mod daemon;
 pub mod edge_lab;
