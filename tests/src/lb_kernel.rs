@@ -24,8 +24,10 @@ use lb_common::{
 };
 use lb_user::{
     balancer::{addr_key, BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    config::{Config, ReferencePolicy},
     loader::{remove_pins, Datapath, Program},
-    maps::BalancerMaps,
+    maps::{BalancerMaps, IsolatorMaps},
+    policy,
 };
 
 use crate::{topology, Netns, Topology};
@@ -109,6 +111,22 @@ pub fn fixture_desired() -> Desired {
         ],
     }
 }
+
+/// The zone [`KernelBalancer::bind_zone`] puts the outside interface in:
+/// the clients' network is outside except `198.51.100.64/26` and
+/// `2001:db8:1::40/122`.
+pub const EDGE_ZONE_CONFIG: &str = r#"
+[[interface]]
+name = "lbout"
+zone = "edge"
+
+[zone.edge]
+protected = ["tcp/22", "tcp/8443", "udp/161", "9000-9100"]
+allow = ["198.51.100.64/26", "2001:db8:1::40/122"]
+
+[cluster]
+nodes = ["10.1.0.11"]
+"#;
 
 /// The MAC a fixture neighbour has: `02:00:00:00:<family>:<last byte>`.
 pub fn neighbour_mac(a: IpAddr) -> [u8; 6] {
@@ -262,6 +280,21 @@ impl KernelBalancer {
         // The device map resolves ifindexes in the writer's namespace.
         let (writer, maps) = (&mut self.writer, self.maps.as_mut().unwrap());
         self.net.ns.run(|| writer.apply(maps, &d)).expect("desired state applies");
+    }
+
+    /// Puts the outside interface ([`OUT_IF`]) in a zone of
+    /// [`EDGE_ZONE_CONFIG`], as the daemon does on an edge: what is not the
+    /// balancer's goes on to the isolator (the inside interface stays
+    /// without a zone). Returns the isolator's maps and the model's view
+    /// of the policy.
+    pub fn bind_zone(&mut self) -> (IsolatorMaps, ReferencePolicy) {
+        let config = Config::parse(EDGE_ZONE_CONFIG, "edge-zone.toml").expect("the edge zone config parses");
+        let mut maps = IsolatorMaps::open(&self.pin_dir).expect("isolator maps open");
+        policy::apply_settings(&mut maps, u64::MAX).unwrap();
+        let ifindexes = HashMap::from([(OUT_IF.to_string(), self.net.out_ifindex)]);
+        let applied = policy::apply(&mut maps, &config.compile(), &ifindexes).expect("policy applies");
+        let reference = ReferencePolicy::new(&config, &ifindexes, &applied.slots);
+        (maps, reference)
     }
 
     /// Runs the balancer over `frame` arriving on `ifindex`: (XDP action,

@@ -16,17 +16,19 @@ mod common;
 
 use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Instant};
 
+use lb_user::{config::ReferencePolicy, maps::IsolatorMaps};
+
 use common::gen::{NODE4, NODE6, OUT4, OUT6, TRUST4, TRUST6};
 use harness::{
     corpus::{self, hexdump, Case, Flow},
-    kernel::{fixture_config, KernelIsolator, ModelFrags},
+    kernel::{clear_fragments, fixture_config, KernelIsolator, ModelFrags},
     lb_kernel::*,
     root_or_skip,
     xdp_action::*,
 };
 use lb_common::{
     balancer::{FlowEntry, FlowKey, LbCounter, NatEntry, NatKey, LB_COUNTERS_LEN},
-    balancer_model::{process, Action},
+    balancer_model::{process, Action, Outcome},
     isolator::{counter_index, DropReason, PassReason, Verdict, COUNTERS_LEN},
     model,
 };
@@ -215,6 +217,11 @@ fn balancer_flows(kb: &KernelBalancer) -> Vec<(Flow, u32)> {
         add(CLIENT_V6, dst, dport, out_if);
     }
     add("10.1.0.50", NAT4, 443, in_if);
+    // For the isolator behind: a protected port from outside and from
+    // the zone's allow-list, a service from the allow-list.
+    for (src, dst, dport) in [(CLIENT_V4, "10.1.0.11", 22), ("198.51.100.77", NAT4, 8443), ("198.51.100.77", NAT4, 443), ("2001:db8:1::77", NAT6, 8443), (CLIENT_V6, "fd00:1::12", 9050)] {
+        add(src, dst, dport, out_if);
+    }
     flows
 }
 
@@ -237,7 +244,7 @@ fn restore(kb: &mut KernelBalancer, (flows, nat): &Snapshot) {
 }
 
 /// What the model counts for an outcome.
-fn counted(o: &lb_common::balancer_model::Outcome) -> Vec<usize> {
+fn counted(o: &Outcome) -> Vec<usize> {
     let mut c: Vec<usize> = o.counter.map(|c| c as usize).into_iter().collect();
     if o.moved {
         c.push(LbCounter::FlowMoved as usize);
@@ -246,12 +253,48 @@ fn counted(o: &lb_common::balancer_model::Outcome) -> Vec<usize> {
     c
 }
 
+/// The isolator behind the balancer (its next stage) and its model.
+struct NextStage {
+    maps: IsolatorMaps,
+    reference: ReferencePolicy,
+    frags: ModelFrags,
+    /// The model's per-reason tally.
+    tally: Vec<u64>,
+}
+
+impl NextStage {
+    fn counters(&self) -> Vec<u64> {
+        self.maps.counters().unwrap()
+    }
+
+    /// Empty fragment tables on both sides.
+    fn clear(&mut self) {
+        clear_fragments(&mut self.maps);
+        self.frags.0.clear();
+    }
+}
+
+/// Indices that grew from `before` to `after`.
+fn grown(after: &[u64], before: &[u64]) -> Vec<usize> {
+    after.iter().zip(before).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect()
+}
+
+/// The model's decision for one frame: the balancer's outcome and, when
+/// it goes on to the next stage, the isolator's verdict.
+fn decide_both(model: &mut ModelTables, next: &mut NextStage, frame: &[u8], ifindex: u32) -> (Outcome, Option<Verdict>, Vec<u8>) {
+    let mut buf = vec![0u8; frame.len() + 64];
+    let o = process(frame, &mut buf, ifindex, model);
+    let verdict = (o.action == Action::NextStage).then(|| model::decide(frame, ifindex, &next.reference, &mut next.frags).verdict);
+    buf.truncate(o.len);
+    (o, verdict, buf)
+}
+
 /// Runs `cases` (with the interface each arrives on) through kernel and
 /// model, a chunk per namespace visit, comparing action and output bytes;
-/// `m` tallies the model's counters. A chunk whose counters differ is
-/// replayed from the tables it started with, frame by frame with the
-/// counters read after each, to name the frames.
-fn run_balancer(kb: &mut KernelBalancer, model: &mut ModelTables, cases: impl Iterator<Item = (Case, u32)>, m: &mut [u64], r: &mut Report) {
+/// `m` and `next.tally` tally the models' counters. A chunk whose
+/// counters differ is replayed from the tables it started with, frame by
+/// frame with the counters read after each, to name the frames.
+fn run_balancer(kb: &mut KernelBalancer, model: &mut ModelTables, next: &mut NextStage, cases: impl Iterator<Item = (Case, u32)>, m: &mut [u64], r: &mut Report) {
     let mut cases = cases.filter(|(c, _)| {
         let runnable = (lb_common::wire::ETH_HLEN..=MAX_TEST_RUN_FRAME).contains(&c.frame.len());
         if !runnable {
@@ -266,50 +309,62 @@ fn run_balancer(kb: &mut KernelBalancer, model: &mut ModelTables, cases: impl It
             break;
         }
         let (kernel_tables, model_tables) = (snapshot(kb), (model.flows.clone(), model.nat.clone()));
-        let before = kb.maps().counters().unwrap();
+        next.clear();
+        let (before, iso_before) = (kb.maps().counters().unwrap(), next.counters());
         let frames: Vec<(Vec<u8>, u32)> = chunk.iter().map(|(c, i)| (c.frame.clone(), *i)).collect();
         let ran = kb.run_batch(&frames);
         let mut tally = vec![0u64; m.len()];
+        let mut iso_tally = vec![0u64; next.tally.len()];
         for ((case, ifindex), (action, out)) in chunk.iter().zip(ran) {
             shown.frames += 1;
-            let mut buf = vec![0u8; case.frame.len() + 64];
-            let o = process(&case.frame, &mut buf, *ifindex, model);
+            let (o, verdict, sent) = decide_both(model, next, &case.frame, *ifindex);
             counted(&o).into_iter().for_each(|c| tally[c] += 1);
+            let want = match verdict {
+                Some(v) => {
+                    iso_tally[counter_index(v) as usize] += 1;
+                    if v.is_drop() { XDP_DROP } else { XDP_PASS }
+                }
+                None => action_code(o.action),
+            };
             if action == XDP_ABORTED {
                 shown.aborted += 1;
-                shown.mismatch(case, format!("XDP_ABORTED on ifindex {ifindex}; model {o:?}"));
-                continue;
-            }
-            if action != action_code(o.action) {
-                shown.mismatch(case, format!("ifindex {ifindex}: kernel action {action}, model {o:?}"));
-            } else if matches!(o.action, Action::Tx | Action::Redirect(_)) && out != buf[..o.len] {
-                shown.mismatch(case, format!("ifindex {ifindex}, {o:?}: output differs\n kernel:\n{}\n model:\n{}", hexdump(&out), hexdump(&buf[..o.len])));
+                shown.mismatch(case, format!("XDP_ABORTED on ifindex {ifindex}; model {o:?}, next stage {verdict:?}"));
+            } else if action != want {
+                shown.mismatch(case, format!("ifindex {ifindex}: kernel action {action}, model {o:?}, next stage {verdict:?}"));
+            } else if matches!(o.action, Action::Tx | Action::Redirect(_)) && out != sent {
+                shown.mismatch(case, format!("ifindex {ifindex}, {o:?}: output differs\n kernel:\n{}\n model:\n{}", hexdump(&out), hexdump(&sent)));
             }
         }
         let delta: Vec<u64> = kb.maps().counters().unwrap().iter().zip(&before).map(|(a, b)| a - b).collect();
-        if delta != tally {
+        let iso_delta: Vec<u64> = next.counters().iter().zip(&iso_before).map(|(a, b)| a - b).collect();
+        if delta != tally || iso_delta != iso_tally {
             let after = (snapshot(kb), (model.flows.clone(), model.nat.clone()));
             restore(kb, &kernel_tables);
             (model.flows, model.nat) = model_tables;
-            let replay_from = kb.maps().counters().unwrap();
+            next.clear();
+            let (replay_from, iso_replay_from) = (kb.maps().counters().unwrap(), next.counters());
             for (case, ifindex) in &chunk {
-                let before = kb.maps().counters().unwrap();
+                let (before, iso_before) = (kb.maps().counters().unwrap(), next.counters());
                 kb.run(&case.frame, *ifindex);
-                let mut buf = vec![0u8; case.frame.len() + 64];
-                let o = process(&case.frame, &mut buf, *ifindex, model);
-                let k: Vec<usize> = kb.maps().counters().unwrap().iter().zip(&before).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
-                if k != counted(&o) {
-                    shown.mismatch(case, format!("ifindex {ifindex}: kernel counted {k:?}, model {o:?}"));
+                let (o, verdict, _) = decide_both(model, next, &case.frame, *ifindex);
+                let k = grown(&kb.maps().counters().unwrap(), &before);
+                let k_iso = grown(&next.counters(), &iso_before);
+                let want_iso: Vec<usize> = verdict.map(|v| counter_index(v) as usize).into_iter().collect();
+                if k != counted(&o) || k_iso != want_iso {
+                    shown.mismatch(case, format!("ifindex {ifindex}: kernel counted {k:?} and isolator {k_iso:?}; model {o:?}, next stage {verdict:?}"));
                 }
             }
             // The replay's counts go to both sides of the final check.
             let now = kb.maps().counters().unwrap();
             tally.iter_mut().zip(now.iter().zip(&replay_from)).for_each(|(t, (a, b))| *t += a - b);
+            let now = next.counters();
+            iso_tally.iter_mut().zip(now.iter().zip(&iso_replay_from)).for_each(|(t, (a, b))| *t += a - b);
             // Go on from where the first run left the tables.
             restore(kb, &after.0);
             (model.flows, model.nat) = after.1;
         }
         m.iter_mut().zip(&tally).for_each(|(a, t)| *a += t);
+        next.tally.iter_mut().zip(&iso_tally).for_each(|(a, t)| *a += t);
     }
     r.frames += shown.frames;
     r.aborted += shown.aborted;
@@ -326,6 +381,9 @@ fn balancer_matches_its_model_on_every_header_combination() {
     let mut kb = KernelBalancer::new("lbcorpus");
     kb.apply(&fixture_desired());
     let mut model = kb.model();
+    let (maps, reference) = kb.bind_zone();
+    let mut next = NextStage { maps, reference, frags: ModelFrags::default(), tally: vec![0; COUNTERS_LEN as usize] };
+    let iso_before = next.counters();
     let before = kb.maps().counters().unwrap();
     let mut m = vec![0u64; LB_COUNTERS_LEN as usize];
     let mut r = Report::default();
@@ -338,7 +396,7 @@ fn balancer_matches_its_model_on_every_header_combination() {
         let dst_mac = if *ifindex == kb.net.out_ifindex { out_mac } else { in_mac };
         let base = corpus::build(&[*flow], neighbour_mac(flow.src), dst_mac);
         combinations += base.len();
-        run_balancer(&mut kb, &mut model, with_truncations(&base).map(|c| (c, *ifindex)), &mut m, &mut r);
+        run_balancer(&mut kb, &mut model, &mut next, with_truncations(&base).map(|c| (c, *ifindex)), &mut m, &mut r);
     }
     // Backends' replies to the NAT entries those made: TCP and UDP, IPv4
     // and IPv6.
@@ -352,12 +410,12 @@ fn balancer_matches_its_model_on_every_header_combination() {
         let reply = Flow { src: backend, dst: inside, sport: k.backend_port, dport: k.nat_port };
         let base = corpus::build(&[reply], neighbour_mac(backend), in_mac);
         combinations += base.len();
-        run_balancer(&mut kb, &mut model, with_truncations(&base).map(|c| (c, in_if)), &mut m, &mut r);
+        run_balancer(&mut kb, &mut model, &mut next, with_truncations(&base).map(|c| (c, in_if)), &mut m, &mut r);
     }
     let fuzz = fuzz_corpus();
     println!("balancer corpus: {combinations} combinations over {} flows and {} replies, {} fuzz corpus frames", flows.len(), entries.len(), fuzz.len());
     let out_if = kb.net.out_ifindex;
-    run_balancer(&mut kb, &mut model, fuzz.into_iter().map(|c| (c, out_if)), &mut m, &mut r);
+    run_balancer(&mut kb, &mut model, &mut next, fuzz.into_iter().map(|c| (c, out_if)), &mut m, &mut r);
 
     let after = kb.maps().counters().unwrap();
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
@@ -377,6 +435,21 @@ fn balancer_matches_its_model_on_every_header_combination() {
     if knat != model.nat {
         r.mismatches += 1;
         r.shown.push(format!("NAT tables differ: kernel {} entries, model {}", knat.len(), model.nat.len()));
+    }
+    let iso_delta: Vec<u64> = next.counters().iter().zip(&iso_before).map(|(a, b)| a - b).collect();
+    if iso_delta != next.tally {
+        r.mismatches += 1;
+        r.shown.push(format!("next stage counters: kernel {iso_delta:?}, model {:?}", next.tally));
+    }
+    let verdicts: Vec<String> = PassReason::ALL
+        .iter()
+        .map(|&r| Verdict::Pass(r))
+        .chain(DropReason::ALL.iter().map(|&r| Verdict::Drop(r)))
+        .map(|v| format!("{v:?}={}", next.tally[counter_index(v) as usize]))
+        .collect();
+    println!("next stage (isolator) verdicts: {}", verdicts.join(" "));
+    for v in [Verdict::Pass(PassReason::NoZone), Verdict::Pass(PassReason::Allowed), Verdict::Drop(DropReason::ProtectedPort)] {
+        assert!(next.tally[counter_index(v) as usize] > 0, "the corpus never reaches {v:?} behind the balancer");
     }
     let named: Vec<String> = LbCounter::ALL.iter().map(|c| format!("{}={}", c.name(), m[*c as usize])).collect();
     println!("balancer counters: {}", named.join(" "));
