@@ -74,6 +74,9 @@ pub struct Flow {
     pub dport: u16,
 }
 
+/// An ICMP message's type, code and the four bytes after the checksum.
+type IcmpKind = (u8, u8, [u8; 4]);
+
 /// An L4 payload: a name, its IP protocol, its bytes.
 type Payload = (String, u8, Vec<u8>);
 
@@ -263,10 +266,10 @@ fn finish(src: IpAddr, dst: IpAddr, proto: u8, mut l4: Vec<u8>, at: usize) -> Ve
 
 /// A TCP segment with `flags`, `options` (data offset from their length
 /// unless `doff` overrides it) and `payload`.
-fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, options: &[u8], doff: Option<u8>, payload: &[u8]) -> Vec<u8> {
+fn tcp(e: &Flow, flags: u8, options: &[u8], doff: Option<u8>, payload: &[u8]) -> Vec<u8> {
     let mut h = Vec::new();
-    h.extend(sport.to_be_bytes());
-    h.extend(dport.to_be_bytes());
+    h.extend(e.sport.to_be_bytes());
+    h.extend(e.dport.to_be_bytes());
     h.extend(0x1000_0000u32.to_be_bytes());
     h.extend(if flags & 0x10 != 0 { 0x2000_0000u32 } else { 0 }.to_be_bytes());
     let doff = doff.unwrap_or(5 + (options.len() / 4) as u8);
@@ -276,22 +279,22 @@ fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, options: &[u
     h.extend([0, 0, 0, 0]);
     h.extend(options);
     h.extend(payload);
-    finish(src, dst, 6, h, 16)
+    finish(e.src, e.dst, 6, h, 16)
 }
 
 /// A UDP datagram; `len` overrides its length field, `zero_checksum`
 /// sends it without a checksum.
-fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8], len: Option<u16>, zero_checksum: bool) -> Vec<u8> {
+fn udp(e: &Flow, payload: &[u8], len: Option<u16>, zero_checksum: bool) -> Vec<u8> {
     let mut h = Vec::new();
-    h.extend(sport.to_be_bytes());
-    h.extend(dport.to_be_bytes());
+    h.extend(e.sport.to_be_bytes());
+    h.extend(e.dport.to_be_bytes());
     h.extend(len.unwrap_or(8 + payload.len() as u16).to_be_bytes());
     h.extend([0, 0]);
     h.extend(payload);
     if zero_checksum {
         return h;
     }
-    finish(src, dst, 17, h, 6)
+    finish(e.src, e.dst, 17, h, 6)
 }
 
 /// An ICMP (IPv4) or ICMPv6 message from `src` to `dst`.
@@ -307,7 +310,7 @@ fn icmp(src: IpAddr, dst: IpAddr, kind: u8, code: u8, rest: [u8; 4], body: &[u8]
 }
 
 /// The path-MTU error type: IPv4 fragmentation needed, IPv6 packet too big.
-fn too_big(f: &Flow) -> (u8, u8, [u8; 4]) {
+fn too_big(f: &Flow) -> IcmpKind {
     if v6(f) { (2, 0, 1280u32.to_be_bytes()) } else { (3, 4, [0, 0, 0x05, 0x78]) }
 }
 
@@ -315,11 +318,8 @@ fn too_big(f: &Flow) -> (u8, u8, [u8; 4]) {
 /// quotes it: TCP with data, or UDP.
 fn reverse_packet(f: &Flow, udp_inner: bool, options: bool) -> Vec<u8> {
     let (s, d) = (f.dst, f.src);
-    let l4 = if udp_inner {
-        udp(s, d, f.dport, f.sport, &[3; 64], None, false)
-    } else {
-        tcp(s, d, f.dport, f.sport, 0x18, &[], None, &[7; 64])
-    };
+    let back = Flow { src: s, dst: d, sport: f.dport, dport: f.sport };
+    let l4 = if udp_inner { udp(&back, &[3; 64], None, false) } else { tcp(&back, 0x18, &[], None, &[7; 64]) };
     let proto = if udp_inner { 17 } else { 6 };
     match (s, d) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -337,7 +337,7 @@ fn reverse_packet(f: &Flow, udp_inner: bool, options: bool) -> Vec<u8> {
 
 /// An ICMP error from a router (the flow's source side) to `f.dst`
 /// quoting `quoted`.
-fn error_about(f: &Flow, kind: (u8, u8, [u8; 4]), quoted: &[u8]) -> (u8, Vec<u8>) {
+fn error_about(f: &Flow, kind: IcmpKind, quoted: &[u8]) -> (u8, Vec<u8>) {
     icmp(f.src, f.dst, kind.0, kind.1, kind.2, quoted)
 }
 
@@ -348,8 +348,8 @@ fn l4_core(f: &Flow) -> Vec<Payload> {
     let (ep, e) = icmp(s, d, echo, 0, [0, 1, 0, 1], &[0x61; 16]);
     let (tp, t) = error_about(f, too_big(f), &reverse_packet(f, false, false)[..if v6(f) { 48 + 20 } else { 28 + 20 }]);
     vec![
-        ("TCP SYN".into(), 6, tcp(s, d, f.sport, f.dport, 0x02, &[], None, &[])),
-        ("UDP 16 bytes".into(), 17, udp(s, d, f.sport, f.dport, &[0x55; 16], None, false)),
+        ("TCP SYN".into(), 6, tcp(f, 0x02, &[], None, &[])),
+        ("UDP 16 bytes".into(), 17, udp(f, &[0x55; 16], None, false)),
         ("ICMP echo".into(), ep, e),
         ("path-MTU error quoting TCP".into(), tp, t),
     ]
@@ -357,30 +357,29 @@ fn l4_core(f: &Flow) -> Vec<Payload> {
 
 /// Every L4 variant.
 fn l4_all(f: &Flow) -> Vec<Payload> {
-    let (s, d, sp, dp) = (f.src, f.dst, f.sport, f.dport);
     let mut v: Vec<Payload> = l4_core(f);
     let opts = [2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
     v.extend([
-        ("TCP ACK + 100 bytes".into(), 6, tcp(s, d, sp, dp, 0x10, &[], None, &[0x41; 100])),
-        ("TCP FIN/ACK".into(), 6, tcp(s, d, sp, dp, 0x11, &[], None, &[])),
-        ("TCP RST".into(), 6, tcp(s, d, sp, dp, 0x04, &[], None, &[])),
-        ("TCP SYN, 20 bytes of options".into(), 6, tcp(s, d, sp, dp, 0x02, &opts, None, &[])),
-        ("TCP data offset 0".into(), 6, tcp(s, d, sp, dp, 0x18, &[], Some(0), &[1; 8])),
-        ("TCP data offset 4".into(), 6, tcp(s, d, sp, dp, 0x18, &[], Some(4), &[1; 8])),
-        ("TCP data offset 15, segment of 24".into(), 6, tcp(s, d, sp, dp, 0x18, &[], Some(15), &[1; 4])),
-        ("TCP all flags".into(), 6, tcp(s, d, sp, dp, 0xff, &[], None, &[])),
-        ("UDP empty".into(), 17, udp(s, d, sp, dp, &[], None, false)),
-        ("UDP checksum 0".into(), 17, udp(s, d, sp, dp, &[0x55; 16], None, true)),
-        ("UDP length 0".into(), 17, udp(s, d, sp, dp, &[0x55; 16], Some(0), false)),
-        ("UDP length 7".into(), 17, udp(s, d, sp, dp, &[0x55; 16], Some(7), false)),
-        ("UDP length 8 of 24".into(), 17, udp(s, d, sp, dp, &[0x55; 16], Some(8), false)),
-        ("UDP length past the packet".into(), 17, udp(s, d, sp, dp, &[0x55; 16], Some(1000), false)),
-        ("UDP 1400 bytes".into(), 17, udp(s, d, sp, dp, &[0x55; 1400], None, false)),
-        ("TCP 1460 bytes".into(), 6, tcp(s, d, sp, dp, 0x18, &[], None, &[0x41; 1460])),
+        ("TCP ACK + 100 bytes".into(), 6, tcp(f, 0x10, &[], None, &[0x41; 100])),
+        ("TCP FIN/ACK".into(), 6, tcp(f, 0x11, &[], None, &[])),
+        ("TCP RST".into(), 6, tcp(f, 0x04, &[], None, &[])),
+        ("TCP SYN, 20 bytes of options".into(), 6, tcp(f, 0x02, &opts, None, &[])),
+        ("TCP data offset 0".into(), 6, tcp(f, 0x18, &[], Some(0), &[1; 8])),
+        ("TCP data offset 4".into(), 6, tcp(f, 0x18, &[], Some(4), &[1; 8])),
+        ("TCP data offset 15, segment of 24".into(), 6, tcp(f, 0x18, &[], Some(15), &[1; 4])),
+        ("TCP all flags".into(), 6, tcp(f, 0xff, &[], None, &[])),
+        ("UDP empty".into(), 17, udp(f, &[], None, false)),
+        ("UDP checksum 0".into(), 17, udp(f, &[0x55; 16], None, true)),
+        ("UDP length 0".into(), 17, udp(f, &[0x55; 16], Some(0), false)),
+        ("UDP length 7".into(), 17, udp(f, &[0x55; 16], Some(7), false)),
+        ("UDP length 8 of 24".into(), 17, udp(f, &[0x55; 16], Some(8), false)),
+        ("UDP length past the packet".into(), 17, udp(f, &[0x55; 16], Some(1000), false)),
+        ("UDP 1400 bytes".into(), 17, udp(f, &[0x55; 1400], None, false)),
+        ("TCP 1460 bytes".into(), 6, tcp(f, 0x18, &[], None, &[0x41; 1460])),
     ]);
     // ICMP errors quoting the reverse packet in every shape.
     let ip_hlen = if v6(f) { 40 } else { 20 };
-    let kinds: Vec<(&str, (u8, u8, [u8; 4]))> = if v6(f) {
+    let kinds: Vec<(&str, IcmpKind)> = if v6(f) {
         vec![("dest unreachable", (1, 4, [0; 4])), ("time exceeded", (3, 0, [0; 4])), ("packet too big code 1", (2, 1, 1280u32.to_be_bytes()))]
     } else {
         vec![("port unreachable", (3, 3, [0; 4])), ("time exceeded", (11, 0, [0; 4])), ("frag needed MTU 0", (3, 4, [0; 4]))]
@@ -635,8 +634,8 @@ fn fragments(f: &Flow, id: u32) -> Vec<(String, Vec<u8>)> {
     let (s, d) = (f.src, f.dst);
     let mut v = Vec::new();
     for (pname, proto, l4) in [
-        ("TCP", 6u8, tcp(s, d, f.sport, f.dport, 0x18, &[], None, &[0x41; 48])),
-        ("UDP", 17, udp(s, d, f.sport, f.dport, &[0x55; 48], None, false)),
+        ("TCP", 6u8, tcp(f, 0x18, &[], None, &[0x41; 48])),
+        ("UDP", 17, udp(f, &[0x55; 48], None, false)),
         ("ICMP", if v6(f) { 58 } else { 1 }, icmp(s, d, if v6(f) { 128 } else { 8 }, 0, [0; 4], &[0x61; 48]).1),
     ] {
         let id = id + u32::from(proto);
