@@ -99,11 +99,15 @@ impl KernelIsolator {
 
     /// Empties the fragment table.
     pub fn clear_fragments(&mut self) {
-        let maps = self.maps.as_mut().unwrap();
-        let keys: Vec<FragKey> = maps.fragments.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            let _ = maps.fragments.remove(&k);
-        }
+        clear_fragments(self.maps.as_mut().unwrap());
+    }
+}
+
+/// Empties an isolator's fragment table.
+pub fn clear_fragments(maps: &mut IsolatorMaps) {
+    let keys: Vec<FragKey> = maps.fragments.keys().filter_map(Result::ok).collect();
+    for k in keys {
+        let _ = maps.fragments.remove(&k);
     }
 }
 

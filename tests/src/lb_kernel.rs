@@ -18,13 +18,16 @@ use std::{
 
 use lb_common::{
     balancer::*,
-    balancer_model::{Route, Tables},
+    balancer_model::{Action, Route, Tables},
     isolator::FAMILY_V4,
+    wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_user::{
-    balancer::{addr_key, BalancerWriter, Desired},
+    balancer::{addr_key, BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    config::{Config, ReferencePolicy},
     loader::{remove_pins, Datapath, Program},
-    maps::BalancerMaps,
+    maps::{BalancerMaps, IsolatorMaps},
+    policy,
 };
 
 use crate::{topology, Netns, Topology};
@@ -50,6 +53,80 @@ pub const CLIENT_V6: &str = "2001:db8:1::2";
 pub const NO_NEIGHBOUR_V4: &str = "10.1.0.20";
 /// An address without a route.
 pub const NO_ROUTE_V4: &str = "192.0.2.99";
+
+/// A `nat` VIP of [`fixture_desired`]: tcp/443, tcp/80 → 8080, udp/53.
+pub const NAT4: &str = "203.0.113.10";
+/// A `dsr` VIP: tcp/443, udp/443.
+pub const DSR4: &str = "203.0.113.11";
+/// A `dsr-l2` VIP: tcp/443.
+pub const L2_4: &str = "203.0.113.12";
+/// The IPv6 `nat` VIP (the rules of [`NAT4`]).
+pub const NAT6: &str = "2001:db8:10::10";
+/// The IPv6 `dsr` VIP (the rules of [`DSR4`]).
+pub const DSR6: &str = "2001:db8:10::11";
+/// The IPv6 `dsr-l2` VIP.
+pub const L2_6: &str = "2001:db8:10::12";
+/// A VIP whose only backend has no neighbour entry.
+pub const NO_NEIGH_VIP: &str = "203.0.113.20";
+/// A VIP whose only backend has no route.
+pub const NO_ROUTE_VIP: &str = "203.0.113.21";
+/// A VIP without backends.
+pub const EMPTY_VIP: &str = "203.0.113.22";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The balancer state the differential tests run under: one VIP of each
+/// mode and family over the fixture backends, and VIPs whose backend
+/// cannot be reached.
+pub fn fixture_desired() -> Desired {
+    let backends = |addrs: &[&str], weights: &[u32]| -> Vec<DesiredBackend> {
+        addrs.iter().zip(weights).map(|(a, w)| DesiredBackend { address: ip(a), weight: *w, up: true }).collect()
+    };
+    let vip = |name: &str, address: &str, mode: Mode, rules: &[(u8, u16, u16)], b: Vec<DesiredBackend>| DesiredVip {
+        name: name.into(),
+        address: ip(address),
+        mode,
+        rules: rules.to_vec(),
+        backends: b,
+    };
+    let nat_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_TCP, 80, 8080), (IPPROTO_UDP, 53, 53)];
+    let dsr_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_UDP, 443, 443)];
+    Desired {
+        inside_v4: Some("10.1.0.1".parse().unwrap()),
+        inside_v6: Some("fd00:1::1".parse().unwrap()),
+        snat_ports: (1024, 65535),
+        egress: Vec::new(),
+        vips: vec![
+            vip("nat4", NAT4, Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 2])),
+            vip("dsr4", DSR4, Mode::Dsr, &dsr_rules, backends(&BACKENDS_V4[..2], &[1, 2])),
+            vip("l2-4", L2_4, Mode::DsrL2, &[(IPPROTO_TCP, 443, 443)], backends(&BACKENDS_V4[2..], &[1])),
+            vip("nat6", NAT6, Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])),
+            vip("dsr6", DSR6, Mode::Dsr, &dsr_rules, backends(&BACKENDS_V6, &[3, 1, 1])),
+            vip("l2-6", L2_6, Mode::DsrL2, &[(IPPROTO_TCP, 443, 443)], backends(&BACKENDS_V6[..1], &[1])),
+            vip("no-neigh", NO_NEIGH_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_NEIGHBOUR_V4], &[1])),
+            vip("no-route", NO_ROUTE_VIP, Mode::Dsr, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_ROUTE_V4], &[1])),
+            vip("empty", EMPTY_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], Vec::new()),
+        ],
+    }
+}
+
+/// The zone [`KernelBalancer::bind_zone`] puts the outside interface in:
+/// the clients' network is outside except `198.51.100.64/26` and
+/// `2001:db8:1::40/122`.
+pub const EDGE_ZONE_CONFIG: &str = r#"
+[[interface]]
+name = "lbout"
+zone = "edge"
+
+[zone.edge]
+protected = ["tcp/22", "tcp/8443", "udp/161", "9000-9100"]
+allow = ["198.51.100.64/26", "2001:db8:1::40/122"]
+
+[cluster]
+nodes = ["10.1.0.11"]
+"#;
 
 /// The MAC a fixture neighbour has: `02:00:00:00:<family>:<last byte>`.
 pub fn neighbour_mac(a: IpAddr) -> [u8; 6] {
@@ -155,6 +232,19 @@ impl FixtureFib {
     }
 }
 
+/// The XDP action code of a model action, as BPF_PROG_TEST_RUN reports
+/// it (the next stage, the isolator, passes what the fixtures send it:
+/// their interfaces have no zone).
+pub fn action_code(a: Action) -> u32 {
+    use crate::xdp_action::*;
+    match a {
+        Action::NextStage | Action::Pass => XDP_PASS,
+        Action::Drop => XDP_DROP,
+        Action::Tx => XDP_TX,
+        Action::Redirect(_) => XDP_REDIRECT,
+    }
+}
+
 /// A loaded balancer with its maps pinned in a directory of its own
 /// (removed on drop, also on panic).
 pub struct KernelBalancer {
@@ -192,11 +282,36 @@ impl KernelBalancer {
         self.net.ns.run(|| writer.apply(maps, &d)).expect("desired state applies");
     }
 
+    /// Puts the outside interface ([`OUT_IF`]) in a zone of
+    /// [`EDGE_ZONE_CONFIG`], as the daemon does on an edge: what is not the
+    /// balancer's goes on to the isolator (the inside interface stays
+    /// without a zone). Returns the isolator's maps and the model's view
+    /// of the policy.
+    pub fn bind_zone(&mut self) -> (IsolatorMaps, ReferencePolicy) {
+        let config = Config::parse(EDGE_ZONE_CONFIG, "edge-zone.toml").expect("the edge zone config parses");
+        let mut maps = IsolatorMaps::open(&self.pin_dir).expect("isolator maps open");
+        policy::apply_settings(&mut maps, u64::MAX).unwrap();
+        let ifindexes = HashMap::from([(OUT_IF.to_string(), self.net.out_ifindex)]);
+        let applied = policy::apply(&mut maps, &config.compile(), &ifindexes).expect("policy applies");
+        let reference = ReferencePolicy::new(&config, &ifindexes, &applied.slots);
+        (maps, reference)
+    }
+
     /// Runs the balancer over `frame` arriving on `ifindex`: (XDP action,
     /// the packet as the program left it).
     pub fn run(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
         let dp = self.dp.as_mut().unwrap();
         self.net.ns.run(|| dp.test_run_on(Program::Balancer, frame, ifindex)).expect("test run")
+    }
+
+    /// Runs the balancer over each `(frame, ifindex)` in turn, in one visit
+    /// to the namespace (a visit is a thread; one per frame would cost more
+    /// than the runs): the (XDP action, output packet) of each.
+    pub fn run_batch(&mut self, frames: &[(Vec<u8>, u32)]) -> Vec<(u32, Vec<u8>)> {
+        let dp = self.dp.as_mut().unwrap();
+        self.net.ns.run(|| {
+            frames.iter().map(|(f, ifindex)| dp.test_run_on(Program::Balancer, f, *ifindex).expect("test run")).collect()
+        })
     }
 
     /// A descriptor of the loaded balancer program, for tail calls into it

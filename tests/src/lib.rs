@@ -9,13 +9,15 @@
 //! ([`counters::nstat`]). For the load balancer there are real TLS
 //! backends: Debian's nginx per worker namespace ([`nginx`]) with
 //! certificates from a per-test CA and rustls clients ([`tls`]);
-//! [`kernel`] loads the XDP program for BPF_PROG_TEST_RUN. Everything is
+//! [`kernel`] loads the XDP program for BPF_PROG_TEST_RUN, and [`corpus`]
+//! enumerates the header combinations the differential tests feed it. Everything is
 //! removed on drop, also when a test
 //! panics; names are unique per process and call, so tests run in parallel.
 //! Traffic never leaves the test's own namespaces.
 //!
 //! All of it needs root (namespaces, veths, AF_PACKET): see [`require_root`].
 
+pub mod corpus;
 pub mod counters;
 pub mod daemon;
 pub mod edge_lab;

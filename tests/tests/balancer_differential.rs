@@ -21,51 +21,15 @@ use lb_common::{
     balancer_model::{process, Action, Outcome},
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
-use lb_user::balancer::{addr_key, Desired, DesiredBackend, DesiredVip};
+use lb_user::balancer::{addr_key, Desired, DesiredBackend};
 
-
-const NAT4: &str = "203.0.113.10";
-const DSR4: &str = "203.0.113.11";
-const L2_4: &str = "203.0.113.12";
-const NAT6: &str = "2001:db8:10::10";
-const DSR6: &str = "2001:db8:10::11";
-const L2_6: &str = "2001:db8:10::12";
-const NO_NEIGH_VIP: &str = "203.0.113.20";
-const NO_ROUTE_VIP: &str = "203.0.113.21";
-const EMPTY_VIP: &str = "203.0.113.22";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn backends(addrs: &[&str], weights: &[u32]) -> Vec<DesiredBackend> {
-    addrs.iter().zip(weights).map(|(a, w)| DesiredBackend { address: ip(a), weight: *w, up: true }).collect()
-}
-
-fn vip(name: &str, address: &str, mode: Mode, rules: &[(u8, u16, u16)], b: Vec<DesiredBackend>) -> DesiredVip {
-    DesiredVip { name: name.into(), address: ip(address), mode, rules: rules.to_vec(), backends: b }
-}
-
 fn desired() -> Desired {
-    let nat_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_TCP, 80, 8080), (IPPROTO_UDP, 53, 53)];
-    let dsr_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_UDP, 443, 443)];
-    Desired {
-        inside_v4: Some("10.1.0.1".parse().unwrap()),
-        inside_v6: Some("fd00:1::1".parse().unwrap()),
-        snat_ports: (1024, 65535),
-        egress: Vec::new(),
-        vips: vec![
-            vip("nat4", NAT4, Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 2])),
-            vip("dsr4", DSR4, Mode::Dsr, &dsr_rules, backends(&BACKENDS_V4[..2], &[1, 2])),
-            vip("l2-4", L2_4, Mode::DsrL2, &[(IPPROTO_TCP, 443, 443)], backends(&BACKENDS_V4[2..], &[1])),
-            vip("nat6", NAT6, Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])),
-            vip("dsr6", DSR6, Mode::Dsr, &dsr_rules, backends(&BACKENDS_V6, &[3, 1, 1])),
-            vip("l2-6", L2_6, Mode::DsrL2, &[(IPPROTO_TCP, 443, 443)], backends(&BACKENDS_V6[..1], &[1])),
-            vip("no-neigh", NO_NEIGH_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_NEIGHBOUR_V4], &[1])),
-            vip("no-route", NO_ROUTE_VIP, Mode::Dsr, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_ROUTE_V4], &[1])),
-            vip("empty", EMPTY_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], Vec::new()),
-        ],
-    }
+    fixture_desired()
 }
 
 fn client_frame(kb: &KernelBalancer, src: &str, dst: &str, l4: &L4) -> Vec<u8> {
@@ -86,15 +50,6 @@ fn ip_frame(f: &FrameBuilder, src: &str, dst: &str, l4: &L4, v4: impl Fn(&mut Ip
             f.ipv6(&h.packet(l4))
         }
         _ => panic!("mixed families"),
-    }
-}
-
-fn action_code(a: Action) -> u32 {
-    match a {
-        Action::NextStage | Action::Pass => XDP_PASS,
-        Action::Drop => XDP_DROP,
-        Action::Tx => XDP_TX,
-        Action::Redirect(_) => XDP_REDIRECT,
     }
 }
 
