@@ -70,10 +70,14 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Backends one VIP may have.
 pub const MAX_BACKENDS_PER_VIP: usize = 1024;
-/// Flows remembered (LRU: the least recently used is forgotten first).
+/// Flows remembered by default (LRU: the least recently used is forgotten
+/// first); `[balancer] flow_table_size` sets it at load time.
 pub const MAX_FLOWS: u32 = 262_144;
-/// NAT entries (one per `nat`-mode flow).
+/// NAT entries by default (one per `nat`-mode flow); `[balancer]
+/// nat_table_size` sets it at load time.
 pub const MAX_NAT_ENTRIES: u32 = 262_144;
+/// The largest flow or NAT table a config may ask for.
+pub const MAX_TABLE_ENTRIES: u32 = 1 << 24;
 /// Interfaces the balancer may send packets out of.
 pub const MAX_EGRESS_INTERFACES: u32 = 64;
 /// Tunnel (edge address, VIP) pairs a DSR backend accepts.
@@ -314,7 +318,8 @@ pub enum LbCounter {
     NatReply,
     /// Dropped: the VIP's table has no backend.
     NoBackend,
-    /// Dropped: no free SNAT port for a new flow.
+    /// Dropped: no free SNAT port for a new flow (every probed port of the
+    /// backend's is held by another flow).
     SnatExhausted,
     /// Dropped: no route to the backend.
     NoRoute,
@@ -341,10 +346,14 @@ pub enum LbCounter {
     /// Too big for the path to the backend: the client was sent the MTU
     /// it may use (ICMP fragmentation needed / packet too big).
     IcmpTooBigSent,
+    /// Dropped: a new `nat` flow found a free SNAT port but the NAT table
+    /// is full (`nat_table_size` entries). Last, so that the counters of a
+    /// map pinned by an older version keep their indexes.
+    NatTableFull,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 17;
+pub const LB_COUNTERS_LEN: u32 = 18;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -366,6 +375,7 @@ impl LbCounter {
         LbCounter::IcmpForwarded,
         LbCounter::IcmpUnmatched,
         LbCounter::IcmpTooBigSent,
+        LbCounter::NatTableFull,
     ];
 
     /// The name in `swarmlb status` and metrics.
@@ -388,6 +398,7 @@ impl LbCounter {
             LbCounter::IcmpForwarded => "icmp_forwarded",
             LbCounter::IcmpUnmatched => "icmp_unmatched",
             LbCounter::IcmpTooBigSent => "icmp_too_big_sent",
+            LbCounter::NatTableFull => "drop_nat_table_full",
         }
     }
 }

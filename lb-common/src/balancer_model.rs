@@ -19,7 +19,9 @@
 //!    `flow_hash(5-tuple) % table_size`, and the flow is remembered.
 //! 6. `nat`: the flow gets a SNAT port — the first free one of
 //!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple, or the
-//!    one whose NAT entry already names this flow. None free: dropped.
+//!    one whose NAT entry already names this flow. None free: dropped
+//!    ([`LbCounter::SnatExhausted`]); a free port but the NAT table full:
+//!    dropped ([`LbCounter::NatTableFull`]).
 //!    Destination becomes backend:target port, source the edge's inside
 //!    address:SNAT port, TTL − 1, checksums updated incrementally.
 //!    6b. The first TCP FIN or RST of a flow, in either direction (a
@@ -84,13 +86,23 @@ pub trait Tables {
     /// Sets [`NatEntry::closing`] of the entry at `key` to `state`, if
     /// there is an entry and it is still open (the first end seen wins).
     fn mark_nat_closing(&mut self, key: &NatKey, state: u8);
-    /// Inserts only if `key` is free; `false` if taken or the map is full.
-    fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> bool;
+    /// Inserts only if `key` is free.
+    fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> NatInsert;
     /// The route to `dst` for a packet of `ip_len` bytes (the IP packet as
     /// it will be sent) that arrived on `ifindex`.
     fn route(&self, family: u8, dst: &[u8; 16], ifindex: u32, ip_len: u16) -> Route;
     /// May the balancer redirect out of `ifindex`?
     fn is_egress(&self, ifindex: u32) -> bool;
+}
+
+/// What [`Tables::insert_nat`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatInsert {
+    Inserted,
+    /// Another flow holds the key.
+    Taken,
+    /// The table has no room for another entry.
+    Full,
 }
 
 /// The XDP action.
@@ -279,10 +291,10 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             };
             let mut nat_port = 0;
             if mode == Mode::Nat {
-                let Some(port) = allocate_snat_port(frame, ifindex, t, &g, p, svc, &b) else {
-                    return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, LbCounter::SnatExhausted) };
-                };
-                nat_port = port;
+                match allocate_snat_port(frame, ifindex, t, &g, p, svc, &b) {
+                    Ok(port) => nat_port = port,
+                    Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
+                }
             }
             t.set_flow(&fkey, &FlowEntry { backend: id, generation: b.generation, nat_port, _pad: [0; 2] });
             outcome.counter = Some(LbCounter::NewFlow);
@@ -398,9 +410,10 @@ fn icmp_too_big(frame: &[u8], out: &mut [u8], p: &Parsed, mtu: u16) -> Option<us
     }
 }
 
-/// Rule 6's SNAT port: `None` when all probes are taken by other flows.
-fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Globals, p: &Parsed, svc: &Service, b: &BackendInfo) -> Option<u16> {
-    let span = u32::from(g.snat_port_max.checked_sub(g.snat_port_min)?) + 1;
+/// Rule 6's SNAT port; the drop counter when all probes are taken by
+/// other flows, or a free port's entry finds the table full.
+fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Globals, p: &Parsed, svc: &Service, b: &BackendInfo) -> Result<u16, LbCounter> {
+    let span = u32::from(g.snat_port_max.checked_sub(g.snat_port_min).ok_or(LbCounter::SnatExhausted)?) + 1;
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
     let mut entry = NatEntry {
         client: p.src,
@@ -416,16 +429,16 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Glob
         let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
         let key = NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
         match t.nat(&key) {
-            Some(e) if same_flow(&e, &entry) => return Some(port),
+            Some(e) if same_flow(&e, &entry) => return Ok(port),
             Some(_) => continue,
-            None => {
-                if t.insert_nat(&key, &entry) {
-                    return Some(port);
-                }
-            }
+            None => match t.insert_nat(&key, &entry) {
+                NatInsert::Inserted => return Ok(port),
+                NatInsert::Taken => continue,
+                NatInsert::Full => return Err(LbCounter::NatTableFull),
+            },
         }
     }
-    None
+    Err(LbCounter::SnatExhausted)
 }
 
 /// Does a NAT entry belong to the flow `want` describes?

@@ -15,7 +15,7 @@ use lb_user::{
     balancer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
     config::{BalancerConfig, CompiledPolicy, Config, ForwardMode},
     events,
-    loader::{remove_pins, AttachMode, Datapath, Program},
+    loader::{remove_pins, AttachMode, Datapath, MapSizes, Program},
     maps::{BalancerMaps, IsolatorMaps},
     health::HealthChecks,
     policy,
@@ -248,6 +248,8 @@ struct Daemon {
     maps: IsolatorMaps,
     lb_maps: BalancerMaps,
     lb_writer: BalancerWriter,
+    /// The sizes the maps were loaded with.
+    sizes: MapSizes,
     attached: HashMap<String, (Program, AttachMode)>,
     health: HealthChecks,
     swarm: SwarmFollower,
@@ -275,12 +277,8 @@ impl Daemon {
         let ifx = ifindexes(cfg)?;
         let compiled = cfg.compile();
         warn_ephemeral_overlap(&compiled);
-        let table_size = cfg.balancer().map_or(lb_common::maglev::DEFAULT_TABLE_SIZE, |b| b.table_size);
-        if table_size != self.lb_writer.table_size() {
-            bail!(
-                "balancer.table_size changed from {} to {table_size}: that needs new maps (stop swarmlb, `swarmlb down`, start it again)",
-                self.lb_writer.table_size()
-            );
+        if let Some(change) = self.sizes.change(&MapSizes::of(cfg.balancer())) {
+            bail!("{change}: that needs new maps, which forget every flow (stop swarmlb, `swarmlb down`, start it again)");
         }
         let desired = match cfg.balancer() {
             Some(b) => {
@@ -434,11 +432,11 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     ifindexes(&cfg)?;
     let _lock = InstanceLock::acquire(runtime_dir)?;
     let pin_dir = cfg.pin_path().to_owned();
-    let table_size = cfg.balancer().map_or(lb_common::maglev::DEFAULT_TABLE_SIZE, |b| b.table_size);
-    let datapath = Datapath::load(&pin_dir, table_size)?;
+    let sizes = MapSizes::of(cfg.balancer());
+    let datapath = Datapath::load(&pin_dir, sizes)?;
     let maps = IsolatorMaps::open(&pin_dir)?;
     let lb_maps = BalancerMaps::open(&pin_dir)?;
-    let lb_writer = BalancerWriter::adopt(&lb_maps, table_size)?;
+    let lb_writer = BalancerWriter::adopt(&lb_maps, sizes.table_size)?;
     // Health checks run on the runtime from the first apply on.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _runtime = rt.enter();
@@ -451,6 +449,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         maps,
         lb_maps,
         lb_writer,
+        sizes,
         attached: HashMap::new(),
         health,
         swarm,

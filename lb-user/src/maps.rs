@@ -112,9 +112,11 @@ impl BalancerMaps {
         })
     }
 
-    /// [`LbCounter`]s summed over CPUs, in index order.
+    /// [`LbCounter`]s summed over CPUs, in index order. Counters a map
+    /// pinned by an older version lacks read 0.
     pub fn counters(&self) -> Result<Vec<u64>> {
-        (0..LB_COUNTERS_LEN).map(|i| Ok(self.counters.get(&i, 0)?.iter().sum())).collect()
+        let pinned = self.counters.len();
+        (0..LB_COUNTERS_LEN).map(|i| if i < pinned { Ok(self.counters.get(&i, 0)?.iter().sum()) } else { Ok(0) }).collect()
     }
 
     fn sum(per_cpu: &aya::maps::PerCpuValues<TrafficStats>) -> TrafficStats {

@@ -21,7 +21,7 @@ use std::{
     path::PathBuf,
 };
 
-use lb_user::loader::{remove_pins, Datapath, Program};
+use lb_user::loader::{remove_pins, Datapath, MapSizes, Program};
 
 use crate::{Netns, Topology};
 
@@ -102,7 +102,7 @@ impl EdgeLab {
         }
         let pass_pins = crate::pins::private_pin_dir("lab", tag);
         let _ = remove_pins(&pass_pins);
-        let mut pass = Datapath::load(&pass_pins, 251).unwrap_or_else(|e| {
+        let mut pass = Datapath::load(&pass_pins, MapSizes::with_table(251)).unwrap_or_else(|e| {
             let _ = remove_pins(&pass_pins);
             panic!("pass-through program loads: {e:#}")
         });

@@ -465,6 +465,44 @@ fn snat_exhaustion_refuses_new_flows_cleanly() {
     assert_eq!(kb.maps().counters().unwrap()[LbCounter::SnatExhausted as usize], 14);
 }
 
+#[test]
+fn a_full_nat_table_refuses_new_flows_as_such() {
+    if !root_or_skip() {
+        return;
+    }
+    let sizes = lb_user::loader::MapSizes { nat: 4, ..lb_user::loader::MapSizes::with_table(FIXTURE_TABLE_SIZE) };
+    let mut kb = KernelBalancer::with_sizes("lbnatfull", sizes);
+    kb.apply(&desired());
+    let mut model = kb.model();
+    let out_if = kb.net.out_ifindex;
+    let mut outcomes: HashMap<&str, u32> = HashMap::new();
+    for sport in 31000..31010u16 {
+        let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
+        let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+        *outcomes.entry(o.counter.map_or("none", LbCounter::name)).or_default() += 1;
+    }
+    assert_eq!(outcomes, HashMap::from([("new_flow", 4), ("drop_nat_table_full", 6)]), "4 entries fit, every later new flow is refused");
+    let counters = kb.maps().counters().unwrap();
+    assert_eq!((counters[LbCounter::NatTableFull as usize], counters[LbCounter::SnatExhausted as usize]), (6, 0), "a full table is not SNAT exhaustion");
+    // The flows that got in go on, in both directions.
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(31000, 443));
+    assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::FlowHit));
+    let port = flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).nat_port;
+    let backend = backend_addr(&kb, flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).backend);
+    let f = FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac);
+    let reply = ip_frame(&f, &backend.to_string(), "10.1.0.1", &reply_to(port), |_| {}, |_| {});
+    let in_if = kb.net.in_ifindex;
+    assert_eq!(both(&mut kb, &mut model, &reply, in_if).0.counter, Some(LbCounter::NatReply));
+    // A freed entry (the agent's sweep) makes room for one more.
+    let key = *model.nat.keys().next().unwrap();
+    kb.maps_mut().nat.remove(&key).unwrap();
+    model.nat.remove(&key);
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(31020, 443));
+    assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::NewFlow));
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(31021, 443));
+    assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::NatTableFull));
+}
+
 /// A small deterministic PRNG (xorshift64*), so a failure replays.
 struct Rng(u64);
 

@@ -126,6 +126,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
             if port == flow::NO_PORT {
                 return drop(LbCounter::SnatExhausted);
             }
+            if port == flow::TABLE_FULL {
+                return drop(LbCounter::NatTableFull);
+            }
             s.placed.nat_port = port as u16;
         }
         flow::remember(&s.flow, &s.placed);
