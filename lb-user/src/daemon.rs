@@ -22,6 +22,7 @@ use lb_user::{
     state::{port_ranges, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
     swarm::follow::SwarmFollower,
     sweep,
+    watch::{self, CounterWatch},
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -481,6 +482,10 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut watch_tick = tokio::time::interval(watch::INTERVAL);
+        watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = CounterWatch::new(daemon.lb_maps.counters().unwrap_or_default());
+        let mut watched = std::time::Instant::now();
         let mut idle = idle_timeouts(&cfg);
         info!(pid = std::process::id(), "swarmlb running");
         loop {
@@ -491,6 +496,13 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                         Ok(n) => info!(removed = n, "idle NAT entries removed"),
                         Err(e) => warn!(error = %e, "sweeping NAT entries failed"),
                     }
+                }
+                _ = watch_tick.tick() => {
+                    match watch.check(&daemon.lb_maps, watched.elapsed()) {
+                        Ok(lines) => lines.iter().for_each(|l| warn!("{l}")),
+                        Err(e) => warn!(error = format!("{e:#}"), "reading the balancer's counters failed"),
+                    }
+                    watched = std::time::Instant::now();
                 }
                 Some(()) = health_rx.recv() => {
                     // Several transitions at once make one apply.
