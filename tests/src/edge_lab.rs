@@ -100,9 +100,11 @@ impl EdgeLab {
         for (ns, ifname) in std::iter::once((&client, "c-out")).chain(ws.iter().map(|w| (w, "eth0"))) {
             ns.exec(&["ethtool", "-K", ifname, "tx", "off"]).expect("ethtool -K tx off (cargo xtask setup installs ethtool)");
         }
+        // The pass-through programs never balance: their flow and NAT
+        // tables are as small as they can be.
         let pass_pins = crate::pins::private_pin_dir("lab", tag);
         let _ = remove_pins(&pass_pins);
-        let mut pass = Datapath::load(&pass_pins, MapSizes::with_table(251)).unwrap_or_else(|e| {
+        let mut pass = Datapath::load(&pass_pins, MapSizes { table_size: 251, flows: 1, nat: 1 }).unwrap_or_else(|e| {
             let _ = remove_pins(&pass_pins);
             panic!("pass-through program loads: {e:#}")
         });

@@ -4,6 +4,12 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
 };
 
 use harness::{
@@ -58,6 +64,69 @@ impl Stream {
     }
 }
 
+/// Streams that keep asking, each on a thread of its own, until stopped:
+/// traffic flowing while a test does something to the balancer.
+pub struct Streaming {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    threads: Vec<(String, JoinHandle<Option<String>>)>,
+}
+
+impl Streaming {
+    /// Every stream asks every 20 ms until its first failure (an error, or
+    /// an answer from another worker) or [`Streaming::stop`].
+    pub fn start(streams: Vec<Stream>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let threads = streams
+            .into_iter()
+            .map(|mut s| {
+                let (stop, answered) = (stop.clone(), answered.clone());
+                let worker = s.worker.clone();
+                let t = std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match s.ask() {
+                            Ok(w) if w == s.worker => {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(w) => return Some(format!("moved from {} to {w}", s.worker)),
+                            Err(e) => return Some(format!("on {}: {e}", s.worker)),
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    None
+                });
+                (worker, t)
+            })
+            .collect();
+        Self { stop, answered, threads }
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered within the next `window`.
+    pub fn progress(&self, window: Duration) -> u64 {
+        let before = self.answered();
+        std::thread::sleep(window);
+        self.answered() - before
+    }
+
+    /// The streams' workers, in start order.
+    pub fn workers(&self) -> Vec<String> {
+        self.threads.iter().map(|(w, _)| w.clone()).collect()
+    }
+
+    /// Stops every stream; per stream its worker and how it failed
+    /// (`None`: every answer came from its own worker).
+    pub fn stop(self) -> Vec<(String, Option<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().map(|(w, t)| (w, t.join().unwrap())).collect()
+    }
+}
+
 /// Asks every stream once; returns the indices that failed or moved.
 pub fn check(streams: &mut [Stream]) -> Vec<usize> {
     let mut bad = Vec::new();
@@ -78,3 +147,9 @@ pub fn metrics(ns: &Netns) -> String {
     body
 }
 
+
+/// The value of `series` (name and labels exactly as rendered, e.g.
+/// `swarmlb_backend_up{vip="web4",backend="10.1.0.12"}`) in `metrics`.
+pub fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
