@@ -350,10 +350,14 @@ pub enum LbCounter {
     /// is full (`nat_table_size` entries). Last, so that the counters of a
     /// map pinned by an older version keep their indexes.
     NatTableFull,
+    /// A `nat` flow the flow table had forgotten (LRU: the table is too
+    /// small for the flows) was placed again and found its NAT entry,
+    /// counted besides [`LbCounter::NewFlow`].
+    FlowRefound,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 18;
+pub const LB_COUNTERS_LEN: u32 = 19;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -376,6 +380,7 @@ impl LbCounter {
         LbCounter::IcmpUnmatched,
         LbCounter::IcmpTooBigSent,
         LbCounter::NatTableFull,
+        LbCounter::FlowRefound,
     ];
 
     /// The name in `swarmlb status` and metrics.
@@ -399,6 +404,7 @@ impl LbCounter {
             LbCounter::IcmpUnmatched => "icmp_unmatched",
             LbCounter::IcmpTooBigSent => "icmp_too_big_sent",
             LbCounter::NatTableFull => "drop_nat_table_full",
+            LbCounter::FlowRefound => "flow_refound",
         }
     }
 }

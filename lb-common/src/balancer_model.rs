@@ -21,7 +21,9 @@
 //!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple, or the
 //!    one whose NAT entry already names this flow. None free: dropped
 //!    ([`LbCounter::SnatExhausted`]); a free port but the NAT table full:
-//!    dropped ([`LbCounter::NatTableFull`]).
+//!    dropped ([`LbCounter::NatTableFull`]). A flow whose own entry is
+//!    found had been forgotten by the flow table: when forwarded it also
+//!    counts [`LbCounter::FlowRefound`].
 //!    Destination becomes backend:target port, source the edge's inside
 //!    address:SNAT port, TTL − 1, checksums updated incrementally.
 //!    6b. The first TCP FIN or RST of a flow, in either direction (a
@@ -128,6 +130,9 @@ pub struct Outcome {
     pub counter: Option<LbCounter>,
     /// The flow's previous backend was gone or down.
     pub moved: bool,
+    /// A `nat` flow the flow table had forgotten was found again by its
+    /// NAT entry (counted as [`LbCounter::FlowRefound`] when forwarded).
+    pub refound: bool,
     /// `(service stats index, backend id)` charged with the packet.
     pub charged: Option<(u32, u32)>,
     pub len: usize,
@@ -135,10 +140,10 @@ pub struct Outcome {
 
 impl Outcome {
     const fn next_stage() -> Self {
-        Outcome { action: Action::NextStage, counter: None, moved: false, charged: None, len: 0 }
+        Outcome { action: Action::NextStage, counter: None, moved: false, refound: false, charged: None, len: 0 }
     }
     const fn with(action: Action, counter: LbCounter) -> Self {
-        Outcome { action, counter: Some(counter), moved: false, charged: None, len: 0 }
+        Outcome { action, counter: Some(counter), moved: false, refound: false, charged: None, len: 0 }
     }
 }
 
@@ -292,7 +297,10 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             let mut nat_port = 0;
             if mode == Mode::Nat {
                 match allocate_snat_port(frame, ifindex, t, &g, p, svc, &b) {
-                    Ok(port) => nat_port = port,
+                    Ok((port, refound)) => {
+                        nat_port = port;
+                        outcome.refound = refound;
+                    }
                     Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
                 }
             }
@@ -345,13 +353,13 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
         let extra = if mode == Mode::Dsr { if p.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN } } else { 0 };
         let reply = icmp_too_big(frame, out, p, mtu.saturating_sub(extra as u16));
         return match reply {
-            Some(len) => Outcome { action: Action::Tx, counter: Some(LbCounter::IcmpTooBigSent), moved: outcome.moved, charged: None, len },
-            None => Outcome { action: Action::Drop, counter: Some(LbCounter::TooBig), moved: outcome.moved, charged: None, len: 0 },
+            Some(len) => Outcome { action: Action::Tx, counter: Some(LbCounter::IcmpTooBigSent), moved: outcome.moved, refound: false, charged: None, len },
+            None => Outcome { action: Action::Drop, counter: Some(LbCounter::TooBig), moved: outcome.moved, refound: false, charged: None, len: 0 },
         };
     }
     let (action, counter) = send(out, ifindex, t, route);
     if action == Action::Drop {
-        return Outcome { action, counter: Some(counter), moved: outcome.moved, charged: None, len: 0 };
+        return Outcome { action, counter: Some(counter), moved: outcome.moved, refound: false, charged: None, len: 0 };
     }
     Outcome { action, len: out_len, ..outcome }
 }
@@ -410,9 +418,11 @@ fn icmp_too_big(frame: &[u8], out: &mut [u8], p: &Parsed, mtu: u16) -> Option<us
     }
 }
 
-/// Rule 6's SNAT port; the drop counter when all probes are taken by
-/// other flows, or a free port's entry finds the table full.
-fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Globals, p: &Parsed, svc: &Service, b: &BackendInfo) -> Result<u16, LbCounter> {
+/// Rule 6's SNAT port, and whether it is the one the flow's own NAT entry
+/// holds (the flow table had forgotten the flow); the drop counter when all
+/// probes are taken by other flows, or a free port's entry finds the table
+/// full.
+fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Globals, p: &Parsed, svc: &Service, b: &BackendInfo) -> Result<(u16, bool), LbCounter> {
     let span = u32::from(g.snat_port_max.checked_sub(g.snat_port_min).ok_or(LbCounter::SnatExhausted)?) + 1;
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
     let mut entry = NatEntry {
@@ -429,10 +439,10 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Glob
         let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
         let key = NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
         match t.nat(&key) {
-            Some(e) if same_flow(&e, &entry) => return Ok(port),
+            Some(e) if same_flow(&e, &entry) => return Ok((port, true)),
             Some(_) => continue,
             None => match t.insert_nat(&key, &entry) {
-                NatInsert::Inserted => return Ok(port),
+                NatInsert::Inserted => return Ok((port, false)),
                 NatInsert::Taken => continue,
                 NatInsert::Full => return Err(LbCounter::NatTableFull),
             },
@@ -469,7 +479,7 @@ fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &P
     rewrite(out, p, e.vip, e.vip_port, e.client, e.client_port);
     let route = Route::Via { ifindex: e.ifindex, smac: e.edge_mac, dmac: e.client_mac };
     let (action, counter) = send(out, ifindex, t, route);
-    Outcome { action, counter: Some(if action == Action::Drop { counter } else { LbCounter::NatReply }), moved: false, charged: None, len: frame.len() }
+    Outcome { action, counter: Some(if action == Action::Drop { counter } else { LbCounter::NatReply }), moved: false, refound: false, charged: None, len: frame.len() }
 }
 
 /// Rule 7: Ethernet addresses from the route, and the action.
@@ -711,7 +721,7 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
     if action == Action::Drop {
         return Outcome::with(Action::Drop, counter);
     }
-    Outcome { action, counter: Some(LbCounter::IcmpForwarded), moved: false, charged: None, len: out_len }
+    Outcome { action, counter: Some(LbCounter::IcmpForwarded), moved: false, refound: false, charged: None, len: out_len }
 }
 
 /// Rule 9 in `nat` mode: the error as the backend must see it — from the

@@ -434,6 +434,9 @@ fn tally(m: &mut [u64], o: &Outcome) {
     if o.moved {
         m[LbCounter::FlowMoved as usize] += 1;
     }
+    if o.refound {
+        m[LbCounter::FlowRefound as usize] += 1;
+    }
 }
 
 #[test]
@@ -487,6 +490,18 @@ fn a_full_nat_table_refuses_new_flows_as_such() {
     // The flows that got in go on, in both directions.
     let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(31000, 443));
     assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::FlowHit));
+    // Forgotten by the flow table (as LRU eviction does), the flow is
+    // placed again and finds its own NAT entry: no insert, so even a full
+    // table keeps it.
+    let (src, family) = addr_key(ip(CLIENT_V4));
+    let fkey = FlowKey { src, dst: addr_key(ip(NAT4)).0, src_port: 31000, dst_port: 443, proto: IPPROTO_TCP, family, _pad: [0; 2] };
+    let port_before = flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).nat_port;
+    kb.maps_mut().flows.remove(&fkey).unwrap();
+    model.flows.remove(&fkey);
+    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+    assert_eq!((o.counter, o.refound), (Some(LbCounter::NewFlow), true));
+    assert_eq!(flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).nat_port, port_before, "its own SNAT port again");
+    assert_eq!(kb.maps().counters().unwrap()[LbCounter::FlowRefound as usize], 1);
     let port = flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).nat_port;
     let backend = backend_addr(&kb, flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).backend);
     let f = FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac);

@@ -215,15 +215,17 @@ fn a_full_flow_table_forgets_flows_that_nat_finds_again() {
     let answered = streaming.progress(Duration::from_secs(3));
     let s = r.inst.status();
     let (flows, new_flows) = (s["flows"].as_u64().unwrap(), s["balancer"]["new_flow"].as_u64().unwrap());
-    println!("{STREAMS} streams through a 16-flow table: {answered} answers in 3 s, {flows} flows held, {new_flows} new flows placed");
+    println!("{STREAMS} streams through a 16-flow table: {answered} answers in 3 s, {flows} flows held, {new_flows} new flows placed, {} found again", s["balancer"]["flow_refound"]);
     assert!(flows <= 16, "{s}");
     // Forgotten flows are placed again (counted as new flows): the same
     // backend, and their NAT entry gives them their SNAT port back.
     assert!(new_flows > STREAMS as u64 * 2, "re-placed flows are counted: {new_flows}");
-    let line = wait_for_log(&r, &["flow table near capacity", "of 16 flows"], Duration::from_secs(12));
+    let line = wait_for_log(&r, &["flow table too small", "nat flows were forgotten and found again", "of 16 flows held"], Duration::from_secs(12));
     println!("log: {line}");
     let m = metrics(&r.lab.edge);
     assert_eq!(sample(&m, "swarmlb_flow_table_capacity"), Some(16), "{m}");
+    let refound = sample(&m, "swarmlb_balancer_packets_total{outcome=\"flow_refound\"}").unwrap();
+    assert!(refound > STREAMS as u64, "forgotten flows found again are counted: {refound}\n{m}");
 
     // With the backends changing, a forgotten flow is placed by the new
     // table: the quarter of them that hash to the new backend w4 break

@@ -26,6 +26,8 @@ pub struct Placed {
     pub new: bool,
     /// Its previous backend was gone or down.
     pub moved: bool,
+    /// A forgotten `nat` flow whose own NAT entry [`snat_port`] found.
+    pub refound: bool,
 }
 
 /// Finds the flow's backend, or chooses one with the Maglev table, and
@@ -74,7 +76,7 @@ pub fn known(key: &FlowKey, out: &mut Placed) -> bool {
     let Some(e) = (unsafe { LB_FLOWS.get(key) }) else { return false };
     match LB_BACKENDS.get(e.backend) {
         Some(b) if b.generation == e.generation && b.up == 1 => {
-            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, new: false, moved: false };
+            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, new: false, moved: false, refound: false };
             true
         }
         _ => false,
@@ -135,7 +137,10 @@ fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> 
         s.nat_key = NatKey { backend: *backend, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
         // SAFETY: entries are replaced whole.
         match unsafe { LB_NAT.get(&s.nat_key) } {
-            Some(e) if same_flow(e, &s.nat_entry) => return Ok(port),
+            Some(e) if same_flow(e, &s.nat_entry) => {
+                s.placed.refound = true;
+                return Ok(port);
+            }
             Some(_) => continue,
             None => match LB_NAT.insert(&s.nat_key, &s.nat_entry, u64::from(BPF_NOEXIST)) {
                 Ok(()) => return Ok(port),

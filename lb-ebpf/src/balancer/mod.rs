@@ -177,6 +177,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         Ok(action) => {
             let new = s.placed.new;
             count(if new { LbCounter::NewFlow } else { LbCounter::FlowHit });
+            if s.placed.refound {
+                count(LbCounter::FlowRefound);
+            }
             charge(LB_SERVICE_STATS.get_ptr_mut(svc.stats_index), bytes, new);
             charge(LB_BACKEND_STATS.get_ptr_mut(s.placed.id), bytes, new);
             action
