@@ -301,3 +301,32 @@ fn a_full_nat_table_refuses_new_connections_and_says_so() {
     close_and_recover(&r, streams);
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
+
+#[test]
+fn a_new_table_size_is_refused_and_the_running_data_path_stays() {
+    let lab = EdgeLab::new("fdsize", 1);
+    let cfg = |flows: u32| config_with("nat", &[(1, 1)], &format!("flow_table_size = {flows}\nnat_table_size = 4096"), "");
+    let inst = harness::daemon::Instance::new("fdsize", &cfg(4096));
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    // SIGHUP with another size: refused, the daemon runs on.
+    inst.write_config(&cfg(8192));
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(10),
+        || daemon.output_so_far().contains("balancer.flow_table_size from 4096 to 8192: that needs new maps"),
+        || daemon.output_so_far(),
+    );
+    assert!(daemon.try_status().is_none(), "still running");
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+    // A restart with another size: refused before anything changes.
+    let mut again = inst.start(&lab.edge, &[]);
+    let status = again.wait_timeout(Duration::from_secs(20)).expect("exits");
+    let out = again.output_so_far();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("the pinned LB_FLOWS holds 4096 entries, but balancer.flow_table_size asks for 8192"), "{out}");
+    assert!(common::xdp::attached(&lab.edge, "e-out"), "the running data path stays");
+    let flows = lb_user::maps::BalancerMaps::open(&inst.pin_path).unwrap().flow_capacity;
+    assert_eq!(flows, 4096, "the maps are the old ones");
+    assert!(inst.down().status.success());
+}
