@@ -5,7 +5,8 @@
 //! table near its capacity. One line
 //! per kind and interval, only while it happens (the flow table's at most
 //! every [`FLOW_TABLE_REPEAT`]: a full LRU table is normal for long-lived
-//! `dsr` traffic). The counters themselves are metrics already.
+//! `dsr` traffic; it is counted only every [`FLOW_COUNT_INTERVAL`]). The
+//! counters themselves are metrics already.
 
 use std::{
     collections::BTreeMap,
@@ -26,6 +27,9 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 const FLOW_TABLE_HIGH: f64 = 0.75;
 /// A flow table that stays near capacity is mentioned again after this.
 pub const FLOW_TABLE_REPEAT: Duration = Duration::from_secs(600);
+/// How often the flow table's entries are counted: a full default table
+/// (262 144 flows) takes about 0.2 s of system calls to count.
+pub const FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(60);
 /// Backend ports a SNAT warning names at most.
 const NAMED_PORTS: usize = 3;
 
@@ -34,8 +38,8 @@ const NAMED_PORTS: usize = 3;
 pub struct Look {
     /// The balancer's counters, by [`LbCounter`] index.
     pub counters: Vec<u64>,
-    /// Flows in the flow table, and its capacity.
-    pub flows: usize,
+    /// Flows in the flow table (when counted this time), and its capacity.
+    pub flows: Option<usize>,
     pub flow_capacity: u32,
     /// NAT entries, and the NAT table's capacity.
     pub nat_entries: usize,
@@ -46,14 +50,14 @@ pub struct Look {
 }
 
 impl Look {
-    /// Reads the maps. The NAT table is read only when `with_nat` (its
-    /// keys are many; only a warning needs them).
-    pub fn read(maps: &BalancerMaps, with_nat: bool) -> Result<Self> {
+    /// Reads the maps. The NAT table is read only when `with_nat` and the
+    /// flow table counted only when `with_flows` (their keys are many).
+    pub fn read(maps: &BalancerMaps, with_nat: bool, with_flows: bool) -> Result<Self> {
         let snat_usage = if with_nat { maps.nat_usage() } else { BTreeMap::new() };
         let snat_ports = maps.globals.get(&0, 0).map_or(0, |g| (u32::from(g.snat_port_max) + 1).saturating_sub(u32::from(g.snat_port_min)));
         Ok(Self {
             counters: maps.counters()?,
-            flows: maps.flows.keys().count(),
+            flows: with_flows.then(|| maps.flows.keys().count()),
             flow_capacity: maps.flow_capacity,
             nat_entries: snat_usage.values().map(|n| *n as usize).sum(),
             nat_capacity: maps.nat_capacity,
@@ -69,6 +73,8 @@ pub struct CounterWatch {
     last: Vec<u64>,
     /// When the flow table was last said to be near capacity.
     flow_table_said: Option<Instant>,
+    /// When the flow table was last counted.
+    flows_counted: Option<Instant>,
 }
 
 /// A counter's rise from `last` to `now`.
@@ -80,13 +86,18 @@ fn rise(last: &[u64], now: &[u64], c: LbCounter) -> u64 {
 impl CounterWatch {
     /// Starts from `counters`: what was dropped before is not news.
     pub fn new(counters: Vec<u64>) -> Self {
-        Self { last: counters, flow_table_said: None }
+        Self { last: counters, flow_table_said: None, flows_counted: None }
     }
 
     /// Looks at `maps` (`elapsed` after the last look): the warnings.
     pub fn check(&mut self, maps: &BalancerMaps, elapsed: Duration) -> Result<Vec<String>> {
+        let now = Instant::now();
         let with_nat = self.needs_nat(&maps.counters()?);
-        Ok(self.judge(&Look::read(maps, with_nat)?, elapsed, Instant::now()))
+        let with_flows = self.flows_counted.is_none_or(|t| now.duration_since(t) >= FLOW_COUNT_INTERVAL);
+        if with_flows {
+            self.flows_counted = Some(now);
+        }
+        Ok(self.judge(&Look::read(maps, with_nat, with_flows)?, elapsed, now))
     }
 
     /// Whether the next [`CounterWatch::judge`] needs the NAT table:
@@ -128,11 +139,15 @@ impl CounterWatch {
         if refound > 0 {
             out.push(format!(
                 "flow table too small: {refound} nat flows were forgotten and found again by their NAT entries in the last {secs} s \
-                 ({} of {} flows held; a forgotten flow whose backends changed meanwhile breaks); raise balancer.flow_table_size",
-                look.flows, look.flow_capacity
+                 (a table of {} flows; a forgotten flow whose backends changed meanwhile breaks); raise balancer.flow_table_size",
+                look.flow_capacity
             ));
         }
-        let high = look.flow_capacity > 0 && look.flows as f64 >= f64::from(look.flow_capacity) * FLOW_TABLE_HIGH;
+        let Some(flows) = look.flows else {
+            self.last.clone_from(&look.counters);
+            return out;
+        };
+        let high = look.flow_capacity > 0 && flows as f64 >= f64::from(look.flow_capacity) * FLOW_TABLE_HIGH;
         if !high {
             self.flow_table_said = None;
         } else if self.flow_table_said.is_none_or(|t| now.duration_since(t) >= FLOW_TABLE_REPEAT) {
@@ -140,7 +155,7 @@ impl CounterWatch {
             out.push(format!(
                 "flow table near capacity: {} of {} flows; the least recently used are forgotten (a forgotten flow is placed again: \
                  the same backend while the backends do not change); raise balancer.flow_table_size",
-                look.flows, look.flow_capacity
+                flows, look.flow_capacity
             ));
         }
         self.last.clone_from(&look.counters);
@@ -158,7 +173,7 @@ mod tests {
         counters[LbCounter::SnatExhausted as usize] = snat;
         counters[LbCounter::NatTableFull as usize] = full;
         let snat_usage = BTreeMap::from([(("10.0.2.1".parse().unwrap(), 443), 4), (("10.0.2.2".parse().unwrap(), 443), 1)]);
-        Look { counters, flows, flow_capacity: 100, nat_entries: 5, nat_capacity: 8, snat_usage, snat_ports: 4 }
+        Look { counters, flows: Some(flows), flow_capacity: 100, nat_entries: 5, nat_capacity: 8, snat_usage, snat_ports: 4 }
     }
 
     #[test]
@@ -182,7 +197,7 @@ mod tests {
         let mut l = look(0, 0, 10);
         l.counters[LbCounter::FlowRefound as usize] = 7;
         let said = w.judge(&l, INTERVAL, t0);
-        assert!(said[0].starts_with("flow table too small: 7 nat flows were forgotten and found again by their NAT entries in the last 5 s (10 of 100 flows held"), "{said:?}");
+        assert!(said[0].starts_with("flow table too small: 7 nat flows were forgotten and found again by their NAT entries in the last 5 s (a table of 100 flows;"), "{said:?}");
         assert!(w.judge(&l, INTERVAL, t0).is_empty());
     }
 
@@ -195,6 +210,7 @@ mod tests {
         assert!(w.judge(&look(0, 0, 100), INTERVAL, t0 + INTERVAL).is_empty(), "rate limited");
         assert_eq!(w.judge(&look(0, 0, 100), INTERVAL, t0 + FLOW_TABLE_REPEAT).len(), 1);
         assert!(w.judge(&look(0, 0, 10), INTERVAL, t0 + FLOW_TABLE_REPEAT).is_empty());
+        assert!(w.judge(&Look { flows: None, ..look(0, 0, 95) }, INTERVAL, t0 + FLOW_TABLE_REPEAT).is_empty(), "not counted this time");
         assert_eq!(w.judge(&look(0, 0, 95), INTERVAL, t0 + FLOW_TABLE_REPEAT + INTERVAL).len(), 1, "a new episode is said at once");
     }
 }

@@ -220,7 +220,7 @@ fn a_full_flow_table_forgets_flows_that_nat_finds_again() {
     // Forgotten flows are placed again (counted as new flows): the same
     // backend, and their NAT entry gives them their SNAT port back.
     assert!(new_flows > STREAMS as u64 * 2, "re-placed flows are counted: {new_flows}");
-    let line = wait_for_log(&r, &["flow table too small", "nat flows were forgotten and found again", "of 16 flows held"], Duration::from_secs(12));
+    let line = wait_for_log(&r, &["flow table too small", "nat flows were forgotten and found again", "a table of 16 flows"], Duration::from_secs(12));
     println!("log: {line}");
     let m = metrics(&r.lab.edge);
     assert_eq!(sample(&m, "swarmlb_flow_table_capacity"), Some(16), "{m}");
