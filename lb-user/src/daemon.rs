@@ -441,6 +441,12 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     // Health checks run on the runtime from the first apply on.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _runtime = rt.enter();
+    // Before the first apply writes the state file: from then on
+    // `swarmlb reload` may signal, and an unhandled SIGHUP would end the
+    // daemon.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
     let health = HealthChecks::new(health_tx);
     let (swarm_tx, mut swarm_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -478,9 +484,6 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
             }
         });
         let metrics = cfg.metrics_listen().map(|addr| tokio::spawn(lb_user::metrics::serve(addr, runtime_dir.to_owned())));
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let mut watch_tick = tokio::time::interval(watch::INTERVAL);
         watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -58,7 +58,10 @@ fn nat_passes_tls_through_and_http_for_acme_over_ipv4_and_ipv6() {
         }
     }
     let s = r.inst.status();
-    assert!(s["vips"][0]["rules"][0]["new_flows"].as_u64().unwrap() >= 3, "{s}");
+    // A first SYN dropped because the backend's neighbour entry was not
+    // resolved yet leaves its flow remembered: the retransmission is a hit.
+    let unresolved = s["balancer"]["drop_no_neighbour"].as_u64().unwrap();
+    assert!(s["vips"][0]["rules"][0]["new_flows"].as_u64().unwrap() + unresolved >= 3, "{s}");
     assert!(s["balancer"]["nat_reply"].as_u64().unwrap() > 0, "{s}");
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
