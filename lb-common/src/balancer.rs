@@ -70,10 +70,14 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Backends one VIP may have.
 pub const MAX_BACKENDS_PER_VIP: usize = 1024;
-/// Flows remembered (LRU: the least recently used is forgotten first).
+/// Flows remembered by default (LRU: the least recently used is forgotten
+/// first); `[balancer] flow_table_size` sets it at load time.
 pub const MAX_FLOWS: u32 = 262_144;
-/// NAT entries (one per `nat`-mode flow).
+/// NAT entries by default (one per `nat`-mode flow); `[balancer]
+/// nat_table_size` sets it at load time.
 pub const MAX_NAT_ENTRIES: u32 = 262_144;
+/// The largest flow or NAT table a config may ask for.
+pub const MAX_TABLE_ENTRIES: u32 = 1 << 24;
 /// Interfaces the balancer may send packets out of.
 pub const MAX_EGRESS_INTERFACES: u32 = 64;
 /// Tunnel (edge address, VIP) pairs a DSR backend accepts.
@@ -88,10 +92,16 @@ pub const NAT_CLOSED: u8 = 1;
 /// connection in TIME_WAIT: its port must wait longer.
 pub const NAT_TIME_WAIT: u8 = 2;
 
-/// What a TCP packet with `flags` says of its flow's end (0: nothing):
-/// rule 6b of the model. `from_backend`: a reply.
+/// Not a state: what [`close_state`] says of a client's SYN (without
+/// ACK), a new connection on the flow's 5-tuple, which reopens the entry
+/// ([`next_closing`]).
+pub const NAT_REOPEN: u8 = 3;
+
+/// What a TCP packet with `flags` says of its flow's end (0: nothing;
+/// [`NAT_REOPEN`]: a new connection): rule 6b of the model.
+/// `from_backend`: a reply.
 pub const fn close_state(flags: u8, from_backend: bool) -> u8 {
-    use crate::wire::{TCP_FIN, TCP_RST};
+    use crate::wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
     if flags & TCP_RST != 0 {
         NAT_CLOSED
     } else if flags & TCP_FIN != 0 {
@@ -100,10 +110,28 @@ pub const fn close_state(flags: u8, from_backend: bool) -> u8 {
         } else {
             NAT_CLOSED
         }
+    } else if !from_backend && flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        NAT_REOPEN
     } else {
         0
     }
 }
+
+/// [`NatEntry::closing`] after a packet whose [`close_state`] is `event`
+/// (not 0): the first end seen wins; a new connection on a closing
+/// entry's 5-tuple (the client reused its port while the edge still
+/// remembers the flow) makes it open again, so the new connection gets the
+/// open connection's idle timeout rather than the closed one's.
+pub const fn next_closing(current: u8, event: u8) -> u8 {
+    if event == NAT_REOPEN {
+        0
+    } else if current == 0 {
+        event
+    } else {
+        current
+    }
+}
+
 /// A table slot without a backend (no backend has weight > 0).
 pub const NO_BACKEND: u32 = crate::maglev::EMPTY;
 /// Seed of the flow hash that picks the backend.
@@ -314,7 +342,8 @@ pub enum LbCounter {
     NatReply,
     /// Dropped: the VIP's table has no backend.
     NoBackend,
-    /// Dropped: no free SNAT port for a new flow.
+    /// Dropped: no free SNAT port for a new flow (every probed port of the
+    /// backend's is held by another flow).
     SnatExhausted,
     /// Dropped: no route to the backend.
     NoRoute,
@@ -341,10 +370,18 @@ pub enum LbCounter {
     /// Too big for the path to the backend: the client was sent the MTU
     /// it may use (ICMP fragmentation needed / packet too big).
     IcmpTooBigSent,
+    /// Dropped: a new `nat` flow found a free SNAT port but the NAT table
+    /// is full (`nat_table_size` entries). Last, so that the counters of a
+    /// map pinned by an older version keep their indexes.
+    NatTableFull,
+    /// A `nat` flow the flow table had forgotten (LRU: the table is too
+    /// small for the flows) was placed again and found its NAT entry,
+    /// counted besides [`LbCounter::NewFlow`].
+    FlowRefound,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 17;
+pub const LB_COUNTERS_LEN: u32 = 19;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -366,6 +403,8 @@ impl LbCounter {
         LbCounter::IcmpForwarded,
         LbCounter::IcmpUnmatched,
         LbCounter::IcmpTooBigSent,
+        LbCounter::NatTableFull,
+        LbCounter::FlowRefound,
     ];
 
     /// The name in `swarmlb status` and metrics.
@@ -388,6 +427,8 @@ impl LbCounter {
             LbCounter::IcmpForwarded => "icmp_forwarded",
             LbCounter::IcmpUnmatched => "icmp_unmatched",
             LbCounter::IcmpTooBigSent => "icmp_too_big_sent",
+            LbCounter::NatTableFull => "drop_nat_table_full",
+            LbCounter::FlowRefound => "flow_refound",
         }
     }
 }

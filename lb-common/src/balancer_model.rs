@@ -19,14 +19,19 @@
 //!    `flow_hash(5-tuple) % table_size`, and the flow is remembered.
 //! 6. `nat`: the flow gets a SNAT port — the first free one of
 //!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple, or the
-//!    one whose NAT entry already names this flow. None free: dropped.
+//!    one whose NAT entry already names this flow. None free: dropped
+//!    ([`LbCounter::SnatExhausted`]); a free port but the NAT table full:
+//!    dropped ([`LbCounter::NatTableFull`]). A flow whose own entry is
+//!    found had been forgotten by the flow table: when forwarded it also
+//!    counts [`LbCounter::FlowRefound`].
 //!    Destination becomes backend:target port, source the edge's inside
 //!    address:SNAT port, TTL − 1, checksums updated incrementally.
 //!    6b. The first TCP FIN or RST of a flow, in either direction (a
 //!    reply, rule 8, too), marks its NAT entry closing, before the route
 //!    is looked up: [`NAT_TIME_WAIT`] for a FIN from the backend (it
 //!    holds TIME_WAIT), else [`NAT_CLOSED`]. The agent's sweep frees such
-//!    ports sooner.
+//!    ports sooner. A client's SYN on a closing entry's flow (the 5-tuple
+//!    reused for a new connection) makes it open again ([`next_closing`]).
 //!    `dsr`: an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6) header from the
 //!    inside address to the backend is put in front; the inner packet is
 //!    not touched. `dsr-l2`: only the Ethernet addresses change.
@@ -81,16 +86,26 @@ pub trait Tables {
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
     fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry);
     fn nat(&self, key: &NatKey) -> Option<NatEntry>;
-    /// Sets [`NatEntry::closing`] of the entry at `key` to `state`, if
-    /// there is an entry and it is still open (the first end seen wins).
+    /// Sets [`NatEntry::closing`] of the entry at `key`, if there is one,
+    /// to [`next_closing`] of it and `state`.
     fn mark_nat_closing(&mut self, key: &NatKey, state: u8);
-    /// Inserts only if `key` is free; `false` if taken or the map is full.
-    fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> bool;
+    /// Inserts only if `key` is free.
+    fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> NatInsert;
     /// The route to `dst` for a packet of `ip_len` bytes (the IP packet as
     /// it will be sent) that arrived on `ifindex`.
     fn route(&self, family: u8, dst: &[u8; 16], ifindex: u32, ip_len: u16) -> Route;
     /// May the balancer redirect out of `ifindex`?
     fn is_egress(&self, ifindex: u32) -> bool;
+}
+
+/// What [`Tables::insert_nat`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatInsert {
+    Inserted,
+    /// Another flow holds the key.
+    Taken,
+    /// The table has no room for another entry.
+    Full,
 }
 
 /// The XDP action.
@@ -116,6 +131,9 @@ pub struct Outcome {
     pub counter: Option<LbCounter>,
     /// The flow's previous backend was gone or down.
     pub moved: bool,
+    /// A `nat` flow the flow table had forgotten was found again by its
+    /// NAT entry (counted as [`LbCounter::FlowRefound`] when forwarded).
+    pub refound: bool,
     /// `(service stats index, backend id)` charged with the packet.
     pub charged: Option<(u32, u32)>,
     pub len: usize,
@@ -123,10 +141,10 @@ pub struct Outcome {
 
 impl Outcome {
     const fn next_stage() -> Self {
-        Outcome { action: Action::NextStage, counter: None, moved: false, charged: None, len: 0 }
+        Outcome { action: Action::NextStage, counter: None, moved: false, refound: false, charged: None, len: 0 }
     }
     const fn with(action: Action, counter: LbCounter) -> Self {
-        Outcome { action, counter: Some(counter), moved: false, charged: None, len: 0 }
+        Outcome { action, counter: Some(counter), moved: false, refound: false, charged: None, len: 0 }
     }
 }
 
@@ -279,10 +297,13 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             };
             let mut nat_port = 0;
             if mode == Mode::Nat {
-                let Some(port) = allocate_snat_port(frame, ifindex, t, &g, p, svc, &b) else {
-                    return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, LbCounter::SnatExhausted) };
-                };
-                nat_port = port;
+                match allocate_snat_port(frame, ifindex, t, &g, p, svc, &b) {
+                    Ok((port, refound)) => {
+                        nat_port = port;
+                        outcome.refound = refound;
+                    }
+                    Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
+                }
             }
             t.set_flow(&fkey, &FlowEntry { backend: id, generation: b.generation, nat_port, _pad: [0; 2] });
             outcome.counter = Some(LbCounter::NewFlow);
@@ -333,13 +354,13 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
         let extra = if mode == Mode::Dsr { if p.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN } } else { 0 };
         let reply = icmp_too_big(frame, out, p, mtu.saturating_sub(extra as u16));
         return match reply {
-            Some(len) => Outcome { action: Action::Tx, counter: Some(LbCounter::IcmpTooBigSent), moved: outcome.moved, charged: None, len },
-            None => Outcome { action: Action::Drop, counter: Some(LbCounter::TooBig), moved: outcome.moved, charged: None, len: 0 },
+            Some(len) => Outcome { action: Action::Tx, counter: Some(LbCounter::IcmpTooBigSent), moved: outcome.moved, refound: false, charged: None, len },
+            None => Outcome { action: Action::Drop, counter: Some(LbCounter::TooBig), moved: outcome.moved, refound: false, charged: None, len: 0 },
         };
     }
     let (action, counter) = send(out, ifindex, t, route);
     if action == Action::Drop {
-        return Outcome { action, counter: Some(counter), moved: outcome.moved, charged: None, len: 0 };
+        return Outcome { action, counter: Some(counter), moved: outcome.moved, refound: false, charged: None, len: 0 };
     }
     Outcome { action, len: out_len, ..outcome }
 }
@@ -398,9 +419,12 @@ fn icmp_too_big(frame: &[u8], out: &mut [u8], p: &Parsed, mtu: u16) -> Option<us
     }
 }
 
-/// Rule 6's SNAT port: `None` when all probes are taken by other flows.
-fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Globals, p: &Parsed, svc: &Service, b: &BackendInfo) -> Option<u16> {
-    let span = u32::from(g.snat_port_max.checked_sub(g.snat_port_min)?) + 1;
+/// Rule 6's SNAT port, and whether it is the one the flow's own NAT entry
+/// holds (the flow table had forgotten the flow); the drop counter when all
+/// probes are taken by other flows, or a free port's entry finds the table
+/// full.
+fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Globals, p: &Parsed, svc: &Service, b: &BackendInfo) -> Result<(u16, bool), LbCounter> {
+    let span = u32::from(g.snat_port_max.checked_sub(g.snat_port_min).ok_or(LbCounter::SnatExhausted)?) + 1;
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
     let mut entry = NatEntry {
         client: p.src,
@@ -416,16 +440,16 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Glob
         let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
         let key = NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
         match t.nat(&key) {
-            Some(e) if same_flow(&e, &entry) => return Some(port),
+            Some(e) if same_flow(&e, &entry) => return Ok((port, true)),
             Some(_) => continue,
-            None => {
-                if t.insert_nat(&key, &entry) {
-                    return Some(port);
-                }
-            }
+            None => match t.insert_nat(&key, &entry) {
+                NatInsert::Inserted => return Ok((port, false)),
+                NatInsert::Taken => continue,
+                NatInsert::Full => return Err(LbCounter::NatTableFull),
+            },
         }
     }
-    None
+    Err(LbCounter::SnatExhausted)
 }
 
 /// Does a NAT entry belong to the flow `want` describes?
@@ -456,7 +480,7 @@ fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &P
     rewrite(out, p, e.vip, e.vip_port, e.client, e.client_port);
     let route = Route::Via { ifindex: e.ifindex, smac: e.edge_mac, dmac: e.client_mac };
     let (action, counter) = send(out, ifindex, t, route);
-    Outcome { action, counter: Some(if action == Action::Drop { counter } else { LbCounter::NatReply }), moved: false, charged: None, len: frame.len() }
+    Outcome { action, counter: Some(if action == Action::Drop { counter } else { LbCounter::NatReply }), moved: false, refound: false, charged: None, len: frame.len() }
 }
 
 /// Rule 7: Ethernet addresses from the route, and the action.
@@ -698,7 +722,7 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
     if action == Action::Drop {
         return Outcome::with(Action::Drop, counter);
     }
-    Outcome { action, counter: Some(LbCounter::IcmpForwarded), moved: false, charged: None, len: out_len }
+    Outcome { action, counter: Some(LbCounter::IcmpForwarded), moved: false, refound: false, charged: None, len: out_len }
 }
 
 /// Rule 9 in `nat` mode: the error as the backend must see it — from the

@@ -54,11 +54,13 @@ pub static LB_BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 #[map]
 pub static LB_MAGLEV: Array<u32> = Array::pinned(MAX_VIPS * 2 * DEFAULT_TABLE_SIZE, 0);
 
+/// Sized by user space at load time (`flow_table_size`).
 #[map]
 pub static LB_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(MAX_FLOWS, 0);
 
 /// Preallocated: a new `nat` flow inserts here, and an allocating insert
 /// (`BPF_F_NO_PREALLOC`) doubled that path's cost (docs/balancer.md).
+/// Sized by user space at load time (`nat_table_size`).
 #[map]
 pub static LB_NAT: HashMap<NatKey, NatEntry> = HashMap::pinned(MAX_NAT_ENTRIES, 0);
 

@@ -15,7 +15,7 @@ use lb_user::{
     balancer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
     config::{BalancerConfig, CompiledPolicy, Config, ForwardMode},
     events,
-    loader::{remove_pins, AttachMode, Datapath, Program},
+    loader::{remove_pins, AttachMode, Datapath, MapSizes, Program},
     maps::{BalancerMaps, IsolatorMaps},
     health::HealthChecks,
     policy,
@@ -23,6 +23,7 @@ use lb_user::{
     state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
     swarm::follow::SwarmFollower,
     sweep,
+    watch::{self, CounterWatch},
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -249,6 +250,8 @@ struct Daemon {
     maps: IsolatorMaps,
     lb_maps: BalancerMaps,
     lb_writer: BalancerWriter,
+    /// The sizes the maps were loaded with.
+    sizes: MapSizes,
     attached: HashMap<String, (Program, AttachMode)>,
     health: HealthChecks,
     swarm: SwarmFollower,
@@ -278,12 +281,8 @@ impl Daemon {
         let ifx = ifindexes(cfg)?;
         let compiled = cfg.compile();
         warn_ephemeral_overlap(&compiled);
-        let table_size = cfg.balancer().map_or(lb_common::maglev::DEFAULT_TABLE_SIZE, |b| b.table_size);
-        if table_size != self.lb_writer.table_size() {
-            bail!(
-                "balancer.table_size changed from {} to {table_size}: that needs new maps (stop swarmlb, `swarmlb down`, start it again)",
-                self.lb_writer.table_size()
-            );
+        if let Some(change) = self.sizes.change(&MapSizes::of(cfg.balancer())) {
+            bail!("{change}: that needs new maps, which forget every flow (stop swarmlb, `swarmlb down`, start it again)");
         }
         // Everything that can refuse the config is asked before anything
         // is written; the health checks follow only a config that applied.
@@ -506,14 +505,20 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     ifindexes(&cfg)?;
     let _lock = InstanceLock::acquire(runtime_dir)?;
     let pin_dir = cfg.pin_path().to_owned();
-    let table_size = cfg.balancer().map_or(lb_common::maglev::DEFAULT_TABLE_SIZE, |b| b.table_size);
-    let datapath = Datapath::load(&pin_dir, table_size)?;
+    let sizes = MapSizes::of(cfg.balancer());
+    let datapath = Datapath::load(&pin_dir, sizes)?;
     let maps = IsolatorMaps::open(&pin_dir)?;
     let lb_maps = BalancerMaps::open(&pin_dir)?;
-    let lb_writer = BalancerWriter::adopt(&lb_maps, table_size)?;
+    let lb_writer = BalancerWriter::adopt(&lb_maps, sizes.table_size)?;
     // Health checks run on the runtime from the first apply on.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _runtime = rt.enter();
+    // Before the first apply writes the state file: from then on
+    // `swarmlb reload` may signal, and an unhandled SIGHUP would end the
+    // daemon.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
     let health = HealthChecks::new(health_tx);
     let (swarm_tx, mut swarm_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -523,6 +528,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         maps,
         lb_maps,
         lb_writer,
+        sizes,
         attached: HashMap::new(),
         health,
         swarm,
@@ -577,11 +583,12 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                 None
             }
         });
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let mut pin_check = tokio::time::interval(PIN_CHECK_INTERVAL);
+        let mut watch_tick = tokio::time::interval(watch::INTERVAL);
+        watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = CounterWatch::new(daemon.lb_maps.counters().unwrap_or_default());
+        let mut watched = std::time::Instant::now();
         let mut idle = idle_timeouts(&cfg);
         info!(pid = std::process::id(), "swarmlb running");
         loop {
@@ -594,6 +601,13 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                     }
                 }
                 _ = pin_check.tick() => daemon.check_pins(runtime_dir),
+                _ = watch_tick.tick() => {
+                    match watch.check(&daemon.lb_maps, watched.elapsed()) {
+                        Ok(lines) => lines.iter().for_each(|l| warn!("{l}")),
+                        Err(e) => warn!(error = format!("{e:#}"), "reading the balancer's counters failed"),
+                    }
+                    watched = std::time::Instant::now();
+                }
                 Some(()) = health_rx.recv() => {
                     // Several transitions at once make one apply.
                     while health_rx.try_recv().is_ok() {}

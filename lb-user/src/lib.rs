@@ -17,6 +17,7 @@ pub mod state;
 pub mod status;
 pub mod swarm;
 pub mod sweep;
+pub mod watch;
 
 /// The eBPF object (all of swarmlb's XDP programs), 8-byte aligned as the
 /// ELF parser wants it.

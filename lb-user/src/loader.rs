@@ -30,7 +30,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    balancer::{MAP_MAGLEV, MAP_NEXT_STAGE, MAX_VIPS, NEXT_STAGE_ISOLATOR, PROGRAM_BALANCER},
+    balancer::{
+        LB_COUNTERS_LEN, MAP_FLOWS, MAP_LB_COUNTERS, MAP_MAGLEV, MAP_NAT, MAP_NEXT_STAGE, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_VIPS,
+        NEXT_STAGE_ISOLATOR, PROGRAM_BALANCER,
+    },
     isolator::PROGRAM_ISOLATOR,
 };
 use tracing::{info, warn};
@@ -146,16 +149,97 @@ pub fn maglev_map_len(table_size: u32) -> u32 {
     MAX_VIPS * 2 * table_size
 }
 
+/// The sizes of the maps that are sized at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Maglev table slots per VIP (`table_size`).
+    pub table_size: u32,
+    /// Flow table entries (`flow_table_size`).
+    pub flows: u32,
+    /// NAT table entries (`nat_table_size`).
+    pub nat: u32,
+}
+
+impl MapSizes {
+    /// Maglev tables of `table_size`, the default flow and NAT tables.
+    pub const fn with_table(table_size: u32) -> Self {
+        Self { table_size, flows: MAX_FLOWS, nat: MAX_NAT_ENTRIES }
+    }
+
+    /// The sizes `b` asks for (the defaults without a balancer).
+    pub fn of(b: Option<&crate::config::BalancerConfig>) -> Self {
+        b.map_or(Self::with_table(lb_common::maglev::DEFAULT_TABLE_SIZE), |b| Self {
+            table_size: b.table_size,
+            flows: b.flow_table_size,
+            nat: b.nat_table_size,
+        })
+    }
+
+    /// (map, config key, entries) of every sized map.
+    fn maps(&self) -> [(&'static str, &'static str, u32); 3] {
+        [
+            (MAP_MAGLEV, "table_size", maglev_map_len(self.table_size)),
+            (MAP_FLOWS, "flow_table_size", self.flows),
+            (MAP_NAT, "nat_table_size", self.nat),
+        ]
+    }
+
+    /// What changed from `self` to `new`, as `key from A to B`, if anything.
+    pub fn change(&self, new: &MapSizes) -> Option<String> {
+        let changed: Vec<String> = [("table_size", self.table_size, new.table_size), ("flow_table_size", self.flows, new.flows), ("nat_table_size", self.nat, new.nat)]
+            .iter()
+            .filter(|(_, a, b)| a != b)
+            .map(|(k, a, b)| format!("balancer.{k} from {a} to {b}"))
+            .collect();
+        (!changed.is_empty()).then(|| changed.join(", "))
+    }
+}
+
+/// Refuses to reuse pinned maps of another size than `sizes` asks for: the
+/// kernel would go on with the old size while the config says another.
+/// Changing a size means new maps, which lose the flows and NAT state.
+fn check_pinned_sizes(pin_dir: &Path, sizes: &MapSizes) -> Result<()> {
+    for (map, key, want) in sizes.maps() {
+        let path = pin_dir.join(map);
+        if !path.exists() {
+            continue;
+        }
+        let have = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.max_entries();
+        if have != want {
+            bail!(
+                "the pinned {map} holds {have} entries, but balancer.{key} asks for {want}: a new size needs new maps, \
+                 which forgets every flow (stop swarmlb, `swarmlb down`, start it again); the running data path is left as it is"
+            );
+        }
+    }
+    let counters = pin_dir.join(MAP_LB_COUNTERS);
+    if counters.exists() {
+        let have = aya::maps::MapInfo::from_pin(&counters).with_context(|| format!("reading {}", counters.display()))?.max_entries();
+        if have < LB_COUNTERS_LEN {
+            warn!(
+                pinned = have,
+                known = LB_COUNTERS_LEN,
+                "the pinned balancer counters are an older version's: the newer drop reasons read 0 until the maps are recreated (`swarmlb down`)"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Datapath {
     /// Loads the programs and creates (or reuses) their maps pinned in
-    /// `pin_dir`; the Maglev map holds tables of `table_size` slots.
-    pub fn load(pin_dir: &Path, table_size: u32) -> Result<Self> {
+    /// `pin_dir`, sized as `sizes` says; pinned maps of another size are
+    /// an error.
+    pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Self> {
         ensure_bpffs(pin_dir)?;
+        check_pinned_sizes(pin_dir, &sizes)?;
         fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating the pin directory {}", pin_dir.display()))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
-            .map_max_entries(MAP_MAGLEV, maglev_map_len(table_size))
+            .map_max_entries(MAP_MAGLEV, maglev_map_len(sizes.table_size))
+            .map_max_entries(MAP_FLOWS, sizes.flows)
+            .map_max_entries(MAP_NAT, sizes.nat)
             .load(crate::ebpf_object())
             .context("loading the eBPF object")?;
         for p in [Program::Isolator, Program::Balancer] {

@@ -93,12 +93,24 @@ pub struct BalancerMaps {
     pub service_stats: PerCpuArray<MapData, TrafficStats>,
     pub backend_stats: PerCpuArray<MapData, TrafficStats>,
     pub egress: DevMapHash<MapData>,
+    /// Entries the flow table holds at most.
+    pub flow_capacity: u32,
+    /// Entries the NAT table holds at most.
+    pub nat_capacity: u32,
+}
+
+/// The `max_entries` of the map pinned at `dir/name`.
+fn capacity(dir: &Path, name: &str) -> Result<u32> {
+    let path = dir.join(name);
+    Ok(aya::maps::MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.max_entries())
 }
 
 impl BalancerMaps {
     /// Opens the balancer's maps pinned in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Self {
+            flow_capacity: capacity(dir, MAP_FLOWS)?,
+            nat_capacity: capacity(dir, MAP_NAT)?,
             services: typed!(dir, MAP_SERVICES),
             backends: typed!(dir, MAP_BACKENDS),
             maglev: typed!(dir, MAP_MAGLEV),
@@ -112,9 +124,21 @@ impl BalancerMaps {
         })
     }
 
-    /// [`LbCounter`]s summed over CPUs, in index order.
+    /// [`LbCounter`]s summed over CPUs, in index order. Counters a map
+    /// pinned by an older version lacks read 0.
     pub fn counters(&self) -> Result<Vec<u64>> {
-        (0..LB_COUNTERS_LEN).map(|i| Ok(self.counters.get(&i, 0)?.iter().sum())).collect()
+        let pinned = self.counters.len();
+        (0..LB_COUNTERS_LEN).map(|i| if i < pinned { Ok(self.counters.get(&i, 0)?.iter().sum()) } else { Ok(0) }).collect()
+    }
+
+    /// NAT entries per (backend, backend port): the SNAT ports each holds,
+    /// sorted by address and port. Reads the keys only.
+    pub fn nat_usage(&self) -> std::collections::BTreeMap<(std::net::IpAddr, u16), u32> {
+        let mut out = std::collections::BTreeMap::new();
+        for k in self.nat.keys().filter_map(Result::ok) {
+            *out.entry((crate::balancer::key_addr(&k.backend, k.family), k.backend_port)).or_default() += 1;
+        }
+        out
     }
 
     fn sum(per_cpu: &aya::maps::PerCpuValues<TrafficStats>) -> TrafficStats {

@@ -86,6 +86,16 @@ pub fn render(r: &StatusReport) -> String {
     f.sample("swarmlb_flows", &[], r.flows);
     f.head("swarmlb_nat_entries", "gauge", "NAT entries held.");
     f.sample("swarmlb_nat_entries", &[], r.nat_entries);
+    f.head("swarmlb_flow_table_capacity", "gauge", "Flows the flow table holds at most (flow_table_size; the least recently used are forgotten beyond).");
+    f.sample("swarmlb_flow_table_capacity", &[], r.flow_capacity);
+    f.head("swarmlb_nat_table_capacity", "gauge", "NAT entries the NAT table holds at most (nat_table_size; new nat flows are refused beyond).");
+    f.sample("swarmlb_nat_table_capacity", &[], r.nat_capacity);
+    f.head("swarmlb_snat_ports_capacity", "gauge", "SNAT ports each backend port may use (snat_ports).");
+    f.sample("swarmlb_snat_ports_capacity", &[], r.snat_ports);
+    f.head("swarmlb_snat_ports_in_use", "gauge", "SNAT ports in use per backend and backend port (new nat connections are refused at capacity).");
+    for u in &r.snat_usage {
+        f.sample("swarmlb_snat_ports_in_use", &[("backend", &u.backend), ("port", &u.port.to_string())], u.in_use);
+    }
     f.head("swarmlb_isolator_passed_total", "counter", "Isolator packets passed, by reason.");
     for (reason, n) in &r.passed {
         f.sample("swarmlb_isolator_passed_total", &[("reason", reason)], n);

@@ -37,6 +37,14 @@ pub struct StatusReport {
     /// Flows remembered, and NAT entries held.
     pub flows: usize,
     pub nat_entries: usize,
+    /// What the flow and NAT tables hold at most (`flow_table_size`,
+    /// `nat_table_size`).
+    pub flow_capacity: u32,
+    pub nat_capacity: u32,
+    /// SNAT ports each (backend, port) may use (`snat_ports`).
+    pub snat_ports: u32,
+    /// SNAT ports in use per (backend, backend port) that has any.
+    pub snat_usage: Vec<SnatUsage>,
     /// How the sync with the Swarm is going (`None` without `[swarm]`).
     pub swarm: Option<crate::swarm::follow::SwarmSync>,
     /// The agent: start, adoption, config reloads, pins.
@@ -107,6 +115,15 @@ fn vip_status(maps: &BalancerMaps, v: &AppliedVip, health: &[HealthTransitions])
         });
     }
     Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), rules, backends })
+}
+
+/// The SNAT ports one (backend, backend port) holds: at `snat_ports` its
+/// new `nat` connections are refused (`drop_snat_exhausted`).
+#[derive(Debug, Serialize)]
+pub struct SnatUsage {
+    pub backend: String,
+    pub port: u16,
+    pub in_use: u32,
 }
 
 /// One zone interface.
@@ -183,7 +200,10 @@ pub fn report(state: DaemonState, maps: &ReportMaps) -> Result<StatusReport> {
     let balancer = LbCounter::ALL.iter().map(|c| (c.name(), lb_counters[*c as usize])).collect();
     let vips = state.vips.iter().map(|v| vip_status(lb, v, &state.health_transitions)).collect::<Result<_>>()?;
     let flows = lb.flows.keys().count();
-    let nat_entries = lb.nat.keys().count();
+    let usage = lb.nat_usage();
+    let nat_entries = usage.values().map(|n| *n as usize).sum();
+    let snat_usage = usage.into_iter().map(|((a, port), in_use)| SnatUsage { backend: a.to_string(), port, in_use }).collect();
+    let snat_ports = lb.globals.get(&0, 0).map_or(0, |g| (u32::from(g.snat_port_max) + 1).saturating_sub(u32::from(g.snat_port_min)));
     Ok(StatusReport {
         pid: state.pid,
         // SAFETY: signal 0 only checks that the process exists.
@@ -198,6 +218,10 @@ pub fn report(state: DaemonState, maps: &ReportMaps) -> Result<StatusReport> {
         balancer,
         flows,
         nat_entries,
+        flow_capacity: lb.flow_capacity,
+        nat_capacity: lb.nat_capacity,
+        snat_ports,
+        snat_usage,
         swarm: state.swarm,
         agent: state.agent,
     })
@@ -290,7 +314,10 @@ pub fn render_table(r: &StatusReport) -> String {
         }
     }
     if !r.vips.is_empty() {
-        let _ = writeln!(out, "\nflows {}   nat entries {}", r.flows, r.nat_entries);
+        let _ = writeln!(out, "\nflows {} of {}   nat entries {} of {}", r.flows, r.flow_capacity, r.nat_entries, r.nat_capacity);
+        for u in &r.snat_usage {
+            let _ = writeln!(out, "snat ports to {}: {} of {} in use", std::net::SocketAddr::new(u.backend.parse().unwrap_or(std::net::IpAddr::from([0u8; 4])), u.port), u.in_use, r.snat_ports);
+        }
         let _ = writeln!(out, "{:<26} {:>14}", "BALANCER", "PACKETS");
         for (name, n) in &r.balancer {
             let _ = writeln!(out, "{name:<26} {n:>14}");

@@ -21,7 +21,7 @@ use std::{
     path::PathBuf,
 };
 
-use lb_user::loader::{remove_pins, Datapath, Program};
+use lb_user::loader::{remove_pins, Datapath, MapSizes, Program};
 
 use crate::{Netns, Topology};
 
@@ -37,6 +37,20 @@ pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 pub const EDGE_INSIDE_V4: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 /// The edge's inside IPv6 address.
 pub const EDGE_INSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+
+/// Loads the pass-through programs a lab puts on the veths that XDP
+/// redirects into (a veth delivers redirected frames only if its peer runs
+/// XDP), pinned in a private directory for `tag`. They never balance:
+/// their flow and NAT tables are as small as they can be.
+pub fn load_pass_through(tag: &str) -> (Datapath, PathBuf) {
+    let pass_pins = crate::pins::private_pin_dir("lab", tag);
+    let _ = remove_pins(&pass_pins);
+    let pass = Datapath::load(&pass_pins, MapSizes { table_size: 251, flows: 1, nat: 1 }).unwrap_or_else(|e| {
+        let _ = remove_pins(&pass_pins);
+        panic!("pass-through program loads: {e:#}")
+    });
+    (pass, pass_pins)
+}
 
 /// Worker `i`'s (1-based) addresses.
 pub fn worker_addrs(i: usize) -> (Ipv4Addr, Ipv6Addr) {
@@ -100,12 +114,7 @@ impl EdgeLab {
         for (ns, ifname) in std::iter::once((&client, "c-out")).chain(ws.iter().map(|w| (w, "eth0"))) {
             ns.exec(&["ethtool", "-K", ifname, "tx", "off"]).expect("ethtool -K tx off (cargo xtask setup installs ethtool)");
         }
-        let pass_pins = crate::pins::private_pin_dir("lab", tag);
-        let _ = remove_pins(&pass_pins);
-        let mut pass = Datapath::load(&pass_pins, 251).unwrap_or_else(|e| {
-            let _ = remove_pins(&pass_pins);
-            panic!("pass-through program loads: {e:#}")
-        });
+        let (mut pass, pass_pins) = load_pass_through(tag);
         for (ns, ifname) in [(&switch, "s-e"), (&client, "c-out")] {
             ns.run(|| pass.attach(ifname, Program::Isolator)).expect("pass-through XDP attaches");
         }

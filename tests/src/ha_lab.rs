@@ -112,12 +112,7 @@ impl HaLab {
         // Frames the edges' XDP programs redirect into a veth are only
         // delivered if its peer runs XDP: a pass-through program on the
         // bridge ports of both edges.
-        let pass_pins = crate::pins::private_pin_dir("lab", tag);
-        let _ = remove_pins(&pass_pins);
-        let mut pass = Datapath::load(&pass_pins, 251).unwrap_or_else(|e| {
-            let _ = remove_pins(&pass_pins);
-            panic!("pass-through program loads: {e:#}")
-        });
+        let (mut pass, pass_pins) = crate::edge_lab::load_pass_through(tag);
         for (ns, ifname) in [(&outside, "o-a"), (&outside, "o-b"), (&inside, "s-a"), (&inside, "s-b")] {
             ns.run(|| pass.attach(ifname, Program::Isolator)).expect("pass-through XDP attaches");
             // A NIC drops unicast frames for other MACs before XDP sees

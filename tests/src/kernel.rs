@@ -52,7 +52,7 @@ impl KernelIsolator {
     pub fn new(tag: &str, config: Config) -> Self {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/swarmlb-test-{}-{tag}", std::process::id()));
         let _ = remove_pins(&pin_dir);
-        let iso = Datapath::load(&pin_dir, lb_common::maglev::DEFAULT_TABLE_SIZE).expect("programs load (run as root)");
+        let iso = Datapath::load(&pin_dir, lb_user::loader::MapSizes::with_table(lb_common::maglev::DEFAULT_TABLE_SIZE)).expect("programs load (run as root)");
         let mut maps = IsolatorMaps::open(&pin_dir).expect("maps open");
         // No drop events: the fuzzer drops a lot and nobody reads them here.
         policy::apply_settings(&mut maps, u64::MAX).unwrap();

@@ -18,14 +18,14 @@ use std::{
 
 use lb_common::{
     balancer::*,
-    balancer_model::{Action, Route, Tables},
+    balancer_model::{Action, NatInsert, Route, Tables},
     isolator::FAMILY_V4,
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_user::{
     balancer::{addr_key, BalancerWriter, Desired, DesiredBackend, DesiredVip},
     config::{Config, ReferencePolicy},
-    loader::{remove_pins, Datapath, Program},
+    loader::{remove_pins, Datapath, MapSizes, Program},
     maps::{BalancerMaps, IsolatorMaps},
     policy,
 };
@@ -256,21 +256,30 @@ pub struct KernelBalancer {
     pin_dir: PathBuf,
     /// The fixture namespace.
     pub net: FixtureNet,
+    /// What the maps were sized to.
+    sizes: MapSizes,
 }
 
 impl KernelBalancer {
     /// Loads the programs and builds the fixture namespace.
     pub fn new(tag: &str) -> Self {
+        Self::with_sizes(tag, MapSizes::with_table(FIXTURE_TABLE_SIZE))
+    }
+
+    /// [`KernelBalancer::new`] with the flow and NAT tables of `sizes`
+    /// (its Maglev tables must be [`FIXTURE_TABLE_SIZE`]).
+    pub fn with_sizes(tag: &str, sizes: MapSizes) -> Self {
+        assert_eq!(sizes.table_size, FIXTURE_TABLE_SIZE, "the fixtures' Maglev tables");
         let net = FixtureNet::new(tag);
         let pin_dir = crate::pins::private_pin_dir("lbtest", tag);
         let _ = remove_pins(&pin_dir);
-        let dp = Datapath::load(&pin_dir, FIXTURE_TABLE_SIZE).unwrap_or_else(|e| {
+        let dp = Datapath::load(&pin_dir, sizes).unwrap_or_else(|e| {
             let _ = remove_pins(&pin_dir);
             panic!("programs load (run as root): {e:#}")
         });
         let maps = BalancerMaps::open(&pin_dir).expect("maps open");
         let writer = BalancerWriter::adopt(&maps, FIXTURE_TABLE_SIZE).expect("writer");
-        Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net }
+        Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net, sizes }
     }
 
     /// Applies a desired state (egress interfaces filled in).
@@ -362,7 +371,7 @@ impl KernelBalancer {
             globals: maps.globals.get(&0, 0).ok(),
             flows: HashMap::new(),
             nat: HashMap::new(),
-            nat_capacity: MAX_NAT_ENTRIES as usize,
+            nat_capacity: self.sizes.nat as usize,
             egress: [self.net.out_ifindex, self.net.in_ifindex].into_iter().collect(),
         };
         m.reload(maps);
@@ -424,8 +433,8 @@ impl Tables for ModelTables {
         self.globals
     }
     fn mark_nat_closing(&mut self, key: &NatKey, state: u8) {
-        if let Some(e) = self.nat.get_mut(key).filter(|e| e.closing == 0) {
-            e.closing = state;
+        if let Some(e) = self.nat.get_mut(key) {
+            e.closing = next_closing(e.closing, state);
         }
     }
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
@@ -437,12 +446,15 @@ impl Tables for ModelTables {
     fn nat(&self, key: &NatKey) -> Option<NatEntry> {
         self.nat.get(key).copied()
     }
-    fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> bool {
-        if self.nat.contains_key(key) || self.nat.len() >= self.nat_capacity {
-            return false;
+    fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> NatInsert {
+        if self.nat.contains_key(key) {
+            return NatInsert::Taken;
+        }
+        if self.nat.len() >= self.nat_capacity {
+            return NatInsert::Full;
         }
         self.nat.insert(*key, *entry);
-        true
+        NatInsert::Inserted
     }
     fn route(&self, family: u8, dst: &[u8; 16], _ifindex: u32, ip_len: u16) -> Route {
         self.fib.route(family, dst, ip_len)

@@ -389,6 +389,9 @@ fn tally(m: &mut [u64], o: &Outcome) {
     if o.moved {
         m[LbCounter::FlowMoved as usize] += 1;
     }
+    if o.refound {
+        m[LbCounter::FlowRefound as usize] += 1;
+    }
 }
 
 #[test]
@@ -418,6 +421,56 @@ fn snat_exhaustion_refuses_new_flows_cleanly() {
     assert_eq!(ports, vec![2000, 2001], "each port is given to one flow only");
     assert_eq!(refused, 14);
     assert_eq!(kb.maps().counters().unwrap()[LbCounter::SnatExhausted as usize], 14);
+}
+
+#[test]
+fn a_full_nat_table_refuses_new_flows_as_such() {
+    if !root_or_skip() {
+        return;
+    }
+    let sizes = lb_user::loader::MapSizes { nat: 4, ..lb_user::loader::MapSizes::with_table(FIXTURE_TABLE_SIZE) };
+    let mut kb = KernelBalancer::with_sizes("lbnatfull", sizes);
+    kb.apply(&desired());
+    let mut model = kb.model();
+    let out_if = kb.net.out_ifindex;
+    let mut outcomes: HashMap<&str, u32> = HashMap::new();
+    for sport in 31000..31010u16 {
+        let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
+        let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+        *outcomes.entry(o.counter.map_or("none", LbCounter::name)).or_default() += 1;
+    }
+    assert_eq!(outcomes, HashMap::from([("new_flow", 4), ("drop_nat_table_full", 6)]), "4 entries fit, every later new flow is refused");
+    let counters = kb.maps().counters().unwrap();
+    assert_eq!((counters[LbCounter::NatTableFull as usize], counters[LbCounter::SnatExhausted as usize]), (6, 0), "a full table is not SNAT exhaustion");
+    // The flows that got in go on, in both directions.
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(31000, 443));
+    assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::FlowHit));
+    // Forgotten by the flow table (as LRU eviction does), the flow is
+    // placed again and finds its own NAT entry: no insert, so even a full
+    // table keeps it.
+    let (src, family) = addr_key(ip(CLIENT_V4));
+    let fkey = FlowKey { src, dst: addr_key(ip(NAT4)).0, src_port: 31000, dst_port: 443, proto: IPPROTO_TCP, family, _pad: [0; 2] };
+    let port_before = flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).nat_port;
+    kb.maps_mut().flows.remove(&fkey).unwrap();
+    model.flows.remove(&fkey);
+    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+    assert_eq!((o.counter, o.refound), (Some(LbCounter::NewFlow), true));
+    assert_eq!(flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).nat_port, port_before, "its own SNAT port again");
+    assert_eq!(kb.maps().counters().unwrap()[LbCounter::FlowRefound as usize], 1);
+    let port = flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).nat_port;
+    let backend = backend_addr(&kb, flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).backend);
+    let f = FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac);
+    let reply = ip_frame(&f, &backend.to_string(), "10.1.0.1", &reply_to(port), |_| {}, |_| {});
+    let in_if = kb.net.in_ifindex;
+    assert_eq!(both(&mut kb, &mut model, &reply, in_if).0.counter, Some(LbCounter::NatReply));
+    // A freed entry (the agent's sweep) makes room for one more.
+    let key = *model.nat.keys().next().unwrap();
+    kb.maps_mut().nat.remove(&key).unwrap();
+    model.nat.remove(&key);
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(31020, 443));
+    assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::NewFlow));
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(31021, 443));
+    assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::NatTableFull));
 }
 
 /// A small deterministic PRNG (xorshift64*), so a failure replays.
@@ -778,6 +831,21 @@ fn a_closed_connection_gives_its_snat_port_back() {
         (k, e)
     }).collect();
     assert_eq!(knat, model.nat, "the model marks the same entries");
+
+    // The client reuses a closed connection's 5-tuple while the edge still
+    // remembers it (its port was free again on the client): the same
+    // backend and SNAT port, and the entry is open again, so the new
+    // connection is not swept after the closed timeout. A SYN-ACK from the
+    // backend or a SYN with ACK changes nothing.
+    from_backend(&mut kb, &mut model, 41003, 0x12);
+    from_client(&mut kb, &mut model, 41003, 0x12);
+    assert_eq!(nat_entry(&kb, 41003).1.closing, NAT_TIME_WAIT);
+    let port = nat_entry(&kb, 41001).0.nat_port;
+    let syn = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(41001, 443));
+    assert_eq!(both(&mut kb, &mut model, &syn, out_if).0.counter, Some(LbCounter::FlowHit));
+    assert_eq!((nat_entry(&kb, 41001).0.nat_port, nat_entry(&kb, 41001).1.closing), (port, 0), "reopened on its port");
+    from_client(&mut kb, &mut model, 41001, 0x11);
+    assert_eq!(nat_entry(&kb, 41001).1.closing, NAT_CLOSED, "and closes again");
 
     // The sweep: closed entries go after `tcp_closed`, with their flows;
     // the open and the TIME_WAIT ones stay.

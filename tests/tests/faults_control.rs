@@ -150,9 +150,9 @@ backends_from = "node.labels.lb==proxy"
     let before_backends = backends(&inst);
     let before_protected = dmz_protected();
     let m = metrics(&s.edge);
-    let syncs0 = metric(&m, "swarmlb_swarm_syncs_total").unwrap();
-    let failures0 = metric(&m, "swarmlb_swarm_failures_total").unwrap();
-    assert_eq!(metric(&m, "swarmlb_swarm_connected"), Some(1.0));
+    let syncs0 = metric::<f64>(&m, "swarmlb_swarm_syncs_total").unwrap();
+    let failures0 = metric::<f64>(&m, "swarmlb_swarm_failures_total").unwrap();
+    assert_eq!(metric::<f64>(&m, "swarmlb_swarm_connected"), Some(1.0));
 
     let load = StreamLoad::start(&s.client, IpAddr::V4(VIP), 12, Duration::from_millis(100));
     load.progress("before", Duration::from_secs(1), 12);
@@ -175,9 +175,9 @@ backends_from = "node.labels.lb==proxy"
     }
     let away = t0.elapsed();
     let m = metrics(&s.edge);
-    assert_eq!(metric(&m, "swarmlb_swarm_connected"), Some(0.0), "{m}");
-    let failures = metric(&m, "swarmlb_swarm_failures_total").unwrap();
-    assert_eq!(metric(&m, "swarmlb_swarm_syncs_total"), Some(syncs0), "no sync without dockerd");
+    assert_eq!(metric::<f64>(&m, "swarmlb_swarm_connected"), Some(0.0), "{m}");
+    let failures = metric::<f64>(&m, "swarmlb_swarm_failures_total").unwrap();
+    assert_eq!(metric::<f64>(&m, "swarmlb_swarm_syncs_total"), Some(syncs0), "no sync without dockerd");
     // One line at the loss, not one per retry.
     let out = daemon.output_so_far();
     let lines = count_after(&out, log_mark, "lb_user::swarm");
@@ -194,8 +194,8 @@ backends_from = "node.labels.lb==proxy"
     wait_until(Duration::from_secs(30), || inst.status()["swarm"]["connected"] == true, || daemon.output_so_far());
     let resync = t1.elapsed();
     let m = metrics(&s.edge);
-    assert_eq!(metric(&m, "swarmlb_swarm_connected"), Some(1.0));
-    assert!(metric(&m, "swarmlb_swarm_syncs_total").unwrap() > syncs0, "{m}");
+    assert_eq!(metric::<f64>(&m, "swarmlb_swarm_connected"), Some(1.0));
+    assert!(metric::<f64>(&m, "swarmlb_swarm_syncs_total").unwrap() > syncs0, "{m}");
     assert!(daemon.output_so_far().contains("in sync with the Swarm again"), "{}", daemon.output_so_far());
     assert_eq!(backends(&inst), before_backends, "the restarted manager drained nothing");
     println!("dockerd answering again: in sync {:.1} s later", resync.as_secs_f64());
@@ -289,10 +289,10 @@ fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
     let load = StreamLoad::start(&lab.client, IpAddr::V4(VIP_V4), 30, Duration::from_millis(20));
     load.progress("before", Duration::from_secs(1), 30);
     let m = metrics(&lab.edge);
-    assert_eq!(metric(&m, "swarmlb_agent_adopted"), Some(0.0), "a first start adopts nothing");
-    let started0 = metric(&m, "swarmlb_agent_start_timestamp_seconds").unwrap();
+    assert_eq!(metric::<f64>(&m, "swarmlb_agent_adopted"), Some(0.0), "a first start adopts nothing");
+    let started0 = metric::<f64>(&m, "swarmlb_agent_start_timestamp_seconds").unwrap();
     let packets0 = metric_sum(&m, "swarmlb_backend_packets_total");
-    let flows0 = metric(&m, "swarmlb_flows").unwrap();
+    let flows0 = metric::<f64>(&m, "swarmlb_flows").unwrap();
     assert!(packets0 > 0.0 && flows0 >= 30.0, "{m}");
 
     daemon.signal(libc::SIGKILL);
@@ -308,14 +308,14 @@ fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
     load.progress("after the restart", Duration::from_secs(1), 30);
 
     let m = metrics(&lab.edge);
-    assert_eq!(metric(&m, "swarmlb_agent_adopted"), Some(1.0), "{m}");
-    let started1 = metric(&m, "swarmlb_agent_start_timestamp_seconds").unwrap();
+    assert_eq!(metric::<f64>(&m, "swarmlb_agent_adopted"), Some(1.0), "{m}");
+    let started1 = metric::<f64>(&m, "swarmlb_agent_start_timestamp_seconds").unwrap();
     assert!(started1 > started0, "the restart is visible: {started0} → {started1}");
     // The counters live in the kernel's pinned maps: they went on counting
     // while no agent ran, and did not start over.
     let packets1 = metric_sum(&m, "swarmlb_backend_packets_total");
     assert!(packets1 >= packets0 + during as f64, "backend packets {packets0} → {packets1} ({during} requests while no agent ran)");
-    assert!(metric(&m, "swarmlb_flows").unwrap() >= 30.0, "the streams' flows are still remembered: {m}");
+    assert!(metric::<f64>(&m, "swarmlb_flows").unwrap() >= 30.0, "the streams' flows are still remembered: {m}");
 
     let answered = load.answered();
     let longest = load.longest_wait();
@@ -388,9 +388,9 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
         assert_eq!(kernel_state(&inst.pin_path), before, "case {}: the kernel's maps changed", n + 1);
         assert_eq!(applied_vips(&inst), status_before, "case {}: the applied state changed", n + 1);
         let m = metrics(&lab.edge);
-        assert_eq!(metric(&m, "swarmlb_config_last_reload_successful"), Some(0.0), "{m}");
-        assert_eq!(metric(&m, "swarmlb_config_reloads_total{result=\"failed\"}"), Some(n as f64 + 1.0), "{m}");
-        assert_eq!(metric(&m, "swarmlb_config_reloads_total{result=\"success\"}"), Some(0.0), "{m}");
+        assert_eq!(metric::<f64>(&m, "swarmlb_config_last_reload_successful"), Some(0.0), "{m}");
+        assert_eq!(metric::<f64>(&m, "swarmlb_config_reloads_total{result=\"failed\"}"), Some(n as f64 + 1.0), "{m}");
+        assert_eq!(metric::<f64>(&m, "swarmlb_config_reloads_total{result=\"success\"}"), Some(0.0), "{m}");
         load.progress(&format!("after refused reload {}", n + 1), Duration::from_millis(500), 20);
         assert!(daemon.try_status().is_none(), "the daemon died");
     }
@@ -407,12 +407,12 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
     daemon.signal(libc::SIGHUP);
     wait_until(
         Duration::from_secs(10),
-        || metric(&metrics(&lab.edge), "swarmlb_config_last_reload_successful") == Some(1.0),
+        || metric::<f64>(&metrics(&lab.edge), "swarmlb_config_last_reload_successful") == Some(1.0),
         || daemon.output_so_far(),
     );
     let m = metrics(&lab.edge);
-    assert_eq!(metric(&m, "swarmlb_config_reloads_total{result=\"success\"}"), Some(1.0), "{m}");
-    assert!(metric(&m, "swarmlb_config_last_reload_success_timestamp_seconds").unwrap() > 0.0);
+    assert_eq!(metric::<f64>(&m, "swarmlb_config_reloads_total{result=\"success\"}"), Some(1.0), "{m}");
+    assert!(metric::<f64>(&m, "swarmlb_config_last_reload_success_timestamp_seconds").unwrap() > 0.0);
     assert!(m.contains("swarmlb_backend_weight{vip=\"web4\",backend=\"10.1.0.13\"} 1"), "{m}");
     assert!(inst.status()["zones"][0]["protected"].as_array().unwrap().iter().any(|p| p == "udp/9999"));
     assert_ne!(kernel_state(&inst.pin_path), before);
@@ -444,14 +444,14 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     load.progress("before", Duration::from_secs(1), 20);
     let link_pin = inst.pin_path.join("xdp-native-e-out");
     assert!(link_pin.exists() && inst.pin_path.join("LB_FLOWS").exists());
-    assert_eq!(metric(&metrics(&lab.edge), "swarmlb_pins_ok"), Some(1.0));
+    assert_eq!(metric::<f64>(&metrics(&lab.edge), "swarmlb_pins_ok"), Some(1.0));
 
     let t = Instant::now();
     mount.unmount().unwrap();
     assert!(!link_pin.exists());
     wait_until(
         Duration::from_secs(10),
-        || metric(&metrics(&lab.edge), "swarmlb_pins_ok") == Some(0.0),
+        || metric::<f64>(&metrics(&lab.edge), "swarmlb_pins_ok") == Some(0.0),
         || format!("pins_ok stays 1:\n{}", daemon.output_so_far()),
     );
     println!("bpffs unmounted: reported after {:.1} s", t.elapsed().as_secs_f64());
@@ -461,7 +461,7 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     assert_eq!(who(&lab.client, IpAddr::V4(VIP_V4)).chars().next(), Some('w'), "new connections still balanced");
     let m = metrics(&lab.edge);
     assert!(metric_sum(&m, "swarmlb_backend_packets_total") > packets, "the metrics still read the live counters: {m}");
-    assert_eq!(metric(&m, "swarmlb_pins_lost_total"), Some(1.0));
+    assert_eq!(metric::<f64>(&m, "swarmlb_pins_lost_total"), Some(1.0));
     // `swarmlb status` reads the pins: a clear error, not a crash.
     let status = std::process::Command::new(swarmlb_bin()).args(["status", "--runtime-dir"]).arg(&inst.runtime_dir).output().unwrap();
     let err = String::from_utf8_lossy(&status.stderr);
@@ -473,7 +473,7 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     // A bpffs again (a fresh, empty one): the agent pins it all again.
     let t = Instant::now();
     mount.mount().unwrap();
-    wait_until(Duration::from_secs(10), || metric(&metrics(&lab.edge), "swarmlb_pins_ok") == Some(1.0), || daemon.output_so_far());
+    wait_until(Duration::from_secs(10), || metric::<f64>(&metrics(&lab.edge), "swarmlb_pins_ok") == Some(1.0), || daemon.output_so_far());
     println!("bpffs mounted again: re-pinned after {:.1} s", t.elapsed().as_secs_f64());
     assert!(daemon.output_so_far().contains("pinned again"), "{}", daemon.output_so_far());
     assert!(link_pin.exists() && inst.pin_path.join("LB_FLOWS").exists() && inst.pin_path.join("ZONE_BINDINGS").exists());
@@ -488,7 +488,7 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     wait_restarted(&inst, &mut daemon);
     assert!(daemon.output_so_far().contains("adopted the pinned data path"), "{}", daemon.output_so_far());
     let m = metrics(&lab.edge);
-    assert_eq!((metric(&m, "swarmlb_agent_adopted"), metric(&m, "swarmlb_pins_ok")), (Some(1.0), Some(1.0)), "{m}");
+    assert_eq!((metric::<f64>(&m, "swarmlb_agent_adopted"), metric::<f64>(&m, "swarmlb_pins_ok")), (Some(1.0), Some(1.0)), "{m}");
     load.progress("after the restart", Duration::from_secs(1), 20);
     let answered = load.answered();
     let broken = load.finish();

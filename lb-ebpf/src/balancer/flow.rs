@@ -26,6 +26,8 @@ pub struct Placed {
     pub new: bool,
     /// Its previous backend was gone or down.
     pub moved: bool,
+    /// A forgotten `nat` flow whose own NAT entry [`snat_port`] found.
+    pub refound: bool,
 }
 
 /// Finds the flow's backend, or chooses one with the Maglev table, and
@@ -74,7 +76,7 @@ pub fn known(key: &FlowKey, out: &mut Placed) -> bool {
     let Some(e) = (unsafe { LB_FLOWS.get(key) }) else { return false };
     match LB_BACKENDS.get(e.backend) {
         Some(b) if b.generation == e.generation && b.up == 1 => {
-            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, new: false, moved: false };
+            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, new: false, moved: false, refound: false };
             true
         }
         _ => false,
@@ -90,20 +92,30 @@ pub fn remember(key: &FlowKey, placed: &Placed) {
 
 /// [`snat_port`] found no free port.
 pub const NO_PORT: u32 = u32::MAX;
+/// [`snat_port`] found a free port, but the NAT table had no room.
+pub const TABLE_FULL: u32 = u32::MAX - 1;
+
+/// `-EEXIST`: another CPU took the key between the lookup and the insert.
+const EEXIST: i64 = -17;
 
 /// The flow's SNAT port: its own NAT entry if one survived the flow
 /// table's eviction, else the first free port of the probe sequence;
-/// [`NO_PORT`] if all are taken.
+/// [`NO_PORT`] if all are taken, [`TABLE_FULL`] if the entry of a free
+/// one could not be inserted.
 #[inline(never)]
 pub fn snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> u32 {
-    find_snat_port(pkt, s, g, svc).map_or(NO_PORT, u32::from)
+    match find_snat_port(pkt, s, g, svc) {
+        Ok(port) => u32::from(port),
+        Err(LbCounter::NatTableFull) => TABLE_FULL,
+        Err(_) => NO_PORT,
+    }
 }
 
 #[inline(always)]
-fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> Option<u16> {
+fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> Result<u16, LbCounter> {
     let (p, backend) = (&s.parsed, &s.placed.addr);
     if g.snat_port_max < g.snat_port_min {
-        return None;
+        return Err(LbCounter::SnatExhausted);
     }
     let span = u32::from(g.snat_port_max - g.snat_port_min) + 1;
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
@@ -112,8 +124,8 @@ fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> 
         vip: p.dst,
         client_port: p.sport,
         vip_port: p.dport,
-        client_mac: pkt.bytes_at::<6>(6)?,
-        edge_mac: pkt.bytes_at::<6>(0)?,
+        client_mac: pkt.bytes_at::<6>(6).ok_or(LbCounter::SnatExhausted)?,
+        edge_mac: pkt.bytes_at::<6>(0).ok_or(LbCounter::SnatExhausted)?,
         ifindex: p.ifindex,
         closing: 0,
         _pad: [0; 3],
@@ -125,20 +137,25 @@ fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> 
         s.nat_key = NatKey { backend: *backend, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
         // SAFETY: entries are replaced whole.
         match unsafe { LB_NAT.get(&s.nat_key) } {
-            Some(e) if same_flow(e, &s.nat_entry) => return Some(port),
-            Some(_) => continue,
-            None => {
-                if LB_NAT.insert(&s.nat_key, &s.nat_entry, u64::from(BPF_NOEXIST)).is_ok() {
-                    return Some(port);
-                }
+            Some(e) if same_flow(e, &s.nat_entry) => {
+                s.placed.refound = true;
+                return Ok(port);
             }
+            Some(_) => continue,
+            None => match LB_NAT.insert(&s.nat_key, &s.nat_entry, u64::from(BPF_NOEXIST)) {
+                Ok(()) => return Ok(port),
+                Err(e) if i64::from(e) == EEXIST => continue,
+                // -E2BIG: a preallocated map has no free element left.
+                Err(_) => return Err(LbCounter::NatTableFull),
+            },
         }
     }
-    None
+    Err(LbCounter::SnatExhausted)
 }
 
 /// Marks the flow's NAT entry closing with `state` (rule 6b: its first
-/// FIN or RST passed).
+/// FIN or RST passed), or open again (a client's SYN: a new connection on
+/// the 5-tuple).
 #[inline(never)]
 pub fn mark_closing(s: &mut Scratch, svc: &Service, state: u8) {
     let p = &s.parsed;
@@ -146,9 +163,7 @@ pub fn mark_closing(s: &mut Scratch, svc: &Service, state: u8) {
     if let Some(e) = LB_NAT.get_ptr_mut(&s.nat_key) {
         // SAFETY: points into a live map value; one byte, written in place.
         unsafe {
-            if (*e).closing == 0 {
-                (*e).closing = state;
-            }
+            (*e).closing = next_closing((*e).closing, state);
         }
     }
 }

@@ -126,6 +126,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
             if port == flow::NO_PORT {
                 return drop(LbCounter::SnatExhausted);
             }
+            if port == flow::TABLE_FULL {
+                return drop(LbCounter::NatTableFull);
+            }
             s.placed.nat_port = port as u16;
         }
         flow::remember(&s.flow, &s.placed);
@@ -174,6 +177,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         Ok(action) => {
             let new = s.placed.new;
             count(if new { LbCounter::NewFlow } else { LbCounter::FlowHit });
+            if s.placed.refound {
+                count(LbCounter::FlowRefound);
+            }
             charge(LB_SERVICE_STATS.get_ptr_mut(svc.stats_index), bytes, new);
             charge(LB_BACKEND_STATS.get_ptr_mut(s.placed.id), bytes, new);
             action
@@ -199,8 +205,8 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
     let state = parse::end_of_flow(pkt, p, true);
     // SAFETY: as above; one byte, written in place (the first end wins).
     unsafe {
-        if state != 0 && (*entry).closing == 0 {
-            (*entry).closing = state;
+        if state != 0 {
+            (*entry).closing = lb_common::balancer::next_closing((*entry).closing, state);
         }
     }
     s.translation = Translation { src: e.vip, dst: e.client, sport: e.vip_port, dport: e.client_port };

@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_common::{
-    balancer::{MAX_BACKENDS_PER_VIP, MAX_VIPS},
+    balancer::{MAX_BACKENDS_PER_VIP, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_TABLE_ENTRIES, MAX_VIPS},
     maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE},
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -110,6 +110,10 @@ pub struct BalancerConfig {
     pub snat_ports: (u16, u16),
     /// Maglev table size (a prime).
     pub table_size: u32,
+    /// Entries of the flow table (LRU).
+    pub flow_table_size: u32,
+    /// Entries of the NAT table (one per `nat` flow).
+    pub nat_table_size: u32,
     pub tcp_idle_timeout: Duration,
     /// For TCP NAT state the client (or a RST) closed.
     pub tcp_closed_timeout: Duration,
@@ -132,6 +136,8 @@ pub(super) struct RawBalancer {
     snat_v6: Option<Spanned<String>>,
     snat_ports: Option<Spanned<String>>,
     table_size: Option<Spanned<u32>>,
+    flow_table_size: Option<Spanned<u32>>,
+    nat_table_size: Option<Spanned<u32>>,
     tcp_idle_timeout_s: Option<Spanned<u64>>,
     tcp_closed_timeout_s: Option<Spanned<u64>>,
     tcp_time_wait_timeout_s: Option<Spanned<u64>>,
@@ -242,8 +248,15 @@ pub(super) fn parse(
             let err = |m: &str| loc.at(s.span(), format!("balancer.snat_ports = {:?}: {m}", s.get_ref()));
             let (lo, hi) = s.get_ref().split_once('-').ok_or_else(|| err("expected LO-HI"))?;
             let (lo, hi) = (lo.trim().parse::<u16>().map_err(|_| err("LO is not a port"))?, hi.trim().parse::<u16>().map_err(|_| err("HI is not a port"))?);
-            if lo == 0 || hi < lo || u32::from(hi - lo) + 1 < 64 {
-                return Err(err("need 1 <= LO <= HI and at least 64 ports"));
+            if lo == 0 || hi < lo {
+                return Err(err("need 1 <= LO <= HI"));
+            }
+            let n = u32::from(hi - lo) + 1;
+            if n < 1024 {
+                warnings.push(format!(
+                    "balancer.snat_ports = {:?}: only {n} ports, so at most {n} concurrent nat connections per backend port (more are refused as drop_snat_exhausted)",
+                    s.get_ref()
+                ));
             }
             (lo, hi)
         }
@@ -258,6 +271,15 @@ pub(super) fn parse(
             n
         }
     };
+    let entries = |v: &Option<Spanned<u32>>, key: &str, default: u32| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) if (1..=MAX_TABLE_ENTRIES).contains(s.get_ref()) => Ok(*s.get_ref()),
+            Some(s) => Err(loc.at(s.span(), format!("balancer.{key} = {}: out of range 1-{MAX_TABLE_ENTRIES}", s.get_ref()))),
+        }
+    };
+    let flow_table_size = entries(&b.flow_table_size, "flow_table_size", MAX_FLOWS)?;
+    let nat_table_size = entries(&b.nat_table_size, "nat_table_size", MAX_NAT_ENTRIES)?;
     let timeout = |v: &Option<Spanned<u64>>, key: &str, default: u64| -> Result<Duration, ConfigError> {
         match v {
             None => Ok(Duration::from_secs(default)),
@@ -307,6 +329,8 @@ pub(super) fn parse(
         snat_v6,
         snat_ports,
         table_size,
+        flow_table_size,
+        nat_table_size,
         tcp_idle_timeout,
         tcp_closed_timeout,
         tcp_time_wait_timeout,

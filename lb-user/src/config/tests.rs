@@ -184,6 +184,7 @@ fn balancer_section_parses_with_defaults() {
     assert_eq!((b.snat_v4, b.snat_v6), (None, None));
     assert_eq!(b.tcp_idle_timeout, std::time::Duration::from_secs(900));
     assert_eq!((b.tcp_closed_timeout, b.tcp_time_wait_timeout), (std::time::Duration::from_secs(10), std::time::Duration::from_secs(120)));
+    assert_eq!((b.flow_table_size, b.nat_table_size), (262_144, 262_144));
     let web = &b.vips[0];
     assert_eq!((web.name.as_str(), web.mode), ("web", ForwardMode::Nat));
     assert_eq!(web.rules[1], Rule { proto: IPPROTO_TCP, port: 80, target_port: 8080 });
@@ -202,7 +203,9 @@ fn balancer_errors_name_key_and_line() {
     let cases: &[(&str, &str, &str)] = &[
         ("[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\n", "t.toml:2:", "a [balancer] section"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\ntable_size=65536\n", "t.toml:4:", "must be a prime"),
-        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\nsnat_ports='10-20'\n", "t.toml:4:", "at least 64 ports"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\nsnat_ports='20-10'\n", "t.toml:4:", "need 1 <= LO <= HI"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\nflow_table_size=0\n", "t.toml:4:", "balancer.flow_table_size = 0: out of range 1-16777216"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\nnat_table_size=16777217\n", "t.toml:4:", "balancer.nat_table_size = 16777217: out of range"),
         ("[balancer]\noutside_interfaces=[]\ninside_interface='i'\n", "t.toml:2:", "balancer.outside_interfaces"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='10.0.0.300'\nrules=['tcp/443']\n", "t.toml:5:", "vip[0].address"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['sctp/443']\n", "t.toml:6:", "vip[0].rules[0]"),
@@ -226,4 +229,8 @@ fn balancer_warnings() {
     let cfg = Config::parse("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\n", "t").unwrap();
     assert!(cfg.warnings().iter().any(|w| w.contains("no backend with weight > 0")), "{:?}", cfg.warnings());
     assert!(!cfg.warnings().iter().any(|w| w.contains("isolator is attached nowhere")));
+    let few = Config::parse("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\nsnat_ports='2000-2003'\nflow_table_size=16\nnat_table_size=8\n", "t").unwrap();
+    let b = few.balancer().unwrap();
+    assert_eq!((b.snat_ports, b.flow_table_size, b.nat_table_size), ((2000, 2003), 16, 8));
+    assert!(few.warnings().iter().any(|w| w.contains("only 4 ports")), "{:?}", few.warnings());
 }

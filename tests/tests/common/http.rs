@@ -4,6 +4,12 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
 };
 
 use harness::{
@@ -55,6 +61,69 @@ impl Stream {
         let mut body = vec![0; len];
         self.reader.read_exact(&mut body)?;
         Ok(String::from_utf8_lossy(&body).trim().trim_start_matches("worker=").to_string())
+    }
+}
+
+/// Streams that keep asking, each on a thread of its own, until stopped:
+/// traffic flowing while a test does something to the balancer.
+pub struct Streaming {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    threads: Vec<(String, JoinHandle<Option<String>>)>,
+}
+
+impl Streaming {
+    /// Every stream asks every 20 ms until its first failure (an error, or
+    /// an answer from another worker) or [`Streaming::stop`].
+    pub fn start(streams: Vec<Stream>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let threads = streams
+            .into_iter()
+            .map(|mut s| {
+                let (stop, answered) = (stop.clone(), answered.clone());
+                let worker = s.worker.clone();
+                let t = std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match s.ask() {
+                            Ok(w) if w == s.worker => {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(w) => return Some(format!("moved from {} to {w}", s.worker)),
+                            Err(e) => return Some(format!("on {}: {e}", s.worker)),
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    None
+                });
+                (worker, t)
+            })
+            .collect();
+        Self { stop, answered, threads }
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered within the next `window`.
+    pub fn progress(&self, window: Duration) -> u64 {
+        let before = self.answered();
+        std::thread::sleep(window);
+        self.answered() - before
+    }
+
+    /// The streams' workers, in start order.
+    pub fn workers(&self) -> Vec<String> {
+        self.threads.iter().map(|(w, _)| w.clone()).collect()
+    }
+
+    /// Stops every stream; per stream its worker and how it failed
+    /// (`None`: every answer came from its own worker).
+    pub fn stop(self) -> Vec<(String, Option<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().map(|(w, t)| (w, t.join().unwrap())).collect()
     }
 }
 
@@ -157,8 +226,9 @@ impl Drop for StreamLoad {
 }
 
 /// The value of the series `name_and_labels` (exactly as exposed, e.g.
-/// `swarmlb_config_reloads_total{result="failed"}`) in a metrics text.
-pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+/// `swarmlb_config_reloads_total{result="failed"}`) in a metrics text, as
+/// a `T` (`u64` for counts, `f64` for timestamps).
+pub fn metric<T: std::str::FromStr>(text: &str, name_and_labels: &str) -> Option<T> {
     text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
 }
 

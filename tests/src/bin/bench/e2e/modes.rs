@@ -228,7 +228,7 @@ impl XdpPass {
         let _ = remove_pins(&pins);
         // The table size is irrelevant to the isolator; the smallest prime
         // the lab uses keeps the load quick.
-        let datapath = Datapath::load(&pins, 251)?;
+        let datapath = Datapath::load(&pins, lb_user::loader::MapSizes::with_table(251))?;
         let mut pass = Self { datapath, pins };
         for dev in ["e-out", "e-in"] {
             edge.run(|| pass.datapath.attach(dev, Program::Isolator)).with_context(|| format!("XDP pass on {dev}"))?;

@@ -1,0 +1,332 @@
+//! Data-plane faults, end to end (the edge lab, nginx on the workers, the
+//! real `swarmlb run`): a backend killed mid-stream, a backend that
+//! black-holes, a health endpoint that flaps, a full flow table, SNAT ports
+//! exhausted and a full NAT table. Each test shows what happens to the
+//! connections, and that the agent logs it and the metrics count it
+//! (docs/faults.md).
+
+mod common;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use common::{
+    daemon::{stop_cleanly, wait_until},
+    edge::{config_with, start, Running, FAST_HEALTH},
+    http::{check, metric, metrics, who, Stream, Streaming},
+};
+use harness::{edge_lab::*, servers::TcpListeners, tls::connect};
+
+const THREE: [(usize, u32); 3] = [(1, 1), (2, 1), (3, 1)];
+/// Small tables where a test does not fill them (kernel memory: tests run
+/// side by side).
+const SMALL: &str = "flow_table_size = 4096\nnat_table_size = 4096";
+/// `FAST_HEALTH`'s bound on taking a failed backend out: fall 2 × interval
+/// 3 s + timeout 1 s, and slack for polling the status on a busy machine.
+const TAKEOUT_BOUND: Duration = Duration::from_millis(7000 + 2000);
+
+fn vip4() -> IpAddr {
+    IpAddr::V4(VIP_V4)
+}
+
+/// Streams on each worker name.
+fn per_worker(workers: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for w in workers {
+        *out.entry(w.clone()).or_default() += 1;
+    }
+    out
+}
+
+/// Waits until `worker` is out; how long that took from `since`.
+fn taken_out(r: &Running, worker: usize, since: Instant) -> Duration {
+    wait_until(Duration::from_secs(20), || !r.up(worker), || format!("w{worker} taken out:\n{}", r.daemon.output_so_far()));
+    since.elapsed()
+}
+
+/// The daemon's log lines containing every one of `words`.
+fn log_lines(r: &Running, words: &[&str]) -> Vec<String> {
+    r.daemon.output_so_far().lines().filter(|l| words.iter().all(|w| l.contains(w))).map(str::to_owned).collect()
+}
+
+/// Waits until the daemon logged a line with every one of `words`; the line.
+fn wait_for_log(r: &Running, words: &[&str], timeout: Duration) -> String {
+    wait_until(timeout, || !log_lines(r, words).is_empty(), || format!("a log line with {words:?}:\n{}", r.daemon.output_so_far()));
+    log_lines(r, words).remove(0)
+}
+
+/// The balancer counter `name` from the status.
+fn counter(r: &Running, name: &str) -> u64 {
+    r.inst.status()["balancer"][name].as_u64().unwrap()
+}
+
+/// The streams that failed, per worker.
+fn broken_per_worker(results: &[(String, Option<String>)]) -> std::collections::BTreeMap<String, usize> {
+    per_worker(&results.iter().filter(|(_, f)| f.is_some()).map(|(w, _)| w.clone()).collect::<Vec<_>>())
+}
+
+#[test]
+fn a_backend_killed_mid_stream_breaks_only_its_own_streams() {
+    let mut r = start("fdkill", 3, &config_with("nat", &THREE, SMALL, FAST_HEALTH));
+    let streaming = Streaming::start((0..30).map(|_| Stream::open(&r.lab.client, vip4())).collect());
+    let spread = per_worker(&streaming.workers());
+    assert!(spread.len() == 3, "30 streams over all three workers: {spread:?}");
+    assert!(streaming.progress(Duration::from_secs(1)) >= 30, "streams flow");
+
+    // kill -9 w2's proxy while the streams flow.
+    let killed = Instant::now();
+    // SAFETY: a process this test started (nginx, one process).
+    assert_eq!(unsafe { libc::kill(r.nginx(2).pid() as i32, libc::SIGKILL) }, 0);
+    let takeout = taken_out(&r, 2, killed);
+    let flowing = streaming.progress(Duration::from_secs(1));
+    let results = streaming.stop();
+    let broken = broken_per_worker(&results);
+    println!(
+        "killed w2 under 30 streams {spread:?}: taken out after {:.1} s (bound 7 s); broken {broken:?}; {flowing} answers in the second after",
+        takeout.as_secs_f64()
+    );
+    assert!(takeout <= TAKEOUT_BOUND, "{takeout:?}");
+    assert_eq!(broken.get("w2"), spread.get("w2"), "every stream on the killed proxy broke (its sockets died with it)");
+    assert_eq!(broken.keys().collect::<Vec<_>>(), vec!["w2"], "no stream on another backend broke: {results:?}");
+    assert!(flowing >= 20, "the other streams kept flowing: {flowing}");
+    for _ in 0..60 {
+        assert_ne!(who(&r.lab.client, vip4()), "w2", "a new connection went to the dead backend");
+    }
+    let m = metrics(&r.lab.edge);
+    assert_eq!(metric(&m, "swarmlb_backend_up{vip=\"web4\",backend=\"10.1.0.12\"}"), Some(0), "{m}");
+    assert_eq!(metric(&m, "swarmlb_backend_health_transitions_total{vip=\"web4\",backend=\"10.1.0.12\"}"), Some(1), "{m}");
+    assert_eq!(metric(&m, "swarmlb_backend_up{vip=\"web4\",backend=\"10.1.0.11\"}"), Some(1), "{m}");
+    let line = wait_for_log(&r, &["backend failed its health checks: out", "10.1.0.12", "web4"], Duration::from_secs(1));
+    println!("log: {line}");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+/// Drops everything in and out of `ns` at the IP layer (ARP still
+/// answers: the host looks alive to its neighbours).
+fn black_hole(ns: &harness::Netns, on: bool) {
+    if on {
+        ns.exec(&["nft", "add table inet hole"]).unwrap();
+        ns.exec(&["nft", "add chain inet hole in { type filter hook input priority -400; policy drop; }"]).unwrap();
+        ns.exec(&["nft", "add chain inet hole out { type filter hook output priority -400; policy drop; }"]).unwrap();
+    } else {
+        ns.exec(&["nft", "delete table inet hole"]).unwrap();
+    }
+}
+
+#[test]
+fn a_black_holed_backend_is_taken_out_by_health_check_timeouts() {
+    let mut r = start("fdhole", 3, &config_with("nat", &THREE, SMALL, FAST_HEALTH));
+    let streaming = Streaming::start((0..30).map(|_| Stream::open(&r.lab.client, vip4())).collect());
+    let spread = per_worker(&streaming.workers());
+    assert!(spread.len() == 3, "{spread:?}");
+
+    let holed = Instant::now();
+    black_hole(&r.lab.workers[2], true);
+    let takeout = taken_out(&r, 3, holed);
+    let flowing = streaming.progress(Duration::from_secs(1));
+    let results = streaming.stop();
+    let broken = broken_per_worker(&results);
+    println!("black-holed w3 under 30 streams {spread:?}: taken out after {:.1} s (bound 7 s); broken {broken:?}", takeout.as_secs_f64());
+    assert!(takeout <= TAKEOUT_BOUND, "{takeout:?}");
+    // w3's streams stall, then their flows move to a live backend, which
+    // knows nothing of them: broken, by design. Nobody else's.
+    assert_eq!(broken.get("w3"), spread.get("w3"), "{results:?}");
+    assert_eq!(broken.keys().collect::<Vec<_>>(), vec!["w3"], "{results:?}");
+    assert!(flowing >= 20, "the other streams kept flowing: {flowing}");
+    for _ in 0..60 {
+        assert_ne!(who(&r.lab.client, vip4()), "w3", "a new connection went into the black hole");
+    }
+    let m = metrics(&r.lab.edge);
+    assert_eq!(metric(&m, "swarmlb_backend_up{vip=\"web4\",backend=\"10.1.0.13\"}"), Some(0), "{m}");
+    let line = wait_for_log(&r, &["backend failed its health checks: out", "10.1.0.13", "timed out"], Duration::from_secs(1));
+    println!("log: {line}");
+
+    // The hole closes: back after rise passes, and serving again.
+    black_hole(&r.lab.workers[2], false);
+    let t = Instant::now();
+    wait_until(Duration::from_secs(15), || r.up(3), || "w3 back".into());
+    println!("w3 back {:.1} s after the hole closed (rise 2 × interval 3 s)", t.elapsed().as_secs_f64());
+    assert!((0..60).any(|_| who(&r.lab.client, vip4()) == "w3"), "new connections reach w3 again");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+#[test]
+fn a_flapping_health_endpoint_moves_the_backend_only_as_often_as_rise_and_fall_allow() {
+    // The health checks probe port 8080; only w3's listener flaps, so the
+    // proxies on port 80 (and the streams) stay up.
+    let health = r#"{ protocol = "tcp", port = 8080, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }"#;
+    let mut r = start("fdflap", 3, &config_with("nat", &THREE, SMALL, health));
+    let steady: Vec<TcpListeners> =
+        (1..=2).map(|i| TcpListeners::start(&r.lab.workers[i - 1], &r.lab.worker_ips(i), &[8080]).unwrap()).collect();
+    let up = |r: &Running| TcpListeners::start(&r.lab.workers[2], &r.lab.worker_ips(3), &[8080]).unwrap();
+    let mut flapper = Some(up(&r));
+    let streaming = Streaming::start((0..30).map(|_| Stream::open(&r.lab.client, vip4())).collect());
+    let spread = per_worker(&streaming.workers());
+    let transitions = |r: &Running| r.backend(3)["health_transitions"].as_u64().unwrap();
+
+    // Fast flapping (1 s down, 1 s up): the probes every 3 s see it fail
+    // and pass by turns, rarely twice in a row: fall 2 absorbs it.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(12) {
+        flapper = if flapper.is_some() { None } else { Some(up(&r)) };
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    flapper.get_or_insert_with(|| up(&r));
+    let fast = transitions(&r);
+    // Slow flapping (7 s down, 7 s up: each phase holds at least two
+    // probes): out and back in every cycle.
+    for _ in 0..2 {
+        drop(flapper.take());
+        std::thread::sleep(Duration::from_secs(7));
+        flapper.get_or_insert_with(|| up(&r));
+        std::thread::sleep(Duration::from_secs(7));
+    }
+    wait_until(Duration::from_secs(10), || r.up(3), || "w3 back after the flapping".into());
+    let total = transitions(&r);
+    let results = streaming.stop();
+    let broken = broken_per_worker(&results);
+    println!("flapping w3: {fast} transitions while flapping every 1 s for 12 s, {} while flapping every 7 s for 28 s; streams {spread:?}, broken {broken:?}", total - fast);
+    // Each transition needs two probes (3 s apart) in a row agreeing.
+    assert!(fast <= 12 / 3 / 2 + 1, "fast flapping: {fast} transitions");
+    assert!((2..=4).contains(&(total - fast)), "slow flapping: out and back in per cycle: {} transitions", total - fast);
+    assert_eq!(total % 2, 0, "it ends up");
+    let logged = log_lines(&r, &["10.1.0.13", "web4", "backend failed its health checks: out"]).len()
+        + log_lines(&r, &["10.1.0.13", "web4", "backend healthy again: back in"]).len();
+    assert_eq!(logged as u64, total, "every transition logged");
+    let m = metrics(&r.lab.edge);
+    assert_eq!(metric(&m, "swarmlb_backend_health_transitions_total{vip=\"web4\",backend=\"10.1.0.13\"}"), Some(total), "{m}");
+    // Other backends' streams never noticed; w3's moved at its first
+    // takeout (a down backend's flows move), if it had any.
+    assert!(broken.keys().all(|w| w == "w3"), "only w3's streams may break: {results:?}");
+    if total > 0 {
+        assert_eq!(broken.get("w3"), spread.get("w3"), "{results:?}");
+    }
+    drop(steady);
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+#[test]
+fn a_full_flow_table_forgets_flows_that_nat_finds_again() {
+    const STREAMS: usize = 60;
+    let mut r = start("fdflow", 4, &config_with("nat", &THREE, "flow_table_size = 16\nnat_table_size = 4096", ""));
+    let streaming = Streaming::start((0..STREAMS).map(|_| Stream::open(&r.lab.client, vip4())).collect());
+    let answered = streaming.progress(Duration::from_secs(3));
+    let s = r.inst.status();
+    let (flows, new_flows) = (s["flows"].as_u64().unwrap(), s["balancer"]["new_flow"].as_u64().unwrap());
+    println!("{STREAMS} streams through a 16-flow table: {answered} answers in 3 s, {flows} flows held, {new_flows} new flows placed, {} found again", s["balancer"]["flow_refound"]);
+    assert!(flows <= 16, "{s}");
+    // Forgotten flows are placed again (counted as new flows): the same
+    // backend, and their NAT entry gives them their SNAT port back.
+    assert!(new_flows > STREAMS as u64 * 2, "re-placed flows are counted: {new_flows}");
+    let line = wait_for_log(&r, &["flow table too small", "nat flows were forgotten and found again", "a table of 16 flows"], Duration::from_secs(12));
+    println!("log: {line}");
+    let m = metrics(&r.lab.edge);
+    assert_eq!(metric(&m, "swarmlb_flow_table_capacity"), Some(16), "{m}");
+    let refound: u64 = metric(&m, "swarmlb_balancer_packets_total{outcome=\"flow_refound\"}").unwrap();
+    assert!(refound > STREAMS as u64, "forgotten flows found again are counted: {refound}\n{m}");
+
+    // With the backends changing, a forgotten flow is placed by the new
+    // table: the quarter of them that hash to the new backend w4 break
+    // (a table with room keeps them: balancer_e2e's
+    // long_lived_connections_survive_backend_changes).
+    let four = [(1, 1), (2, 1), (3, 1), (4, 1)];
+    r.reload(&config_with("nat", &four, "flow_table_size = 16\nnat_table_size = 4096", ""), &four);
+    streaming.progress(Duration::from_secs(2));
+    let results = streaming.stop();
+    let broken = results.iter().filter(|(_, f)| f.is_some()).count();
+    let sample_failure = results.iter().find_map(|(_, f)| f.clone()).unwrap_or_default();
+    println!("after adding w4: {broken} of {STREAMS} streams broken (e.g. {sample_failure})");
+    // Each of the ≥ 44 streams outside the table at the change has a 1 in
+    // 4 chance: none broken is a (3/4)^44 ≈ 3e-6 event.
+    assert!(broken > 0 && broken < STREAMS / 2, "{broken} broken: {results:?}");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+/// Four streams to one backend, and a fifth connection that must fail:
+/// its SYNs are dropped (`drop_counter` counts them) until the connect
+/// times out.
+fn fill_and_refuse(r: &Running, drop_counter: &str) -> Vec<Stream> {
+    let mut streams: Vec<Stream> = (0..4).map(|_| Stream::open(&r.lab.client, vip4())).collect();
+    let before = counter(r, drop_counter);
+    let fifth = connect(&r.lab.client, SocketAddr::new(vip4(), 80));
+    assert!(fifth.is_err(), "the fifth connection is refused");
+    let refused = counter(r, drop_counter) - before;
+    println!("fifth connection: {:#}; {refused} SYNs counted as {drop_counter}", fifth.unwrap_err());
+    assert!(refused >= 1, "{}", r.inst.status());
+    assert_eq!(check(&mut streams), Vec::<usize>::new(), "the four established streams are unaffected");
+    streams
+}
+
+/// Closes `streams` and waits until their NAT entries are swept (closed
+/// timeout 1 s, a sweep every 10 s); then a new connection works again.
+fn close_and_recover(r: &Running, streams: Vec<Stream>) {
+    drop(streams);
+    let t = Instant::now();
+    wait_until(Duration::from_secs(25), || r.inst.status()["nat_entries"].as_u64() == Some(0), || format!("NAT entries swept: {}", r.inst.status()));
+    println!("NAT state of the closed streams swept {:.1} s after they closed", t.elapsed().as_secs_f64());
+    assert_eq!(who(&r.lab.client, vip4()), "w1", "new connections work again");
+}
+
+#[test]
+fn exhausted_snat_ports_refuse_new_connections_until_ports_come_back() {
+    let extra = "snat_ports = \"20000-20003\"\ntcp_closed_timeout_s = 1\nflow_table_size = 4096\nnat_table_size = 4096";
+    let mut r = start("fdsnat", 1, &config_with("nat", &[(1, 1)], extra, ""));
+    let streams = fill_and_refuse(&r, "drop_snat_exhausted");
+    assert_eq!(counter(&r, "drop_nat_table_full"), 0);
+    // The ports are per backend port: port 443 has its own four.
+    connect(&r.lab.client, SocketAddr::new(vip4(), 443)).expect("another backend port has its own SNAT ports");
+    let line = wait_for_log(&r, &["SNAT ports exhausted", "new connections refused in the last", "10.1.0.11:80 holds 4 of 4 ports"], Duration::from_secs(12));
+    println!("log: {line}");
+    let m = metrics(&r.lab.edge);
+    assert_eq!(metric(&m, "swarmlb_snat_ports_in_use{backend=\"10.1.0.11\",port=\"80\"}"), Some(4), "{m}");
+    assert_eq!(metric(&m, "swarmlb_snat_ports_capacity"), Some(4), "{m}");
+    assert!(metric::<u64>(&m, "swarmlb_balancer_packets_total{outcome=\"drop_snat_exhausted\"}").unwrap() >= 1, "{m}");
+    close_and_recover(&r, streams);
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+#[test]
+fn a_full_nat_table_refuses_new_connections_and_says_so() {
+    let extra = "tcp_closed_timeout_s = 1\nflow_table_size = 4096\nnat_table_size = 4";
+    let mut r = start("fdnat", 1, &config_with("nat", &[(1, 1)], extra, ""));
+    let streams = fill_and_refuse(&r, "drop_nat_table_full");
+    assert_eq!(counter(&r, "drop_snat_exhausted"), 0, "a full table is not port exhaustion");
+    let line = wait_for_log(&r, &["NAT table full", "new connections refused in the last", "(4 of 4 entries)"], Duration::from_secs(12));
+    println!("log: {line}");
+    let m = metrics(&r.lab.edge);
+    assert_eq!(metric(&m, "swarmlb_nat_table_capacity"), Some(4), "{m}");
+    assert_eq!(metric(&m, "swarmlb_nat_entries"), Some(4), "{m}");
+    close_and_recover(&r, streams);
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+#[test]
+fn a_new_table_size_is_refused_and_the_running_data_path_stays() {
+    let lab = EdgeLab::new("fdsize", 1);
+    let cfg = |flows: u32| config_with("nat", &[(1, 1)], &format!("flow_table_size = {flows}\nnat_table_size = 4096"), "");
+    let inst = harness::daemon::Instance::new("fdsize", &cfg(4096));
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    // SIGHUP with another size: refused, the daemon runs on.
+    inst.write_config(&cfg(8192));
+    daemon.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(10),
+        || daemon.output_so_far().contains("balancer.flow_table_size from 4096 to 8192: that needs new maps"),
+        || daemon.output_so_far(),
+    );
+    assert!(daemon.try_status().is_none(), "still running");
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+    // A restart with another size: refused before anything changes.
+    let mut again = inst.start(&lab.edge, &[]);
+    let status = again.wait_timeout(Duration::from_secs(20)).expect("exits");
+    let out = again.output_so_far();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("the pinned LB_FLOWS holds 4096 entries, but balancer.flow_table_size asks for 8192"), "{out}");
+    assert!(common::xdp::attached(&lab.edge, "e-out"), "the running data path stays");
+    let flows = lb_user::maps::BalancerMaps::open(&inst.pin_path).unwrap().flow_capacity;
+    assert_eq!(flows, 4096, "the maps are the old ones");
+    assert!(inst.down().status.success());
+}
