@@ -92,16 +92,10 @@ pub const NAT_CLOSED: u8 = 1;
 /// connection in TIME_WAIT: its port must wait longer.
 pub const NAT_TIME_WAIT: u8 = 2;
 
-/// Not a state: what [`close_state`] says of a client's SYN (without
-/// ACK), a new connection on the flow's 5-tuple, which reopens the entry
-/// ([`next_closing`]).
-pub const NAT_REOPEN: u8 = 3;
-
-/// What a TCP packet with `flags` says of its flow's end (0: nothing;
-/// [`NAT_REOPEN`]: a new connection): rule 6b of the model.
-/// `from_backend`: a reply.
+/// What a TCP packet with `flags` says of its flow's end (0: nothing):
+/// rule 6b of the model. `from_backend`: a reply.
 pub const fn close_state(flags: u8, from_backend: bool) -> u8 {
-    use crate::wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+    use crate::wire::{TCP_FIN, TCP_RST};
     if flags & TCP_RST != 0 {
         NAT_CLOSED
     } else if flags & TCP_FIN != 0 {
@@ -110,28 +104,10 @@ pub const fn close_state(flags: u8, from_backend: bool) -> u8 {
         } else {
             NAT_CLOSED
         }
-    } else if !from_backend && flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        NAT_REOPEN
     } else {
         0
     }
 }
-
-/// [`NatEntry::closing`] after a packet whose [`close_state`] is `event`
-/// (not 0): the first end seen wins; a new connection on a closing
-/// entry's 5-tuple (the client reused its port while the edge still
-/// remembers the flow) makes it open again, so the new connection gets the
-/// open connection's idle timeout rather than the closed one's.
-pub const fn next_closing(current: u8, event: u8) -> u8 {
-    if event == NAT_REOPEN {
-        0
-    } else if current == 0 {
-        event
-    } else {
-        current
-    }
-}
-
 /// A table slot without a backend (no backend has weight > 0).
 pub const NO_BACKEND: u32 = crate::maglev::EMPTY;
 /// Seed of the flow hash that picks the backend.

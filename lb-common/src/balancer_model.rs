@@ -30,8 +30,7 @@
 //!    reply, rule 8, too), marks its NAT entry closing, before the route
 //!    is looked up: [`NAT_TIME_WAIT`] for a FIN from the backend (it
 //!    holds TIME_WAIT), else [`NAT_CLOSED`]. The agent's sweep frees such
-//!    ports sooner. A client's SYN on a closing entry's flow (the 5-tuple
-//!    reused for a new connection) makes it open again ([`next_closing`]).
+//!    ports sooner.
 //!    `dsr`: an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6) header from the
 //!    inside address to the backend is put in front; the inner packet is
 //!    not touched. `dsr-l2`: only the Ethernet addresses change.
@@ -86,8 +85,8 @@ pub trait Tables {
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
     fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry);
     fn nat(&self, key: &NatKey) -> Option<NatEntry>;
-    /// Sets [`NatEntry::closing`] of the entry at `key`, if there is one,
-    /// to [`next_closing`] of it and `state`.
+    /// Sets [`NatEntry::closing`] of the entry at `key` to `state`, if
+    /// there is an entry and it is still open (the first end seen wins).
     fn mark_nat_closing(&mut self, key: &NatKey, state: u8);
     /// Inserts only if `key` is free.
     fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> NatInsert;

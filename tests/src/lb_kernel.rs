@@ -433,8 +433,8 @@ impl Tables for ModelTables {
         self.globals
     }
     fn mark_nat_closing(&mut self, key: &NatKey, state: u8) {
-        if let Some(e) = self.nat.get_mut(key) {
-            e.closing = next_closing(e.closing, state);
+        if let Some(e) = self.nat.get_mut(key).filter(|e| e.closing == 0) {
+            e.closing = state;
         }
     }
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {

@@ -154,8 +154,7 @@ fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> 
 }
 
 /// Marks the flow's NAT entry closing with `state` (rule 6b: its first
-/// FIN or RST passed), or open again (a client's SYN: a new connection on
-/// the 5-tuple).
+/// FIN or RST passed).
 #[inline(never)]
 pub fn mark_closing(s: &mut Scratch, svc: &Service, state: u8) {
     let p = &s.parsed;
@@ -163,7 +162,9 @@ pub fn mark_closing(s: &mut Scratch, svc: &Service, state: u8) {
     if let Some(e) = LB_NAT.get_ptr_mut(&s.nat_key) {
         // SAFETY: points into a live map value; one byte, written in place.
         unsafe {
-            (*e).closing = next_closing((*e).closing, state);
+            if (*e).closing == 0 {
+                (*e).closing = state;
+            }
         }
     }
 }

@@ -205,8 +205,8 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
     let state = parse::end_of_flow(pkt, p, true);
     // SAFETY: as above; one byte, written in place (the first end wins).
     unsafe {
-        if state != 0 {
-            (*entry).closing = lb_common::balancer::next_closing((*entry).closing, state);
+        if state != 0 && (*entry).closing == 0 {
+            (*entry).closing = state;
         }
     }
     s.translation = Translation { src: e.vip, dst: e.client, sport: e.vip_port, dport: e.client_port };
