@@ -30,13 +30,15 @@ pub struct Placed {
 
 /// Finds the flow's backend, or chooses one with the Maglev table, and
 /// fills `out`; `Err(counter)` when the packet must be dropped
-/// (`out.moved` is set either way). A new flow is remembered by
+/// (`out.moved` is set either way). A packet that `opens` a connection
+/// is always placed by the table (what the flow table holds for its
+/// 5-tuple is an earlier connection's). A new flow is remembered by
 /// [`remember`] once it has everything it needs.
 #[inline(never)]
-pub fn place(key: &FlowKey, svc: &Service, out: &mut Placed) -> Result<(), LbCounter> {
+pub fn place(key: &FlowKey, svc: &Service, opens: bool, out: &mut Placed) -> Result<(), LbCounter> {
     *out = Placed::default();
     // SAFETY: flow entries are replaced whole.
-    if let Some(e) = unsafe { LB_FLOWS.get(key) } {
+    if let Some(e) = if opens { None } else { unsafe { LB_FLOWS.get(key) } } {
         if let Some(b) = LB_BACKENDS.get(e.backend) {
             if b.generation == e.generation && b.up == 1 {
                 out.id = e.backend;
@@ -92,15 +94,16 @@ pub fn remember(key: &FlowKey, placed: &Placed) {
 pub const NO_PORT: u32 = u32::MAX;
 
 /// The flow's SNAT port: its own NAT entry if one survived the flow
-/// table's eviction, else the first free port of the probe sequence;
-/// [`NO_PORT`] if all are taken.
+/// table's eviction (written afresh if the packet `opens` a connection),
+/// else the first free port of the probe sequence; [`NO_PORT`] if all
+/// are taken.
 #[inline(never)]
-pub fn snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> u32 {
-    find_snat_port(pkt, s, g, svc).map_or(NO_PORT, u32::from)
+pub fn snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens: bool) -> u32 {
+    find_snat_port(pkt, s, g, svc, opens).map_or(NO_PORT, u32::from)
 }
 
 #[inline(always)]
-fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> Option<u16> {
+fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens: bool) -> Option<u16> {
     let (p, backend) = (&s.parsed, &s.placed.addr);
     if g.snat_port_max < g.snat_port_min {
         return None;
@@ -125,7 +128,15 @@ fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> 
         s.nat_key = NatKey { backend: *backend, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
         // SAFETY: entries are replaced whole.
         match unsafe { LB_NAT.get(&s.nat_key) } {
-            Some(e) if same_flow(e, &s.nat_entry) => return Some(port),
+            Some(e) if same_flow(e, &s.nat_entry) => {
+                // A new connection on an earlier one's port: open again,
+                // its clock restarted (else the sweep would end it as the
+                // earlier, closed one).
+                if opens {
+                    let _ = LB_NAT.insert(&s.nat_key, &s.nat_entry, 0);
+                }
+                return Some(port);
+            }
             Some(_) => continue,
             None => {
                 if LB_NAT.insert(&s.nat_key, &s.nat_entry, u64::from(BPF_NOEXIST)).is_ok() {
