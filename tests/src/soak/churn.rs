@@ -93,7 +93,7 @@ impl Churn {
 
     /// Chooses the next change among those allowed (kinds first, then the
     /// worker, both uniformly) and applies it to the set.
-    pub fn next(&mut self) -> Action {
+    pub fn next_change(&mut self) -> Action {
         let serving: Vec<usize> = self.members.iter().filter(|(_, w)| **w > 0).map(|(i, _)| *i).collect();
         let drained: Vec<usize> = self.members.iter().filter(|(_, w)| **w == 0).map(|(i, _)| *i).collect();
         let outside: Vec<usize> = (1..=self.pool).filter(|i| !self.members.contains_key(i)).collect();
@@ -238,7 +238,7 @@ mod tests {
             let mut c = Churn::new(seed, 6, 4);
             (0..500)
                 .map(|_| {
-                    let a = c.next();
+                    let a = c.next_change();
                     assert!(c.members().values().filter(|w| **w > 0).count() >= MIN_SERVING, "{a}: {:?}", c.members());
                     a
                 })

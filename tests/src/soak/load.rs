@@ -168,7 +168,7 @@ pub fn new_connections(ns: &Netns, tls: &Arc<ClientConfig>, plan: &Plan, t0: Ins
                         if let Some(wait) = due.checked_duration_since(Instant::now()) {
                             std::thread::sleep(wait);
                         }
-                        let kind = if k % u64::from(plan.tls_every) == 0 { Kind::Tls } else { Kind::Http };
+                        let kind = if k.is_multiple_of(u64::from(plan.tls_every)) { Kind::Tls } else { Kind::Http };
                         let v6 = k % 2 == 1;
                         let start = Instant::now();
                         let (port, answer) = connection(ns, tls, kind, v6);

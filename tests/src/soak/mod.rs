@@ -235,7 +235,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                let action = churn.next();
+                let action = churn.next_change();
                 events.push(churn::apply(&mut daemon, action, churn.members())?);
             }
             if let Some(wait) = end.checked_duration_since(Instant::now()) {
