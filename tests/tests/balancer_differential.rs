@@ -835,6 +835,17 @@ fn a_syn_on_a_remembered_port_is_a_new_connection() {
     assert_eq!(knat, mnat, "kernel and model hold the same NAT entries");
     let open = knat.values().filter(|e| e.closing == 0).count();
     assert_eq!(open, ports.len(), "every port's current entry is open (taken again, or new on another backend)");
+    // The sweep ends the earlier connections' closed entries on the drained
+    // backend; the new connections' flows (the same SNAT port number on
+    // another backend, as the probe sequence is the 5-tuple's) stay.
+    let moved = ports.iter().zip(&first).filter(|(p, f)| flow_of(&kb, CLIENT_V4, **p, NAT4, 443, IPPROTO_TCP).backend != f.backend).count();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let secs = std::time::Duration::from_secs;
+    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300) };
+    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), moved, "the earlier, closed entries go");
+    for p in &ports {
+        flow_of(&kb, CLIENT_V4, *p, NAT4, 443, IPPROTO_TCP);
+    }
 }
 
 #[test]
