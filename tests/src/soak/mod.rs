@@ -412,7 +412,8 @@ impl Report {
             self.loadavg.1,
         );
         let violations = self.violations();
-        let _ = writeln!(md, "**{}**\n", if violations.is_empty() { "Passed: no rule broken, every bound held.".to_owned() } else { format!("Failed: {}", violations.join("; ")) });
+        let headline: Vec<&str> = violations.iter().filter_map(|v| v.lines().next()).collect();
+        let _ = writeln!(md, "**{}**\n", if violations.is_empty() { "Passed: no rule broken, every bound held.".to_owned() } else { format!("Failed: {}", headline.join("; ")) });
         let _ = writeln!(md, "| | |\n| --- | ---: |");
         let [http, tls, opens] = self.conns.answered;
         let rows: Vec<(String, String)> = vec![
@@ -463,6 +464,9 @@ impl Report {
             SWEEP_INTERVAL.as_secs(),
             p.rss_growth_limit_kib
         );
+        if !violations.is_empty() {
+            let _ = writeln!(md, "\n## Violations\n\n```text\n{}\n```", violations.join("\n"));
+        }
         if !self.daemon_warnings.is_empty() {
             let _ = writeln!(md, "\nThe daemon's warnings and errors:\n\n```text\n{}\n```", self.daemon_warnings.join("\n"));
         }
