@@ -108,6 +108,15 @@ pub const fn close_state(flags: u8, from_backend: bool) -> u8 {
         0
     }
 }
+/// Whether a TCP packet with `flags` opens a connection (SYN without
+/// ACK): rule 5's new connection, whatever the flow table remembers of its
+/// 5-tuple (an earlier connection's, which the client may reuse at once
+/// when it ended without TIME_WAIT on the client's side).
+pub const fn opens_connection(flags: u8) -> bool {
+    use crate::wire::{TCP_ACK, TCP_SYN};
+    flags & TCP_SYN != 0 && flags & TCP_ACK == 0
+}
+
 /// A table slot without a backend (no backend has weight > 0).
 pub const NO_BACKEND: u32 = crate::maglev::EMPTY;
 /// Seed of the flow hash that picks the backend.

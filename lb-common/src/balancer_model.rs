@@ -16,14 +16,18 @@
 //!    the kernel unchanged (it sends the ICMP time-exceeded).
 //! 5. A known flow whose backend is still the same and up keeps it;
 //!    otherwise the VIP's Maglev table picks one for
-//!    `flow_hash(5-tuple) % table_size`, and the flow is remembered.
+//!    `flow_hash(5-tuple) % table_size`, and the flow is remembered. A TCP
+//!    SYN without ACK opens a new connection: what the flow table holds for
+//!    its 5-tuple is an earlier connection's and is not looked at (else a
+//!    reused client port would reach a drained backend).
 //! 6. `nat`: the flow gets a SNAT port — the first free one of
 //!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple, or the
-//!    one whose NAT entry already names this flow. None free: dropped
-//!    ([`LbCounter::SnatExhausted`]); a free port but the NAT table full:
-//!    dropped ([`LbCounter::NatTableFull`]). A flow whose own entry is
-//!    found had been forgotten by the flow table: when forwarded it also
-//!    counts [`LbCounter::FlowRefound`].
+//!    one whose NAT entry already names this flow (a SYN without ACK
+//!    writes that entry afresh: open again, its clock restarted). None
+//!    free: dropped ([`LbCounter::SnatExhausted`]); a free port but the NAT
+//!    table full: dropped ([`LbCounter::NatTableFull`]). A flow (not a SYN)
+//!    whose own entry is found had been forgotten by the flow table: when
+//!    forwarded it also counts [`LbCounter::FlowRefound`].
 //!    Destination becomes backend:target port, source the edge's inside
 //!    address:SNAT port, TTL − 1, checksums updated incrementally.
 //!    6b. The first TCP FIN or RST of a flow, in either direction (a
@@ -90,6 +94,9 @@ pub trait Tables {
     fn mark_nat_closing(&mut self, key: &NatKey, state: u8);
     /// Inserts only if `key` is free.
     fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> NatInsert;
+    /// Overwrites the entry at `key` (a new connection on the port of an
+    /// earlier one with the same 5-tuple).
+    fn renew_nat(&mut self, key: &NatKey, entry: &NatEntry);
     /// The route to `dst` for a packet of `ip_len` bytes (the IP packet as
     /// it will be sent) that arrived on `ifindex`.
     fn route(&self, family: u8, dst: &[u8; 16], ifindex: u32, ip_len: u16) -> Route;
@@ -282,7 +289,8 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     }
     let Some(g) = t.globals() else { return Outcome::with(Action::Drop, LbCounter::NoBackend) };
     let fkey = FlowKey { src: p.src, dst: p.dst, src_port: p.sport, dst_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
-    let known = t.flow(&fkey);
+    let opens = p.proto == IPPROTO_TCP && frame.get(p.l4 + TCP_FLAGS_OFFSET).is_some_and(|&f| opens_connection(f));
+    let known = if opens { None } else { t.flow(&fkey) };
     let mut outcome = Outcome::with(Action::Drop, LbCounter::FlowHit);
     let (id, backend, nat_port) = match known.and_then(|e| t.backend(e.backend).filter(|b| b.generation == e.generation && b.up == 1).map(|b| (e, b))) {
         Some((e, b)) => (e.backend, b, e.nat_port),
@@ -296,7 +304,7 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             };
             let mut nat_port = 0;
             if mode == Mode::Nat {
-                match allocate_snat_port(frame, ifindex, t, &g, p, svc, &b) {
+                match allocate_snat_port(frame, ifindex, t, (&g, opens), p, svc, &b) {
                     Ok((port, refound)) => {
                         nat_port = port;
                         outcome.refound = refound;
@@ -419,10 +427,11 @@ fn icmp_too_big(frame: &[u8], out: &mut [u8], p: &Parsed, mtu: u16) -> Option<us
 }
 
 /// Rule 6's SNAT port, and whether it is the one the flow's own NAT entry
-/// holds (the flow table had forgotten the flow); the drop counter when all
-/// probes are taken by other flows, or a free port's entry finds the table
-/// full.
-fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Globals, p: &Parsed, svc: &Service, b: &BackendInfo) -> Result<(u16, bool), LbCounter> {
+/// holds for a packet that does not open a connection (the flow table had
+/// forgotten the flow); the drop counter when all probes are taken by other
+/// flows, or a free port's entry finds the table full. `opens`: the packet
+/// opens a connection (its own entry is renewed).
+fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, opens): (&Globals, bool), p: &Parsed, svc: &Service, b: &BackendInfo) -> Result<(u16, bool), LbCounter> {
     let span = u32::from(g.snat_port_max.checked_sub(g.snat_port_min).ok_or(LbCounter::SnatExhausted)?) + 1;
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
     let mut entry = NatEntry {
@@ -439,7 +448,12 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, g: &Glob
         let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
         let key = NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
         match t.nat(&key) {
-            Some(e) if same_flow(&e, &entry) => return Ok((port, true)),
+            Some(e) if same_flow(&e, &entry) => {
+                if opens {
+                    t.renew_nat(&key, &entry);
+                }
+                return Ok((port, !opens));
+            }
             Some(_) => continue,
             None => match t.insert_nat(&key, &entry) {
                 NatInsert::Inserted => return Ok((port, false)),

@@ -39,6 +39,9 @@ pub const IPPROTO_TCP: u8 = 6;
 /// TCP flags (byte 13 of the header) that end a connection.
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
+/// TCP flags that open one (SYN without ACK).
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 /// Offset of the flags byte in the TCP header.
 pub const TCP_FLAGS_OFFSET: usize = 13;
 pub const IPPROTO_UDP: u8 = 17;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use lb_common::{
-    balancer::{FlowKey, NatEntry, NatKey, NAT_CLOSED, NAT_TIME_WAIT},
+    balancer::{FlowEntry, FlowKey, NatEntry, NatKey, NAT_CLOSED, NAT_TIME_WAIT},
     wire::IPPROTO_TCP,
 };
 
@@ -62,6 +62,12 @@ impl Timeouts {
     }
 }
 
+/// Whether `f`'s backend is in place (same generation) at another address
+/// than `backend`: the flow is a later connection's, not this entry's.
+fn live_elsewhere(maps: &BalancerMaps, f: &FlowEntry, backend: &[u8; 16]) -> bool {
+    maps.backends.get(&f.backend, 0).is_ok_and(|b| !b.is_vacant() && b.generation == f.generation && b.addr != *backend)
+}
+
 /// Removes NAT entries (and their flows) idle for longer than their
 /// timeout. Returns how many were removed.
 pub fn sweep_nat(maps: &mut BalancerMaps, timeouts: &Timeouts) -> Result<usize> {
@@ -83,8 +89,14 @@ pub fn sweep_nat(maps: &mut BalancerMaps, timeouts: &Timeouts) -> Result<usize> 
             _pad: [0; 2],
         };
         // The flow may already be gone (LRU) or point elsewhere after a
-        // move; only a flow still using this port goes with it.
-        if maps.flows.get(&flow, 0).is_ok_and(|f| f.nat_port == k.nat_port) {
+        // move; only a flow still using this entry goes with it. The port
+        // number alone does not say so: a later connection from the same
+        // client port, placed on another backend, gets the same SNAT port
+        // there (the probe sequence is a hash of the 5-tuple), and sweeping
+        // the earlier one's entry removed the live flow, which the next
+        // packet placed again, on another backend if the table had changed
+        // (the soak saw a kept stream reset).
+        if maps.flows.get(&flow, 0).is_ok_and(|f| f.nat_port == k.nat_port && !live_elsewhere(maps, &f, &k.backend)) {
             let _ = maps.flows.remove(&flow);
         }
         let _ = maps.nat.remove(k);

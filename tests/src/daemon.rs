@@ -151,6 +151,14 @@ pub fn stop_cleanly(child: &mut ChildGuard, sig: libc::c_int) {
     assert!(status.success(), "swarmlb exited with {status}:\n{}", child.output_so_far());
 }
 
+/// `GET /metrics` from the daemon's default endpoint (127.0.0.1:9469) in `ns`.
+pub fn scrape_metrics(ns: &Netns) -> anyhow::Result<String> {
+    let sock = crate::tls::connect(ns, "127.0.0.1:9469".parse()?)?;
+    let (status, body) = crate::tls::http_get(sock, "127.0.0.1", "/metrics")?;
+    anyhow::ensure!(status == 200, "metrics: {status} {body}");
+    Ok(body)
+}
+
 /// Polls `cond` every 50 ms until it holds; panics with `what()` after `timeout`.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, what: impl Fn() -> String) {
     let deadline = Instant::now() + timeout;

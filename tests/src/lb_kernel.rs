@@ -456,6 +456,9 @@ impl Tables for ModelTables {
         self.nat.insert(*key, *entry);
         NatInsert::Inserted
     }
+    fn renew_nat(&mut self, key: &NatKey, entry: &NatEntry) {
+        self.nat.insert(*key, *entry);
+    }
     fn route(&self, family: u8, dst: &[u8; 16], _ifindex: u32, ip_len: u16) -> Route {
         self.fib.route(family, dst, ip_len)
     }

@@ -33,6 +33,8 @@ pub mod pins;
 pub mod rawframe;
 pub mod scan;
 pub mod servers;
+pub mod soak;
+pub mod stream;
 pub mod swarm;
 mod sys;
 pub mod tls;

@@ -327,6 +327,9 @@ http {{
     ssl_protocols TLSv1.3;
     ssl_session_cache off;
     ssl_session_tickets off;
+    # The soak's long-lived streams make thousands of requests each; by
+    # default nginx closes a keep-alive connection after 1000.
+    keepalive_requests 1000000;
 
     server {{
 {listen80}        server_name _;

@@ -107,11 +107,18 @@ fn fixtures() {
     };
     assert_eq!(out, expected, "NAT rewrite of a SYN, checksums computed independently");
 
-    // The same flow again: the same backend, no new flow.
+    // The SYN again (a retransmission, or a new connection on the same
+    // port): placed by the table again, the same backend and SNAT port.
     let (o, out2) = both(&mut kb, &mut model, &frame, out_if);
     tally(&mut m, &o);
-    assert_eq!(o.counter, Some(LbCounter::FlowHit));
+    assert_eq!(o.counter, Some(LbCounter::NewFlow));
     assert_eq!(out2, expected);
+    // The connection's next packet: a hit, no new flow.
+    let ack = L4::Tcp { sport: 40000, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1000, payload: Vec::new() };
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack);
+    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    assert_eq!(o.counter, Some(LbCounter::FlowHit));
 
     // The backend's reply goes back to the client, from the VIP.
     let reply = L4::Tcp { sport: 443, dport: flow.nat_port, seq: 7, ack: 0x1000_0001, flags: 0x12, window: 1000, payload: Vec::new() };
@@ -276,7 +283,9 @@ fn fixtures() {
     }
     kb.apply(&d);
     model.reload(kb.maps());
-    let frame = client_frame(&kb, CLIENT_V4, NAT4, &syn);
+    // The connection's next packet (a SYN would be a new connection).
+    let ack = L4::Tcp { sport: 40000, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1000, payload: Vec::new() };
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack);
     let (o, _) = both(&mut kb, &mut model, &frame, out_if);
     tally(&mut m, &o);
     assert!(o.moved && o.counter == Some(LbCounter::NewFlow));
@@ -783,6 +792,70 @@ fn decap_opens_only_the_edges_tunnels_like_the_model() {
 /// first, or a RST) or TIME_WAIT (the backend first). The sweep frees
 /// closed ports after `tcp_closed`, TIME_WAIT ones after `tcp_time_wait`,
 /// open ones after `tcp`.
+/// A client may reuse a port at once when its connection ended without
+/// TIME_WAIT on its side (a RST), while the edge still remembers the flow
+/// (found by the soak: a new TLS connection reached a drained backend).
+/// The SYN is a new connection: placed by the table as it is now, and a
+/// NAT entry it takes again is open again.
+#[test]
+fn a_syn_on_a_remembered_port_is_a_new_connection() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut kb = KernelBalancer::new("lbsyn");
+    let mut d = desired();
+    kb.apply(&d);
+    let out_if = kb.net.out_ifindex;
+    let mut model = kb.model();
+    let syn = |kb: &KernelBalancer, sport| client_frame(kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
+    let rst = |kb: &KernelBalancer, sport| {
+        client_frame(kb, CLIENT_V4, NAT4, &L4::Tcp { sport, dport: 443, seq: 2, ack: 2, flags: 0x14, window: 0, payload: vec![] })
+    };
+    // Connections from many ports, each ended by the client's RST.
+    let ports: Vec<u16> = (42000..42060).collect();
+    for &p in &ports {
+        let (opening, ending) = (syn(&kb, p), rst(&kb, p));
+        both(&mut kb, &mut model, &opening, out_if);
+        both(&mut kb, &mut model, &ending, out_if);
+    }
+    let first: Vec<FlowEntry> = ports.iter().map(|p| flow_of(&kb, CLIENT_V4, *p, NAT4, 443, IPPROTO_TCP)).collect();
+    // Drain the first backend: the ports it had reach others now.
+    d.vips[0].backends[0].weight = 0;
+    kb.apply(&d);
+    model.reload(kb.maps());
+    let drained = first.iter().find(|f| backend_addr(&kb, f.backend) == ip(BACKENDS_V4[0])).expect("a flow on the first backend").backend;
+    for (p, before) in ports.iter().zip(&first) {
+        let frame = syn(&kb, *p);
+        let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+        assert_eq!(o.counter, Some(LbCounter::NewFlow), "port {p}: a SYN is a new flow");
+        let now = flow_of(&kb, CLIENT_V4, *p, NAT4, 443, IPPROTO_TCP);
+        assert_ne!(now.backend, drained, "port {p}: a new connection never reaches the drained backend");
+        if now.backend == before.backend {
+            assert_eq!(now.nat_port, before.nat_port, "port {p}: the same backend, its NAT entry taken again");
+        }
+    }
+    // A port that went back to its backend has its NAT entry open again.
+    let knat: HashMap<NatKey, NatEntry> = kb.maps().nat.iter().map(|r| r.unwrap()).map(|(k, mut e)| {
+        e.last_seen_ns = 0;
+        (k, e)
+    }).collect();
+    let mnat: HashMap<NatKey, NatEntry> = model.nat.iter().map(|(k, e)| (*k, NatEntry { last_seen_ns: 0, ..*e })).collect();
+    assert_eq!(knat, mnat, "kernel and model hold the same NAT entries");
+    let open = knat.values().filter(|e| e.closing == 0).count();
+    assert_eq!(open, ports.len(), "every port's current entry is open (taken again, or new on another backend)");
+    // The sweep ends the earlier connections' closed entries on the drained
+    // backend; the new connections' flows (the same SNAT port number on
+    // another backend, as the probe sequence is the 5-tuple's) stay.
+    let moved = ports.iter().zip(&first).filter(|(p, f)| flow_of(&kb, CLIENT_V4, **p, NAT4, 443, IPPROTO_TCP).backend != f.backend).count();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let secs = std::time::Duration::from_secs;
+    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300) };
+    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), moved, "the earlier, closed entries go");
+    for p in &ports {
+        flow_of(&kb, CLIENT_V4, *p, NAT4, 443, IPPROTO_TCP);
+    }
+}
+
 #[test]
 fn a_closed_connection_gives_its_snat_port_back() {
     if !root_or_skip() {

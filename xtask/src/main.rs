@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo|bench>`.
+//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo|bench|soak>`.
 //!
 //! Every task that needs the toolchain or system packages runs `setup`
 //! first, so a fresh machine needs nothing but `cargo xtask …`.
@@ -50,6 +50,13 @@ enum Task {
         /// Only these sections (comma-separated: xdp, control, e2e).
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Sustained load through backend churn, the design's rules checked;
+    /// results in bench/results/soak.md.
+    Soak {
+        /// How long the load runs.
+        #[arg(long, default_value_t = 10)]
+        minutes: u32,
     },
 }
 
@@ -132,6 +139,12 @@ fn main() -> Result<()> {
                 cmd.args(["--only", &only]);
             }
             run(&mut cmd)
+        }
+        Task::Soak { minutes } => {
+            build()?;
+            run(cargo()
+                .args(["run", "--release", "-q", "-p", "swarmlb-tests", "--bin", "soak", "--", "--minutes", &minutes.to_string()])
+                .env("SWARMLB_BIN", root().join("target/release/swarmlb")))
         }
         Task::Demo => {
             build()?;

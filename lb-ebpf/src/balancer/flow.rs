@@ -32,13 +32,15 @@ pub struct Placed {
 
 /// Finds the flow's backend, or chooses one with the Maglev table, and
 /// fills `out`; `Err(counter)` when the packet must be dropped
-/// (`out.moved` is set either way). A new flow is remembered by
+/// (`out.moved` is set either way). A packet that `opens` a connection
+/// is always placed by the table (what the flow table holds for its
+/// 5-tuple is an earlier connection's). A new flow is remembered by
 /// [`remember`] once it has everything it needs.
 #[inline(never)]
-pub fn place(key: &FlowKey, svc: &Service, out: &mut Placed) -> Result<(), LbCounter> {
+pub fn place(key: &FlowKey, svc: &Service, opens: bool, out: &mut Placed) -> Result<(), LbCounter> {
     *out = Placed::default();
     // SAFETY: flow entries are replaced whole.
-    if let Some(e) = unsafe { LB_FLOWS.get(key) } {
+    if let Some(e) = if opens { None } else { unsafe { LB_FLOWS.get(key) } } {
         if let Some(b) = LB_BACKENDS.get(e.backend) {
             if b.generation == e.generation && b.up == 1 {
                 out.id = e.backend;
@@ -99,12 +101,12 @@ pub const TABLE_FULL: u32 = u32::MAX - 1;
 const EEXIST: i64 = -17;
 
 /// The flow's SNAT port: its own NAT entry if one survived the flow
-/// table's eviction, else the first free port of the probe sequence;
-/// [`NO_PORT`] if all are taken, [`TABLE_FULL`] if the entry of a free
-/// one could not be inserted.
+/// table's eviction (written afresh if the packet `opens` a connection),
+/// else the first free port of the probe sequence; [`NO_PORT`] if all are
+/// taken, [`TABLE_FULL`] if the entry of a free one could not be inserted.
 #[inline(never)]
-pub fn snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> u32 {
-    match find_snat_port(pkt, s, g, svc) {
+pub fn snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens: bool) -> u32 {
+    match find_snat_port(pkt, s, g, svc, opens) {
         Ok(port) => u32::from(port),
         Err(LbCounter::NatTableFull) => TABLE_FULL,
         Err(_) => NO_PORT,
@@ -112,7 +114,7 @@ pub fn snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> u
 }
 
 #[inline(always)]
-fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> Result<u16, LbCounter> {
+fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens: bool) -> Result<u16, LbCounter> {
     let (p, backend) = (&s.parsed, &s.placed.addr);
     if g.snat_port_max < g.snat_port_min {
         return Err(LbCounter::SnatExhausted);
@@ -138,7 +140,15 @@ fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service) -> 
         // SAFETY: entries are replaced whole.
         match unsafe { LB_NAT.get(&s.nat_key) } {
             Some(e) if same_flow(e, &s.nat_entry) => {
-                s.placed.refound = true;
+                // A new connection on an earlier one's port: open again,
+                // its clock restarted (else the sweep would end it as the
+                // earlier, closed one). Anything else found its own entry
+                // after the flow table forgot it.
+                if opens {
+                    let _ = LB_NAT.insert(&s.nat_key, &s.nat_entry, 0);
+                } else {
+                    s.placed.refound = true;
+                }
                 return Ok(port);
             }
             Some(_) => continue,

@@ -112,8 +112,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     let Some(g) = LB_GLOBALS.get(0) else {
         return drop(LbCounter::NoBackend);
     };
+    let opens = parse::opens_connection(pkt, p);
     s.flow = FlowKey { src: p.src, dst: p.dst, src_port: p.sport, dst_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
-    let placed_ok = flow::place(&s.flow, svc, &mut s.placed);
+    let placed_ok = flow::place(&s.flow, svc, opens, &mut s.placed);
     if s.placed.moved {
         count(LbCounter::FlowMoved);
     }
@@ -122,7 +123,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     }
     if s.placed.new {
         if mode == Mode::Nat {
-            let port = flow::snat_port(pkt, s, g, svc);
+            let port = flow::snat_port(pkt, s, g, svc, opens);
             if port == flow::NO_PORT {
                 return drop(LbCounter::SnatExhausted);
             }

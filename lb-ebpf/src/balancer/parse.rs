@@ -2,7 +2,7 @@
 //! balancer's, and whether a service's packet can be balanced at all.
 
 use lb_common::{
-    balancer::{close_state, v4_key, LbCounter},
+    balancer::{self, close_state, v4_key, LbCounter},
     isolator::{FAMILY_V4, FAMILY_V6},
     wire::*,
 };
@@ -114,4 +114,11 @@ pub fn end_of_flow(pkt: &Packet, p: &Parsed, from_backend: bool) -> u8 {
     // check of a one-byte read into `ptr >= end`, which this kernel's
     // verifier does not take as room for the byte.
     pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).map_or(0, |w| close_state(w as u8, from_backend))
+}
+
+/// Whether a TCP packet opens a connection (SYN without ACK; rule 5).
+#[inline(always)]
+pub fn opens_connection(pkt: &Packet, p: &Parsed) -> bool {
+    // One two-byte read, as in `end_of_flow`.
+    p.proto == IPPROTO_TCP && pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).is_some_and(|w| balancer::opens_connection(w as u8))
 }
