@@ -19,6 +19,7 @@
 pub mod counters;
 pub mod daemon;
 pub mod edge_lab;
+pub mod fuzz;
 pub mod kernel;
 pub mod lb_kernel;
 pub mod netns;

@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo|bench>`.
+//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo|bench|fuzz>`.
 //!
 //! Every task that needs the toolchain or system packages runs `setup`
 //! first, so a fresh machine needs nothing but `cargo xtask …`.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -50,6 +51,16 @@ enum Task {
         /// Only these sections (comma-separated: xdp, control, e2e).
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Fuzz the config parser, the Swarm mapping and the packet models
+    /// (cargo-fuzz); results in bench/results/fuzz.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Only this target (config, swarm_mapping, packet_model).
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -132,6 +143,11 @@ fn main() -> Result<()> {
                 cmd.args(["--only", &only]);
             }
             run(&mut cmd)
+        }
+        Task::Fuzz { seconds, target } => {
+            // lb-user embeds the eBPF object.
+            build_ebpf()?;
+            fuzz::run(seconds, target.as_deref())
         }
         Task::Demo => {
             build()?;
