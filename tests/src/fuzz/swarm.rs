@@ -180,6 +180,7 @@ fn check_mapped(cfg: &Config, view: &SwarmView, previous: Option<&SwarmAdditions
             assert!(seen.insert(b.address), "vip {vip_name}: backend {} twice", b.address);
             assert_eq!(b.address.is_ipv4(), vip.address.is_ipv4(), "vip {vip_name}: backend {} of the other family", b.address);
             assert!(usable(b.address), "vip {vip_name}: unusable backend {}", b.address);
+            assert_ne!(b.address, vip.address, "vip {vip_name} is its own backend");
             assert!(b.weight <= 65_535);
         }
         let prev: &[lb_user::config::BackendConfig] = previous.and_then(|p| p.backends.get(vip_name)).map_or(&[], Vec::as_slice);
