@@ -6,9 +6,10 @@
 //! The targets' properties live in the test harness (`tests/src/fuzz`);
 //! `cargo test` replays the committed corpus through them, so CI does not
 //! need cargo-fuzz. New inputs the fuzzer finds go into
-//! `fuzz/corpus/<target>/` (minimize with `cargo fuzz cmin` before
-//! committing); a crash is written to `fuzz/artifacts/<target>/` and fails
-//! the task — keep it under `fuzz/regressions/<target>/` once fixed.
+//! `fuzz/corpus/<target>/`, which is minimized (`cargo fuzz cmin`) after
+//! each run so it stays small enough to commit; a crash is written to
+//! `fuzz/artifacts/<target>/` and fails the task — keep it under
+//! `fuzz/regressions/<target>/` once fixed.
 
 use std::{
     fs,
@@ -98,7 +99,7 @@ fn field(line: &str, key: &str) -> Option<u64> {
     rest.split_whitespace().next()?.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()
 }
 
-fn run_target(target: &str, seconds: u64) -> Result<Stats> {
+fn run_target(target: &str, max_seconds: u64) -> Result<Stats> {
     let corpus = fuzz_dir().join("corpus").join(target);
     fs::create_dir_all(&corpus)?;
     let log_path = fuzz_dir().join("target").join(format!("fuzz-{target}.log"));
@@ -107,7 +108,7 @@ fn run_target(target: &str, seconds: u64) -> Result<Stats> {
     let dict = fuzz_dir().join("dict").join(format!("{target}.dict"));
     let mut cmd = cargo_fuzz();
     cmd.args(["run", target]).args(BUILD_FLAGS).arg("--").args([
-        format!("-max_total_time={seconds}"),
+        format!("-max_total_time={max_seconds}"),
         format!("-max_len={}", max_len(target)),
         "-timeout=30".into(),
         "-print_final_stats=1".into(),
@@ -115,7 +116,7 @@ fn run_target(target: &str, seconds: u64) -> Result<Stats> {
     if dict.exists() {
         cmd.arg(format!("-dict={}", dict.display()));
     }
-    println!("fuzzing {target} for {seconds} s (log: {})", log_path.display());
+    println!("fuzzing {target} for {max_seconds} s (log: {})", log_path.display());
     let status = cmd.stdout(log.try_clone()?).stderr(log).status().with_context(|| format!("starting cargo fuzz run {target}"))?;
     let text = fs::read_to_string(&log_path)?;
     let stat = |key: &str| text.lines().find_map(|l| l.strip_prefix(&format!("stat::{key}:")).and_then(|v| v.trim().parse().ok()));
@@ -124,12 +125,25 @@ fn run_target(target: &str, seconds: u64) -> Result<Stats> {
     let crash = text
         .lines()
         .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim().to_owned()));
+    if !status.success() && crash.is_none() {
+        bail!("cargo fuzz run {target} failed ({status}) without a crash artifact: see {}", log_path.display());
+    }
+    // Keep only inputs that add coverage: the corpus is committed.
+    let mut cmin = cargo_fuzz();
+    cmin.args(["cmin", target]).args(BUILD_FLAGS).arg("--").arg(format!("-max_len={}", max_len(target)));
+    let status = cmin.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    if !status.success() {
+        bail!("cargo fuzz cmin {target} failed: {status}");
+    }
     let (corpus_files, corpus_bytes) = dir_size(&corpus);
+    let executions = stat("number_of_executed_units").unwrap_or(0);
+    let exec_per_sec = stat("average_exec_per_sec").unwrap_or(0);
     let stats = Stats {
         target: target.to_owned(),
-        seconds,
-        executions: stat("number_of_executed_units").unwrap_or(0),
-        exec_per_sec: stat("average_exec_per_sec").unwrap_or(0),
+        // How long it really ran (a crash ends the run early).
+        seconds: if exec_per_sec > 0 { executions / exec_per_sec } else { 0 },
+        executions,
+        exec_per_sec,
         coverage: field(last, "cov:").unwrap_or(0),
         features: field(last, "ft:").unwrap_or(0),
         corpus_files,
@@ -137,9 +151,6 @@ fn run_target(target: &str, seconds: u64) -> Result<Stats> {
         new_units: stat("new_units_added").unwrap_or(0),
         crash,
     };
-    if !status.success() && stats.crash.is_none() {
-        bail!("cargo fuzz run {target} failed ({status}) without a crash artifact: see {}", log_path.display());
-    }
     Ok(stats)
 }
 
