@@ -288,23 +288,34 @@ fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
     assert_eq!(&again[..o2.len], sent, "a repeated packet sent differently");
 }
 
-/// The IP header right after the Ethernet header: (family, header length,
-/// IP packet length, protocol, source, destination). `None` when
-/// malformed.
-fn ip_header(f: &[u8]) -> Option<(u8, usize, usize, u8, [u8; 16], [u8; 16])> {
+/// The IP header right after the Ethernet header.
+struct IpHeader {
+    family: u8,
+    /// Header length (IPv4 with options; IPv6's fixed 40).
+    hlen: usize,
+    /// IP packet length per the header.
+    total: usize,
+    /// Protocol / next header.
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// `f`'s IP header; `None` when malformed or not IP.
+fn ip_header(f: &[u8]) -> Option<IpHeader> {
     let l3 = f.get(ETH_HLEN..)?;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     match u16::from_be_bytes([*f.get(12)?, *f.get(13)?]) {
         ETH_P_IPV4 => {
-            let ihl = usize::from(*l3.first()? & 0x0f) * 4;
+            let hlen = usize::from(*l3.first()? & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes([*l3.get(2)?, *l3.get(3)?]));
-            if l3[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN || total < ihl || total > l3.len() {
+            if l3[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || total < hlen || total > l3.len() {
                 return None;
             }
             src[..4].copy_from_slice(&l3[12..16]);
             dst[..4].copy_from_slice(&l3[16..20]);
-            Some((lb_common::isolator::FAMILY_V4, ihl, total, l3[9], src, dst))
+            Some(IpHeader { family: FAMILY_V4, hlen, total, proto: l3[9], src, dst })
         }
         ETH_P_IPV6 => {
             if l3.len() < IPV6_HLEN || l3[0] >> 4 != 6 {
@@ -316,7 +327,7 @@ fn ip_header(f: &[u8]) -> Option<(u8, usize, usize, u8, [u8; 16], [u8; 16])> {
             }
             src.copy_from_slice(&l3[8..24]);
             dst.copy_from_slice(&l3[24..40]);
-            Some((lb_common::isolator::FAMILY_V6, IPV6_HLEN, total, l3[6], src, dst))
+            Some(IpHeader { family: lb_common::isolator::FAMILY_V6, hlen: IPV6_HLEN, total, proto: l3[6], src, dst })
         }
         _ => None,
     }
@@ -330,7 +341,7 @@ fn ipv4_header_ok(f: &[u8], ihl: usize) -> bool {
 /// Is the checksum of the upper-layer message (TCP, UDP, ICMP, ICMPv6)
 /// right? `None` for a UDP/IPv4 datagram without a checksum.
 fn l4_ok(f: &[u8]) -> Option<bool> {
-    let (family, hlen, total, proto, src, dst) = ip_header(f)?;
+    let IpHeader { family, hlen, total, proto, src, dst } = ip_header(f)?;
     let msg = &f[ETH_HLEN + hlen..ETH_HLEN + total];
     let n = if family == FAMILY_V4 { 4 } else { 16 };
     let pseudo = |acc: u32| sum16(&src[..n], sum16(&dst[..n], acc)) + u32::from(proto) + msg.len() as u32;
@@ -344,8 +355,9 @@ fn l4_ok(f: &[u8]) -> Option<bool> {
 
 /// A sent packet is well formed and what the counter says it is.
 fn check_sent(frame: &[u8], sent: &[u8], o: &Outcome, t: &ModelTables) {
-    let (family, hlen, _, proto, src, dst) = ip_header(sent).unwrap_or_else(|| panic!("{o:?}: sent a malformed IP packet {sent:02x?}"));
-    let (in_family, in_hlen, _, _, in_src, in_dst) = ip_header(frame).expect("a packet the balancer sent came in well formed");
+    let IpHeader { family, hlen, proto, src, dst, .. } = ip_header(sent).unwrap_or_else(|| panic!("{o:?}: sent a malformed IP packet {sent:02x?}"));
+    let IpHeader { family: in_family, hlen: in_hlen, src: in_src, dst: in_dst, .. } =
+        ip_header(frame).expect("a packet the balancer sent came in well formed");
     assert_eq!(family, in_family, "{o:?}: the family changed");
     let globals = t.globals.unwrap();
     let inside = if family == FAMILY_V4 { v4_key(globals.inside_v4) } else { globals.inside_v6 };

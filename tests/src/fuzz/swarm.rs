@@ -191,7 +191,7 @@ fn check_mapped(cfg: &Config, view: &SwarmView, previous: Option<&SwarmAdditions
             assert!(*since <= now && now - since < 300.0, "vip {v}: {a} leaving since {since} at {now}");
         }
     }
-    for ((v, _), _) in &add.leaving {
+    for (v, _) in add.leaving.keys() {
         assert!(add.backends.contains_key(v), "leaving backends of VIP {v} without Swarm backends");
     }
     for v in balancer.vips.iter().filter(|v| v.backends_from.is_some()) {
