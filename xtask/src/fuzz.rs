@@ -212,7 +212,9 @@ fn row(s: &Stats) -> String {
 fn write_results(runs: &[Stats]) -> Result<PathBuf> {
     let path = crate::root().join("bench/results/fuzz.md");
     let old = fs::read_to_string(&path).unwrap_or_default();
-    let mut rows: Vec<(String, String)> = old
+    // Sections after the table (`## …`, written by hand) stay as they are.
+    let (table, notes) = old.split_once("\n## ").unwrap_or((&old, ""));
+    let mut rows: Vec<(String, String)> = table
         .lines()
         .filter(|l| l.starts_with("| ") && !l.starts_with("| target") && !l.starts_with("| ---"))
         .filter_map(|l| Some((l.split('|').nth(1)?.trim().to_owned(), l.to_owned())))
@@ -237,6 +239,10 @@ fn write_results(runs: &[Stats]) -> Result<PathBuf> {
     for (_, r) in rows {
         out += &r;
         out.push('\n');
+    }
+    if !notes.is_empty() {
+        out += "\n## ";
+        out += notes;
     }
     fs::write(&path, out)?;
     Ok(path)
