@@ -285,7 +285,16 @@ impl Config {
         let loc = Locator { text, origin };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            loc.at(span, e.message().trim_end())
+            // Some syntax errors (a control character in a comment) come
+            // without a message: name what is there.
+            let message = match e.message().trim_end() {
+                "" => match text.get(span.clone()).and_then(|s| s.chars().next()) {
+                    Some(c) => format!("unexpected character {c:?}"),
+                    None => "not valid TOML".to_owned(),
+                },
+                m => m.to_owned(),
+            };
+            loc.at(span, message)
         })?;
 
         let mut zones = BTreeMap::new();

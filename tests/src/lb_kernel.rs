@@ -176,29 +176,41 @@ impl FixtureNet {
         t.addr(&ns, IN_IF, "10.1.0.1/24");
         t.addr(&ns, IN_IF, "fd00:1::1/64");
         t.forwarding(&ns);
-        let mut neighbours = HashSet::new();
-        let mut add = |ifname: &str, a: &str| {
-            let ip: IpAddr = a.parse().unwrap();
-            let m = neighbour_mac(ip);
+        for (ifname, a) in NEIGHBOURS {
+            let m = neighbour_mac(a.parse().unwrap());
             let mac = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
             ns.exec(&["ip", "neigh", "replace", a, "lladdr", &mac, "dev", ifname, "nud", "permanent"]).unwrap();
-            neighbours.insert(ip);
-        };
-        for a in BACKENDS_V4.iter().chain(&BACKENDS_V6) {
-            add(IN_IF, a);
         }
-        add(OUT_IF, CLIENT_V4);
-        add(OUT_IF, CLIENT_V6);
         let out_ifindex = t.ifindex(&ns, OUT_IF);
         let in_ifindex = t.ifindex(&ns, IN_IF);
         let out_mac = topology::mac(&ns, OUT_IF).unwrap();
         let in_mac = topology::mac(&ns, IN_IF).unwrap();
-        let fib = FixtureFib { out_ifindex, in_ifindex, out_mac, in_mac, neighbours };
+        let fib = FixtureFib::new(out_ifindex, in_ifindex, out_mac, in_mac);
         Self { _topology: t, ns, out_ifindex, in_ifindex, out_mac, in_mac, fib }
     }
 }
 
+/// The fixture's permanent neighbour entries: (interface, address).
+const NEIGHBOURS: [(&str, &str); 8] = [
+    (IN_IF, BACKENDS_V4[0]),
+    (IN_IF, BACKENDS_V4[1]),
+    (IN_IF, BACKENDS_V4[2]),
+    (IN_IF, BACKENDS_V6[0]),
+    (IN_IF, BACKENDS_V6[1]),
+    (IN_IF, BACKENDS_V6[2]),
+    (OUT_IF, CLIENT_V4),
+    (OUT_IF, CLIENT_V6),
+];
+
 impl FixtureFib {
+    /// The fixture's routes and neighbours for interfaces with these
+    /// ifindexes and MACs (a real [`FixtureNet`]'s, or made-up ones for a
+    /// model-only run such as the fuzzer's).
+    pub fn new(out_ifindex: u32, in_ifindex: u32, out_mac: [u8; 6], in_mac: [u8; 6]) -> Self {
+        let neighbours = NEIGHBOURS.iter().map(|(_, a)| a.parse().unwrap()).collect();
+        Self { out_ifindex, in_ifindex, out_mac, in_mac, neighbours }
+    }
+
     /// What the kernel's FIB answers for `dst` (the model's view of it).
     pub fn route(&self, family: u8, dst: &[u8; 16], ip_len: u16) -> Route {
         let a = lb_user::balancer::key_addr(dst, family);
@@ -362,19 +374,9 @@ impl KernelBalancer {
     /// The model's tables, with the kernel's services, backends, tables
     /// and globals copied in and empty flow and NAT tables.
     pub fn model(&self) -> ModelTables {
-        let maps = self.maps();
-        let mut m = ModelTables {
-            fib: self.net.fib.clone(),
-            services: HashMap::new(),
-            backends: HashMap::new(),
-            maglev: Vec::new(),
-            globals: maps.globals.get(&0, 0).ok(),
-            flows: HashMap::new(),
-            nat: HashMap::new(),
-            nat_capacity: self.sizes.nat as usize,
-            egress: [self.net.out_ifindex, self.net.in_ifindex].into_iter().collect(),
-        };
-        m.reload(maps);
+        let mut m = ModelTables::new(self.net.fib.clone());
+        m.nat_capacity = self.sizes.nat as usize;
+        m.reload(self.maps());
         m
     }
 }
@@ -388,6 +390,7 @@ impl Drop for KernelBalancer {
 }
 
 /// The model's state: plain collections.
+#[derive(Clone)]
 pub struct ModelTables {
     fib: FixtureFib,
     /// Copy of the kernel's services.
@@ -409,6 +412,22 @@ pub struct ModelTables {
 }
 
 impl ModelTables {
+    /// Empty tables routing by `fib`, with both fixture interfaces as
+    /// egress interfaces.
+    pub fn new(fib: FixtureFib) -> Self {
+        ModelTables {
+            egress: [fib.out_ifindex, fib.in_ifindex].into_iter().collect(),
+            fib,
+            services: HashMap::new(),
+            backends: HashMap::new(),
+            maglev: Vec::new(),
+            globals: None,
+            flows: HashMap::new(),
+            nat: HashMap::new(),
+            nat_capacity: MAX_NAT_ENTRIES as usize,
+        }
+    }
+
     /// Copies services, backends, tables and globals from the kernel's maps
     /// (after an apply); flows and NAT entries stay.
     pub fn reload(&mut self, maps: &BalancerMaps) {

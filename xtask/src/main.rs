@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo|bench|soak>`.
+//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo|bench|soak|fuzz>`.
 //!
 //! Every task that needs the toolchain or system packages runs `setup`
 //! first, so a fresh machine needs nothing but `cargo xtask …`.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -57,6 +58,16 @@ enum Task {
         /// How long the load runs.
         #[arg(long, default_value_t = 10)]
         minutes: u32,
+    },
+    /// Fuzz the config parser, the Swarm mapping and the packet models
+    /// (cargo-fuzz); results in bench/results/fuzz.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Only this target (config, swarm_mapping, packet_model).
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -145,6 +156,11 @@ fn main() -> Result<()> {
             run(cargo()
                 .args(["run", "--release", "-q", "-p", "swarmlb-tests", "--bin", "soak", "--", "--minutes", &minutes.to_string()])
                 .env("SWARMLB_BIN", root().join("target/release/swarmlb")))
+        }
+        Task::Fuzz { seconds, target } => {
+            // lb-user embeds the eBPF object.
+            build_ebpf()?;
+            fuzz::run(seconds, target.as_deref())
         }
         Task::Demo => {
             build()?;

@@ -234,3 +234,11 @@ fn balancer_warnings() {
     assert_eq!((b.snat_ports, b.flow_table_size, b.nat_table_size), ((2000, 2003), 16, 8));
     assert!(few.warnings().iter().any(|w| w.contains("only 4 ports")), "{:?}", few.warnings());
 }
+
+/// Found by the `config` fuzz target: toml reports a control character in
+/// a comment with an empty message.
+#[test]
+fn syntax_errors_always_say_something() {
+    let e = err("[settings]\n# a comment with a \u{17} in it\n");
+    assert!(e.contains("t.toml:2:") && e.contains("unexpected character '\\u{17}'"), "{e}");
+}

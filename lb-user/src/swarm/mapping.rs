@@ -3,7 +3,8 @@
 //! that may reach Swarm's own ports.
 //!
 //! Everything odd — a node without a usable address, a bad label value, two
-//! nodes with one address, a service with conflicting zone constraints — is
+//! nodes with one address, a node with the VIP's own address, a service
+//! with conflicting zone constraints — is
 //! reported in the notes and skipped. Two rules keep a bad answer from the
 //! API from emptying the backend set: a view without nodes is refused
 //! (every swarm has at least the manager answering), and a VIP whose
@@ -92,6 +93,11 @@ pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option
             // A node without an address of the VIP's family serves the
             // other family's VIP: not odd.
             let Some(address) = address else { continue };
+            // The VIP as its own backend would send its packets round in a loop.
+            if address == vip.address {
+                out.notes.insert(format!("vip {}: node {} has the VIP's own address {address}: skipped", vip.name, n.hostname));
+                continue;
+            }
             let weight = match n.labels.get(&swarm.weight_label) {
                 None => 1,
                 Some(text) => match text.trim().parse::<u32>() {
@@ -304,6 +310,22 @@ backends_from = "node.labels.lb==proxy"
         for want in ["no usable address", "is not a weight", "is not a list of unicast addresses", "of another node"] {
             assert!(notes.iter().any(|n| n.contains(want)), "{want} in {notes:?}");
         }
+    }
+
+    /// Found by the `swarm_mapping` fuzz target.
+    #[test]
+    fn a_node_with_the_vips_address_is_not_its_backend() {
+        let view = SwarmView {
+            nodes: vec![
+                node("a", "203.0.113.10", &[("lb", "proxy")]),
+                node("b", "10.0.0.2", &[("lb", "proxy"), ("swarmlb.address", "203.0.113.10")]),
+                node("c", "10.0.0.3", &[("lb", "proxy")]),
+            ],
+            services: vec![],
+        };
+        let m = run(&view, None);
+        assert_eq!(backends(&m), [("10.0.0.3".into(), 1)]);
+        assert_eq!(m.notes.iter().filter(|n| n.contains("the VIP's own address")).count(), 2, "{:?}", m.notes);
     }
 
     #[test]
