@@ -392,6 +392,23 @@ impl LbCounter {
         LbCounter::FlowRefound,
     ];
 
+    /// Whether the outcome drops the packet (its name starts with `drop_`).
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            LbCounter::NoBackend
+                | LbCounter::SnatExhausted
+                | LbCounter::NoRoute
+                | LbCounter::NoNeighbour
+                | LbCounter::NoEgress
+                | LbCounter::TooBig
+                | LbCounter::Unbalanceable
+                | LbCounter::Malformed
+                | LbCounter::NoHeadroom
+                | LbCounter::NatTableFull
+        )
+    }
+
     /// The name in `swarmlb status` and metrics.
     pub const fn name(self) -> &'static str {
         match self {
@@ -494,6 +511,13 @@ mod tests {
     fn counters_are_indexed_in_order() {
         for (i, c) in LbCounter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn drops_are_the_drop_counters() {
+        for c in LbCounter::ALL {
+            assert_eq!(c.is_drop(), c.name().starts_with("drop_"), "{c:?}");
         }
     }
 }

@@ -38,19 +38,7 @@ fn client_frame(kb: &KernelBalancer, src: &str, dst: &str, l4: &L4) -> Vec<u8> {
 }
 
 fn ip_frame(f: &FrameBuilder, src: &str, dst: &str, l4: &L4, v4: impl Fn(&mut Ipv4), v6: impl Fn(&mut Ipv6)) -> Vec<u8> {
-    match (ip(src), ip(dst)) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut h = Ipv4::new(s, d);
-            v4(&mut h);
-            f.ipv4(&h.packet(l4))
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut h = Ipv6::new(s, d);
-            v6(&mut h);
-            f.ipv6(&h.packet(l4))
-        }
-        _ => panic!("mixed families"),
-    }
+    f.ip_l4(ip(src), ip(dst), l4, v4, v6)
 }
 
 /// Runs `frame` through kernel and model; asserts they agree and returns

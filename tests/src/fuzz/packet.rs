@@ -235,19 +235,6 @@ fn check_isolator(frame: &[u8]) {
     assert_eq!(unbound.verdict, Verdict::Pass(PassReason::NoZone));
 }
 
-/// Counters of outcomes that drop the packet.
-const DROPS: [LbCounter; 9] = [
-    LbCounter::NoBackend,
-    LbCounter::SnatExhausted,
-    LbCounter::NoRoute,
-    LbCounter::NoNeighbour,
-    LbCounter::NoEgress,
-    LbCounter::TooBig,
-    LbCounter::Unbalanceable,
-    LbCounter::Malformed,
-    LbCounter::NoHeadroom,
-];
-
 /// Drops decided before a backend is chosen: no flow is placed, no SNAT
 /// port taken, no NAT entry marked.
 const REFUSED: [LbCounter; 4] = [LbCounter::Unbalanceable, LbCounter::Malformed, LbCounter::NoBackend, LbCounter::SnatExhausted];
@@ -263,7 +250,7 @@ fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
             assert_eq!(o.len, 0);
         }
         Action::Pass => assert_eq!(o.counter, Some(LbCounter::TtlExpired), "{o:?}"),
-        Action::Drop => assert!(o.counter.is_some_and(|c| DROPS.contains(&c)), "{o:?}"),
+        Action::Drop => assert!(o.counter.is_some_and(LbCounter::is_drop), "{o:?}"),
         Action::Tx | Action::Redirect(_) => {
             if let Action::Redirect(oif) = o.action {
                 assert!(oif != ifindex && t.is_egress(oif), "redirected to {oif}");

@@ -167,20 +167,7 @@ fn ip(s: &str) -> IpAddr {
 /// A frame from `src` (whose MAC is the fixture neighbour's) to `dst`,
 /// arriving at an interface with MAC `to`.
 fn frame(src: IpAddr, dst: IpAddr, to: [u8; 6], l4: &L4, v4: impl Fn(&mut Ipv4), v6: impl Fn(&mut Ipv6)) -> Vec<u8> {
-    let f = FrameBuilder::new(neighbour_mac(src), to);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut h = Ipv4::new(s, d);
-            v4(&mut h);
-            f.ipv4(&h.packet(l4))
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut h = Ipv6::new(s, d);
-            v6(&mut h);
-            f.ipv6(&h.packet(l4))
-        }
-        _ => panic!("mixed families"),
-    }
+    FrameBuilder::new(neighbour_mac(src), to).ip_l4(src, dst, l4, v4, v6)
 }
 
 /// A path-MTU error from a router on the clients' side to `vip` about the

@@ -1,6 +1,8 @@
 //! Ethernet framing with any number of VLAN tags.
 
-use super::ethertype;
+use std::net::IpAddr;
+
+use super::{ethertype, Ipv4, Ipv6, L4};
 
 /// Ethernet framing: addresses and any number of VLAN tags, outermost first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +58,24 @@ impl FrameBuilder {
     /// A frame carrying an IPv6 packet (see [`super::Ipv6::packet`]).
     pub fn ipv6(&self, packet: &[u8]) -> Vec<u8> {
         self.frame(ethertype::IPV6, packet)
+    }
+
+    /// A frame carrying `l4` from `src` to `dst` (one family) in a plain
+    /// IPv4 or IPv6 header that `v4` or `v6` may adjust first.
+    pub fn ip_l4(&self, src: IpAddr, dst: IpAddr, l4: &L4, v4: impl Fn(&mut Ipv4), v6: impl Fn(&mut Ipv6)) -> Vec<u8> {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut h = Ipv4::new(s, d);
+                v4(&mut h);
+                self.ipv4(&h.packet(l4))
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut h = Ipv6::new(s, d);
+                v6(&mut h);
+                self.ipv6(&h.packet(l4))
+            }
+            _ => panic!("mixed families: {src} to {dst}"),
+        }
     }
 
     /// A frame carrying an IP packet, its EtherType taken from the version.
