@@ -102,7 +102,7 @@ fn fixtures() {
     assert_eq!(o.counter, Some(LbCounter::NewFlow));
     assert_eq!(out2, expected);
     // The connection's next packet: a hit, no new flow.
-    let ack = L4::Tcp { sport: 40000, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1000, payload: Vec::new() };
+    let ack = L4::tcp_ack(40000, 443, &[]);
     let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack);
     let (o, _) = both(&mut kb, &mut model, &frame, out_if);
     tally(&mut m, &o);
@@ -272,7 +272,7 @@ fn fixtures() {
     kb.apply(&d);
     model.reload(kb.maps());
     // The connection's next packet (a SYN would be a new connection).
-    let ack = L4::Tcp { sport: 40000, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1000, payload: Vec::new() };
+    let ack = L4::tcp_ack(40000, 443, &[]);
     let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack);
     let (o, _) = both(&mut kb, &mut model, &frame, out_if);
     tally(&mut m, &o);
@@ -440,7 +440,7 @@ fn a_full_nat_table_refuses_new_flows_as_such() {
     let counters = kb.maps().counters().unwrap();
     assert_eq!((counters[LbCounter::NatTableFull as usize], counters[LbCounter::SnatExhausted as usize]), (6, 0), "a full table is not SNAT exhaustion");
     // The flows that got in go on, in both directions.
-    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(31000, 443));
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_ack(31000, 443, &[]));
     assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::FlowHit));
     // Forgotten by the flow table (as LRU eviction does), the flow is
     // placed again and finds its own NAT entry: no insert, so even a full

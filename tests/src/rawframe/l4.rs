@@ -47,6 +47,11 @@ impl L4 {
         L4::Tcp { sport, dport, seq: 0x1000_0000, ack: 0, flags: 0x02, window: 64240, payload: Vec::new() }
     }
 
+    /// A TCP ACK of an established connection carrying `payload`.
+    pub fn tcp_ack(sport: u16, dport: u16, payload: &[u8]) -> Self {
+        L4::Tcp { sport, dport, seq: 1, ack: 1, flags: 0x10, window: 1000, payload: payload.to_vec() }
+    }
+
     /// A UDP datagram.
     pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Self {
         L4::Udp { sport, dport, payload: payload.to_vec() }
