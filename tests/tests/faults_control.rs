@@ -19,7 +19,7 @@ use std::{
 
 use common::{
     daemon::{stop_cleanly, swarmlb_bin, wait_until, Instance},
-    http::{metric, metric_sum, metrics, who, Stream, StreamLoad},
+    http::{metric, metric_sum, metrics, who},
     site::{answers, backends, node_addr, probe, site, weight_of, VIP},
 };
 use harness::{
@@ -27,6 +27,7 @@ use harness::{
     nginx::Nginx,
     pins::BpfMount,
     scan::TcpOutcome,
+    stream::{Ended, Stream, Streaming},
     tls::TestCa,
     ChildGuard,
 };
@@ -154,8 +155,8 @@ backends_from = "node.labels.lb==proxy"
     let failures0 = metric::<f64>(&m, "swarmlb_swarm_failures_total").unwrap();
     assert_eq!(metric::<f64>(&m, "swarmlb_swarm_connected"), Some(1.0));
 
-    let load = StreamLoad::start(&s.client, IpAddr::V4(VIP), 12, Duration::from_millis(100));
-    load.progress("before", Duration::from_secs(1), 12);
+    let load = Streaming::open(&s.client, IpAddr::V4(VIP), 12, Duration::from_millis(100));
+    load.progress_at_least("before", Duration::from_secs(1), 12);
     let log_mark = daemon.output_so_far().len();
     let t0 = Instant::now();
     s.lab.stop_dockerd(0);
@@ -209,7 +210,7 @@ backends_from = "node.labels.lb==proxy"
 
     let answered = load.answered();
     let longest = load.longest_wait();
-    let broken = load.finish();
+    let broken: Vec<String> = load.stop().iter().filter_map(Ended::failure).collect();
     println!("12 streams through the minute: {} broken, {answered} requests answered, longest wait {longest:?}", broken.len());
     assert!(broken.is_empty(), "{broken:?}");
     stop_cleanly(&mut daemon, libc::SIGTERM);
@@ -286,8 +287,8 @@ fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
     let inst = Instance::new("fckill", &edge_config(&[1, 2, 3], "\"tcp/5432\"", "e-in"));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
-    let load = StreamLoad::start(&lab.client, IpAddr::V4(VIP_V4), 30, Duration::from_millis(20));
-    load.progress("before", Duration::from_secs(1), 30);
+    let load = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 30, Duration::from_millis(20));
+    load.progress_at_least("before", Duration::from_secs(1), 30);
     let m = metrics(&lab.edge);
     assert_eq!(metric::<f64>(&m, "swarmlb_agent_adopted"), Some(0.0), "a first start adopts nothing");
     let started0 = metric::<f64>(&m, "swarmlb_agent_start_timestamp_seconds").unwrap();
@@ -298,14 +299,14 @@ fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
     daemon.signal(libc::SIGKILL);
     daemon.wait_timeout(Duration::from_secs(10)).expect("killed");
     let t = Instant::now();
-    let during = load.progress("no agent (after kill -9)", Duration::from_secs(3), 100);
+    let during = load.progress_at_least("no agent (after kill -9)", Duration::from_secs(3), 100);
     let restart = Instant::now();
     let mut daemon = inst.start(&lab.edge, &[]);
     wait_restarted(&inst, &mut daemon);
     let (gap, restart) = (t.elapsed(), restart.elapsed());
     let out = daemon.output_so_far();
     assert!(out.contains("adopted the pinned data path"), "{out}");
-    load.progress("after the restart", Duration::from_secs(1), 30);
+    load.progress_at_least("after the restart", Duration::from_secs(1), 30);
 
     let m = metrics(&lab.edge);
     assert_eq!(metric::<f64>(&m, "swarmlb_agent_adopted"), Some(1.0), "{m}");
@@ -319,7 +320,7 @@ fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
 
     let answered = load.answered();
     let longest = load.longest_wait();
-    let broken = load.finish();
+    let broken: Vec<String> = load.stop().iter().filter_map(Ended::failure).collect();
     println!(
         "kill -9, {:.1} s without an agent, restart ready in {:.1} s; {during} requests answered while no agent ran; 30 streams: {} broken, {answered} answers, longest wait {longest:?}; backend packets {packets0} → {packets1}",
         gap.as_secs_f64(),
@@ -349,8 +350,8 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
     let inst = Instance::new("fchup", &good);
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
-    let load = StreamLoad::start(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
-    load.progress("before", Duration::from_secs(1), 20);
+    let load = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
+    load.progress_at_least("before", Duration::from_secs(1), 20);
     let before = kernel_state(&inst.pin_path);
     let status_before = applied_vips(&inst);
     let config = inst.config.display().to_string();
@@ -391,7 +392,7 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
         assert_eq!(metric::<f64>(&m, "swarmlb_config_last_reload_successful"), Some(0.0), "{m}");
         assert_eq!(metric::<f64>(&m, "swarmlb_config_reloads_total{result=\"failed\"}"), Some(n as f64 + 1.0), "{m}");
         assert_eq!(metric::<f64>(&m, "swarmlb_config_reloads_total{result=\"success\"}"), Some(0.0), "{m}");
-        load.progress(&format!("after refused reload {}", n + 1), Duration::from_millis(500), 20);
+        load.progress_at_least(&format!("after refused reload {}", n + 1), Duration::from_millis(500), 20);
         assert!(daemon.try_status().is_none(), "the daemon died");
     }
     // None of the refused configs started probing w3 (2 intervals).
@@ -420,7 +421,7 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
     wait_until(Duration::from_secs(10), || nginx[2].access_count() > w3_requests, || "the applied config probes w3".into());
 
     let answered = load.answered();
-    let broken = load.finish();
+    let broken: Vec<String> = load.stop().iter().filter_map(Ended::failure).collect();
     println!("20 streams through 3 refused reloads and 1 applied: {} broken, {answered} answers", broken.len());
     assert!(broken.is_empty(), "{broken:?}");
     stop_cleanly(&mut daemon, libc::SIGTERM);
@@ -440,8 +441,8 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     let inst = Instance::with_pin_path("fcbpf", &edge_config(&[1, 2], "\"tcp/5432\"", "e-in"), mount.dir.join("pins"));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
-    let load = StreamLoad::start(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
-    load.progress("before", Duration::from_secs(1), 20);
+    let load = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
+    load.progress_at_least("before", Duration::from_secs(1), 20);
     let link_pin = inst.pin_path.join("xdp-native-e-out");
     assert!(link_pin.exists() && inst.pin_path.join("LB_FLOWS").exists());
     assert_eq!(metric::<f64>(&metrics(&lab.edge), "swarmlb_pins_ok"), Some(1.0));
@@ -457,7 +458,7 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     println!("bpffs unmounted: reported after {:.1} s", t.elapsed().as_secs_f64());
     assert!(daemon.output_so_far().contains("the pinned maps and links are gone"), "{}", daemon.output_so_far());
     let packets = metric_sum(&metrics(&lab.edge), "swarmlb_backend_packets_total");
-    load.progress("pins gone", Duration::from_secs(2), 100);
+    load.progress_at_least("pins gone", Duration::from_secs(2), 100);
     assert_eq!(who(&lab.client, IpAddr::V4(VIP_V4)).chars().next(), Some('w'), "new connections still balanced");
     let m = metrics(&lab.edge);
     assert!(metric_sum(&m, "swarmlb_backend_packets_total") > packets, "the metrics still read the live counters: {m}");
@@ -483,15 +484,15 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     // links are kept only by their pins), start, adopt.
     daemon.signal(libc::SIGKILL);
     daemon.wait_timeout(Duration::from_secs(10)).expect("killed");
-    load.progress("no agent, on the restored pins", Duration::from_secs(2), 100);
+    load.progress_at_least("no agent, on the restored pins", Duration::from_secs(2), 100);
     let mut daemon = inst.start(&lab.edge, &[]);
     wait_restarted(&inst, &mut daemon);
     assert!(daemon.output_so_far().contains("adopted the pinned data path"), "{}", daemon.output_so_far());
     let m = metrics(&lab.edge);
     assert_eq!((metric::<f64>(&m, "swarmlb_agent_adopted"), metric::<f64>(&m, "swarmlb_pins_ok")), (Some(1.0), Some(1.0)), "{m}");
-    load.progress("after the restart", Duration::from_secs(1), 20);
+    load.progress_at_least("after the restart", Duration::from_secs(1), 20);
     let answered = load.answered();
-    let broken = load.finish();
+    let broken: Vec<String> = load.stop().iter().filter_map(Ended::failure).collect();
     println!("20 streams through umount, remount, kill -9 and restart: {} broken, {answered} answers", broken.len());
     assert!(broken.is_empty(), "{broken:?}");
     let mut s = Stream::open(&lab.client, IpAddr::V4(VIP_V4));
