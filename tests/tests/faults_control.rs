@@ -19,11 +19,12 @@ use std::{
 
 use common::{
     daemon::{stop_cleanly, swarmlb_bin, wait_until, Instance},
+    edge::lab_with_proxies,
     http::{metric, metric_sum, metrics, who},
     site::{answers, backends, node_addr, probe, site, weight_of, VIP},
 };
 use harness::{
-    edge_lab::{worker_addrs, EdgeLab, VIP_V4},
+    edge_lab::{worker_addrs, VIP_V4},
     nginx::Nginx,
     pins::BpfMount,
     scan::TcpOutcome,
@@ -261,16 +262,6 @@ backends = [{}]
     )
 }
 
-/// EdgeLab with nginx on `n` workers.
-fn edge_lab(tag: &str, n: usize) -> (EdgeLab, Vec<Nginx>) {
-    harness::require_root().unwrap();
-    let lab = EdgeLab::new(tag, n);
-    let ca = TestCa::new();
-    let any: [IpAddr; 2] = ["0.0.0.0".parse().unwrap(), "::".parse().unwrap()];
-    let nginx = (1..=n).map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &any, &ca, &["a.com"]).unwrap()).collect();
-    (lab, nginx)
-}
-
 /// Waits for a restarted daemon (the killed one's state file is still
 /// there): its pid in the state file.
 fn wait_restarted(inst: &Instance, child: &mut ChildGuard) {
@@ -283,7 +274,7 @@ fn wait_restarted(inst: &Instance, child: &mut ChildGuard) {
 /// kernel's counters go on from where they were.
 #[test]
 fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
-    let (lab, _nginx) = edge_lab("fckill", 3);
+    let (lab, _ca, _nginx) = lab_with_proxies("fckill", 3);
     let inst = Instance::new("fckill", &edge_config(&[1, 2, 3], "\"tcp/5432\"", "e-in"));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
@@ -340,7 +331,7 @@ fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
 /// line and key; the metrics count the refusals. A fixed config applies.
 #[test]
 fn broken_configs_on_sighup_change_nothing_and_say_where() {
-    let (lab, nginx) = edge_lab("fchup", 3);
+    let (lab, _ca, nginx) = lab_with_proxies("fchup", 3);
     // An inside interface without an IPv6 address, for a config that
     // parses but cannot be applied (the IPv6 VIP needs one).
     lab.edge.exec(&["ip", "link", "add", "e-dummy", "type", "bridge"]).unwrap();
@@ -437,7 +428,7 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
 #[test]
 fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     let mount = BpfMount::new("fcbpf");
-    let (lab, _nginx) = edge_lab("fcbpf", 2);
+    let (lab, _ca, _nginx) = lab_with_proxies("fcbpf", 2);
     let inst = Instance::with_pin_path("fcbpf", &edge_config(&[1, 2], "\"tcp/5432\"", "e-in"), mount.dir.join("pins"));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
