@@ -38,18 +38,49 @@ pub const EDGE_INSIDE_V4: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 /// The edge's inside IPv6 address.
 pub const EDGE_INSIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 
-/// Loads the pass-through programs a lab puts on the veths that XDP
-/// redirects into (a veth delivers redirected frames only if its peer runs
-/// XDP), pinned in a private directory for `tag`. They never balance:
-/// their flow and NAT tables are as small as they can be.
-pub fn load_pass_through(tag: &str) -> (Datapath, PathBuf) {
-    let pass_pins = crate::pins::private_pin_dir("lab", tag);
-    let _ = remove_pins(&pass_pins);
-    let pass = Datapath::load(&pass_pins, MapSizes { table_size: 251, flows: 1, nat: 1 }).unwrap_or_else(|e| {
-        let _ = remove_pins(&pass_pins);
-        panic!("pass-through program loads: {e:#}")
-    });
-    (pass, pass_pins)
+/// The pass-through programs a lab puts on the veths that XDP redirects
+/// into (a veth delivers redirected frames only if its peer runs XDP),
+/// pinned in a private directory; unpinned on drop.
+pub struct PassThrough {
+    datapath: Option<Datapath>,
+    pins: PathBuf,
+}
+
+impl PassThrough {
+    /// Loads them for `tag`. They never balance: their flow and NAT tables
+    /// are as small as they can be.
+    pub fn load(tag: &str) -> Self {
+        let pins = crate::pins::private_pin_dir("lab", tag);
+        let _ = remove_pins(&pins);
+        let datapath = Datapath::load(&pins, MapSizes { table_size: 251, flows: 1, nat: 1 }).unwrap_or_else(|e| {
+            let _ = remove_pins(&pins);
+            panic!("pass-through program loads: {e:#}")
+        });
+        Self { datapath: Some(datapath), pins }
+    }
+
+    /// Attaches the pass-through program to `ifname` in `ns`.
+    pub fn attach(&mut self, ns: &Netns, ifname: &str) {
+        let dp = self.datapath.as_mut().expect("loaded until drop");
+        ns.run(|| dp.attach(ifname, Program::Isolator)).expect("pass-through XDP attaches");
+    }
+}
+
+impl Drop for PassThrough {
+    fn drop(&mut self) {
+        self.datapath.take();
+        let _ = remove_pins(&self.pins);
+    }
+}
+
+/// Turns off tx checksum offload on each `(namespace, interface)`: veth
+/// hands packets on with the checksum left to "offload", and an XDP
+/// program that rewrites or forwards them would pass that partial checksum
+/// on as if it were complete (real NICs deliver full ones).
+pub fn full_checksums<'a>(ifaces: impl IntoIterator<Item = (&'a Netns, &'a str)>) {
+    for (ns, ifname) in ifaces {
+        ns.exec(&["ethtool", "-K", ifname, "tx", "off"]).expect("ethtool -K tx off (cargo xtask setup installs ethtool)");
+    }
 }
 
 /// Worker `i`'s (1-based) addresses.
@@ -60,8 +91,7 @@ pub fn worker_addrs(i: usize) -> (Ipv4Addr, Ipv6Addr) {
 /// The namespaces and links; everything is removed on drop.
 pub struct EdgeLab {
     // Field order: the pass-through programs go before the namespaces.
-    pass: Option<Datapath>,
-    pass_pins: PathBuf,
+    _pass: PassThrough,
     /// The client namespace.
     pub client: Netns,
     /// The edge host, where swarmlb runs.
@@ -108,17 +138,11 @@ impl EdgeLab {
             w.exec(&["ip", "-6", "route", "add", "default", "via", "fd00:1::1", "dev", "eth0", "onlink"]).unwrap();
             ws.push(w);
         }
-        // veth hands packets on with the checksum left to "offload"; an XDP
-        // program that rewrites or forwards them would pass that partial
-        // checksum on as if it were complete (real NICs deliver full ones).
-        for (ns, ifname) in std::iter::once((&client, "c-out")).chain(ws.iter().map(|w| (w, "eth0"))) {
-            ns.exec(&["ethtool", "-K", ifname, "tx", "off"]).expect("ethtool -K tx off (cargo xtask setup installs ethtool)");
-        }
-        let (mut pass, pass_pins) = load_pass_through(tag);
-        for (ns, ifname) in [(&switch, "s-e"), (&client, "c-out")] {
-            ns.run(|| pass.attach(ifname, Program::Isolator)).expect("pass-through XDP attaches");
-        }
-        Self { pass: Some(pass), pass_pins, client, edge, switch, workers: ws, topology: t }
+        full_checksums(std::iter::once((&client, "c-out")).chain(ws.iter().map(|w| (w, "eth0"))));
+        let mut pass = PassThrough::load(tag);
+        pass.attach(&switch, "s-e");
+        pass.attach(&client, "c-out");
+        Self { _pass: pass, client, edge, switch, workers: ws, topology: t }
     }
 
     /// Worker `i`'s (1-based) addresses as `IpAddr`s.
@@ -130,12 +154,5 @@ impl EdgeLab {
     /// The topology (for more links in a test).
     pub fn topology(&mut self) -> &mut Topology {
         &mut self.topology
-    }
-}
-
-impl Drop for EdgeLab {
-    fn drop(&mut self) {
-        self.pass.take();
-        let _ = remove_pins(&self.pass_pins);
     }
 }

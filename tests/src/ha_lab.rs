@@ -19,11 +19,12 @@
 //! an edge: DSR replies go from the worker to the client past both edges,
 //! so losing an edge loses nothing on the way back.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::net::Ipv4Addr;
 
-use lb_user::loader::{remove_pins, Datapath, Program};
-
-use crate::{edge_lab::worker_addrs, Netns, Topology};
+use crate::{
+    edge_lab::{full_checksums, worker_addrs, PassThrough},
+    Netns, Topology,
+};
 
 /// The VIP keepalived moves (on the shared segment: the client reaches it
 /// by ARP, and a gratuitous ARP moves it).
@@ -39,8 +40,7 @@ pub fn edge_addrs(i: usize) -> (Ipv4Addr, Ipv4Addr) {
 /// The namespaces and links; everything is removed on drop.
 pub struct HaLab {
     // Field order: the pass-through programs go before the namespaces.
-    pass: Option<Datapath>,
-    pass_pins: PathBuf,
+    _pass: PassThrough,
     /// The client namespace.
     pub client: Netns,
     /// Edges `a` and `b`, each with `e-out` (shared segment) and `e-in`.
@@ -104,17 +104,13 @@ impl HaLab {
             t.route(&w, "default", "10.1.0.254");
             ws.push(w);
         }
-        // As in the edge lab: veth would hand on partial checksums that an
-        // XDP program forwards as if complete.
-        for (ns, ifname) in std::iter::once((&client, "c-out")).chain(ws.iter().map(|w| (w, "eth0"))) {
-            ns.exec(&["ethtool", "-K", ifname, "tx", "off"]).expect("ethtool -K tx off (cargo xtask setup installs ethtool)");
-        }
+        full_checksums(std::iter::once((&client, "c-out")).chain(ws.iter().map(|w| (w, "eth0"))));
         // Frames the edges' XDP programs redirect into a veth are only
         // delivered if its peer runs XDP: a pass-through program on the
         // bridge ports of both edges.
-        let (mut pass, pass_pins) = crate::edge_lab::load_pass_through(tag);
+        let mut pass = PassThrough::load(tag);
         for (ns, ifname) in [(&outside, "o-a"), (&outside, "o-b"), (&inside, "s-a"), (&inside, "s-b")] {
-            ns.run(|| pass.attach(ifname, Program::Isolator)).expect("pass-through XDP attaches");
+            pass.attach(ns, ifname);
             // A NIC drops unicast frames for other MACs before XDP sees
             // them; a veth hands XDP everything. Without this, the frames
             // the bridge floods once the master's port is down (its MAC
@@ -124,7 +120,7 @@ impl HaLab {
             // (VRRP) still reach both edges.
             ns.exec(&["bridge", "link", "set", "dev", ifname, "flood", "off"]).unwrap();
         }
-        Self { pass: Some(pass), pass_pins, client, edges, router, outside, inside, workers: ws, _topology: t }
+        Self { _pass: pass, client, edges, router, outside, inside, workers: ws, _topology: t }
     }
 
     /// Takes every link of edge `i` down: the host is gone from both
@@ -150,12 +146,5 @@ impl HaLab {
     /// Whether edge `i` holds the VIP (is the VRRP master).
     pub fn holds_vip(&self, i: usize) -> bool {
         self.edges[i].exec(&["ip", "-4", "addr", "show", "dev", "e-out"]).is_ok_and(|o| o.contains(&format!("{HA_VIP}/")))
-    }
-}
-
-impl Drop for HaLab {
-    fn drop(&mut self) {
-        self.pass.take();
-        let _ = remove_pins(&self.pass_pins);
     }
 }

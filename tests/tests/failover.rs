@@ -20,23 +20,16 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr, TcpStream},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use common::{
-    daemon::{wait_until, BackendSetups, RunningDaemon},
-    http::Stream,
-};
+use common::daemon::{wait_until, BackendSetups, RunningDaemon};
 use harness::{
     edge_lab::worker_addrs,
     ha_lab::{edge_addrs, HaLab, HA_VIP},
     keepalived::{vrrp_config, Keepalived, Vrrp},
     nginx::Nginx,
+    stream::{Ended, Outcome, Stream, Streaming},
     tls::TestCa,
 };
 
@@ -150,73 +143,12 @@ fn answers(ha: &Ha) -> bool {
     harness::tls::http_get(sock, "a.com", "/").is_ok_and(|(status, _)| status == 200)
 }
 
-/// How one stream ended.
-#[derive(Debug)]
-enum Outcome {
-    /// Still answered by its worker when the test stopped it.
-    Alive,
-    /// Answered by another worker.
-    Moved { from: String, to: String },
-    /// An I/O error, after how long without an answer.
-    Failed(std::io::ErrorKind, Duration),
-}
-
-/// How a stream ended: its client port, the outcome, and its longest
-/// wait for an answer.
-type Ended = (u16, Outcome, Duration);
-
 /// `STREAMS` keep-alive connections, each asking every 100 ms.
-struct Streams {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<Ended>>,
-}
-
-impl Streams {
-    fn open(ha: &Ha) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let threads = (0..STREAMS)
-            .map(|_| {
-                let mut s = Stream::open(&ha.lab.client, IpAddr::V4(HA_VIP));
-                // Retransmissions across the failover take a few seconds at
-                // most; a stream silent for 20 s is broken.
-                s.reader.get_ref().set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                let (stop, answered) = (stop.clone(), answered.clone());
-                let port = s.reader.get_ref().local_addr().unwrap().port();
-                std::thread::spawn(move || {
-                    let mut longest = Duration::ZERO;
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        match s.ask() {
-                            Ok(w) if w == s.worker => {
-                                answered.fetch_add(1, Ordering::Relaxed);
-                                longest = longest.max(t.elapsed());
-                            }
-                            Ok(w) => return (port, Outcome::Moved { from: s.worker.clone(), to: w }, longest),
-                            Err(e) => return (port, Outcome::Failed(e.kind(), t.elapsed()), longest),
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    (port, Outcome::Alive, longest)
-                })
-            })
-            .collect();
-        Self { stop, answered, threads }
-    }
-
-    /// Requests answered in `window`.
-    fn progress(&self, window: Duration) -> u64 {
-        let before = self.answered.load(Ordering::Relaxed);
-        std::thread::sleep(window);
-        self.answered.load(Ordering::Relaxed) - before
-    }
-
-    /// Stops every stream; how each ended and its longest wait for an answer.
-    fn finish(self) -> Vec<Ended> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|t| t.join().unwrap()).collect()
-    }
+fn streams(ha: &Ha) -> Streaming {
+    // Retransmissions across the failover take a few seconds at most; a
+    // stream silent for 20 s is broken.
+    let open = |_| Stream::open(&ha.lab.client, IpAddr::V4(HA_VIP)).with_read_timeout(Duration::from_secs(20));
+    Streaming::start((0..STREAMS).map(open).collect(), Duration::from_millis(100))
 }
 
 /// What a failover took.
@@ -271,12 +203,12 @@ struct Run {
 impl Run {
     /// The streams that did not survive.
     fn broken(&self) -> Vec<&Ended> {
-        self.ended.iter().filter(|(_, o, _)| !matches!(o, Outcome::Alive)).collect()
+        self.ended.iter().filter(|e| e.outcome != Outcome::Alive).collect()
     }
 
     /// Prints what broke and the longest stall of the rest.
     fn summary(&self, what: &str) {
-        let longest = self.ended.iter().filter(|(_, o, _)| matches!(o, Outcome::Alive)).map(|(_, _, l)| *l).max().unwrap_or_default();
+        let longest = self.ended.iter().filter(|e| e.outcome == Outcome::Alive).map(|e| e.longest).max().unwrap_or_default();
         let broken = self.broken();
         println!(
             "{what}: {} of {STREAMS} connections broken, the longest wait for an answer of a surviving one {:.2} s; broken (first 5): {:?}",
@@ -292,7 +224,7 @@ impl Run {
 fn failover(tag: &str, mode: &str, snat: Snat) -> Run {
     let mut ha = start(tag, mode, snat);
     assert!(answers(&ha), "the VIP answers through edge a");
-    let streams = Streams::open(&ha);
+    let streams = streams(&ha);
     let before = streams.progress(Duration::from_secs(1));
     assert!(before >= STREAMS as u64 / 2, "streams are moving: {before} answers in 1 s");
     let f = crash_master(&mut ha);
@@ -309,7 +241,7 @@ fn failover(tag: &str, mode: &str, snat: Snat) -> Run {
     std::thread::sleep(Duration::from_secs(4));
     let after = streams.progress(Duration::from_secs(1));
     println!("{mode}: {before} answers in the second before the failover, {after} in a second after it");
-    Run { ha, failover: f, ended: streams.finish() }
+    Run { ha, failover: f, ended: streams.stop() }
 }
 
 /// Client port → (backend, SNAT port) of every `nat` entry in the maps
@@ -337,9 +269,9 @@ fn nat_failover_resets_the_connections_of_the_dead_edge() {
     // Every connection came to its backend from edge a's SNAT address; edge
     // b sends their next packets from its own, which the backends have no
     // socket for: each is answered with a reset, at once, not left hanging.
-    for (_, o, _) in &run.ended {
+    for Ended { outcome: o, .. } in &run.ended {
         match o {
-            Outcome::Failed(std::io::ErrorKind::ConnectionReset, waited) => assert!(*waited < Duration::from_secs(5), "{o:?}"),
+            Outcome::Failed { kind: std::io::ErrorKind::ConnectionReset, waited, .. } => assert!(*waited < Duration::from_secs(5), "{o:?}"),
             Outcome::Moved { from, to } => panic!("a nat connection moved from {from} to {to}"),
             _ => panic!("every nat connection is reset by its backend when another edge's address carries it on: {o:?}"),
         }
@@ -356,8 +288,8 @@ fn nat_failover_with_a_shared_snat_address_keeps_the_connections() {
     // hash of the flow, the same on both edges; only a flow that found it
     // taken on one edge (by another flow of the same backend) gets another.
     let (a, b) = (snat_ports(&run.ha.edges[0].daemon.inst.pin_path), snat_ports(&run.ha.edges[1].daemon.inst.pin_path));
-    let differ: BTreeSet<u16> = run.ended.iter().map(|(p, _, _)| *p).filter(|p| a.get(p) != b.get(p)).collect();
-    let broken: BTreeSet<u16> = run.broken().iter().map(|(p, _, _)| *p).collect();
+    let differ: BTreeSet<u16> = run.ended.iter().map(|e| e.port).filter(|p| a.get(p) != b.get(p)).collect();
+    let broken: BTreeSet<u16> = run.broken().iter().map(|e| e.port).collect();
     println!("nat, shared SNAT: {} of {STREAMS} connections got another SNAT port on edge b", differ.len());
     assert!(broken.is_subset(&differ), "only connections whose SNAT port changed break: broken {:?}, changed {differ:?}", run.broken());
     assert!(differ.len() <= 5, "the SNAT port is a hash of the flow: {} of {STREAMS} changed", differ.len());

@@ -19,14 +19,16 @@ use std::{
 
 use common::{
     daemon::{stop_cleanly, swarmlb_bin, wait_until, Instance},
-    http::{metric, metric_sum, metrics, who, Stream, StreamLoad},
+    edge::lab_with_proxies,
+    http::{metric, metric_sum, metrics, who},
     site::{answers, backends, node_addr, probe, site, weight_of, VIP},
 };
 use harness::{
-    edge_lab::{worker_addrs, EdgeLab, VIP_V4},
+    edge_lab::{worker_addrs, VIP_V4},
     nginx::Nginx,
     pins::BpfMount,
     scan::TcpOutcome,
+    stream::{Ended, Stream, Streaming},
     tls::TestCa,
     ChildGuard,
 };
@@ -154,8 +156,8 @@ backends_from = "node.labels.lb==proxy"
     let failures0 = metric::<f64>(&m, "swarmlb_swarm_failures_total").unwrap();
     assert_eq!(metric::<f64>(&m, "swarmlb_swarm_connected"), Some(1.0));
 
-    let load = StreamLoad::start(&s.client, IpAddr::V4(VIP), 12, Duration::from_millis(100));
-    load.progress("before", Duration::from_secs(1), 12);
+    let load = Streaming::open(&s.client, IpAddr::V4(VIP), 12, Duration::from_millis(100));
+    load.progress_at_least("before", Duration::from_secs(1), 12);
     let log_mark = daemon.output_so_far().len();
     let t0 = Instant::now();
     s.lab.stop_dockerd(0);
@@ -209,7 +211,7 @@ backends_from = "node.labels.lb==proxy"
 
     let answered = load.answered();
     let longest = load.longest_wait();
-    let broken = load.finish();
+    let broken: Vec<String> = load.stop().iter().filter_map(Ended::failure).collect();
     println!("12 streams through the minute: {} broken, {answered} requests answered, longest wait {longest:?}", broken.len());
     assert!(broken.is_empty(), "{broken:?}");
     stop_cleanly(&mut daemon, libc::SIGTERM);
@@ -260,16 +262,6 @@ backends = [{}]
     )
 }
 
-/// EdgeLab with nginx on `n` workers.
-fn edge_lab(tag: &str, n: usize) -> (EdgeLab, Vec<Nginx>) {
-    harness::require_root().unwrap();
-    let lab = EdgeLab::new(tag, n);
-    let ca = TestCa::new();
-    let any: [IpAddr; 2] = ["0.0.0.0".parse().unwrap(), "::".parse().unwrap()];
-    let nginx = (1..=n).map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &any, &ca, &["a.com"]).unwrap()).collect();
-    (lab, nginx)
-}
-
 /// Waits for a restarted daemon (the killed one's state file is still
 /// there): its pid in the state file.
 fn wait_restarted(inst: &Instance, child: &mut ChildGuard) {
@@ -282,12 +274,12 @@ fn wait_restarted(inst: &Instance, child: &mut ChildGuard) {
 /// kernel's counters go on from where they were.
 #[test]
 fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
-    let (lab, _nginx) = edge_lab("fckill", 3);
+    let (lab, _ca, _nginx) = lab_with_proxies("fckill", 3);
     let inst = Instance::new("fckill", &edge_config(&[1, 2, 3], "\"tcp/5432\"", "e-in"));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
-    let load = StreamLoad::start(&lab.client, IpAddr::V4(VIP_V4), 30, Duration::from_millis(20));
-    load.progress("before", Duration::from_secs(1), 30);
+    let load = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 30, Duration::from_millis(20));
+    load.progress_at_least("before", Duration::from_secs(1), 30);
     let m = metrics(&lab.edge);
     assert_eq!(metric::<f64>(&m, "swarmlb_agent_adopted"), Some(0.0), "a first start adopts nothing");
     let started0 = metric::<f64>(&m, "swarmlb_agent_start_timestamp_seconds").unwrap();
@@ -298,14 +290,14 @@ fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
     daemon.signal(libc::SIGKILL);
     daemon.wait_timeout(Duration::from_secs(10)).expect("killed");
     let t = Instant::now();
-    let during = load.progress("no agent (after kill -9)", Duration::from_secs(3), 100);
+    let during = load.progress_at_least("no agent (after kill -9)", Duration::from_secs(3), 100);
     let restart = Instant::now();
     let mut daemon = inst.start(&lab.edge, &[]);
     wait_restarted(&inst, &mut daemon);
     let (gap, restart) = (t.elapsed(), restart.elapsed());
     let out = daemon.output_so_far();
     assert!(out.contains("adopted the pinned data path"), "{out}");
-    load.progress("after the restart", Duration::from_secs(1), 30);
+    load.progress_at_least("after the restart", Duration::from_secs(1), 30);
 
     let m = metrics(&lab.edge);
     assert_eq!(metric::<f64>(&m, "swarmlb_agent_adopted"), Some(1.0), "{m}");
@@ -319,7 +311,7 @@ fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
 
     let answered = load.answered();
     let longest = load.longest_wait();
-    let broken = load.finish();
+    let broken: Vec<String> = load.stop().iter().filter_map(Ended::failure).collect();
     println!(
         "kill -9, {:.1} s without an agent, restart ready in {:.1} s; {during} requests answered while no agent ran; 30 streams: {} broken, {answered} answers, longest wait {longest:?}; backend packets {packets0} → {packets1}",
         gap.as_secs_f64(),
@@ -339,7 +331,7 @@ fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
 /// line and key; the metrics count the refusals. A fixed config applies.
 #[test]
 fn broken_configs_on_sighup_change_nothing_and_say_where() {
-    let (lab, nginx) = edge_lab("fchup", 3);
+    let (lab, _ca, nginx) = lab_with_proxies("fchup", 3);
     // An inside interface without an IPv6 address, for a config that
     // parses but cannot be applied (the IPv6 VIP needs one).
     lab.edge.exec(&["ip", "link", "add", "e-dummy", "type", "bridge"]).unwrap();
@@ -349,8 +341,8 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
     let inst = Instance::new("fchup", &good);
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
-    let load = StreamLoad::start(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
-    load.progress("before", Duration::from_secs(1), 20);
+    let load = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
+    load.progress_at_least("before", Duration::from_secs(1), 20);
     let before = kernel_state(&inst.pin_path);
     let status_before = applied_vips(&inst);
     let config = inst.config.display().to_string();
@@ -391,7 +383,7 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
         assert_eq!(metric::<f64>(&m, "swarmlb_config_last_reload_successful"), Some(0.0), "{m}");
         assert_eq!(metric::<f64>(&m, "swarmlb_config_reloads_total{result=\"failed\"}"), Some(n as f64 + 1.0), "{m}");
         assert_eq!(metric::<f64>(&m, "swarmlb_config_reloads_total{result=\"success\"}"), Some(0.0), "{m}");
-        load.progress(&format!("after refused reload {}", n + 1), Duration::from_millis(500), 20);
+        load.progress_at_least(&format!("after refused reload {}", n + 1), Duration::from_millis(500), 20);
         assert!(daemon.try_status().is_none(), "the daemon died");
     }
     // None of the refused configs started probing w3 (2 intervals).
@@ -420,7 +412,7 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
     wait_until(Duration::from_secs(10), || nginx[2].access_count() > w3_requests, || "the applied config probes w3".into());
 
     let answered = load.answered();
-    let broken = load.finish();
+    let broken: Vec<String> = load.stop().iter().filter_map(Ended::failure).collect();
     println!("20 streams through 3 refused reloads and 1 applied: {} broken, {answered} answers", broken.len());
     assert!(broken.is_empty(), "{broken:?}");
     stop_cleanly(&mut daemon, libc::SIGTERM);
@@ -436,12 +428,12 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
 #[test]
 fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     let mount = BpfMount::new("fcbpf");
-    let (lab, _nginx) = edge_lab("fcbpf", 2);
+    let (lab, _ca, _nginx) = lab_with_proxies("fcbpf", 2);
     let inst = Instance::with_pin_path("fcbpf", &edge_config(&[1, 2], "\"tcp/5432\"", "e-in"), mount.dir.join("pins"));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
-    let load = StreamLoad::start(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
-    load.progress("before", Duration::from_secs(1), 20);
+    let load = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
+    load.progress_at_least("before", Duration::from_secs(1), 20);
     let link_pin = inst.pin_path.join("xdp-native-e-out");
     assert!(link_pin.exists() && inst.pin_path.join("LB_FLOWS").exists());
     assert_eq!(metric::<f64>(&metrics(&lab.edge), "swarmlb_pins_ok"), Some(1.0));
@@ -457,7 +449,7 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     println!("bpffs unmounted: reported after {:.1} s", t.elapsed().as_secs_f64());
     assert!(daemon.output_so_far().contains("the pinned maps and links are gone"), "{}", daemon.output_so_far());
     let packets = metric_sum(&metrics(&lab.edge), "swarmlb_backend_packets_total");
-    load.progress("pins gone", Duration::from_secs(2), 100);
+    load.progress_at_least("pins gone", Duration::from_secs(2), 100);
     assert_eq!(who(&lab.client, IpAddr::V4(VIP_V4)).chars().next(), Some('w'), "new connections still balanced");
     let m = metrics(&lab.edge);
     assert!(metric_sum(&m, "swarmlb_backend_packets_total") > packets, "the metrics still read the live counters: {m}");
@@ -483,15 +475,15 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     // links are kept only by their pins), start, adopt.
     daemon.signal(libc::SIGKILL);
     daemon.wait_timeout(Duration::from_secs(10)).expect("killed");
-    load.progress("no agent, on the restored pins", Duration::from_secs(2), 100);
+    load.progress_at_least("no agent, on the restored pins", Duration::from_secs(2), 100);
     let mut daemon = inst.start(&lab.edge, &[]);
     wait_restarted(&inst, &mut daemon);
     assert!(daemon.output_so_far().contains("adopted the pinned data path"), "{}", daemon.output_so_far());
     let m = metrics(&lab.edge);
     assert_eq!((metric::<f64>(&m, "swarmlb_agent_adopted"), metric::<f64>(&m, "swarmlb_pins_ok")), (Some(1.0), Some(1.0)), "{m}");
-    load.progress("after the restart", Duration::from_secs(1), 20);
+    load.progress_at_least("after the restart", Duration::from_secs(1), 20);
     let answered = load.answered();
-    let broken = load.finish();
+    let broken: Vec<String> = load.stop().iter().filter_map(Ended::failure).collect();
     println!("20 streams through umount, remount, kill -9 and restart: {} broken, {answered} answers", broken.len());
     assert!(broken.is_empty(), "{broken:?}");
     let mut s = Stream::open(&lab.client, IpAddr::V4(VIP_V4));

@@ -15,9 +15,14 @@ use std::{
 use common::{
     daemon::{stop_cleanly, wait_until},
     edge::{config_with, start, Running, FAST_HEALTH},
-    http::{check, metric, metrics, who, Stream, Streaming},
+    http::{check, metric, metrics, who},
 };
-use harness::{edge_lab::*, servers::TcpListeners, tls::connect};
+use harness::{
+    edge_lab::*,
+    servers::TcpListeners,
+    stream::{Ended, Stream, Streaming},
+    tls::connect,
+};
 
 const THREE: [(usize, u32); 3] = [(1, 1), (2, 1), (3, 1)];
 /// Small tables where a test does not fill them (kernel memory: tests run
@@ -30,6 +35,9 @@ const TAKEOUT_BOUND: Duration = Duration::from_millis(7000 + 2000);
 fn vip4() -> IpAddr {
     IpAddr::V4(VIP_V4)
 }
+
+/// How often every stream asks.
+const PAUSE: Duration = Duration::from_millis(20);
 
 /// Streams on each worker name.
 fn per_worker(workers: &[String]) -> std::collections::BTreeMap<String, usize> {
@@ -63,14 +71,14 @@ fn counter(r: &Running, name: &str) -> u64 {
 }
 
 /// The streams that failed, per worker.
-fn broken_per_worker(results: &[(String, Option<String>)]) -> std::collections::BTreeMap<String, usize> {
-    per_worker(&results.iter().filter(|(_, f)| f.is_some()).map(|(w, _)| w.clone()).collect::<Vec<_>>())
+fn broken_per_worker(results: &[Ended]) -> std::collections::BTreeMap<String, usize> {
+    per_worker(&results.iter().filter(|e| e.failure().is_some()).map(|e| e.worker.clone()).collect::<Vec<_>>())
 }
 
 #[test]
 fn a_backend_killed_mid_stream_breaks_only_its_own_streams() {
     let mut r = start("fdkill", 3, &config_with("nat", &THREE, SMALL, FAST_HEALTH));
-    let streaming = Streaming::start((0..30).map(|_| Stream::open(&r.lab.client, vip4())).collect());
+    let streaming = Streaming::open(&r.lab.client, vip4(), 30, PAUSE);
     let spread = per_worker(&streaming.workers());
     assert!(spread.len() == 3, "30 streams over all three workers: {spread:?}");
     assert!(streaming.progress(Duration::from_secs(1)) >= 30, "streams flow");
@@ -118,7 +126,7 @@ fn black_hole(ns: &harness::Netns, on: bool) {
 #[test]
 fn a_black_holed_backend_is_taken_out_by_health_check_timeouts() {
     let mut r = start("fdhole", 3, &config_with("nat", &THREE, SMALL, FAST_HEALTH));
-    let streaming = Streaming::start((0..30).map(|_| Stream::open(&r.lab.client, vip4())).collect());
+    let streaming = Streaming::open(&r.lab.client, vip4(), 30, PAUSE);
     let spread = per_worker(&streaming.workers());
     assert!(spread.len() == 3, "{spread:?}");
 
@@ -162,7 +170,7 @@ fn a_flapping_health_endpoint_moves_the_backend_only_as_often_as_rise_and_fall_a
         (1..=2).map(|i| TcpListeners::start(&r.lab.workers[i - 1], &r.lab.worker_ips(i), &[8080]).unwrap()).collect();
     let up = |r: &Running| TcpListeners::start(&r.lab.workers[2], &r.lab.worker_ips(3), &[8080]).unwrap();
     let mut flapper = Some(up(&r));
-    let streaming = Streaming::start((0..30).map(|_| Stream::open(&r.lab.client, vip4())).collect());
+    let streaming = Streaming::open(&r.lab.client, vip4(), 30, PAUSE);
     let spread = per_worker(&streaming.workers());
     let transitions = |r: &Running| r.backend(3)["health_transitions"].as_u64().unwrap();
 
@@ -211,7 +219,7 @@ fn a_flapping_health_endpoint_moves_the_backend_only_as_often_as_rise_and_fall_a
 fn a_full_flow_table_forgets_flows_that_nat_finds_again() {
     const STREAMS: usize = 60;
     let mut r = start("fdflow", 4, &config_with("nat", &THREE, "flow_table_size = 16\nnat_table_size = 4096", ""));
-    let streaming = Streaming::start((0..STREAMS).map(|_| Stream::open(&r.lab.client, vip4())).collect());
+    let streaming = Streaming::open(&r.lab.client, vip4(), STREAMS, PAUSE);
     let answered = streaming.progress(Duration::from_secs(3));
     let s = r.inst.status();
     let (flows, new_flows) = (s["flows"].as_u64().unwrap(), s["balancer"]["new_flow"].as_u64().unwrap());
@@ -235,8 +243,8 @@ fn a_full_flow_table_forgets_flows_that_nat_finds_again() {
     r.reload(&config_with("nat", &four, "flow_table_size = 16\nnat_table_size = 4096", ""), &four);
     streaming.progress(Duration::from_secs(2));
     let results = streaming.stop();
-    let broken = results.iter().filter(|(_, f)| f.is_some()).count();
-    let sample_failure = results.iter().find_map(|(_, f)| f.clone()).unwrap_or_default();
+    let broken = results.iter().filter(|e| e.failure().is_some()).count();
+    let sample_failure = results.iter().find_map(Ended::failure).unwrap_or_default();
     println!("after adding w4: {broken} of {STREAMS} streams broken (e.g. {sample_failure})");
     // Each of the ≥ 44 streams outside the table at the change has a 1 in
     // 4 chance: none broken is a (3/4)^44 ≈ 3e-6 event.

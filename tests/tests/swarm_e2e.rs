@@ -15,10 +15,10 @@ use std::{
 
 use common::{
     daemon::{stop_cleanly, wait_until, Instance},
-    http::{check, who, Stream},
+    http::{check, who},
     site::{answers, backends, node_addr, probe, site, timed, weight_of, VIP},
 };
-use harness::{nginx::Nginx, scan::TcpOutcome, swarm::SwarmLab, tls::TestCa, Topology};
+use harness::{nginx::Nginx, scan::TcpOutcome, stream::Stream, swarm::SwarmLab, tls::TestCa, Topology};
 
 #[test]
 fn node_labels_availability_and_health_decide_the_backends() {

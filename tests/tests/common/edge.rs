@@ -77,15 +77,22 @@ pub struct Running {
 /// Every address of a family: nginx listening there serves a VIP on lo too.
 pub const ANY: [IpAddr; 2] = [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)];
 
-/// The lab with `n` workers running nginx (listening on every address, so
-/// a VIP on lo is served too), and swarmlb with `cfg`.
-pub fn start(tag: &str, n: usize, cfg: &str) -> Running {
+/// The lab with `n` workers running nginx `w1`, `w2`, … (listening on
+/// every address, so a VIP on lo is served too), with certificates for
+/// [`SNI`] from the returned CA.
+pub fn lab_with_proxies(tag: &str, n: usize) -> (EdgeLab, TestCa, Vec<Nginx>) {
     harness::require_root().unwrap();
     let lab = EdgeLab::new(tag, n);
     let ca = TestCa::new();
     let nginx = (1..=n)
         .map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts"))
         .collect();
+    (lab, ca, nginx)
+}
+
+/// [`lab_with_proxies`], and swarmlb with `cfg`.
+pub fn start(tag: &str, n: usize, cfg: &str) -> Running {
+    let (lab, ca, nginx) = lab_with_proxies(tag, n);
     let inst = Instance::new(tag, cfg);
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
