@@ -6,7 +6,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use lb_common::{
-    isolator::{FragEntry, FragKey},
+    isolator::{counter_index, DropReason, FragEntry, FragKey, PassReason, Verdict},
     model::FragmentTable,
 };
 use lb_user::{
@@ -130,4 +130,16 @@ impl FragmentTable for ModelFrags {
     fn record(&mut self, key: FragKey, entry: FragEntry) {
         self.0.insert(key, entry);
     }
+}
+
+/// Per-verdict counts (indexed by [`counter_index`]) as one line,
+/// `Pass(Reason)=n … Drop(Reason)=n`, for a test's output.
+pub fn verdict_summary(tally: &[u64]) -> String {
+    let seen: Vec<String> = PassReason::ALL
+        .iter()
+        .map(|&r| Verdict::Pass(r))
+        .chain(DropReason::ALL.iter().map(|&r| Verdict::Drop(r)))
+        .map(|v| format!("{v:?}={}", tally[counter_index(v) as usize]))
+        .collect();
+    seen.join(" ")
 }

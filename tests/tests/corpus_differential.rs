@@ -145,13 +145,7 @@ fn isolator_matches_its_model_on_every_header_combination() {
         tally.iter_mut().zip(&chunk_tally).for_each(|(t, c)| *t += c);
     }
     r.skipped = skipped.get();
-    let seen: Vec<String> = PassReason::ALL
-        .iter()
-        .map(|&r| Verdict::Pass(r))
-        .chain(DropReason::ALL.iter().map(|&r| Verdict::Drop(r)))
-        .map(|v| format!("{v:?}={}", tally[counter_index(v) as usize]))
-        .collect();
-    println!("isolator verdicts: {}", seen.join(" "));
+    println!("isolator verdicts: {}", harness::kernel::verdict_summary(&tally));
     // Every reason but "no zone" (the fixture interface has one) is reached.
     for v in PassReason::ALL.iter().skip(1).map(|&r| Verdict::Pass(r)).chain(DropReason::ALL.iter().map(|&r| Verdict::Drop(r))) {
         assert!(tally[counter_index(v) as usize] > 0, "the corpus never reaches {v:?}");

@@ -49,13 +49,7 @@ fn compare(k: &mut KernelIsolator, frames: impl Iterator<Item = Vec<u8>>) -> (us
     let after = k.counters();
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(delta, tally, "per-reason counters: kernel vs model");
-    let seen: Vec<String> = PassReason::ALL
-        .iter()
-        .map(|&r| Verdict::Pass(r))
-        .chain(DropReason::ALL.iter().map(|&r| Verdict::Drop(r)))
-        .map(|v| format!("{v:?}={}", tally[counter_index(v) as usize]))
-        .collect();
-    println!("verdicts: {}", seen.join(" "));
+    println!("verdicts: {}", harness::kernel::verdict_summary(&tally));
     (n, ran)
 }
 
