@@ -92,22 +92,6 @@ pub const NAT_CLOSED: u8 = 1;
 /// connection in TIME_WAIT: its port must wait longer.
 pub const NAT_TIME_WAIT: u8 = 2;
 
-/// What a TCP packet with `flags` says of its flow's end (0: nothing):
-/// rule 6b of the model. `from_backend`: a reply.
-pub const fn close_state(flags: u8, from_backend: bool) -> u8 {
-    use crate::wire::{TCP_FIN, TCP_RST};
-    if flags & TCP_RST != 0 {
-        NAT_CLOSED
-    } else if flags & TCP_FIN != 0 {
-        if from_backend {
-            NAT_TIME_WAIT
-        } else {
-            NAT_CLOSED
-        }
-    } else {
-        0
-    }
-}
 /// Whether a TCP packet with `flags` opens a connection (SYN without
 /// ACK): rule 5's new connection, whatever the flow table remembers of its
 /// 5-tuple (an earlier connection's, which the client may reuse at once
@@ -271,14 +255,53 @@ pub struct NatEntry {
     /// The interface the flow arrived on; replies leave through it.
     pub ifindex: u32,
     /// 0 while open; how a TCP flow ended, by the first FIN or RST seen
-    /// ([`NAT_CLOSED`], [`NAT_TIME_WAIT`]): the agent's sweep frees the
-    /// port sooner than an open flow's.
+    /// in the window ([`NAT_CLOSED`], [`NAT_TIME_WAIT`]): the agent's
+    /// sweep frees the port sooner than an open flow's.
     pub closing: u8,
-    pub _pad: [u8; 3],
+    /// [`NAT_REPLIED`], [`NAT_PROVEN`], [`NAT_OPENED_BY_SYN`].
+    pub state: u8,
+    /// The backend's TCP window scale (from its SYN-ACK; 0 without one).
+    pub backend_wscale: u8,
+    pub _pad: u8,
     /// `bpf_ktime_get_ns` of the last packet (refreshed at most every
-    /// [`NAT_TOUCH_INTERVAL_NS`]); the agent's idle sweep reads it.
+    /// [`NAT_TOUCH_INTERVAL_NS`]); the agent's idle sweep reads it. An
+    /// unproven entry's is its creation time until it is proven.
     pub last_seen_ns: u64,
+    /// The interface the backend is reached through: replies are accepted
+    /// only there (0: any, an entry migrated from an older layout until
+    /// its first reply).
+    pub backend_ifindex: u32,
+    /// TCP: the end of the sequence space the backend has sent
+    /// (`seq + payload + SYN + FIN` of its furthest segment).
+    pub backend_next: u32,
+    /// TCP: the backend's latest acknowledgement: the next byte it expects
+    /// from the client.
+    pub backend_ack: u32,
+    /// TCP: the backend's latest receive window, scaled.
+    pub backend_win: u32,
 }
+
+/// [`NatEntry::state`]: the backend has answered through this entry.
+pub const NAT_REPLIED: u8 = 1;
+/// [`NatEntry::state`]: the peer is proven real — a TCP client acknowledged
+/// what the backend sent it (its handshake completed), or a UDP backend
+/// answered. Only proven entries are safe from reclaiming and enter the
+/// flow table.
+pub const NAT_PROVEN: u8 = 2;
+/// [`NatEntry::state`]: the entry was opened by a SYN (not adopted from
+/// the middle of a stream): its proof must acknowledge exactly the
+/// backend's SYN-ACK.
+pub const NAT_OPENED_BY_SYN: u8 = 4;
+/// [`NatEntry::state`]: the proven flow was put into the flow table (a
+/// later probe that finds the entry again means the table forgot it).
+pub const NAT_REMEMBERED: u8 = 8;
+
+/// An unproven NAT entry at least this old may be taken over by a new
+/// flow that found no free port (a SYN flood's entries must not hold the
+/// ports). Long enough for a handshake's round trip or a UDP answer;
+/// short enough that a flood of `ports / 0.2 s` new flows a second per
+/// backend is needed to keep every port busy.
+pub const NAT_RECLAIM_AFTER_NS: u64 = 200_000_000;
 
 /// Settings for all VIPs (key 0 of [`MAP_GLOBALS`]).
 #[repr(C)]
@@ -361,12 +384,30 @@ pub enum LbCounter {
     NatTableFull,
     /// A `nat` flow the flow table had forgotten (LRU: the table is too
     /// small for the flows) was placed again and found its NAT entry,
-    /// counted besides [`LbCounter::NewFlow`].
+    /// counted besides [`LbCounter::FlowHit`].
     FlowRefound,
+    /// Dropped: a packet to the inside address on a SNAT port that is not
+    /// a reply of the backend holding it, arrived through the backend's
+    /// interface (a forged reply).
+    ForgedReply,
+    /// Dropped: a TCP RST or FIN outside the window its connection has
+    /// seen (a blind reset); the connection's state is unchanged.
+    OutOfWindow,
+    /// A RST in the window but not at the exact sequence the receiver
+    /// expects: forwarded, state unchanged (the endpoint answers with a
+    /// challenge ACK, and a real peer's next RST is exact).
+    RstInexact,
+    /// A new `nat` flow took the SNAT port of an unproven entry (a
+    /// half-open connection or an unanswered UDP flow) because no port
+    /// was free: a flood is on.
+    HalfOpenReclaimed,
+    /// A `nat` flow proved its peer real (handshake completed, or the UDP
+    /// backend answered) and entered the flow table.
+    FlowProven,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 19;
+pub const LB_COUNTERS_LEN: u32 = 24;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -390,6 +431,11 @@ impl LbCounter {
         LbCounter::IcmpTooBigSent,
         LbCounter::NatTableFull,
         LbCounter::FlowRefound,
+        LbCounter::ForgedReply,
+        LbCounter::OutOfWindow,
+        LbCounter::RstInexact,
+        LbCounter::HalfOpenReclaimed,
+        LbCounter::FlowProven,
     ];
 
     /// Whether the outcome drops the packet (its name starts with `drop_`).
@@ -406,6 +452,8 @@ impl LbCounter {
                 | LbCounter::Malformed
                 | LbCounter::NoHeadroom
                 | LbCounter::NatTableFull
+                | LbCounter::ForgedReply
+                | LbCounter::OutOfWindow
         )
     }
 
@@ -431,6 +479,11 @@ impl LbCounter {
             LbCounter::IcmpTooBigSent => "icmp_too_big_sent",
             LbCounter::NatTableFull => "drop_nat_table_full",
             LbCounter::FlowRefound => "flow_refound",
+            LbCounter::ForgedReply => "drop_forged_reply",
+            LbCounter::OutOfWindow => "drop_out_of_window",
+            LbCounter::RstInexact => "rst_inexact",
+            LbCounter::HalfOpenReclaimed => "half_open_reclaimed",
+            LbCounter::FlowProven => "flow_proven",
         }
     }
 }
@@ -501,7 +554,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowEntry>(), 12);
         assert_eq!(size_of::<NatKey>(), 24);
-        assert_eq!(size_of::<NatEntry>(), 64);
+        assert_eq!(size_of::<NatEntry>(), 80);
         assert_eq!(size_of::<Globals>(), 24);
         assert_eq!(size_of::<TrafficStats>(), 24);
         assert_eq!(size_of::<DecapKey>(), 36);

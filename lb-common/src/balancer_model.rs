@@ -62,6 +62,7 @@ use crate::{
     csum,
     isolator::{FAMILY_V4, FAMILY_V6},
     maglev::flow_hash,
+    nat_state::{self, Segment},
     wire::*,
 };
 
@@ -88,15 +89,17 @@ pub trait Tables {
     fn globals(&self) -> Option<Globals>;
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
     fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry);
+    /// Forgets the flow at `key`, if it is remembered.
+    fn forget_flow(&mut self, key: &FlowKey);
     fn nat(&self, key: &NatKey) -> Option<NatEntry>;
-    /// Sets [`NatEntry::closing`] of the entry at `key` to `state`, if
-    /// there is an entry and it is still open (the first end seen wins).
-    fn mark_nat_closing(&mut self, key: &NatKey, state: u8);
     /// Inserts only if `key` is free.
     fn insert_nat(&mut self, key: &NatKey, entry: &NatEntry) -> NatInsert;
-    /// Overwrites the entry at `key` (a new connection on the port of an
-    /// earlier one with the same 5-tuple).
-    fn renew_nat(&mut self, key: &NatKey, entry: &NatEntry);
+    /// Writes the entry at `key` whole (an entry's state changed, a new
+    /// connection on the port of an earlier one with the same 5-tuple, or
+    /// a reclaimed port).
+    fn put_nat(&mut self, key: &NatKey, entry: &NatEntry);
+    /// The clock of [`NatEntry::last_seen_ns`] (`bpf_ktime_get_ns`).
+    fn now_ns(&self) -> u64;
     /// The route to `dst` for a packet of `ip_len` bytes (the IP packet as
     /// it will be sent) that arrived on `ifindex`.
     fn route(&self, family: u8, dst: &[u8; 16], ifindex: u32, ip_len: u16) -> Route;
@@ -137,9 +140,10 @@ pub struct Outcome {
     pub counter: Option<LbCounter>,
     /// The flow's previous backend was gone or down.
     pub moved: bool,
-    /// A `nat` flow the flow table had forgotten was found again by its
-    /// NAT entry (counted as [`LbCounter::FlowRefound`] when forwarded).
-    pub refound: bool,
+    /// A second counter the packet bumps when it is forwarded
+    /// ([`LbCounter::FlowRefound`], [`LbCounter::FlowProven`],
+    /// [`LbCounter::HalfOpenReclaimed`], [`LbCounter::RstInexact`]).
+    pub extra: Option<LbCounter>,
     /// `(service stats index, backend id)` charged with the packet.
     pub charged: Option<(u32, u32)>,
     pub len: usize,
@@ -147,10 +151,10 @@ pub struct Outcome {
 
 impl Outcome {
     const fn next_stage() -> Self {
-        Outcome { action: Action::NextStage, counter: None, moved: false, refound: false, charged: None, len: 0 }
+        Outcome { action: Action::NextStage, counter: None, moved: false, extra: None, charged: None, len: 0 }
     }
     const fn with(action: Action, counter: LbCounter) -> Self {
-        Outcome { action, counter: Some(counter), moved: false, refound: false, charged: None, len: 0 }
+        Outcome { action, counter: Some(counter), moved: false, extra: None, charged: None, len: 0 }
     }
 }
 
@@ -275,6 +279,8 @@ pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T)
     let nkey = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
     match t.nat(&nkey) {
         Some(entry) => reply(frame, out, ifindex, t, &p, &nkey, &entry),
+        // Rule 8b: only a backend's reply may come to a SNAT port.
+        None if on_snat_port(&g, p.dport) => Outcome::with(Action::Drop, LbCounter::ForgedReply),
         None => Outcome::next_stage(),
     }
 }
@@ -289,11 +295,13 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     }
     let Some(g) = t.globals() else { return Outcome::with(Action::Drop, LbCounter::NoBackend) };
     let fkey = FlowKey { src: p.src, dst: p.dst, src_port: p.sport, dst_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
-    let opens = p.proto == IPPROTO_TCP && frame.get(p.l4 + TCP_FLAGS_OFFSET).is_some_and(|&f| opens_connection(f));
+    let seg = tcp_segment(frame, p);
+    let opens = seg.is_some_and(|s| opens_connection(s.flags));
     let known = if opens { None } else { t.flow(&fkey) };
     let mut outcome = Outcome::with(Action::Drop, LbCounter::FlowHit);
-    let (id, backend, nat_port) = match known.and_then(|e| t.backend(e.backend).filter(|b| b.generation == e.generation && b.up == 1).map(|b| (e, b))) {
-        Some((e, b)) => (e.backend, b, e.nat_port),
+    let remembered = known.and_then(|e| t.backend(e.backend).filter(|b| b.generation == e.generation && b.up == 1).map(|b| (e, b)));
+    let (id, backend) = match remembered {
+        Some((e, b)) => (e.backend, b),
         None => {
             outcome.moved = known.is_some();
             let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, BACKEND_HASH_SEED);
@@ -302,41 +310,71 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             let Some((id, b)) = pick.and_then(|id| t.backend(id).filter(|b| b.up == 1).map(|b| (id, b))) else {
                 return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, LbCounter::NoBackend) };
             };
-            let mut nat_port = 0;
-            if mode == Mode::Nat {
-                match allocate_snat_port(frame, ifindex, t, (&g, opens), p, svc, &b) {
-                    Ok((port, refound)) => {
-                        nat_port = port;
-                        outcome.refound = refound;
-                    }
-                    Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
-                }
-            }
-            t.set_flow(&fkey, &FlowEntry { backend: id, generation: b.generation, nat_port, _pad: [0; 2] });
-            outcome.counter = Some(LbCounter::NewFlow);
-            (id, b, nat_port)
+            (id, b)
         }
     };
+
+    // Rule 7 first: nothing is allocated for a packet that cannot leave.
+    let outer = if mode == Mode::Dsr { if p.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN } } else { 0 };
+    let route = t.route(p.family, &backend.addr, ifindex, (p.ip_len + outer) as u16);
+    let hop_ifindex = match route {
+        Route::Via { ifindex, .. } => ifindex,
+        Route::TooBig { mtu } => {
+            return match icmp_too_big(frame, out, p, mtu.saturating_sub(outer as u16)) {
+                Some(len) => Outcome { action: Action::Tx, counter: Some(LbCounter::IcmpTooBigSent), moved: outcome.moved, extra: None, charged: None, len },
+                None => Outcome { action: Action::Drop, counter: Some(LbCounter::TooBig), moved: outcome.moved, extra: None, charged: None, len: 0 },
+            };
+        }
+        _ => {
+            let (action, counter) = send(out, ifindex, t, route);
+            return Outcome { action, counter: Some(counter), moved: outcome.moved, extra: None, charged: None, len: 0 };
+        }
+    };
+
+    // Rules 5 and 6: the flow's state.
+    let nat_port = if mode == Mode::Nat {
+        let found = match remembered {
+            Some((e, _)) => NatFound::Remembered(e.nat_port),
+            None => match allocate_snat_port(frame, ifindex, t, (&g, opens), p, svc, &backend, hop_ifindex) {
+                Ok(f) => f,
+                Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
+            },
+        };
+        match nat_state_of_flow(t, &fkey, p, svc, (id, &backend), seg, found) {
+            Ok((port, counter, extra)) => {
+                outcome.counter = Some(counter);
+                outcome.extra = extra;
+                port
+            }
+            Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
+        }
+    } else {
+        if remembered.is_none() {
+            // A SYN is placed, not remembered: a flood of them must not
+            // evict established flows. The connection's next packet is
+            // placed the same way (the table is deterministic) and stays.
+            if opens {
+                t.forget_flow(&fkey);
+            } else {
+                t.set_flow(&fkey, &FlowEntry { backend: id, generation: backend.generation, nat_port: 0, _pad: [0; 2] });
+            }
+            if opens || p.proto != IPPROTO_TCP {
+                outcome.counter = Some(LbCounter::NewFlow);
+            }
+        }
+        0
+    };
     outcome.charged = Some((svc.stats_index, id));
-    // Rule 6b: a FIN or RST ends the NAT entry's long idle life.
-    let state = end_of_flow(frame, p, false);
-    if mode == Mode::Nat && state != 0 {
-        t.mark_nat_closing(&NatKey { backend: backend.addr, backend_port: svc.target_port, nat_port, proto: p.proto, family: p.family, _pad: [0; 2] }, state);
-    }
 
     let out_len;
-    let route;
     match mode {
         Mode::Nat => {
-            route = t.route(p.family, &backend.addr, ifindex, p.ip_len as u16);
             out_len = frame.len();
             out[..out_len].copy_from_slice(frame);
             let inside = if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
             rewrite(out, p, inside, nat_port, backend.addr, svc.target_port);
         }
         Mode::Dsr => {
-            let outer = if p.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN };
-            route = t.route(p.family, &backend.addr, ifindex, (p.ip_len + outer) as u16);
             out_len = frame.len() + outer;
             out[ETH_HLEN + outer..out_len].copy_from_slice(&frame[ETH_HLEN..]);
             if p.family == FAMILY_V4 {
@@ -352,24 +390,84 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             out[12..14].copy_from_slice(&ethertype.to_be_bytes());
         }
         Mode::DsrL2 => {
-            route = t.route(p.family, &backend.addr, ifindex, p.ip_len as u16);
             out_len = frame.len();
             out[..out_len].copy_from_slice(frame);
         }
     }
-    if let Route::TooBig { mtu } = route {
-        let extra = if mode == Mode::Dsr { if p.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN } } else { 0 };
-        let reply = icmp_too_big(frame, out, p, mtu.saturating_sub(extra as u16));
-        return match reply {
-            Some(len) => Outcome { action: Action::Tx, counter: Some(LbCounter::IcmpTooBigSent), moved: outcome.moved, refound: false, charged: None, len },
-            None => Outcome { action: Action::Drop, counter: Some(LbCounter::TooBig), moved: outcome.moved, refound: false, charged: None, len: 0 },
-        };
-    }
     let (action, counter) = send(out, ifindex, t, route);
     if action == Action::Drop {
-        return Outcome { action, counter: Some(counter), moved: outcome.moved, refound: false, charged: None, len: 0 };
+        return Outcome { action, counter: Some(counter), moved: outcome.moved, extra: None, charged: None, len: 0 };
     }
     Outcome { action, len: out_len, ..outcome }
+}
+
+/// How a `nat` packet's SNAT port was found.
+#[derive(Clone, Copy, Debug)]
+enum NatFound {
+    /// The flow table remembers the flow (a proven one) with this port.
+    Remembered(u16),
+    /// Its own NAT entry, at this port, found by probing.
+    Own(u16, NatEntry),
+    /// A free port, its new entry written.
+    Fresh(u16),
+    /// The port of an unproven entry, taken over and written.
+    Reclaimed(u16),
+}
+
+/// Rule 6b and the proof: what the client's packet does to its NAT entry;
+/// the SNAT port, the counter and the extra counter, or the drop counter.
+fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Service, (id, b): (u32, &BackendInfo), seg: Option<Segment>, found: NatFound) -> Result<(u16, LbCounter, Option<LbCounter>), LbCounter> {
+    let key = |port| NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
+    let remember = |t: &mut T, port| t.set_flow(fkey, &FlowEntry { backend: id, generation: b.generation, nat_port: port, _pad: [0; 2] });
+    match found {
+        NatFound::Fresh(port) => Ok((port, LbCounter::NewFlow, None)),
+        NatFound::Reclaimed(port) => Ok((port, LbCounter::NewFlow, Some(LbCounter::HalfOpenReclaimed))),
+        NatFound::Remembered(port) => {
+            // Only a RST or FIN needs the entry on the established path.
+            let Some(s) = seg.filter(|s| s.flags & (TCP_RST | TCP_FIN) != 0) else { return Ok((port, LbCounter::FlowHit, None)) };
+            let k = key(port);
+            let Some(mut e) = t.nat(&k) else { return Ok((port, LbCounter::FlowHit, None)) };
+            let (check, _) = nat_state::tcp_client(&e, &s);
+            apply_client_check(t, &k, &mut e, check).map(|extra| (port, LbCounter::FlowHit, extra))
+        }
+        NatFound::Own(port, mut e) => {
+            let k = key(port);
+            let (check, proves) = match seg {
+                Some(s) => nat_state::tcp_client(&e, &s),
+                None => (nat_state::Check::Pass, false),
+            };
+            if proves {
+                e.state |= NAT_PROVEN;
+            }
+            let mut extra = apply_client_check(t, &k, &mut e, check)?;
+            if nat_state::proven(&e) {
+                extra = Some(if e.state & NAT_REMEMBERED != 0 { LbCounter::FlowRefound } else { LbCounter::FlowProven });
+                e.state |= NAT_REMEMBERED;
+                t.put_nat(&k, &e);
+                remember(t, port);
+            } else if proves {
+                t.put_nat(&k, &e);
+            }
+            Ok((port, LbCounter::FlowHit, extra))
+        }
+    }
+}
+
+/// Applies a client segment's [`nat_state::Check`] to its entry: the
+/// drop counter, or the extra counter of a forwarded packet.
+fn apply_client_check<T: Tables>(t: &mut T, k: &NatKey, e: &mut NatEntry, check: nat_state::Check) -> Result<Option<LbCounter>, LbCounter> {
+    match check {
+        nat_state::Check::OutOfWindow => Err(LbCounter::OutOfWindow),
+        nat_state::Check::Inexact => Ok(Some(LbCounter::RstInexact)),
+        nat_state::Check::Close(state) => {
+            if e.closing == 0 {
+                e.closing = state;
+                t.put_nat(k, e);
+            }
+            Ok(None)
+        }
+        nat_state::Check::Pass => Ok(None),
+    }
 }
 
 /// Bytes of the offending packet an IPv6 "packet too big" quotes.
@@ -426,12 +524,14 @@ fn icmp_too_big(frame: &[u8], out: &mut [u8], p: &Parsed, mtu: u16) -> Option<us
     }
 }
 
-/// Rule 6's SNAT port, and whether it is the one the flow's own NAT entry
-/// holds for a packet that does not open a connection (the flow table had
-/// forgotten the flow); the drop counter when all probes are taken by other
-/// flows, or a free port's entry finds the table full. `opens`: the packet
-/// opens a connection (its own entry is renewed).
-fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, opens): (&Globals, bool), p: &Parsed, svc: &Service, b: &BackendInfo) -> Result<(u16, bool), LbCounter> {
+/// Rule 6's SNAT port for a flow the flow table does not remember: its own
+/// entry, else the first free port of the probe sequence, else (no port
+/// free, or the table full) the first unproven entry old enough to be
+/// reclaimed ([`nat_state::reclaimable`]); the drop counter when every
+/// probed port is held, or a free port's entry finds the table full. A packet that
+/// `opens` a connection writes its own entry afresh.
+#[allow(clippy::too_many_arguments)]
+fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, opens): (&Globals, bool), p: &Parsed, svc: &Service, b: &BackendInfo, backend_ifindex: u32) -> Result<NatFound, LbCounter> {
     let span = u32::from(g.snat_port_max.checked_sub(g.snat_port_min).ok_or(LbCounter::SnatExhausted)?) + 1;
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
     let mut entry = NatEntry {
@@ -440,29 +540,48 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, open
         client_port: p.sport,
         vip_port: p.dport,
         ifindex,
+        backend_ifindex,
+        state: if opens { NAT_OPENED_BY_SYN } else { 0 },
+        last_seen_ns: t.now_ns(),
         ..NatEntry::default()
     };
     entry.client_mac.copy_from_slice(&frame[6..12]);
     entry.edge_mac.copy_from_slice(&frame[0..6]);
+    let mut reclaim = None;
+    let mut full = false;
     for i in 0..SNAT_PROBES {
         let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
         let key = NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
         match t.nat(&key) {
             Some(e) if same_flow(&e, &entry) => {
                 if opens {
-                    t.renew_nat(&key, &entry);
+                    t.put_nat(&key, &entry);
+                    return Ok(NatFound::Fresh(port));
                 }
-                return Ok((port, !opens));
+                return Ok(NatFound::Own(port, e));
             }
-            Some(_) => continue,
+            Some(e) => {
+                if reclaim.is_none() && nat_state::reclaimable(&e, entry.last_seen_ns) {
+                    reclaim = Some(key);
+                }
+            }
+            None if full => {}
             None => match t.insert_nat(&key, &entry) {
-                NatInsert::Inserted => return Ok((port, false)),
+                NatInsert::Inserted => return Ok(NatFound::Fresh(port)),
                 NatInsert::Taken => continue,
-                NatInsert::Full => return Err(LbCounter::NatTableFull),
+                // An unproven entry further on may still be taken over.
+                NatInsert::Full => full = true,
             },
         }
     }
-    Err(LbCounter::SnatExhausted)
+    match reclaim {
+        Some(key) => {
+            t.put_nat(&key, &entry);
+            Ok(NatFound::Reclaimed(key.nat_port))
+        }
+        None if full => Err(LbCounter::NatTableFull),
+        None => Err(LbCounter::SnatExhausted),
+    }
 }
 
 /// Does a NAT entry belong to the flow `want` describes?
@@ -470,30 +589,65 @@ pub fn same_flow(e: &NatEntry, want: &NatEntry) -> bool {
     e.client == want.client && e.client_port == want.client_port && e.vip == want.vip && e.vip_port == want.vip_port
 }
 
-/// [`close_state`] of a TCP packet (its header is whole: after [`unfit`]).
-fn end_of_flow(frame: &[u8], p: &Parsed, from_backend: bool) -> u8 {
-    match frame.get(p.l4 + TCP_FLAGS_OFFSET) {
-        Some(&flags) if p.proto == IPPROTO_TCP => close_state(flags, from_backend),
-        _ => 0,
+/// The TCP header fields the NAT state reads (its fixed part is whole:
+/// after [`unfit`]); `None` for UDP.
+fn tcp_segment(frame: &[u8], p: &Parsed) -> Option<Segment> {
+    if p.proto != IPPROTO_TCP {
+        return None;
     }
+    let l4 = p.l4;
+    let be32 = |off: usize| u32::from_be_bytes([frame[off], frame[off + 1], frame[off + 2], frame[off + 3]]);
+    let doff = usize::from(frame[l4 + 12] >> 4) * 4;
+    let flags = frame[l4 + TCP_FLAGS_OFFSET];
+    let wscale = if flags & TCP_SYN != 0 { nat_state::window_scale(|off| be16(frame, off), l4 + TCP_MIN_HLEN, l4 + doff) } else { 0 };
+    Some(Segment {
+        seq: be32(l4 + 4),
+        ack: be32(l4 + 8),
+        flags,
+        wscale,
+        window: u16::from_be_bytes([frame[l4 + 14], frame[l4 + 15]]),
+        payload: (p.ip_len as u32).saturating_sub((l4 - p.l3 + doff) as u32),
+    })
+}
+
+/// Whether a packet to the inside address is on a SNAT port (where only
+/// the backends' replies may arrive).
+fn on_snat_port(g: &Globals, port: u16) -> bool {
+    g.snat_port_min <= port && port <= g.snat_port_max
 }
 
 fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &Parsed, key: &NatKey, e: &NatEntry) -> Outcome {
+    if e.backend_ifindex != 0 && e.backend_ifindex != ifindex {
+        return Outcome::with(Action::Drop, LbCounter::ForgedReply);
+    }
     if let Some(c) = unfit(p, frame.len()) {
         return Outcome::with(Action::Drop, c);
     }
     if p.ttl <= 1 {
         return Outcome::with(Action::Pass, LbCounter::TtlExpired);
     }
-    let state = end_of_flow(frame, p, true);
-    if state != 0 {
-        t.mark_nat_closing(key, state);
+    let mut entry = *e;
+    let mut extra = None;
+    match tcp_segment(frame, p) {
+        Some(s) => match nat_state::tcp_reply(&mut entry, &s) {
+            nat_state::Check::OutOfWindow => return Outcome::with(Action::Drop, LbCounter::OutOfWindow),
+            nat_state::Check::Close(state) if entry.closing == 0 => entry.closing = state,
+            nat_state::Check::Inexact => extra = Some(LbCounter::RstInexact),
+            _ => {}
+        },
+        None => nat_state::udp_reply(&mut entry),
+    }
+    if entry != *e {
+        t.put_nat(key, &entry);
     }
     out[..frame.len()].copy_from_slice(frame);
     rewrite(out, p, e.vip, e.vip_port, e.client, e.client_port);
     let route = Route::Via { ifindex: e.ifindex, smac: e.edge_mac, dmac: e.client_mac };
     let (action, counter) = send(out, ifindex, t, route);
-    Outcome { action, counter: Some(if action == Action::Drop { counter } else { LbCounter::NatReply }), moved: false, refound: false, charged: None, len: frame.len() }
+    if action == Action::Drop {
+        return Outcome::with(Action::Drop, counter);
+    }
+    Outcome { action, counter: Some(LbCounter::NatReply), moved: false, extra, charged: None, len: frame.len() }
 }
 
 /// Rule 7: Ethernet addresses from the route, and the action.
@@ -735,7 +889,7 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
     if action == Action::Drop {
         return Outcome::with(Action::Drop, counter);
     }
-    Outcome { action, counter: Some(LbCounter::IcmpForwarded), moved: false, refound: false, charged: None, len: out_len }
+    Outcome { action, counter: Some(LbCounter::IcmpForwarded), moved: false, extra: None, charged: None, len: out_len }
 }
 
 /// Rule 9 in `nat` mode: the error as the backend must see it — from the

@@ -16,4 +16,5 @@ pub mod csum;
 pub mod isolator;
 pub mod maglev;
 pub mod model;
+pub mod nat_state;
 pub mod wire;

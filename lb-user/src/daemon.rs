@@ -470,8 +470,10 @@ fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// How often idle NAT entries are swept.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+/// How often idle NAT entries are swept: unproven ones live
+/// `tcp_half_open_timeout_s` / `udp_unreplied_timeout_s` (5 s by default)
+/// plus at most this.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Idle timeouts of NAT state.
 fn idle_timeouts(cfg: &Config) -> sweep::Timeouts {
@@ -480,6 +482,8 @@ fn idle_timeouts(cfg: &Config) -> sweep::Timeouts {
         tcp_closed: b.tcp_closed_timeout,
         tcp_time_wait: b.tcp_time_wait_timeout,
         udp: b.udp_idle_timeout,
+        tcp_half_open: b.tcp_half_open_timeout,
+        udp_unreplied: b.udp_unreplied_timeout,
     })
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use lb_common::{
     balancer::{FlowEntry, FlowKey, NatEntry, NatKey, NAT_CLOSED, NAT_TIME_WAIT},
+    nat_state,
     wire::IPPROTO_TCP,
 };
 
@@ -36,6 +37,11 @@ pub struct Timeouts {
     /// backend's TIME_WAIT, so a new flow never meets the old connection.
     pub tcp_time_wait: Duration,
     pub udp: Duration,
+    /// TCP whose handshake has not completed: an unproven peer, perhaps a
+    /// forged source of a SYN flood.
+    pub tcp_half_open: Duration,
+    /// UDP the backend never answered.
+    pub udp_unreplied: Duration,
 }
 
 impl Default for Timeouts {
@@ -46,6 +52,8 @@ impl Default for Timeouts {
             tcp_closed: Duration::from_secs(10),
             tcp_time_wait: Duration::from_secs(120),
             udp: Duration::from_secs(300),
+            tcp_half_open: Duration::from_secs(5),
+            udp_unreplied: Duration::from_secs(5),
         }
     }
 }
@@ -53,8 +61,11 @@ impl Default for Timeouts {
 impl Timeouts {
     /// The limit for an entry of protocol `proto`.
     pub fn of(&self, proto: u8, e: &NatEntry) -> Duration {
+        let proven = nat_state::proven(e);
         match (proto == IPPROTO_TCP, e.closing) {
+            (false, _) if !proven => self.udp_unreplied,
             (false, _) => self.udp,
+            (true, 0) if !proven => self.tcp_half_open,
             (true, NAT_CLOSED) => self.tcp_closed,
             (true, NAT_TIME_WAIT) => self.tcp_time_wait,
             (true, _) => self.tcp,

@@ -451,16 +451,14 @@ impl Tables for ModelTables {
     fn globals(&self) -> Option<Globals> {
         self.globals
     }
-    fn mark_nat_closing(&mut self, key: &NatKey, state: u8) {
-        if let Some(e) = self.nat.get_mut(key).filter(|e| e.closing == 0) {
-            e.closing = state;
-        }
-    }
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flows.get(key).copied()
     }
     fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry) {
         self.flows.insert(*key, *entry);
+    }
+    fn forget_flow(&mut self, key: &FlowKey) {
+        self.flows.remove(key);
     }
     fn nat(&self, key: &NatKey) -> Option<NatEntry> {
         self.nat.get(key).copied()
@@ -475,8 +473,11 @@ impl Tables for ModelTables {
         self.nat.insert(*key, *entry);
         NatInsert::Inserted
     }
-    fn renew_nat(&mut self, key: &NatKey, entry: &NatEntry) {
+    fn put_nat(&mut self, key: &NatKey, entry: &NatEntry) {
         self.nat.insert(*key, *entry);
+    }
+    fn now_ns(&self) -> u64 {
+        lb_user::sweep::monotonic_ns()
     }
     fn route(&self, family: u8, dst: &[u8; 16], _ifindex: u32, ip_len: u16) -> Route {
         self.fib.route(family, dst, ip_len)

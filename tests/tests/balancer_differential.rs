@@ -386,8 +386,8 @@ fn tally(m: &mut [u64], o: &Outcome) {
     if o.moved {
         m[LbCounter::FlowMoved as usize] += 1;
     }
-    if o.refound {
-        m[LbCounter::FlowRefound as usize] += 1;
+    if let Some(c) = o.extra.filter(|_| o.action != Action::Drop) {
+        m[c as usize] += 1;
     }
 }
 
@@ -451,7 +451,7 @@ fn a_full_nat_table_refuses_new_flows_as_such() {
     kb.maps_mut().flows.remove(&fkey).unwrap();
     model.flows.remove(&fkey);
     let (o, _) = both(&mut kb, &mut model, &frame, out_if);
-    assert_eq!((o.counter, o.refound), (Some(LbCounter::NewFlow), true));
+    assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::FlowRefound)));
     assert_eq!(flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).nat_port, port_before, "its own SNAT port again");
     assert_eq!(kb.maps().counters().unwrap()[LbCounter::FlowRefound as usize], 1);
     let port = flow_of(&kb, CLIENT_V4, 31000, NAT4, 443, IPPROTO_TCP).nat_port;
@@ -837,7 +837,7 @@ fn a_syn_on_a_remembered_port_is_a_new_connection() {
     let moved = ports.iter().zip(&first).filter(|(p, f)| flow_of(&kb, CLIENT_V4, **p, NAT4, 443, IPPROTO_TCP).backend != f.backend).count();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let secs = std::time::Duration::from_secs;
-    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300) };
+    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
     assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), moved, "the earlier, closed entries go");
     for p in &ports {
         flow_of(&kb, CLIENT_V4, *p, NAT4, 443, IPPROTO_TCP);
@@ -898,7 +898,7 @@ fn a_closed_connection_gives_its_snat_port_back() {
     let keep: std::collections::BTreeSet<u16> = [41000, 41003].iter().map(|p| nat_entry(&kb, *p).0.nat_port).collect();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let secs = std::time::Duration::from_secs;
-    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300) };
+    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
     assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 2);
     let left: std::collections::BTreeSet<u16> = kb.maps().nat.keys().map(|k| k.unwrap().nat_port).collect();
     assert_eq!(left, keep, "the open and the TIME_WAIT connections keep their ports");

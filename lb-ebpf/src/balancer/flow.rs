@@ -1,14 +1,16 @@
-//! Rules 5 and 6 of the model: which backend a flow goes to, and its SNAT
-//! port in `nat` mode.
+//! Rules 5 and 6 of the model: which backend a flow goes to, and in `nat`
+//! mode its SNAT port and what its packets do to its NAT entry.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     balancer::*,
     balancer_model::same_flow,
     maglev::flow_hash,
+    nat_state::{self, Check},
+    wire::{IPPROTO_TCP, TCP_FIN, TCP_RST},
 };
 
-use super::scratch::Scratch;
+use super::{parse, scratch::Scratch};
 use crate::{
     maps::{LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_NAT},
     packet::Packet,
@@ -22,20 +24,19 @@ pub struct Placed {
     pub addr: [u8; 16],
     /// 0 outside `nat` mode.
     pub nat_port: u16,
-    /// Placed by the Maglev table just now (not remembered yet).
+    /// Placed by the Maglev table just now (not remembered); once the
+    /// flow's state is settled, whether it counts as a new flow.
     pub new: bool,
     /// Its previous backend was gone or down.
     pub moved: bool,
-    /// A forgotten `nat` flow whose own NAT entry [`snat_port`] found.
-    pub refound: bool,
 }
 
 /// Finds the flow's backend, or chooses one with the Maglev table, and
 /// fills `out`; `Err(counter)` when the packet must be dropped
 /// (`out.moved` is set either way). A packet that `opens` a connection
 /// is always placed by the table (what the flow table holds for its
-/// 5-tuple is an earlier connection's). A new flow is remembered by
-/// [`remember`] once it has everything it needs.
+/// 5-tuple is an earlier connection's). Whether a placed flow is
+/// remembered is the caller's to decide (rule 5).
 #[inline(never)]
 pub fn place(key: &FlowKey, svc: &Service, opens: bool, out: &mut Placed) -> Result<(), LbCounter> {
     *out = Placed::default();
@@ -78,118 +79,207 @@ pub fn known(key: &FlowKey, out: &mut Placed) -> bool {
     let Some(e) = (unsafe { LB_FLOWS.get(key) }) else { return false };
     match LB_BACKENDS.get(e.backend) {
         Some(b) if b.generation == e.generation && b.up == 1 => {
-            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, new: false, moved: false, refound: false };
+            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, new: false, moved: false };
             true
         }
         _ => false,
     }
 }
 
-/// Remembers a newly placed flow.
+/// Remembers a placed flow.
 #[inline(always)]
 pub fn remember(key: &FlowKey, placed: &Placed) {
     let entry = FlowEntry { backend: placed.id, generation: placed.generation, nat_port: placed.nat_port, _pad: [0; 2] };
     let _ = LB_FLOWS.insert(key, &entry, 0);
 }
 
-/// [`snat_port`] found no free port.
-pub const NO_PORT: u32 = u32::MAX;
-/// [`snat_port`] found a free port, but the NAT table had no room.
-pub const TABLE_FULL: u32 = u32::MAX - 1;
+/// Forgets a flow: a SYN's 5-tuple is a new connection, and what the
+/// table holds for it is an earlier one's.
+#[inline(always)]
+pub fn forget(key: &FlowKey) {
+    let _ = LB_FLOWS.remove(key);
+}
 
-/// `-EEXIST`: another CPU took the key between the lookup and the insert.
-const EEXIST: i64 = -17;
+/// What [`nat_flow`] returns: a drop counter with [`NAT_DROP`] set, or
+/// the extra counter plus one in the low byte (0: none), with [`NAT_NEW`]
+/// set for a new flow.
+pub const NAT_DROP: u32 = 1 << 16;
+/// See [`NAT_DROP`].
+pub const NAT_NEW: u32 = 1 << 17;
 
-/// The flow's SNAT port: its own NAT entry if one survived the flow
-/// table's eviction (written afresh if the packet `opens` a connection),
-/// else the first free port of the probe sequence; [`NO_PORT`] if all are
-/// taken, [`TABLE_FULL`] if the entry of a free one could not be inserted.
-#[inline(never)]
-pub fn snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens: bool) -> u32 {
-    match find_snat_port(pkt, s, g, svc, opens) {
-        Ok(port) => u32::from(port),
-        Err(LbCounter::NatTableFull) => TABLE_FULL,
-        Err(_) => NO_PORT,
-    }
+#[inline(always)]
+fn forwarded(new: bool, extra: Option<LbCounter>) -> u32 {
+    (if new { NAT_NEW } else { 0 }) | extra.map_or(0, |c| c as u32 + 1)
 }
 
 #[inline(always)]
-fn find_snat_port(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens: bool) -> Result<u16, LbCounter> {
-    let (p, backend) = (&s.parsed, &s.placed.addr);
+fn dropped(c: LbCounter) -> u32 {
+    NAT_DROP | c as u32
+}
+
+/// Rules 6 and 6b and the proof (`lb_common::nat_state`) for a `nat`
+/// packet whose backend and route are known: its SNAT port (into
+/// `s.placed.nat_port`) and what it does to its NAT entry. A remembered
+/// flow reads its entry only for a RST or FIN; any other flow probes the
+/// SNAT ports for its own entry, a free port, or (none free) an unproven
+/// entry to reclaim, and a proven flow found by probing is remembered.
+/// Not inlined: the map-value pointer must stay in this frame.
+#[inline(never)]
+pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens: bool) -> u32 {
+    let tcp = s.parsed.proto == IPPROTO_TCP;
+    if tcp && !parse::segment(pkt, &s.parsed, &mut s.seg) {
+        return dropped(LbCounter::Malformed);
+    }
+    if !s.placed.new {
+        if !tcp || s.seg.flags & (TCP_RST | TCP_FIN) == 0 {
+            return forwarded(false, None);
+        }
+        s.nat_key = nat_key(s, svc, s.placed.nat_port);
+        let Some(e) = LB_NAT.get_ptr_mut(&s.nat_key) else { return forwarded(false, None) };
+        // SAFETY: points into a live map value.
+        let e = unsafe { &mut *e };
+        let (check, _) = nat_state::tcp_client(e, &s.seg);
+        return match apply_client_check(e, check) {
+            Ok(extra) => forwarded(false, extra),
+            Err(c) => dropped(c),
+        };
+    }
+    let p = &s.parsed;
     if g.snat_port_max < g.snat_port_min {
-        return Err(LbCounter::SnatExhausted);
+        return dropped(LbCounter::SnatExhausted);
     }
     let span = u32::from(g.snat_port_max - g.snat_port_min) + 1;
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
+    let (Some(client_mac), Some(edge_mac)) = (pkt.bytes_at::<6>(6), pkt.bytes_at::<6>(0)) else {
+        return dropped(LbCounter::Malformed);
+    };
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
     s.nat_entry = NatEntry {
         client: p.src,
         vip: p.dst,
         client_port: p.sport,
         vip_port: p.dport,
-        client_mac: pkt.bytes_at::<6>(6).ok_or(LbCounter::SnatExhausted)?,
-        edge_mac: pkt.bytes_at::<6>(0).ok_or(LbCounter::SnatExhausted)?,
+        client_mac,
+        edge_mac,
         ifindex: p.ifindex,
         closing: 0,
-        _pad: [0; 3],
-        // SAFETY: helper without side effects.
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        state: if opens { NAT_OPENED_BY_SYN } else { 0 },
+        backend_wscale: 0,
+        _pad: 0,
+        last_seen_ns: now,
+        backend_ifindex: s.hop.ifindex,
+        backend_next: 0,
+        backend_ack: 0,
+        backend_win: 0,
     };
+    let mut reclaim = NO_RECLAIM;
+    let mut full = false;
     for i in 0..SNAT_PROBES {
         let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
-        s.nat_key = NatKey { backend: *backend, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
-        // SAFETY: entries are replaced whole.
-        match unsafe { LB_NAT.get(&s.nat_key) } {
-            Some(e) if same_flow(e, &s.nat_entry) => {
-                // A new connection on an earlier one's port: open again,
-                // its clock restarted (else the sweep would end it as the
-                // earlier, closed one). Anything else found its own entry
-                // after the flow table forgot it.
-                if opens {
-                    let _ = LB_NAT.insert(&s.nat_key, &s.nat_entry, 0);
-                } else {
-                    s.placed.refound = true;
+        s.nat_key = nat_key(s, svc, port);
+        match LB_NAT.get_ptr_mut(&s.nat_key) {
+            Some(e) => {
+                // SAFETY: points into a live map value.
+                let e = unsafe { &mut *e };
+                if same_flow(e, &s.nat_entry) {
+                    s.placed.nat_port = port;
+                    if opens {
+                        // A new connection on an earlier one's port: its
+                        // entry written afresh.
+                        let _ = LB_NAT.insert(&s.nat_key, &s.nat_entry, 0);
+                        return forwarded(true, None);
+                    }
+                    s.placed.new = false;
+                    return own_entry(s, e, tcp);
                 }
-                return Ok(port);
+                if reclaim == NO_RECLAIM && nat_state::reclaimable(e, now) {
+                    reclaim = u32::from(port);
+                }
             }
-            Some(_) => continue,
+            None if full => {}
             None => match LB_NAT.insert(&s.nat_key, &s.nat_entry, u64::from(BPF_NOEXIST)) {
-                Ok(()) => return Ok(port),
+                Ok(()) => {
+                    s.placed.nat_port = port;
+                    return forwarded(true, None);
+                }
                 Err(e) if i64::from(e) == EEXIST => continue,
-                // -E2BIG: a preallocated map has no free element left.
-                Err(_) => return Err(LbCounter::NatTableFull),
+                // -E2BIG: a preallocated map has no free element left;
+                // an unproven entry further on may still be taken over.
+                Err(_) => full = true,
             },
         }
     }
-    Err(LbCounter::SnatExhausted)
+    if reclaim == NO_RECLAIM {
+        return dropped(if full { LbCounter::NatTableFull } else { LbCounter::SnatExhausted });
+    }
+    s.placed.nat_port = reclaim as u16;
+    s.nat_key = nat_key(s, svc, reclaim as u16);
+    let _ = LB_NAT.insert(&s.nat_key, &s.nat_entry, 0);
+    forwarded(true, Some(LbCounter::HalfOpenReclaimed))
 }
 
-/// Marks the flow's NAT entry closing with `state` (rule 6b: its first
-/// FIN or RST passed).
-#[inline(never)]
-pub fn mark_closing(s: &mut Scratch, svc: &Service, state: u8) {
-    let p = &s.parsed;
-    s.nat_key = NatKey { backend: s.placed.addr, backend_port: svc.target_port, nat_port: s.placed.nat_port, proto: p.proto, family: p.family, _pad: [0; 2] };
-    if let Some(e) = LB_NAT.get_ptr_mut(&s.nat_key) {
-        // SAFETY: points into a live map value; one byte, written in place.
-        unsafe {
-            if (*e).closing == 0 {
-                (*e).closing = state;
+/// No unproven entry to reclaim was found.
+const NO_RECLAIM: u32 = u32::MAX;
+
+#[inline(always)]
+fn nat_key(s: &Scratch, svc: &Service, port: u16) -> NatKey {
+    NatKey { backend: s.placed.addr, backend_port: svc.target_port, nat_port: port, proto: s.parsed.proto, family: s.parsed.family, _pad: [0; 2] }
+}
+
+/// A flow's packet found its own entry by probing: the proof, the close
+/// check, and the flow table for a proven flow.
+#[inline(always)]
+fn own_entry(s: &mut Scratch, e: &mut NatEntry, tcp: bool) -> u32 {
+    let (check, proves) = if tcp { nat_state::tcp_client(e, &s.seg) } else { (Check::Pass, false) };
+    if proves {
+        e.state |= NAT_PROVEN;
+    }
+    let mut extra = match apply_client_check(e, check) {
+        Ok(extra) => extra,
+        Err(c) => return dropped(c),
+    };
+    if nat_state::proven(e) {
+        extra = Some(if e.state & NAT_REMEMBERED != 0 { LbCounter::FlowRefound } else { LbCounter::FlowProven });
+        e.state |= NAT_REMEMBERED;
+        remember(&s.flow, &s.placed);
+    }
+    forwarded(false, extra)
+}
+
+/// Applies a client segment's check to its entry (in place): the drop
+/// counter, or the extra counter of a forwarded packet.
+#[inline(always)]
+fn apply_client_check(e: &mut NatEntry, check: Check) -> Result<Option<LbCounter>, LbCounter> {
+    match check {
+        Check::OutOfWindow => Err(LbCounter::OutOfWindow),
+        Check::Inexact => Ok(Some(LbCounter::RstInexact)),
+        Check::Close(state) => {
+            if e.closing == 0 {
+                e.closing = state;
             }
+            Ok(None)
         }
+        Check::Pass => Ok(None),
     }
 }
 
+/// `-EEXIST`: another CPU took the key between the lookup and the insert.
+const EEXIST: i64 = -17;
+
 /// Refreshes a NAT entry's idle clock (at most once per
 /// [`NAT_TOUCH_INTERVAL_NS`], to keep writes off the hot path). Only the
-/// aligned 8-byte clock is written in place; the agent's sweep only reads it.
+/// aligned 8-byte clock is written in place; the agent's sweep only reads
+/// it. An unproven entry keeps its creation time: its short life runs
+/// from there.
 #[inline(always)]
-pub fn touch_nat(e: *mut NatEntry) {
+pub fn touch_nat(e: &mut NatEntry) {
+    if !nat_state::proven(e) {
+        return;
+    }
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `e` points into a live map value.
-    unsafe {
-        if now.wrapping_sub((*e).last_seen_ns) >= NAT_TOUCH_INTERVAL_NS {
-            (*e).last_seen_ns = now;
-        }
+    if now.wrapping_sub(e.last_seen_ns) >= NAT_TOUCH_INTERVAL_NS {
+        e.last_seen_ns = now;
     }
 }

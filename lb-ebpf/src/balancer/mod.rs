@@ -19,7 +19,8 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     balancer::{v4_key, FlowKey, LbCounter, Mode, NatEntry, NatKey, Service, ServiceKey, TrafficStats, NEXT_STAGE_ISOLATOR},
     isolator::FAMILY_V4,
-    wire::{IPV4_MIN_HLEN, IPV6_HLEN},
+    nat_state::{self, Check},
+    wire::{IPPROTO_TCP, IPV4_MIN_HLEN, IPV6_HLEN},
 };
 
 use self::{egress::Hop, rewrite::Translation, scratch::Scratch};
@@ -65,13 +66,26 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     s.nat_key = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
-    let entry = LB_NAT.get_ptr_mut(&s.nat_key)?;
-    Some(reply(&pkt, s, entry))
+    match LB_NAT.get_ptr_mut(&s.nat_key) {
+        Some(entry) => Some(reply(&pkt, s, entry)),
+        // Rule 8b: only a backend's reply may come to a SNAT port.
+        None if g.snat_port_min <= p.dport && p.dport <= g.snat_port_max => Some(drop(LbCounter::ForgedReply)),
+        None => None,
+    }
 }
 
 #[inline(always)]
 pub(crate) fn count(c: LbCounter) {
     if let Some(v) = LB_COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *v += 1 };
+    }
+}
+
+/// Counts the counter at index `raw`.
+#[inline(always)]
+fn count_raw(raw: u32) {
+    if let Some(v) = LB_COUNTERS.get_ptr_mut(raw) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *v += 1 };
     }
@@ -121,25 +135,8 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     if let Err(c) = placed_ok {
         return drop(c);
     }
-    if s.placed.new {
-        if mode == Mode::Nat {
-            let port = flow::snat_port(pkt, s, g, svc, opens);
-            if port == flow::NO_PORT {
-                return drop(LbCounter::SnatExhausted);
-            }
-            if port == flow::TABLE_FULL {
-                return drop(LbCounter::NatTableFull);
-            }
-            s.placed.nat_port = port as u16;
-        }
-        flow::remember(&s.flow, &s.placed);
-    }
-    if mode == Mode::Nat {
-        let state = parse::end_of_flow(pkt, &s.parsed, false);
-        if state != 0 {
-            flow::mark_closing(s, svc, state);
-        }
-    }
+    // Rule 7 before any state: nothing is allocated for a packet that
+    // cannot leave.
     let bytes = pkt.len() as u64;
     let extra = match mode {
         Mode::Dsr if s.parsed.family == FAMILY_V4 => IPV4_MIN_HLEN,
@@ -151,6 +148,26 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
             return too_big::answer(ctx, s, extra);
         }
         return drop(c);
+    }
+    let mut also = 0;
+    if mode == Mode::Nat {
+        let r = flow::nat_flow(pkt, s, g, svc, opens);
+        if r & flow::NAT_DROP != 0 {
+            count_raw(r & 0xff);
+            return xdp_action::XDP_DROP;
+        }
+        s.placed.new = r & flow::NAT_NEW != 0;
+        also = r & 0xff;
+    } else if s.placed.new {
+        // A SYN is placed, not remembered: a flood of them must not evict
+        // established flows. The connection's next packet is placed the
+        // same way (the table is deterministic) and stays.
+        if opens {
+            flow::forget(&s.flow);
+        } else {
+            flow::remember(&s.flow, &s.placed);
+        }
+        s.placed.new = opens || s.parsed.proto != IPPROTO_TCP;
     }
     let p = &s.parsed;
     let action = match mode {
@@ -178,8 +195,8 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         Ok(action) => {
             let new = s.placed.new;
             count(if new { LbCounter::NewFlow } else { LbCounter::FlowHit });
-            if s.placed.refound {
-                count(LbCounter::FlowRefound);
+            if also != 0 {
+                count_raw(also - 1);
             }
             charge(LB_SERVICE_STATS.get_ptr_mut(svc.stats_index), bytes, new);
             charge(LB_BACKEND_STATS.get_ptr_mut(s.placed.id), bytes, new);
@@ -189,12 +206,17 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     }
 }
 
-/// A `nat`-mode reply: back to the client it belongs to.
+/// A `nat`-mode reply: back to the client it belongs to, if it came from
+/// where the backend is.
 #[inline(never)]
 fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
     let p = &s.parsed;
-    // SAFETY: points into a live map value; only the clock changes under us.
-    let e = unsafe { &*entry };
+    // SAFETY: points into a live map value; written in place (the client's
+    // side reads it; a torn read costs one RST or FIN its check).
+    let e = unsafe { &mut *entry };
+    if e.backend_ifindex != 0 && e.backend_ifindex != p.ifindex {
+        return drop(LbCounter::ForgedReply);
+    }
     if let Some(c) = parse::unfit(p, pkt.len()) {
         return drop(c);
     }
@@ -202,14 +224,25 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
         count(LbCounter::TtlExpired);
         return xdp_action::XDP_PASS;
     }
-    flow::touch_nat(entry);
-    let state = parse::end_of_flow(pkt, p, true);
-    // SAFETY: as above; one byte, written in place (the first end wins).
-    unsafe {
-        if state != 0 && (*entry).closing == 0 {
-            (*entry).closing = state;
+    let mut inexact = false;
+    if p.proto == IPPROTO_TCP {
+        if !parse::segment(pkt, p, &mut s.seg) {
+            return drop(LbCounter::Malformed);
         }
+        match nat_state::tcp_reply(e, &s.seg) {
+            Check::OutOfWindow => return drop(LbCounter::OutOfWindow),
+            Check::Close(state) => {
+                if e.closing == 0 {
+                    e.closing = state;
+                }
+            }
+            Check::Inexact => inexact = true,
+            Check::Pass => {}
+        }
+    } else {
+        nat_state::udp_reply(e);
     }
+    flow::touch_nat(e);
     s.translation = Translation { src: e.vip, dst: e.client, sport: e.vip_port, dport: e.client_port };
     if !rewrite::nat(pkt, p, &s.translation) {
         return drop(LbCounter::Malformed);
@@ -218,6 +251,9 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
     match egress::send(pkt, &s.hop, p.ifindex) {
         Ok(action) => {
             count(LbCounter::NatReply);
+            if inexact {
+                count(LbCounter::RstInexact);
+            }
             action
         }
         Err(c) => drop(c),

@@ -2,8 +2,9 @@
 //! balancer's, and whether a service's packet can be balanced at all.
 
 use lb_common::{
-    balancer::{self, close_state, v4_key, LbCounter},
+    balancer::{self, v4_key, LbCounter},
     isolator::{FAMILY_V4, FAMILY_V6},
+    nat_state::{self, Segment},
     wire::*,
 };
 
@@ -103,22 +104,34 @@ pub fn unfit(p: &Parsed, frame_len: usize) -> Option<LbCounter> {
     None
 }
 
-/// What a TCP packet says of its flow's end (`close_state`, rule 6b; 0:
-/// nothing); its header is whole once [`unfit`] passed.
+/// Fills `out` with a TCP packet's header fields for the NAT state
+/// (its fixed header is whole once [`unfit`] passed); `false` if they are
+/// not in the frame. Not inlined: the verifier walks the option loop's
+/// paths once here, not once for every path of the caller.
+#[inline(never)]
+pub fn segment(pkt: &Packet, p: &Parsed, out: &mut Segment) -> bool {
+    read_segment(pkt, p, out).is_some()
+}
+
 #[inline(always)]
-pub fn end_of_flow(pkt: &Packet, p: &Parsed, from_backend: bool) -> u8 {
-    if p.proto != IPPROTO_TCP {
-        return 0;
-    }
-    // Bytes 12–13 (data offset, flags) as one read: LLVM turns the bounds
-    // check of a one-byte read into `ptr >= end`, which this kernel's
-    // verifier does not take as room for the byte.
-    pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).map_or(0, |w| close_state(w as u8, from_backend))
+fn read_segment(pkt: &Packet, p: &Parsed, out: &mut Segment) -> Option<()> {
+    let l4 = p.l4;
+    out.seq = pkt.be32_at(l4 + 4)?;
+    out.ack = pkt.be32_at(l4 + 8)?;
+    let offset_flags = pkt.be16_at(l4 + 12)?;
+    out.flags = offset_flags as u8;
+    out.window = pkt.be16_at(l4 + 14)?;
+    let doff = usize::from(offset_flags >> 12) * 4;
+    out.payload = (p.ip_len as u32).saturating_sub((l4 - L3 + doff) as u32);
+    out.wscale = if out.flags & TCP_SYN != 0 { nat_state::window_scale(|off| pkt.be16_at(off), l4 + TCP_MIN_HLEN, l4 + doff) } else { 0 };
+    Some(())
 }
 
 /// Whether a TCP packet opens a connection (SYN without ACK; rule 5).
 #[inline(always)]
 pub fn opens_connection(pkt: &Packet, p: &Parsed) -> bool {
-    // One two-byte read, as in `end_of_flow`.
+    // Bytes 12–13 (data offset, flags) as one read: LLVM turns the bounds
+    // check of a one-byte read into `ptr >= end`, which this kernel's
+    // verifier does not take as room for the byte.
     p.proto == IPPROTO_TCP && pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).is_some_and(|w| balancer::opens_connection(w as u8))
 }

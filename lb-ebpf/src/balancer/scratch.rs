@@ -5,13 +5,18 @@
 //! it is read for each packet.
 
 use aya_ebpf::{bindings::bpf_fib_lookup, macros::map, maps::PerCpuArray};
-use lb_common::balancer::{FlowKey, NatEntry, NatKey, ServiceKey};
+use lb_common::{
+    balancer::{FlowKey, NatEntry, NatKey, ServiceKey},
+    nat_state::Segment,
+};
 
 use super::{egress::Hop, flow::Placed, icmp::IcmpError, parse::Parsed, rewrite::Translation};
 
 /// One packet's working state.
 pub struct Scratch {
     pub parsed: Parsed,
+    /// The TCP header fields the NAT state reads (read when needed).
+    pub seg: Segment,
     pub service: ServiceKey,
     pub flow: FlowKey,
     pub placed: Placed,

@@ -120,6 +120,11 @@ pub struct BalancerConfig {
     /// For TCP NAT state the backend closed (it holds TIME_WAIT).
     pub tcp_time_wait_timeout: Duration,
     pub udp_idle_timeout: Duration,
+    /// For TCP NAT state whose handshake has not completed (the client
+    /// has not acknowledged the backend's SYN-ACK).
+    pub tcp_half_open_timeout: Duration,
+    /// For UDP NAT state the backend never answered.
+    pub udp_unreplied_timeout: Duration,
     pub vips: Vec<VipConfig>,
 }
 
@@ -142,6 +147,8 @@ pub(super) struct RawBalancer {
     tcp_closed_timeout_s: Option<Spanned<u64>>,
     tcp_time_wait_timeout_s: Option<Spanned<u64>>,
     udp_idle_timeout_s: Option<Spanned<u64>>,
+    tcp_half_open_timeout_s: Option<Spanned<u64>>,
+    udp_unreplied_timeout_s: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +300,11 @@ pub(super) fn parse(
     let tcp_closed_timeout = timeout(&b.tcp_closed_timeout_s, "tcp_closed_timeout_s", 10)?;
     let tcp_time_wait_timeout = timeout(&b.tcp_time_wait_timeout_s, "tcp_time_wait_timeout_s", 120)?;
     let udp_idle_timeout = timeout(&b.udp_idle_timeout_s, "udp_idle_timeout_s", 300)?;
+    // An unproven entry may be a forged source's: it lives seconds, not
+    // minutes (conntrack keeps SYN_RECV 60 s and unreplied UDP 30 s; a
+    // real handshake or answer takes milliseconds).
+    let tcp_half_open_timeout = timeout(&b.tcp_half_open_timeout_s, "tcp_half_open_timeout_s", 5)?;
+    let udp_unreplied_timeout = timeout(&b.udp_unreplied_timeout_s, "udp_unreplied_timeout_s", 5)?;
 
     if vips.len() > MAX_VIPS as usize {
         return Err(loc.at(vips[MAX_VIPS as usize].address.span(), format!("vip: {} VIPs, at most {MAX_VIPS}", vips.len())));
@@ -335,6 +347,8 @@ pub(super) fn parse(
         tcp_closed_timeout,
         tcp_time_wait_timeout,
         udp_idle_timeout,
+        tcp_half_open_timeout,
+        udp_unreplied_timeout,
         vips: out,
     }))
 }
