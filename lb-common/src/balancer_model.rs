@@ -331,7 +331,12 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
         }
     };
 
-    // Rules 5 and 6: the flow's state.
+    // Rules 5 and 6: the flow's state. What the flow table holds for a
+    // SYN's 5-tuple is an earlier connection's, and a moved flow's entry
+    // is stale: both go.
+    if opens || outcome.moved {
+        t.forget_flow(&fkey);
+    }
     let nat_port = if mode == Mode::Nat {
         let found = match remembered {
             Some((e, _)) => NatFound::Remembered(e.nat_port),
@@ -353,9 +358,7 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             // A SYN is placed, not remembered: a flood of them must not
             // evict established flows. The connection's next packet is
             // placed the same way (the table is deterministic) and stays.
-            if opens {
-                t.forget_flow(&fkey);
-            } else {
+            if !opens {
                 t.set_flow(&fkey, &FlowEntry { backend: id, generation: backend.generation, nat_port: 0, _pad: [0; 2] });
             }
             if opens || p.proto != IPPROTO_TCP {

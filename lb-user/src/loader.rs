@@ -31,7 +31,7 @@ use aya::{
 };
 use lb_common::{
     balancer::{
-        LB_COUNTERS_LEN, MAP_FLOWS, MAP_LB_COUNTERS, MAP_MAGLEV, MAP_NAT, MAP_NEXT_STAGE, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_VIPS,
+        FlowEntry, NatEntry, LB_COUNTERS_LEN, MAP_FLOWS, MAP_LB_COUNTERS, MAP_MAGLEV, MAP_NAT, MAP_NEXT_STAGE, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_VIPS,
         NEXT_STAGE_ISOLATOR, PROGRAM_BALANCER,
     },
     isolator::PROGRAM_ISOLATOR,
@@ -212,6 +212,7 @@ fn check_pinned_sizes(pin_dir: &Path, sizes: &MapSizes) -> Result<()> {
             );
         }
     }
+    check_pinned_layouts(pin_dir)?;
     let counters = pin_dir.join(MAP_LB_COUNTERS);
     if counters.exists() {
         let have = aya::maps::MapInfo::from_pin(&counters).with_context(|| format!("reading {}", counters.display()))?.max_entries();
@@ -220,6 +221,30 @@ fn check_pinned_sizes(pin_dir: &Path, sizes: &MapSizes) -> Result<()> {
                 pinned = have,
                 known = LB_COUNTERS_LEN,
                 "the pinned balancer counters are an older version's: the newer drop reasons read 0 until the maps are recreated (`swarmlb down`)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses pinned maps whose values have another layout than this
+/// version's (an older swarmlb's NAT entries lack the window and proof
+/// state): the new programs cannot read them, and replacing them would
+/// forget every `nat` flow. Nothing is touched, so the running data path
+/// (the older version's programs on their pinned links) keeps forwarding.
+fn check_pinned_layouts(pin_dir: &Path) -> Result<()> {
+    let layouts = [(MAP_NAT, core::mem::size_of::<NatEntry>()), (MAP_FLOWS, core::mem::size_of::<FlowEntry>())];
+    for (map, want) in layouts {
+        let path = pin_dir.join(map);
+        if !path.exists() {
+            continue;
+        }
+        let have = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?.value_size() as usize;
+        if have != want {
+            bail!(
+                "the pinned {map} holds {have}-byte entries of an older swarmlb; this version's are {want} bytes and it cannot \
+                 adopt them without losing every nat flow. The running data path is left as it is. To upgrade, drain the edge \
+                 (or accept that open nat connections reset), then `swarmlb down` and start this version"
             );
         }
     }

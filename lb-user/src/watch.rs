@@ -131,6 +131,21 @@ impl CounterWatch {
                 look.nat_entries, look.nat_capacity
             ));
         }
+        let reclaimed = rise(&self.last, &look.counters, LbCounter::HalfOpenReclaimed);
+        if reclaimed > 0 {
+            out.push(format!(
+                "flood: {reclaimed} new nat connections took the SNAT port of a peer that never completed its handshake or got an answer \
+                 in the last {secs} s (a SYN or UDP flood from forged sources, most likely); clients are still served"
+            ));
+        }
+        let blind = rise(&self.last, &look.counters, LbCounter::OutOfWindow);
+        let forged = rise(&self.last, &look.counters, LbCounter::ForgedReply);
+        if blind + forged > 0 {
+            out.push(format!(
+                "forged packets: {forged} replies to SNAT ports not from their backend and {blind} RSTs/FINs outside their connection's \
+                 window dropped in the last {secs} s"
+            ));
+        }
         let none = rise(&self.last, &look.counters, LbCounter::NoBackend);
         if none > 0 {
             out.push(format!("no backend up: {none} packets for VIPs without a healthy backend dropped in the last {secs} s"));
@@ -198,6 +213,19 @@ mod tests {
         l.counters[LbCounter::FlowRefound as usize] = 7;
         let said = w.judge(&l, INTERVAL, t0);
         assert!(said[0].starts_with("flow table too small: 7 nat flows were forgotten and found again by their NAT entries in the last 5 s (a table of 100 flows;"), "{said:?}");
+        assert!(w.judge(&l, INTERVAL, t0).is_empty());
+    }
+
+    #[test]
+    fn a_flood_and_forged_packets_are_said() {
+        let t0 = Instant::now();
+        let mut w = CounterWatch::new(look(0, 0, 0).counters);
+        let mut l = look(0, 0, 10);
+        l.counters[LbCounter::HalfOpenReclaimed as usize] = 900;
+        l.counters[LbCounter::OutOfWindow as usize] = 3;
+        let said = w.judge(&l, INTERVAL, t0);
+        assert!(said[0].starts_with("flood: 900 new nat connections took the SNAT port"), "{said:?}");
+        assert!(said[1].starts_with("forged packets: 0 replies to SNAT ports not from their backend and 3 RSTs/FINs"), "{said:?}");
         assert!(w.judge(&l, INTERVAL, t0).is_empty());
     }
 

@@ -19,6 +19,7 @@ use harness::{
 use lb_common::{
     balancer::*,
     balancer_model::{process, Action, Outcome},
+    maglev::flow_hash,
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_user::balancer::{addr_key, Desired, DesiredBackend};
@@ -55,10 +56,57 @@ fn both(kb: &mut KernelBalancer, model: &mut ModelTables, frame: &[u8], ifindex:
     (o, out)
 }
 
+/// Where the kernel sends a flow: the flow table's entry for a remembered
+/// flow; for one it has not remembered (a SYN, an unproven `nat` flow),
+/// the backend its VIP's Maglev table picks and the SNAT port of its NAT
+/// entry (0 without one).
 fn flow_of(kb: &KernelBalancer, src: &str, sport: u16, dst: &str, dport: u16, proto: u8) -> FlowEntry {
     let (s, family) = addr_key(ip(src));
     let key = FlowKey { src: s, dst: addr_key(ip(dst)).0, src_port: sport, dst_port: dport, proto, family, _pad: [0; 2] };
-    kb.maps().flows.get(&key, 0).expect("the kernel remembers the flow")
+    let maps = kb.maps();
+    if let Ok(f) = maps.flows.get(&key, 0) {
+        return f;
+    }
+    let svc = maps.services.get(&ServiceKey { addr: key.dst, port: dport, proto, family }, 0).expect("a service");
+    let h = flow_hash(&key.src, &key.dst, sport, dport, proto, BACKEND_HASH_SEED);
+    let backend = maps.maglev.get(&(svc.table_base + h % svc.table_size), 0).expect("a table slot");
+    let b = maps.backends.get(&backend, 0).unwrap();
+    let nat_port = maps
+        .nat
+        .iter()
+        .filter_map(Result::ok)
+        .find(|(k, e)| k.backend == b.addr && e.client == key.src && e.client_port == sport && e.vip == key.dst && e.vip_port == dport && k.proto == proto)
+        .map_or(0, |(k, _)| k.nat_port);
+    FlowEntry { backend, generation: b.generation, nat_port, _pad: [0; 2] }
+}
+
+/// Completes a `nat` flow's handshake after its SYN: the backend's SYN-ACK
+/// (ISN 99) and the client's ACK of it, which proves the flow; through
+/// kernel and model, tallied into `m`.
+fn prove(kb: &mut KernelBalancer, model: &mut ModelTables, m: &mut [u64], (client, sport): (&str, u16), vip: &str) {
+    let flow = flow_of(kb, client, sport, vip, 443, IPPROTO_TCP);
+    let backend = backend_addr(kb, flow.backend);
+    let inside = if backend.is_ipv4() { "10.1.0.1" } else { "fd00:1::1" };
+    let synack = L4::Tcp { sport: 443, dport: flow.nat_port, seq: 99, ack: 0x1000_0001, flags: 0x12, window: 1000, payload: Vec::new() };
+    let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), inside, &synack, |_| {}, |_| {});
+    let in_if = kb.net.in_ifindex;
+    let (o, _) = both(kb, model, &frame, in_if);
+    tally(m, &o);
+    assert_eq!(o.counter, Some(LbCounter::NatReply));
+    let ack = L4::Tcp { sport, dport: 443, seq: 0x1000_0001, ack: 100, flags: 0x10, window: 1000, payload: Vec::new() };
+    let frame = client_frame(kb, client, vip, &ack);
+    let out_if = kb.net.out_ifindex;
+    let (o, _) = both(kb, model, &frame, out_if);
+    tally(m, &o);
+    assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::FlowProven)), "the ACK of the SYN-ACK proves the flow");
+    assert!(remembered(kb, client, sport, vip, 443, IPPROTO_TCP));
+}
+
+/// Whether the kernel's flow table remembers the flow.
+fn remembered(kb: &KernelBalancer, src: &str, sport: u16, dst: &str, dport: u16, proto: u8) -> bool {
+    let (s, family) = addr_key(ip(src));
+    let key = FlowKey { src: s, dst: addr_key(ip(dst)).0, src_port: sport, dst_port: dport, proto, family, _pad: [0; 2] };
+    kb.maps().flows.get(&key, 0).is_ok()
 }
 
 fn backend_addr(kb: &KernelBalancer, id: u32) -> IpAddr {
@@ -123,6 +171,14 @@ fn fixtures() {
         f.ipv4(&h.packet(&back))
     };
     assert_eq!(out, expected, "reverse NAT");
+    // The client's ACK of the SYN-ACK proves the flow: now remembered.
+    assert!(!remembered(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP), "an unproven flow is not remembered");
+    let ack = L4::Tcp { sport: 40000, dport: 443, seq: 0x1000_0001, ack: 8, flags: 0x10, window: 1000, payload: Vec::new() };
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack);
+    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+    tally(&mut m, &o);
+    assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::FlowProven)));
+    assert!(remembered(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP));
 
     // Port 80 → target 8080; UDP with and without a checksum.
     let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(40001, 80));
@@ -334,6 +390,12 @@ fn path_mtu_errors_reach_the_flows_backend() {
         // The flow, then an error about the VIP's reply to the client.
         let syn = client_frame(&kb, client, vip, &L4::tcp_syn(40000, 443));
         both(&mut kb, &mut model, &syn, out_if);
+        if vip == NAT4 || vip == NAT6 {
+            prove(&mut kb, &mut model, &mut model_counters(), (client, 40000), vip);
+        } else {
+            let frame = client_frame(&kb, client, vip, &L4::tcp_ack(40000, 443, &[]));
+            both(&mut kb, &mut model, &frame, out_if);
+        }
         let flow = flow_of(&kb, client, 40000, vip, 443, IPPROTO_TCP);
         let backend = backend_addr(&kb, flow.backend);
         let inside = if backend.is_ipv4() { "10.1.0.1" } else { "fd00:1::1" };
@@ -360,6 +422,9 @@ fn path_mtu_errors_reach_the_flows_backend() {
     // DSR: the error travels to the backend like the flow's packets.
     let syn = client_frame(&kb, CLIENT_V4, DSR4, &L4::tcp_syn(40000, 443));
     both(&mut kb, &mut model, &syn, out_if);
+    // A SYN is not remembered; the connection's next packet is.
+    let frame = client_frame(&kb, CLIENT_V4, DSR4, &L4::tcp_ack(40000, 443, &[]));
+    both(&mut kb, &mut model, &frame, out_if);
     let backend = backend_addr(&kb, flow_of(&kb, CLIENT_V4, 40000, DSR4, 443, IPPROTO_TCP).backend);
     let sent = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), DSR4, CLIENT_V4, &data, |_| {}, |_| {});
     let err = icmp_error("198.51.100.9", DSR4, &sent[14..], 548, 60);
@@ -440,7 +505,8 @@ fn a_full_nat_table_refuses_new_flows_as_such() {
     let counters = kb.maps().counters().unwrap();
     assert_eq!((counters[LbCounter::NatTableFull as usize], counters[LbCounter::SnatExhausted as usize]), (6, 0), "a full table is not SNAT exhaustion");
     // The flows that got in go on, in both directions.
-    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_ack(31000, 443, &[]));
+    prove(&mut kb, &mut model, &mut model_counters(), (CLIENT_V4, 31000), NAT4);
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::Tcp { sport: 31000, dport: 443, seq: 0x1000_0001, ack: 100, flags: 0x10, window: 1000, payload: Vec::new() });
     assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::FlowHit));
     // Forgotten by the flow table (as LRU eviction does), the flow is
     // placed again and finds its own NAT entry: no insert, so even a full
@@ -677,7 +743,12 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
                 e.last_seen_ns = 0;
                 (k, e)
             }).collect();
-        assert_eq!(knat, model.nat, "NAT tables after batch {batch}");
+        let mnat: HashMap<NatKey, NatEntry> = model.nat.iter().map(|(k, e)| (*k, NatEntry { last_seen_ns: 0, ..*e })).collect();
+        if knat != mnat {
+            let differ: Vec<_> = knat.iter().filter(|(k, e)| mnat.get(k) != Some(e)).map(|(k, e)| (k, e, mnat.get(k))).collect();
+            let missing: Vec<_> = mnat.keys().filter(|k| !knat.contains_key(k)).collect();
+            panic!("NAT tables after batch {batch}: kernel vs model {differ:#?}\nonly in the model: {missing:?}");
+        }
         for (id, s) in &stats {
             let (k, b) = (kb.maps().backend_stats(*id).unwrap(), stats_before[id]);
             let delta = (k.packets - b.packets, k.bytes - b.bytes, k.new_flows - b.new_flows);
@@ -797,13 +868,15 @@ fn a_syn_on_a_remembered_port_is_a_new_connection() {
     let mut model = kb.model();
     let syn = |kb: &KernelBalancer, sport| client_frame(kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
     let rst = |kb: &KernelBalancer, sport| {
-        client_frame(kb, CLIENT_V4, NAT4, &L4::Tcp { sport, dport: 443, seq: 2, ack: 2, flags: 0x14, window: 0, payload: vec![] })
+        client_frame(kb, CLIENT_V4, NAT4, &L4::Tcp { sport, dport: 443, seq: 0x1000_0001, ack: 100, flags: 0x14, window: 0, payload: vec![] })
     };
     // Connections from many ports, each ended by the client's RST.
     let ports: Vec<u16> = (42000..42060).collect();
     for &p in &ports {
-        let (opening, ending) = (syn(&kb, p), rst(&kb, p));
+        let opening = syn(&kb, p);
         both(&mut kb, &mut model, &opening, out_if);
+        prove(&mut kb, &mut model, &mut model_counters(), (CLIENT_V4, p), NAT4);
+        let ending = rst(&kb, p);
         both(&mut kb, &mut model, &ending, out_if);
     }
     let first: Vec<FlowEntry> = ports.iter().map(|p| flow_of(&kb, CLIENT_V4, *p, NAT4, 443, IPPROTO_TCP)).collect();
@@ -859,43 +932,61 @@ fn a_closed_connection_gives_its_snat_port_back() {
         let key = NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::isolator::FAMILY_V4, _pad: [0; 2] };
         (key, kb.maps().nat.get(&key, 0).expect("a NAT entry"))
     };
-    // Four connections: one stays open; the client closes one (FIN); the
-    // backend resets one; the backend closes one (FIN), then the client.
-    let ports = [41000u16, 41001, 41002, 41003];
+    // Five connections, each with its handshake (client ISN 1, backend
+    // ISN 100): one stays open; the client closes one (FIN); the backend
+    // resets one; the backend closes one (FIN), then the client; the last
+    // meets blind RSTs and FINs, which change nothing.
+    let ports = [41000u16, 41001, 41002, 41003, 41004];
+    let from_client = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, seq, ack, flags| -> Outcome {
+        let l4 = L4::Tcp { sport, dport: 443, seq, ack, flags, window: 500, payload: vec![] };
+        let frame = client_frame(kb, CLIENT_V4, NAT4, &l4);
+        both(kb, model, &frame, out_if).0
+    };
+    let from_backend = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, seq, ack, flags| -> Outcome {
+        let (key, _) = nat_entry(kb, sport);
+        let backend = lb_user::balancer::key_addr(&key.backend, key.family);
+        let l4 = L4::Tcp { sport: 443, dport: key.nat_port, seq, ack, flags, window: 1000, payload: vec![] };
+        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), "10.1.0.1", &l4, |_| {}, |_| {});
+        both(kb, model, &frame, in_if).0
+    };
     for sport in ports {
         let syn = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
         both(&mut kb, &mut model, &syn, out_if);
         assert_eq!(nat_entry(&kb, sport).1.closing, 0, "a SYN opens");
+        assert!(!remembered(&kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP), "a SYN is not remembered");
+        assert_eq!(from_backend(&mut kb, &mut model, sport, 100, 2, 0x12).counter, Some(LbCounter::NatReply));
+        let o = from_client(&mut kb, &mut model, sport, 2, 101, 0x10);
+        assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::FlowProven)), "the handshake's ACK proves");
+        assert!(remembered(&kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP), "a proven flow is remembered");
     }
-    let from_client = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, flags| {
-        let l4 = L4::Tcp { sport, dport: 443, seq: 2, ack: 2, flags, window: 500, payload: vec![] };
-        let frame = client_frame(kb, CLIENT_V4, NAT4, &l4);
-        both(kb, model, &frame, out_if);
-    };
-    let from_backend = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, flags| {
-        let (key, _) = nat_entry(kb, sport);
-        let backend = lb_user::balancer::key_addr(&key.backend, key.family);
-        let l4 = L4::Tcp { sport: 443, dport: key.nat_port, seq: 9, ack: 3, flags, window: 0, payload: vec![] };
-        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), "10.1.0.1", &l4, |_| {}, |_| {});
-        let (o, _) = both(kb, model, &frame, in_if);
-        assert_eq!(o.counter, Some(LbCounter::NatReply), "the backend's packet still reaches the client");
-    };
-    from_client(&mut kb, &mut model, 41000, 0x10);
-    from_client(&mut kb, &mut model, 41001, 0x11);
-    from_backend(&mut kb, &mut model, 41002, 0x04);
-    from_backend(&mut kb, &mut model, 41003, 0x11);
-    from_client(&mut kb, &mut model, 41003, 0x11);
+    from_client(&mut kb, &mut model, 41000, 2, 101, 0x10);
+    from_client(&mut kb, &mut model, 41001, 2, 101, 0x11);
+    assert_eq!(from_backend(&mut kb, &mut model, 41002, 101, 2, 0x04).counter, Some(LbCounter::NatReply));
+    assert_eq!(from_backend(&mut kb, &mut model, 41003, 101, 2, 0x11).counter, Some(LbCounter::NatReply));
+    from_client(&mut kb, &mut model, 41003, 2, 102, 0x11);
+    // Blind: RSTs and FINs far from the windows are dropped; a RST in the
+    // window but not exact passes, for the endpoint's challenge ACK.
+    for (seq, flags) in [(0x8000_0000u32, 0x04u8), (1, 0x04), (0x4000_0000, 0x11)] {
+        assert_eq!(from_client(&mut kb, &mut model, 41004, seq, 101, flags).counter, Some(LbCounter::OutOfWindow), "client {seq:#x} {flags:#x}");
+        assert_eq!(from_backend(&mut kb, &mut model, 41004, 101u32.wrapping_add(seq).wrapping_add(0x4000_0000), 2, flags).counter, Some(LbCounter::OutOfWindow));
+    }
+    let o = from_client(&mut kb, &mut model, 41004, 3, 101, 0x04);
+    assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::RstInexact)));
+    let o = from_backend(&mut kb, &mut model, 41004, 100, 2, 0x04);
+    assert_eq!((o.counter, o.extra), (Some(LbCounter::NatReply), Some(LbCounter::RstInexact)));
+    assert_eq!(nat_entry(&kb, 41004).1.closing, 0, "blind packets leave the connection open");
     let closing: Vec<u8> = ports.iter().map(|p| nat_entry(&kb, *p).1.closing).collect();
-    assert_eq!(closing, [0, NAT_CLOSED, NAT_CLOSED, NAT_TIME_WAIT], "open, client FIN, backend RST, backend FIN first");
+    assert_eq!(closing, [0, NAT_CLOSED, NAT_CLOSED, NAT_TIME_WAIT, 0], "open, client FIN, backend RST, backend FIN first, blind");
     let knat: HashMap<NatKey, NatEntry> = kb.maps().nat.iter().map(|r| r.unwrap()).map(|(k, mut e)| {
         e.last_seen_ns = 0;
         (k, e)
     }).collect();
-    assert_eq!(knat, model.nat, "the model marks the same entries");
+    let mnat: HashMap<NatKey, NatEntry> = model.nat.iter().map(|(k, e)| (*k, NatEntry { last_seen_ns: 0, ..*e })).collect();
+    assert_eq!(knat, mnat, "the model marks the same entries");
 
     // The sweep: closed entries go after `tcp_closed`, with their flows;
     // the open and the TIME_WAIT ones stay.
-    let keep: std::collections::BTreeSet<u16> = [41000, 41003].iter().map(|p| nat_entry(&kb, *p).0.nat_port).collect();
+    let keep: std::collections::BTreeSet<u16> = [41000, 41003, 41004].iter().map(|p| nat_entry(&kb, *p).0.nat_port).collect();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let secs = std::time::Duration::from_secs;
     let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };

@@ -149,6 +149,11 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         }
         return drop(c);
     }
+    // What the flow table holds for a SYN's 5-tuple is an earlier
+    // connection's, and a moved flow's entry is stale: both go.
+    if opens || s.placed.moved {
+        flow::forget(&s.flow);
+    }
     let mut also = 0;
     if mode == Mode::Nat {
         let r = flow::nat_flow(pkt, s, g, svc, opens);
@@ -162,9 +167,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         // A SYN is placed, not remembered: a flood of them must not evict
         // established flows. The connection's next packet is placed the
         // same way (the table is deterministic) and stays.
-        if opens {
-            flow::forget(&s.flow);
-        } else {
+        if !opens {
             flow::remember(&s.flow, &s.placed);
         }
         s.placed.new = opens || s.parsed.proto != IPPROTO_TCP;
