@@ -12,7 +12,10 @@
 //!   sequence space and FINs outside any window, from the client's side and
 //!   from the backend's (outside and inside), and a silence longer than the
 //!   closed timeout plus a sweep, the NAT entry is held, the server's push
-//!   reaches the client and the client's next send reaches the server.
+//!   reaches the client and the client's next send reaches the server. A
+//!   RST inside the window but not exact reaches the endpoint unchanged,
+//!   which answers with a challenge ACK (RFC 5961, as conntrack lets it),
+//!   and changes nothing at the edge either.
 //! - The positive control: real closes (client FIN, server FIN, client
 //!   RST) still end their entries within the closed timeout.
 //!
@@ -43,7 +46,7 @@ use harness::{
 /// one more exchange.
 fn learn_seqs(lab: &ForgeLab, conn: &mut Conn) -> wire::Seqs {
     let cap = RawSocket::open_capture(&lab.lab.client, "c-out").expect("capture on c-out");
-    conn.exchange("learning the sequence numbers").expect("an exchange");
+    conn.greet("learning the sequence numbers").expect("an exchange");
     // Long enough for a delayed ACK.
     let seen = cap.drain(Duration::from_millis(250)).expect("capture");
     wire::seqs(&seen, conn.client_addr, conn.vip).expect("segments both ways on the client's wire")
@@ -154,11 +157,27 @@ fn forged_replies_to_every_snat_port_reach_no_client() {
     assert!(holes.is_empty(), "forged replies got through:\n{}", holes.join("\n"));
 }
 
+/// What a blind attacker sends at one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attack {
+    /// [`Blind::RSTS`] RSTs stepping the whole sequence space, none with
+    /// the exact value.
+    RstSweep,
+    /// [`Blind::FINS`] FINs far outside any window.
+    FarFins,
+    /// One RST inside the window, [`IN_WINDOW`] past the exact value: it
+    /// must reach the endpoint unchanged (which answers with a challenge
+    /// ACK, RFC 5961) and change nothing at the edge.
+    InWindowRst,
+}
+
+/// How far past the exact value the in-window RST is.
+const IN_WINDOW: u32 = 1000;
+
 /// One blind attack on one connection.
 #[derive(Clone, Copy, Debug)]
 struct Blind {
-    /// RSTs stepping the whole space (else FINs far outside the window).
-    rst: bool,
+    attack: Attack,
     /// From the backend's address and port to the inside address (else
     /// from the client's to the VIP).
     from_backend: bool,
@@ -167,16 +186,18 @@ struct Blind {
 }
 
 impl Blind {
-    const ALL: [Blind; 6] = [
-        Blind { rst: true, from_backend: false, inside: false },
-        Blind { rst: false, from_backend: false, inside: false },
-        Blind { rst: true, from_backend: true, inside: false },
-        Blind { rst: false, from_backend: true, inside: false },
-        Blind { rst: true, from_backend: true, inside: true },
-        Blind { rst: false, from_backend: true, inside: true },
+    const ALL: [Blind; 8] = [
+        Blind { attack: Attack::RstSweep, from_backend: false, inside: false },
+        Blind { attack: Attack::FarFins, from_backend: false, inside: false },
+        Blind { attack: Attack::RstSweep, from_backend: true, inside: false },
+        Blind { attack: Attack::FarFins, from_backend: true, inside: false },
+        Blind { attack: Attack::RstSweep, from_backend: true, inside: true },
+        Blind { attack: Attack::FarFins, from_backend: true, inside: true },
+        Blind { attack: Attack::InWindowRst, from_backend: false, inside: false },
+        Blind { attack: Attack::InWindowRst, from_backend: true, inside: true },
     ];
 
-    /// RSTs per connection: one every 64 KiB of the sequence space.
+    /// RSTs per sweep: one every 64 KiB of the sequence space.
     const RSTS: u32 = 65536;
     /// FINs per connection, 64 KiB apart around the point opposite the
     /// real sequence number.
@@ -185,33 +206,66 @@ impl Blind {
     fn name(&self) -> String {
         format!(
             "{} {} from the {}",
-            if self.rst { format!("{} RSTs", Self::RSTS) } else { format!("{} FINs", Self::FINS) },
+            match self.attack {
+                Attack::RstSweep => format!("{} RSTs", Self::RSTS),
+                Attack::FarFins => format!("{} FINs", Self::FINS),
+                Attack::InWindowRst => format!("a RST {IN_WINDOW} into the window"),
+            },
             if self.from_backend { "backend → inside address" } else { "client → VIP" },
             if self.inside { "inside segment" } else { "outside segment" }
         )
     }
 
     /// Sends the attack on `conn` (whose sequence numbers are `seqs`);
-    /// returns the frames sent, all seen arriving at the edge.
-    fn send(&self, lab: &ForgeLab, conn: &Conn, seqs: wire::Seqs) -> u64 {
+    /// returns the frames sent (all seen arriving at the edge) and, for an
+    /// in-window RST, whether it reached the endpoint unchanged and was
+    /// answered with a challenge ACK.
+    fn send(&self, lab: &ForgeLab, conn: &Conn, seqs: wire::Seqs) -> (u64, Result<(), String>) {
         let v6 = conn.vip.is_ipv6();
         let attacker: Attacker = if self.inside { lab.inside_attacker() } else { lab.outside_attacker() };
         let witness = Witness::start(&lab.lab.edge, if self.inside { "e-in" } else { "e-out" });
+        let backend = SocketAddr::new(lab.backend(v6), TCP_PORT);
         // Who it pretends to be, and the numbers the receiver expects.
         let (src, dst, real, ack): (SocketAddr, SocketAddr, u32, u32) = if self.from_backend {
-            (SocketAddr::new(lab.backend(v6), TCP_PORT), conn.snat, seqs.server_next, seqs.client_next)
+            (backend, conn.snat, seqs.server_next, seqs.client_next)
         } else {
             (conn.client_addr, conn.vip, seqs.client_next, seqs.server_next)
         };
         let segment = |seq: u32, flags: u8, ack: u32| frames::tcp(src.port(), dst.port(), seq, ack, flags, &[]);
-        let sent = if self.rst {
-            attacker.send_all(src.ip(), dst.ip(), frames::sweep(real, Self::RSTS).map(|q| segment(q, RST, 0)))
-        } else {
-            attacker.send_all(src.ip(), dst.ip(), frames::far(real, Self::FINS, 65536).map(|q| segment(q, FIN | ACK, ack)))
+        // The wires of the client and of the backend, for the in-window RST.
+        let caps = (self.attack == Attack::InWindowRst).then(|| {
+            let client = RawSocket::open_capture_incoming(&lab.lab.client, "c-out").expect("capture on c-out");
+            let server = RawSocket::open_capture_incoming(&lab.lab.workers[0], "eth0").expect("capture on w1's eth0");
+            (client, server)
+        });
+        let sent = match self.attack {
+            Attack::RstSweep => attacker.send_all(src.ip(), dst.ip(), frames::sweep(real, Self::RSTS).map(|q| segment(q, RST, 0))),
+            Attack::FarFins => attacker.send_all(src.ip(), dst.ip(), frames::far(real, Self::FINS, 65536).map(|q| segment(q, FIN | ACK, ack))),
+            Attack::InWindowRst => attacker.send_all(src.ip(), dst.ip(), [segment(real.wrapping_add(IN_WINDOW), RST, 0)]),
         }
         .unwrap();
         witness.saw_at_least(sent, &self.name());
-        sent
+        let Some((client_cap, server_cap)) = caps else { return (sent, Ok(())) };
+        std::thread::sleep(QUIET);
+        let at_client: Vec<wire::Segment> = client_cap.drain(Duration::from_millis(50)).unwrap().iter().filter_map(|f| wire::segment(f)).collect();
+        let at_server: Vec<wire::Segment> = server_cap.drain(Duration::from_millis(50)).unwrap().iter().filter_map(|f| wire::segment(f)).collect();
+        // The endpoint the RST was aimed at, as the balancer translates it.
+        let (endpoint, peer, rst_on, ack_on) = if self.from_backend {
+            ((conn.vip, conn.client_addr), (conn.snat, backend), &at_client, &at_server)
+        } else {
+            ((conn.snat, backend), (conn.vip, conn.client_addr), &at_server, &at_client)
+        };
+        let rst_seq = real.wrapping_add(IN_WINDOW);
+        let got_rst = rst_on.iter().any(|s| (s.src, s.dst) == endpoint && s.flags & RST != 0 && s.seq == rst_seq);
+        // The endpoint's challenge ACK, back through the balancer: a pure
+        // ACK of what it has received (nothing moved on this connection).
+        let challenge = ack_on.iter().any(|s| (s.src, s.dst) == peer && s.flags & (RST | FIN) == 0 && s.flags & ACK != 0 && s.payload.is_empty() && s.ack == real);
+        let verdict = match (got_rst, challenge) {
+            (true, true) => Ok(()),
+            (false, _) => Err(format!("the in-window RST (seq {rst_seq}) did not reach the endpoint unchanged: {rst_on:?}")),
+            (true, false) => Err(format!("no challenge ACK came back from the endpoint: {ack_on:?}")),
+        };
+        (sent, verdict)
     }
 }
 
@@ -230,15 +284,22 @@ fn blind_resets_and_fins_leave_a_nat_connection_open() {
     let before = lab.counters();
     let t = Instant::now();
     let mut sent = 0;
-    for (_, blind, conn, seqs) in &cases {
-        sent += blind.send(&lab, conn, *seqs);
+    let mut holes = Vec::new();
+    for (v6, blind, conn, seqs) in &cases {
+        let (n, passed) = blind.send(&lab, conn, *seqs);
+        sent += n;
+        if let Err(e) = passed {
+            holes.push(format!("{}, {}: {e}", family(*v6), blind.name()));
+        }
     }
     let forging = t.elapsed();
     // What an attack let through at once: the stream must be untouched (an
     // in-window RST is answered with a challenge ACK, not obeyed).
-    let mut holes = Vec::new();
-    for (v6, blind, conn, _) in &mut cases {
-        if let Err(e) = conn.client_quiet() {
+    // (All connections at once: each check waits QUIET.)
+    let quiet: Vec<anyhow::Result<()>> =
+        std::thread::scope(|sc| cases.iter_mut().map(|(_, _, c, _)| sc.spawn(move || c.client_quiet())).collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap()).collect());
+    for ((v6, blind, _, _), q) in cases.iter().zip(quiet) {
+        if let Err(e) = q {
             holes.push(format!("{}, {}: right after the attack, the client's socket: {e:#}", family(*v6), blind.name()));
         }
     }
@@ -248,11 +309,18 @@ fn blind_resets_and_fins_leave_a_nat_connection_open() {
     // Silence: an entry the attack marked closed is swept by now.
     std::thread::sleep(ENDED_WITHIN);
     let held: Vec<bool> = cases.iter().map(|(_, _, c, _)| lab.holds(c.snat)).collect();
+    // The server's push, then the client's next send, on every connection
+    // at once (a failed one waits DELIVERY).
+    let lives: Vec<(anyhow::Result<()>, anyhow::Result<()>)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = cases
+            .iter_mut()
+            .map(|(_, _, c, _)| sc.spawn(move || (c.push(b"the server's push after the silence\n"), c.send(b"the client's next send\n"))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let mut table = Vec::new();
-    for ((v6, blind, conn, _), held) in cases.iter_mut().zip(held) {
+    for (((v6, blind, _, _), held), (push, send)) in cases.iter().zip(held).zip(lives) {
         let case = format!("{}, {}", family(*v6), blind.name());
-        let push = conn.push(b"the server's push after the silence\n");
-        let send = conn.send(b"the client's next send\n");
         let verdict = |r: &anyhow::Result<()>| r.as_ref().map_or_else(|e| format!("FAILED ({e:#})"), |()| "ok".into());
         table.push(format!("{case}: entry {}, push {}, next send {}", if held { "held" } else { "GONE" }, verdict(&push), verdict(&send)));
         if !held || push.is_err() || send.is_err() {

@@ -62,8 +62,18 @@ impl Conn {
         let (server, snat) = accept(listener, DELIVERY)?;
         let client_addr = client.local_addr()?;
         let mut c = Self { client, server, client_addr, vip, snat };
-        c.exchange(&format!("hello {client_addr}"))?;
+        c.greet(&format!("hello {client_addr}"))?;
         Ok(c)
+    }
+
+    /// A push and a send carrying `tag`, each checked for its bytes only
+    /// (no [`QUIET`] wait after them): for setting up.
+    pub fn greet(&mut self, tag: &str) -> Result<()> {
+        let (push, send) = (format!("server: {tag}\n"), format!("client: {tag}\n"));
+        self.server.write_all(push.as_bytes()).context("the server's push")?;
+        read_exactly(&mut self.client, push.as_bytes()).context("the client receiving the server's push")?;
+        self.client.write_all(send.as_bytes()).context("the client's send")?;
+        read_exactly(&mut self.server, send.as_bytes()).context("the server receiving the client's send")
     }
 
     /// The server pushes `bytes`; the client must receive exactly them.
@@ -122,6 +132,12 @@ pub fn expect_end(s: &mut TcpStream) -> io::Result<()> {
 /// Reads exactly `want` within [`DELIVERY`], then requires [`QUIET`]:
 /// bytes that differ, come short, or come on top are an error naming them.
 pub fn expect_exactly(s: &mut TcpStream, want: &[u8]) -> Result<()> {
+    read_exactly(s, want)?;
+    nothing_more(s)
+}
+
+/// Reads `want.len()` bytes within [`DELIVERY`]; they must be `want`.
+pub fn read_exactly(s: &mut TcpStream, want: &[u8]) -> Result<()> {
     let mut got = Vec::with_capacity(want.len());
     let deadline = Instant::now() + DELIVERY;
     let mut buf = [0u8; 4096];
@@ -141,7 +157,7 @@ pub fn expect_exactly(s: &mut TcpStream, want: &[u8]) -> Result<()> {
     if got != want {
         bail!("got {:?}, want {:?}", String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
     }
-    nothing_more(s)
+    Ok(())
 }
 
 /// Fails if `s` has anything to read within [`QUIET`].
