@@ -95,6 +95,26 @@ impl RawSocket {
         Ok(sock)
     }
 
+    /// A capture socket that receives only the frames arriving *on*
+    /// `ifname` (`PACKET_IGNORE_OUTGOING`): what the host behind it is
+    /// handed, not what it (or a raw socket of the test) sends.
+    pub fn open_capture_incoming(ns: &Netns, ifname: &str) -> Result<Self> {
+        let sock = Self::open_capture(ns, ifname)?;
+        sys::setsockopt(sock.fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1i32)
+            .context("PACKET_IGNORE_OUTGOING")?;
+        Ok(sock)
+    }
+
+    /// Every frame already queued on a capture socket (waits at most
+    /// `quiet` for each next one).
+    pub fn drain(&self, quiet: Duration) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        while let Some(f) = self.recv_timeout(quiet)? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
     fn open_proto(ns: &Netns, ifname: &str, protocol: u16) -> Result<Self> {
         let ifindex = crate::topology::ifindex(ns, ifname)?;
         let fd = ns
