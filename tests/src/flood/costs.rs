@@ -18,6 +18,7 @@ pub const WATCHED: [&str; 6] =
 pub struct Snapshot {
     /// `balancer` counters by name.
     pub counters: serde_json::Map<String, Value>,
+    /// NAT entries held.
     pub nat_entries: Option<u64>,
 }
 

@@ -27,12 +27,23 @@ use crate::{tls, Netns};
 #[derive(Clone, Debug)]
 pub enum Target {
     /// Connect, full TLS handshake with `sni` (certificate verified), close.
-    Tls { addr: SocketAddr, sni: String },
+    Tls {
+        /// The VIP and port.
+        addr: SocketAddr,
+        /// The server name sent and verified.
+        sni: String,
+    },
     /// Connect, `GET /` over HTTP/1.1, answer read, close.
-    Http { addr: SocketAddr },
+    Http {
+        /// The VIP and port.
+        addr: SocketAddr,
+    },
     /// A request datagram from a fresh socket, resent every second until
     /// its echo comes back or the timeout passes (as a DNS resolver does).
-    Udp { addr: SocketAddr },
+    Udp {
+        /// The VIP and port.
+        addr: SocketAddr,
+    },
 }
 
 impl Target {
@@ -214,18 +225,25 @@ pub struct Results {
     pub attempts: Vec<Attempt>,
     /// Phase names and starts, in order.
     pub marks: Vec<(String, Duration)>,
+    /// What the attempts' `target` indexes.
     pub targets: Vec<Target>,
 }
 
 /// One phase's (or several phases') figures.
 #[derive(Clone, Debug, Default)]
 pub struct Phase {
+    /// The phase's (or group's) name.
     pub name: String,
+    /// Attempts started in it.
     pub attempts: usize,
+    /// Of those, failed.
     pub failed: usize,
-    /// Connect (UDP: answer) times of the attempts that connected, ms.
+    /// Connect (UDP: answer) times of the attempts that connected, ms:
+    /// median, 99th percentile, maximum.
     pub connect_p50_ms: f64,
+    /// See [`Phase::connect_p50_ms`].
     pub connect_p99_ms: f64,
+    /// See [`Phase::connect_p50_ms`].
     pub connect_max_ms: f64,
     /// Failures by target and error (the error cut to its gist).
     pub errors: BTreeMap<String, usize>,

@@ -67,8 +67,9 @@ impl Rate {
 /// What to flood and from where.
 #[derive(Clone, Debug)]
 pub struct Spec {
-    /// The attacker's namespace and interface (on the outside segment).
+    /// The attacker's namespace (on the outside segment).
     pub ns: Netns,
+    /// The attacker's interface there.
     pub ifname: String,
     /// Source and destination MACs of the frames (the attacker's, the
     /// next hop's).
@@ -77,6 +78,7 @@ pub struct Spec {
     pub dsts: Vec<IpAddr>,
     /// Destination ports; frames rotate over them.
     pub ports: Vec<u16>,
+    /// SYNs or UDP datagrams.
     pub kind: Kind,
     /// Seeds the forged sources (a run can be repeated).
     pub seed: u64,
@@ -182,7 +184,9 @@ impl Drop for Flood {
 /// Frames sent in a stretch of a flood, and the rate.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stretch {
+    /// Frames sent.
     pub frames: u64,
+    /// How long the stretch took.
     pub seconds: f64,
     /// Frames the receiving interface counted in the same time (its
     /// `rx_packets`), when read.
@@ -219,9 +223,13 @@ pub fn stretch(flood: &Flood, rate: Rate, how_long: Duration, rx: Option<(&Netns
 /// An interface's packet counters.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LinkStats {
+    /// Packets received.
     pub rx_packets: u64,
+    /// Packets dropped on receive.
     pub rx_dropped: u64,
+    /// Packets sent.
     pub tx_packets: u64,
+    /// Packets dropped on send.
     pub tx_dropped: u64,
 }
 
