@@ -157,6 +157,7 @@ fn route_forged_replies(r: &Running) {
 fn run(r: Running, mode: &str, kind: Kind, ports: &[u16], _setups: Option<BackendSetups>) {
     route_forged_replies(&r);
     let (client, edge) = (&r.lab.client, &r.lab.edge);
+    flood::spread_receive(edge, "e-out");
     let v4 = |p| SocketAddr::new(IpAddr::V4(VIP_V4), p);
     let v6 = |p| SocketAddr::new(IpAddr::V6(VIP_V6), p);
     let (targets, _udp): (Vec<Target>, Vec<UdpService>) = match kind {
@@ -189,7 +190,9 @@ fn run(r: Running, mode: &str, kind: Kind, ports: &[u16], _setups: Option<Backen
         kind,
         seed: 0x5eed_f100d,
     };
+    let stacks: Vec<&harness::Netns> = std::iter::once(edge).chain(&r.lab.workers).collect();
     let before = costs::Snapshot::of(&r.inst.status());
+    let kernel_before = costs::kernel(&stacks);
     let clients = Clients::start(client, targets, LEGIT_PER_SECOND, LEGIT_TIMEOUT, Some(Arc::new(tls_client(&r.ca))));
     std::thread::sleep(BEFORE);
     let log_mark = r.daemon.output_so_far().len();
@@ -197,11 +200,13 @@ fn run(r: Running, mode: &str, kind: Kind, ports: &[u16], _setups: Option<Backen
     let flood = Flood::start(spec, Rate::Max).expect("the flood starts");
     let rx = Some((edge, "e-out"));
     let burst = flood::stretch(&flood, Rate::Max, BURST, rx);
+    let load = costs::loadavg();
     clients.mark("sustained");
     let sustained = flood::stretch(&flood, Rate::PerSecond(SUSTAINED_RATE), sustained(), rx);
     let refused = flood.refused();
     let total = flood.stop().unwrap();
     let flooded = costs::Snapshot::of(&r.inst.status());
+    let kernel_flooded = costs::kernel(&stacks);
     clients.mark("after");
     std::thread::sleep(AFTER);
     let results = clients.stop();
@@ -224,10 +229,11 @@ fn run(r: Running, mode: &str, kind: Kind, ports: &[u16], _setups: Option<Backen
     println!("warm-up: {} of {} attempts answered", warm.attempts.iter().filter(|a| a.error.is_none()).count(), warm.attempts.len());
     println!("flood, full rate: {}", show(&burst));
     println!("flood, sustained: {}", show(&sustained));
-    println!("flood: {total} frames in all, {refused} refused by the sender's device");
+    println!("flood: {total} frames in all, {refused} refused by the sender's device (full queue); load average {load:.1} at the full rate's end");
     println!("legitimate clients ({LEGIT_PER_SECOND}/s, {LEGIT_TIMEOUT:?} per step):");
     print!("{}", results.table(&[("during (burst+sustained)", &["burst", "sustained"])]));
     println!("what the flood cost (counters during the flood):\n{}", costs::report(&before, &flooded));
+    println!("TCP stacks of the edge and the workers during the flood: {}", costs::kernel_line(&kernel_before, &kernel_flooded));
     println!("counters after the quiet {AFTER:?}:\n{}", costs::report(&flooded, &after));
     if warnings.is_empty() {
         println!("NOTE: the agent logged no warning during the flood");

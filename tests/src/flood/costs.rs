@@ -84,3 +84,43 @@ pub fn line(before: &Snapshot, after: &Snapshot) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The kernel's counters of what a SYN flood costs a TCP stack (the
+/// edge's for a proxy, the backends' behind a balancer): SYN cookies sent,
+/// validated and refused, listen queue overflows.
+pub const KERNEL: [&str; 5] =
+    ["TcpExtSyncookiesSent", "TcpExtSyncookiesRecv", "TcpExtSyncookiesFailed", "TcpExtListenOverflows", "TcpExtListenDrops"];
+
+/// [`KERNEL`] summed over `namespaces` (absent counters read 0).
+pub fn kernel(namespaces: &[&crate::Netns]) -> Vec<u64> {
+    let mut sums = vec![0; KERNEL.len()];
+    for ns in namespaces {
+        let Ok(c) = crate::nstat(ns) else { continue };
+        for (i, k) in KERNEL.iter().enumerate() {
+            sums[i] += c.get(*k).copied().unwrap_or(0);
+        }
+    }
+    sums
+}
+
+/// The rises of [`KERNEL`] from `before` to `after`, the non-zero ones
+/// as `SyncookiesSent +N, …` (`TcpExt` left out), or `none`.
+pub fn kernel_line(before: &[u64], after: &[u64]) -> String {
+    let parts: Vec<String> = KERNEL
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a > b)
+        .map(|(k, (b, a))| format!("{} +{}", k.trim_start_matches("TcpExt"), a - b))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The 1-minute load average (`/proc/loadavg`): how busy the shared
+/// machine was, beside the rates measured on it.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN)
+}

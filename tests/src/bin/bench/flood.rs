@@ -80,6 +80,12 @@ struct Sample {
     streams_kept: usize,
     streams: usize,
     costs: String,
+    /// SYN cookies and listen drops of the edge's and the workers' stacks.
+    kernel: String,
+    /// Connection tracking (nftables): entries at the full rate's end, drops.
+    conntrack: String,
+    /// The 1-minute load average at the full rate's end.
+    load: f64,
     warnings: Vec<String>,
 }
 
@@ -96,10 +102,11 @@ pub fn run(opts: &Opts) -> Result<Section> {
         let turn = measure(&lab, &tls, &plan, *mode, i).map_err(|e| format!("{e:#}"));
         match &turn {
             Ok(s) => eprintln!(
-                "  {:<26} flood {:.0}/s at the edge ({:.0}/s sent), legitimate failed: before {}/{}, during {}/{}, after {}/{}; streams {}/{}; {}",
+                "  {:<26} flood {:.0}/s at the edge ({:.0}/s sent, load {:.1}), legitimate failed: before {}/{}, during {}/{}, after {}/{}; streams {}/{}; {} {} {}",
                 mode.label(),
                 s.burst.received_rate().unwrap_or(f64::NAN),
                 s.burst.rate(),
+                s.load,
                 s.before.failed,
                 s.before.attempts,
                 s.during.failed,
@@ -108,7 +115,9 @@ pub fn run(opts: &Opts) -> Result<Section> {
                 s.after.attempts,
                 s.streams_kept,
                 s.streams,
-                s.costs
+                s.costs,
+                s.kernel,
+                s.conntrack
             ),
             Err(e) => eprintln!("  {:<26} failed: {e}", mode.label()),
         }
@@ -135,12 +144,16 @@ fn measure(lab: &Lab, tls: &Arc<rustls::ClientConfig>, plan: &Plan, mode: Mode, 
     modes::check_clean(lab)?;
     let installed = mode.install(lab, &format!("fl{i}"))?;
     let (client, edge) = (&lab.lab.client, &lab.lab.edge);
+    flood::spread_receive(edge, "e-out");
     let http = Targets { srcs: mode.srcs(i), dsts: mode.dsts(80) };
     load::warm_up(client, &http, WORKERS, Duration::from_secs(5))?;
     let vip = |p| SocketAddr::new(IpAddr::V4(VIP_V4), p);
     let targets = vec![Target::Tls { addr: vip(443), sni: "a.com".into() }, Target::Http { addr: vip(80) }];
     let streams = Streaming::open(client, IpAddr::V4(VIP_V4), STREAMS, Duration::from_millis(250));
+    let stacks: Vec<&harness::Netns> = std::iter::once(&lab.lab.edge).chain(&lab.lab.workers).collect();
     let before = costs::Snapshot::of(&installed.status().unwrap_or_default());
+    let kernel_before = costs::kernel(&stacks);
+    let ct_before = conntrack_stats(&lab.lab.edge);
     let log_mark = installed.log().len();
     let clients = Clients::start(client, targets, LEGIT_PER_SECOND, LEGIT_TIMEOUT, Some(tls.clone()));
     std::thread::sleep(plan.before);
@@ -157,10 +170,21 @@ fn measure(lab: &Lab, tls: &Arc<rustls::ClientConfig>, plan: &Plan, mode: Mode, 
     let f = Flood::start(spec, Rate::Max).context("the flood")?;
     let rx = Some((edge, "e-out"));
     let burst = flood::stretch(&f, Rate::Max, plan.burst, rx);
+    let load = costs::loadavg();
+    let ct_count = edge.exec(&["conntrack", "-C"]).map(|s| s.trim().to_owned()).unwrap_or_default();
     clients.mark("sustained");
     let sustained = flood::stretch(&f, Rate::PerSecond(plan.sustained_rate), plan.sustained, rx);
     f.stop()?;
     let flooded = costs::Snapshot::of(&installed.status().unwrap_or_default());
+    let kernel = costs::kernel_line(&kernel_before, &costs::kernel(&stacks));
+    let ct_after = conntrack_stats(&lab.lab.edge);
+    let conntrack = if mode == Mode::NftDnatMasq {
+        let rises: Vec<String> =
+            ct_after.iter().filter(|(k, v)| **v > ct_before.get(*k).copied().unwrap_or(0)).map(|(k, v)| format!("{k} +{}", v - ct_before.get(k).copied().unwrap_or(0))).collect();
+        format!("{ct_count} entries at the full rate's end; {}", if rises.is_empty() { "no drops".into() } else { rises.join(", ") })
+    } else {
+        String::new()
+    };
     clients.mark("after");
     std::thread::sleep(plan.after);
     let results = clients.stop();
@@ -176,8 +200,26 @@ fn measure(lab: &Lab, tls: &Arc<rustls::ClientConfig>, plan: &Plan, mode: Mode, 
         streams_kept: ended.iter().filter(|e| e.outcome == Outcome::Alive).count(),
         streams: ended.len(),
         costs,
+        kernel,
+        conntrack,
+        load,
         warnings,
     })
+}
+
+/// `conntrack -S`'s drop counters (summed over CPUs) in `ns`.
+fn conntrack_stats(ns: &harness::Netns) -> std::collections::BTreeMap<String, u64> {
+    let mut sums = std::collections::BTreeMap::new();
+    for line in ns.exec(&["conntrack", "-S"]).unwrap_or_default().lines() {
+        for field in line.split_whitespace() {
+            if let Some((k, v)) = field.split_once('=') {
+                if ["insert_failed", "drop", "early_drop"].contains(&k) {
+                    *sums.entry(k.to_owned()).or_default() += v.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    sums
 }
 
 fn ms(x: f64) -> String {
@@ -237,11 +279,21 @@ fn section(plan: &Plan, rows: &[(Mode, std::result::Result<Sample, String>)]) ->
             }
         }
     }
-    md += "\n## The flood\n\n*sent*: frames `sendmmsg` took; *at the edge*: frames the edge's outside interface received in the same time.\n\n| subject | full rate sent/s | full rate at the edge/s | sustained sent/s | sustained at the edge/s |\n| --- | --- | --- | --- | --- |\n";
+    md += "\n## The flood\n\n*sent*: frames `sendmmsg` took; *at the edge*: frames the edge's outside interface received in the same time; *load*: the machine's 1-minute load average at the full rate's end (2 cores, shared with other work: a high load means a lower rate). *TCP stacks*: SYN cookies and listen-queue drops of the edge's and the workers' kernels during the flood (HAProxy: the edge answers; the balancers: the workers do).\n\n| subject | full rate sent/s | full rate at the edge/s | sustained sent/s | sustained at the edge/s | load | TCP stacks |\n| --- | --- | --- | --- | --- | --- | --- |\n";
     for (mode, r) in rows {
         if let Ok(s) = r {
             let at = |x: &Stretch| x.received_rate().map_or("?".into(), |v| format!("{v:.0}"));
-            let _ = writeln!(md, "| {} | {:.0} | {} | {:.0} | {} |", mode.label(), s.burst.rate(), at(&s.burst), s.sustained.rate(), at(&s.sustained));
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {} | {:.0} | {} | {:.1} | {} |",
+                mode.label(),
+                s.burst.rate(),
+                at(&s.burst),
+                s.sustained.rate(),
+                at(&s.sustained),
+                s.load,
+                s.kernel
+            );
         }
     }
     md += "\n## What it cost swarmlb, and what the agent said\n\nCounter rises over the flood (by name; *absent*: not a counter of the measured build).\n\n";
@@ -257,6 +309,13 @@ fn section(plan: &Plan, rows: &[(Mode, std::result::Result<Sample, String>)]) ->
         for w in s.warnings.iter().take(4) {
             let w = w.split_once("WARN").map_or(w.as_str(), |(_, rest)| rest).trim();
             let _ = writeln!(md, "  - warning: `{}`", w.chars().take(240).collect::<String>());
+        }
+    }
+    for (mode, r) in rows {
+        if let Ok(s) = r {
+            if !s.conntrack.is_empty() {
+                let _ = writeln!(md, "- **{}** (conntrack): {}", mode.label(), s.conntrack);
+            }
         }
     }
     md += "\nFailures by cause:\n\n";
