@@ -157,7 +157,6 @@ fn route_forged_replies(r: &Running) {
 fn run(r: Running, mode: &str, kind: Kind, ports: &[u16], _setups: Option<BackendSetups>) {
     route_forged_replies(&r);
     let (client, edge) = (&r.lab.client, &r.lab.edge);
-    flood::spread_receive(edge, "e-out");
     let v4 = |p| SocketAddr::new(IpAddr::V4(VIP_V4), p);
     let v6 = |p| SocketAddr::new(IpAddr::V6(VIP_V6), p);
     let (targets, _udp): (Vec<Target>, Vec<UdpService>) = match kind {

@@ -247,19 +247,3 @@ pub fn link_stats(ns: &Netns, ifname: &str) -> Result<LinkStats> {
     })
 }
 
-/// Lets `ifname` in `ns` (the edge's side of the attacker's link) process
-/// what it receives on a CPU of its own: threaded NAPI, so the receive
-/// poll (where XDP runs) is a kernel thread the scheduler places, not a
-/// softirq on the sender's CPU; and RPS over every CPU for the stack's
-/// path without XDP. On one machine the attacker's sends and the edge's
-/// receive would otherwise share a core, where an edge and an attacker
-/// on the internet do not. Best effort: a kernel without either keeps
-/// its default.
-pub fn spread_receive(ns: &Netns, ifname: &str) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(32);
-    let mask = format!("{:x}", (1u64 << cpus) - 1);
-    let script = format!(
-        "echo 1 > /sys/class/net/{ifname}/threaded; for q in /sys/class/net/{ifname}/queues/rx-*; do echo {mask} > $q/rps_cpus; done"
-    );
-    let _ = ns.exec(&["sh", "-c", &script]);
-}

@@ -144,7 +144,6 @@ fn measure(lab: &Lab, tls: &Arc<rustls::ClientConfig>, plan: &Plan, mode: Mode, 
     modes::check_clean(lab)?;
     let installed = mode.install(lab, &format!("fl{i}"))?;
     let (client, edge) = (&lab.lab.client, &lab.lab.edge);
-    flood::spread_receive(edge, "e-out");
     let http = Targets { srcs: mode.srcs(i), dsts: mode.dsts(80) };
     load::warm_up(client, &http, WORKERS, Duration::from_secs(5))?;
     let vip = |p| SocketAddr::new(IpAddr::V4(VIP_V4), p);
