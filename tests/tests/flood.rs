@@ -16,6 +16,13 @@
 //! The floods run one at a time (they each want a whole core of this
 //! machine). `SWARMLB_FLOOD_SUSTAIN_S` sets the sustained phase (30 s).
 //!
+//! What the `nat` flood takes: SYNs to two ports of both VIPs reach 4
+//! (VIP, port) × 3 backends × 31 744 SNAT ports, more than the default
+//! 262 144 NAT entries, so the NAT table fills before the ports do (on a
+//! build that hands both out on a SYN alone: `drop_nat_table_full`, then
+//! `drop_snat_exhausted`). A defence that reclaims an unproven entry only
+//! when no port is free has to cover the full table too.
+//!
 //! Where the replies to forged sources go: the edge gets a default route
 //! out of its outside interface to the client namespace, as an internet
 //! edge has one to its upstream (without it, a reverse-path check on the
