@@ -88,7 +88,7 @@ pub fn forged_v6(rng: &mut Rng) -> Ipv6Addr {
         let hi = (rng.next_u64() & !(0xe000u64 << 48)) | (0x2000u64 << 48);
         let a = Ipv6Addr::from((u128::from(hi) << 64) | u128::from(rng.next_u64()));
         let s = a.segments();
-        let special = (s[0] == 0x2001 && s[1] < 0x0200) || (s[0] == 0x2001 && s[1] == 0x0db8) || s[0] == 0x2002;
+        let special = (s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8)) || s[0] == 0x2002;
         if !special {
             return a;
         }
