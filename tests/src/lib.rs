@@ -22,6 +22,7 @@ pub mod counters;
 pub mod daemon;
 pub mod edge_lab;
 pub mod evasion;
+pub mod flood;
 pub mod forge;
 pub mod fuzz;
 pub mod ha_lab;

@@ -48,7 +48,7 @@ enum Task {
         /// Fewer, shorter rounds (about 2 minutes); results in bench/results/quick/.
         #[arg(long)]
         quick: bool,
-        /// Only these sections (comma-separated: xdp, control, e2e).
+        /// Only these sections (comma-separated: xdp, control, e2e, flood).
         #[arg(long)]
         only: Option<String>,
     },

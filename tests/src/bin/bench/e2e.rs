@@ -21,9 +21,9 @@
 //! second, and one iperf3 stream.
 
 mod cpu;
-mod lab;
-mod load;
-mod modes;
+pub(crate) mod lab;
+pub(crate) mod load;
+pub(crate) mod modes;
 mod summary;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

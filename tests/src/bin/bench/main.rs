@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--only xdp,e2e,control]`: what swarmlb
+//! `cargo xtask bench [--quick] [--only xdp,e2e,control,flood]`: what swarmlb
 //! costs, measured beside the alternatives in the same run. Nothing here
 //! passes or fails; it reports.
 //!
@@ -7,6 +7,8 @@
 //! - [`e2e`]: connections through real namespaces, swarmlb's modes beside
 //!   no balancer, nftables and HAProxy.
 //! - [`control`]: Maglev table builds, Swarm sync latency, agent memory.
+//! - [`flood`]: a SYN flood from forged sources against swarmlb, nftables
+//!   and HAProxy, with legitimate clients connecting throughout.
 //!
 //! Every section interleaves its subjects round by round (A B C A B C …)
 //! and reports medians with min–max ([`report`]). Results go to
@@ -15,6 +17,7 @@
 
 mod control;
 mod e2e;
+mod flood;
 mod report;
 mod xdp;
 
@@ -37,7 +40,7 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--quick" => quick = true,
             "--only" => only = Some(args.next().unwrap_or_default().split(',').map(str::to_owned).collect()),
-            other => bail!("unknown argument {other:?} (try --quick, --only xdp,e2e,control)"),
+            other => bail!("unknown argument {other:?} (try --quick, --only xdp,e2e,control,flood)"),
         }
     }
     let opts = Opts { quick };
@@ -48,7 +51,7 @@ fn main() -> Result<()> {
     let machine = report::Machine::read();
     let mut sections = Vec::new();
     type Section = fn(&Opts) -> Result<report::Section>;
-    let all: [(&str, Section); 3] = [("xdp", xdp::run), ("control", control::run), ("e2e", e2e::run)];
+    let all: [(&str, Section); 4] = [("xdp", xdp::run), ("control", control::run), ("e2e", e2e::run), ("flood", flood::run)];
     for (name, run) in all {
         if !wanted(name) {
             continue;

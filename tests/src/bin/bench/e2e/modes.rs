@@ -34,6 +34,10 @@ pub enum Mode {
     SwarmlbDsrL2,
     /// nftables DNAT (jhash over the client's address and port) through conntrack.
     NftDnat,
+    /// [`Mode::NftDnat`] with masquerade towards the workers (the edge's
+    /// address and a port of its own, as swarmlb's `nat`): the flood
+    /// section's peer, not an e2e mode.
+    NftDnatMasq,
     /// nftables netdev ingress `fwd` to a jhash-chosen backend (L2 DSR, no conntrack).
     NftFwd,
     /// HAProxy in TCP mode (a proxy: two connections per client connection).
@@ -64,6 +68,7 @@ impl Mode {
             Mode::SwarmlbDsr => "swarmlb dsr",
             Mode::SwarmlbDsrL2 => "swarmlb dsr-l2",
             Mode::NftDnat => "nftables DNAT",
+            Mode::NftDnatMasq => "nftables DNAT+masquerade",
             Mode::NftFwd => "nftables fwd",
             Mode::Haproxy => "HAProxy tcp",
         }
@@ -105,8 +110,12 @@ impl Mode {
                 done.backends = backend_setup(lab, mode, tag)?;
                 done.swarmlb = Some(RunningDaemon::start(&lab.lab.edge, &format!("bench{tag}"), &swarmlb_config(mode)));
             }
-            Mode::NftDnat => {
-                done.nft_table = Some(nft_load(&lab.lab.edge, "ip", &nft_dnat(), tag)?);
+            Mode::NftDnat | Mode::NftDnatMasq => {
+                let mut rules = nft_dnat();
+                if self == Mode::NftDnatMasq {
+                    rules = rules.replacen("\n}\n", &format!("\n{}}}\n", NFT_MASQUERADE), 1);
+                }
+                done.nft_table = Some(nft_load(&lab.lab.edge, "ip", &rules, tag)?);
                 done.flush_conntrack = true;
             }
             Mode::NftFwd => {
@@ -170,6 +179,16 @@ impl Installed {
 }
 
 impl Installed {
+    /// `swarmlb status --json`, when the mode is swarmlb's.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        self.swarmlb.as_ref().map(|s| s.inst.status())
+    }
+
+    /// The output so far of the mode's process (swarmlb or HAProxy).
+    pub fn log(&self) -> String {
+        self.swarmlb.as_ref().map(|s| s.child.output_so_far()).or_else(|| self.haproxy.as_ref().map(|h| h.0.output_so_far())).unwrap_or_default()
+    }
+
     /// swarmlb's drop counters that are not zero (`swarmlb status --json`),
     /// e.g. `drop_no_neighbour 3`; empty for the other modes.
     pub fn drops(&self) -> Result<String> {
@@ -329,6 +348,10 @@ fn nft_dnat() -> String {
         backend_map()
     )
 }
+
+/// The postrouting chain of [`Mode::NftDnatMasq`] (inside the table).
+const NFT_MASQUERADE: &str =
+    "  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"e-in\" ct status dnat masquerade\n  }\n";
 
 /// Ingress on the outside leg, straight to the inside leg with the
 /// backend's MAC: the in-kernel L2 DSR, before routing and conntrack.
