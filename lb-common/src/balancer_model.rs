@@ -16,25 +16,36 @@
 //!    the kernel unchanged (it sends the ICMP time-exceeded).
 //! 5. A known flow whose backend is still the same and up keeps it;
 //!    otherwise the VIP's Maglev table picks one for
-//!    `flow_hash(5-tuple) % table_size`, and the flow is remembered. A TCP
-//!    SYN without ACK opens a new connection: what the flow table holds for
-//!    its 5-tuple is an earlier connection's and is not looked at (else a
-//!    reused client port would reach a drained backend).
-//! 6. `nat`: the flow gets a SNAT port — the first free one of
-//!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple, or the
-//!    one whose NAT entry already names this flow (a SYN without ACK
-//!    writes that entry afresh: open again, its clock restarted). None
-//!    free: dropped ([`LbCounter::SnatExhausted`]); a free port but the NAT
-//!    table full: dropped ([`LbCounter::NatTableFull`]). A flow (not a SYN)
-//!    whose own entry is found had been forgotten by the flow table: when
-//!    forwarded it also counts [`LbCounter::FlowRefound`].
+//!    `flow_hash(5-tuple) % table_size`. A TCP SYN without ACK opens a new
+//!    connection: what the flow table holds for its 5-tuple is an earlier
+//!    connection's and is forgotten, as is a moved flow's stale entry. The
+//!    flow table remembers only flows that proved their peer real (a SYN
+//!    proves nothing, so a flood of them cannot evict established flows):
+//!    in the DSR modes a flow's first packet that is not a SYN, in `nat` a
+//!    flow whose NAT entry is proven (`nat_state`). The route (rule 7) is
+//!    looked up before any state is written: nothing is allocated for a
+//!    packet that cannot leave.
+//! 6. `nat`: the flow gets a SNAT port — its own NAT entry if one of
+//!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple holds
+//!    it (a SYN writes it afresh: a new connection), else the first free
+//!    one, else (none free, or the NAT table full) the first probed
+//!    unproven entry older than [`NAT_RECLAIM_AFTER_NS`], taken over
+//!    ([`LbCounter::HalfOpenReclaimed`]). None: dropped
+//!    ([`LbCounter::SnatExhausted`], or [`LbCounter::NatTableFull`] when
+//!    the table was full). A new entry records the interface the backend
+//!    is reached through. A flow (not a SYN) that finds its own entry is a
+//!    hit; it proves the entry by acknowledging the backend's SYN-ACK
+//!    ([`LbCounter::FlowProven`]) and a proven entry's flow is remembered
+//!    ([`LbCounter::FlowRefound`] when the table had remembered it before).
+//!    6b. A TCP RST or FIN changes its NAT entry only in the window the
+//!    entry has seen (`nat_state`): outside it, dropped
+//!    ([`LbCounter::OutOfWindow`]); a RST in the window but not exact
+//!    passes unchanged ([`LbCounter::RstInexact`]); else the first end
+//!    marks the entry closing: [`NAT_TIME_WAIT`] for a FIN from the
+//!    backend (it holds TIME_WAIT), else [`NAT_CLOSED`]. The agent's sweep
+//!    frees such ports sooner, and unproven entries within seconds.
 //!    Destination becomes backend:target port, source the edge's inside
 //!    address:SNAT port, TTL − 1, checksums updated incrementally.
-//!    6b. The first TCP FIN or RST of a flow, in either direction (a
-//!    reply, rule 8, too), marks its NAT entry closing, before the route
-//!    is looked up: [`NAT_TIME_WAIT`] for a FIN from the backend (it
-//!    holds TIME_WAIT), else [`NAT_CLOSED`]. The agent's sweep frees such
-//!    ports sooner.
 //!    `dsr`: an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6) header from the
 //!    inside address to the backend is put in front; the inner packet is
 //!    not touched. `dsr-l2`: only the Ethernet addresses change.
@@ -46,9 +57,13 @@
 //!    needed" (IPv6: "packet too big") carrying the MTU the client may use,
 //!    quoting the IP header and 8 bytes — unless it is IPv4 without DF,
 //!    which is dropped (XDP cannot fragment).
-//! 8. A reply is rewritten back (source VIP:entry port, destination
-//!    client:port, TTL − 1) and sent to the MAC the flow came from, out of
-//!    the interface it came in on.
+//! 8. A reply is accepted only on the interface its NAT entry recorded
+//!    for the backend (else [`LbCounter::ForgedReply`]); it updates the
+//!    entry's window (a UDP reply proves the entry), is rewritten back
+//!    (source VIP:entry port, destination client:port, TTL − 1) and sent
+//!    to the MAC the flow came from, out of the interface it came in on.
+//!    8b. Any other packet to the inside address on a SNAT port is dropped
+//!    ([`LbCounter::ForgedReply`]): only replies may come there.
 //! 9. A path-MTU ICMP error (IPv4 fragmentation needed, IPv6 packet too
 //!    big) sent to a VIP about a packet the VIP sent to a client goes to
 //!    the flow's backend, so path MTU discovery works through the
