@@ -22,16 +22,16 @@ use aya::{
 use harness::{
     xdp_action::*,
     kernel::{fixture_config, KernelIsolator, ModelFrags},
-    lb_kernel::{neighbour_mac, KernelBalancer, BACKENDS_V4, BACKENDS_V6, CLIENT_V4, CLIENT_V6},
+    lb_kernel::{neighbour_mac, KernelBalancer, ModelTables, BACKENDS_V4, BACKENDS_V6, CLIENT_V4, CLIENT_V6},
     rawframe::{fragment_ipv4, ExtHeader, FrameBuilder, Ipv4, Ipv6, L4},
 };
 use lb_common::{
-    balancer::{LbCounter, Mode},
-    balancer_model::{process, Action},
+    balancer::{FlowKey, LbCounter, Mode, LB_COUNTERS_LEN},
+    balancer_model::{process, Action, Outcome},
     model,
-    wire::IPPROTO_TCP,
+    wire::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
 };
-use lb_user::balancer::{Desired, DesiredBackend, DesiredVip};
+use lb_user::balancer::{addr_key, Desired, DesiredBackend, DesiredVip};
 
 use crate::{
     report::{BarChart, Section, Summary},
@@ -122,10 +122,142 @@ impl Katran {
 enum Flow {
     /// Every repeat a flow the table has not seen.
     New,
-    /// Every repeat the same, already placed flow.
+    /// Every repeat a client packet of the same flow, which the flow table
+    /// (LB_FLOWS) remembers: in `nat` proven by its handshake, in the DSR
+    /// modes placed by its first packet that is not a SYN.
     Established,
+    /// `nat`: every repeat a client packet of the same flow whose NAT entry
+    /// is not proven (its SYN passed, no SYN-ACK yet): not in the flow
+    /// table, it probes the SNAT ports for its own entry.
+    Unproven,
+    /// `nat`: every repeat the backend's packet of a proven flow, arriving
+    /// on the inside interface, translated back to the client.
+    Reply,
     /// Not for any VIP.
     NotOurs,
+}
+
+impl Flow {
+    /// What one packet of the row counts: exactly these counters, once.
+    fn counts(self) -> Counts {
+        counts(match self {
+            Flow::New => &[LbCounter::NewFlow],
+            Flow::Established | Flow::Unproven => &[LbCounter::FlowHit],
+            Flow::Reply => &[LbCounter::NatReply],
+            Flow::NotOurs => &[],
+        })
+    }
+
+    /// Whether the flow table holds the client's flow after the row's
+    /// packet (`None`: no flow).
+    fn remembered(self) -> Option<bool> {
+        match self {
+            Flow::Established | Flow::Reply => Some(true),
+            Flow::New | Flow::Unproven => Some(false),
+            Flow::NotOurs => None,
+        }
+    }
+}
+
+/// One packet run through the kernel before a row's calls, bringing the
+/// row's flow to the state the row measures.
+#[derive(Clone)]
+pub struct Step {
+    what: &'static str,
+    frame: Vec<u8>,
+    /// Arrives on the inside interface (the backend's), else the outside.
+    inside: bool,
+    /// The counters it bumps.
+    counts: Counts,
+    /// Whether the flow table holds the client's flow after it.
+    remembered: bool,
+}
+
+/// Counter increments, indexed as [`LbCounter`].
+type Counts = Vec<u64>;
+
+/// Each counter of `cs` once.
+fn counts(cs: &[LbCounter]) -> Counts {
+    let mut v = vec![0; LB_COUNTERS_LEN as usize];
+    for &c in cs {
+        v[c as usize] += 1;
+    }
+    v
+}
+
+fn show_counts(c: &[u64]) -> String {
+    let parts: Vec<String> = LbCounter::ALL.iter().zip(c).filter(|(_, n)| **n != 0).map(|(k, n)| format!("{k:?} ×{n}")).collect();
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The counters the model's outcome bumps (as the kernel counts them).
+fn tally(o: &Outcome) -> Counts {
+    let mut v = vec![0; LB_COUNTERS_LEN as usize];
+    if let Some(c) = o.counter {
+        v[c as usize] += 1;
+    }
+    if o.moved {
+        v[LbCounter::FlowMoved as usize] += 1;
+    }
+    if let Some(c) = o.extra.filter(|_| o.action != Action::Drop) {
+        v[c as usize] += 1;
+    }
+    v
+}
+
+fn kernel_counters(kb: &KernelBalancer) -> Result<Counts, String> {
+    kb.maps().counters().map_err(|e| format!("reading the counters: {e:#}"))
+}
+
+fn delta(before: &[u64], after: &[u64]) -> Counts {
+    after.iter().zip(before).map(|(a, b)| a.wrapping_sub(*b)).collect()
+}
+
+/// Whether the kernel's flow table (LB_FLOWS) holds the flow.
+fn remembered(kb: &KernelBalancer, key: &FlowKey) -> bool {
+    kb.maps().flows.get(key, 0).is_ok()
+}
+
+/// Empties the flow and NAT tables and runs a row's setup through the
+/// kernel: each packet must be redirected, bump exactly its counters and
+/// leave the client's flow in the flow table or not, as its step says;
+/// with `model`, also through lb-common's model, which must agree on
+/// action, output packet, counters and flow table.
+fn prepare(kb: &mut KernelBalancer, setup: &[Step], key: Option<&FlowKey>, mut model: Option<&mut ModelTables>) -> Result<(), String> {
+    kb.clear_flows();
+    for step in setup {
+        let ifindex = if step.inside { kb.net.in_ifindex } else { kb.net.out_ifindex };
+        let before = kernel_counters(kb)?;
+        let (action, out) = kb.run(&step.frame, ifindex);
+        let counted = delta(&before, &kernel_counters(kb)?);
+        if action != XDP_REDIRECT {
+            return Err(format!("setup, {}: {} (expected XDP_REDIRECT)", step.what, action_name(action)));
+        }
+        if counted != step.counts {
+            return Err(format!("setup, {}: counted {} (expected {})", step.what, show_counts(&counted), show_counts(&step.counts)));
+        }
+        if let Some(model) = model.as_deref_mut() {
+            let mut buf = vec![0u8; step.frame.len() + 64];
+            let o = process(&step.frame, &mut buf, ifindex, model);
+            if action_code(o.action) != action || buf[..o.len] != out[..] {
+                return Err(format!("setup, {}: the kernel's action or packet differs from the model's ({:?})", step.what, o.action));
+            }
+            if tally(&o) != counted {
+                return Err(format!("setup, {}: the model counts {}, the kernel {}", step.what, show_counts(&tally(&o)), show_counts(&counted)));
+            }
+            if key.is_some_and(|k| model.flows.contains_key(k) != step.remembered) {
+                return Err(format!("setup, {}: the model's flow table {} the flow", step.what, if step.remembered { "lacks" } else { "holds" }));
+            }
+        }
+        if key.is_some_and(|k| remembered(kb, k) != step.remembered) {
+            return Err(format!("setup, {}: LB_FLOWS {} the flow", step.what, if step.remembered { "lacks" } else { "holds" }));
+        }
+    }
+    Ok(())
 }
 
 /// What a row runs.
@@ -148,9 +280,25 @@ struct Row {
     name: String,
     subject: Subject,
     frame: Vec<u8>,
+    /// The frame arrives on the balancer's inside interface (a backend's
+    /// reply), else on its outside one.
+    inside: bool,
+    /// Packets that bring the flow to the row's state before every call.
+    setup: Vec<Step>,
+    /// The client's flow (the key of LB_FLOWS), for balancer rows of a VIP.
+    key: Option<FlowKey>,
     /// The XDP action the path ends in.
     expect: u32,
     katran: Option<(Katran, &'static str)>,
+}
+
+/// The interface a balancer row's frame arrives on.
+fn row_ifindex(row: &Row, kb: &KernelBalancer) -> u32 {
+    if row.inside {
+        kb.net.in_ifindex
+    } else {
+        kb.net.out_ifindex
+    }
 }
 
 /// A row's measurements.
@@ -181,7 +329,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
     let mut kb = KernelBalancer::new("benchxdp");
     kb.apply(&desired());
     let balancer = kb.balancer_fd()?;
-    let rows = rows(&kb);
+    let rows = rows(&mut kb)?;
     let mut m: Vec<Measured> = rows.iter().map(|_| Measured::default()).collect();
     let mut verdicts = Vec::new();
     for (row, m) in rows.iter().zip(&mut m) {
@@ -219,7 +367,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
 fn live_paths(rows: &[Row]) -> Vec<live::LivePath> {
     rows.iter()
         .filter(|r| r.subject == Subject::Balancer(Flow::Established))
-        .map(|r| live::LivePath { name: r.name.clone(), frame: r.frame.clone() })
+        .filter_map(|r| Some(live::LivePath { name: r.name.clone(), frame: r.frame.clone(), setup: r.setup.clone(), key: r.key? }))
         .collect()
 }
 
@@ -247,15 +395,15 @@ fn desired() -> Desired {
 }
 
 /// Every row, in the order they run and are reported.
-fn rows(kb: &KernelBalancer) -> Vec<Row> {
+fn rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
     let mut rows = baseline_rows();
     rows.extend(isolator_rows());
-    rows.extend(balancer_rows(kb));
-    rows
+    rows.extend(balancer_rows(kb)?);
+    Ok(rows)
 }
 
 fn row(group: &'static str, name: &str, subject: Subject, frame: Vec<u8>, expect: u32) -> Row {
-    Row { group, name: name.to_owned(), subject, frame, expect, katran: None }
+    Row { group, name: name.to_owned(), subject, frame, inside: false, setup: Vec::new(), key: None, expect, katran: None }
 }
 
 /// A TCP SYN from `src` to `dst`:`dport` behind `eth`.
@@ -309,31 +457,104 @@ fn isolator_rows() -> Vec<Row> {
     ]
 }
 
-/// New and established flows in both modes and families, and a packet
-/// for no VIP. Established flows are ACKs, new ones SYNs.
-fn balancer_rows(kb: &KernelBalancer) -> Vec<Row> {
+/// The client's initial sequence number ([`L4::tcp_syn`]'s) and the
+/// backend's, in the handshakes the rows' flows are set up with.
+const CLIENT_ISN: u32 = 0x1000_0000;
+const BACKEND_ISN: u32 = 0x2000_0000;
+/// The client's port in every balancer row.
+const CLIENT_PORT: u16 = 40000;
+
+/// The key of LB_FLOWS for the client's flow to `vip`:443.
+fn client_flow(client: &str, vip: &str) -> FlowKey {
+    let (src, family) = addr_key(client.parse().unwrap());
+    let dst = addr_key(vip.parse().unwrap()).0;
+    FlowKey { src, dst, src_port: CLIENT_PORT, dst_port: 443, proto: IPPROTO_TCP, family, _pad: [0; 2] }
+}
+
+/// The backend and SNAT port the kernel gives a `nat` flow's SYN with
+/// empty tables (as every setup starts): where the backend's packets of
+/// the flow come from and go to.
+fn nat_placement(kb: &mut KernelBalancer, syn: &[u8]) -> Result<(IpAddr, u16)> {
+    kb.clear_flows();
+    let ifindex = kb.net.out_ifindex;
+    let (action, out) = kb.run(syn, ifindex);
+    kb.clear_flows();
+    ensure!(action == XDP_REDIRECT, "a nat SYN ended in {} (expected XDP_REDIRECT)", action_name(action));
+    let l4 = tcp_offset(&out)?;
+    let backend = match u16::from_be_bytes([out[12], out[13]]) {
+        0x0800 => IpAddr::from(<[u8; 4]>::try_from(&out[30..34])?),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&out[38..54])?),
+    };
+    Ok((backend, u16::from_be_bytes([out[l4], out[l4 + 1]])))
+}
+
+/// New and established flows in both modes and families, the IPv4 `nat`
+/// reply and unproven paths, and a packet for no VIP. New flows are SYNs;
+/// established ones the client's ACK of the backend's SYN-ACK, after the
+/// handshake that makes the flow table remember the flow.
+fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
     let eth = FrameBuilder::new(neighbour_mac(CLIENT_V4.parse().unwrap()), kb.net.out_mac);
-    let ack = L4::Tcp { sport: 40000, dport: 443, seq: 0x1000_0001, ack: 0x2000_0001, flags: 0x10, window: 64240, payload: Vec::new() };
+    let ack = L4::Tcp { sport: CLIENT_PORT, dport: 443, seq: CLIENT_ISN + 1, ack: BACKEND_ISN + 1, flags: TCP_ACK, window: 64240, payload: Vec::new() };
     let mut rows = Vec::new();
-    for (family, client, nat, dsr, tunnel) in [("IPv4", CLIENT_V4, NAT4, DSR4, "IPIP"), ("IPv6", CLIENT_V6, NAT6, DSR6, "IP6IP6")] {
+    let balancer = |name: String, flow: Flow, frame: Vec<u8>, setup: Vec<Step>, key: FlowKey, katran: Option<(Katran, &'static str)>| Row {
+        group: "balancer",
+        name,
+        subject: Subject::Balancer(flow),
+        frame,
+        inside: flow == Flow::Reply,
+        setup,
+        key: Some(key),
+        expect: XDP_REDIRECT,
+        katran,
+    };
+    for (family, client, nat, dsr, tunnel, inside) in
+        [("IPv4", CLIENT_V4, NAT4, DSR4, "IPIP", "10.1.0.1"), ("IPv6", CLIENT_V6, NAT6, DSR6, "IP6IP6", "fd00:1::1")]
+    {
         for (mode, vip, rewrite) in [("nat", nat, "DNAT+SNAT"), ("dsr", dsr, tunnel)] {
             let note = if mode == "nat" { "nat does more: both addresses and ports, a NAT entry" } else if family == "IPv6" { "IPv6-in-IPv6 vs Katran's IPv4 IPIP" } else { "" };
-            rows.push(Row {
-                group: "balancer",
-                name: format!("{mode} {family}, new flow (miss → Maglev → {rewrite})"),
-                subject: Subject::Balancer(Flow::New),
-                frame: syn(&eth, client, vip, 443),
-                expect: XDP_REDIRECT,
-                katran: Some((Katran::NewFlow, note)),
-            });
-            rows.push(Row {
-                group: "balancer",
-                name: format!("{mode} {family}, established (hit → {rewrite})"),
-                subject: Subject::Balancer(Flow::Established),
-                frame: tcp(&eth, client, vip, &ack),
-                expect: XDP_REDIRECT,
-                katran: Some((Katran::LruHitIpip, note)),
-            });
+            let key = client_flow(client, vip);
+            let syn_frame = syn(&eth, client, vip, 443);
+            let ack_frame = tcp(&eth, client, vip, &ack);
+            // A SYN is placed, never remembered.
+            let client_syn = Step { what: "client SYN", frame: syn_frame.clone(), inside: false, counts: counts(&[LbCounter::NewFlow]), remembered: false };
+            let mut reply = None;
+            let handshake = if mode == "nat" {
+                // The backend answers from its address and the service's
+                // port to the edge's inside address and the flow's SNAT
+                // port, through the inside interface (the route's, which
+                // the NAT entry recorded); the client's ACK of exactly
+                // ISN + 1 proves the entry and the flow is remembered.
+                let (backend, nat_port) = nat_placement(kb, &syn_frame)?;
+                let beth = FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac);
+                let from_backend = |flags: u8, seq: u32| {
+                    tcp(&beth, &backend.to_string(), inside, &L4::Tcp { sport: 443, dport: nat_port, seq, ack: CLIENT_ISN + 1, flags, window: 65535, payload: Vec::new() })
+                };
+                reply = Some(from_backend(TCP_ACK, BACKEND_ISN + 1));
+                vec![
+                    client_syn.clone(),
+                    Step { what: "backend SYN-ACK", frame: from_backend(TCP_SYN | TCP_ACK, BACKEND_ISN), inside: true, counts: counts(&[LbCounter::NatReply]), remembered: false },
+                    Step {
+                        what: "client ACK of ISN + 1",
+                        frame: ack_frame.clone(),
+                        inside: false,
+                        counts: counts(&[LbCounter::FlowHit, LbCounter::FlowProven]),
+                        remembered: true,
+                    },
+                ]
+            } else {
+                // The first packet that is not a SYN is remembered.
+                vec![
+                    client_syn.clone(),
+                    Step { what: "client ACK (first non-SYN)", frame: ack_frame.clone(), inside: false, counts: counts(&[LbCounter::FlowHit]), remembered: true },
+                ]
+            };
+            let name = |what: &str| format!("{mode} {family}, {what}");
+            rows.push(balancer(name(&format!("new flow (miss → Maglev → {rewrite})")), Flow::New, syn_frame, Vec::new(), key, Some((Katran::NewFlow, note))));
+            rows.push(balancer(name(&format!("established (hit → {rewrite})")), Flow::Established, ack_frame.clone(), handshake.clone(), key, Some((Katran::LruHitIpip, note))));
+            if let (Some(reply), "IPv4") = (reply, family) {
+                rows.push(balancer(name("reply (backend → client)"), Flow::Reply, reply, handshake, key, None));
+                rows.push(balancer(name("unproven flow's next packet (probe → own entry)"), Flow::Unproven, ack_frame, vec![client_syn], key, None));
+            }
         }
     }
     rows.push(Row {
@@ -341,10 +562,13 @@ fn balancer_rows(kb: &KernelBalancer) -> Vec<Row> {
         name: "IPv4, not a VIP (→ isolator → XDP_PASS)".into(),
         subject: Subject::Balancer(Flow::NotOurs),
         frame: syn(&eth, CLIENT_V4, EDGE_OUTSIDE_V4, 22),
+        inside: false,
+        setup: Vec::new(),
+        key: None,
         expect: XDP_PASS,
         katran: Some((Katran::NonVip, "")),
     });
-    rows
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------- checks
@@ -375,7 +599,7 @@ fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut Kerne
             (a, out, row.frame.clone())
         }
         Subject::Balancer(flow) => {
-            let (a, out, modelled) = check_balancer(row, flow, m, kb);
+            let (a, out, modelled) = check_balancer(row, flow, m, kb)?;
             if flow != Flow::New {
                 check_restored(row, &out, m, bench, kb, balancer)?;
             }
@@ -391,33 +615,45 @@ fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut Kerne
     Ok(action_name(action).to_owned())
 }
 
-/// Runs a balancer row's frame once in the kernel and in lb-common's
-/// model (after placing the flow first for an established row); returns
-/// the kernel's action and packet and the model's packet.
-fn check_balancer(row: &Row, flow: Flow, m: &mut Measured, kb: &mut KernelBalancer) -> (u32, Vec<u8>, Vec<u8>) {
-    kb.clear_flows();
+/// Runs a balancer row's setup and then its frame once in the kernel and
+/// in lb-common's model; returns the kernel's action and packet and the
+/// model's packet. Both must count what the row's path counts, and
+/// remember the flow (or not) as the path does.
+fn check_balancer(row: &Row, flow: Flow, m: &mut Measured, kb: &mut KernelBalancer) -> Result<(u32, Vec<u8>, Vec<u8>)> {
     let mut model = kb.model();
-    let ifindex = kb.net.out_ifindex;
-    let mut buf = vec![0u8; row.frame.len() + 64];
-    if flow == Flow::Established {
-        kb.run(&row.frame, ifindex);
-        process(&row.frame, &mut buf, ifindex, &mut model);
+    if let Err(e) = prepare(kb, &row.setup, row.key.as_ref(), Some(&mut model)) {
+        m.fail(format!("{}: {e}", row.name));
     }
+    let ifindex = row_ifindex(row, kb);
+    let mut buf = vec![0u8; row.frame.len() + 64];
+    let before = kernel_counters(kb).map_err(anyhow::Error::msg)?;
     let (action, out) = kb.run(&row.frame, ifindex);
+    let counted = delta(&before, &kernel_counters(kb).map_err(anyhow::Error::msg)?);
     let o = process(&row.frame, &mut buf, ifindex, &mut model);
-    let want_counter = match flow {
-        Flow::New => Some(LbCounter::NewFlow),
-        Flow::Established => Some(LbCounter::FlowHit),
-        Flow::NotOurs => None,
-    };
-    if o.counter != want_counter {
-        m.fail(format!("{}: the model counts {:?}, not {want_counter:?}", row.name, o.counter));
+    let (modelled_counts, want) = (tally(&o), flow.counts());
+    if modelled_counts != want {
+        m.fail(format!("{}: the model counts {}, not {}", row.name, show_counts(&modelled_counts), show_counts(&want)));
+    }
+    if counted != modelled_counts {
+        m.fail(format!("{}: the kernel counts {}, the model {}", row.name, show_counts(&counted), show_counts(&modelled_counts)));
     }
     if action != action_code(o.action) {
         m.fail(format!("{}: kernel {} but model {:?}", row.name, action_name(action), o.action));
     }
+    if let (Some(key), Some(want)) = (row.key, flow.remembered()) {
+        let (kernel, modelled) = (remembered(kb, &key), model.flows.contains_key(&key));
+        if (kernel, modelled) != (want, want) {
+            m.fail(format!(
+                "{}: after its packet LB_FLOWS {} the flow (the model's table {}); it must {}",
+                row.name,
+                if kernel { "holds" } else { "lacks" },
+                if modelled { "holds it" } else { "lacks it" },
+                if want { "hold it" } else { "not" }
+            ));
+        }
+    }
     let modelled = if matches!(o.action, Action::Tx | Action::Redirect(_)) { buf[..o.len].to_vec() } else { row.frame.clone() };
-    (action, out, modelled)
+    Ok((action, out, modelled))
 }
 
 /// Two repeats under `bench_restore` must leave the same packet as one
@@ -427,7 +663,7 @@ fn check_balancer(row: &Row, flow: Flow, m: &mut Measured, kb: &mut KernelBalanc
 fn check_restored(row: &Row, plain: &[u8], m: &mut Measured, bench: &mut BenchPrograms, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<()> {
     bench.set_input(&row.frame, false)?;
     bench.set_target(balancer)?;
-    let ifindex = kb.net.out_ifindex;
+    let ifindex = row_ifindex(row, kb);
     let (_, out) = kb.net.ns.run(|| once(bench.program(RESTORE)?, &row.frame, Some(ifindex), 2))?;
     if out != plain {
         m.fail(format!("{}: bench_restore's 2nd repeat left another packet than a plain run", row.name));
@@ -480,7 +716,7 @@ fn time_direct(row: &Row, plan: &Plan, m: &mut Measured, bench: &mut BenchProgra
 /// wrapper's time alone.
 fn time_balancer(row: &Row, flow: Flow, plan: &Plan, m: &mut Measured, bench: &mut BenchPrograms, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<(f64, f64)> {
     let repeat = if flow == Flow::New { plan.new_flow_repeat } else { plan.repeat };
-    let ifindex = kb.net.out_ifindex;
+    let ifindex = row_ifindex(row, kb);
     bench.set_input(&row.frame, flow == Flow::New)?;
     let pass = bench.pass_fd()?;
     bench.set_target(&pass)?;
@@ -490,9 +726,12 @@ fn time_balancer(row: &Row, flow: Flow, plan: &Plan, m: &mut Measured, bench: &m
     }
     match flow {
         Flow::New => kb.clear_flows(),
-        // Other rows empty the flow table: place this row's flow again.
-        Flow::Established => {
-            let _ = kb.run(&row.frame, ifindex);
+        // Other rows empty the tables: bring this row's flow to its state
+        // again (the handshake, checked step by step).
+        Flow::Established | Flow::Unproven | Flow::Reply => {
+            if let Err(e) = prepare(kb, &row.setup, row.key.as_ref(), None) {
+                m.fail(format!("{}: {e}", row.name));
+            }
         }
         Flow::NotOurs => {}
     }
@@ -503,15 +742,18 @@ fn time_balancer(row: &Row, flow: Flow, plan: &Plan, m: &mut Measured, bench: &m
     if action != row.expect {
         m.fail(format!("{}: a timed run ended in {}", row.name, action_name(action)));
     }
-    let delta = |c: LbCounter| after[c as usize] - before[c as usize];
-    let (new, hits) = (delta(LbCounter::NewFlow), delta(LbCounter::FlowHit));
-    let want = match flow {
-        Flow::New => (u64::from(repeat), 0),
-        Flow::Established => (0, u64::from(repeat)),
-        Flow::NotOurs => (0, 0),
-    };
-    if (new, hits) != want {
-        m.fail(format!("{}: {repeat} repeats counted {new} new flows and {hits} hits", row.name));
+    // Every repeat counts exactly the path's counters: an established
+    // row's packets never prove or re-find their flow (they hit it), an
+    // unproven row's never prove it.
+    let counted = delta(&before, &after);
+    let want: Counts = flow.counts().iter().map(|n| n * u64::from(repeat)).collect();
+    if counted != want {
+        m.fail(format!("{}: {repeat} repeats counted {} (expected {})", row.name, show_counts(&counted), show_counts(&want)));
+    }
+    if let (Some(key), Some(want)) = (row.key, flow.remembered()) {
+        if remembered(kb, &key) != want {
+            m.fail(format!("{}: after a timed call LB_FLOWS {} the flow", row.name, if want { "lacks" } else { "holds" }));
+        }
     }
     if flow == Flow::New {
         kb.clear_flows();
@@ -673,20 +915,32 @@ isolator through its own LB_NEXT_STAGE as when attached. They run in the balance
 lookups and redirects have real answers.\n\
 - New-flow rows: the wrapper also adds a per-CPU repeat number to the TCP source port (checksum updated incrementally), so every repeat misses the \
 flow table; user space empties the flow and NAT tables around each such call ({new} repeats over 3 backends, so at most ~{per_backend} of a \
-backend's 31 744 SNAT ports are taken by a call's end). Established rows are ACKs of a flow placed before the call.\n\
+backend's 31 744 SNAT ports are taken by a call's end).\n\
+- Flow state: before each timed call of the established, reply and unproven rows (and before each row's check) the tables are emptied and \
+the row's flow is brought to its state through the kernel itself, with BPF_PROG_TEST_RUN, each packet's verdict, counters and effect on the flow table (LB_FLOWS) checked \
+(in the check also its output and counters against the model's). *Established* `nat` rows complete the handshake: the client's SYN, the backend's \
+SYN-ACK (ISN {backend_isn:#x}) arriving on the inside interface (the backend's route, which the NAT entry records) from the backend's address \
+and port to the edge's inside address and the flow's SNAT port, then the client's ACK of exactly ISN + 1, which proves the NAT entry and puts \
+the flow in LB_FLOWS. *Established* DSR rows send the SYN (never remembered), then the client's ACK, its first non-SYN packet, which LB_FLOWS \
+remembers. The row's packet is that ACK again: every repeat a flow-table hit. The *reply* row is the backend's next ACK of such a proven flow, \
+on the inside interface (every repeat updates the entry's window state); the *unproven* row is the client's ACK after only its SYN — no \
+SYN-ACK has passed, so nothing proves the entry and every repeat probes the SNAT ports for its own entry. LB_FLOWS must hold the flow after \
+the setup and after the call for established and reply rows, and must not for the unproven row.\n\
 - The wrapper's own cost is measured in the same round, right before, with the same frame, context and repeat count, pointed at `bench_pass`: \
 **net** = T(wrapper → balancer) − T(wrapper → bench_pass); **gross** = net + this round's XDP_PASS floor; the wrapper column is \
 T(wrapper → bench_pass) − floor. Direct rows: gross = T, net = T − floor. A plain run and two repeats under the wrapper must leave the same \
 output packet (the restore is exact).\n\
 - Checks: once per row, a plain run of the program itself (no wrapper) must give the expected verdict and output — balancer rows compared with \
 lb-common's model (action and every output byte, as `balancer_differential.rs` does), isolator rows with the isolator model's verdict and the packet \
-unchanged, baselines with their obvious result. Every timed call is checked too: the last repeat's verdict, and for balancer rows the counters \
-(every repeat a new flow, or every repeat a hit, or neither for the non-VIP packet). A failed check marks the row **INVALID**.\n\
+unchanged, baselines with their obvious result. Every timed call is checked too: the last repeat's verdict, and for balancer rows every \
+counter's change (each repeat exactly one new flow, one hit or one NAT reply and nothing else — no flow proven or re-found, nothing at all \
+for the non-VIP packet) and whether LB_FLOWS holds the flow afterwards. A failed check marks the row **INVALID**.\n\
 - These VMs are noisy (2 cores, other builds running): compare rows and ratios of one run, not runs.\n\n",
         repeat = plan.repeat,
         new = plan.new_flow_repeat,
         rounds = plan.rounds,
         per_backend = plan.new_flow_repeat.div_ceil(3),
+        backend_isn = BACKEND_ISN,
     )
 }
 
@@ -695,6 +949,7 @@ fn results_table(md: &mut String, rows: &[Row], m: &[Measured], verdicts: &[Stri
     for ((row, m), verdict) in rows.iter().zip(m).zip(verdicts) {
         let (method, repeat) = match row.subject {
             Subject::Balancer(Flow::New) => ("restored, new flow each", plan.new_flow_repeat),
+            Subject::Balancer(Flow::Reply) => ("restored, on the inside interface", plan.repeat),
             Subject::Balancer(_) => ("restored", plan.repeat),
             _ => ("direct", plan.repeat),
         };
@@ -781,7 +1036,7 @@ fn charts(rows: &[Row], m: &[Measured]) -> Vec<BarChart> {
     let valid: Vec<(&Row, &Measured)> = rows.iter().zip(m).filter(|(r, m)| m.failures.is_empty() && r.subject != Subject::Floor).collect();
     let small = valid
         .iter()
-        .filter(|(r, _)| !matches!(r.subject, Subject::Balancer(Flow::New | Flow::Established)))
+        .filter(|(r, _)| !matches!(r.subject, Subject::Balancer(f) if f != Flow::NotOurs))
         .map(|(r, m)| (format!("{}: {}", r.group, r.name), Summary::of(&m.net)))
         .collect();
     let mut katran = Vec::new();
@@ -790,6 +1045,12 @@ fn charts(rows: &[Row], m: &[Measured]) -> Vec<BarChart> {
         katran.push((format!("Katran {}", k.label()), Summary::of(&[v])));
         for (r, m) in valid.iter().filter(|(r, _)| r.katran.is_some_and(|(rk, _)| rk == k)) {
             katran.push((format!("swarmlb {}", r.name), Summary::of(&m.net)));
+        }
+        if k == Katran::LruHitIpip {
+            // The nat paths Katran has no counterpart of, beside the hits.
+            for (r, m) in valid.iter().filter(|(r, _)| matches!(r.subject, Subject::Balancer(Flow::Reply | Flow::Unproven))) {
+                katran.push((format!("swarmlb {}", r.name), Summary::of(&m.net)));
+            }
         }
     }
     vec![

@@ -7,19 +7,24 @@
 
 use std::{fmt::Write as _, time::Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use aya::programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use harness::lb_kernel::KernelBalancer;
-use lb_common::balancer::LbCounter;
+use lb_common::balancer::{FlowKey, LbCounter};
 
-use super::{xdp_md, BenchPrograms, RESTORE};
+use super::{prepare, remembered, xdp_md, BenchPrograms, Step, RESTORE};
 use crate::report::Summary;
 
 /// One measured path: what it is and its frame (a packet of an
-/// established flow, placed before the run).
+/// established flow, which the flow table remembers: set up before every
+/// run by its handshake).
 pub struct LivePath {
     pub name: String,
     pub frame: Vec<u8>,
+    /// The handshake that makes the flow table remember the flow.
+    pub setup: Vec<Step>,
+    /// The flow's key in LB_FLOWS.
+    pub key: FlowKey,
 }
 
 /// Frames the kernel handles per batch (its default).
@@ -56,8 +61,8 @@ pub fn measure(paths: &[LivePath], rounds: usize, frames: u32, kb: &mut KernelBa
     for _ in 0..rounds {
         for (i, p) in paths.iter().enumerate() {
             bench.set_input(&p.frame, false)?;
-            kb.clear_flows();
-            let _ = kb.run(&p.frame, ifindex);
+            prepare(kb, &p.setup, Some(&p.key), None).map_err(|e| anyhow!("{}: {e}", p.name))?;
+            ensure!(remembered(kb, &p.key), "{}: the flow table does not hold the flow after its handshake", p.name);
             let before = (received(kb)?, kb.maps().counters()?);
             let prog = bench.program(RESTORE)?;
             let t = Instant::now();
@@ -65,8 +70,13 @@ pub fn measure(paths: &[LivePath], rounds: usize, frames: u32, kb: &mut KernelBa
             let secs = t.elapsed().as_secs_f64();
             let after = (received(kb)?, kb.maps().counters()?);
             let got = after.0 - before.0;
-            let hits = after.1[LbCounter::FlowHit as usize] - before.1[LbCounter::FlowHit as usize];
+            let delta = |c: LbCounter| after.1[c as usize] - before.1[c as usize];
+            let hits = delta(LbCounter::FlowHit);
             ensure!(hits >= u64::from(frames) * 9 / 10, "{}: {hits} flow hits for {frames} frames", p.name);
+            // A remembered flow's packets hit the flow table; they never
+            // probe the NAT table (which would prove or re-find it).
+            let probed = delta(LbCounter::FlowProven) + delta(LbCounter::FlowRefound) + delta(LbCounter::NewFlow);
+            ensure!(probed == 0 && remembered(kb, &p.key), "{}: the flow was not remembered throughout the run ({probed} packets missed it)", p.name);
             samples[i].push(got as f64 / secs / 1e6);
             delivered[i].0 += got;
             delivered[i].1 += u64::from(frames);
