@@ -225,9 +225,11 @@ fn a_full_flow_table_forgets_flows_that_nat_finds_again() {
     let (flows, new_flows) = (s["flows"].as_u64().unwrap(), s["balancer"]["new_flow"].as_u64().unwrap());
     println!("{STREAMS} streams through a 16-flow table: {answered} answers in 3 s, {flows} flows held, {new_flows} new flows placed, {} found again", s["balancer"]["flow_refound"]);
     assert!(flows <= 16, "{s}");
-    // Forgotten flows are placed again (counted as new flows): the same
-    // backend, and their NAT entry gives them their SNAT port back.
-    assert!(new_flows > STREAMS as u64 * 2, "re-placed flows are counted: {new_flows}");
+    // Forgotten flows are placed again (hits, not new connections: one new
+    // flow per stream): the same backend, and their NAT entry gives them
+    // their SNAT port back (counted as found again, below).
+    assert!(new_flows >= STREAMS as u64, "one new flow per connection, however often the table forgot it: {s}");
+    assert!(s["balancer"]["flow_refound"].as_u64().unwrap() > STREAMS as u64 * 2, "re-placed flows are counted: {s}");
     let line = wait_for_log(&r, &["flow table too small", "nat flows were forgotten and found again", "a table of 16 flows"], Duration::from_secs(12));
     println!("log: {line}");
     let m = metrics(&r.lab.edge);
