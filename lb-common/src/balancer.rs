@@ -363,10 +363,14 @@ pub enum LbCounter {
     /// small for the flows) was placed again and found its NAT entry,
     /// counted besides [`LbCounter::NewFlow`].
     FlowRefound,
+    /// Dropped: a packet that would place a new flow came from a source
+    /// that cannot be real on its interface (a VIP, the inside address, a
+    /// backend's network, this host's own addresses, loopback, …).
+    ImpossibleSource,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 19;
+pub const LB_COUNTERS_LEN: u32 = 20;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -390,6 +394,7 @@ impl LbCounter {
         LbCounter::IcmpTooBigSent,
         LbCounter::NatTableFull,
         LbCounter::FlowRefound,
+        LbCounter::ImpossibleSource,
     ];
 
     /// Whether the outcome drops the packet (its name starts with `drop_`).
@@ -406,6 +411,7 @@ impl LbCounter {
                 | LbCounter::Malformed
                 | LbCounter::NoHeadroom
                 | LbCounter::NatTableFull
+                | LbCounter::ImpossibleSource
         )
     }
 
@@ -431,6 +437,7 @@ impl LbCounter {
             LbCounter::IcmpTooBigSent => "icmp_too_big_sent",
             LbCounter::NatTableFull => "drop_nat_table_full",
             LbCounter::FlowRefound => "flow_refound",
+            LbCounter::ImpossibleSource => "drop_impossible_source",
         }
     }
 }

@@ -20,6 +20,11 @@
 //!    SYN without ACK opens a new connection: what the flow table holds for
 //!    its 5-tuple is an earlier connection's and is not looked at (else a
 //!    reused client port would reach a drained backend).
+//!    5b. A packet the table would place (a new flow) from a source that
+//!    cannot be real on its interface ([`Tables::impossible_source`]: a
+//!    VIP, the inside address, a backend's network, the host's own
+//!    addresses, loopback, …) is dropped
+//!    ([`LbCounter::ImpossibleSource`]) before it takes anything.
 //! 6. `nat`: the flow gets a SNAT port — the first free one of
 //!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple, or the
 //!    one whose NAT entry already names this flow (a SYN without ACK
@@ -102,6 +107,9 @@ pub trait Tables {
     fn route(&self, family: u8, dst: &[u8; 16], ifindex: u32, ip_len: u16) -> Route;
     /// May the balancer redirect out of `ifindex`?
     fn is_egress(&self, ifindex: u32) -> bool;
+    /// Can `src` not be a real source on `ifindex` (the impossible-source
+    /// tries, as the isolator reads them)?
+    fn impossible_source(&self, family: u8, ifindex: u32, src: &[u8; 16]) -> bool;
 }
 
 /// What [`Tables::insert_nat`] did.
@@ -302,6 +310,9 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             let Some((id, b)) = pick.and_then(|id| t.backend(id).filter(|b| b.up == 1).map(|b| (id, b))) else {
                 return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, LbCounter::NoBackend) };
             };
+            if t.impossible_source(p.family, ifindex, &p.src) {
+                return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, LbCounter::ImpossibleSource) };
+            }
             let mut nat_port = 0;
             if mode == Mode::Nat {
                 match allocate_snat_port(frame, ifindex, t, (&g, opens), p, svc, &b) {

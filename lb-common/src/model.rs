@@ -13,6 +13,9 @@
 //! 3. IP headers must be consistent (version, IHL, total/payload length
 //!    within the frame) or the packet is dropped as malformed. Only the bytes
 //!    inside the IP length count: Ethernet padding cannot supply an L4 header.
+//!    A source that cannot be real on the interface ([`Host::impossible_source`]:
+//!    the host's own addresses, loopback, multicast, broadcast, …) is then
+//!    dropped whatever follows (`impossible_source`), fragments included.
 //! 4. IPv6 extension headers are walked (at most [`MAX_IPV6_EXT_HEADERS`]);
 //!    a routing header is judged by the zone's routing-header access mask.
 //! 5. Fragments. A first fragment must hold the whole minimal L4 header
@@ -28,10 +31,17 @@
 //!    sets intersect the port's access mask. Encapsulation protocols
 //!    ([`is_encapsulation`]) are judged by the zone's tunnel access mask.
 //!    Everything else (ICMP, …) passes.
+//! 7. Trust is not given on the source address alone: wherever a source's
+//!    sets let a packet through a non-zero access mask (a protected port, a
+//!    tunnel, a routing header), the route back to that source
+//!    ([`Host::route_back`]) must leave through the ingress interface (zone
+//!    `reverse_path = "strict"`) or exist at all (`"loose"`), else the
+//!    packet is dropped (`reverse_path`, or `reverse_path_unverified` when
+//!    the kernel would not answer). Nothing else asks the FIB.
 
 use crate::isolator::{
-    is_allowed, DropReason, FragEntry, FragKey, FragVerdict, PassReason, PortStatsKey, Verdict, ZoneBinding,
-    FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
+    is_allowed, reverse_path_drop, DropReason, FragEntry, FragKey, FragVerdict, Impossible, PassReason, PortStatsKey,
+    ReversePath, RouteBack, Verdict, ZoneBinding, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
 };
 use crate::wire::*;
 
@@ -45,6 +55,17 @@ pub trait Policy {
     fn source_sets_v4(&self, slot: u32, addr: [u8; 4]) -> u32;
     /// Source sets of an IPv6 address in a slot (longest-prefix match).
     fn source_sets_v6(&self, slot: u32, addr: [u8; 16]) -> u32;
+}
+
+/// What the host's network stack answers the program: the impossible-source
+/// tries the agent fills, and the kernel's FIB. Addresses are 16 bytes;
+/// IPv4 uses the first four.
+pub trait Host {
+    /// Why `src` cannot be a real source on `ifindex`, if it cannot.
+    fn impossible_source(&self, ifindex: u32, family: u8, src: &[u8; 16]) -> Option<Impossible>;
+    /// The route back to a packet's source `src`, looked up from its
+    /// destination `dst` as if arriving on `ifindex`.
+    fn route_back(&self, ifindex: u32, family: u8, src: &[u8; 16], dst: &[u8; 16]) -> RouteBack;
 }
 
 /// The first-fragment verdicts remembered between packets.
@@ -101,11 +122,57 @@ impl Addrs {
         key
     }
 
+    /// (family, source, destination), 16 bytes each.
+    fn wide(&self) -> (u8, [u8; 16], [u8; 16]) {
+        let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+        match self {
+            Addrs::V4 { src, dst } => {
+                s[..4].copy_from_slice(src);
+                d[..4].copy_from_slice(dst);
+                (FAMILY_V4, s, d)
+            }
+            Addrs::V6 { src, dst } => (FAMILY_V6, *src, *dst),
+        }
+    }
+
     fn source_sets(&self, policy: &impl Policy, slot: u32) -> u32 {
         match self {
             Addrs::V4 { src, .. } => policy.source_sets_v4(slot, *src),
             Addrs::V6 { src, .. } => policy.source_sets_v6(slot, *src),
         }
+    }
+}
+
+/// The interface, its zone and what the decision may consult.
+struct Judge<'a, P, H> {
+    ifindex: u32,
+    zone: ZoneBinding,
+    policy: &'a P,
+    host: &'a H,
+}
+
+impl<P: Policy, H: Host> Judge<'_, P, H> {
+    /// Rule 7: may the packet's source pass something guarded by `access`?
+    /// `None` passes; `denied` is the reason when its sets do not match.
+    fn admits(&self, access: u32, addrs: &Addrs, denied: DropReason) -> Option<DropReason> {
+        if access == 0 {
+            return None;
+        }
+        if !is_allowed(access, addrs.source_sets(self.policy, self.zone.slot)) {
+            return Some(denied);
+        }
+        let mode = ReversePath::from_u8(self.zone.reverse_path);
+        if mode == ReversePath::Off {
+            return None;
+        }
+        let (family, src, dst) = addrs.wide();
+        reverse_path_drop(mode, self.ifindex, self.host.route_back(self.ifindex, family, &src, &dst))
+    }
+
+    /// Rule 3's last step: a source that cannot be real here.
+    fn impossible(&self, addrs: &Addrs) -> bool {
+        let (family, src, _) = addrs.wide();
+        self.host.impossible_source(self.ifindex, family, &src).is_some()
     }
 }
 
@@ -122,11 +189,13 @@ pub fn decide(
     frame: &[u8],
     ifindex: u32,
     policy: &impl Policy,
+    host: &impl Host,
     frags: &mut impl FragmentTable,
 ) -> Decision {
     let Some(zone) = policy.binding(ifindex) else {
         return pass(PassReason::NoZone);
     };
+    let j = Judge { ifindex, zone, policy, host };
     if frame.len() < ETH_HLEN {
         return pass(PassReason::NotIp);
     }
@@ -145,19 +214,13 @@ pub fn decide(
         depth += 1;
     }
     match ethertype {
-        ETH_P_IPV4 => ipv4(frame, off, &zone, policy, frags),
-        ETH_P_IPV6 => ipv6(frame, off, &zone, policy, frags),
+        ETH_P_IPV4 => ipv4(frame, off, &j, frags),
+        ETH_P_IPV6 => ipv6(frame, off, &j, frags),
         _ => pass(PassReason::NotIp),
     }
 }
 
-fn ipv4(
-    f: &[u8],
-    off: usize,
-    zone: &ZoneBinding,
-    policy: &impl Policy,
-    frags: &mut impl FragmentTable,
-) -> Decision {
+fn ipv4(f: &[u8], off: usize, j: &Judge<impl Policy, impl Host>, frags: &mut impl FragmentTable) -> Decision {
     if off + IPV4_MIN_HLEN > f.len() || f[off] >> 4 != 4 {
         return drop(DropReason::Malformed);
     }
@@ -174,21 +237,18 @@ fn ipv4(
         src: [f[off + 12], f[off + 13], f[off + 14], f[off + 15]],
         dst: [f[off + 16], f[off + 17], f[off + 18], f[off + 19]],
     };
+    if j.impossible(&addrs) {
+        return drop(DropReason::ImpossibleSource);
+    }
     let key = addrs.frag_key(u32::from(be16(f, off + 4)), proto);
     if frag_offset != 0 {
         return later_fragment(&key, proto, frag_offset, frags);
     }
     let first = more_fragments.then_some((key, off + ihl));
-    transport(f, proto, off + ihl, off + total, &addrs, first, zone, policy, frags)
+    transport(f, proto, off + ihl, off + total, &addrs, first, j, frags)
 }
 
-fn ipv6(
-    f: &[u8],
-    off: usize,
-    zone: &ZoneBinding,
-    policy: &impl Policy,
-    frags: &mut impl FragmentTable,
-) -> Decision {
+fn ipv6(f: &[u8], off: usize, j: &Judge<impl Policy, impl Host>, frags: &mut impl FragmentTable) -> Decision {
     if off + IPV6_HLEN > f.len() || f[off] >> 4 != 6 {
         return drop(DropReason::Malformed);
     }
@@ -201,6 +261,9 @@ fn ipv6(
     src.copy_from_slice(&f[off + 8..off + 24]);
     dst.copy_from_slice(&f[off + 24..off + 40]);
     let addrs = Addrs::V6 { src, dst };
+    if j.impossible(&addrs) {
+        return drop(DropReason::ImpossibleSource);
+    }
 
     let mut next = f[off + 6];
     let mut cur = off + IPV6_HLEN;
@@ -240,9 +303,8 @@ fn ipv6(
             continue;
         }
         if next == IPPROTO_ROUTING {
-            let access = zone.routing_header_access;
-            if access != 0 && !is_allowed(access, addrs.source_sets(policy, zone.slot)) {
-                return drop(DropReason::RoutingHeader);
+            if let Some(r) = j.admits(j.zone.routing_header_access, &addrs, DropReason::RoutingHeader) {
+                return drop(r);
             }
         }
         if cur + 2 > end {
@@ -255,7 +317,7 @@ fn ipv6(
         next = f[cur];
         cur += len;
     }
-    transport(f, next, cur, end, &addrs, first, zone, policy, frags)
+    transport(f, next, cur, end, &addrs, first, j, frags)
 }
 
 fn later_fragment(
@@ -286,8 +348,7 @@ fn transport(
     end: usize,
     addrs: &Addrs,
     first_fragment: Option<(FragKey, usize)>,
-    zone: &ZoneBinding,
-    policy: &impl Policy,
+    j: &Judge<impl Policy, impl Host>,
     frags: &mut impl FragmentTable,
 ) -> Decision {
     let decision = match proto {
@@ -301,14 +362,13 @@ fn transport(
                 });
             }
             let port = be16(f, l4 + 2);
-            let access = policy.port_access(zone.slot, proto, port);
+            let access = j.policy.port_access(j.zone.slot, proto, port);
             if access == 0 {
                 pass(PassReason::Unprotected)
             } else {
-                let verdict = if is_allowed(access, addrs.source_sets(policy, zone.slot)) {
-                    Verdict::Pass(PassReason::Allowed)
-                } else {
-                    Verdict::Drop(DropReason::ProtectedPort)
+                let verdict = match j.admits(access, addrs, DropReason::ProtectedPort) {
+                    None => Verdict::Pass(PassReason::Allowed),
+                    Some(r) => Verdict::Drop(r),
                 };
                 Decision {
                     verdict,
@@ -316,14 +376,10 @@ fn transport(
                 }
             }
         }
-        p if is_encapsulation(p) => {
-            let access = zone.tunnel_access;
-            if access == 0 || is_allowed(access, addrs.source_sets(policy, zone.slot)) {
-                pass(PassReason::OtherProtocol)
-            } else {
-                drop(DropReason::Tunnel)
-            }
-        }
+        p if is_encapsulation(p) => match j.admits(j.zone.tunnel_access, addrs, DropReason::Tunnel) {
+            None => pass(PassReason::OtherProtocol),
+            Some(r) => drop(r),
+        },
         _ => pass(PassReason::OtherProtocol),
     };
     if let Some((key, start)) = first_fragment {

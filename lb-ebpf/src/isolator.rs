@@ -2,19 +2,21 @@
 //! rule for rule (the module docs there state the rules); the differential
 //! tests hold the two to the same verdict on every packet.
 
-use aya_ebpf::{bindings::BPF_ANY, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{bindings::BPF_ANY, maps::lpm_trie::Key, programs::XdpContext, EbpfContext};
 use lb_common::{
     isolator::{
-        is_allowed, DropReason, FragEntry, FragKey, FragVerdict, PassReason, PortStatsKey, SourceV4,
-        SourceV6, Verdict, ZoneBinding, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS,
-        MAX_VLAN_DEPTH, SOURCE_SLOT_BITS,
+        is_allowed, reverse_path_drop, DropReason, FragEntry, FragKey, FragVerdict, PassReason, PortStatsKey,
+        ReversePath, SourceV4, SourceV6, Verdict, ZoneBinding, FAMILY_V4, FAMILY_V6,
+        MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, SOURCE_SLOT_BITS,
     },
     wire::*,
 };
 
 use crate::{
     maps::{FRAGMENTS, PROTECTED_PORTS, SOURCES_V4, SOURCES_V6, ZONE_BINDINGS},
+    martian,
     packet::Packet,
+    reverse_path,
 };
 
 /// Where the packet's headers are, for counters and drop events.
@@ -42,6 +44,8 @@ struct Ctx {
     pkt: Packet,
     zone: ZoneBinding,
     headers: Headers,
+    /// The program's context (the ingress ifindex, the FIB helper).
+    xdp: *mut core::ffi::c_void,
 }
 
 impl Ctx {
@@ -71,7 +75,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
             headers: Headers::default(),
         };
     };
-    let mut c = Ctx { pkt, zone, headers: Headers::default() };
+    let mut c = Ctx { pkt, zone, headers: Headers::default(), xdp: ctx.as_ptr() };
     let Some(mut ethertype) = c.pkt.be16_at(12) else {
         return c.pass(PassReason::NotIp);
     };
@@ -119,6 +123,9 @@ fn ipv4(c: &mut Ctx, off: usize) -> Decision {
         return c.drop(DropReason::Malformed);
     }
     c.headers.proto = proto;
+    if let Some(d) = impossible(c) {
+        return d;
+    }
     let frag_offset = usize::from(frag & 0x1fff) * 8;
     if frag_offset != 0 {
         return match frag_key(c, u32::from(id), proto) {
@@ -149,6 +156,9 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
     let end = off + IPV6_HLEN + usize::from(plen);
     if vtc >> 12 != 6 || end > c.pkt.len() {
         return c.drop(DropReason::Malformed);
+    }
+    if let Some(d) = impossible(c) {
+        return d;
     }
     let mut next = (next_hop >> 8) as u8;
     let mut cur = off + IPV6_HLEN;
@@ -191,9 +201,9 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
         }
         if next == IPPROTO_ROUTING {
             let access = c.zone.routing_header_access;
-            if access != 0 && !is_allowed(access, source_sets(c)) {
+            if let Some(r) = admits(c, access, DropReason::RoutingHeader) {
                 c.headers.proto = next;
-                return c.drop(DropReason::RoutingHeader);
+                return c.drop(r);
             }
         }
         let truncated = if first.is_some() { DropReason::TinyFragment } else { DropReason::Malformed };
@@ -213,6 +223,41 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
     }
     c.headers.proto = next;
     transport(c, next, cur, end, first)
+}
+
+/// Rule 3's last step: the drop of a source that cannot be real on the
+/// interface, if it cannot. Called once the IP header is known to be whole.
+#[inline(always)]
+fn impossible(c: &Ctx) -> Option<Decision> {
+    if impossible_kind(c.xdp, &c.pkt, &c.headers) == 0 {
+        return None;
+    }
+    Some(c.drop(DropReason::ImpossibleSource))
+}
+
+/// The ifindex the packet arrived on.
+#[inline(always)]
+fn ingress_ifindex(xdp: *mut core::ffi::c_void) -> u32 {
+    // SAFETY: the program's own context.
+    unsafe { (*(xdp as *const aya_ebpf::bindings::xdp_md)).ingress_ifindex }
+}
+
+/// The impossible-source lookup in a frame of its own (its key takes up
+/// to 24 bytes of stack): the `Impossible` kind of the packet's source, or
+/// 0. Also the drop event's detail.
+#[inline(never)]
+pub fn impossible_kind(xdp: *mut core::ffi::c_void, pkt: &Packet, h: &Headers) -> u32 {
+    let ifindex = ingress_ifindex(xdp);
+    let kind = if h.family == FAMILY_V4 {
+        // In bounds (total >= ihl >= 20); were it not, a malformed header
+        // is dropped later anyway.
+        let Some(src) = pkt.bytes_at::<4>(h.l3 + 12) else { return 0 };
+        martian::impossible_v4(ifindex, src)
+    } else {
+        let Some(src) = pkt.bytes_at::<16>(h.l3 + 8) else { return 0 };
+        martian::impossible_v6(ifindex, src)
+    };
+    kind.map_or(0, u32::from)
 }
 
 /// The reassembly key of the packet's datagram (IPv4 addresses in the
@@ -262,6 +307,33 @@ fn source_sets(c: &Ctx) -> u32 {
     sets.copied().unwrap_or(0)
 }
 
+/// Rule 7 of the model: may the packet's source pass something guarded by
+/// `access`? `None` passes; `denied` is the reason when its sets do not
+/// match. The FIB is asked only here, after the allow-list said yes.
+#[inline(always)]
+fn admits(c: &Ctx, access: u32, denied: DropReason) -> Option<DropReason> {
+    if access == 0 {
+        return None;
+    }
+    if !is_allowed(access, source_sets(c)) {
+        return Some(denied);
+    }
+    let mode = ReversePath::from_u8(c.zone.reverse_path);
+    if mode == ReversePath::Off {
+        return None;
+    }
+    let route = reverse_path::decode(route_back(c.xdp, &c.pkt, &c.headers));
+    reverse_path_drop(mode, ingress_ifindex(c.xdp), route)
+}
+
+/// The FIB lookup of the route back to the packet's source, in a frame of
+/// its own ([`reverse_path::lookup`]'s packed answer). Also the drop
+/// event's detail.
+#[inline(never)]
+pub fn route_back(xdp: *mut core::ffi::c_void, pkt: &Packet, h: &Headers) -> u64 {
+    reverse_path::lookup(xdp, pkt, h.family, h.l3, ingress_ifindex(xdp))
+}
+
 /// Judges the upper-layer header at `l4`; the IP payload ends at `end`.
 /// `first_fragment` carries the reassembly key of a first fragment and where
 /// its fragmentable part starts.
@@ -282,10 +354,9 @@ fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Opti
         if access == 0 {
             c.pass(PassReason::Unprotected)
         } else {
-            let verdict = if is_allowed(access, source_sets(c)) {
-                Verdict::Pass(PassReason::Allowed)
-            } else {
-                Verdict::Drop(DropReason::ProtectedPort)
+            let verdict = match admits(c, access, DropReason::ProtectedPort) {
+                None => Verdict::Pass(PassReason::Allowed),
+                Some(r) => Verdict::Drop(r),
             };
             Decision {
                 verdict,
@@ -295,10 +366,9 @@ fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Opti
         }
     } else if is_encapsulation(proto) {
         let access = c.zone.tunnel_access;
-        if access == 0 || is_allowed(access, source_sets(c)) {
-            c.pass(PassReason::OtherProtocol)
-        } else {
-            c.drop(DropReason::Tunnel)
+        match admits(c, access, DropReason::Tunnel) {
+            None => c.pass(PassReason::OtherProtocol),
+            Some(r) => c.drop(r),
         }
     } else {
         c.pass(PassReason::OtherProtocol)

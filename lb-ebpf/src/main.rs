@@ -23,7 +23,9 @@ mod balancer;
 mod decap;
 mod isolator;
 mod maps;
+mod martian;
 mod packet;
+mod reverse_path;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -2,12 +2,13 @@
 //! the decision code stays a pure function of the packet and the policy maps.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::EbpfContext;
 use lb_common::isolator::{
-    counter_index, DropEvent, PortStats, Verdict, FAMILY_V4, FAMILY_V6, SETTING_EVENT_INTERVAL_NS,
+    counter_index, DropEvent, DropReason, RouteBack, PortStats, Verdict, FAMILY_V4, FAMILY_V6, SETTING_EVENT_INTERVAL_NS,
 };
 
 use crate::{
-    isolator::Decision,
+    isolator::{self, Decision},
     maps::{COUNTERS, DROP_EVENTS, EVENT_CLOCK, PORT_STATS, SETTINGS},
     packet::Packet,
 };
@@ -78,6 +79,7 @@ fn emit(ctx: &XdpContext, d: &Decision, reason: u8) {
         reason,
         family: h.family,
         proto: h.proto,
+        detail: detail(ctx, &pkt, d, reason),
         ..DropEvent::default()
     };
     if h.family == FAMILY_V4 {
@@ -99,4 +101,22 @@ fn emit(ctx: &XdpContext, d: &Decision, reason: u8) {
     }
     entry.write(ev);
     entry.submit(0);
+}
+
+/// What a sampled event says besides the reason: the kind of an impossible
+/// source, the FIB's return code for an unverifiable route. Asked again
+/// here (a sampled event is rare) rather than carried with every decision:
+/// the decision's stack frame has no room to spare.
+#[inline(always)]
+fn detail(ctx: &XdpContext, pkt: &Packet, d: &Decision, reason: u8) -> u8 {
+    if reason == DropReason::ImpossibleSource as u8 {
+        isolator::impossible_kind(ctx.as_ptr(), pkt, &d.headers) as u8
+    } else if reason == DropReason::ReversePathUnverified as u8 {
+        match crate::reverse_path::decode(isolator::route_back(ctx.as_ptr(), pkt, &d.headers)) {
+            RouteBack::Unverifiable(rc) => rc,
+            _ => 0,
+        }
+    } else {
+        0
+    }
 }
