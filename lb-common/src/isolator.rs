@@ -43,6 +43,16 @@ pub const MAP_IMPOSSIBLE_V6: &str = "IMPOSSIBLE_V6";
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_ISOLATOR: &str = "isolator";
+/// The isolator's second stage, reached by tail call for a packet that
+/// would pass on its source's trust: the reverse-path check, then the
+/// counters. A stage of its own so the verifier walks the rest of the
+/// isolator once instead of once per FIB answer.
+pub const PROGRAM_ISOLATOR_REVERSE_PATH: &str = "isolator_reverse_path";
+/// Program array: slot [`STAGE_REVERSE_PATH`] holds
+/// [`PROGRAM_ISOLATOR_REVERSE_PATH`].
+pub const MAP_ISOLATOR_STAGES: &str = "ISO_STAGES";
+/// Slot of the reverse-path stage in [`MAP_ISOLATOR_STAGES`].
+pub const STAGE_REVERSE_PATH: u32 = 0;
 
 /// Policy slots. Two per zone in use are enough for a flip; 16 leaves room.
 pub const MAX_SLOTS: u32 = 16;

@@ -31,13 +31,18 @@
 //!    sets intersect the port's access mask. Encapsulation protocols
 //!    ([`is_encapsulation`]) are judged by the zone's tunnel access mask.
 //!    Everything else (ICMP, …) passes.
-//! 7. Trust is not given on the source address alone: wherever a source's
-//!    sets let a packet through a non-zero access mask (a protected port, a
-//!    tunnel, a routing header), the route back to that source
-//!    ([`Host::route_back`]) must leave through the ingress interface (zone
-//!    `reverse_path = "strict"`) or exist at all (`"loose"`), else the
-//!    packet is dropped (`reverse_path`, or `reverse_path_unverified` when
-//!    the kernel would not answer). Nothing else asks the FIB.
+//! 7. Trust is not given on the source address alone: a packet that rule 6
+//!    (or rule 4's routing header) let through a non-zero access mask on
+//!    its source's sets (a protected port, a tunnel, a routing header) and
+//!    that would pass is dropped unless the route back to that source
+//!    ([`Host::route_back`]) leaves through the ingress interface (zone
+//!    `reverse_path = "strict"`) or exists at all (`"loose"`):
+//!    `reverse_path`, or `reverse_path_unverified` when the kernel would not
+//!    answer. A first fragment's remembered verdict is the final one. The
+//!    check is made once, when the packet's upper-layer header has been
+//!    judged; a later fragment follows its first fragment (whose
+//!    unfragmentable part, routing header included, is the one reassembly
+//!    keeps). Nothing else asks the FIB.
 
 use crate::isolator::{
     is_allowed, reverse_path_drop, DropReason, FragEntry, FragKey, FragVerdict, Impossible, PassReason, PortStatsKey,
@@ -149,11 +154,14 @@ struct Judge<'a, P, H> {
     zone: ZoneBinding,
     policy: &'a P,
     host: &'a H,
+    /// Something passed on the source's trust (rule 7 applies).
+    trusted: core::cell::Cell<bool>,
 }
 
 impl<P: Policy, H: Host> Judge<'_, P, H> {
-    /// Rule 7: may the packet's source pass something guarded by `access`?
-    /// `None` passes; `denied` is the reason when its sets do not match.
+    /// Rule 6: may the packet's source pass something guarded by `access`?
+    /// `None` passes; `denied` is the reason when its sets do not match. A
+    /// pass on trust marks the packet for rule 7.
     fn admits(&self, access: u32, addrs: &Addrs, denied: DropReason) -> Option<DropReason> {
         if access == 0 {
             return None;
@@ -161,8 +169,14 @@ impl<P: Policy, H: Host> Judge<'_, P, H> {
         if !is_allowed(access, addrs.source_sets(self.policy, self.zone.slot)) {
             return Some(denied);
         }
+        self.trusted.set(true);
+        None
+    }
+
+    /// Rule 7, for a packet about to pass.
+    fn reverse_path(&self, addrs: &Addrs) -> Option<DropReason> {
         let mode = ReversePath::from_u8(self.zone.reverse_path);
-        if mode == ReversePath::Off {
+        if !self.trusted.get() || mode == ReversePath::Off {
             return None;
         }
         let (family, src, dst) = addrs.wide();
@@ -195,7 +209,7 @@ pub fn decide(
     let Some(zone) = policy.binding(ifindex) else {
         return pass(PassReason::NoZone);
     };
-    let j = Judge { ifindex, zone, policy, host };
+    let j = Judge { ifindex, zone, policy, host, trusted: core::cell::Cell::new(false) };
     if frame.len() < ETH_HLEN {
         return pass(PassReason::NotIp);
     }
@@ -351,7 +365,7 @@ fn transport(
     j: &Judge<impl Policy, impl Host>,
     frags: &mut impl FragmentTable,
 ) -> Decision {
-    let decision = match proto {
+    let mut decision = match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let min = l4_min_len(proto);
             if l4 + min > end {
@@ -382,6 +396,11 @@ fn transport(
         },
         _ => pass(PassReason::OtherProtocol),
     };
+    if !decision.verdict.is_drop() {
+        if let Some(r) = j.reverse_path(addrs) {
+            decision.verdict = Verdict::Drop(r);
+        }
+    }
     if let Some((key, start)) = first_fragment {
         let verdict = if decision.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
         let headers_end = (l4 + l4_min_len(proto)).saturating_sub(start) as u16;

@@ -34,7 +34,20 @@ use lb_common::isolator::Verdict;
 #[xdp]
 pub fn isolator(ctx: XdpContext) -> u32 {
     let decision = isolator::decide(&ctx);
-    stats::record(&ctx, &decision);
+    stats::record(&ctx, &decision, 0);
+    match decision.verdict {
+        Verdict::Pass(_) => xdp_action::XDP_PASS,
+        Verdict::Drop(_) => xdp_action::XDP_DROP,
+    }
+}
+
+/// The isolator's reverse-path stage, reached only by tail call from it.
+#[xdp]
+pub fn isolator_reverse_path(ctx: XdpContext) -> u32 {
+    let Some((decision, detail)) = isolator::finish_reverse_path(&ctx) else {
+        return xdp_action::XDP_DROP;
+    };
+    stats::record(&ctx, &decision, detail);
     match decision.verdict {
         Verdict::Pass(_) => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,

@@ -24,9 +24,11 @@ static ISO_FIB: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0
 /// `l3` (of `family`) that arrived on `ifindex`; `ctx` is the program's
 /// context. Returns the helper's return code in the high half, the egress
 /// ifindex in the low half ([`decode`]): an integer crosses a BPF call in
-/// a register. A failure to read is an unverifiable answer. The addresses
-/// go from the packet into the request a word at a time: the caller's
-/// frame sits on top of the isolator's, and the two share 512 bytes.
+/// a register. A failure to read is an unverifiable answer.
+///
+/// Written for the verifier, which walks this body once for every state
+/// the caller reaches it in: one bounds check per family, the addresses
+/// copied from the packet into the request without a stop on the stack.
 #[inline(always)]
 pub fn lookup(ctx: *mut core::ffi::c_void, pkt: &Packet, family: u8, l3: usize, ifindex: u32) -> u64 {
     const FAILED: u64 = u64::MAX;
@@ -37,32 +39,30 @@ pub fn lookup(ctx: *mut core::ffi::c_void, pkt: &Packet, family: u8, l3: usize, 
     // check can fail).
     *p = unsafe { core::mem::zeroed() };
     p.ifindex = ifindex;
-    // `be32_at` gives host order; the request wants network order.
+    let word = |h: *const u8, at: usize| -> u32 {
+        // SAFETY: the caller checked the whole header is in the packet.
+        unsafe { core::ptr::read_unaligned(h.add(at) as *const u32) }
+    };
     if family == FAMILY_V4 {
-        let (Some(src), Some(dst)) = (pkt.be32_at(l3 + 12), pkt.be32_at(l3 + 16)) else { return FAILED };
+        let Some(h) = pkt.at::<20>(l3) else { return FAILED };
+        let h = h as *const u8;
         p.family = AF_INET;
-        p.__bindgen_anon_3.ipv4_src = dst.to_be();
-        p.__bindgen_anon_4.ipv4_dst = src.to_be();
+        // Network order in, network order out.
+        p.__bindgen_anon_3.ipv4_src = word(h, 16);
+        p.__bindgen_anon_4.ipv4_dst = word(h, 12);
     } else {
+        let Some(h) = pkt.at::<40>(l3) else { return FAILED };
+        let h = h as *const u8;
         p.family = AF_INET6;
-        for i in 0..4 {
-            let (Some(src), Some(dst)) = (pkt.be32_at(l3 + 8 + 4 * i), pkt.be32_at(l3 + 24 + 4 * i)) else {
-                return FAILED;
-            };
-            // SAFETY: plain integers in a union of integer arrays.
-            unsafe {
-                p.__bindgen_anon_4.ipv6_dst[i] = src.to_be();
-                p.__bindgen_anon_3.ipv6_src[i] = dst.to_be();
-            }
-        }
+        p.__bindgen_anon_4.ipv6_dst = [word(h, 8), word(h, 12), word(h, 16), word(h, 20)];
         // The kernel refuses (NOT_FWDED) a lookup from a multicast,
         // link-local or loopback source; a reply to a packet sent to such
         // an address of ours would leave from another one anyway.
-        // SAFETY: as above.
-        let w = unsafe { p.__bindgen_anon_3.ipv6_src }.map(u32::from_be);
-        let loopback = w[0] | w[1] | w[2] == 0 && w[3] == 1;
-        if w[0] >> 24 == 0xff || w[0] >> 22 == 0xfe80 >> 6 || loopback {
-            p.__bindgen_anon_3.ipv6_src = [0; 4];
+        let d = [word(h, 24), word(h, 28), word(h, 32), word(h, 36)];
+        let first = u32::from_be(d[0]);
+        let loopback = d[0] | d[1] | d[2] == 0 && u32::from_be(d[3]) == 1;
+        if first >> 24 != 0xff && first >> 22 != 0xfe80 >> 6 && !loopback {
+            p.__bindgen_anon_3.ipv6_src = d;
         }
     }
     // SAFETY: `p` is a valid, writable request of the size given.

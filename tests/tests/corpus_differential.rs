@@ -170,7 +170,7 @@ fn isolator_chunk(
     let mut tally = vec![0u64; COUNTERS_LEN as usize];
     for case in chunk {
         let before = by_reason.as_ref().map(|_| k.counters());
-        let expected = model::decide(&case.frame, 1, reference, frags);
+        let expected = model::decide(&case.frame, 1, reference, &k.host, frags);
         let action = k.run(&case.frame).expect("a runnable frame");
         r.frames += 1;
         let index = counter_index(expected.verdict) as usize;
@@ -251,6 +251,7 @@ fn counted(o: &Outcome) -> Vec<usize> {
 struct NextStage {
     maps: IsolatorMaps,
     reference: ReferencePolicy,
+    host: harness::lb_kernel::EdgeHost,
     frags: ModelFrags,
     /// The model's per-reason tally.
     tally: Vec<u64>,
@@ -278,7 +279,7 @@ fn grown(after: &[u64], before: &[u64]) -> Vec<usize> {
 fn decide_both(model: &mut ModelTables, next: &mut NextStage, frame: &[u8], ifindex: u32) -> (Outcome, Option<Verdict>, Vec<u8>) {
     let mut buf = vec![0u8; frame.len() + 64];
     let o = process(frame, &mut buf, ifindex, model);
-    let verdict = (o.action == Action::NextStage).then(|| model::decide(frame, ifindex, &next.reference, &mut next.frags).verdict);
+    let verdict = (o.action == Action::NextStage).then(|| model::decide(frame, ifindex, &next.reference, &next.host, &mut next.frags).verdict);
     buf.truncate(o.len);
     (o, verdict, buf)
 }
@@ -374,9 +375,10 @@ fn balancer_matches_its_model_on_every_header_combination() {
     let started = Instant::now();
     let mut kb = KernelBalancer::new("lbcorpus");
     kb.apply(&fixture_desired());
-    let mut model = kb.model();
     let (maps, reference) = kb.bind_zone();
-    let mut next = NextStage { maps, reference, frags: ModelFrags::default(), tally: vec![0; COUNTERS_LEN as usize] };
+    let mut model = kb.model();
+    let host = kb.edge_host();
+    let mut next = NextStage { maps, reference, host, frags: ModelFrags::default(), tally: vec![0; COUNTERS_LEN as usize] };
     let iso_before = next.counters();
     let before = kb.maps().counters().unwrap();
     let mut m = vec![0u64; LB_COUNTERS_LEN as usize];

@@ -365,7 +365,7 @@ fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut Kerne
             (a, out, swapped)
         }
         Subject::Isolator => {
-            let modelled = model::decide(&row.frame, 1, &iso.reference(), &mut ModelFrags::default()).verdict;
+            let modelled = model::decide(&row.frame, 1, &iso.reference(), &iso.host, &mut ModelFrags::default()).verdict;
             let want = if modelled.is_drop() { XDP_DROP } else { XDP_PASS };
             if want != row.expect {
                 m.fail(format!("{}: the isolator model says {modelled:?}", row.name));
