@@ -3,7 +3,10 @@
 //! `isolator`: attached to interfaces that face a zone (for example the DMZ);
 //! drops TCP/UDP to the zone's protected ports unless the source may reach
 //! them, and whatever could smuggle a packet past that check (fragments,
-//! tunnels, routing headers). The decision mirrors `lb_common::model`.
+//! tunnels, routing headers), and sources that cannot be real there. The
+//! decision mirrors `lb_common::model`. A packet that would pass on its
+//! source's trust goes on, by tail call, to `isolator_reverse_path`, which
+//! asks the FIB for the route back to that source.
 //!
 //! `balancer`: attached to the edge's outside and inside interfaces;
 //! forwards packets for a VIP's services to backends (`nat`, `dsr`,
