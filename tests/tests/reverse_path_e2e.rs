@@ -243,3 +243,30 @@ fn routing_and_address_changes_take_effect_without_restart() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lab.udp.received(OPEN_UDP), received, "the host's new address is an impossible source");
 }
+
+/// A zone that checks reverse paths over an interface that does not
+/// forward a family it trusts is refused at start, naming the sysctl
+/// (the kernel's FIB lookup would refuse every such source); with
+/// `reverse_path = "off"` the same interface is fine.
+#[test]
+fn forwarding_off_is_refused_naming_the_sysctl() {
+    harness::require_root().unwrap();
+    let mut topo = Topology::new();
+    let host = topo.netns("rpffwdh");
+    let peer = topo.netns("rpffwdp");
+    topo.veth(&peer, "out0", &host, "dmz0");
+    host.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let config = "[[interface]]\nname = \"dmz0\"\nzone = \"dmz\"\n\n[zone.dmz]\nprotected = [\"udp/161\"]\nallow = [\"10.99.0.0/24\", \"fd99::/64\"]\n";
+    let inst = Instance::new("rpffwd", config);
+    let mut child = inst.start(&host, &[]);
+    let status = child.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    let out = child.output_so_far();
+    assert!(out.contains("net.ipv6.conf.dmz0.forwarding"), "names the IPv6 sysctl (IPv4 forwards): {out}");
+    assert!(!inst.pin_path.exists(), "nothing left pinned");
+    inst.write_config(&config.replace("protected", "reverse_path = \"off\"\nprotected"));
+    let mut child = inst.start(&host, &[]);
+    inst.wait_ready(&mut child);
+    child.terminate(Duration::from_secs(10));
+    let _ = inst.down();
+}
