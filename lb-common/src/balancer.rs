@@ -404,10 +404,14 @@ pub enum LbCounter {
     /// A `nat` flow proved its peer real (handshake completed, or the UDP
     /// backend answered) and entered the flow table.
     FlowProven,
+    /// Dropped: a packet that would place a new flow came from a source
+    /// that cannot be real on its interface (a VIP, the inside address, a
+    /// backend's network, this host's own addresses, loopback, …).
+    ImpossibleSource,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 24;
+pub const LB_COUNTERS_LEN: u32 = 25;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -436,6 +440,7 @@ impl LbCounter {
         LbCounter::RstInexact,
         LbCounter::HalfOpenReclaimed,
         LbCounter::FlowProven,
+        LbCounter::ImpossibleSource,
     ];
 
     /// Whether the outcome drops the packet (its name starts with `drop_`).
@@ -454,6 +459,7 @@ impl LbCounter {
                 | LbCounter::NatTableFull
                 | LbCounter::ForgedReply
                 | LbCounter::OutOfWindow
+                | LbCounter::ImpossibleSource
         )
     }
 
@@ -484,6 +490,7 @@ impl LbCounter {
             LbCounter::RstInexact => "rst_inexact",
             LbCounter::HalfOpenReclaimed => "half_open_reclaimed",
             LbCounter::FlowProven => "flow_proven",
+            LbCounter::ImpossibleSource => "drop_impossible_source",
         }
     }
 }

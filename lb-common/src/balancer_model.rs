@@ -25,6 +25,11 @@
 //!    flow whose NAT entry is proven (`nat_state`). The route (rule 7) is
 //!    looked up before any state is written: nothing is allocated for a
 //!    packet that cannot leave.
+//!    5b. A packet the table would place (a new flow) from a source that
+//!    cannot be real on its interface ([`Tables::impossible_source`]: a
+//!    VIP, the inside address, a backend's network, the host's own
+//!    addresses, loopback, …) is dropped
+//!    ([`LbCounter::ImpossibleSource`]) before it takes anything.
 //! 6. `nat`: the flow gets a SNAT port — its own NAT entry if one of
 //!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple holds
 //!    it (a SYN writes it afresh: a new connection), else the first free
@@ -120,6 +125,9 @@ pub trait Tables {
     fn route(&self, family: u8, dst: &[u8; 16], ifindex: u32, ip_len: u16) -> Route;
     /// May the balancer redirect out of `ifindex`?
     fn is_egress(&self, ifindex: u32) -> bool;
+    /// Can `src` not be a real source on `ifindex` (the impossible-source
+    /// tries, as the isolator reads them)?
+    fn impossible_source(&self, family: u8, ifindex: u32, src: &[u8; 16]) -> bool;
 }
 
 /// What [`Tables::insert_nat`] did.
@@ -325,6 +333,9 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             let Some((id, b)) = pick.and_then(|id| t.backend(id).filter(|b| b.up == 1).map(|b| (id, b))) else {
                 return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, LbCounter::NoBackend) };
             };
+            if t.impossible_source(p.family, ifindex, &p.src) {
+                return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, LbCounter::ImpossibleSource) };
+            }
             (id, b)
         }
     };

@@ -35,9 +35,24 @@ pub const MAP_DROP_EVENTS: &str = "DROP_EVENTS";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 /// Per-CPU array (one `u64`): when this CPU last emitted a drop event.
 pub const MAP_EVENT_CLOCK: &str = "EVENT_CLOCK";
+/// LPM trie, key data [`IfAddrV4`] → [`Impossible`] as `u32`: IPv4 sources
+/// that cannot be real on an interface (filled by `lb_user::martian`).
+pub const MAP_IMPOSSIBLE_V4: &str = "IMPOSSIBLE_V4";
+/// LPM trie, key data [`IfAddrV6`] → [`Impossible`] as `u32`.
+pub const MAP_IMPOSSIBLE_V6: &str = "IMPOSSIBLE_V6";
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_ISOLATOR: &str = "isolator";
+/// The isolator's second stage, reached by tail call for a packet that
+/// would pass on its source's trust: the reverse-path check, then the
+/// counters. A stage of its own so the verifier walks the rest of the
+/// isolator once instead of once per FIB answer.
+pub const PROGRAM_ISOLATOR_REVERSE_PATH: &str = "isolator_reverse_path";
+/// Program array: slot [`STAGE_REVERSE_PATH`] holds
+/// [`PROGRAM_ISOLATOR_REVERSE_PATH`].
+pub const MAP_ISOLATOR_STAGES: &str = "ISO_STAGES";
+/// Slot of the reverse-path stage in [`MAP_ISOLATOR_STAGES`].
+pub const STAGE_REVERSE_PATH: u32 = 0;
 
 /// Policy slots. Two per zone in use are enough for a flip; 16 leaves room.
 pub const MAX_SLOTS: u32 = 16;
@@ -48,6 +63,8 @@ pub const MAX_INTERFACES: u32 = 256;
 pub const MAX_PORT_ENTRIES: u32 = 262_144;
 /// Prefixes per source trie (all slots together).
 pub const MAX_SOURCE_PREFIXES: u32 = 65_536;
+/// Prefixes per impossible-source trie (all interfaces together).
+pub const MAX_IMPOSSIBLE_PREFIXES: u32 = 16_384;
 /// First fragments remembered while their followers arrive.
 pub const MAX_TRACKED_FRAGMENTS: u32 = 65_536;
 /// Protected (protocol, port) pairs with their own counters.
@@ -91,7 +108,205 @@ pub struct ZoneBinding {
     /// Access mask for IPv6 packets with a routing header.
     pub routing_header_access: u32,
     /// Zone number, for display only (the kernel does not read it).
-    pub zone_id: u32,
+    pub zone_id: u16,
+    /// How a trusted source's route back is checked: [`ReversePath`] as
+    /// `u8`. It shares the word that was once all `zone_id` (zone ids are
+    /// small), so bindings pinned by an older version read as
+    /// [`ReversePath::Off`], the old behaviour, until the agent rewrites
+    /// them.
+    pub reverse_path: u8,
+    pub _pad: u8,
+}
+
+/// How the isolator checks the route back to a source it trusts
+/// (`reverse_path` in a zone's config).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ReversePath {
+    /// No check: the allow-list alone decides (the behaviour before it).
+    Off = 0,
+    /// The source must be routable, through any interface.
+    Loose = 1,
+    /// The route back to the source must leave through the interface the
+    /// packet arrived on.
+    #[default]
+    Strict = 2,
+}
+
+impl ReversePath {
+    /// Unknown values read as `Strict`: fail closed.
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Off,
+            1 => Self::Loose,
+            _ => Self::Strict,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Loose => "loose",
+            Self::Strict => "strict",
+        }
+    }
+}
+
+/// What the kernel's FIB says of the route back to a source (the lookup
+/// of the packet's source as a destination, from its destination, as if
+/// it arrived on the ingress interface).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteBack {
+    /// A unicast route out of this interface.
+    Via(u32),
+    /// No route that could carry a reply: unreachable, blackhole,
+    /// prohibit, or a local, broadcast or multicast answer (an address
+    /// that cannot be a remote host's).
+    NoRoute,
+    /// The FIB would not answer; `u8` is its return code (forwarding off on
+    /// the ingress interface, a lightweight tunnel route, an error).
+    Unverifiable(u8),
+}
+
+/// `bpf_fib_lookup` return codes (`BPF_FIB_LKUP_RET_*`).
+pub mod fib {
+    pub const SUCCESS: i64 = 0;
+    pub const BLACKHOLE: i64 = 1;
+    pub const UNREACHABLE: i64 = 2;
+    pub const PROHIBIT: i64 = 3;
+    pub const NOT_FWDED: i64 = 4;
+    pub const FWD_DISABLED: i64 = 5;
+    pub const UNSUPP_LWT: i64 = 6;
+    pub const NO_NEIGH: i64 = 7;
+    pub const FRAG_NEEDED: i64 = 8;
+    /// `BPF_FIB_LOOKUP_SKIP_NEIGH` (Linux 6.5): the neighbour does not
+    /// matter for a reverse-path check.
+    pub const LOOKUP_SKIP_NEIGH: u32 = 1 << 2;
+}
+
+impl RouteBack {
+    /// Reads `bpf_fib_lookup`'s return code `rc` and the egress ifindex it
+    /// wrote. A route whose neighbour is unresolved is still a route.
+    pub const fn from_fib(rc: i64, ifindex: u32) -> Self {
+        match rc {
+            fib::SUCCESS | fib::NO_NEIGH => Self::Via(ifindex),
+            fib::BLACKHOLE | fib::UNREACHABLE | fib::PROHIBIT | fib::NOT_FWDED => Self::NoRoute,
+            // FWD_DISABLED, UNSUPP_LWT, FRAG_NEEDED (cannot happen: the
+            // lookup asks for no length), negative errors.
+            _ => Self::Unverifiable(if rc < 0 { 255 } else { rc as u8 }),
+        }
+    }
+}
+
+/// The reverse-path verdict for a source the allow-list trusts, arriving
+/// on `ingress`: `None` passes.
+pub const fn reverse_path_drop(mode: ReversePath, ingress: u32, route: RouteBack) -> Option<DropReason> {
+    match (mode, route) {
+        (ReversePath::Off, _) => None,
+        (_, RouteBack::Unverifiable(_)) => Some(DropReason::ReversePathUnverified),
+        (_, RouteBack::NoRoute) => Some(DropReason::ReversePath),
+        (ReversePath::Loose, RouteBack::Via(_)) => None,
+        (ReversePath::Strict, RouteBack::Via(out)) => {
+            if out == ingress {
+                None
+            } else {
+                Some(DropReason::ReversePath)
+            }
+        }
+    }
+}
+
+/// LPM key data for impossible IPv4 sources: the ifindex (big endian,
+/// always matched in full) followed by the address. Prefix length = 32 +
+/// CIDR prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfAddrV4 {
+    pub ifindex: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// LPM key data for impossible IPv6 sources; see [`IfAddrV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfAddrV6 {
+    pub ifindex: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Prefix bits taken by the ifindex in an impossible-source key.
+pub const IFINDEX_BITS: u32 = 32;
+
+/// Why a source cannot be real on an interface: the value of the
+/// impossible-source tries, and the `detail` of an
+/// [`DropReason::ImpossibleSource`] event.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Impossible {
+    /// One of this host's own addresses.
+    OwnAddress = 1,
+    /// 127.0.0.0/8, ::1.
+    Loopback = 2,
+    /// 224.0.0.0/4, ff00::/8.
+    Multicast = 3,
+    /// 255.255.255.255 and the broadcast address of a local subnet.
+    Broadcast = 4,
+    /// 0.0.0.0/8 except 0.0.0.0 itself (DHCP clients send from it).
+    ThisNetwork = 5,
+    /// 169.254.0.0/16 or fe80::/10 on an interface that has no link-local
+    /// address of that family: no host on that link can be talking
+    /// link-local with us.
+    LinkLocalOffLink = 6,
+    /// ::ffff:0:0/96 (IPv4-mapped): never on the wire (RFC 4291 2.5.5.2).
+    Mapped = 7,
+    /// A VIP, on a balancer's outside interface.
+    Vip = 8,
+    /// The edge's inside (SNAT) address, on a balancer's outside interface.
+    InsideAddress = 9,
+    /// A backend's network, on a balancer's outside interface.
+    BackendNetwork = 10,
+}
+
+impl Impossible {
+    pub const ALL: [Impossible; 10] = [
+        Self::OwnAddress,
+        Self::Loopback,
+        Self::Multicast,
+        Self::Broadcast,
+        Self::ThisNetwork,
+        Self::LinkLocalOffLink,
+        Self::Mapped,
+        Self::Vip,
+        Self::InsideAddress,
+        Self::BackendNetwork,
+    ];
+
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == v {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// Stable snake_case name, for logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::OwnAddress => "own_address",
+            Self::Loopback => "loopback",
+            Self::Multicast => "multicast",
+            Self::Broadcast => "broadcast",
+            Self::ThisNetwork => "this_network",
+            Self::LinkLocalOffLink => "link_local_off_link",
+            Self::Mapped => "ipv4_mapped",
+            Self::Vip => "vip",
+            Self::InsideAddress => "inside_address",
+            Self::BackendNetwork => "backend_network",
+        }
+    }
 }
 
 /// Key of [`MAP_PROTECTED_PORTS`]. The port is in host byte order.
@@ -235,6 +450,16 @@ pub enum DropReason {
     VlanTooDeep = 24,
     /// More than [`MAX_IPV6_EXT_HEADERS`] IPv6 extension headers.
     ExtensionChainTooLong = 25,
+    /// A source the allow-list trusts whose route back does not leave
+    /// through the interface it came in on (`strict`), or that has no
+    /// route back at all: a forged source.
+    ReversePath = 26,
+    /// A source the allow-list trusts whose route back the kernel would
+    /// not look up (forwarding off on the interface, …): failed closed.
+    ReversePathUnverified = 27,
+    /// A source that cannot be real on this interface (own address,
+    /// loopback, multicast, …; see [`Impossible`]), whatever the port.
+    ImpossibleSource = 28,
 }
 
 /// Number of counters in [`MAP_COUNTERS`].
@@ -264,7 +489,7 @@ impl PassReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 13] = [
         Self::ProtectedPort,
         Self::Tunnel,
         Self::RoutingHeader,
@@ -275,6 +500,9 @@ impl DropReason {
         Self::Malformed,
         Self::VlanTooDeep,
         Self::ExtensionChainTooLong,
+        Self::ReversePath,
+        Self::ReversePathUnverified,
+        Self::ImpossibleSource,
     ];
 
     /// Stable snake_case name, used in status output, logs and metrics.
@@ -290,6 +518,9 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::VlanTooDeep => "vlan_too_deep",
             Self::ExtensionChainTooLong => "extension_chain_too_long",
+            Self::ReversePath => "reverse_path",
+            Self::ReversePathUnverified => "reverse_path_unverified",
+            Self::ImpossibleSource => "impossible_source",
         }
     }
 
@@ -352,7 +583,9 @@ pub struct DropEvent {
     pub reason: u8,
     pub family: u8,
     pub proto: u8,
-    pub _pad: u8,
+    /// For [`DropReason::ImpossibleSource`] the [`Impossible`] kind, for
+    /// [`DropReason::ReversePathUnverified`] the FIB's return code; else 0.
+    pub detail: u8,
     pub src_port: u16,
     pub dst_port: u16,
     pub src: [u8; 16],
@@ -368,6 +601,8 @@ mod pod {
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for SourceV4 {}
     unsafe impl aya::Pod for SourceV6 {}
+    unsafe impl aya::Pod for IfAddrV4 {}
+    unsafe impl aya::Pod for IfAddrV6 {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for PortStatsKey {}
     unsafe impl aya::Pod for PortStats {}
@@ -427,5 +662,38 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<PortStatsKey>(), 4);
         assert_eq!(size_of::<DropEvent>(), 44);
+        assert_eq!(size_of::<IfAddrV4>(), 8);
+        assert_eq!(size_of::<IfAddrV6>(), 20);
+    }
+
+    #[test]
+    fn reverse_path_verdicts() {
+        use ReversePath::{Loose, Off, Strict};
+        let (forged, unverified) = (Some(DropReason::ReversePath), Some(DropReason::ReversePathUnverified));
+        let cases = [
+            (Strict, RouteBack::Via(3), None),
+            (Strict, RouteBack::Via(4), forged),
+            (Loose, RouteBack::Via(4), None),
+            (Strict, RouteBack::NoRoute, forged),
+            (Loose, RouteBack::NoRoute, forged),
+            (Loose, RouteBack::Unverifiable(5), unverified),
+            (Strict, RouteBack::Unverifiable(5), unverified),
+            (Off, RouteBack::NoRoute, None),
+            (Off, RouteBack::Unverifiable(5), None),
+        ];
+        for (mode, route, want) in cases {
+            assert_eq!(reverse_path_drop(mode, 3, route), want, "{mode:?} {route:?}");
+        }
+        assert_eq!(RouteBack::from_fib(fib::SUCCESS, 7), RouteBack::Via(7));
+        assert_eq!(RouteBack::from_fib(fib::NO_NEIGH, 7), RouteBack::Via(7));
+        assert_eq!(RouteBack::from_fib(fib::NOT_FWDED, 7), RouteBack::NoRoute);
+        assert_eq!(RouteBack::from_fib(fib::FWD_DISABLED, 7), RouteBack::Unverifiable(5));
+        assert_eq!(RouteBack::from_fib(-19, 7), RouteBack::Unverifiable(255));
+        assert_eq!(ReversePath::from_u8(0), Off);
+        assert_eq!(ReversePath::from_u8(9), Strict, "unknown values fail closed");
+        for k in Impossible::ALL {
+            assert_eq!(Impossible::from_u32(k as u32), Some(k));
+        }
+        assert_eq!(Impossible::from_u32(0), None);
     }
 }

@@ -13,6 +13,9 @@
 //! 3. IP headers must be consistent (version, IHL, total/payload length
 //!    within the frame) or the packet is dropped as malformed. Only the bytes
 //!    inside the IP length count: Ethernet padding cannot supply an L4 header.
+//!    A source that cannot be real on the interface ([`Host::impossible_source`]:
+//!    the host's own addresses, loopback, multicast, broadcast, …) is then
+//!    dropped whatever follows (`impossible_source`), fragments included.
 //! 4. IPv6 extension headers are walked (at most [`MAX_IPV6_EXT_HEADERS`]);
 //!    a routing header is judged by the zone's routing-header access mask.
 //! 5. Fragments. A first fragment must hold the whole minimal L4 header
@@ -28,10 +31,22 @@
 //!    sets intersect the port's access mask. Encapsulation protocols
 //!    ([`is_encapsulation`]) are judged by the zone's tunnel access mask.
 //!    Everything else (ICMP, …) passes.
+//! 7. Trust is not given on the source address alone: a packet that rule 6
+//!    (or rule 4's routing header) let through a non-zero access mask on
+//!    its source's sets (a protected port, a tunnel, a routing header) and
+//!    that would pass is dropped unless the route back to that source
+//!    ([`Host::route_back`]) leaves through the ingress interface (zone
+//!    `reverse_path = "strict"`) or exists at all (`"loose"`):
+//!    `reverse_path`, or `reverse_path_unverified` when the kernel would not
+//!    answer. A first fragment's remembered verdict is the final one. The
+//!    check is made once, when the packet's upper-layer header has been
+//!    judged; a later fragment follows its first fragment (whose
+//!    unfragmentable part, routing header included, is the one reassembly
+//!    keeps). Nothing else asks the FIB.
 
 use crate::isolator::{
-    is_allowed, DropReason, FragEntry, FragKey, FragVerdict, PassReason, PortStatsKey, Verdict, ZoneBinding,
-    FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
+    is_allowed, reverse_path_drop, DropReason, FragEntry, FragKey, FragVerdict, Impossible, PassReason, PortStatsKey,
+    ReversePath, RouteBack, Verdict, ZoneBinding, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
 };
 use crate::wire::*;
 
@@ -45,6 +60,17 @@ pub trait Policy {
     fn source_sets_v4(&self, slot: u32, addr: [u8; 4]) -> u32;
     /// Source sets of an IPv6 address in a slot (longest-prefix match).
     fn source_sets_v6(&self, slot: u32, addr: [u8; 16]) -> u32;
+}
+
+/// What the host's network stack answers the program: the impossible-source
+/// tries the agent fills, and the kernel's FIB. Addresses are 16 bytes;
+/// IPv4 uses the first four.
+pub trait Host {
+    /// Why `src` cannot be a real source on `ifindex`, if it cannot.
+    fn impossible_source(&self, ifindex: u32, family: u8, src: &[u8; 16]) -> Option<Impossible>;
+    /// The route back to a packet's source `src`, looked up from its
+    /// destination `dst` as if arriving on `ifindex`.
+    fn route_back(&self, ifindex: u32, family: u8, src: &[u8; 16], dst: &[u8; 16]) -> RouteBack;
 }
 
 /// The first-fragment verdicts remembered between packets.
@@ -101,11 +127,66 @@ impl Addrs {
         key
     }
 
+    /// (family, source, destination), 16 bytes each.
+    fn wide(&self) -> (u8, [u8; 16], [u8; 16]) {
+        let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+        match self {
+            Addrs::V4 { src, dst } => {
+                s[..4].copy_from_slice(src);
+                d[..4].copy_from_slice(dst);
+                (FAMILY_V4, s, d)
+            }
+            Addrs::V6 { src, dst } => (FAMILY_V6, *src, *dst),
+        }
+    }
+
     fn source_sets(&self, policy: &impl Policy, slot: u32) -> u32 {
         match self {
             Addrs::V4 { src, .. } => policy.source_sets_v4(slot, *src),
             Addrs::V6 { src, .. } => policy.source_sets_v6(slot, *src),
         }
+    }
+}
+
+/// The interface, its zone and what the decision may consult.
+struct Judge<'a, P, H> {
+    ifindex: u32,
+    zone: ZoneBinding,
+    policy: &'a P,
+    host: &'a H,
+    /// Something passed on the source's trust (rule 7 applies).
+    trusted: core::cell::Cell<bool>,
+}
+
+impl<P: Policy, H: Host> Judge<'_, P, H> {
+    /// Rule 6: may the packet's source pass something guarded by `access`?
+    /// `None` passes; `denied` is the reason when its sets do not match. A
+    /// pass on trust marks the packet for rule 7.
+    fn admits(&self, access: u32, addrs: &Addrs, denied: DropReason) -> Option<DropReason> {
+        if access == 0 {
+            return None;
+        }
+        if !is_allowed(access, addrs.source_sets(self.policy, self.zone.slot)) {
+            return Some(denied);
+        }
+        self.trusted.set(true);
+        None
+    }
+
+    /// Rule 7, for a packet about to pass.
+    fn reverse_path(&self, addrs: &Addrs) -> Option<DropReason> {
+        let mode = ReversePath::from_u8(self.zone.reverse_path);
+        if !self.trusted.get() || mode == ReversePath::Off {
+            return None;
+        }
+        let (family, src, dst) = addrs.wide();
+        reverse_path_drop(mode, self.ifindex, self.host.route_back(self.ifindex, family, &src, &dst))
+    }
+
+    /// Rule 3's last step: a source that cannot be real here.
+    fn impossible(&self, addrs: &Addrs) -> bool {
+        let (family, src, _) = addrs.wide();
+        self.host.impossible_source(self.ifindex, family, &src).is_some()
     }
 }
 
@@ -122,11 +203,13 @@ pub fn decide(
     frame: &[u8],
     ifindex: u32,
     policy: &impl Policy,
+    host: &impl Host,
     frags: &mut impl FragmentTable,
 ) -> Decision {
     let Some(zone) = policy.binding(ifindex) else {
         return pass(PassReason::NoZone);
     };
+    let j = Judge { ifindex, zone, policy, host, trusted: core::cell::Cell::new(false) };
     if frame.len() < ETH_HLEN {
         return pass(PassReason::NotIp);
     }
@@ -145,19 +228,13 @@ pub fn decide(
         depth += 1;
     }
     match ethertype {
-        ETH_P_IPV4 => ipv4(frame, off, &zone, policy, frags),
-        ETH_P_IPV6 => ipv6(frame, off, &zone, policy, frags),
+        ETH_P_IPV4 => ipv4(frame, off, &j, frags),
+        ETH_P_IPV6 => ipv6(frame, off, &j, frags),
         _ => pass(PassReason::NotIp),
     }
 }
 
-fn ipv4(
-    f: &[u8],
-    off: usize,
-    zone: &ZoneBinding,
-    policy: &impl Policy,
-    frags: &mut impl FragmentTable,
-) -> Decision {
+fn ipv4(f: &[u8], off: usize, j: &Judge<impl Policy, impl Host>, frags: &mut impl FragmentTable) -> Decision {
     if off + IPV4_MIN_HLEN > f.len() || f[off] >> 4 != 4 {
         return drop(DropReason::Malformed);
     }
@@ -174,21 +251,18 @@ fn ipv4(
         src: [f[off + 12], f[off + 13], f[off + 14], f[off + 15]],
         dst: [f[off + 16], f[off + 17], f[off + 18], f[off + 19]],
     };
+    if j.impossible(&addrs) {
+        return drop(DropReason::ImpossibleSource);
+    }
     let key = addrs.frag_key(u32::from(be16(f, off + 4)), proto);
     if frag_offset != 0 {
         return later_fragment(&key, proto, frag_offset, frags);
     }
     let first = more_fragments.then_some((key, off + ihl));
-    transport(f, proto, off + ihl, off + total, &addrs, first, zone, policy, frags)
+    transport(f, proto, off + ihl, off + total, &addrs, first, j, frags)
 }
 
-fn ipv6(
-    f: &[u8],
-    off: usize,
-    zone: &ZoneBinding,
-    policy: &impl Policy,
-    frags: &mut impl FragmentTable,
-) -> Decision {
+fn ipv6(f: &[u8], off: usize, j: &Judge<impl Policy, impl Host>, frags: &mut impl FragmentTable) -> Decision {
     if off + IPV6_HLEN > f.len() || f[off] >> 4 != 6 {
         return drop(DropReason::Malformed);
     }
@@ -201,6 +275,9 @@ fn ipv6(
     src.copy_from_slice(&f[off + 8..off + 24]);
     dst.copy_from_slice(&f[off + 24..off + 40]);
     let addrs = Addrs::V6 { src, dst };
+    if j.impossible(&addrs) {
+        return drop(DropReason::ImpossibleSource);
+    }
 
     let mut next = f[off + 6];
     let mut cur = off + IPV6_HLEN;
@@ -240,9 +317,8 @@ fn ipv6(
             continue;
         }
         if next == IPPROTO_ROUTING {
-            let access = zone.routing_header_access;
-            if access != 0 && !is_allowed(access, addrs.source_sets(policy, zone.slot)) {
-                return drop(DropReason::RoutingHeader);
+            if let Some(r) = j.admits(j.zone.routing_header_access, &addrs, DropReason::RoutingHeader) {
+                return drop(r);
             }
         }
         if cur + 2 > end {
@@ -255,7 +331,7 @@ fn ipv6(
         next = f[cur];
         cur += len;
     }
-    transport(f, next, cur, end, &addrs, first, zone, policy, frags)
+    transport(f, next, cur, end, &addrs, first, j, frags)
 }
 
 fn later_fragment(
@@ -286,11 +362,10 @@ fn transport(
     end: usize,
     addrs: &Addrs,
     first_fragment: Option<(FragKey, usize)>,
-    zone: &ZoneBinding,
-    policy: &impl Policy,
+    j: &Judge<impl Policy, impl Host>,
     frags: &mut impl FragmentTable,
 ) -> Decision {
-    let decision = match proto {
+    let mut decision = match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let min = l4_min_len(proto);
             if l4 + min > end {
@@ -301,14 +376,13 @@ fn transport(
                 });
             }
             let port = be16(f, l4 + 2);
-            let access = policy.port_access(zone.slot, proto, port);
+            let access = j.policy.port_access(j.zone.slot, proto, port);
             if access == 0 {
                 pass(PassReason::Unprotected)
             } else {
-                let verdict = if is_allowed(access, addrs.source_sets(policy, zone.slot)) {
-                    Verdict::Pass(PassReason::Allowed)
-                } else {
-                    Verdict::Drop(DropReason::ProtectedPort)
+                let verdict = match j.admits(access, addrs, DropReason::ProtectedPort) {
+                    None => Verdict::Pass(PassReason::Allowed),
+                    Some(r) => Verdict::Drop(r),
                 };
                 Decision {
                     verdict,
@@ -316,16 +390,17 @@ fn transport(
                 }
             }
         }
-        p if is_encapsulation(p) => {
-            let access = zone.tunnel_access;
-            if access == 0 || is_allowed(access, addrs.source_sets(policy, zone.slot)) {
-                pass(PassReason::OtherProtocol)
-            } else {
-                drop(DropReason::Tunnel)
-            }
-        }
+        p if is_encapsulation(p) => match j.admits(j.zone.tunnel_access, addrs, DropReason::Tunnel) {
+            None => pass(PassReason::OtherProtocol),
+            Some(r) => drop(r),
+        },
         _ => pass(PassReason::OtherProtocol),
     };
+    if !decision.verdict.is_drop() {
+        if let Some(r) = j.reverse_path(addrs) {
+            decision.verdict = Verdict::Drop(r);
+        }
+    }
     if let Some((key, start)) = first_fragment {
         let verdict = if decision.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
         let headers_end = (l4 + l4_min_len(proto)).saturating_sub(start) as u16;

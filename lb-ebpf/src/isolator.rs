@@ -2,19 +2,27 @@
 //! rule for rule (the module docs there state the rules); the differential
 //! tests hold the two to the same verdict on every packet.
 
-use aya_ebpf::{bindings::BPF_ANY, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    macros::map,
+    maps::{lpm_trie::Key, PerCpuArray},
+    programs::XdpContext,
+    EbpfContext,
+};
 use lb_common::{
     isolator::{
-        is_allowed, DropReason, FragEntry, FragKey, FragVerdict, PassReason, PortStatsKey, SourceV4,
-        SourceV6, Verdict, ZoneBinding, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS,
-        MAX_VLAN_DEPTH, SOURCE_SLOT_BITS,
+        is_allowed, reverse_path_drop, DropReason, FragEntry, FragKey, FragVerdict, PassReason, PortStatsKey,
+        ReversePath, SourceV4, SourceV6, Verdict, ZoneBinding, FAMILY_V4, FAMILY_V6,
+        MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, SOURCE_SLOT_BITS, STAGE_REVERSE_PATH,
     },
     wire::*,
 };
 
 use crate::{
-    maps::{FRAGMENTS, PROTECTED_PORTS, SOURCES_V4, SOURCES_V6, ZONE_BINDINGS},
+    maps::{FRAGMENTS, ISO_STAGES, PROTECTED_PORTS, SOURCES_V4, SOURCES_V6, ZONE_BINDINGS},
+    martian,
     packet::Packet,
+    reverse_path,
 };
 
 /// Where the packet's headers are, for counters and drop events.
@@ -42,6 +50,11 @@ struct Ctx {
     pkt: Packet,
     zone: ZoneBinding,
     headers: Headers,
+    /// The program's context (the ingress ifindex, the FIB helper).
+    xdp: *mut core::ffi::c_void,
+    /// A trusted source let something through: its route back is checked
+    /// before the packet passes (rule 7).
+    trusted: bool,
 }
 
 impl Ctx {
@@ -71,7 +84,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
             headers: Headers::default(),
         };
     };
-    let mut c = Ctx { pkt, zone, headers: Headers::default() };
+    let mut c = Ctx { pkt, zone, headers: Headers::default(), xdp: ctx.as_ptr(), trusted: false };
     let Some(mut ethertype) = c.pkt.be16_at(12) else {
         return c.pass(PassReason::NotIp);
     };
@@ -119,6 +132,9 @@ fn ipv4(c: &mut Ctx, off: usize) -> Decision {
         return c.drop(DropReason::Malformed);
     }
     c.headers.proto = proto;
+    if let Some(d) = impossible(c) {
+        return d;
+    }
     let frag_offset = usize::from(frag & 0x1fff) * 8;
     if frag_offset != 0 {
         return match frag_key(c, u32::from(id), proto) {
@@ -149,6 +165,9 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
     let end = off + IPV6_HLEN + usize::from(plen);
     if vtc >> 12 != 6 || end > c.pkt.len() {
         return c.drop(DropReason::Malformed);
+    }
+    if let Some(d) = impossible(c) {
+        return d;
     }
     let mut next = (next_hop >> 8) as u8;
     let mut cur = off + IPV6_HLEN;
@@ -191,9 +210,9 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
         }
         if next == IPPROTO_ROUTING {
             let access = c.zone.routing_header_access;
-            if access != 0 && !is_allowed(access, source_sets(c)) {
+            if let Some(r) = admits(c, access, DropReason::RoutingHeader) {
                 c.headers.proto = next;
-                return c.drop(DropReason::RoutingHeader);
+                return c.drop(r);
             }
         }
         let truncated = if first.is_some() { DropReason::TinyFragment } else { DropReason::Malformed };
@@ -213,6 +232,41 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
     }
     c.headers.proto = next;
     transport(c, next, cur, end, first)
+}
+
+/// Rule 3's last step: the drop of a source that cannot be real on the
+/// interface, if it cannot. Called once the IP header is known to be whole.
+#[inline(always)]
+fn impossible(c: &Ctx) -> Option<Decision> {
+    if impossible_kind(c.xdp, &c.pkt, &c.headers) == 0 {
+        return None;
+    }
+    Some(c.drop(DropReason::ImpossibleSource))
+}
+
+/// The ifindex the packet arrived on.
+#[inline(always)]
+fn ingress_ifindex(xdp: *mut core::ffi::c_void) -> u32 {
+    // SAFETY: the program's own context.
+    unsafe { (*(xdp as *const aya_ebpf::bindings::xdp_md)).ingress_ifindex }
+}
+
+/// The impossible-source lookup in a frame of its own (its key takes up
+/// to 24 bytes of stack): the `Impossible` kind of the packet's source, or
+/// 0. Also the drop event's detail.
+#[inline(never)]
+pub fn impossible_kind(xdp: *mut core::ffi::c_void, pkt: &Packet, h: &Headers) -> u32 {
+    let ifindex = ingress_ifindex(xdp);
+    let kind = if h.family == FAMILY_V4 {
+        // In bounds (total >= ihl >= 20); were it not, a malformed header
+        // is dropped later anyway.
+        let Some(src) = pkt.bytes_at::<4>(h.l3 + 12) else { return 0 };
+        martian::impossible_v4(ifindex, src)
+    } else {
+        let Some(src) = pkt.bytes_at::<16>(h.l3 + 8) else { return 0 };
+        martian::impossible_v6(ifindex, src)
+    };
+    kind.map_or(0, u32::from)
 }
 
 /// The reassembly key of the packet's datagram (IPv4 addresses in the
@@ -262,12 +316,113 @@ fn source_sets(c: &Ctx) -> u32 {
     sets.copied().unwrap_or(0)
 }
 
+/// Rule 6 of the model: may the packet's source pass something guarded by
+/// `access`? `None` passes; `denied` is the reason when its sets do not
+/// match. A pass on trust marks the packet for rule 7.
+#[inline(always)]
+fn admits(c: &mut Ctx, access: u32, denied: DropReason) -> Option<DropReason> {
+    if access == 0 {
+        return None;
+    }
+    if !is_allowed(access, source_sets(c)) {
+        return Some(denied);
+    }
+    c.trusted = true;
+    None
+}
+
+/// What the reverse-path stage needs to finish a packet's decision: the
+/// decision so far (a pass) and, for a first fragment, what to remember.
+/// Integers only: an `Option`'s unset payload would be copied as
+/// uninitialised registers, which the verifier refuses, and LLVM takes a
+/// `bool` or an enum read from memory to hold only its valid values, which
+/// the verifier cannot know of map memory.
+pub struct Pending {
+    /// The `PassReason` as `u8` (only passes are handed over).
+    pub reason: u8,
+    pub headers: Headers,
+    pub port: PortStatsKey,
+    pub has_port: u8,
+    pub mode: u8,
+    pub first_fragment: u8,
+    pub frag_headers_end: u16,
+    pub frag_key: FragKey,
+}
+
+/// Not pinned: it holds nothing across packets.
+#[map]
+static ISO_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Rule 7 of the model for a packet about to pass on its source's trust:
+/// hands it to the reverse-path stage (`isolator_reverse_path`), which
+/// looks the route back up and finishes the packet. Returns only if that
+/// stage cannot run: the packet is then dropped as unverifiable (fail
+/// closed).
+#[inline(always)]
+fn reverse_path_stage(c: &Ctx, decision: &Decision, first_fragment: &Option<(FragKey, usize)>, headers_end: u16) {
+    let Some(p) = ISO_PENDING.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU slot; XDP does not nest on a CPU.
+    let p = unsafe { &mut *p };
+    p.reason = match decision.verdict {
+        Verdict::Pass(r) => r as u8,
+        Verdict::Drop(_) => 0,
+    };
+    p.headers = c.headers;
+    p.has_port = u8::from(decision.protected_port.is_some());
+    if let Some(k) = decision.protected_port {
+        p.port = k;
+    }
+    p.mode = c.zone.reverse_path;
+    p.first_fragment = u8::from(first_fragment.is_some());
+    p.frag_headers_end = headers_end;
+    if let Some((key, _)) = first_fragment {
+        p.frag_key = *key;
+    }
+    let ctx = XdpContext::new(c.xdp as *mut aya_ebpf::bindings::xdp_md);
+    // SAFETY: a tail call either does not return or fails harmlessly.
+    let _ = unsafe { ISO_STAGES.tail_call(&ctx, STAGE_REVERSE_PATH) };
+}
+
+/// The reverse-path stage: the FIB's answer for a packet the isolator would
+/// pass on its source's trust, then what the isolator would have done
+/// after its decision (remember a first fragment's verdict, count).
+#[inline(always)]
+/// Returns the decision and its drop event's detail (the FIB's return code
+/// when it would not answer).
+pub fn finish_reverse_path(ctx: &XdpContext) -> Option<(Decision, u8)> {
+    let p = ISO_PENDING.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, written by the isolator on this CPU for this
+    // very packet just before the tail call.
+    let p = unsafe { &mut *p };
+    let pkt = Packet::new_opaque(ctx);
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let h = p.headers;
+    let route = reverse_path::decode(reverse_path::lookup(ctx.as_ptr(), &pkt, h.family, h.l3, ifindex));
+    let reason = match p.reason {
+        r if r == PassReason::Allowed as u8 => PassReason::Allowed,
+        r if r == PassReason::Unprotected as u8 => PassReason::Unprotected,
+        _ => PassReason::OtherProtocol,
+    };
+    let protected_port = if p.has_port != 0 { Some(p.port) } else { None };
+    let mut d = Decision { verdict: Verdict::Pass(reason), protected_port, headers: h };
+    if let Some(r) = reverse_path_drop(ReversePath::from_u8(p.mode), ifindex, route) {
+        d.verdict = Verdict::Drop(r);
+    }
+    let detail = if let lb_common::isolator::RouteBack::Unverifiable(rc) = route { rc } else { 0 };
+    if p.first_fragment != 0 {
+        let verdict = if d.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
+        let entry = FragEntry { verdict, headers_end: p.frag_headers_end };
+        let _ = FRAGMENTS.insert(&p.frag_key, &entry.to_u32(), u64::from(BPF_ANY));
+    }
+    Some((d, detail))
+}
+
 /// Judges the upper-layer header at `l4`; the IP payload ends at `end`.
 /// `first_fragment` carries the reassembly key of a first fragment and where
 /// its fragmentable part starts.
 #[inline(always)]
 fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Option<(FragKey, usize)>) -> Decision {
-    let decision = if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+    let mut decision = if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
         let min = l4_min_len(proto);
         if l4 + min > end {
             return c.drop(if first_fragment.is_some() { DropReason::TinyFragment } else { DropReason::Malformed });
@@ -282,10 +437,9 @@ fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Opti
         if access == 0 {
             c.pass(PassReason::Unprotected)
         } else {
-            let verdict = if is_allowed(access, source_sets(c)) {
-                Verdict::Pass(PassReason::Allowed)
-            } else {
-                Verdict::Drop(DropReason::ProtectedPort)
+            let verdict = match admits(c, access, DropReason::ProtectedPort) {
+                None => Verdict::Pass(PassReason::Allowed),
+                Some(r) => Verdict::Drop(r),
             };
             Decision {
                 verdict,
@@ -295,19 +449,25 @@ fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Opti
         }
     } else if is_encapsulation(proto) {
         let access = c.zone.tunnel_access;
-        if access == 0 || is_allowed(access, source_sets(c)) {
-            c.pass(PassReason::OtherProtocol)
-        } else {
-            c.drop(DropReason::Tunnel)
+        match admits(c, access, DropReason::Tunnel) {
+            None => c.pass(PassReason::OtherProtocol),
+            Some(r) => c.drop(r),
         }
     } else {
         c.pass(PassReason::OtherProtocol)
     };
-    if let Some((key, start)) = first_fragment {
+    // Both offsets are bounded by the frame (MAX_OFFSET), and the L4
+    // header starts at or after the fragmentable part.
+    let headers_end = first_fragment.as_ref().map_or(0, |(_, start)| (l4 + l4_min_len(proto)).saturating_sub(*start) as u16);
+    // Every trusted pass goes to the stage, `reverse_path = "off"` too: a
+    // test of the mode here would split every path behind it in two for
+    // the verifier.
+    if c.trusted && !decision.verdict.is_drop() {
+        reverse_path_stage(c, &decision, &first_fragment, headers_end);
+        decision.verdict = Verdict::Drop(DropReason::ReversePathUnverified);
+    }
+    if let Some((key, _)) = first_fragment {
         let verdict = if decision.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
-        // Both offsets are bounded by the frame (MAX_OFFSET), and the L4
-        // header starts at or after the fragmentable part.
-        let headers_end = (l4 + l4_min_len(proto)).saturating_sub(start) as u16;
         let entry = FragEntry { verdict, headers_end };
         // A full table evicts the oldest entry (LRU); a failed insert leaves
         // the followers unknown, which drops them: the safe side.

@@ -3,7 +3,10 @@
 //! `isolator`: attached to interfaces that face a zone (for example the DMZ);
 //! drops TCP/UDP to the zone's protected ports unless the source may reach
 //! them, and whatever could smuggle a packet past that check (fragments,
-//! tunnels, routing headers). The decision mirrors `lb_common::model`.
+//! tunnels, routing headers), and sources that cannot be real there. The
+//! decision mirrors `lb_common::model`. A packet that would pass on its
+//! source's trust goes on, by tail call, to `isolator_reverse_path`, which
+//! asks the FIB for the route back to that source.
 //!
 //! `balancer`: attached to the edge's outside and inside interfaces;
 //! forwards packets for a VIP's services to backends (`nat`, `dsr`,
@@ -23,7 +26,9 @@ mod balancer;
 mod decap;
 mod isolator;
 mod maps;
+mod martian;
 mod packet;
+mod reverse_path;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -32,7 +37,20 @@ use lb_common::isolator::Verdict;
 #[xdp]
 pub fn isolator(ctx: XdpContext) -> u32 {
     let decision = isolator::decide(&ctx);
-    stats::record(&ctx, &decision);
+    stats::record(&ctx, &decision, 0);
+    match decision.verdict {
+        Verdict::Pass(_) => xdp_action::XDP_PASS,
+        Verdict::Drop(_) => xdp_action::XDP_DROP,
+    }
+}
+
+/// The isolator's reverse-path stage, reached only by tail call from it.
+#[xdp]
+pub fn isolator_reverse_path(ctx: XdpContext) -> u32 {
+    let Some((decision, detail)) = isolator::finish_reverse_path(&ctx) else {
+        return xdp_action::XDP_DROP;
+    };
+    stats::record(&ctx, &decision, detail);
     match decision.verdict {
         Verdict::Pass(_) => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,

@@ -89,3 +89,17 @@ pub static LB_DECAP: HashMap<DecapKey, u32> = HashMap::pinned(MAX_DECAP_ENTRIES,
 
 #[map]
 pub static LB_DECAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(DECAP_COUNTERS_LEN, 0);
+
+// Sources that cannot be real, per interface (`lb_common::isolator::Impossible`).
+// Read by the isolator on zone interfaces and by the balancer for new flows.
+
+/// The isolator's later stages (`STAGE_REVERSE_PATH`). Pinned: a program
+/// array is emptied when user space lets go of it.
+#[map]
+pub static ISO_STAGES: ProgramArray = ProgramArray::pinned(1, 0);
+
+#[map]
+pub static IMPOSSIBLE_V4: LpmTrie<IfAddrV4, u32> = LpmTrie::pinned(MAX_IMPOSSIBLE_PREFIXES, 0);
+
+#[map]
+pub static IMPOSSIBLE_V6: LpmTrie<IfAddrV6, u32> = LpmTrie::pinned(MAX_IMPOSSIBLE_PREFIXES, 0);

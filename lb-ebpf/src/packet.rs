@@ -35,6 +35,15 @@ impl Packet {
         Self { start: ctx.data(), end: ctx.data_end() }
     }
 
+    /// [`Packet::new`] for code where LLVM, knowing the context's fields
+    /// are 32 bits, would spill the packet pointers as 32-bit values, which
+    /// the verifier refuses ("invalid size of register spill"): the barrier
+    /// makes them full 64-bit values.
+    #[inline(always)]
+    pub fn new_opaque(ctx: &XdpContext) -> Self {
+        Self { start: opaque(ctx.data()), end: opaque(ctx.data_end()) }
+    }
+
     /// Frame length in bytes.
     #[inline(always)]
     pub fn len(&self) -> usize {
@@ -43,7 +52,7 @@ impl Packet {
 
     /// A pointer to `N` bytes at `off`, if they are all inside the packet.
     #[inline(always)]
-    fn at<const N: usize>(&self, off: usize) -> Option<*const [u8; N]> {
+    pub fn at<const N: usize>(&self, off: usize) -> Option<*const [u8; N]> {
         // The decision code compares offsets with `len()` as integers; from
         // those comparisons LLVM would prove this pointer check redundant and
         // drop it, but the verifier only trusts pointer comparisons. Hiding

@@ -2,18 +2,21 @@
 //! the decision code stays a pure function of the packet and the policy maps.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::EbpfContext;
 use lb_common::isolator::{
-    counter_index, DropEvent, PortStats, Verdict, FAMILY_V4, FAMILY_V6, SETTING_EVENT_INTERVAL_NS,
+    counter_index, DropEvent, DropReason, PortStats, Verdict, FAMILY_V4, FAMILY_V6, SETTING_EVENT_INTERVAL_NS,
 };
 
 use crate::{
-    isolator::Decision,
+    isolator::{self, Decision},
     maps::{COUNTERS, DROP_EVENTS, EVENT_CLOCK, PORT_STATS, SETTINGS},
     packet::Packet,
 };
 
 #[inline(always)]
-pub fn record(ctx: &XdpContext, d: &Decision) {
+/// `detail` is the drop event's detail when the caller knows it (the FIB's
+/// answer in the reverse-path stage), else 0.
+pub fn record(ctx: &XdpContext, d: &Decision, detail: u8) {
     if let Some(c) = COUNTERS.get_ptr_mut(counter_index(d.verdict)) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *c += 1 };
@@ -39,7 +42,7 @@ pub fn record(ctx: &XdpContext, d: &Decision) {
     }
     if let Verdict::Drop(reason) = d.verdict {
         if event_due() {
-            emit(ctx, d, reason as u8);
+            emit(ctx, d, reason as u8, detail);
         }
     }
 }
@@ -67,17 +70,25 @@ fn event_due() -> bool {
 }
 
 #[inline(always)]
-fn emit(ctx: &XdpContext, d: &Decision, reason: u8) {
+fn emit(ctx: &XdpContext, d: &Decision, reason: u8, detail: u8) {
     let Some(mut entry) = DROP_EVENTS.reserve::<DropEvent>(0) else {
         return;
     };
-    let pkt = Packet::new(ctx);
+    let pkt = Packet::new_opaque(ctx);
     let h = d.headers;
     let mut ev = DropEvent {
         ifindex: ctx.ingress_ifindex() as u32,
         reason,
         family: h.family,
         proto: h.proto,
+        detail: if reason == DropReason::ImpossibleSource as u8 {
+            // Asked again here (events are sampled, so rare) rather than
+            // carried with every decision: the isolator's frame has no
+            // room to spare.
+            isolator::impossible_kind(ctx.as_ptr(), &pkt, &d.headers) as u8
+        } else {
+            detail
+        },
         ..DropEvent::default()
     };
     if h.family == FAMILY_V4 {

@@ -12,7 +12,7 @@ use std::{
 
 use lb_common::{
     isolator::{
-        ZoneBinding, MAX_INTERFACES, MAX_PORT_ENTRIES, MAX_SLOTS, MAX_SOURCE_PREFIXES, PROTECTED,
+        ReversePath, ZoneBinding, MAX_INTERFACES, MAX_PORT_ENTRIES, MAX_SLOTS, MAX_SOURCE_PREFIXES, PROTECTED,
         SET_NODES, SET_TRUSTED,
     },
     model::Policy,
@@ -101,6 +101,7 @@ struct RawZone {
     swarm_ports: Option<bool>,
     allow_tunnels: Option<bool>,
     allow_routing_header: Option<bool>,
+    reverse_path: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -234,9 +235,24 @@ pub struct ZoneConfig {
     pub swarm_ports: bool,
     pub allow_tunnels: bool,
     pub allow_routing_header: bool,
+    /// How the route back to a trusted source is checked (`strict` unless
+    /// the zone says otherwise).
+    pub reverse_path: ReversePath,
 }
 
 impl ZoneConfig {
+    /// The binding an interface of this zone gets.
+    fn binding(&self, slot: u32, zone_id: u32) -> ZoneBinding {
+        ZoneBinding {
+            slot,
+            tunnel_access: self.tunnel_access(),
+            routing_header_access: self.routing_header_access(),
+            zone_id: zone_id as u16,
+            reverse_path: self.reverse_path as u8,
+            _pad: 0,
+        }
+    }
+
     /// The access mask of (proto, port) in this zone (0 = unprotected).
     fn port_access(&self, proto: u8, port: u16) -> u32 {
         let mut access = 0;
@@ -315,9 +331,22 @@ impl Config {
                     .map_err(|m| loc.at(a.span(), format!("{} = {:?}: {m}", key("allow", i), a.get_ref())))?;
                 allow.push(c);
             }
+            let reverse_path = match z.reverse_path.as_ref().map(|v| (v, v.get_ref().as_str())) {
+                None => ReversePath::Strict,
+                Some((_, "strict")) => ReversePath::Strict,
+                Some((_, "loose")) => ReversePath::Loose,
+                Some((_, "off")) => ReversePath::Off,
+                Some((v, other)) => {
+                    return Err(loc.at(
+                        v.span(),
+                        format!("zone.{}.reverse_path = {other:?}: expected \"strict\", \"loose\" or \"off\"", name.get_ref()),
+                    ))
+                }
+            };
             zones.insert(
                 name.get_ref().clone(),
                 ZoneConfig {
+                    reverse_path,
                     protected,
                     allow,
                     swarm_ports: z.swarm_ports.unwrap_or(true),
@@ -509,6 +538,7 @@ impl Config {
                 zone_id: zones.len() as u32,
                 tunnel_access: z.tunnel_access(),
                 routing_header_access: z.routing_header_access(),
+                reverse_path: z.reverse_path,
                 ports,
                 sources_v4,
                 sources_v6,
@@ -526,6 +556,7 @@ pub struct ZonePolicy {
     pub zone_id: u32,
     pub tunnel_access: u32,
     pub routing_header_access: u32,
+    pub reverse_path: ReversePath,
     /// (protocol, port) → access mask.
     pub ports: BTreeMap<(u8, u16), u32>,
     /// (address, prefix length) → source sets, flattened.
@@ -562,15 +593,7 @@ impl ReferencePolicy {
             by_slot.insert(slot, z.clone());
             for i in cfg.interfaces.iter().filter(|i| &i.zone == name) {
                 if let Some(&ifindex) = ifindexes.get(&i.name) {
-                    bindings.insert(
-                        ifindex,
-                        ZoneBinding {
-                            slot,
-                            tunnel_access: z.tunnel_access(),
-                            routing_header_access: z.routing_header_access(),
-                            zone_id: zone_id as u32,
-                        },
-                    );
+                    bindings.insert(ifindex, z.binding(slot, zone_id as u32));
                 }
             }
         }

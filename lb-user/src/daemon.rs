@@ -14,7 +14,7 @@ use lb_common::balancer::Mode;
 use lb_user::{
     balancer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
     config::{BalancerConfig, CompiledPolicy, Config, ForwardMode},
-    events,
+    events, host,
     loader::{remove_pins, AttachMode, Datapath, MapSizes, Program},
     maps::{BalancerMaps, IsolatorMaps},
     health::HealthChecks,
@@ -150,6 +150,53 @@ fn desired(b: &BalancerConfig, ifx: &HashMap<String, u32>, health: &HealthChecks
     }
     let egress = b.outside_interfaces.iter().chain([&b.inside_interface]).filter_map(|n| ifx.get(n).copied()).collect();
     Ok(Desired { inside_v4, inside_v6, snat_ports: b.snat_ports, egress, vips })
+}
+
+/// The kernel's FIB lookup refuses to answer (BPF_FIB_LKUP_RET_FWD_DISABLED)
+/// on an interface that does not forward the family, so a zone that checks
+/// reverse paths there would drop every trusted source of that family
+/// (`reverse_path_unverified`). Refused here, naming the sysctl, rather than
+/// found out from the drops. A family is needed when the zone trusts some
+/// source of it (allow-list or cluster nodes).
+fn check_forwarding(compiled: &CompiledPolicy) -> Result<()> {
+    for (ifname, zone) in &compiled.interfaces {
+        let z = &compiled.zones[*zone];
+        if z.reverse_path == lb_common::isolator::ReversePath::Off {
+            continue;
+        }
+        for (v6, needed) in [(false, !z.sources_v4.is_empty()), (true, !z.sources_v6.is_empty())] {
+            if needed && !host::forwarding(ifname, v6)? {
+                let sysctl = host::forwarding_sysctl(ifname, v6);
+                bail!(
+                    "zone {}: reverse_path = \"{}\" on {ifname} needs {sysctl} = 1: with IPv{} forwarding off the kernel will not look up the route back to a source (bpf_fib_lookup answers FWD_DISABLED) and every trusted IPv{} source would be dropped. Set `sysctl -w {sysctl}=1`{}, or reverse_path = \"off\" for the zone",
+                    z.name,
+                    z.reverse_path.name(),
+                    if v6 { 6 } else { 4 },
+                    if v6 { 6 } else { 4 },
+                    if v6 { " (and accept_ra = 2 if the interface takes its address from router advertisements)" } else { "" },
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The impossible-source rules for the host's addresses as they are now.
+fn impossible_sources(cfg: &Config, ifx: &HashMap<String, u32>, desired: &Desired) -> Result<lb_user::martian::Rules> {
+    let addrs = host::addresses()?;
+    let zones: Vec<u32> = cfg.interfaces().iter().filter_map(|i| ifx.get(&i.name).copied()).collect();
+    let outside = cfg.balancer().map(|b| {
+        let inside_if = ifx.get(&b.inside_interface).copied();
+        let inside_nets = addrs.iter().filter(|a| Some(a.ifindex) == inside_if).map(|a| lb_user::martian::network(a.addr, a.prefix));
+        let backends = desired.vips.iter().flat_map(|v| v.backends.iter().map(|b| lb_user::config::Cidr::host(b.address)));
+        lb_user::martian::Outside {
+            ifindexes: b.outside_interfaces.iter().filter_map(|n| ifx.get(n).copied()).collect(),
+            vips: desired.vips.iter().map(|v| v.address).collect(),
+            inside: desired.inside_v4.map(IpAddr::V4).into_iter().chain(desired.inside_v6.map(IpAddr::V6)).collect(),
+            backend_networks: inside_nets.chain(backends).collect(),
+        }
+    });
+    Ok(lb_user::martian::compile(&addrs, &zones, outside.as_ref()))
 }
 
 /// Protected ports inside this host's ephemeral range also match the
@@ -291,6 +338,8 @@ impl Daemon {
             None => Desired { inside_v4: None, inside_v6: None, snat_ports: (0, 0), egress: Vec::new(), vips: Vec::new() },
         };
         self.lb_writer.check(&desired).context("the balancer's maps")?;
+        check_forwarding(&compiled)?;
+        let impossible = impossible_sources(cfg, &ifx, &desired)?;
         let wanted = programs(cfg);
         // New interfaces get a program; an interface whose program changes
         // gets the new one swapped in on its link. Only the new ones are
@@ -313,6 +362,11 @@ impl Daemon {
             }
         }
         policy::apply_settings(&mut self.maps, cfg.drop_event_interval_ns())?;
+        // Before the policy: the tries only ever drop more.
+        if let Err(e) = impossible.apply(&mut self.maps) {
+            self.detach(&newly);
+            return Err(e);
+        }
         let applied = match policy::apply(&mut self.maps, &compiled, &ifx) {
             Ok(a) => a,
             Err(e) => {
@@ -594,6 +648,14 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         let mut watch = CounterWatch::new(daemon.lb_maps.counters().unwrap_or_default());
         let mut watched = std::time::Instant::now();
         let mut idle = idle_timeouts(&cfg);
+        // Address changes: the impossible-source tries follow them.
+        let mut addresses = match host::AddressWatch::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                error!(error = format!("{e:#}"), "watching address changes failed: the host's addresses are read again only on reloads and Swarm or health changes");
+                None
+            }
+        };
         info!(pid = std::process::id(), "swarmlb running");
         loop {
             tokio::select! {
@@ -626,6 +688,15 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                         daemon.reapply("Swarm", config_path, runtime_dir);
                     } else if let Err(e) = daemon.write_state(runtime_dir) {
                         warn!(error = format!("{e:#}"), "writing the state file failed");
+                    }
+                }
+                r = async { addresses.as_mut().unwrap().changed().await }, if addresses.is_some() => {
+                    match r {
+                        Ok(()) => daemon.reapply("address", config_path, runtime_dir),
+                        Err(e) => {
+                            error!(error = format!("{e:#}"), "watching address changes failed; stopped watching");
+                            addresses = None;
+                        }
                     }
                 }
                 _ = term.recv() => { info!("SIGTERM: shutting down"); break; }

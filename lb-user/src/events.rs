@@ -3,7 +3,7 @@
 use std::{net::IpAddr, path::Path};
 
 use anyhow::Result;
-use lb_common::isolator::{DropEvent, DropReason, FAMILY_V4, FAMILY_V6};
+use lb_common::isolator::{DropEvent, DropReason, Impossible, FAMILY_V4, FAMILY_V6};
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
@@ -54,9 +54,11 @@ fn log_one(ev: &DropEvent) {
     let iface = ifname(ev.ifindex);
     let src = addr(ev.family, ev.src).map(|a| a.to_string()).unwrap_or_default();
     let dst = addr(ev.family, ev.dst).map(|a| a.to_string()).unwrap_or_default();
+    let detail = detail(ev);
     warn!(
         interface = %iface,
         reason,
+        detail,
         proto = ev.proto,
         src = %src,
         src_port = ev.src_port,
@@ -64,4 +66,20 @@ fn log_one(ev: &DropEvent) {
         dst_port = ev.dst_port,
         "isolator dropped a packet (sampled)"
     );
+}
+
+/// What an event's `detail` byte means for its reason ("" when nothing).
+fn detail(ev: &DropEvent) -> String {
+    match DropReason::from_u8(ev.reason) {
+        Some(DropReason::ImpossibleSource) => {
+            Impossible::from_u32(u32::from(ev.detail)).map_or_else(|| format!("kind {}", ev.detail), |k| k.name().to_owned())
+        }
+        Some(DropReason::ReversePathUnverified) => match ev.detail {
+            5 => "forwarding is off on the interface (BPF_FIB_LKUP_RET_FWD_DISABLED)".to_owned(),
+            6 => "the route back is a lightweight tunnel (BPF_FIB_LKUP_RET_UNSUPP_LWT)".to_owned(),
+            255 => "the FIB lookup failed (kernel older than 6.5?)".to_owned(),
+            rc => format!("bpf_fib_lookup returned {rc}"),
+        },
+        _ => String::new(),
+    }
 }

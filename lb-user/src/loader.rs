@@ -34,7 +34,7 @@ use lb_common::{
         FlowEntry, NatEntry, LB_COUNTERS_LEN, MAP_FLOWS, MAP_LB_COUNTERS, MAP_MAGLEV, MAP_NAT, MAP_NEXT_STAGE, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_VIPS,
         NEXT_STAGE_ISOLATOR, PROGRAM_BALANCER,
     },
-    isolator::PROGRAM_ISOLATOR,
+    isolator::{MAP_ISOLATOR_STAGES, PROGRAM_ISOLATOR, PROGRAM_ISOLATOR_REVERSE_PATH, STAGE_REVERSE_PATH},
 };
 use tracing::{info, warn};
 
@@ -272,6 +272,17 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("loading the {} program (verifier)", p.name()))?;
         }
+        let stage: &mut Xdp = ebpf
+            .program_mut(PROGRAM_ISOLATOR_REVERSE_PATH)
+            .context("the eBPF object has no reverse-path stage")?
+            .try_into()?;
+        stage.load().context("loading the isolator's reverse-path stage (verifier)")?;
+        let stage_fd = stage.fd()?.try_clone()?;
+        let mut stages: aya::maps::ProgramArray<_> = ebpf
+            .map_mut(MAP_ISOLATOR_STAGES)
+            .context("the eBPF object has no isolator stage map")?
+            .try_into()?;
+        stages.set(STAGE_REVERSE_PATH, &stage_fd, 0).context("installing the isolator's reverse-path stage")?;
         let isolator_fd = program(&mut ebpf, Program::Isolator)?.fd()?.try_clone()?;
         let mut next: aya::maps::ProgramArray<_> = ebpf
             .map_mut(MAP_NEXT_STAGE)

@@ -20,6 +20,8 @@ pub struct IsolatorMaps {
     pub counters: PerCpuArray<MapData, u64>,
     pub port_stats: PerCpuHashMap<MapData, PortStatsKey, PortStats>,
     pub settings: Array<MapData, u64>,
+    pub impossible_v4: LpmTrie<MapData, IfAddrV4, u32>,
+    pub impossible_v6: LpmTrie<MapData, IfAddrV6, u32>,
 }
 
 fn open_map(dir: &Path, name: &str) -> Result<Map> {
@@ -49,6 +51,8 @@ impl IsolatorMaps {
             counters: typed!(dir, MAP_COUNTERS),
             port_stats: typed!(dir, MAP_PORT_STATS),
             settings: typed!(dir, MAP_SETTINGS),
+            impossible_v4: typed!(dir, MAP_IMPOSSIBLE_V4),
+            impossible_v6: typed!(dir, MAP_IMPOSSIBLE_V6),
         })
     }
 

@@ -59,7 +59,9 @@ pub fn apply(
                 slot: applied.slots[&zone.name],
                 tunnel_access: zone.tunnel_access,
                 routing_header_access: zone.routing_header_access,
-                zone_id: zone.zone_id,
+                zone_id: zone.zone_id as u16,
+                reverse_path: zone.reverse_path as u8,
+                _pad: 0,
             },
         );
     }

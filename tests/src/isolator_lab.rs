@@ -99,6 +99,9 @@ impl IsolatorLab {
         topo.veth(&dmz, "out0", &host, "dmz0");
         topo.addr(&host, "dmz0", &format!("{HOST4}/24"));
         topo.addr(&host, "dmz0", &format!("{HOST6}/64"));
+        // The reverse-path check needs forwarding on the zone interface (a
+        // Swarm node has it for IPv4 anyway: Docker turns it on).
+        topo.forwarding(&host);
         for a in [OUT4, ADMIN4, NODE4] {
             topo.addr(&dmz, "out0", &format!("{a}/24"));
         }

@@ -19,15 +19,17 @@ use std::{
 use lb_common::{
     balancer::*,
     balancer_model::{Action, NatInsert, Route, Tables},
-    isolator::FAMILY_V4,
+    isolator::{Impossible, RouteBack, FAMILY_V4},
+    model::Host,
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_user::{
     balancer::{addr_key, BalancerWriter, Desired, DesiredBackend, DesiredVip},
-    config::{Config, ReferencePolicy},
+    config::{Cidr, Config, ReferencePolicy},
+    host::HostAddr,
     loader::{remove_pins, Datapath, MapSizes, Program},
     maps::{BalancerMaps, IsolatorMaps},
-    policy,
+    martian, policy,
 };
 
 use crate::{topology, Netns, Topology};
@@ -211,6 +213,47 @@ impl FixtureFib {
         Self { out_ifindex, in_ifindex, out_mac, in_mac, neighbours }
     }
 
+    /// The route back to a source `src`, as a reverse-path lookup (no
+    /// neighbour needed) sees it.
+    pub fn route_back(&self, family: u8, src: &[u8; 16]) -> RouteBack {
+        let a = lb_user::balancer::key_addr(src, family);
+        let own: [IpAddr; 4] =
+            ["10.1.0.1".parse().unwrap(), "fd00:1::1".parse().unwrap(), "198.51.100.1".parse().unwrap(), "2001:db8:1::1".parse().unwrap()];
+        if own.contains(&a) {
+            return RouteBack::NoRoute;
+        }
+        let on = |p: &str| Cidr::parse(p).unwrap().contains(&Cidr::host(a));
+        if on("10.1.0.0/24") || on("fd00:1::/64") {
+            RouteBack::Via(self.in_ifindex)
+        } else if on("198.51.100.0/24") || on("2001:db8:1::/64") {
+            RouteBack::Via(self.out_ifindex)
+        } else {
+            RouteBack::NoRoute
+        }
+    }
+
+    /// The impossible-source rules of the edge: those of a zone interface
+    /// and of a balancer outside interface on [`OUT_IF`].
+    pub fn impossible(&self) -> martian::Rules {
+        let a = |ifindex, s: &str, prefix| HostAddr { ifindex, addr: s.parse().unwrap(), prefix };
+        let host = [
+            a(1, "127.0.0.1", 8),
+            a(1, "::1", 128),
+            a(self.out_ifindex, "198.51.100.1", 24),
+            a(self.out_ifindex, "2001:db8:1::1", 64),
+            a(self.in_ifindex, "10.1.0.1", 24),
+            a(self.in_ifindex, "fd00:1::1", 64),
+        ];
+        let desired = fixture_desired();
+        let outside = martian::Outside {
+            ifindexes: vec![self.out_ifindex],
+            vips: desired.vips.iter().map(|v| v.address).collect(),
+            inside: vec![ip("10.1.0.1"), ip("fd00:1::1")],
+            backend_networks: vec![Cidr::parse("10.1.0.0/24").unwrap(), Cidr::parse("fd00:1::/64").unwrap()],
+        };
+        martian::compile(&host, &[self.out_ifindex], Some(&outside))
+    }
+
     /// What the kernel's FIB answers for `dst` (the model's view of it).
     pub fn route(&self, family: u8, dst: &[u8; 16], ip_len: u16) -> Route {
         let a = lb_user::balancer::key_addr(dst, family);
@@ -270,6 +313,25 @@ pub struct KernelBalancer {
     pub net: FixtureNet,
     /// What the maps were sized to.
     sizes: MapSizes,
+    /// The impossible-source rules in the tries (none until [`KernelBalancer::bind_zone`]).
+    pub impossible: martian::Rules,
+}
+
+/// What the edge answers the isolator behind the balancer, as the model
+/// sees it.
+#[derive(Clone, Debug)]
+pub struct EdgeHost {
+    fib: FixtureFib,
+    rules: martian::Rules,
+}
+
+impl Host for EdgeHost {
+    fn impossible_source(&self, ifindex: u32, family: u8, src: &[u8; 16]) -> Option<Impossible> {
+        self.rules.lookup(ifindex, family, src)
+    }
+    fn route_back(&self, _ifindex: u32, family: u8, src: &[u8; 16], _dst: &[u8; 16]) -> RouteBack {
+        self.fib.route_back(family, src)
+    }
 }
 
 impl KernelBalancer {
@@ -291,7 +353,7 @@ impl KernelBalancer {
         });
         let maps = BalancerMaps::open(&pin_dir).expect("maps open");
         let writer = BalancerWriter::adopt(&maps, FIXTURE_TABLE_SIZE).expect("writer");
-        Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net, sizes }
+        Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net, sizes, impossible: martian::Rules::default() }
     }
 
     /// Applies a desired state (egress interfaces filled in).
@@ -313,6 +375,8 @@ impl KernelBalancer {
         let mut maps = IsolatorMaps::open(&self.pin_dir).expect("isolator maps open");
         policy::apply_settings(&mut maps, u64::MAX).unwrap();
         let ifindexes = HashMap::from([(OUT_IF.to_string(), self.net.out_ifindex)]);
+        self.impossible = self.net.fib.impossible();
+        self.impossible.apply(&mut maps).expect("impossible sources apply");
         let applied = policy::apply(&mut maps, &config.compile(), &ifindexes).expect("policy applies");
         let reference = ReferencePolicy::new(&config, &ifindexes, &applied.slots);
         (maps, reference)
@@ -348,6 +412,11 @@ impl KernelBalancer {
         Ok(info.fd()?)
     }
 
+    /// The isolator model's view of the edge's routes and impossible sources.
+    pub fn edge_host(&self) -> EdgeHost {
+        EdgeHost { fib: self.net.fib.clone(), rules: self.impossible.clone() }
+    }
+
     /// The maps.
     pub fn maps(&self) -> &BalancerMaps {
         self.maps.as_ref().unwrap()
@@ -376,6 +445,7 @@ impl KernelBalancer {
     pub fn model(&self) -> ModelTables {
         let mut m = ModelTables::new(self.net.fib.clone());
         m.nat_capacity = self.sizes.nat as usize;
+        m.impossible = self.impossible.clone();
         m.reload(self.maps());
         m
     }
@@ -409,6 +479,8 @@ pub struct ModelTables {
     pub nat_capacity: usize,
     /// Interfaces it may redirect to.
     pub egress: HashSet<u32>,
+    /// The impossible-source rules the kernel's tries hold.
+    pub impossible: martian::Rules,
 }
 
 impl ModelTables {
@@ -425,6 +497,7 @@ impl ModelTables {
             flows: HashMap::new(),
             nat: HashMap::new(),
             nat_capacity: MAX_NAT_ENTRIES as usize,
+            impossible: martian::Rules::default(),
         }
     }
 
@@ -484,6 +557,9 @@ impl Tables for ModelTables {
     }
     fn is_egress(&self, ifindex: u32) -> bool {
         self.egress.contains(&ifindex)
+    }
+    fn impossible_source(&self, family: u8, ifindex: u32, src: &[u8; 16]) -> bool {
+        self.impossible.lookup(ifindex, family, src).is_some()
     }
 }
 

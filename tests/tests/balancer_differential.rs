@@ -1000,3 +1000,38 @@ fn a_closed_connection_gives_its_snat_port_back() {
     let t = lb_user::sweep::Timeouts { tcp_time_wait: std::time::Duration::from_millis(10), ..t };
     assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);
 }
+
+/// On the outside interface a new flow from a source that cannot be real
+/// there (a backend's network, the inside address, a VIP, loopback, the
+/// edge's own address) takes nothing: dropped and counted
+/// (`drop_impossible_source`), no flow and no NAT entry; a client's flow
+/// is placed as before, and the same backend-network source on the inside
+/// interface (one-armed) is not refused.
+#[test]
+fn impossible_sources_place_no_flow() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut kb = KernelBalancer::new("lbmartian");
+    kb.apply(&desired());
+    let _zone = kb.bind_zone();
+    let mut model = kb.model();
+    let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
+    let before = kb.maps().counters().unwrap()[LbCounter::ImpossibleSource as usize];
+    let forged = [("10.1.0.50", NAT4), ("10.1.0.1", NAT4), (DSR4, NAT4), ("127.0.0.1", NAT4), ("198.51.100.1", DSR4), ("fd00:1::50", NAT6), ("::1", DSR6)];
+    for (i, (src, vip)) in forged.iter().enumerate() {
+        let frame = client_frame(&kb, src, vip, &L4::tcp_syn(42000 + i as u16, 443));
+        let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+        assert_eq!((o.action, o.counter), (Action::Drop, Some(LbCounter::ImpossibleSource)), "{src} → {vip}");
+        assert!(kb.maps().flows.keys().filter_map(Result::ok).all(|k| k.src != addr_key(ip(src)).0), "a flow from {src}");
+    }
+    let after = kb.maps().counters().unwrap()[LbCounter::ImpossibleSource as usize];
+    assert_eq!(after - before, forged.len() as u64);
+    assert!(kb.maps().nat.keys().next().is_none(), "no NAT entry for a refused flow");
+    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(43000, 443));
+    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
+    assert_eq!(o.counter, Some(LbCounter::NewFlow));
+    let frame = client_frame(&kb, "10.1.0.50", NAT4, &L4::tcp_syn(43001, 443));
+    let (o, _) = both(&mut kb, &mut model, &frame, in_if);
+    assert_eq!(o.counter, Some(LbCounter::NewFlow), "the inside interface has no such rules");
+}

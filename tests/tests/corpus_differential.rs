@@ -18,7 +18,7 @@ use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Instant};
 
 use lb_user::{config::ReferencePolicy, maps::IsolatorMaps};
 
-use common::gen::{NODE4, NODE6, OUT4, OUT6, TRUST4, TRUST6};
+use common::gen::{FORGED4, FORGED6, NODE4, NODE6, OUT4, OUT6, TRUST4, TRUST6};
 use harness::{
     corpus::{self, hexdump, Case, Flow},
     kernel::{clear_fragments, fixture_config, KernelIsolator, ModelFrags},
@@ -103,6 +103,10 @@ fn isolator_flows() -> Vec<Flow> {
     for (src, dst) in [(IpAddr::V4(NODE4), ip("10.0.0.1")), (IpAddr::V6(NODE6), ip("fd00::1"))] {
         flows.push(Flow { src, dst, sport: 40003, dport: 9050 });
     }
+    // Allow-listed, but routed via the fixture's inside interface: forged.
+    for (src, dst) in [(IpAddr::V4(FORGED4), ip("10.0.0.1")), (IpAddr::V6(FORGED6), ip("fd00::1"))] {
+        flows.push(Flow { src, dst, sport: 40004, dport: 161 });
+    }
     flows
 }
 
@@ -146,8 +150,10 @@ fn isolator_matches_its_model_on_every_header_combination() {
     }
     r.skipped = skipped.get();
     println!("isolator verdicts: {}", harness::kernel::verdict_summary(&tally));
-    // Every reason but "no zone" (the fixture interface has one) is reached.
-    for v in PassReason::ALL.iter().skip(1).map(|&r| Verdict::Pass(r)).chain(DropReason::ALL.iter().map(|&r| Verdict::Drop(r))) {
+    // Every reason but "no zone" (the fixture interface has one) and an
+    // unverifiable route (forwarding is on; see differential.rs) is reached.
+    let reasons = DropReason::ALL.iter().filter(|&&r| r != DropReason::ReversePathUnverified).map(|&r| Verdict::Drop(r));
+    for v in PassReason::ALL.iter().skip(1).map(|&r| Verdict::Pass(r)).chain(reasons) {
         assert!(tally[counter_index(v) as usize] > 0, "the corpus never reaches {v:?}");
     }
     r.finish("isolator", started);
@@ -170,7 +176,7 @@ fn isolator_chunk(
     let mut tally = vec![0u64; COUNTERS_LEN as usize];
     for case in chunk {
         let before = by_reason.as_ref().map(|_| k.counters());
-        let expected = model::decide(&case.frame, 1, reference, frags);
+        let expected = model::decide(&case.frame, 1, reference, &k.host, frags);
         let action = k.run(&case.frame).expect("a runnable frame");
         r.frames += 1;
         let index = counter_index(expected.verdict) as usize;
@@ -254,6 +260,7 @@ fn counted(o: &Outcome) -> Vec<usize> {
 struct NextStage {
     maps: IsolatorMaps,
     reference: ReferencePolicy,
+    host: harness::lb_kernel::EdgeHost,
     frags: ModelFrags,
     /// The model's per-reason tally.
     tally: Vec<u64>,
@@ -281,7 +288,7 @@ fn grown(after: &[u64], before: &[u64]) -> Vec<usize> {
 fn decide_both(model: &mut ModelTables, next: &mut NextStage, frame: &[u8], ifindex: u32) -> (Outcome, Option<Verdict>, Vec<u8>) {
     let mut buf = vec![0u8; frame.len() + 64];
     let o = process(frame, &mut buf, ifindex, model);
-    let verdict = (o.action == Action::NextStage).then(|| model::decide(frame, ifindex, &next.reference, &mut next.frags).verdict);
+    let verdict = (o.action == Action::NextStage).then(|| model::decide(frame, ifindex, &next.reference, &next.host, &mut next.frags).verdict);
     buf.truncate(o.len);
     (o, verdict, buf)
 }
@@ -377,9 +384,10 @@ fn balancer_matches_its_model_on_every_header_combination() {
     let started = Instant::now();
     let mut kb = KernelBalancer::new("lbcorpus");
     kb.apply(&fixture_desired());
-    let mut model = kb.model();
     let (maps, reference) = kb.bind_zone();
-    let mut next = NextStage { maps, reference, frags: ModelFrags::default(), tally: vec![0; COUNTERS_LEN as usize] };
+    let mut model = kb.model();
+    let host = kb.edge_host();
+    let mut next = NextStage { maps, reference, host, frags: ModelFrags::default(), tally: vec![0; COUNTERS_LEN as usize] };
     let iso_before = next.counters();
     let before = kb.maps().counters().unwrap();
     let mut m = vec![0u64; LB_COUNTERS_LEN as usize];

@@ -298,7 +298,7 @@ fn evasion_frames_kernel_matches_model() {
     for p in &ps {
         let mut passed = Vec::new();
         for f in &p.frames {
-            let m = model::decide(f, 1, &reference, &mut frags).verdict;
+            let m = model::decide(f, 1, &reference, &k.host, &mut frags).verdict;
             let action = k.run(f).expect("no runts");
             assert_ne!(action, XDP_ABORTED);
             let want = if m.is_drop() { XDP_DROP } else { XDP_PASS };

@@ -135,6 +135,10 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     if let Err(c) = placed_ok {
         return drop(c);
     }
+    // Rule 5b: a new flow from a source that cannot be real here takes nothing.
+    if s.placed.new && crate::martian::impossible_source(s.parsed.family, s.parsed.ifindex, &s.parsed.src).is_some() {
+        return drop(LbCounter::ImpossibleSource);
+    }
     // Rule 7 before any state: nothing is allocated for a packet that
     // cannot leave.
     let bytes = pkt.len() as u64;

@@ -242,3 +242,18 @@ fn syntax_errors_always_say_something() {
     let e = err("[settings]\n# a comment with a \u{17} in it\n");
     assert!(e.contains("t.toml:2:") && e.contains("unexpected character '\\u{17}'"), "{e}");
 }
+
+#[test]
+fn reverse_path_is_strict_unless_the_zone_says_otherwise() {
+    use lb_common::isolator::ReversePath;
+    let mode = |line: &str| {
+        let text = format!("[[interface]]\nname = \"eth1\"\nzone = \"dmz\"\n[zone.dmz]\nallow = [\"10.0.0.0/8\"]\n{line}\n");
+        Config::parse(&text, "t.toml").map(|c| c.compile().zones[0].reverse_path)
+    };
+    assert_eq!(mode("").unwrap(), ReversePath::Strict);
+    assert_eq!(mode("reverse_path = \"strict\"").unwrap(), ReversePath::Strict);
+    assert_eq!(mode("reverse_path = \"loose\"").unwrap(), ReversePath::Loose);
+    assert_eq!(mode("reverse_path = \"off\"").unwrap(), ReversePath::Off);
+    let e = mode("reverse_path = \"on\"").unwrap_err().to_string();
+    assert!(e.contains("zone.dmz.reverse_path") && e.contains(":6:") && e.contains("\"strict\""), "{e}");
+}

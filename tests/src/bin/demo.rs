@@ -218,6 +218,8 @@ fn isolator_demo() -> Result<()> {
     topo.veth(&dmz, "out0", &host, "dmz0");
     topo.addr(&host, "dmz0", "10.77.0.1/24");
     topo.addr(&host, "dmz0", "fd77::1/64");
+    // The reverse-path check needs forwarding on the zone interface.
+    topo.forwarding(&host);
     for a in ["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64", "fd77::3/64", "fd77::4/64"] {
         topo.addr(&dmz, "out0", a);
     }

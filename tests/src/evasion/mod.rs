@@ -388,7 +388,10 @@ fn ipv6_only() -> Vec<Technique> {
         }),
         t("routing header, no segments left", v, BOTH, BOTH, |e, a| chain(e, vec![ExtHeader::srh(0, &[e.dst6])], &l4(a))),
         // An allow-listed IPv4 source dressed as IPv6: not the same source.
-        t("source ::ffff:<allowed IPv4> (mapped)", v, BOTH, &[], |e, a| from6(e, e.trusted4.to_ipv6_mapped(), e.dst6, a)),
+        // A mapped address never appears on the wire (RFC 4291 2.5.5.2; a
+        // dual-stack socket would answer it over IPv4): an impossible
+        // source, dropped whatever the port (Linux itself delivers it).
+        t("source ::ffff:<allowed IPv4> (mapped)", v, BOTH, BOTH, |e, a| from6(e, e.trusted4.to_ipv6_mapped(), e.dst6, a)),
         t("source ::<allowed IPv4> (compatible)", v, BOTH, &[], |e, a| from6(e, embed([0; 6], e.trusted4), e.dst6, a)),
         t("source 64:ff9b::<allowed IPv4> (NAT64)", v, BOTH, &[], |e, a| {
             from6(e, embed([0x64, 0xff9b, 0, 0, 0, 0], e.trusted4), e.dst6, a)

@@ -118,7 +118,7 @@ fn check_reference(cfg: &Config, c: &CompiledPolicy) {
     for (name, z) in &c.interfaces {
         let b = reference.binding(ifindexes[name]).expect("a bound interface");
         let zone = &c.zones[*z];
-        assert_eq!((b.slot, b.zone_id, b.tunnel_access, b.routing_header_access), (zone.zone_id, zone.zone_id, zone.tunnel_access, zone.routing_header_access));
+        assert_eq!((b.slot, u32::from(b.zone_id), b.tunnel_access, b.routing_header_access, b.reverse_path), (zone.zone_id, zone.zone_id, zone.tunnel_access, zone.routing_header_access, zone.reverse_path as u8));
     }
     for z in &c.zones {
         for (&(proto, port), &access) in &z.ports {

@@ -200,6 +200,13 @@ pub fn isolator_policy() -> &'static ReferencePolicy {
     })
 }
 
+/// The isolator fixture's host answers as the model reads them (routes
+/// and impossible sources; an inside interface at a made-up ifindex).
+pub fn isolator_host() -> &'static crate::kernel::FixtureHost {
+    static HOST: OnceLock<crate::kernel::FixtureHost> = OnceLock::new();
+    HOST.get_or_init(|| crate::kernel::FixtureHost::new(2))
+}
+
 /// The property (see the module doc).
 pub fn check(frame: &[u8]) {
     check_isolator(frame);
@@ -212,8 +219,9 @@ pub fn check(frame: &[u8]) {
 
 fn check_isolator(frame: &[u8]) {
     let policy = isolator_policy();
+    let host = isolator_host();
     let mut frags = ModelFrags::default();
-    let d = model::decide(frame, ISOLATOR_IFINDEX, policy, &mut frags);
+    let d = model::decide(frame, ISOLATOR_IFINDEX, policy, host, &mut frags);
     assert!(counter_index(d.verdict) < COUNTERS_LEN);
     assert_ne!(d.verdict, Verdict::Pass(PassReason::FragmentFollows), "a later fragment passed with no first fragment seen");
     if frame.len() < ETH_HLEN {
@@ -223,15 +231,53 @@ fn check_isolator(frame: &[u8]) {
         Some(k) => {
             assert!(k.proto == IPPROTO_TCP || k.proto == IPPROTO_UDP);
             assert_ne!(policy.port_access(0, k.proto, k.port), 0, "{}/{} counted as protected", k.proto, k.port);
-            assert!(matches!(d.verdict, Verdict::Pass(PassReason::Allowed) | Verdict::Drop(DropReason::ProtectedPort)), "{d:?}");
+            assert!(
+                matches!(
+                    d.verdict,
+                    Verdict::Pass(PassReason::Allowed)
+                        | Verdict::Drop(DropReason::ProtectedPort | DropReason::ReversePath | DropReason::ReversePathUnverified)
+                ),
+                "{d:?}"
+            );
         }
         None => assert!(!matches!(d.verdict, Verdict::Pass(PassReason::Allowed) | Verdict::Drop(DropReason::ProtectedPort)), "{d:?}"),
+    }
+    // An impossible source is dropped as such whatever else the frame
+    // holds, and nothing else is: the source decides, not the port.
+    let judged_by_source = !matches!(
+        d.verdict,
+        Verdict::Pass(PassReason::NoZone | PassReason::NotIp) | Verdict::Drop(DropReason::Malformed | DropReason::VlanTooDeep)
+    );
+    if let Some(src) = ip_source(frame).filter(|_| judged_by_source) {
+        let impossible = host.rules.lookup(ISOLATOR_IFINDEX, src.0, &src.1).is_some();
+        assert_eq!(d.verdict == Verdict::Drop(DropReason::ImpossibleSource), impossible, "{d:?} for source {src:?}");
+    }
+    // A source the zone does not trust never reaches the FIB: its packets
+    // are judged the same with the routes gone.
+    if !matches!(d.verdict, Verdict::Pass(PassReason::Allowed)) {
+        let mut no_routes = host.clone();
+        no_routes.forwarding_off = true;
+        let again = model::decide(frame, ISOLATOR_IFINDEX, policy, &no_routes, &mut ModelFrags::default()).verdict;
+        if again != d.verdict {
+            assert!(
+                matches!(d.verdict, Verdict::Drop(DropReason::ReversePath)) && again == Verdict::Drop(DropReason::ReversePathUnverified)
+                    || matches!(d.verdict, Verdict::Pass(PassReason::OtherProtocol | PassReason::Unprotected))
+                        && again == Verdict::Drop(DropReason::ReversePathUnverified),
+                "{:?} turned into {again:?} without routes",
+                d.verdict
+            );
+        }
+    } else {
+        let mut no_routes = host.clone();
+        no_routes.forwarding_off = true;
+        let again = model::decide(frame, ISOLATOR_IFINDEX, policy, &no_routes, &mut ModelFrags::default()).verdict;
+        assert_eq!(again, Verdict::Drop(DropReason::ReversePathUnverified), "a trusted source passed without a route back");
     }
     let remembered = if d.verdict.is_drop() { FragVerdict::Drop } else { FragVerdict::Pass };
     assert!(frags.0.len() <= 1 && frags.0.values().all(|v| v.verdict == remembered), "remembered {:?} for {:?}", frags.0, d.verdict);
     // The same frame again (a duplicated first fragment): the same verdict.
-    assert_eq!(model::decide(frame, ISOLATOR_IFINDEX, policy, &mut frags), d, "a second copy judged differently");
-    let unbound = model::decide(frame, 99, policy, &mut ModelFrags::default());
+    assert_eq!(model::decide(frame, ISOLATOR_IFINDEX, policy, host, &mut frags), d, "a second copy judged differently");
+    let unbound = model::decide(frame, 99, policy, host, &mut ModelFrags::default());
     assert_eq!(unbound.verdict, Verdict::Pass(PassReason::NoZone));
 }
 
@@ -455,5 +501,28 @@ fn check_decap_any(frame: &[u8]) {
         assert!(outer == IPV4_MIN_HLEN || outer == IPV6_HLEN, "decap took off {outer} bytes");
         assert_eq!(&out[..12], &frame[..12]);
         assert_eq!(&out[14..len], &frame[ETH_HLEN + outer..]);
+    }
+}
+
+/// (family, source address) of a frame's IP header after up to
+/// `MAX_VLAN_DEPTH` tags, if the frame is long enough to hold one.
+fn ip_source(frame: &[u8]) -> Option<(u8, [u8; 16])> {
+    let mut off = ETH_HLEN;
+    let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    while is_vlan_ethertype(ethertype) {
+        ethertype = u16::from_be_bytes([*frame.get(off + 2)?, *frame.get(off + 3)?]);
+        off += VLAN_HLEN;
+    }
+    let mut a = [0u8; 16];
+    match ethertype {
+        ETH_P_IPV4 => {
+            a[..4].copy_from_slice(frame.get(off + 12..off + 16)?);
+            Some((lb_common::isolator::FAMILY_V4, a))
+        }
+        ETH_P_IPV6 => {
+            a.copy_from_slice(frame.get(off + 8..off + 24)?);
+            Some((lb_common::isolator::FAMILY_V6, a))
+        }
+        _ => None,
     }
 }

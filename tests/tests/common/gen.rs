@@ -19,6 +19,25 @@ pub const OUT6: Ipv6Addr = Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, 3);
 pub const TRUST6: Ipv6Addr = Ipv6Addr::new(0xfd09, 0, 0, 0, 0, 0, 0, 5);
 pub const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd07, 0, 0, 0, 0, 0, 0, 1);
 pub const DST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+// Trusted by the allow-list, but the fixture namespace (`kernel.rs`)
+// routes them elsewhere or nowhere: forged on the DMZ interface.
+/// Routed via the inside interface.
+pub const FORGED4: Ipv4Addr = Ipv4Addr::new(10, 9, 130, 5);
+/// Unreachable route.
+pub const NOROUTE4: Ipv4Addr = Ipv4Addr::new(10, 9, 200, 5);
+/// No route at all.
+pub const UNROUTED4: Ipv4Addr = Ipv4Addr::new(10, 9, 250, 5);
+pub const FORGED6: Ipv6Addr = Ipv6Addr::new(0xfd09, 0, 0x8000, 0, 0, 0, 0, 5);
+pub const NOROUTE6: Ipv6Addr = Ipv6Addr::new(0xfd09, 0, 0xc000, 0, 0, 0, 0, 5);
+// Sources that cannot be real on the DMZ interface.
+pub const LOOP4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+/// The fixture namespace's inside address: the host's own.
+pub const OWN4: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 1);
+pub const MCAST4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 5);
+pub const OWN6: Ipv6Addr = Ipv6Addr::new(0xfd50, 0, 0, 0, 0, 0, 0, 1);
+pub const LOOP6: Ipv6Addr = Ipv6Addr::LOCALHOST;
+/// Link-local, and the DMZ interface (`lo`) has no link-local address.
+pub const LINKLOCAL6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 5);
 
 /// One VLAN tag: (TPID, TCI).
 pub type Tag = (u16, u16);
@@ -181,6 +200,29 @@ pub fn fixtures() -> Vec<Fixture> {
         fx("version 6 in an IPv4 frame", e.frame(0x0800, &v6(OUT6, &[]).packet(&syn(22))), drop(D::Malformed)),
         fx("IPv6 payload length past the frame", edit(tcp6(OUT6, &[], 22), 14 + 4, &1000u16.to_be_bytes()), drop(D::Malformed)),
         fx("truncated TCP header", e.ipv4(&v4(OUT4).with_payload(6, &segment(&syn(80))[..12])), drop(D::Malformed)),
+        // Reverse path: trusted by address, but the route back says forged.
+        fx("tcp/22 from the allow-list, routed via inside", tcp4(FORGED4, 22), drop(D::ReversePath)),
+        fx("udp/161 from the allow-list, unreachable route", udp4(NOROUTE4, 161), drop(D::ReversePath)),
+        fx("udp/161 from the allow-list, no route", udp4(UNROUTED4, 161), drop(D::ReversePath)),
+        fx("tcp/80 from a forged source is unprotected", tcp4(FORGED4, 80), pass(P::Unprotected)),
+        fx("tcp/5432 from a forged source is protected", tcp4(FORGED4, 5432), drop(D::ReversePath)),
+        fx("IPv6 tcp/22 from the allow-list, routed via inside", tcp6(FORGED6, &[], 22), drop(D::ReversePath)),
+        fx("IPv6 tcp/22 from the allow-list, no route", tcp6(NOROUTE6, &[], 22), drop(D::ReversePath)),
+        fx("v4 first fragment tcp/22 forged", frag4(FORGED4, 110, true, 0, &with_big(22)), drop(D::ReversePath)),
+        fx("v4 follower of a forged first", frag4(FORGED4, 110, false, 11, &big), drop(D::FragmentOfDropped)),
+        // Impossible sources, whatever the port.
+        fx("tcp/22 from loopback", tcp4(LOOP4, 22), drop(D::ImpossibleSource)),
+        fx("tcp/80 from loopback", tcp4(LOOP4, 80), drop(D::ImpossibleSource)),
+        fx("udp/4789 from the host's own address", udp4(OWN4, 4789), drop(D::ImpossibleSource)),
+        fx("udp/53 from a multicast source", udp4(MCAST4, 53), drop(D::ImpossibleSource)),
+        fx("udp/67 from 0.0.0.0 (DHCP)", udp4(Ipv4Addr::UNSPECIFIED, 67), pass(P::Unprotected)),
+        fx("udp/68 from 0.1.2.3", udp4(Ipv4Addr::new(0, 1, 2, 3), 68), drop(D::ImpossibleSource)),
+        fx("v4 follower from loopback", frag4(LOOP4, 101, false, 11, &big), drop(D::ImpossibleSource)),
+        fx("IPv6 tcp/22 from ::1", tcp6(LOOP6, &[], 22), drop(D::ImpossibleSource)),
+        fx("IPv6 tcp/80 from the host's own address", tcp6(OWN6, &[], 80), drop(D::ImpossibleSource)),
+        fx("IPv6 tcp/80 from link-local off-link", tcp6(LINKLOCAL6, &[], 80), drop(D::ImpossibleSource)),
+        fx("IPv6 from IPv4-mapped", tcp6("::ffff:10.9.5.5".parse().unwrap(), &[], 22), drop(D::ImpossibleSource)),
+        fx("IPIP from own address", tunnel(OWN4, 4), drop(D::ImpossibleSource)),
     ]
 }
 
@@ -203,7 +245,11 @@ pub fn packet(rng: &mut impl Rng) -> Vec<u8> {
     }
     let ethertype_choice = rng.gen_range(0..100);
     let (ethertype, ip) = if ethertype_choice < 47 {
-        let src = *[OUT4, TRUST4, NODE4, BOTH4, Ipv4Addr::new(10, 7, 0, 2)].choose(rng).unwrap();
+        let src = if rng.gen_bool(0.8) {
+            *[OUT4, TRUST4, NODE4, BOTH4, Ipv4Addr::new(10, 7, 0, 2)].choose(rng).unwrap()
+        } else {
+            *[FORGED4, NOROUTE4, UNROUTED4, LOOP4, OWN4, MCAST4, Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST].choose(rng).unwrap()
+        };
         let mut h = v4(src);
         if rng.gen_bool(0.2) {
             h.options = vec![1; 4 * rng.gen_range(1..=10)];
@@ -219,7 +265,11 @@ pub fn packet(rng: &mut impl Rng) -> Vec<u8> {
         }
         (0x0800, h.with_payload(proto, &l4))
     } else if ethertype_choice < 94 {
-        let src = *[OUT6, TRUST6, NODE6].choose(rng).unwrap();
+        let src = if rng.gen_bool(0.8) {
+            *[OUT6, TRUST6, NODE6].choose(rng).unwrap()
+        } else {
+            *[FORGED6, NOROUTE6, LOOP6, OWN6, LINKLOCAL6, Ipv6Addr::UNSPECIFIED].choose(rng).unwrap()
+        };
         let n = if rng.gen_bool(0.6) { 0 } else { rng.gen_range(1..=10) };
         let chain: Vec<ExtHeader> = (0..n)
             .map(|_| match rng.gen_range(0..10) {

@@ -449,7 +449,10 @@ fn isolator_rows() -> Vec<Row> {
         r("non-IP (ARP): pass", eth.frame(0x0806, &[0; 28]), XDP_PASS),
         r("IPv4 TCP, unprotected port: pass", syn(&eth, out4, dst4, 443), XDP_PASS),
         r("IPv4 TCP, protected port: drop", syn(&eth, out4, dst4, 22), XDP_DROP),
-        r("IPv4 TCP, protected port, allow-listed: pass", syn(&eth, trust4, dst4, 22), XDP_PASS),
+        r("IPv4 TCP, protected port, allow-listed: pass (+ reverse-path stage, strict)", syn(&eth, trust4, dst4, 22), XDP_PASS),
+        r("IPv4 TCP, protected port, allow-listed but forged (route via inside): drop", syn(&eth, "10.9.130.5", dst4, 22), XDP_DROP),
+        r("IPv4 TCP, unprotected port, loopback source: drop (impossible)", syn(&eth, "127.0.0.1", dst4, 443), XDP_DROP),
+        r("IPv6 TCP, protected port, allow-listed: pass (+ reverse-path stage, strict)", syn(&eth, "fd09::5", dst6, 22), XDP_PASS),
         r("IPv4 TCP in a VID-0 tag, protected: drop", syn(&eth.clone().vlan(0x8100, 0), out4, dst4, 22), XDP_DROP),
         r("IPv4 first fragment (verdict remembered): pass", first_fragment, XDP_PASS),
         r("IPv6 TCP, unprotected port: pass", syn(&eth, out6, dst6, 443), XDP_PASS),
@@ -589,7 +592,7 @@ fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut Kerne
             (a, out, swapped)
         }
         Subject::Isolator => {
-            let modelled = model::decide(&row.frame, 1, &iso.reference(), &mut ModelFrags::default()).verdict;
+            let modelled = model::decide(&row.frame, 1, &iso.reference(), &iso.host, &mut ModelFrags::default()).verdict;
             let want = if modelled.is_drop() { XDP_DROP } else { XDP_PASS };
             if want != row.expect {
                 m.fail(format!("{}: the isolator model says {modelled:?}", row.name));
