@@ -42,7 +42,7 @@ use anyhow::{Context, Result};
 pub use frames::Kind;
 pub use udp_service::{UdpService, MAGIC as UDP_MAGIC};
 
-use crate::Netns;
+use crate::{netns::link_stats, Netns};
 use frames::{Rng, Template, SLOT};
 use tx::Tx;
 
@@ -220,30 +220,4 @@ pub fn stretch(flood: &Flood, rate: Rate, how_long: Duration, rx: Option<(&Netns
     Stretch { frames, seconds, received }
 }
 
-/// An interface's packet counters.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LinkStats {
-    /// Packets received.
-    pub rx_packets: u64,
-    /// Packets dropped on receive.
-    pub rx_dropped: u64,
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Packets dropped on send.
-    pub tx_dropped: u64,
-}
-
-/// `ip -s -j link show` of `ifname` in `ns`.
-pub fn link_stats(ns: &Netns, ifname: &str) -> Result<LinkStats> {
-    let out = ns.exec(&["ip", "-s", "-j", "link", "show", "dev", ifname])?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j output")?;
-    let s = &v[0]["stats64"];
-    let get = |dir: &str, k: &str| s[dir][k].as_u64().unwrap_or(0);
-    Ok(LinkStats {
-        rx_packets: get("rx", "packets"),
-        rx_dropped: get("rx", "dropped"),
-        tx_packets: get("tx", "packets"),
-        tx_dropped: get("tx", "dropped"),
-    })
-}
 

@@ -21,6 +21,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
+    netns::{link_stats, LinkStats},
     rawframe::{FrameBuilder, RawSocket, L4},
     topology::mac,
     Netns,
@@ -68,34 +69,6 @@ impl Attacker {
 
 /// Frames an [`Attacker`] sends back to back.
 pub const BURST: u64 = 64;
-
-/// A veth's counters (`ip -s link`). With an XDP program on a veth,
-/// `rx_packets` counts every frame the program saw, dropped or not.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LinkStats {
-    /// Frames received (with XDP: frames the program ran on).
-    pub rx_packets: u64,
-    /// Frames lost on receive.
-    pub rx_dropped: u64,
-    /// Frames sent.
-    pub tx_packets: u64,
-    /// Frames lost on send.
-    pub tx_dropped: u64,
-}
-
-/// `ip -s -j link show dev IFNAME` in `ns`.
-pub fn link_stats(ns: &Netns, ifname: &str) -> Result<LinkStats> {
-    let out = ns.exec(&["ip", "-s", "-j", "link", "show", "dev", ifname])?;
-    let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("ip -j output: {out}"))?;
-    let s = &v[0]["stats64"];
-    let n = |dir: &str, key: &str| s[dir][key].as_u64().unwrap_or(0);
-    Ok(LinkStats {
-        rx_packets: n("rx", "packets"),
-        rx_dropped: n("rx", "dropped"),
-        tx_packets: n("tx", "packets"),
-        tx_dropped: n("tx", "dropped"),
-    })
-}
 
 /// Proof that forged frames reached the edge's XDP program: the receiving
 /// interface's counters before and after. A forging test whose frames were
