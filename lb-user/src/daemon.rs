@@ -202,10 +202,22 @@ fn impossible_sources(cfg: &Config, ifx: &HashMap<String, u32>, desired: &Desire
 /// Protected ports inside this host's ephemeral range also match the
 /// replies to its own outgoing connections (the isolator judges destination
 /// ports and keeps no connection state): say so, it is rarely intended.
-fn warn_ephemeral_overlap(compiled: &CompiledPolicy) {
+fn warn_ephemeral_overlap(compiled: &CompiledPolicy, balancer: Option<&BalancerConfig>) {
     let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else { return };
     let mut it = range.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
     let (Some(lo), Some(hi)) = (it.next(), it.next()) else { return };
+    if let Some(b) = balancer {
+        let (min, max) = b.snat_ports;
+        if min <= hi && lo <= max {
+            warn!(
+                snat_ports = %format!("{min}-{max}"),
+                ephemeral = %format!("{lo}-{hi}"),
+                "balancer.snat_ports overlap the ephemeral port range (net.ipv4.ip_local_port_range): a packet to the inside \
+                 address on a SNAT port that is not a NAT reply is dropped as drop_forged_reply, so this host's own connections \
+                 from those ports (health checks among them) lose their replies; keep the two apart"
+            );
+        }
+    }
     for z in &compiled.zones {
         let n = z.ports.iter().filter(|((_, p), access)| (lo..=hi).contains(p) && **access & lb_common::isolator::SET_TRUSTED != 0).count();
         if n > 0 {
@@ -327,7 +339,7 @@ impl Daemon {
         let cfg = &file_cfg.with_swarm(&self.swarm.additions_for(file_cfg));
         let ifx = ifindexes(cfg)?;
         let compiled = cfg.compile();
-        warn_ephemeral_overlap(&compiled);
+        warn_ephemeral_overlap(&compiled, cfg.balancer());
         if let Some(change) = self.sizes.change(&MapSizes::of(cfg.balancer())) {
             bail!("{change}: that needs new maps, which forget every flow (stop swarmlb, `swarmlb down`, start it again)");
         }
