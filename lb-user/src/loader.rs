@@ -199,6 +199,8 @@ impl MapSizes {
 /// kernel would go on with the old size while the config says another.
 /// Changing a size means new maps, which lose the flows and NAT state.
 fn check_pinned_sizes(pin_dir: &Path, sizes: &MapSizes) -> Result<()> {
+    // An older layout first: its size is beside the point.
+    check_pinned_layouts(pin_dir)?;
     for (map, key, want) in sizes.maps() {
         let path = pin_dir.join(map);
         if !path.exists() {
@@ -212,7 +214,6 @@ fn check_pinned_sizes(pin_dir: &Path, sizes: &MapSizes) -> Result<()> {
             );
         }
     }
-    check_pinned_layouts(pin_dir)?;
     let counters = pin_dir.join(MAP_LB_COUNTERS);
     if counters.exists() {
         let have = aya::maps::MapInfo::from_pin(&counters).with_context(|| format!("reading {}", counters.display()))?.max_entries();

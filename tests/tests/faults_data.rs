@@ -340,3 +340,52 @@ fn a_new_table_size_is_refused_and_the_running_data_path_stays() {
     assert_eq!(flows, 4096, "the maps are the old ones");
     assert!(inst.down().status.success());
 }
+
+/// Pins, in place of the pinned NAT map at `path`, an empty hash map with
+/// the older layout's 64-byte NAT entries: what an agent of the previous
+/// version left behind. (The running programs keep the map they hold; a
+/// pin is only a name.)
+fn pin_older_nat_layout(path: &std::path::Path) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let entries = aya::maps::MapInfo::from_pin(path).expect("the pinned NAT map").max_entries();
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, std::mem::size_of::<lb_common::balancer::NatKey>() as u32, 64, entries]);
+    // SAFETY: a zeroed bpf_attr of the size given, with the fields
+    // BPF_MAP_CREATE reads.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, create.as_ptr(), std::mem::size_of_val(&create)) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    std::fs::remove_file(path).expect("unpin the current NAT map");
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut pin = [0u64; 4];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: a zeroed bpf_attr with the path pointer and the fd.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), std::mem::size_of_val(&pin)) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: our own descriptor; the pin holds the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn an_older_nat_layout_is_refused_and_its_data_path_keeps_forwarding() {
+    let mut r = start("fdlayout", 1, &config_with("nat", &[(1, 1)], "", ""));
+    let streaming = Streaming::open(&r.lab.client, vip4(), 4, PAUSE);
+    streaming.progress_at_least("before", Duration::from_secs(1), 10);
+    // The agent stops (its data path stays pinned); the pins look like an
+    // older version's.
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+    pin_older_nat_layout(&r.inst.pin_path.join(lb_common::balancer::MAP_NAT));
+    let mut again = r.inst.start(&r.lab.edge, &[]);
+    let status = again.wait_timeout(Duration::from_secs(20)).expect("exits");
+    let out = again.output_so_far();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("the pinned LB_NAT holds 64-byte entries of an older swarmlb; this version's are 80 bytes"), "{out}");
+    assert!(out.contains("The running data path is left as it is"), "{out}");
+    assert!(common::xdp::attached(&r.lab.edge, "e-out"), "the running data path stays");
+    streaming.progress_at_least("after the refused start", Duration::from_secs(1), 10);
+    let broken: Vec<String> = streaming.stop().iter().filter_map(Ended::failure).collect();
+    assert!(broken.is_empty(), "the streams lived: {broken:?}");
+    assert!(r.inst.down().status.success());
+}
