@@ -58,8 +58,13 @@ use harness::{
 /// One flood at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The full-rate phase.
+/// The full-rate phase: the 100k SYNs/s and a little more. The
+/// bench floods at the highest rate the machine sends (up to 320k/s
+/// here); in the suite a fixed rate keeps the VM's own overload (lost
+/// frames in full veth queues, whatever the balancer does) from deciding
+/// the verdict.
 const BURST: Duration = Duration::from_secs(5);
+const BURST_RATE: u64 = 110_000;
 /// The sustained phase's rate.
 const SUSTAINED_RATE: u64 = 15_000;
 /// Legitimate attempts per second, and what each may take per step: long
@@ -208,9 +213,9 @@ fn run(r: Running, mode: &str, kind: Kind, ports: &[u16], _setups: Option<Backen
     std::thread::sleep(BEFORE);
     let log_mark = r.daemon.output_so_far().len();
     clients.mark("burst");
-    let flood = Flood::start(spec, Rate::Max).expect("the flood starts");
+    let flood = Flood::start(spec, Rate::PerSecond(BURST_RATE)).expect("the flood starts");
     let rx = Some((edge, "e-out"));
-    let burst = flood::stretch(&flood, Rate::Max, BURST, rx);
+    let burst = flood::stretch(&flood, Rate::PerSecond(BURST_RATE), BURST, rx);
     let load = costs::loadavg();
     clients.mark("sustained");
     let sustained = flood::stretch(&flood, Rate::PerSecond(SUSTAINED_RATE), sustained(), rx);
