@@ -207,6 +207,9 @@ fn the_docker_api_over_tcp_with_tls() {
     let mut topo = Topology::new();
     let edge = topo.netns("swtlse");
     lab.attach(&edge, "e-in", "10.2.0.1/24");
+    // The zone trusts the Swarm's nodes, and the reverse-path check of a
+    // trusted source needs forwarding on (as on every Docker host).
+    topo.forwarding(&edge);
     let config = |dir: &std::path::Path| {
         format!(
             "[swarm]\ndocker_host = \"tcp://10.2.0.11:2376\"\ntls_cert_dir = \"{}\"\n\n[[interface]]\nname = \"e-in\"\nzone = \"lan\"\n[zone.lan]\n",
