@@ -349,9 +349,12 @@ pub struct Pending {
     pub frag_key: FragKey,
 }
 
-/// Not pinned: it holds nothing across packets.
+/// Pinned, though it holds nothing across packets: a restarted agent puts
+/// its new stage into the pinned `ISO_STAGES` a moment before its new
+/// isolator replaces the old one on the links, and in that moment the old
+/// isolator's hand-over must reach the new stage through the same slot.
 #[map]
-static ISO_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+static ISO_PENDING: PerCpuArray<Pending> = PerCpuArray::pinned(1, 0);
 
 /// Rule 7 of the model for a packet about to pass on its source's trust:
 /// hands it to the reverse-path stage (`isolator_reverse_path`), which
