@@ -85,8 +85,9 @@ pub const MAX_DECAP_ENTRIES: u32 = 1024;
 /// SNAT ports tried for a new flow before it is refused as exhausted.
 pub const SNAT_PROBES: u32 = 32;
 
-/// [`NatEntry::closing`]: the client closed first, or a RST ended the
-/// flow: the backend holds no TIME_WAIT, the port may soon serve again.
+/// [`NatEntry::closing`]: the client closed first: the backend will hold
+/// no TIME_WAIT, and its port is freed at the client's last ACK (or, that
+/// lost, by the sweep's short `tcp_closed` timeout).
 pub const NAT_CLOSED: u8 = 1;
 /// [`NatEntry::closing`]: the backend closed first and holds the
 /// connection in TIME_WAIT: its port must wait longer.
@@ -221,8 +222,15 @@ pub struct FlowEntry {
     pub generation: u32,
     /// SNAT source port (host byte order); 0 in the DSR modes.
     pub nat_port: u16,
-    pub _pad: [u8; 2],
+    /// [`FLOW_CLOSING`] or 0.
+    pub flags: u8,
+    pub _pad: u8,
 }
+
+/// [`FlowEntry::flags`]: the `nat` connection is closing, so each of the
+/// client's packets reads its NAT entry (its last ACK frees the SNAT
+/// port, `nat_state`). Older builds wrote 0 into this byte (padding then).
+pub const FLOW_CLOSING: u8 = 1;
 
 /// A `nat`-mode reply as it arrives from the backend: the key of [`MAP_NAT`].
 #[repr(C)]
@@ -254,11 +262,14 @@ pub struct NatEntry {
     pub edge_mac: [u8; 6],
     /// The interface the flow arrived on; replies leave through it.
     pub ifindex: u32,
-    /// 0 while open; how a TCP flow ended, by the first FIN or RST seen
-    /// in the window ([`NAT_CLOSED`], [`NAT_TIME_WAIT`]): the agent's
-    /// sweep frees the port sooner than an open flow's.
+    /// 0 while open; how a TCP flow is ending, by the first FIN seen in
+    /// the window ([`NAT_CLOSED`]: the client's, [`NAT_TIME_WAIT`]: the
+    /// backend's): the agent's sweep frees the port sooner than an open
+    /// flow's. (An exact RST, or the last ACK of a client-first close,
+    /// frees it at once.)
     pub closing: u8,
-    /// [`NAT_REPLIED`], [`NAT_PROVEN`], [`NAT_OPENED_BY_SYN`].
+    /// [`NAT_REPLIED`], [`NAT_PROVEN`], [`NAT_OPENED_BY_SYN`],
+    /// [`NAT_REMEMBERED`], [`NAT_BACKEND_FIN`].
     pub state: u8,
     /// The backend's TCP window scale (from its SYN-ACK; 0 without one).
     pub backend_wscale: u8,
@@ -295,6 +306,10 @@ pub const NAT_OPENED_BY_SYN: u8 = 4;
 /// [`NatEntry::state`]: the proven flow was put into the flow table (a
 /// later probe that finds the entry again means the table forgot it).
 pub const NAT_REMEMBERED: u8 = 8;
+/// [`NatEntry::state`]: the backend's FIN passed (in its window); after
+/// the client's FIN, the client's acknowledgement of it ends the
+/// connection for the backend (it holds no TIME_WAIT).
+pub const NAT_BACKEND_FIN: u8 = 16;
 
 /// An unproven NAT entry at least this old may be taken over by a new
 /// flow that found no free port (a SYN flood's entries must not hold the
@@ -408,10 +423,14 @@ pub enum LbCounter {
     /// that cannot be real on its interface (a VIP, the inside address, a
     /// backend's network, this host's own addresses, loopback, …).
     ImpossibleSource,
+    /// A `nat` connection ended for its backend (an exact RST from either
+    /// side, or the client's last ACK after FINs both ways, the client's
+    /// first): its SNAT port was freed at once.
+    NatPortFreed,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 25;
+pub const LB_COUNTERS_LEN: u32 = 26;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -441,6 +460,7 @@ impl LbCounter {
         LbCounter::HalfOpenReclaimed,
         LbCounter::FlowProven,
         LbCounter::ImpossibleSource,
+        LbCounter::NatPortFreed,
     ];
 
     /// Whether the outcome drops the packet (its name starts with `drop_`).
@@ -491,6 +511,7 @@ impl LbCounter {
             LbCounter::HalfOpenReclaimed => "half_open_reclaimed",
             LbCounter::FlowProven => "flow_proven",
             LbCounter::ImpossibleSource => "drop_impossible_source",
+            LbCounter::NatPortFreed => "nat_port_freed",
         }
     }
 }

@@ -45,10 +45,17 @@
 //!    6b. A TCP RST or FIN changes its NAT entry only in the window the
 //!    entry has seen (`nat_state`): outside it, dropped
 //!    ([`LbCounter::OutOfWindow`]); a RST in the window but not exact
-//!    passes unchanged ([`LbCounter::RstInexact`]); else the first end
-//!    marks the entry closing: [`NAT_TIME_WAIT`] for a FIN from the
-//!    backend (it holds TIME_WAIT), else [`NAT_CLOSED`]. The agent's sweep
-//!    frees such ports sooner, and unproven entries within seconds.
+//!    passes unchanged ([`LbCounter::RstInexact`]); an exact RST ends
+//!    the connection; else the first FIN marks the entry closing:
+//!    [`NAT_TIME_WAIT`] for the backend's (it holds TIME_WAIT), else
+//!    [`NAT_CLOSED`], and a remembered flow whose entry is closing is
+//!    marked [`FLOW_CLOSING`], so that each of its client's packets reads
+//!    the entry. A connection over for the backend (an exact RST from
+//!    either side; the client's acknowledgement of the backend's FIN
+//!    after a client-first close) has its NAT entry and flow removed at
+//!    once: its SNAT port is free for the next flow
+//!    ([`LbCounter::NatPortFreed`]). The agent's sweep frees other closing
+//!    ports sooner than open ones, and unproven entries within seconds.
 //!    Destination becomes backend:target port, source the edge's inside
 //!    address:SNAT port, TTL − 1, checksums updated incrementally.
 //!    `dsr`: an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6) header from the
@@ -118,6 +125,9 @@ pub trait Tables {
     /// connection on the port of an earlier one with the same 5-tuple, or
     /// a reclaimed port).
     fn put_nat(&mut self, key: &NatKey, entry: &NatEntry);
+    /// Removes the entry at `key` (its connection is over: the port is
+    /// free).
+    fn remove_nat(&mut self, key: &NatKey);
     /// The clock of [`NatEntry::last_seen_ns`] (`bpf_ktime_get_ns`).
     fn now_ns(&self) -> u64;
     /// The route to `dst` for a packet of `ip_len` bytes (the IP packet as
@@ -165,7 +175,8 @@ pub struct Outcome {
     pub moved: bool,
     /// A second counter the packet bumps when it is forwarded
     /// ([`LbCounter::FlowRefound`], [`LbCounter::FlowProven`],
-    /// [`LbCounter::HalfOpenReclaimed`], [`LbCounter::RstInexact`]).
+    /// [`LbCounter::HalfOpenReclaimed`], [`LbCounter::RstInexact`],
+    /// [`LbCounter::NatPortFreed`]).
     pub extra: Option<LbCounter>,
     /// `(service stats index, backend id)` charged with the packet.
     pub charged: Option<(u32, u32)>,
@@ -365,7 +376,7 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     }
     let nat_port = if mode == Mode::Nat {
         let found = match remembered {
-            Some((e, _)) => NatFound::Remembered(e.nat_port),
+            Some((e, _)) => NatFound::Remembered(e.nat_port, e.flags & FLOW_CLOSING != 0),
             None => match allocate_snat_port(frame, ifindex, t, (&g, opens), p, svc, &backend, hop_ifindex) {
                 Ok(f) => f,
                 Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
@@ -385,7 +396,7 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             // evict established flows. The connection's next packet is
             // placed the same way (the table is deterministic) and stays.
             if !opens {
-                t.set_flow(&fkey, &FlowEntry { backend: id, generation: backend.generation, nat_port: 0, _pad: [0; 2] });
+                t.set_flow(&fkey, &FlowEntry { backend: id, generation: backend.generation, nat_port: 0, flags: 0, _pad: 0 });
             }
             if opens || p.proto != IPPROTO_TCP {
                 outcome.counter = Some(LbCounter::NewFlow);
@@ -433,8 +444,9 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
 /// How a `nat` packet's SNAT port was found.
 #[derive(Clone, Copy, Debug)]
 enum NatFound {
-    /// The flow table remembers the flow (a proven one) with this port.
-    Remembered(u16),
+    /// The flow table remembers the flow (a proven one) with this port,
+    /// and whether it is closing ([`FLOW_CLOSING`]).
+    Remembered(u16, bool),
     /// Its own NAT entry, at this port, found by probing.
     Own(u16, NatEntry),
     /// A free port, its new entry written.
@@ -447,17 +459,22 @@ enum NatFound {
 /// the SNAT port, the counter and the extra counter, or the drop counter.
 fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Service, (id, b): (u32, &BackendInfo), seg: Option<Segment>, found: NatFound) -> Result<(u16, LbCounter, Option<LbCounter>), LbCounter> {
     let key = |port| NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
-    let remember = |t: &mut T, port| t.set_flow(fkey, &FlowEntry { backend: id, generation: b.generation, nat_port: port, _pad: [0; 2] });
+    let remember = |t: &mut T, port, flags| t.set_flow(fkey, &FlowEntry { backend: id, generation: b.generation, nat_port: port, flags, _pad: 0 });
     match found {
         NatFound::Fresh(port) => Ok((port, LbCounter::NewFlow, None)),
         NatFound::Reclaimed(port) => Ok((port, LbCounter::NewFlow, Some(LbCounter::HalfOpenReclaimed))),
-        NatFound::Remembered(port) => {
-            // Only a RST or FIN needs the entry on the established path.
-            let Some(s) = seg.filter(|s| s.flags & (TCP_RST | TCP_FIN) != 0) else { return Ok((port, LbCounter::FlowHit, None)) };
+        NatFound::Remembered(port, closing) => {
+            // Only a RST or FIN, or any packet of a closing flow, needs
+            // the entry on the established path.
+            let Some(s) = seg.filter(|s| closing || s.flags & (TCP_RST | TCP_FIN) != 0) else { return Ok((port, LbCounter::FlowHit, None)) };
             let k = key(port);
             let Some(mut e) = t.nat(&k) else { return Ok((port, LbCounter::FlowHit, None)) };
             let (check, _) = nat_state::tcp_client(&e, &s);
-            apply_client_check(t, &k, &mut e, check).map(|extra| (port, LbCounter::FlowHit, extra))
+            let extra = apply_client_check(t, fkey, &k, &mut e, check)?;
+            if !closing && e.closing != 0 && check != nat_state::Check::Finish {
+                remember(t, port, FLOW_CLOSING);
+            }
+            Ok((port, LbCounter::FlowHit, extra))
         }
         NatFound::Own(port, mut e) => {
             let k = key(port);
@@ -468,12 +485,14 @@ fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Ser
             if proves {
                 e.state |= NAT_PROVEN;
             }
-            let mut extra = apply_client_check(t, &k, &mut e, check)?;
-            if nat_state::proven(&e) {
+            let mut extra = apply_client_check(t, fkey, &k, &mut e, check)?;
+            if check == nat_state::Check::Finish {
+                // Its entry is gone, and with it the flow.
+            } else if nat_state::proven(&e) {
                 extra = Some(if e.state & NAT_REMEMBERED != 0 { LbCounter::FlowRefound } else { LbCounter::FlowProven });
                 e.state |= NAT_REMEMBERED;
                 t.put_nat(&k, &e);
-                remember(t, port);
+                remember(t, port, if e.closing != 0 { FLOW_CLOSING } else { 0 });
             } else if proves {
                 t.put_nat(&k, &e);
             }
@@ -482,12 +501,18 @@ fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Ser
     }
 }
 
-/// Applies a client segment's [`nat_state::Check`] to its entry: the
-/// drop counter, or the extra counter of a forwarded packet.
-fn apply_client_check<T: Tables>(t: &mut T, k: &NatKey, e: &mut NatEntry, check: nat_state::Check) -> Result<Option<LbCounter>, LbCounter> {
+/// Applies a client segment's [`nat_state::Check`] to its entry (a
+/// finished connection's entry and flow are removed): the drop counter,
+/// or the extra counter of a forwarded packet.
+fn apply_client_check<T: Tables>(t: &mut T, fkey: &FlowKey, k: &NatKey, e: &mut NatEntry, check: nat_state::Check) -> Result<Option<LbCounter>, LbCounter> {
     match check {
         nat_state::Check::OutOfWindow => Err(LbCounter::OutOfWindow),
         nat_state::Check::Inexact => Ok(Some(LbCounter::RstInexact)),
+        nat_state::Check::Finish => {
+            t.remove_nat(k);
+            t.forget_flow(fkey);
+            Ok(Some(LbCounter::NatPortFreed))
+        }
         nat_state::Check::Close(state) => {
             if e.closing == 0 {
                 e.closing = state;
@@ -662,11 +687,15 @@ fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &P
             nat_state::Check::OutOfWindow => return Outcome::with(Action::Drop, LbCounter::OutOfWindow),
             nat_state::Check::Close(state) if entry.closing == 0 => entry.closing = state,
             nat_state::Check::Inexact => extra = Some(LbCounter::RstInexact),
+            nat_state::Check::Finish => extra = Some(LbCounter::NatPortFreed),
             _ => {}
         },
         None => nat_state::udp_reply(&mut entry),
     }
-    if entry != *e {
+    if extra == Some(LbCounter::NatPortFreed) {
+        t.remove_nat(key);
+        t.forget_flow(&FlowKey { src: e.client, dst: e.vip, src_port: e.client_port, dst_port: e.vip_port, proto: p.proto, family: p.family, _pad: [0; 2] });
+    } else if entry != *e {
         t.put_nat(key, &entry);
     }
     out[..frame.len()].copy_from_slice(frame);

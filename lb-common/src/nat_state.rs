@@ -15,7 +15,7 @@
 //! costs a few stores on the reply path and nothing on the client's
 //! established path:
 //!
-//! - a client RST closes the entry only at exactly the backend's latest
+//! - a client RST ends the connection only at exactly the backend's latest
 //!   acknowledgement (the only sequence a Linux receiver accepts); inside
 //!   `[ack, ack + window]` it passes unchanged (the backend answers with a
 //!   challenge ACK, which passes here and updates the acknowledgement, and
@@ -26,6 +26,14 @@
 //!   interface and address; this is the second line);
 //! - before the backend has answered, nothing changes the state.
 //!
+//! A connection that is over for the backend frees its SNAT port at once
+//! ([`Check::Finish`]), the way conntrack lets a new SYN reuse a finished
+//! tuple: an exact RST from either side, or, after the client's FIN and
+//! then the backend's, the client's acknowledgement of the backend's FIN
+//! (the backend's LAST_ACK ends; it holds no TIME_WAIT). When the backend
+//! closed first it holds TIME_WAIT for the tuple, so its port waits for
+//! the sweep's `tcp_time_wait` timeout instead.
+//!
 //! A flow is *proven* when its TCP client acknowledges what the backend
 //! sent through this edge (for a connection opened by a SYN: exactly the
 //! SYN-ACK, which a forged source never sees) or when a UDP backend
@@ -33,7 +41,7 @@
 //! ([`crate::balancer::NAT_RECLAIM_AFTER_NS`]) and expire within seconds.
 
 use crate::{
-    balancer::{NatEntry, NAT_CLOSED, NAT_OPENED_BY_SYN, NAT_PROVEN, NAT_REPLIED, NAT_TIME_WAIT},
+    balancer::{NatEntry, NAT_BACKEND_FIN, NAT_CLOSED, NAT_OPENED_BY_SYN, NAT_PROVEN, NAT_REPLIED, NAT_TIME_WAIT},
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -131,6 +139,9 @@ pub enum Check {
     /// Forward it; it ends the connection: mark the entry closing with
     /// this state ([`NAT_CLOSED`] or [`NAT_TIME_WAIT`]).
     Close(u8),
+    /// Forward it; the connection is over for the backend: free the port
+    /// (remove the NAT entry and the flow).
+    Finish,
     /// Forward it unchanged: a RST in the window but not exact.
     Inexact,
     /// Drop it: a RST or FIN outside the window.
@@ -165,11 +176,12 @@ pub fn tcp_reply(e: &mut NatEntry, s: &Segment) -> Check {
         Check::OutOfWindow
     } else if s.flags & TCP_RST != 0 {
         if s.seq == e.backend_next {
-            Check::Close(NAT_CLOSED)
+            Check::Finish
         } else {
             Check::Inexact
         }
     } else {
+        e.state |= NAT_BACKEND_FIN;
         Check::Close(NAT_TIME_WAIT)
     };
     if check == Check::OutOfWindow {
@@ -201,7 +213,7 @@ pub fn tcp_client(e: &NatEntry, s: &Segment) -> (Check, bool) {
     }
     let check = if s.flags & TCP_RST != 0 {
         if s.seq == e.backend_ack {
-            Check::Close(NAT_CLOSED)
+            Check::Finish
         } else if within(s.seq, e.backend_ack, e.backend_win) {
             Check::Inexact
         } else {
@@ -213,6 +225,8 @@ pub fn tcp_client(e: &NatEntry, s: &Segment) -> (Check, bool) {
         } else {
             Check::OutOfWindow
         }
+    } else if last_ack(e, s) {
+        Check::Finish
     } else {
         Check::Pass
     };
@@ -226,6 +240,14 @@ pub fn tcp_client(e: &NatEntry, s: &Segment) -> (Check, bool) {
             within(s.ack, e.backend_next.wrapping_sub(ADOPTED_PROOF_WINDOW), ADOPTED_PROOF_WINDOW)
         };
     (check, proves)
+}
+
+/// Whether the client's segment acknowledges the backend's FIN after the
+/// client closed first: the backend's LAST_ACK ends, nothing of the
+/// connection is left on its side.
+#[inline(always)]
+const fn last_ack(e: &NatEntry, s: &Segment) -> bool {
+    e.closing == NAT_CLOSED && e.state & NAT_BACKEND_FIN != 0 && s.flags & TCP_ACK != 0 && s.ack == e.backend_next
 }
 
 /// Whether a new flow that found no free port may take the port of `e`
@@ -274,7 +296,7 @@ mod tests {
         tcp_reply(&mut e, &seg(1001, 5001, TCP_ACK, 512, 100));
         assert_eq!(e.backend_win, 65536);
         assert_eq!(e.backend_next, 1101);
-        assert_eq!(tcp_client(&e, &seg(5001, 0, TCP_RST, 0, 0)).0, Check::Close(NAT_CLOSED));
+        assert_eq!(tcp_client(&e, &seg(5001, 0, TCP_RST, 0, 0)).0, Check::Finish);
         assert_eq!(tcp_client(&e, &seg(5001 + 65536, 0, TCP_RST, 0, 0)).0, Check::Inexact);
         assert_eq!(tcp_client(&e, &seg(5001 + 65537, 0, TCP_RST, 0, 0)).0, Check::OutOfWindow);
         assert_eq!(tcp_client(&e, &seg(5000, 0, TCP_RST, 0, 0)).0, Check::OutOfWindow);
@@ -298,10 +320,29 @@ mod tests {
         let before = e;
         assert_eq!(tcp_reply(&mut e, &seg(2001u32.wrapping_add(1 << 30), 0, TCP_RST, 0, 0)), Check::OutOfWindow);
         assert_eq!(e, before, "a dropped segment changes nothing");
-        assert_eq!(tcp_reply(&mut e.clone(), &seg(2001, 0, TCP_RST, 0, 0)), Check::Close(NAT_CLOSED));
+        assert_eq!(tcp_reply(&mut e.clone(), &seg(2001, 0, TCP_RST, 0, 0)), Check::Finish);
         assert_eq!(tcp_reply(&mut e.clone(), &seg(2000, 0, TCP_RST, 0, 0)), Check::Inexact);
         assert_eq!(tcp_reply(&mut e, &seg(2001, 5001, TCP_FIN | TCP_ACK, 0, 0)), Check::Close(NAT_TIME_WAIT));
         assert_eq!(e.backend_next, 2002);
+    }
+
+    #[test]
+    fn the_clients_last_ack_after_fins_both_ways_finishes_only_a_client_first_close() {
+        // Client first: FIN, the backend's FIN (end 1002), the client's ACK of it.
+        let mut e = handshaken();
+        assert_eq!(tcp_client(&e, &seg(5001, 1001, TCP_FIN | TCP_ACK, 0, 0)).0, Check::Close(NAT_CLOSED));
+        e.closing = NAT_CLOSED;
+        assert_eq!(tcp_client(&e, &seg(5002, 1001, TCP_ACK, 100, 0)).0, Check::Pass, "no backend FIN yet");
+        assert_eq!(tcp_reply(&mut e, &seg(1001, 5002, TCP_FIN | TCP_ACK, 100, 0)), Check::Close(NAT_TIME_WAIT));
+        assert_ne!(e.state & NAT_BACKEND_FIN, 0);
+        assert_eq!(tcp_client(&e, &seg(5002, 1001, TCP_ACK, 100, 0)).0, Check::Pass, "not the FIN's acknowledgement");
+        assert_eq!(tcp_client(&e, &seg(5002, 1002, TCP_ACK, 100, 0)).0, Check::Finish);
+        // Backend first: it holds TIME_WAIT, nothing finishes.
+        let mut e = handshaken();
+        assert_eq!(tcp_reply(&mut e, &seg(1001, 5001, TCP_FIN | TCP_ACK, 100, 0)), Check::Close(NAT_TIME_WAIT));
+        e.closing = NAT_TIME_WAIT;
+        assert_eq!(tcp_client(&e, &seg(5001, 1002, TCP_FIN | TCP_ACK, 100, 0)).0, Check::Close(NAT_CLOSED));
+        assert_eq!(tcp_client(&e, &seg(5002, 1002, TCP_ACK, 100, 0)).0, Check::Pass);
     }
 
     #[test]

@@ -549,6 +549,9 @@ impl Tables for ModelTables {
     fn put_nat(&mut self, key: &NatKey, entry: &NatEntry) {
         self.nat.insert(*key, *entry);
     }
+    fn remove_nat(&mut self, key: &NatKey) {
+        self.nat.remove(key);
+    }
     fn now_ns(&self) -> u64 {
         lb_user::sweep::monotonic_ns()
     }

@@ -77,7 +77,7 @@ fn flow_of(kb: &KernelBalancer, src: &str, sport: u16, dst: &str, dport: u16, pr
         .filter_map(Result::ok)
         .find(|(k, e)| k.backend == b.addr && e.client == key.src && e.client_port == sport && e.vip == key.dst && e.vip_port == dport && k.proto == proto)
         .map_or(0, |(k, _)| k.nat_port);
-    FlowEntry { backend, generation: b.generation, nat_port, _pad: [0; 2] }
+    FlowEntry { backend, generation: b.generation, nat_port, ..FlowEntry::default() }
 }
 
 /// Completes a `nat` flow's handshake after its SYN: the backend's SYN-ACK
@@ -851,11 +851,11 @@ fn decap_opens_only_the_edges_tunnels_like_the_model() {
 /// first, or a RST) or TIME_WAIT (the backend first). The sweep frees
 /// closed ports after `tcp_closed`, TIME_WAIT ones after `tcp_time_wait`,
 /// open ones after `tcp`.
-/// A client may reuse a port at once when its connection ended without
-/// TIME_WAIT on its side (a RST), while the edge still remembers the flow
-/// (found by the soak: a new TLS connection reached a drained backend).
-/// The SYN is a new connection: placed by the table as it is now, and a
-/// NAT entry it takes again is open again.
+/// A client may reuse a port while the edge still remembers the flow (a
+/// client that lost its state; one whose RST was lost; found by the soak:
+/// a new TLS connection reached a drained backend). The SYN is a new
+/// connection: placed by the table as it is now, and a NAT entry it takes
+/// again is open again.
 #[test]
 fn a_syn_on_a_remembered_port_is_a_new_connection() {
     if !root_or_skip() {
@@ -867,17 +867,19 @@ fn a_syn_on_a_remembered_port_is_a_new_connection() {
     let out_if = kb.net.out_ifindex;
     let mut model = kb.model();
     let syn = |kb: &KernelBalancer, sport| client_frame(kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
-    let rst = |kb: &KernelBalancer, sport| {
-        client_frame(kb, CLIENT_V4, NAT4, &L4::Tcp { sport, dport: 443, seq: 0x1000_0001, ack: 100, flags: 0x14, window: 0, payload: vec![] })
+    let fin = |kb: &KernelBalancer, sport| {
+        client_frame(kb, CLIENT_V4, NAT4, &L4::Tcp { sport, dport: 443, seq: 0x1000_0001, ack: 100, flags: 0x11, window: 0, payload: vec![] })
     };
-    // Connections from many ports, each ended by the client's RST.
+    // Connections from many ports, each closed by the client (a FIN; the
+    // backend's FIN and the last ACK never come).
     let ports: Vec<u16> = (42000..42060).collect();
     for &p in &ports {
         let opening = syn(&kb, p);
         both(&mut kb, &mut model, &opening, out_if);
         prove(&mut kb, &mut model, &mut model_counters(), (CLIENT_V4, p), NAT4);
-        let ending = rst(&kb, p);
+        let ending = fin(&kb, p);
         both(&mut kb, &mut model, &ending, out_if);
+        assert_eq!(flow_of(&kb, CLIENT_V4, p, NAT4, 443, IPPROTO_TCP).flags, FLOW_CLOSING, "a client FIN marks the flow closing");
     }
     let first: Vec<FlowEntry> = ports.iter().map(|p| flow_of(&kb, CLIENT_V4, *p, NAT4, 443, IPPROTO_TCP)).collect();
     // Drain the first backend: the ports it had reach others now.
@@ -917,6 +919,12 @@ fn a_syn_on_a_remembered_port_is_a_new_connection() {
     }
 }
 
+/// How a connection ends decides when its SNAT port is free (kernel and
+/// model alike): at once when it is over for the backend (an exact RST
+/// from either side; the client's last ACK after FINs both ways, the
+/// client's first), after `tcp_closed` when only the client's FIN passed,
+/// after `tcp_time_wait` when the backend closed first (it holds
+/// TIME_WAIT), never for blind RSTs and FINs.
 #[test]
 fn a_closed_connection_gives_its_snat_port_back() {
     if !root_or_skip() {
@@ -926,24 +934,25 @@ fn a_closed_connection_gives_its_snat_port_back() {
     kb.apply(&desired());
     let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
     let mut model = kb.model();
-    let nat_entry = |kb: &KernelBalancer, sport: u16| -> (NatKey, NatEntry) {
+    let nat_key = |kb: &KernelBalancer, sport: u16| -> NatKey {
         let flow = flow_of(kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP);
         let backend = addr_key(backend_addr(kb, flow.backend)).0;
-        let key = NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::isolator::FAMILY_V4, _pad: [0; 2] };
-        (key, kb.maps().nat.get(&key, 0).expect("a NAT entry"))
+        NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::isolator::FAMILY_V4, _pad: [0; 2] }
     };
-    // Five connections, each with its handshake (client ISN 1, backend
+    // Seven connections, each with its handshake (client ISN 1, backend
     // ISN 100): one stays open; the client closes one (FIN); the backend
-    // resets one; the backend closes one (FIN), then the client; the last
-    // meets blind RSTs and FINs, which change nothing.
-    let ports = [41000u16, 41001, 41002, 41003, 41004];
+    // resets one; the backend closes one (FIN), then the client; one
+    // meets blind RSTs and FINs, which change nothing; the client closes
+    // one and the backend follows, then the client's last ACK; the client
+    // resets the last.
+    let ports = [41000u16, 41001, 41002, 41003, 41004, 41005, 41006];
+    let mut keys = HashMap::new();
     let from_client = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, seq, ack, flags| -> Outcome {
         let l4 = L4::Tcp { sport, dport: 443, seq, ack, flags, window: 500, payload: vec![] };
         let frame = client_frame(kb, CLIENT_V4, NAT4, &l4);
         both(kb, model, &frame, out_if).0
     };
-    let from_backend = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, seq, ack, flags| -> Outcome {
-        let (key, _) = nat_entry(kb, sport);
+    let from_backend = |kb: &mut KernelBalancer, model: &mut ModelTables, key: NatKey, seq, ack, flags| -> Outcome {
         let backend = lb_user::balancer::key_addr(&key.backend, key.family);
         let l4 = L4::Tcp { sport: 443, dport: key.nat_port, seq, ack, flags, window: 1000, payload: vec![] };
         let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), "10.1.0.1", &l4, |_| {}, |_| {});
@@ -952,50 +961,72 @@ fn a_closed_connection_gives_its_snat_port_back() {
     for sport in ports {
         let syn = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
         both(&mut kb, &mut model, &syn, out_if);
-        assert_eq!(nat_entry(&kb, sport).1.closing, 0, "a SYN opens");
+        let key = nat_key(&kb, sport);
+        keys.insert(sport, key);
+        assert_eq!(kb.maps().nat.get(&key, 0).unwrap().closing, 0, "a SYN opens");
         assert!(!remembered(&kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP), "a SYN is not remembered");
-        assert_eq!(from_backend(&mut kb, &mut model, sport, 100, 2, 0x12).counter, Some(LbCounter::NatReply));
+        assert_eq!(from_backend(&mut kb, &mut model, key, 100, 2, 0x12).counter, Some(LbCounter::NatReply));
         let o = from_client(&mut kb, &mut model, sport, 2, 101, 0x10);
         assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::FlowProven)), "the handshake's ACK proves");
         assert!(remembered(&kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP), "a proven flow is remembered");
     }
+    let freed = |o: Outcome| o.extra == Some(LbCounter::NatPortFreed);
     from_client(&mut kb, &mut model, 41000, 2, 101, 0x10);
-    from_client(&mut kb, &mut model, 41001, 2, 101, 0x11);
-    assert_eq!(from_backend(&mut kb, &mut model, 41002, 101, 2, 0x04).counter, Some(LbCounter::NatReply));
-    assert_eq!(from_backend(&mut kb, &mut model, 41003, 101, 2, 0x11).counter, Some(LbCounter::NatReply));
-    from_client(&mut kb, &mut model, 41003, 2, 102, 0x11);
+    assert!(!freed(from_client(&mut kb, &mut model, 41001, 2, 101, 0x11)));
+    assert_eq!(flow_of(&kb, CLIENT_V4, 41001, NAT4, 443, IPPROTO_TCP).flags, FLOW_CLOSING, "a client FIN marks the flow closing");
+    let o = from_backend(&mut kb, &mut model, keys[&41002], 101, 2, 0x04);
+    assert_eq!(o.counter, Some(LbCounter::NatReply));
+    assert!(freed(o), "the backend's exact RST frees the port");
+    assert!(!freed(from_backend(&mut kb, &mut model, keys[&41003], 101, 2, 0x11)));
+    assert!(!freed(from_client(&mut kb, &mut model, 41003, 2, 102, 0x11)));
+    assert!(!freed(from_client(&mut kb, &mut model, 41003, 3, 102, 0x10)), "the backend holds TIME_WAIT");
     // Blind: RSTs and FINs far from the windows are dropped; a RST in the
     // window but not exact passes, for the endpoint's challenge ACK.
     for (seq, flags) in [(0x8000_0000u32, 0x04u8), (1, 0x04), (0x4000_0000, 0x11)] {
         assert_eq!(from_client(&mut kb, &mut model, 41004, seq, 101, flags).counter, Some(LbCounter::OutOfWindow), "client {seq:#x} {flags:#x}");
-        assert_eq!(from_backend(&mut kb, &mut model, 41004, 101u32.wrapping_add(seq).wrapping_add(0x4000_0000), 2, flags).counter, Some(LbCounter::OutOfWindow));
+        assert_eq!(from_backend(&mut kb, &mut model, keys[&41004], 101u32.wrapping_add(seq).wrapping_add(0x4000_0000), 2, flags).counter, Some(LbCounter::OutOfWindow));
     }
     let o = from_client(&mut kb, &mut model, 41004, 3, 101, 0x04);
     assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::RstInexact)));
-    let o = from_backend(&mut kb, &mut model, 41004, 100, 2, 0x04);
+    let o = from_backend(&mut kb, &mut model, keys[&41004], 100, 2, 0x04);
     assert_eq!((o.counter, o.extra), (Some(LbCounter::NatReply), Some(LbCounter::RstInexact)));
-    assert_eq!(nat_entry(&kb, 41004).1.closing, 0, "blind packets leave the connection open");
-    let closing: Vec<u8> = ports.iter().map(|p| nat_entry(&kb, *p).1.closing).collect();
-    assert_eq!(closing, [0, NAT_CLOSED, NAT_CLOSED, NAT_TIME_WAIT, 0], "open, client FIN, backend RST, backend FIN first, blind");
+    // Client first, both ways: only the acknowledgement of the backend's
+    // FIN frees the port.
+    assert!(!freed(from_client(&mut kb, &mut model, 41005, 2, 101, 0x11)));
+    assert!(!freed(from_backend(&mut kb, &mut model, keys[&41005], 101, 3, 0x11)));
+    assert!(!freed(from_client(&mut kb, &mut model, 41005, 3, 101, 0x10)), "not the FIN's acknowledgement");
+    let o = from_client(&mut kb, &mut model, 41005, 3, 102, 0x10);
+    assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::NatPortFreed)), "the last ACK frees the port");
+    let o = from_client(&mut kb, &mut model, 41006, 2, 101, 0x04);
+    assert!(freed(o), "the client's exact RST frees the port");
+
+    let entry = |kb: &KernelBalancer, p: u16| kb.maps().nat.get(&keys[&p], 0).ok();
+    let closing: Vec<Option<u8>> = ports.iter().map(|p| entry(&kb, *p).map(|e| e.closing)).collect();
+    assert_eq!(
+        closing,
+        [Some(0), Some(NAT_CLOSED), None, Some(NAT_TIME_WAIT), Some(0), None, None],
+        "open, client FIN, backend RST (freed), backend FIN first, blind, FINs both ways and the last ACK (freed), client RST (freed)"
+    );
+    for p in [41002, 41005, 41006] {
+        assert!(!remembered(&kb, CLIENT_V4, p, NAT4, 443, IPPROTO_TCP), "port {p}: a freed port's flow goes with it");
+    }
     let knat: HashMap<NatKey, NatEntry> = kb.maps().nat.iter().map(|r| r.unwrap()).map(|(k, mut e)| {
         e.last_seen_ns = 0;
         (k, e)
     }).collect();
     let mnat: HashMap<NatKey, NatEntry> = model.nat.iter().map(|(k, e)| (*k, NatEntry { last_seen_ns: 0, ..*e })).collect();
-    assert_eq!(knat, mnat, "the model marks the same entries");
+    assert_eq!(knat, mnat, "the model marks and frees the same entries");
 
     // The sweep: closed entries go after `tcp_closed`, with their flows;
     // the open and the TIME_WAIT ones stay.
-    let keep: std::collections::BTreeSet<u16> = [41000, 41003, 41004].iter().map(|p| nat_entry(&kb, *p).0.nat_port).collect();
+    let keep: std::collections::BTreeSet<u16> = [41000, 41003, 41004].iter().map(|p| keys[p].nat_port).collect();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let secs = std::time::Duration::from_secs;
     let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
-    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 2);
+    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);
     let left: std::collections::BTreeSet<u16> = kb.maps().nat.keys().map(|k| k.unwrap().nat_port).collect();
     assert_eq!(left, keep, "the open and the TIME_WAIT connections keep their ports");
-    let (s, family) = addr_key(ip(CLIENT_V4));
-    let flow = |sport| FlowKey { src: s, dst: addr_key(ip(NAT4)).0, src_port: sport, dst_port: 443, proto: IPPROTO_TCP, family, _pad: [0; 2] };
-    assert!(kb.maps().flows.get(&flow(41001), 0).is_err() && kb.maps().flows.get(&flow(41000), 0).is_ok(), "flows go with their ports");
+    assert!(!remembered(&kb, CLIENT_V4, 41001, NAT4, 443, IPPROTO_TCP) && remembered(&kb, CLIENT_V4, 41000, NAT4, 443, IPPROTO_TCP), "flows go with their ports");
     // ... and TIME_WAIT after its own timeout.
     let t = lb_user::sweep::Timeouts { tcp_time_wait: std::time::Duration::from_millis(10), ..t };
     assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);

@@ -29,6 +29,8 @@ pub struct Placed {
     pub new: bool,
     /// Its previous backend was gone or down.
     pub moved: bool,
+    /// The flow table marks it closing ([`FLOW_CLOSING`]).
+    pub closing: bool,
 }
 
 /// Finds the flow's backend, or chooses one with the Maglev table, and
@@ -48,6 +50,7 @@ pub fn place(key: &FlowKey, svc: &Service, opens: bool, out: &mut Placed) -> Res
                 out.generation = b.generation;
                 out.addr = b.addr;
                 out.nat_port = e.nat_port;
+                out.closing = e.flags & FLOW_CLOSING != 0;
                 return Ok(());
             }
         }
@@ -79,17 +82,17 @@ pub fn known(key: &FlowKey, out: &mut Placed) -> bool {
     let Some(e) = (unsafe { LB_FLOWS.get(key) }) else { return false };
     match LB_BACKENDS.get(e.backend) {
         Some(b) if b.generation == e.generation && b.up == 1 => {
-            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, new: false, moved: false };
+            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, ..Placed::default() };
             true
         }
         _ => false,
     }
 }
 
-/// Remembers a placed flow.
+/// Remembers a placed flow, with [`FlowEntry::flags`] `flags`.
 #[inline(always)]
-pub fn remember(key: &FlowKey, placed: &Placed) {
-    let entry = FlowEntry { backend: placed.id, generation: placed.generation, nat_port: placed.nat_port, _pad: [0; 2] };
+pub fn remember(key: &FlowKey, placed: &Placed, flags: u8) {
+    let entry = FlowEntry { backend: placed.id, generation: placed.generation, nat_port: placed.nat_port, flags, _pad: 0 };
     let _ = LB_FLOWS.insert(key, &entry, 0);
 }
 
@@ -120,7 +123,8 @@ fn dropped(c: LbCounter) -> u32 {
 /// Rules 6 and 6b and the proof (`lb_common::nat_state`) for a `nat`
 /// packet whose backend and route are known: its SNAT port (into
 /// `s.placed.nat_port`) and what it does to its NAT entry. A remembered
-/// flow reads its entry only for a RST or FIN; any other flow probes the
+/// flow reads its entry only for a RST or FIN, or while it is closing (a
+/// client FIN marks it so); any other flow probes the
 /// SNAT ports for its own entry, a free port, or (none free) an unproven
 /// entry to reclaim, and a proven flow found by probing is remembered.
 /// Not inlined: the map-value pointer must stay in this frame.
@@ -131,7 +135,7 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
         return dropped(LbCounter::Malformed);
     }
     if !s.placed.new {
-        if !tcp || s.seg.flags & (TCP_RST | TCP_FIN) == 0 {
+        if !tcp || (s.seg.flags & (TCP_RST | TCP_FIN) == 0 && !s.placed.closing) {
             return forwarded(false, None);
         }
         s.nat_key = nat_key(s, svc, s.placed.nat_port);
@@ -139,10 +143,16 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
         // SAFETY: points into a live map value.
         let e = unsafe { &mut *e };
         let (check, _) = nat_state::tcp_client(e, &s.seg);
-        return match apply_client_check(e, check) {
-            Ok(extra) => forwarded(false, extra),
-            Err(c) => dropped(c),
+        let extra = match apply_client_check(e, check) {
+            Ok(extra) => extra,
+            Err(c) => return dropped(c),
         };
+        if check == Check::Finish {
+            finish(s);
+        } else if !s.placed.closing && e.closing != 0 {
+            remember(&s.flow, &s.placed, FLOW_CLOSING);
+        }
+        return forwarded(false, extra);
     }
     let p = &s.parsed;
     if g.snat_port_max < g.snat_port_min {
@@ -239,21 +249,34 @@ fn own_entry(s: &mut Scratch, e: &mut NatEntry, tcp: bool) -> u32 {
         Ok(extra) => extra,
         Err(c) => return dropped(c),
     };
-    if nat_state::proven(e) {
+    if check == Check::Finish {
+        finish(s);
+    } else if nat_state::proven(e) {
         extra = Some(if e.state & NAT_REMEMBERED != 0 { LbCounter::FlowRefound } else { LbCounter::FlowProven });
         e.state |= NAT_REMEMBERED;
-        remember(&s.flow, &s.placed);
+        remember(&s.flow, &s.placed, if e.closing != 0 { FLOW_CLOSING } else { 0 });
     }
     forwarded(false, extra)
 }
 
+/// Frees a finished connection's SNAT port: its NAT entry (at
+/// `s.nat_key`) and its flow (`s.flow`) go. Nothing may read the entry
+/// afterwards: a preallocated map hands the element to the next insert.
+#[inline(always)]
+pub fn finish(s: &Scratch) {
+    let _ = LB_NAT.remove(&s.nat_key);
+    forget(&s.flow);
+}
+
 /// Applies a client segment's check to its entry (in place): the drop
-/// counter, or the extra counter of a forwarded packet.
+/// counter, or the extra counter of a forwarded packet. A finished
+/// connection's entry is the caller's to remove ([`finish`]).
 #[inline(always)]
 fn apply_client_check(e: &mut NatEntry, check: Check) -> Result<Option<LbCounter>, LbCounter> {
     match check {
         Check::OutOfWindow => Err(LbCounter::OutOfWindow),
         Check::Inexact => Ok(Some(LbCounter::RstInexact)),
+        Check::Finish => Ok(Some(LbCounter::NatPortFreed)),
         Check::Close(state) => {
             if e.closing == 0 {
                 e.closing = state;

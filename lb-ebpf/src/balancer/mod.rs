@@ -172,7 +172,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
         // established flows. The connection's next packet is placed the
         // same way (the table is deterministic) and stays.
         if !opens {
-            flow::remember(&s.flow, &s.placed);
+            flow::remember(&s.flow, &s.placed, 0);
         }
         s.placed.new = opens || s.parsed.proto != IPPROTO_TCP;
     }
@@ -232,6 +232,7 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let mut inexact = false;
+    let mut finished = false;
     if p.proto == IPPROTO_TCP {
         if !parse::segment(pkt, p, &mut s.seg) {
             return drop(LbCounter::Malformed);
@@ -244,6 +245,7 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
                 }
             }
             Check::Inexact => inexact = true,
+            Check::Finish => finished = true,
             Check::Pass => {}
         }
     } else {
@@ -251,15 +253,22 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
     }
     flow::touch_nat(e);
     s.translation = Translation { src: e.vip, dst: e.client, sport: e.vip_port, dport: e.client_port };
+    s.hop = Hop { ifindex: e.ifindex, smac: e.edge_mac, dmac: e.client_mac };
+    if finished {
+        s.flow = FlowKey { src: e.client, dst: e.vip, src_port: e.client_port, dst_port: e.vip_port, proto: p.proto, family: p.family, _pad: [0; 2] };
+        flow::finish(s);
+    }
     if !rewrite::nat(pkt, p, &s.translation) {
         return drop(LbCounter::Malformed);
     }
-    s.hop = Hop { ifindex: e.ifindex, smac: e.edge_mac, dmac: e.client_mac };
     match egress::send(pkt, &s.hop, p.ifindex) {
         Ok(action) => {
             count(LbCounter::NatReply);
             if inexact {
                 count(LbCounter::RstInexact);
+            }
+            if finished {
+                count(LbCounter::NatPortFreed);
             }
             action
         }

@@ -184,7 +184,7 @@ fn fill_flows(maps: &mut BalancerMaps, vip: Ipv4Addr, n: u32) -> Result<()> {
         let (src, _) = addr_key(IpAddr::V4(src));
         let key = FlowKey { src, dst, src_port: 10_000 + (i & 0x3fff) as u16, dst_port: 443, proto: 6, family: FAMILY_V4, _pad: [0; 2] };
         let (backend, generation) = backends[i as usize % backends.len()];
-        maps.flows.insert(key, FlowEntry { backend, generation, nat_port: 0, _pad: [0; 2] }, 0)?;
+        maps.flows.insert(key, FlowEntry { backend, generation, nat_port: 0, ..FlowEntry::default() }, 0)?;
     }
     Ok(())
 }
