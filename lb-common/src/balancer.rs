@@ -38,6 +38,11 @@ pub const MAP_FLOWS: &str = "LB_FLOWS";
 pub const MAP_NAT: &str = "LB_NAT";
 /// Hash `0u32` → [`Globals`].
 pub const MAP_GLOBALS: &str = "LB_GLOBALS";
+/// Array, key 0 → [`SnatPool`]: the SNAT source addresses.
+pub const MAP_SNAT_POOL: &str = "LB_SNAT_POOL";
+/// Hash [`SnatAddrKey`] → `u32`: a SNAT address's index in [`SnatPool`]
+/// (the addresses after the first of each family).
+pub const MAP_SNAT_INDEX: &str = "LB_SNAT_INDEX";
 /// Per-CPU array of `u64`, indexed by [`LbCounter`].
 pub const MAP_LB_COUNTERS: &str = "LB_COUNTERS";
 /// Per-CPU array of [`TrafficStats`], indexed by [`Service::stats_index`].
@@ -84,6 +89,8 @@ pub const MAX_EGRESS_INTERFACES: u32 = 64;
 pub const MAX_DECAP_ENTRIES: u32 = 1024;
 /// SNAT ports tried for a new flow before it is refused as exhausted.
 pub const SNAT_PROBES: u32 = 32;
+/// SNAT source addresses per family ([`SnatPool`]).
+pub const MAX_SNAT_ADDRESSES: usize = 16;
 
 /// [`NatEntry::closing`]: the client closed first: the backend will hold
 /// no TIME_WAIT, and its port is freed at the client's last ACK (or, that
@@ -224,7 +231,9 @@ pub struct FlowEntry {
     pub nat_port: u16,
     /// [`FLOW_CLOSING`] or 0.
     pub flags: u8,
-    pub _pad: u8,
+    /// The SNAT source address: its index in [`SnatPool`] (0: the
+    /// family's first, [`Globals`]' inside address; older builds wrote 0).
+    pub snat: u8,
 }
 
 /// [`FlowEntry::flags`]: the `nat` connection is closing, so each of the
@@ -243,7 +252,64 @@ pub struct NatKey {
     pub nat_port: u16,
     pub proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// The SNAT address the reply came to: its index in [`SnatPool`]
+    /// (older builds wrote 0, the first).
+    pub snat: u8,
+    pub _pad: u8,
+}
+
+/// The SNAT source addresses of `nat` mode: each multiplies the SNAT
+/// ports a backend port can take. Index 0 of each family is [`Globals`]'
+/// inside address; a count of 0 (a pool never written) means that one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnatPool {
+    /// IPv4 addresses in the keys' 16-byte form ([`v4_key`]).
+    pub v4: [[u8; 16]; MAX_SNAT_ADDRESSES],
+    pub v6: [[u8; 16]; MAX_SNAT_ADDRESSES],
+    pub v4_count: u32,
+    pub v6_count: u32,
+}
+
+impl Default for SnatPool {
+    fn default() -> Self {
+        Self { v4: [[0; 16]; MAX_SNAT_ADDRESSES], v6: [[0; 16]; MAX_SNAT_ADDRESSES], v4_count: 0, v6_count: 0 }
+    }
+}
+
+impl SnatPool {
+    /// How many addresses `family` has (at least the inside address).
+    #[inline(always)]
+    pub fn count(&self, family: u8) -> u32 {
+        let n = if family == FAMILY_V4 { self.v4_count } else { self.v6_count };
+        if n == 0 {
+            1
+        } else if n > MAX_SNAT_ADDRESSES as u32 {
+            MAX_SNAT_ADDRESSES as u32
+        } else {
+            n
+        }
+    }
+
+    /// Address `index` of `family` (masked into the array).
+    #[inline(always)]
+    pub fn address(&self, family: u8, index: u8) -> [u8; 16] {
+        let i = usize::from(index) & (MAX_SNAT_ADDRESSES - 1);
+        if family == FAMILY_V4 {
+            self.v4[i]
+        } else {
+            self.v6[i]
+        }
+    }
+}
+
+/// The key of [`MAP_SNAT_INDEX`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnatAddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Where a `nat`-mode reply goes back to.
@@ -565,6 +631,8 @@ mod pod {
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for Globals {}
+    unsafe impl aya::Pod for SnatPool {}
+    unsafe impl aya::Pod for SnatAddrKey {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for DecapKey {}
 }

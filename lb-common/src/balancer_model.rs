@@ -7,8 +7,9 @@
 //!    directly after the IP header can be the balancer's; everything else
 //!    goes to the next stage (the isolator, or the kernel).
 //! 2. A packet whose (destination, protocol, destination port) is a
-//!    service is forwarded; one that comes to the edge's inside address
-//!    and matches a NAT entry is a reply and goes back to its client.
+//!    service is forwarded; one that comes to a SNAT address (the edge's
+//!    inside address or another of [`SnatPool`]) and matches a NAT entry
+//!    is a reply and goes back to its client.
 //!    Anything else goes to the next stage.
 //! 3. A service's packet that is a fragment, or whose headers do not fit
 //!    the frame, is dropped and counted; no backend can be chosen for it.
@@ -30,8 +31,10 @@
 //!    VIP, the inside address, a backend's network, the host's own
 //!    addresses, loopback, …) is dropped
 //!    ([`LbCounter::ImpossibleSource`]) before it takes anything.
-//! 6. `nat`: the flow gets a SNAT port — its own NAT entry if one of
-//!    [`SNAT_PROBES`] consecutive ports from a hash of the 5-tuple holds
+//! 6. `nat`: the flow gets a SNAT slot (a port of one of the family's
+//!    SNAT addresses, [`SnatPool`]: the slots are the addresses' port
+//!    ranges one after another) — its own NAT entry if one of
+//!    [`SNAT_PROBES`] consecutive slots from a hash of the 5-tuple holds
 //!    it (a SYN writes it afresh: a new connection), else the first free
 //!    one, else (none free, or the NAT table full) the first probed
 //!    unproven entry older than [`NAT_RECLAIM_AFTER_NS`], taken over
@@ -56,8 +59,8 @@
 //!    once: its SNAT port is free for the next flow
 //!    ([`LbCounter::NatPortFreed`]). The agent's sweep frees other closing
 //!    ports sooner than open ones, and unproven entries within seconds.
-//!    Destination becomes backend:target port, source the edge's inside
-//!    address:SNAT port, TTL − 1, checksums updated incrementally.
+//!    Destination becomes backend:target port, source the slot's SNAT
+//!    address:port, TTL − 1, checksums updated incrementally.
 //!    `dsr`: an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6) header from the
 //!    inside address to the backend is put in front; the inner packet is
 //!    not touched. `dsr-l2`: only the Ethernet addresses change.
@@ -74,7 +77,7 @@
 //!    entry's window (a UDP reply proves the entry), is rewritten back
 //!    (source VIP:entry port, destination client:port, TTL − 1) and sent
 //!    to the MAC the flow came from, out of the interface it came in on.
-//!    8b. Any other packet to the inside address on a SNAT port is dropped
+//!    8b. Any other packet to a SNAT address on a SNAT port is dropped
 //!    ([`LbCounter::ForgedReply`]): only replies may come there.
 //! 9. A path-MTU ICMP error (IPv4 fragmentation needed, IPv6 packet too
 //!    big) sent to a VIP about a packet the VIP sent to a client goes to
@@ -114,6 +117,12 @@ pub trait Tables {
     /// The backend id in slot `index` of [`MAP_MAGLEV`].
     fn maglev_slot(&self, index: u32) -> Option<u32>;
     fn globals(&self) -> Option<Globals>;
+    /// The SNAT addresses ([`MAP_SNAT_POOL`]); `None`: only the inside
+    /// address.
+    fn snat_pool(&self) -> Option<SnatPool>;
+    /// The index of a SNAT address after the first of its family
+    /// ([`MAP_SNAT_INDEX`]).
+    fn snat_index(&self, family: u8, addr: &[u8; 16]) -> Option<u8>;
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
     fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry);
     /// Forgets the flow at `key`, if it is remembered.
@@ -306,11 +315,9 @@ pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T)
         return forward(frame, out, ifindex, t, &p, &svc);
     }
     let Some(g) = t.globals() else { return Outcome::next_stage() };
-    let inside = if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
-    if p.dst != inside {
-        return Outcome::next_stage();
-    }
-    let nkey = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
+    let snat = if p.dst == inside(&g, p.family) { Some(0) } else { t.snat_index(p.family, &p.dst) };
+    let Some(snat) = snat else { return Outcome::next_stage() };
+    let nkey = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, snat, _pad: 0 };
     match t.nat(&nkey) {
         Some(entry) => reply(frame, out, ifindex, t, &p, &nkey, &entry),
         // Rule 8b: only a backend's reply may come to a SNAT port.
@@ -374,19 +381,19 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     if opens || outcome.moved {
         t.forget_flow(&fkey);
     }
-    let nat_port = if mode == Mode::Nat {
+    let slot = if mode == Mode::Nat {
         let found = match remembered {
-            Some((e, _)) => NatFound::Remembered(e.nat_port, e.flags & FLOW_CLOSING != 0),
+            Some((e, _)) => NatFound::Remembered(Slot { port: e.nat_port, snat: e.snat }, e.flags & FLOW_CLOSING != 0),
             None => match allocate_snat_port(frame, ifindex, t, (&g, opens), p, svc, &backend, hop_ifindex) {
                 Ok(f) => f,
                 Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
             },
         };
         match nat_state_of_flow(t, &fkey, p, svc, (id, &backend), seg, found) {
-            Ok((port, counter, extra)) => {
+            Ok((slot, counter, extra)) => {
                 outcome.counter = Some(counter);
                 outcome.extra = extra;
-                port
+                slot
             }
             Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
         }
@@ -396,13 +403,13 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
             // evict established flows. The connection's next packet is
             // placed the same way (the table is deterministic) and stays.
             if !opens {
-                t.set_flow(&fkey, &FlowEntry { backend: id, generation: backend.generation, nat_port: 0, flags: 0, _pad: 0 });
+                t.set_flow(&fkey, &FlowEntry { backend: id, generation: backend.generation, ..FlowEntry::default() });
             }
             if opens || p.proto != IPPROTO_TCP {
                 outcome.counter = Some(LbCounter::NewFlow);
             }
         }
-        0
+        Slot::default()
     };
     outcome.charged = Some((svc.stats_index, id));
 
@@ -411,8 +418,7 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
         Mode::Nat => {
             out_len = frame.len();
             out[..out_len].copy_from_slice(frame);
-            let inside = if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
-            rewrite(out, p, inside, nat_port, backend.addr, svc.target_port);
+            rewrite(out, p, snat_address(t, &g, p.family, slot.snat), slot.port, backend.addr, svc.target_port);
         }
         Mode::Dsr => {
             out_len = frame.len() + outer;
@@ -441,43 +447,68 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     Outcome { action, len: out_len, ..outcome }
 }
 
-/// How a `nat` packet's SNAT port was found.
+/// A `nat` flow's SNAT source: port and address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Slot {
+    port: u16,
+    /// Index in [`SnatPool`].
+    snat: u8,
+}
+
+/// How a `nat` packet's SNAT slot was found.
 #[derive(Clone, Copy, Debug)]
 enum NatFound {
-    /// The flow table remembers the flow (a proven one) with this port,
+    /// The flow table remembers the flow (a proven one) with this slot,
     /// and whether it is closing ([`FLOW_CLOSING`]).
-    Remembered(u16, bool),
-    /// Its own NAT entry, at this port, found by probing.
-    Own(u16, NatEntry),
-    /// A free port, its new entry written.
-    Fresh(u16),
-    /// The port of an unproven entry, taken over and written.
-    Reclaimed(u16),
+    Remembered(Slot, bool),
+    /// Its own NAT entry, at this slot, found by probing.
+    Own(Slot, NatEntry),
+    /// A free slot, its new entry written.
+    Fresh(Slot),
+    /// The slot of an unproven entry, taken over and written.
+    Reclaimed(Slot),
+}
+
+/// The edge's inside address of `family`: SNAT address 0 and tunnel source.
+fn inside(g: &Globals, family: u8) -> [u8; 16] {
+    if family == FAMILY_V4 {
+        v4_key(g.inside_v4)
+    } else {
+        g.inside_v6
+    }
+}
+
+/// SNAT address `index` of `family`.
+fn snat_address<T: Tables>(t: &T, g: &Globals, family: u8, index: u8) -> [u8; 16] {
+    match (index, t.snat_pool()) {
+        (0, _) | (_, None) => inside(g, family),
+        (i, Some(pool)) => pool.address(family, i),
+    }
 }
 
 /// Rule 6b and the proof: what the client's packet does to its NAT entry;
 /// the SNAT port, the counter and the extra counter, or the drop counter.
-fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Service, (id, b): (u32, &BackendInfo), seg: Option<Segment>, found: NatFound) -> Result<(u16, LbCounter, Option<LbCounter>), LbCounter> {
-    let key = |port| NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
-    let remember = |t: &mut T, port, flags| t.set_flow(fkey, &FlowEntry { backend: id, generation: b.generation, nat_port: port, flags, _pad: 0 });
+fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Service, (id, b): (u32, &BackendInfo), seg: Option<Segment>, found: NatFound) -> Result<(Slot, LbCounter, Option<LbCounter>), LbCounter> {
+    let key = |slot: Slot| NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: slot.port, proto: p.proto, family: p.family, snat: slot.snat, _pad: 0 };
+    let remember = |t: &mut T, slot: Slot, flags| t.set_flow(fkey, &FlowEntry { backend: id, generation: b.generation, nat_port: slot.port, flags, snat: slot.snat });
     match found {
-        NatFound::Fresh(port) => Ok((port, LbCounter::NewFlow, None)),
-        NatFound::Reclaimed(port) => Ok((port, LbCounter::NewFlow, Some(LbCounter::HalfOpenReclaimed))),
-        NatFound::Remembered(port, closing) => {
+        NatFound::Fresh(slot) => Ok((slot, LbCounter::NewFlow, None)),
+        NatFound::Reclaimed(slot) => Ok((slot, LbCounter::NewFlow, Some(LbCounter::HalfOpenReclaimed))),
+        NatFound::Remembered(slot, closing) => {
             // Only a RST or FIN, or any packet of a closing flow, needs
             // the entry on the established path.
-            let Some(s) = seg.filter(|s| closing || s.flags & (TCP_RST | TCP_FIN) != 0) else { return Ok((port, LbCounter::FlowHit, None)) };
-            let k = key(port);
-            let Some(mut e) = t.nat(&k) else { return Ok((port, LbCounter::FlowHit, None)) };
+            let Some(s) = seg.filter(|s| closing || s.flags & (TCP_RST | TCP_FIN) != 0) else { return Ok((slot, LbCounter::FlowHit, None)) };
+            let k = key(slot);
+            let Some(mut e) = t.nat(&k) else { return Ok((slot, LbCounter::FlowHit, None)) };
             let (check, _) = nat_state::tcp_client(&e, &s);
-            let extra = apply_client_check(t, fkey, &k, &mut e, check)?;
+            let extra = apply_client_check(t, (fkey, &k), &mut e, Some(s), check)?;
             if !closing && e.closing != 0 && check != nat_state::Check::Finish {
-                remember(t, port, FLOW_CLOSING);
+                remember(t, slot, FLOW_CLOSING);
             }
-            Ok((port, LbCounter::FlowHit, extra))
+            Ok((slot, LbCounter::FlowHit, extra))
         }
-        NatFound::Own(port, mut e) => {
-            let k = key(port);
+        NatFound::Own(slot, mut e) => {
+            let k = key(slot);
             let (check, proves) = match seg {
                 Some(s) => nat_state::tcp_client(&e, &s),
                 None => (nat_state::Check::Pass, false),
@@ -485,18 +516,18 @@ fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Ser
             if proves {
                 e.state |= NAT_PROVEN;
             }
-            let mut extra = apply_client_check(t, fkey, &k, &mut e, check)?;
+            let mut extra = apply_client_check(t, (fkey, &k), &mut e, seg, check)?;
             if check == nat_state::Check::Finish {
                 // Its entry is gone, and with it the flow.
             } else if nat_state::proven(&e) {
                 extra = Some(if e.state & NAT_REMEMBERED != 0 { LbCounter::FlowRefound } else { LbCounter::FlowProven });
                 e.state |= NAT_REMEMBERED;
                 t.put_nat(&k, &e);
-                remember(t, port, if e.closing != 0 { FLOW_CLOSING } else { 0 });
+                remember(t, slot, if e.closing != 0 { FLOW_CLOSING } else { 0 });
             } else if proves {
                 t.put_nat(&k, &e);
             }
-            Ok((port, LbCounter::FlowHit, extra))
+            Ok((slot, LbCounter::FlowHit, extra))
         }
     }
 }
@@ -504,7 +535,7 @@ fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Ser
 /// Applies a client segment's [`nat_state::Check`] to its entry (a
 /// finished connection's entry and flow are removed): the drop counter,
 /// or the extra counter of a forwarded packet.
-fn apply_client_check<T: Tables>(t: &mut T, fkey: &FlowKey, k: &NatKey, e: &mut NatEntry, check: nat_state::Check) -> Result<Option<LbCounter>, LbCounter> {
+fn apply_client_check<T: Tables>(t: &mut T, (fkey, k): (&FlowKey, &NatKey), e: &mut NatEntry, seg: Option<Segment>, check: nat_state::Check) -> Result<Option<LbCounter>, LbCounter> {
     match check {
         nat_state::Check::OutOfWindow => Err(LbCounter::OutOfWindow),
         nat_state::Check::Inexact => Ok(Some(LbCounter::RstInexact)),
@@ -513,9 +544,8 @@ fn apply_client_check<T: Tables>(t: &mut T, fkey: &FlowKey, k: &NatKey, e: &mut 
             t.forget_flow(fkey);
             Ok(Some(LbCounter::NatPortFreed))
         }
-        nat_state::Check::Close(state) => {
-            if e.closing == 0 {
-                e.closing = state;
+        nat_state::Check::Close => {
+            if seg.is_some_and(|s| nat_state::client_fin(e, &s)) {
                 t.put_nat(k, e);
             }
             Ok(None)
@@ -587,6 +617,7 @@ fn icmp_too_big(frame: &[u8], out: &mut [u8], p: &Parsed, mtu: u16) -> Option<us
 #[allow(clippy::too_many_arguments)]
 fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, opens): (&Globals, bool), p: &Parsed, svc: &Service, b: &BackendInfo, backend_ifindex: u32) -> Result<NatFound, LbCounter> {
     let span = u32::from(g.snat_port_max.checked_sub(g.snat_port_min).ok_or(LbCounter::SnatExhausted)?) + 1;
+    let slots = span * t.snat_pool().map_or(1, |pool| pool.count(p.family));
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
     let mut entry = NatEntry {
         client: p.src,
@@ -604,15 +635,16 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, open
     let mut reclaim = None;
     let mut full = false;
     for i in 0..SNAT_PROBES {
-        let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
-        let key = NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: port, proto: p.proto, family: p.family, _pad: [0; 2] };
+        let x = h.wrapping_add(i) % slots;
+        let slot = Slot { port: g.snat_port_min + (x % span) as u16, snat: (x / span) as u8 };
+        let key = NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: slot.port, proto: p.proto, family: p.family, snat: slot.snat, _pad: 0 };
         match t.nat(&key) {
             Some(e) if same_flow(&e, &entry) => {
                 if opens {
                     t.put_nat(&key, &entry);
-                    return Ok(NatFound::Fresh(port));
+                    return Ok(NatFound::Fresh(slot));
                 }
-                return Ok(NatFound::Own(port, e));
+                return Ok(NatFound::Own(slot, e));
             }
             Some(e) => {
                 if reclaim.is_none() && nat_state::reclaimable(&e, entry.last_seen_ns) {
@@ -621,7 +653,7 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, open
             }
             None if full => {}
             None => match t.insert_nat(&key, &entry) {
-                NatInsert::Inserted => return Ok(NatFound::Fresh(port)),
+                NatInsert::Inserted => return Ok(NatFound::Fresh(slot)),
                 NatInsert::Taken => continue,
                 // An unproven entry further on may still be taken over.
                 NatInsert::Full => full = true,
@@ -631,7 +663,7 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, open
     match reclaim {
         Some(key) => {
             t.put_nat(&key, &entry);
-            Ok(NatFound::Reclaimed(key.nat_port))
+            Ok(NatFound::Reclaimed(Slot { port: key.nat_port, snat: key.snat }))
         }
         None if full => Err(LbCounter::NatTableFull),
         None => Err(LbCounter::SnatExhausted),
@@ -685,7 +717,6 @@ fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &P
     match tcp_segment(frame, p) {
         Some(s) => match nat_state::tcp_reply(&mut entry, &s) {
             nat_state::Check::OutOfWindow => return Outcome::with(Action::Drop, LbCounter::OutOfWindow),
-            nat_state::Check::Close(state) if entry.closing == 0 => entry.closing = state,
             nat_state::Check::Inexact => extra = Some(LbCounter::RstInexact),
             nat_state::Check::Finish => extra = Some(LbCounter::NatPortFreed),
             _ => {}
@@ -917,8 +948,7 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
         Mode::Nat => {
             let route = t.route(e.family, &backend.addr, ifindex, e.ip_len as u16);
             out[..frame.len()].copy_from_slice(frame);
-            let inside = if e.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
-            rewrite_icmp(out, e, &inside, &backend.addr, svc.target_port, flow.nat_port);
+            rewrite_icmp(out, e, &snat_address(t, &g, e.family, flow.snat), &backend.addr, svc.target_port, flow.nat_port);
             (route, frame.len())
         }
         Mode::Dsr => {

@@ -28,11 +28,13 @@
 //!
 //! A connection that is over for the backend frees its SNAT port at once
 //! ([`Check::Finish`]), the way conntrack lets a new SYN reuse a finished
-//! tuple: an exact RST from either side, or, after the client's FIN and
-//! then the backend's, the client's acknowledgement of the backend's FIN
-//! (the backend's LAST_ACK ends; it holds no TIME_WAIT). When the backend
-//! closed first it holds TIME_WAIT for the tuple, so its port waits for
-//! the sweep's `tcp_time_wait` timeout instead.
+//! tuple: an exact RST from either side, or the client's acknowledgement
+//! of the backend's FIN when that FIN acknowledged the client's (the
+//! client closed first: the backend went to LAST_ACK, which this ACK
+//! ends; it holds no TIME_WAIT). When the backend closed first, or both
+//! at once (its FIN did not acknowledge the client's: it goes through
+//! CLOSING to TIME_WAIT), it holds TIME_WAIT for the tuple, so the port
+//! waits for the sweep's `tcp_time_wait` timeout instead.
 //!
 //! A flow is *proven* when its TCP client acknowledges what the backend
 //! sent through this edge (for a connection opened by a SYN: exactly the
@@ -136,9 +138,10 @@ pub const fn after(a: u32, b: u32) -> bool {
 pub enum Check {
     /// Forward it; the state is unchanged.
     Pass,
-    /// Forward it; it ends the connection: mark the entry closing with
-    /// this state ([`NAT_CLOSED`] or [`NAT_TIME_WAIT`]).
-    Close(u8),
+    /// Forward it; a FIN in the window: the connection is closing
+    /// ([`tcp_reply`] has marked the entry; for a client's, the caller
+    /// applies [`client_fin`]).
+    Close,
     /// Forward it; the connection is over for the backend: free the port
     /// (remove the NAT entry and the flow).
     Finish,
@@ -181,8 +184,8 @@ pub fn tcp_reply(e: &mut NatEntry, s: &Segment) -> Check {
             Check::Inexact
         }
     } else {
-        e.state |= NAT_BACKEND_FIN;
-        Check::Close(NAT_TIME_WAIT)
+        backend_fin(e, s);
+        Check::Close
     };
     if check == Check::OutOfWindow {
         return check;
@@ -221,7 +224,7 @@ pub fn tcp_client(e: &NatEntry, s: &Segment) -> (Check, bool) {
         }
     } else if s.flags & TCP_FIN != 0 {
         if within(s.end(), e.backend_ack, e.backend_win.wrapping_add(1)) {
-            Check::Close(NAT_CLOSED)
+            Check::Close
         } else {
             Check::OutOfWindow
         }
@@ -240,6 +243,43 @@ pub fn tcp_client(e: &NatEntry, s: &Segment) -> (Check, bool) {
             within(s.ack, e.backend_next.wrapping_sub(ADOPTED_PROOF_WINDOW), ADOPTED_PROOF_WINDOW)
         };
     (check, proves)
+}
+
+/// The backend's FIN (in its window) marks the entry: the first FIN
+/// decides how the connection ends ([`NAT_TIME_WAIT`]: the backend's);
+/// after the client's, a FIN that acknowledges it (its end is where
+/// [`client_fin`] moved the expected acknowledgement) puts the backend in
+/// LAST_ACK ([`NAT_BACKEND_FIN`]), one that does not crossed it: both
+/// closed at once and the backend holds TIME_WAIT.
+#[inline(always)]
+fn backend_fin(e: &mut NatEntry, s: &Segment) {
+    if e.closing == NAT_CLOSED {
+        if s.flags & TCP_ACK != 0 && s.ack == e.backend_ack {
+            e.state |= NAT_BACKEND_FIN;
+        } else {
+            e.closing = NAT_TIME_WAIT;
+        }
+    } else if e.closing == 0 {
+        e.closing = NAT_TIME_WAIT;
+    }
+}
+
+/// A client's FIN in the window ([`Check::Close`]) marks its entry: the
+/// first FIN decides how the connection ends ([`NAT_CLOSED`]: the
+/// client's), and the backend is expected to acknowledge the FIN's end
+/// next (which tells its LAST_ACK from a crossing close, see
+/// [`backend_fin`]; a RST after the FIN starts there too). Returns whether
+/// the entry changed.
+#[inline(always)]
+pub fn client_fin(e: &mut NatEntry, s: &Segment) -> bool {
+    let before = (e.closing, e.backend_ack);
+    if e.closing == 0 {
+        e.closing = NAT_CLOSED;
+    }
+    if e.closing == NAT_CLOSED {
+        e.backend_ack = s.end();
+    }
+    (e.closing, e.backend_ack) != before
 }
 
 /// Whether the client's segment acknowledges the backend's FIN after the
@@ -305,11 +345,11 @@ mod tests {
     #[test]
     fn a_client_fin_must_end_in_the_window_and_a_retransmitted_one_still_does() {
         let e = handshaken();
-        assert_eq!(tcp_client(&e, &seg(5001, 1001, TCP_FIN | TCP_ACK, 0, 10)).0, Check::Close(NAT_CLOSED));
+        assert_eq!(tcp_client(&e, &seg(5001, 1001, TCP_FIN | TCP_ACK, 0, 10)).0, Check::Close);
         // Retransmission of a FIN the backend acknowledged: ends at the ack.
         let mut acked = e;
         tcp_reply(&mut acked, &seg(1001, 5012, TCP_ACK, 512, 0));
-        assert_eq!(tcp_client(&acked, &seg(5001, 1001, TCP_FIN | TCP_ACK, 0, 10)).0, Check::Close(NAT_CLOSED));
+        assert_eq!(tcp_client(&acked, &seg(5001, 1001, TCP_FIN | TCP_ACK, 0, 10)).0, Check::Close);
         assert_eq!(tcp_client(&e, &seg(5001u32.wrapping_add(1 << 31), 1001, TCP_FIN | TCP_ACK, 0, 0)).0, Check::OutOfWindow);
     }
 
@@ -322,26 +362,39 @@ mod tests {
         assert_eq!(e, before, "a dropped segment changes nothing");
         assert_eq!(tcp_reply(&mut e.clone(), &seg(2001, 0, TCP_RST, 0, 0)), Check::Finish);
         assert_eq!(tcp_reply(&mut e.clone(), &seg(2000, 0, TCP_RST, 0, 0)), Check::Inexact);
-        assert_eq!(tcp_reply(&mut e, &seg(2001, 5001, TCP_FIN | TCP_ACK, 0, 0)), Check::Close(NAT_TIME_WAIT));
+        assert_eq!(tcp_reply(&mut e, &seg(2001, 5001, TCP_FIN | TCP_ACK, 0, 0)), Check::Close);
         assert_eq!(e.backend_next, 2002);
     }
 
     #[test]
-    fn the_clients_last_ack_after_fins_both_ways_finishes_only_a_client_first_close() {
-        // Client first: FIN, the backend's FIN (end 1002), the client's ACK of it.
+    fn the_last_ack_finishes_only_when_the_backends_fin_acknowledged_the_clients() {
+        let first_fin = seg(5001, 1001, TCP_FIN | TCP_ACK, 100, 0);
+        // Client first: its FIN (end 5002), the backend's FIN acknowledging
+        // it (end 1002), the client's ACK of that.
         let mut e = handshaken();
-        assert_eq!(tcp_client(&e, &seg(5001, 1001, TCP_FIN | TCP_ACK, 0, 0)).0, Check::Close(NAT_CLOSED));
-        e.closing = NAT_CLOSED;
+        assert_eq!(tcp_client(&e, &first_fin).0, Check::Close);
+        assert!(client_fin(&mut e, &first_fin));
+        assert_eq!((e.closing, e.backend_ack), (NAT_CLOSED, 5002));
         assert_eq!(tcp_client(&e, &seg(5002, 1001, TCP_ACK, 100, 0)).0, Check::Pass, "no backend FIN yet");
-        assert_eq!(tcp_reply(&mut e, &seg(1001, 5002, TCP_FIN | TCP_ACK, 100, 0)), Check::Close(NAT_TIME_WAIT));
-        assert_ne!(e.state & NAT_BACKEND_FIN, 0);
+        assert_eq!(tcp_reply(&mut e, &seg(1001, 5002, TCP_FIN | TCP_ACK, 100, 0)), Check::Close);
+        assert_eq!((e.closing, e.state & NAT_BACKEND_FIN), (NAT_CLOSED, NAT_BACKEND_FIN), "the backend is in LAST_ACK");
         assert_eq!(tcp_client(&e, &seg(5002, 1001, TCP_ACK, 100, 0)).0, Check::Pass, "not the FIN's acknowledgement");
         assert_eq!(tcp_client(&e, &seg(5002, 1002, TCP_ACK, 100, 0)).0, Check::Finish);
+        assert_eq!(tcp_client(&e, &seg(5002, 0, TCP_RST, 0, 0)).0, Check::Finish, "a RST after the FIN starts at its end");
+        // Both at once: the backend's FIN crossed the client's (it does
+        // not acknowledge it): the backend goes to TIME_WAIT.
+        let mut e = handshaken();
+        client_fin(&mut e, &first_fin);
+        assert_eq!(tcp_reply(&mut e, &seg(1001, 5001, TCP_FIN | TCP_ACK, 100, 0)), Check::Close);
+        assert_eq!((e.closing, e.state & NAT_BACKEND_FIN), (NAT_TIME_WAIT, 0));
+        assert_eq!(tcp_client(&e, &seg(5002, 1002, TCP_ACK, 100, 0)).0, Check::Pass);
         // Backend first: it holds TIME_WAIT, nothing finishes.
         let mut e = handshaken();
-        assert_eq!(tcp_reply(&mut e, &seg(1001, 5001, TCP_FIN | TCP_ACK, 100, 0)), Check::Close(NAT_TIME_WAIT));
-        e.closing = NAT_TIME_WAIT;
-        assert_eq!(tcp_client(&e, &seg(5001, 1002, TCP_FIN | TCP_ACK, 100, 0)).0, Check::Close(NAT_CLOSED));
+        assert_eq!(tcp_reply(&mut e, &seg(1001, 5001, TCP_FIN | TCP_ACK, 100, 0)), Check::Close);
+        assert_eq!(e.closing, NAT_TIME_WAIT);
+        let fin = seg(5001, 1002, TCP_FIN | TCP_ACK, 100, 0);
+        assert_eq!(tcp_client(&e, &fin).0, Check::Close);
+        assert!(!client_fin(&mut e, &fin), "the backend's FIN came first: nothing changes");
         assert_eq!(tcp_client(&e, &seg(5002, 1002, TCP_ACK, 100, 0)).0, Check::Pass);
     }
 

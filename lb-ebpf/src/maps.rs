@@ -69,6 +69,16 @@ pub static LB_NAT: HashMap<NatKey, NatEntry> = HashMap::pinned(MAX_NAT_ENTRIES, 
 #[map]
 pub static LB_GLOBALS: Array<Globals> = Array::pinned(1, 0);
 
+/// The SNAT addresses: read for a new `nat` flow and for packets of flows
+/// on an address after the first.
+#[map]
+pub static LB_SNAT_POOL: Array<SnatPool> = Array::pinned(1, 0);
+
+/// A reply to a SNAT address other than the inside address finds its
+/// index here.
+#[map]
+pub static LB_SNAT_INDEX: HashMap<SnatAddrKey, u32> = HashMap::pinned(2 * MAX_SNAT_ADDRESSES as u32, 0);
+
 #[map]
 pub static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(LB_COUNTERS_LEN, 0);
 

@@ -55,6 +55,8 @@ pub struct Desired {
     pub inside_v6: Option<Ipv6Addr>,
     /// SNAT ports, inclusive.
     pub snat_ports: (u16, u16),
+    /// More SNAT addresses after the inside ones (`snat_addresses`).
+    pub snat_pool: Vec<IpAddr>,
     /// Interfaces packets may be redirected to.
     pub egress: Vec<u32>,
     pub vips: Vec<DesiredVip>,
@@ -252,6 +254,15 @@ impl BalancerWriter {
         if rules > MAX_SERVICES as usize {
             bail!("{rules} forwarding rules, at most {MAX_SERVICES}");
         }
+        for (family, inside) in [(true, d.inside_v4.is_some()), (false, d.inside_v6.is_some())] {
+            let more = d.snat_pool.iter().filter(|a| a.is_ipv4() == family).count();
+            if more > 0 && !inside {
+                bail!("more IPv{} SNAT addresses without a first one (the inside address)", if family { 4 } else { 6 });
+            }
+            if more >= MAX_SNAT_ADDRESSES {
+                bail!("{} SNAT addresses of a family, at most {MAX_SNAT_ADDRESSES}", more + 1);
+            }
+        }
         Ok(())
     }
 
@@ -291,6 +302,7 @@ impl BalancerWriter {
             snat_port_max: d.snat_ports.1,
         };
         maps.globals.set(0, g, 0).context("writing the balancer's globals")?;
+        write_snat_pool(maps, d)?;
         for ifindex in &d.egress {
             if self.egress.insert(*ifindex) {
                 maps.egress.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding interface {ifindex} to the egress map"))?;
@@ -400,6 +412,41 @@ impl BalancerWriter {
         }
         Ok(applied)
     }
+}
+
+/// Writes the SNAT addresses: the pool (the inside address first), then
+/// the index of each further address (new ones before the pool that names
+/// them, stale ones after it, so a reply always finds its address).
+fn write_snat_pool(maps: &mut BalancerMaps, d: &Desired) -> Result<()> {
+    let mut pool = SnatPool::default();
+    let mut index = std::collections::HashMap::new();
+    let families = [(FAMILY_V4, d.inside_v4.map(IpAddr::V4)), (FAMILY_V6, d.inside_v6.map(IpAddr::V6))];
+    for (family, inside) in families {
+        let Some(inside) = inside else { continue };
+        let addresses: Vec<IpAddr> = [inside].into_iter().chain(d.snat_pool.iter().copied().filter(|a| a.is_ipv4() == inside.is_ipv4())).collect();
+        let (slots, count) = if family == FAMILY_V4 { (&mut pool.v4, &mut pool.v4_count) } else { (&mut pool.v6, &mut pool.v6_count) };
+        for (i, a) in addresses.iter().enumerate() {
+            let (key, _) = addr_key(*a);
+            slots[i] = key;
+            if i > 0 {
+                index.insert(SnatAddrKey { addr: key, family, _pad: [0; 3] }, i as u32);
+            }
+        }
+        *count = addresses.len() as u32;
+    }
+    for (k, i) in &index {
+        if maps.snat_index.get(k, 0).ok() != Some(*i) {
+            maps.snat_index.insert(k, i, 0).context("writing a SNAT address's index")?;
+        }
+    }
+    if maps.snat_pool.get(&0, 0).ok() != Some(pool) {
+        maps.snat_pool.set(0, pool, 0).context("writing the SNAT addresses")?;
+    }
+    let stale: Vec<SnatAddrKey> = maps.snat_index.keys().filter_map(Result::ok).filter(|k| !index.contains_key(k)).collect();
+    for k in stale {
+        maps.snat_index.remove(&k).context("removing a SNAT address")?;
+    }
+    Ok(())
 }
 
 fn table_counts(table: &[u32]) -> BTreeMap<u32, u32> {

@@ -149,7 +149,30 @@ fn desired(b: &BalancerConfig, ifx: &HashMap<String, u32>, health: &HealthChecks
         });
     }
     let egress = b.outside_interfaces.iter().chain([&b.inside_interface]).filter_map(|n| ifx.get(n).copied()).collect();
-    Ok(Desired { inside_v4, inside_v6, snat_ports: b.snat_ports, egress, vips })
+    Ok(Desired { inside_v4, inside_v6, snat_ports: b.snat_ports, snat_pool: snat_pool(b, ifx)?, egress, vips })
+}
+
+/// `balancer.snat_addresses`, each checked to be an address of the inside
+/// interface: the backends' replies come to it, so this host must answer
+/// ARP / neighbour discovery for it.
+fn snat_pool(b: &BalancerConfig, ifx: &HashMap<String, u32>) -> Result<Vec<IpAddr>> {
+    if b.snat_addresses.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inside = ifx.get(&b.inside_interface).copied();
+    let own = host::addresses()?;
+    for a in &b.snat_addresses {
+        if !own.iter().any(|h| Some(h.ifindex) == inside && h.addr == *a) {
+            let len = if a.is_ipv4() { 32 } else { 128 };
+            bail!(
+                "balancer.snat_addresses: {a} is not an address of {} (the backends' replies to it would not reach this host); \
+                 add it first: ip addr add {a}/{len} dev {}",
+                b.inside_interface,
+                b.inside_interface
+            );
+        }
+    }
+    Ok(b.snat_addresses.clone())
 }
 
 /// The kernel's FIB lookup refuses to answer (BPF_FIB_LKUP_RET_FWD_DISABLED)
@@ -192,7 +215,7 @@ fn impossible_sources(cfg: &Config, ifx: &HashMap<String, u32>, desired: &Desire
         lb_user::martian::Outside {
             ifindexes: b.outside_interfaces.iter().filter_map(|n| ifx.get(n).copied()).collect(),
             vips: desired.vips.iter().map(|v| v.address).collect(),
-            inside: desired.inside_v4.map(IpAddr::V4).into_iter().chain(desired.inside_v6.map(IpAddr::V6)).collect(),
+            inside: desired.inside_v4.map(IpAddr::V4).into_iter().chain(desired.inside_v6.map(IpAddr::V6)).chain(desired.snat_pool.iter().copied()).collect(),
             backend_networks: inside_nets.chain(backends).collect(),
         }
     });
@@ -347,7 +370,7 @@ impl Daemon {
         // is written; the health checks follow only a config that applied.
         let desired = match cfg.balancer() {
             Some(b) => desired(b, &ifx, &self.health)?,
-            None => Desired { inside_v4: None, inside_v6: None, snat_ports: (0, 0), egress: Vec::new(), vips: Vec::new() },
+            None => Desired { inside_v4: None, inside_v6: None, snat_ports: (0, 0), snat_pool: Vec::new(), egress: Vec::new(), vips: Vec::new() },
         };
         self.lb_writer.check(&desired).context("the balancer's maps")?;
         check_forwarding(&compiled)?;

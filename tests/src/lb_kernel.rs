@@ -99,6 +99,7 @@ pub fn fixture_desired() -> Desired {
         inside_v4: Some("10.1.0.1".parse().unwrap()),
         inside_v6: Some("fd00:1::1".parse().unwrap()),
         snat_ports: (1024, 65535),
+        snat_pool: Vec::new(),
         egress: Vec::new(),
         vips: vec![
             vip("nat4", NAT4, Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 2])),
@@ -471,6 +472,10 @@ pub struct ModelTables {
     pub maglev: Vec<u32>,
     /// Copy of the kernel's globals.
     pub globals: Option<Globals>,
+    /// Copy of the kernel's SNAT addresses.
+    pub snat_pool: Option<SnatPool>,
+    /// Copy of the kernel's SNAT address index.
+    pub snat_index: HashMap<SnatAddrKey, u32>,
     /// The model's own flow table.
     pub flows: HashMap<FlowKey, FlowEntry>,
     /// The model's own NAT table.
@@ -494,6 +499,8 @@ impl ModelTables {
             backends: HashMap::new(),
             maglev: Vec::new(),
             globals: None,
+            snat_pool: None,
+            snat_index: HashMap::new(),
             flows: HashMap::new(),
             nat: HashMap::new(),
             nat_capacity: MAX_NAT_ENTRIES as usize,
@@ -508,6 +515,8 @@ impl ModelTables {
         self.backends = (0..).zip(maps.backends.iter()).map(|(id, b)| (id, b.unwrap())).filter(|(_, b)| !b.is_vacant()).collect();
         self.maglev = (0..maps.maglev.len()).map(|i| maps.maglev.get(&i, 0).unwrap()).collect();
         self.globals = maps.globals.get(&0, 0).ok();
+        self.snat_pool = maps.snat_pool.get(&0, 0).ok();
+        self.snat_index = maps.snat_index.iter().map(|r| r.unwrap()).collect();
     }
 }
 
@@ -523,6 +532,12 @@ impl Tables for ModelTables {
     }
     fn globals(&self) -> Option<Globals> {
         self.globals
+    }
+    fn snat_pool(&self) -> Option<SnatPool> {
+        self.snat_pool
+    }
+    fn snat_index(&self, family: u8, addr: &[u8; 16]) -> Option<u8> {
+        self.snat_index.get(&SnatAddrKey { addr: *addr, family, _pad: [0; 3] }).map(|&i| i as u8)
     }
     fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flows.get(key).copied()

@@ -76,8 +76,8 @@ fn flow_of(kb: &KernelBalancer, src: &str, sport: u16, dst: &str, dport: u16, pr
         .iter()
         .filter_map(Result::ok)
         .find(|(k, e)| k.backend == b.addr && e.client == key.src && e.client_port == sport && e.vip == key.dst && e.vip_port == dport && k.proto == proto)
-        .map_or(0, |(k, _)| k.nat_port);
-    FlowEntry { backend, generation: b.generation, nat_port, ..FlowEntry::default() }
+        .map_or((0, 0), |(k, _)| (k.nat_port, k.snat));
+    FlowEntry { backend, generation: b.generation, nat_port: nat_port.0, snat: nat_port.1, ..FlowEntry::default() }
 }
 
 /// Completes a `nat` flow's handshake after its SYN: the backend's SYN-ACK
@@ -483,6 +483,69 @@ fn snat_exhaustion_refuses_new_flows_cleanly() {
     assert_eq!(ports, vec![2000, 2001], "each port is given to one flow only");
     assert_eq!(refused, 14);
     assert_eq!(kb.maps().counters().unwrap()[LbCounter::SnatExhausted as usize], 14);
+}
+
+/// A pool of SNAT addresses multiplies the ports: each address has the
+/// whole port range; replies come back to whichever address their flow
+/// left from, and an address outside the pool is not the balancer's.
+#[test]
+fn a_pool_of_snat_addresses_multiplies_the_ports() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut kb = KernelBalancer::new("lbpool");
+    let mut d = desired();
+    d.snat_ports = (2000, 2001);
+    d.snat_pool = vec![ip("10.1.0.2"), ip("10.1.0.3")];
+    d.vips[0].backends.truncate(1);
+    kb.apply(&d);
+    let mut model = kb.model();
+    let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
+    let mut refused = 0;
+    let mut sources = Vec::new();
+    for sport in 30000..30016u16 {
+        let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(sport, 443));
+        let (o, out) = both(&mut kb, &mut model, &frame, out_if);
+        match o.counter {
+            Some(LbCounter::NewFlow) => {
+                let f = flow_of(&kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP);
+                let src = std::net::Ipv4Addr::new(out[26], out[27], out[28], out[29]);
+                sources.push((f.snat, f.nat_port, src.to_string()));
+            }
+            Some(LbCounter::SnatExhausted) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    sources.sort();
+    let want: Vec<(u8, u16, String)> = [(0, "10.1.0.1"), (1, "10.1.0.2"), (2, "10.1.0.3")]
+        .into_iter()
+        .flat_map(|(i, a)| [(i, 2000, a.to_owned()), (i, 2001, a.to_owned())])
+        .collect();
+    assert_eq!(sources, want, "2 ports on each of 3 addresses, each slot one flow, sent from its address");
+    assert_eq!(refused, 10);
+    // Replies come back to each address; the model agrees byte for byte.
+    let backend = ip(BACKENDS_V4[0]);
+    let keys: Vec<NatKey> = kb.maps().nat.keys().map(Result::unwrap).collect();
+    for k in &keys {
+        let to = ["10.1.0.1", "10.1.0.2", "10.1.0.3"][usize::from(k.snat)];
+        let synack = L4::Tcp { sport: 443, dport: k.nat_port, seq: 99, ack: 0x1000_0001, flags: 0x12, window: 1000, payload: Vec::new() };
+        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), to, &synack, |_| {}, |_| {});
+        assert_eq!(both(&mut kb, &mut model, &frame, in_if).0.counter, Some(LbCounter::NatReply), "a reply to {to}:{}", k.nat_port);
+    }
+    // On a SNAT port with no entry: a pool address's is forged, another
+    // address's is not the balancer's.
+    let stray = L4::Tcp { sport: 443, dport: 2000, seq: 1, ack: 1, flags: 0x10, window: 1000, payload: Vec::new() };
+    let other_backend = ip(BACKENDS_V4[1]);
+    for (to, want) in [("10.1.0.3", Some(LbCounter::ForgedReply)), ("10.1.0.4", None)] {
+        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(other_backend), kb.net.in_mac), &other_backend.to_string(), to, &stray, |_| {}, |_| {});
+        assert_eq!(both(&mut kb, &mut model, &frame, in_if).0.counter, want, "to {to}");
+    }
+    // A smaller pool: the dropped address's index goes; the rest stay.
+    d.snat_pool.truncate(1);
+    kb.apply(&d);
+    let index: Vec<u32> = kb.maps().snat_index.iter().map(|r| r.unwrap().1).collect();
+    assert_eq!(index, vec![1]);
+    assert_eq!(kb.maps().snat_pool.get(&0, 0).unwrap().v4_count, 2);
 }
 
 #[test]
@@ -937,7 +1000,7 @@ fn a_closed_connection_gives_its_snat_port_back() {
     let nat_key = |kb: &KernelBalancer, sport: u16| -> NatKey {
         let flow = flow_of(kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP);
         let backend = addr_key(backend_addr(kb, flow.backend)).0;
-        NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::isolator::FAMILY_V4, _pad: [0; 2] }
+        NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::isolator::FAMILY_V4, snat: flow.snat, _pad: 0 }
     };
     // Seven connections, each with its handshake (client ISN 1, backend
     // ISN 100): one stays open; the client closes one (FIN); the backend

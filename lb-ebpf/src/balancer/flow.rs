@@ -4,15 +4,16 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     balancer::*,
+    isolator::FAMILY_V4,
     balancer_model::same_flow,
     maglev::flow_hash,
-    nat_state::{self, Check},
+    nat_state::{self, Check, Segment},
     wire::{IPPROTO_TCP, TCP_FIN, TCP_RST},
 };
 
 use super::{parse, scratch::Scratch};
 use crate::{
-    maps::{LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_NAT},
+    maps::{LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_NAT, LB_SNAT_INDEX, LB_SNAT_POOL},
     packet::Packet,
 };
 
@@ -24,6 +25,8 @@ pub struct Placed {
     pub addr: [u8; 16],
     /// 0 outside `nat` mode.
     pub nat_port: u16,
+    /// The SNAT address's index in [`SnatPool`]; 0 outside `nat` mode.
+    pub snat: u8,
     /// Placed by the Maglev table just now (not remembered); once the
     /// flow's state is settled, whether it counts as a new flow.
     pub new: bool,
@@ -50,6 +53,7 @@ pub fn place(key: &FlowKey, svc: &Service, opens: bool, out: &mut Placed) -> Res
                 out.generation = b.generation;
                 out.addr = b.addr;
                 out.nat_port = e.nat_port;
+                out.snat = e.snat;
                 out.closing = e.flags & FLOW_CLOSING != 0;
                 return Ok(());
             }
@@ -82,7 +86,7 @@ pub fn known(key: &FlowKey, out: &mut Placed) -> bool {
     let Some(e) = (unsafe { LB_FLOWS.get(key) }) else { return false };
     match LB_BACKENDS.get(e.backend) {
         Some(b) if b.generation == e.generation && b.up == 1 => {
-            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, ..Placed::default() };
+            *out = Placed { id: e.backend, generation: b.generation, addr: b.addr, nat_port: e.nat_port, snat: e.snat, ..Placed::default() };
             true
         }
         _ => false,
@@ -92,7 +96,7 @@ pub fn known(key: &FlowKey, out: &mut Placed) -> bool {
 /// Remembers a placed flow, with [`FlowEntry::flags`] `flags`.
 #[inline(always)]
 pub fn remember(key: &FlowKey, placed: &Placed, flags: u8) {
-    let entry = FlowEntry { backend: placed.id, generation: placed.generation, nat_port: placed.nat_port, flags, _pad: 0 };
+    let entry = FlowEntry { backend: placed.id, generation: placed.generation, nat_port: placed.nat_port, flags, snat: placed.snat };
     let _ = LB_FLOWS.insert(key, &entry, 0);
 }
 
@@ -138,12 +142,12 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
         if !tcp || (s.seg.flags & (TCP_RST | TCP_FIN) == 0 && !s.placed.closing) {
             return forwarded(false, None);
         }
-        s.nat_key = nat_key(s, svc, s.placed.nat_port);
+        s.nat_key = nat_key(s, svc, s.placed.nat_port, s.placed.snat);
         let Some(e) = LB_NAT.get_ptr_mut(&s.nat_key) else { return forwarded(false, None) };
         // SAFETY: points into a live map value.
         let e = unsafe { &mut *e };
         let (check, _) = nat_state::tcp_client(e, &s.seg);
-        let extra = match apply_client_check(e, check) {
+        let extra = match apply_client_check(e, &s.seg, check) {
             Ok(extra) => extra,
             Err(c) => return dropped(c),
         };
@@ -159,6 +163,7 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
         return dropped(LbCounter::SnatExhausted);
     }
     let span = u32::from(g.snat_port_max - g.snat_port_min) + 1;
+    let slots = span * LB_SNAT_POOL.get(0).map_or(1, |pool| pool.count(s.parsed.family));
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
     let (Some(client_mac), Some(edge_mac)) = (pkt.bytes_at::<6>(6), pkt.bytes_at::<6>(0)) else {
         return dropped(LbCounter::Malformed);
@@ -186,14 +191,16 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
     let mut reclaim = NO_RECLAIM;
     let mut full = false;
     for i in 0..SNAT_PROBES {
-        let port = g.snat_port_min + (h.wrapping_add(i) % span) as u16;
-        s.nat_key = nat_key(s, svc, port);
+        let x = h.wrapping_add(i) % slots;
+        let (port, snat) = (g.snat_port_min + (x % span) as u16, (x / span) as u8);
+        s.nat_key = nat_key(s, svc, port, snat);
         match LB_NAT.get_ptr_mut(&s.nat_key) {
             Some(e) => {
                 // SAFETY: points into a live map value.
                 let e = unsafe { &mut *e };
                 if same_flow(e, &s.nat_entry) {
                     s.placed.nat_port = port;
+                    s.placed.snat = snat;
                     if opens {
                         // A new connection on an earlier one's port: its
                         // entry written afresh.
@@ -204,13 +211,14 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
                     return own_entry(s, e, tcp);
                 }
                 if reclaim == NO_RECLAIM && nat_state::reclaimable(e, now) {
-                    reclaim = u32::from(port);
+                    reclaim = x;
                 }
             }
             None if full => {}
             None => match LB_NAT.insert(&s.nat_key, &s.nat_entry, u64::from(BPF_NOEXIST)) {
                 Ok(()) => {
                     s.placed.nat_port = port;
+                    s.placed.snat = snat;
                     return forwarded(true, None);
                 }
                 Err(e) if i64::from(e) == EEXIST => continue,
@@ -223,8 +231,9 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
     if reclaim == NO_RECLAIM {
         return dropped(if full { LbCounter::NatTableFull } else { LbCounter::SnatExhausted });
     }
-    s.placed.nat_port = reclaim as u16;
-    s.nat_key = nat_key(s, svc, reclaim as u16);
+    s.placed.nat_port = g.snat_port_min + (reclaim % span) as u16;
+    s.placed.snat = (reclaim / span) as u8;
+    s.nat_key = nat_key(s, svc, s.placed.nat_port, s.placed.snat);
     let _ = LB_NAT.insert(&s.nat_key, &s.nat_entry, 0);
     forwarded(true, Some(LbCounter::HalfOpenReclaimed))
 }
@@ -233,8 +242,39 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
 const NO_RECLAIM: u32 = u32::MAX;
 
 #[inline(always)]
-fn nat_key(s: &Scratch, svc: &Service, port: u16) -> NatKey {
-    NatKey { backend: s.placed.addr, backend_port: svc.target_port, nat_port: port, proto: s.parsed.proto, family: s.parsed.family, _pad: [0; 2] }
+fn nat_key(s: &Scratch, svc: &Service, port: u16, snat: u8) -> NatKey {
+    NatKey { backend: s.placed.addr, backend_port: svc.target_port, nat_port: port, proto: s.parsed.proto, family: s.parsed.family, snat, _pad: 0 }
+}
+
+/// SNAT address `index` of `family`: the inside address for 0 (or a pool
+/// never written), else the pool's.
+#[inline(always)]
+pub fn snat_address(g: &Globals, family: u8, index: u8) -> [u8; 16] {
+    if index != 0 {
+        if let Some(pool) = LB_SNAT_POOL.get(0) {
+            return pool.address(family, index);
+        }
+    }
+    if family == FAMILY_V4 {
+        v4_key(g.inside_v4)
+    } else {
+        g.inside_v6
+    }
+}
+
+/// The index of the parsed packet's destination among its family's SNAT
+/// addresses: 0 for the inside address, `None` if it is none of them. Not
+/// inlined: the key stays out of the caller's frame.
+#[inline(never)]
+pub fn snat_index(s: &mut Scratch, g: &Globals) -> Option<u8> {
+    let p = &s.parsed;
+    let inside = if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
+    if p.dst == inside {
+        return Some(0);
+    }
+    s.snat_key = SnatAddrKey { addr: p.dst, family: p.family, _pad: [0; 3] };
+    // SAFETY: plain data, replaced whole by user space.
+    unsafe { LB_SNAT_INDEX.get(&s.snat_key) }.map(|&i| i as u8)
 }
 
 /// A flow's packet found its own entry by probing: the proof, the close
@@ -245,7 +285,7 @@ fn own_entry(s: &mut Scratch, e: &mut NatEntry, tcp: bool) -> u32 {
     if proves {
         e.state |= NAT_PROVEN;
     }
-    let mut extra = match apply_client_check(e, check) {
+    let mut extra = match apply_client_check(e, &s.seg, check) {
         Ok(extra) => extra,
         Err(c) => return dropped(c),
     };
@@ -272,15 +312,13 @@ pub fn finish(s: &Scratch) {
 /// counter, or the extra counter of a forwarded packet. A finished
 /// connection's entry is the caller's to remove ([`finish`]).
 #[inline(always)]
-fn apply_client_check(e: &mut NatEntry, check: Check) -> Result<Option<LbCounter>, LbCounter> {
+fn apply_client_check(e: &mut NatEntry, seg: &Segment, check: Check) -> Result<Option<LbCounter>, LbCounter> {
     match check {
         Check::OutOfWindow => Err(LbCounter::OutOfWindow),
         Check::Inexact => Ok(Some(LbCounter::RstInexact)),
         Check::Finish => Ok(Some(LbCounter::NatPortFreed)),
-        Check::Close(state) => {
-            if e.closing == 0 {
-                e.closing = state;
-            }
+        Check::Close => {
+            nat_state::client_fin(e, seg);
             Ok(None)
         }
         Check::Pass => Ok(None),

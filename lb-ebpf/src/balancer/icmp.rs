@@ -141,10 +141,9 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch) -> Option<u32> {
     }
     let sent = match mode {
         Mode::Nat => {
-            let inside = if s.parsed.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
             // The quoted source port becomes the backend's target port.
             s.translation.dport = svc.target_port;
-            s.translation.src = inside;
+            s.translation.src = flow::snat_address(g, s.parsed.family, s.placed.snat);
             let translated = translate_outer(pkt, s) && quoted_ports_and_l4(pkt, s) && translate_quoted(pkt, s);
             if !translated {
                 return Some(drop(LbCounter::Malformed));

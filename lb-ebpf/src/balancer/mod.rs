@@ -17,7 +17,7 @@ mod too_big;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    balancer::{v4_key, FlowKey, LbCounter, Mode, NatEntry, NatKey, Service, ServiceKey, TrafficStats, NEXT_STAGE_ISOLATOR},
+    balancer::{FlowKey, LbCounter, Mode, NatEntry, NatKey, Service, ServiceKey, TrafficStats, NEXT_STAGE_ISOLATOR},
     isolator::FAMILY_V4,
     nat_state::{self, Check},
     wire::{IPPROTO_TCP, IPV4_MIN_HLEN, IPV6_HLEN},
@@ -61,11 +61,9 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
         return Some(forward(ctx, &pkt, s, svc));
     }
     let g = LB_GLOBALS.get(0)?;
-    let inside = if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
-    if p.dst != inside {
-        return None;
-    }
-    s.nat_key = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
+    let snat = flow::snat_index(s, g)?;
+    let p = &s.parsed;
+    s.nat_key = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, snat, _pad: 0 };
     match LB_NAT.get_ptr_mut(&s.nat_key) {
         Some(entry) => Some(reply(&pkt, s, entry)),
         // Rule 8b: only a backend's reply may come to a SNAT port.
@@ -180,7 +178,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     let action = match mode {
         Mode::Nat => {
             s.translation = Translation {
-                src: if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 },
+                src: flow::snat_address(g, p.family, s.placed.snat),
                 dst: s.placed.addr,
                 sport: s.placed.nat_port,
                 dport: svc.target_port,
@@ -239,14 +237,10 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
         }
         match nat_state::tcp_reply(e, &s.seg) {
             Check::OutOfWindow => return drop(LbCounter::OutOfWindow),
-            Check::Close(state) => {
-                if e.closing == 0 {
-                    e.closing = state;
-                }
-            }
             Check::Inexact => inexact = true,
             Check::Finish => finished = true,
-            Check::Pass => {}
+            // tcp_reply has marked a closing entry.
+            Check::Close | Check::Pass => {}
         }
     } else {
         nat_state::udp_reply(e);

@@ -6,7 +6,7 @@
 
 use aya_ebpf::{bindings::bpf_fib_lookup, macros::map, maps::PerCpuArray};
 use lb_common::{
-    balancer::{FlowKey, NatEntry, NatKey, ServiceKey},
+    balancer::{FlowKey, NatEntry, NatKey, ServiceKey, SnatAddrKey},
     nat_state::Segment,
 };
 
@@ -23,6 +23,7 @@ pub struct Scratch {
     pub hop: Hop,
     pub translation: Translation,
     pub nat_key: NatKey,
+    pub snat_key: SnatAddrKey,
     pub nat_entry: NatEntry,
     pub fib: bpf_fib_lookup,
     pub icmp: IcmpError,

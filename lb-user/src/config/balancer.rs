@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_common::{
-    balancer::{MAX_BACKENDS_PER_VIP, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_TABLE_ENTRIES, MAX_VIPS},
+    balancer::{MAX_BACKENDS_PER_VIP, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_SNAT_ADDRESSES, MAX_TABLE_ENTRIES, MAX_VIPS},
     maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE},
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -108,6 +108,10 @@ pub struct BalancerConfig {
     pub snat_v6: Option<Ipv6Addr>,
     /// SNAT ports, inclusive.
     pub snat_ports: (u16, u16),
+    /// More `nat` source addresses after `snat_v4` / `snat_v6` (each
+    /// brings `snat_ports` more ports per backend port); each must be an
+    /// address of the inside interface.
+    pub snat_addresses: Vec<IpAddr>,
     /// Maglev table size (a prime).
     pub table_size: u32,
     /// Entries of the flow table (LRU).
@@ -140,6 +144,7 @@ pub(super) struct RawBalancer {
     snat_v4: Option<Spanned<String>>,
     snat_v6: Option<Spanned<String>>,
     snat_ports: Option<Spanned<String>>,
+    snat_addresses: Option<Spanned<Vec<Spanned<String>>>>,
     table_size: Option<Spanned<u32>>,
     flow_table_size: Option<Spanned<u32>>,
     nat_table_size: Option<Spanned<u32>>,
@@ -249,6 +254,22 @@ pub(super) fn parse(
         Some(s) => Some(s.get_ref().parse::<Ipv6Addr>().map_err(|_| loc.at(s.span(), format!("balancer.snat_v6 = {:?}: not an IPv6 address", s.get_ref())))?),
         None => None,
     };
+    let mut snat_addresses: Vec<IpAddr> = Vec::new();
+    for (i, a) in b.snat_addresses.iter().flat_map(|l| l.get_ref()).enumerate() {
+        let err = |m: &str| loc.at(a.span(), format!("balancer.snat_addresses[{i}] = {:?}: {m}", a.get_ref()));
+        let addr = a.get_ref().parse::<IpAddr>().map_err(|_| err("not an IP address"))?;
+        if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() || addr == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return Err(err("not a unicast address"));
+        }
+        if snat_addresses.contains(&addr) || snat_v4.map(IpAddr::V4) == Some(addr) || snat_v6.map(IpAddr::V6) == Some(addr) {
+            return Err(err("listed twice (snat_v4 / snat_v6 are in the pool already)"));
+        }
+        let same_family = snat_addresses.iter().filter(|o| o.is_ipv4() == addr.is_ipv4()).count();
+        if same_family + 1 >= MAX_SNAT_ADDRESSES {
+            return Err(err(&format!("at most {} more addresses per family", MAX_SNAT_ADDRESSES - 1)));
+        }
+        snat_addresses.push(addr);
+    }
     let snat_ports = match &b.snat_ports {
         None => DEFAULT_SNAT_PORTS,
         Some(s) => {
@@ -340,6 +361,7 @@ pub(super) fn parse(
         snat_v4,
         snat_v6,
         snat_ports,
+        snat_addresses,
         table_size,
         flow_table_size,
         nat_table_size,

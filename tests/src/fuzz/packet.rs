@@ -99,6 +99,7 @@ pub fn fixture_desired() -> Desired {
         inside_v4: INSIDE_V4.parse().ok(),
         inside_v6: INSIDE_V6.parse().ok(),
         snat_ports: (1024, 65535),
+        snat_pool: Vec::new(),
         egress: vec![OUT_IFINDEX, IN_IFINDEX],
         vips: vec![
             vip("nat4", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 2])),

@@ -384,6 +384,7 @@ fn desired() -> Desired {
         inside_v4: Some("10.1.0.1".parse().unwrap()),
         inside_v6: Some("fd00:1::1".parse().unwrap()),
         snat_ports: (1024, 32767),
+        snat_pool: Vec::new(),
         egress: Vec::new(),
         vips: vec![
             vip("nat4", NAT4, Mode::Nat, &BACKENDS_V4),
