@@ -323,6 +323,35 @@ fn connections_closed_by_the_client_give_their_snat_ports_back_at_once() {
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
 
+/// `balancer.snat_addresses` multiplies the SNAT ports: two ports on two
+/// addresses carry four connections to one backend port, from both
+/// addresses. An address the inside interface does not have is refused
+/// at start, saying how to add it.
+#[test]
+fn a_pool_of_snat_addresses_multiplies_the_ports() {
+    let extra = "snat_ports = \"20000-20001\"\nsnat_addresses = [\"10.1.0.2\"]\nflow_table_size = 4096\nnat_table_size = 4096";
+    let cfg = config_with("nat", &[(1, 1)], extra, "");
+    let (lab, _ca, _nginx) = common::edge::lab_with_proxies("fdpool", 1);
+    let inst = harness::daemon::Instance::new("fdpool", &cfg);
+    let mut refused = inst.start(&lab.edge, &[]);
+    let status = refused.wait_timeout(Duration::from_secs(20)).expect("exits");
+    let out = refused.output_so_far();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("10.1.0.2 is not an address of e-in") && out.contains("ip addr add 10.1.0.2/32 dev e-in"), "{out}");
+    assert!(!common::xdp::attached(&lab.edge, "e-out"), "nothing attached");
+    lab.edge.exec(&["ip", "addr", "add", "10.1.0.2/24", "dev", "e-in"]).unwrap();
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    let mut streams: Vec<Stream> = (0..4).map(|_| Stream::open(&lab.client, vip4())).collect();
+    assert!(connect(&lab.client, SocketAddr::new(vip4(), 80)).is_err(), "a fifth connection finds no slot");
+    assert_eq!(check(&mut streams), Vec::<usize>::new(), "the four streams go on");
+    let maps = lb_user::maps::BalancerMaps::open(&inst.pin_path).unwrap();
+    let addresses: std::collections::BTreeSet<u8> = maps.nat.keys().map(|k| k.unwrap().snat).collect();
+    assert_eq!(addresses, [0, 1].into(), "connections from both addresses");
+    drop(streams);
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+}
+
 #[test]
 fn a_full_nat_table_refuses_new_connections_and_says_so() {
     let extra = "tcp_closed_timeout_s = 1\nflow_table_size = 4096\nnat_table_size = 4";
