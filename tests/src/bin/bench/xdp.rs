@@ -860,6 +860,9 @@ impl BenchPrograms {
     }
 }
 
+/// How to build and measure Katran, for the results' README.
+pub const KATRAN_HOWTO: &str = katran::HOWTO;
+
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name).with_context(|| format!("bench-ebpf has no {name}"))?.try_into().with_context(|| format!("{name} is not XDP"))
 }
@@ -1029,7 +1032,7 @@ fn charts(rows: &[Row], m: &[Measured], katran: Option<&katran::Katran>) -> Vec<
             // Katran's bar first: this run's rounds, or the quoted IPv4 figure.
             if katran.is_some() {
                 for (r, m) in valid.iter().filter(|(r, _)| katran_path(r) == Some((path, v6))) {
-                    bars.push((format!("Katran {}", r.name), Summary::of(&m.net)));
+                    bars.push((r.name.clone(), Summary::of(&m.net)));
                 }
             } else if !v6 {
                 bars.push((format!("Katran {} (quoted, 2026-12-01)", path.label(false)), Summary::of(&[path.quoted_ns()])));

@@ -40,6 +40,36 @@ use super::{
     DSR6, EDGE_OUTSIDE_V4, RESTORE,
 };
 
+/// How to build Katran's object and measure it, for bench/results/README.md
+/// (which the bench rewrites).
+pub const HOWTO: &str = "## Katran, measured beside swarmlb
+
+The xdp section measures Katran's XDP balancer in the same run, rows interleaved with swarmlb's, under the same wrapper and checks, when given \
+its object: `cargo xtask bench --only xdp --katran /tmp/katran-build/bpf/balancer.bpf.o --katran-rev COMMIT` (the bench binary itself reads \
+`SWARMLB_BENCH_KATRAN_OBJ` and `SWARMLB_BENCH_KATRAN_REV`). Without it, its table quotes the 2026-12-01 figures, marked as quoted. \
+`xdp.md` names the Katran commit and the compiler of the run it holds.
+
+Katran is built outside this repository (never commit its code or its object), from its public source \
+(github.com/facebookincubator/katran), with Debian's clang (`apt-get install clang llvm`; 14.0.6 on Debian 12) and Katran's own \
+`Makefile-bpf`, in the tree its `build_bpf_modules_opensource.sh` lays out:
+
+```sh
+# /tmp/katran-src: Katran's source tree at the chosen commit
+mkdir -p /tmp/katran-build/include /tmp/katran-build/katran/lib /tmp/katran-build/bpf && cd /tmp/katran-build
+cp /tmp/katran-src/katran/lib/Makefile-bpf Makefile
+cp -r /tmp/katran-src/katran/lib/bpf /tmp/katran-src/katran/lib/linux_includes katran/lib/
+cp /tmp/katran-src/katran/lib/linux_includes/* include/
+make bpf/balancer.bpf.o LLC=llc-14 CLANG=clang
+# = clang -I./usr/include -I./include -I. -DDEBUG -D__KERNEL__ -Wno-unused-value -Wno-pointer-sign \\
+#     -Wno-compare-distinct-pointer-types -O2 -emit-llvm -c -g katran/lib/bpf/balancer.bpf.c -o - \\
+#   | llc-14 -march=bpf -filetype=obj -o bpf/balancer.bpf.o
+```
+
+Default features only: IPIP / IP6IP6 encapsulation (no GUE), no inline decap, no source routing. The bench sets Katran's maps up as \
+its user space would (`tests/src/bin/bench/xdp/katran.rs`): the `dsr` rows' VIPs and backends, a Maglev ring of 65 537 slots per VIP, \
+the gateway MAC, one 262 144-entry LRU per CPU.
+";
+
 /// The environment variable naming Katran's `balancer.bpf.o`.
 pub const OBJ_ENV: &str = "SWARMLB_BENCH_KATRAN_OBJ";
 /// The environment variable naming the Katran commit the object was built
@@ -354,10 +384,10 @@ impl Katran {
         let mut rows = Vec::new();
         for (family, client, vip, tunnel, v6) in [("IPv4", CLIENT_V4, DSR4, "IPIP", false), ("IPv6", CLIENT_V6, DSR6, "IP6IP6", true)] {
             let syn_frame = syn(eth, client, vip, 443);
-            rows.push(self.row(format!("{family}, new flow (SYN → ring → LRU insert → {tunnel})"), Path::NewFlow, v6, syn_frame.clone(), None, XDP_TX));
-            rows.push(self.row(format!("{family}, established (LRU hit → {tunnel})"), Path::LruHit, v6, tcp(eth, client, vip, &ack), Some(syn_frame), XDP_TX));
+            rows.push(self.row(format!("Katran {family}, new flow (SYN → ring → LRU insert → {tunnel})"), Path::NewFlow, v6, syn_frame.clone(), None, XDP_TX));
+            rows.push(self.row(format!("Katran {family}, established (LRU hit → {tunnel})"), Path::LruHit, v6, tcp(eth, client, vip, &ack), Some(syn_frame), XDP_TX));
         }
-        rows.push(self.row("IPv4, not a VIP (→ XDP_PASS)".into(), Path::NonVip, false, syn(eth, CLIENT_V4, EDGE_OUTSIDE_V4, 22), None, XDP_PASS));
+        rows.push(self.row("Katran IPv4, not a VIP (→ XDP_PASS)".into(), Path::NonVip, false, syn(eth, CLIENT_V4, EDGE_OUTSIDE_V4, 22), None, XDP_PASS));
         rows
     }
 
@@ -456,13 +486,13 @@ impl Katran {
         let _pinned = Pinned::here()?;
         let KRow { path, v6, .. } = self.rows[i];
         if let Err(e) = self.prepare(i, &row.frame) {
-            m.fail(format!("Katran {}: {e}", row.name));
+            m.fail(format!("{}: {e}", row.name));
         }
         let before = self.stats()?;
         let (action, out) = once(self.program()?, &row.frame, None, 1)?;
         let counted = self.stats()?.since(before);
         if counted != Stats::expected(path, 1) {
-            m.fail(format!("Katran {}: counted {counted:?}, expected {:?}", row.name, Stats::expected(path, 1)));
+            m.fail(format!("{}: counted {counted:?}, expected {:?}", row.name, Stats::expected(path, 1)));
         }
         let expected = if path == Path::NonVip {
             row.frame.clone()
@@ -471,20 +501,20 @@ impl Katran {
             match pos.map(|p| self.real(p, v6)).transpose()?.flatten() {
                 Some(real) => encapsulated(&row.frame, real),
                 None => {
-                    m.fail(format!("Katran {}: after its packet the LRU holds {pos:?}, not one of the VIP's reals", row.name));
+                    m.fail(format!("{}: after its packet the LRU holds {pos:?}, not one of the VIP's reals", row.name));
                     row.frame.clone()
                 }
             }
         };
         if path != Path::NewFlow {
             if let Err(e) = self.prepare(i, &row.frame) {
-                m.fail(format!("Katran {}: {e}", row.name));
+                m.fail(format!("{}: {e}", row.name));
             }
             bench.set_input(&row.frame, false)?;
             bench.set_target(&self.fd()?)?;
             let (_, restored) = once(bench.program(RESTORE)?, &row.frame, None, 2)?;
             if restored != out {
-                m.fail(format!("Katran {}: bench_restore's 2nd repeat left another packet than a plain run", row.name));
+                m.fail(format!("{}: bench_restore's 2nd repeat left another packet than a plain run", row.name));
             }
         }
         Ok((action, out, expected))
@@ -507,21 +537,21 @@ impl Katran {
         bench.set_target(&pass)?;
         let (alone, wrapper_ns) = timed(bench.program(RESTORE)?, &row.frame, None, repeat)?;
         if alone != XDP_PASS {
-            m.fail(format!("Katran {}: bench_restore → bench_pass ended in {}", row.name, action_name(alone)));
+            m.fail(format!("{}: bench_restore → bench_pass ended in {}", row.name, action_name(alone)));
         }
         if let Err(e) = self.prepare(i, &row.frame) {
-            m.fail(format!("Katran {}: {e}", row.name));
+            m.fail(format!("{}: {e}", row.name));
         }
         bench.set_target(&self.fd()?)?;
         let before = self.stats()?;
         let (action, ns) = timed(bench.program(RESTORE)?, &row.frame, None, repeat)?;
         let counted = self.stats()?.since(before);
         if action != row.expect {
-            m.fail(format!("Katran {}: a timed run ended in {}", row.name, action_name(action)));
+            m.fail(format!("{}: a timed run ended in {}", row.name, action_name(action)));
         }
         let want = Stats::expected(path, u64::from(repeat));
         if counted != want {
-            m.fail(format!("Katran {}: {repeat} repeats counted {counted:?} (expected {want:?})", row.name));
+            m.fail(format!("{}: {repeat} repeats counted {counted:?} (expected {want:?})", row.name));
         }
         let held = self.clear_lrus()?;
         let want_held = match path {
@@ -530,7 +560,7 @@ impl Katran {
             Path::NonVip => 0,
         };
         if held != want_held {
-            m.fail(format!("Katran {}: the LRUs held {held} flows after a timed call (expected {want_held})", row.name));
+            m.fail(format!("{}: the LRUs held {held} flows after a timed call (expected {want_held})", row.name));
         }
         Ok((ns - wrapper_ns, wrapper_ns))
     }
