@@ -321,8 +321,7 @@ impl Katran {
     /// Fills the maps as `KatranLb` does for an IPv4 VIP (vip_num 0, reals
     /// 1–3) and an IPv6 VIP (vip_num 1, reals 4–6), TCP 443, default flags
     /// (ports hashed, LRU used): the gateway MAC, the reals, each VIP's ring
-    /// (Maglev over its three reals, weight 1, as Katran's MaglevHash builds
-    /// one) and one LRU per CPU in `lru_mapping`.
+    /// ([`ring`]) and one LRU per CPU in `lru_mapping`.
     fn configure(&mut self) -> Result<()> {
         let mut ctl: Array<_, CtlValue> = self.map("ctl_array")?.try_into()?;
         let mut mac = [0u8; 8];
@@ -566,9 +565,10 @@ impl Katran {
     }
 }
 
-/// The ring Katran's user space would give a VIP with `n` reals of weight
-/// 1: a consistent-hashing (Maglev) permutation over `RING_SIZE` slots,
-/// as indices 0..n.
+/// A ring for a VIP with `n` reals of weight 1, as indices 0..n: a Maglev
+/// table over `RING_SIZE` slots, built by lb-common's builder. Katran's
+/// MaglevHash builds the same kind of table with its own permutation hash;
+/// which slot names which real does not change a packet's cost.
 fn ring(n: usize) -> Result<Vec<u32>> {
     let backends: Vec<maglev::Backend> = (0..n as u64).map(|i| maglev::Backend { key: i + 1, weight: 1 }).collect();
     let mut table = vec![0; RING_SIZE as usize];
@@ -766,6 +766,9 @@ the ratios below carry that difference too.**"
         "\nNet against net, so the floors cancel. Where swarmlb does work Katran does not: every balanced packet's next hop comes from \
 `bpf_fib_lookup` (any routed topology, the path MTU checked per packet) and leaves by devmap redirect, where Katran sends everything to one \
 gateway MAC with XDP_TX; `nat` rewrites both addresses and ports and keeps a NAT entry; the non-VIP packet is tail-called to the isolator. \
+Where Katran does work swarmlb does not: it inserts every new flow into its LRU at the SYN (swarmlb's flow table remembers a flow from its \
+first packet that is not a SYN, so a `dsr` SYN inserts nothing there; a `nat` SYN creates its NAT entry) and counts bytes and packets per \
+VIP and per real on every packet. \
 Targets (issue 12): established ≤ 0.8× Katran in `dsr`, ≤ 1.0× in `nat`; new flow ≤ 0.8× in `dsr`, ≤ 1.2× in `nat`; not a VIP ≤ 1.0×."
     );
     let source = if about.is_some() { "measured" } else { "quoted 2026-12-01" };
