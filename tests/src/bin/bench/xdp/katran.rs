@@ -119,6 +119,7 @@ pub enum Path {
 }
 
 impl Path {
+    /// The path's name in the tables (IPv6 hits are IP6IP6 in Katran).
     pub fn label(self, v6: bool) -> &'static str {
         match (self, v6) {
             (Path::LruHit, false) => "LRU hit + IPIP",
@@ -143,7 +144,9 @@ impl Path {
 /// What a swarmlb row is compared with, and the issue's target for it.
 #[derive(Clone, Copy)]
 pub struct Compare {
+    /// Katran's path.
     pub path: Path,
+    /// An IPv6 row (compared with Katran's IPv6 VIP when measured).
     pub v6: bool,
     /// The highest ratio swarmlb net / Katran net that meets issue 12's target.
     pub target: f64,
@@ -165,7 +168,9 @@ impl Compare {
 
 /// Where the object came from, as the results name it.
 pub struct About {
+    /// The object's path.
     pub object: PathBuf,
+    /// The Katran commit, as [`REV_ENV`] names it.
     pub revision: String,
     /// The compiler named in the object's debug info.
     pub compiler: String,
@@ -296,6 +301,7 @@ pub struct Katran {
     /// One LRU per possible CPU, as `KatranLb` creates them.
     lrus: Vec<HashMap<MapData, FlowKey, RealPosLru>>,
     rows: Vec<KRow>,
+    /// Where the object came from.
     pub about: About,
 }
 
