@@ -692,7 +692,7 @@ fn time_direct(row: &Row, plan: &Plan, m: &mut Measured, bench: &mut BenchProgra
             let (a, d) = iso.run_repeated(&row.frame, plan.repeat);
             (a, d.as_secs_f64() * 1e9)
         }
-        Subject::Balancer(_) | Subject::Katran(_) => unreachable!("balancer rows run under bench_restore"),
+        Subject::Balancer(_) | Subject::Katran(_) => unreachable!("balancer and Katran rows run under bench_restore"),
     };
     if action != row.expect {
         m.fail(format!("{}: a timed run ended in {}", row.name, action_name(action)));
