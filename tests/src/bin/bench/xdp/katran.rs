@@ -12,16 +12,18 @@
 //! the comparison falls back to the figures quoted from 2026-12-01
 //! ([`Path::quoted_ns`]), marked as quoted.
 //!
-//! Katran's map layout (struct sizes, the stats indices, `MAX_VIPS`,
-//! `RING_SIZE`) is its ABI at the commit named by [`REV_ENV`]; a layout that
-//! no longer matches shows as failed checks (INVALID rows), not as numbers.
+//! Katran's map layout and packet format live in [`abi`], what the results
+//! say about it in [`report`].
 
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+mod abi;
+mod report;
+
+use std::{net::IpAddr, path::PathBuf};
+
+use abi::{
+    encapsulated, flow_key, CtlValue, FlowKey, LbStats, RealDefinition, RealPosLru, VipDefinition, VipMeta, F_IPV6, FALLBACK_LRU_CNTR,
+    LRU_CNTRS, LRU_MISS_CNTR, RING_SIZE, XDP_DROP_CNTR, XDP_PASS_CNTR, XDP_TX_CNTR,
 };
-
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
     maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray},
@@ -34,41 +36,12 @@ use harness::{
     xdp_action::*,
 };
 use lb_common::{maglev, wire::TCP_ACK};
+pub use report::{table, About, Compare, Path, HOWTO};
 
 use super::{
-    action_name, once, syn, tcp, tcp_offset, timed, BenchPrograms, Measured, Plan, Row, Subject, BACKEND_ISN, CLIENT_ISN, CLIENT_PORT, DSR4,
-    DSR6, EDGE_OUTSIDE_V4, RESTORE,
+    action_name, once, syn, tcp, timed, BenchPrograms, Measured, Plan, Row, Subject, BACKEND_ISN, CLIENT_ISN, CLIENT_PORT, DSR4, DSR6,
+    EDGE_OUTSIDE_V4, RESTORE,
 };
-
-/// How to build Katran's object and measure it, for bench/results/README.md
-/// (which the bench rewrites).
-pub const HOWTO: &str = "## Katran, measured beside swarmlb
-
-The xdp section measures Katran's XDP balancer in the same run, rows interleaved with swarmlb's, under the same wrapper and checks, when given \
-its object: `cargo xtask bench --only xdp --katran /tmp/katran-build/bpf/balancer.bpf.o --katran-rev COMMIT` (the bench binary itself reads \
-`SWARMLB_BENCH_KATRAN_OBJ` and `SWARMLB_BENCH_KATRAN_REV`). Without it, its table quotes the 2026-12-01 figures, marked as quoted. \
-`xdp.md` names the Katran commit and the compiler of the run it holds.
-
-Katran is built outside this repository (never commit its code or its object), from its public source \
-(github.com/facebookincubator/katran), with Debian's clang (`apt-get install clang llvm`; 14.0.6 on Debian 12) and Katran's own \
-`Makefile-bpf`, in the tree its `build_bpf_modules_opensource.sh` lays out:
-
-```sh
-# /tmp/katran-src: Katran's source tree at the chosen commit
-mkdir -p /tmp/katran-build/include /tmp/katran-build/katran/lib /tmp/katran-build/bpf && cd /tmp/katran-build
-cp /tmp/katran-src/katran/lib/Makefile-bpf Makefile
-cp -r /tmp/katran-src/katran/lib/bpf /tmp/katran-src/katran/lib/linux_includes katran/lib/
-cp /tmp/katran-src/katran/lib/linux_includes/* include/
-make bpf/balancer.bpf.o LLC=llc-14 CLANG=clang
-# = clang -I./usr/include -I./include -I. -DDEBUG -D__KERNEL__ -Wno-unused-value -Wno-pointer-sign \\
-#     -Wno-compare-distinct-pointer-types -O2 -emit-llvm -c -g katran/lib/bpf/balancer.bpf.c -o - \\
-#   | llc-14 -march=bpf -filetype=obj -o bpf/balancer.bpf.o
-```
-
-Default features only: IPIP / IP6IP6 encapsulation (no GUE), no inline decap, no source routing. The bench sets Katran's maps up as \
-its user space would (`tests/src/bin/bench/xdp/katran.rs`): the `dsr` rows' VIPs and backends, a Maglev ring of 65 537 slots per VIP, \
-the gateway MAC, one 262 144-entry LRU per CPU.
-";
 
 /// The environment variable naming Katran's `balancer.bpf.o`.
 pub const OBJ_ENV: &str = "SWARMLB_BENCH_KATRAN_OBJ";
@@ -76,105 +49,13 @@ pub const OBJ_ENV: &str = "SWARMLB_BENCH_KATRAN_OBJ";
 /// from (the object does not record it), for the results.
 pub const REV_ENV: &str = "SWARMLB_BENCH_KATRAN_REV";
 
-/// Katran's XDP_PASS floor in the quoted run (2026-12-01).
-pub const QUOTED_FLOOR: f64 = 6.0;
-/// How the quoted figures were measured.
-const QUOTED_HOW: &str = "Katran 19f08fec built with its own Makefile-bpf flags, IPv4 VIP, IPIP to the real, XDP_TX to one gateway MAC, \
-measured with this section's method and wrapper on this machine class (2-vCPU Xeon, kernel 6.18) on 2026-12-01, maps set up as its user space \
-does, a 262 144-entry LRU per CPU";
-/// The issue's reference, from another machine.
-const OTHER_MACHINE: &str = "LRU hit + IPIP ≈ 155, new flow ≈ 384, non-VIP ≈ 60 ns net, floor ≈ 26 ns";
-
 /// Entries of each per-CPU LRU: the size of swarmlb's flow table (Katran's
 /// default is 8M split over the forwarding cores).
 const LRU_ENTRIES: u32 = 262_144;
-/// Katran's `RING_SIZE`: slots of one VIP's consistent-hashing ring.
-const RING_SIZE: u32 = 65_537;
-/// Katran's `MAX_VIPS`: its global counters sit after the per-VIP ones in
-/// `stats`.
-const MAX_VIPS: u32 = 512;
-/// `stats` indices (`MAX_VIPS +` Katran's `*_CNTR*` constants).
-const LRU_CNTRS: u32 = MAX_VIPS;
-const LRU_MISS_CNTR: u32 = MAX_VIPS + 1;
-const FALLBACK_LRU_CNTR: u32 = MAX_VIPS + 3;
-const XDP_TX_CNTR: u32 = MAX_VIPS + 17;
-const XDP_DROP_CNTR: u32 = MAX_VIPS + 18;
-const XDP_PASS_CNTR: u32 = MAX_VIPS + 19;
-/// `real_definition.flags`: an IPv6 real (IP6IP6 / IPIP6 encapsulation).
-const F_IPV6: u8 = 1;
 /// The MAC of the one next hop Katran sends every packet to (`ctl_array[0]`).
 pub const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0xaa, 0x01];
 /// Katran's program.
 const PROGRAM: &str = "balancer_ingress";
-
-/// A Katran path a swarmlb row is compared with.
-#[derive(Clone, Copy, PartialEq, Debug)]
-pub enum Path {
-    /// LRU hit + IPIP (IP6IP6) encapsulation.
-    LruHit,
-    /// New flow: a SYN, consistent-hashing ring, LRU insert, encapsulation.
-    NewFlow,
-    /// Not a VIP: passed on.
-    NonVip,
-}
-
-impl Path {
-    /// The path's name in the tables (IPv6 hits are IP6IP6 in Katran).
-    pub fn label(self, v6: bool) -> &'static str {
-        match (self, v6) {
-            (Path::LruHit, false) => "LRU hit + IPIP",
-            (Path::LruHit, true) => "LRU hit + IP6IP6",
-            (Path::NewFlow, _) => "new flow",
-            (Path::NonVip, _) => "non-VIP",
-        }
-    }
-
-    /// Katran's net ns per packet as quoted from 2026-12-01 (IPv4 only;
-    /// minus its floor, [`QUOTED_FLOOR`]). New flow: with a 262 144-entry
-    /// LRU per CPU (673 ns with Katran's default 4M).
-    pub fn quoted_ns(self) -> f64 {
-        match self {
-            Path::LruHit => 71.0,
-            Path::NewFlow => 522.0,
-            Path::NonVip => 23.0,
-        }
-    }
-}
-
-/// What a swarmlb row is compared with, and the issue's target for it.
-#[derive(Clone, Copy)]
-pub struct Compare {
-    /// Katran's path.
-    pub path: Path,
-    /// An IPv6 row (compared with Katran's IPv6 VIP when measured).
-    pub v6: bool,
-    /// The highest ratio swarmlb net / Katran net that meets issue 12's target.
-    pub target: f64,
-    pub note: &'static str,
-}
-
-impl Compare {
-    /// Issue 12's targets: established ≤ 0.8× Katran in `dsr` and ≤ 1.0× in
-    /// `nat`; new flow ≤ 0.8× `dsr`, ≤ 1.2× `nat`; not a VIP ≤ 1.0×.
-    pub fn new(path: Path, nat: bool, v6: bool, note: &'static str) -> Self {
-        let target = match (path, nat) {
-            (Path::LruHit, false) | (Path::NewFlow, false) => 0.8,
-            (Path::LruHit, true) | (Path::NonVip, _) => 1.0,
-            (Path::NewFlow, true) => 1.2,
-        };
-        Self { path, v6, target, note }
-    }
-}
-
-/// Where the object came from, as the results name it.
-pub struct About {
-    /// The object's path.
-    pub object: PathBuf,
-    /// The Katran commit, as [`REV_ENV`] names it.
-    pub revision: String,
-    /// The compiler named in the object's debug info.
-    pub compiler: String,
-}
 
 /// One Katran row: which path, and the packet that brings its flow to the
 /// row's state before every call.
@@ -184,78 +65,6 @@ struct KRow {
     /// The client's SYN, which places the flow in the LRU (established rows).
     setup: Option<Vec<u8>>,
 }
-
-/// Katran's `flow_key` (40 bytes: addresses as 16 bytes, IPv4 in the first
-/// four, then source and destination port, protocol).
-#[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
-struct FlowKey {
-    src: [u8; 16],
-    dst: [u8; 16],
-    ports: [u8; 4],
-    proto: u8,
-    _pad: [u8; 3],
-}
-
-/// `real_pos_lru`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RealPosLru {
-    pos: u32,
-    _pad: u32,
-    atime: u64,
-}
-
-/// `vip_definition`: address, port (network order), protocol.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct VipDefinition {
-    vip: [u8; 16],
-    port: [u8; 2],
-    proto: u8,
-    _pad: u8,
-}
-
-/// `vip_meta`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct VipMeta {
-    flags: u32,
-    vip_num: u32,
-}
-
-/// `real_definition`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RealDefinition {
-    dst: [u8; 16],
-    flags: u8,
-    _pad: [u8; 3],
-}
-
-/// `ctl_value`: a MAC in the first six bytes of a u64.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CtlValue {
-    mac: [u8; 8],
-}
-
-/// `lb_stats`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct LbStats {
-    v1: u64,
-    v2: u64,
-}
-
-// SAFETY: `repr(C)`, integers and byte arrays, padding spelled out.
-unsafe impl aya::Pod for FlowKey {}
-unsafe impl aya::Pod for RealPosLru {}
-unsafe impl aya::Pod for VipDefinition {}
-unsafe impl aya::Pod for VipMeta {}
-unsafe impl aya::Pod for RealDefinition {}
-unsafe impl aya::Pod for CtlValue {}
-unsafe impl aya::Pod for LbStats {}
 
 /// Katran's global counters the checks read, summed over CPUs.
 #[derive(Clone, Copy, Default, PartialEq, Debug)]
@@ -595,78 +404,6 @@ fn addr16(a: IpAddr) -> [u8; 16] {
     }
 }
 
-/// The LRU key of a TCP frame's flow (untagged, no IPv6 extension headers).
-fn flow_key(frame: &[u8]) -> Result<FlowKey> {
-    let l4 = tcp_offset(frame)?;
-    let mut k = FlowKey { proto: 6, ..FlowKey::default() };
-    if frame[12..14] == [0x08, 0x00] {
-        k.src[..4].copy_from_slice(&frame[26..30]);
-        k.dst[..4].copy_from_slice(&frame[30..34]);
-    } else {
-        k.src.copy_from_slice(&frame[22..38]);
-        k.dst.copy_from_slice(&frame[38..54]);
-    }
-    k.ports.copy_from_slice(&frame[l4..l4 + 4]);
-    Ok(k)
-}
-
-/// `frame` as Katran must send it to `real`: a new Ethernet header (the
-/// gateway's MAC, from the frame's destination MAC), then an outer IPv4
-/// (IPIP) or IPv6 (IP6IP6) header, then the frame's IP packet unchanged.
-fn encapsulated(frame: &[u8], real: IpAddr) -> Vec<u8> {
-    let inner = &frame[14..];
-    let mut out = GATEWAY_MAC.to_vec();
-    out.extend_from_slice(&frame[..6]);
-    // The outer source carries the client's port, so the reals' RSS spreads flows.
-    let l4 = tcp_offset(frame).unwrap_or(0);
-    let (p0, p1) = (frame[l4], frame[l4 + 1]);
-    match real {
-        IpAddr::V4(real) => {
-            out.extend_from_slice(&[0x08, 0x00]);
-            let mut h = [0u8; 20];
-            h[0] = 0x45;
-            h[1] = inner[1];
-            h[2..4].copy_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
-            h[8] = 64;
-            h[9] = 4;
-            // Katran byte-swaps the (network-order) port before the xor.
-            h[12..16].copy_from_slice(&Ipv4Addr::new(172, 16, p1 ^ inner[14], p0 ^ inner[15]).octets());
-            h[16..20].copy_from_slice(&real.octets());
-            let csum = !fold(h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum());
-            h[10..12].copy_from_slice(&csum.to_be_bytes());
-            out.extend_from_slice(&h);
-        }
-        IpAddr::V6(real) => {
-            out.extend_from_slice(&[0x86, 0xdd]);
-            let mut h = [0u8; 40];
-            // Version 6; traffic class copied from the inner packet.
-            h[0] = 0x60 | (inner[0] & 0x0f);
-            h[1] = inner[1] & 0xf0;
-            h[4..6].copy_from_slice(&(inner.len() as u16).to_be_bytes());
-            h[6] = 41;
-            h[7] = 64;
-            let mut src = [0u8; 16];
-            src[0] = 1;
-            src[12] = inner[8 + 12] ^ p0;
-            src[13] = inner[8 + 13] ^ p1;
-            src[14..16].copy_from_slice(&inner[8 + 14..8 + 16]);
-            h[8..24].copy_from_slice(&Ipv6Addr::from(src).octets());
-            h[24..40].copy_from_slice(&real.octets());
-            out.extend_from_slice(&h);
-        }
-    }
-    out.extend_from_slice(inner);
-    out
-}
-
-/// One's-complement fold of a 32-bit sum.
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
 /// The compiler the object's debug info names ("… clang version …").
 fn compiler(object: &[u8]) -> String {
     let needle = b"clang version ";
@@ -711,113 +448,4 @@ impl Drop for Pinned {
         // SAFETY: restores the set read in `here`.
         unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.old) };
     }
-}
-
-// ---------------------------------------------------------------- report
-
-/// Katran's net ns for `c`'s path and family: this run's median when
-/// Katran was measured (and its row is valid), else the quoted figure.
-fn katran_net(c: &Compare, measured: &[(Path, bool, Option<f64>)]) -> Option<f64> {
-    if measured.is_empty() {
-        return Some(c.path.quoted_ns());
-    }
-    measured.iter().find(|(p, v6, _)| *p == c.path && *v6 == c.v6).and_then(|(_, _, ns)| *ns)
-}
-
-/// The "Against Katran" section: every swarmlb row that has a Katran
-/// counterpart, its net ns beside Katran's (measured in this run when
-/// `measured` has rows: (path, IPv6, median net or None if INVALID)), the
-/// ratio and issue 12's target.
-pub fn table(md: &mut String, compared: &[(&str, Option<f64>, Compare)], measured: &[(Path, bool, Option<f64>)], about: Option<&About>, floor: f64) {
-    let _ = writeln!(md, "\n## Against Katran\n");
-    match about {
-        Some(a) => {
-            let _ = writeln!(
-                md,
-                "Katran {rev} (`{obj}`, {cc}) **measured in this run**, {date}: its `balancer_ingress` loaded with aya beside swarmlb, rows \
-interleaved with swarmlb's in every round, under the same `bench_restore` wrapper and wrapper subtraction, against this run's XDP_PASS floor \
-({floor:.1} ns). Maps as Katran's user space fills them: an IPv4 VIP ({DSR4}) and an IPv6 VIP ({DSR6}), TCP 443, default flags; three reals \
-each (the `dsr` rows' backends); a {RING_SIZE}-slot Maglev ring per VIP over them; `ctl_array[0]` the gateway MAC; one {LRU_ENTRIES}-entry \
-LRU per CPU in `lru_mapping` (Katran's per-core layout, flags 0; the size of swarmlb's whole flow table; Katran's default is 8M split over \
-the forwarding cores). The frames are the `dsr` rows' own. Established: the LRU emptied, the client's SYN run once (a new flow, remembered), \
-then the ACK, every repeat an LRU hit (the thread pinned to its CPU, whose LRU Katran uses). New flow: the SYN with the wrapper's varying \
-source port, every repeat a miss, a ring lookup and an LRU insert; the LRUs emptied around each call. Checked: each row's verdict, Katran's \
-own counters for every timed call (exactly one hit, one SYN miss or one pass per repeat; the per-CPU LRU always found), the LRUs' contents \
-afterwards, and once per row the output packet byte for byte (outer header to the real the LRU holds, from the gateway MAC) and that the \
-wrapper restores exactly.",
-                rev = a.revision,
-                obj = a.object.display(),
-                cc = a.compiler,
-                date = today(),
-            );
-        }
-        None => {
-            let _ = writeln!(
-                md,
-                "**Quoted, not measured in this run** (set `{OBJ_ENV}` to a Katran `balancer.bpf.o` to measure it; see bench/results/README.md): \
-{QUOTED_HOW}. XDP_PASS floor of that run {QUOTED_FLOOR:.0} ns (this run's: {floor:.1} ns); IPv4 only, so the IPv6 rows are compared with \
-Katran's IPv4 figures. The issue's reference, from another machine: {OTHER_MACHINE}."
-            );
-            if (floor / QUOTED_FLOOR - 1.0).abs() > 0.3 {
-                let _ = writeln!(
-                    md,
-                    "\n**This run's floor ({floor:.1} ns) is not the quoted run's ({QUOTED_FLOOR:.0} ns): the machine or its load differs, so \
-the ratios below carry that difference too.**"
-                );
-            }
-        }
-    }
-    let _ = writeln!(
-        md,
-        "\nNet against net, so the floors cancel. Where swarmlb does work Katran does not: every balanced packet's next hop comes from \
-`bpf_fib_lookup` (any routed topology, the path MTU checked per packet) and leaves by devmap redirect, where Katran sends everything to one \
-gateway MAC with XDP_TX (replacing the lookup by a fixed hop took swarmlb's established IPv4 dsr row from ~150 to ~115 ns, IPv6 from \
-~250 to ~120 ns, in an earlier session); `nat` rewrites both addresses and ports and keeps a NAT entry; the non-VIP packet is tail-called \
-to the isolator. \
-Where Katran does work swarmlb does not: it inserts every new flow into its LRU at the SYN (swarmlb's flow table remembers a flow from its \
-first packet that is not a SYN, so a `dsr` SYN inserts nothing there; a `nat` SYN creates its NAT entry) and counts bytes and packets per \
-VIP and per real on every packet. \
-Targets (issue 12): established ≤ 0.8× Katran in `dsr`, ≤ 1.0× in `nat`; new flow ≤ 0.8× in `dsr`, ≤ 1.2× in `nat`; not a VIP ≤ 1.0×."
-    );
-    let source = if about.is_some() { "measured" } else { "quoted 2026-12-01" };
-    let _ = writeln!(
-        md,
-        "\n| swarmlb path | Katran path | swarmlb net ns | Katran net ns ({source}) | ratio | target | verdict | note |\n| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"
-    );
-    for &(name, ours, ref c) in compared {
-        let label = c.path.label(c.v6 && about.is_some());
-        let theirs = katran_net(c, measured);
-        let note = match (c.v6, about.is_some(), c.note.is_empty()) {
-            (true, false, true) => "IPv6 compared with Katran's quoted IPv4 figure".to_owned(),
-            (true, false, false) => format!("{}; IPv6 compared with Katran's quoted IPv4 figure", c.note),
-            _ => c.note.to_owned(),
-        };
-        let (ours_s, theirs_s) = (ours.map_or("**INVALID**".into(), |v| format!("{v:.1}")), theirs.map_or("**INVALID**".into(), |v| format!("{v:.1}")));
-        let (ratio, verdict) = match (ours, theirs) {
-            (Some(o), Some(t)) if t > 0.0 => (format!("{:.2}", o / t), verdict_vs(o, t, c.target)),
-            _ => ("–".into(), "check failed".into()),
-        };
-        let _ = writeln!(md, "| {name} | {label} | {ours_s} | {theirs_s} | {ratio} | ≤ {:.1}× | {verdict} | {note} |", c.target);
-    }
-}
-
-/// "met" or "missed by how much", against `target` × Katran.
-fn verdict_vs(ours: f64, theirs: f64, target: f64) -> String {
-    let limit = theirs * target;
-    let d = ours - limit;
-    if d <= 0.0 {
-        format!("met ({:.0} ns under)", -d)
-    } else {
-        format!("**missed by {d:.0} ns (+{:.0}%)**", d / limit * 100.0)
-    }
-}
-
-/// Today's date (UTC), from `date`.
-fn today() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "today".into(), |s| s.trim().to_owned())
 }
