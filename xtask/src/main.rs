@@ -51,6 +51,14 @@ enum Task {
         /// Only these sections (comma-separated: xdp, control, e2e, flood).
         #[arg(long)]
         only: Option<String>,
+        /// Katran's XDP balancer object (`balancer.bpf.o`, built outside this
+        /// repository: bench/results/README.md): the xdp section measures it
+        /// beside swarmlb in the same run instead of quoting old figures.
+        #[arg(long, value_name = "OBJ")]
+        katran: Option<PathBuf>,
+        /// The Katran commit the object was built from, for the results.
+        #[arg(long, value_name = "COMMIT", requires = "katran")]
+        katran_rev: Option<String>,
     },
     /// Sustained load through backend churn, the design's rules checked;
     /// results in bench/results/soak.md.
@@ -134,7 +142,7 @@ fn main() -> Result<()> {
                 .args(args)
                 .env("SWARMLB_BIN", root().join("target/release/swarmlb")))
         }
-        Task::Bench { quick, only } => {
+        Task::Bench { quick, only, katran, katran_rev } => {
             setup::ensure_bench()?;
             build()?;
             // The baselines (XDP_PASS, parse-swap-XDP_TX) and the input
@@ -148,6 +156,15 @@ fn main() -> Result<()> {
             }
             if let Some(only) = only {
                 cmd.args(["--only", &only]);
+            }
+            // The bench reads these (tests/src/bin/bench/xdp/katran.rs); it
+            // runs from the workspace root, so a relative path is made whole.
+            if let Some(obj) = katran {
+                let obj = obj.canonicalize().with_context(|| format!("--katran {}", obj.display()))?;
+                cmd.env("SWARMLB_BENCH_KATRAN_OBJ", obj);
+            }
+            if let Some(rev) = katran_rev {
+                cmd.env("SWARMLB_BENCH_KATRAN_REV", rev);
             }
             run(&mut cmd)
         }

@@ -3,7 +3,9 @@
 //! passes or fails; it reports.
 //!
 //! - [`xdp`]: the kernel's time per packet on each XDP path (BPF_PROG_TEST_RUN),
-//!   with an XDP_PASS floor and a parse-swap-XDP_TX baseline.
+//!   with an XDP_PASS floor and a parse-swap-XDP_TX baseline, and Katran
+//!   measured in the same run when `SWARMLB_BENCH_KATRAN_OBJ` names its
+//!   object (`cargo xtask bench --katran OBJ --katran-rev COMMIT`).
 //! - [`e2e`]: connections through real namespaces, swarmlb's modes beside
 //!   no balancer, nftables and HAProxy.
 //! - [`control`]: Maglev table builds, Swarm sync latency, agent memory.
@@ -64,7 +66,7 @@ fn main() -> Result<()> {
         print!("{}", section.markdown);
         sections.push(section);
     }
-    report::write_index(&dir, &machine, &sections, &opts)?;
+    report::write_index(&dir, &machine, &sections, &opts, &[xdp::KATRAN_HOWTO])?;
     eprintln!("results in {}", dir.display());
     Ok(())
 }

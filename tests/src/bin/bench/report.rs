@@ -105,8 +105,9 @@ impl Section {
     }
 }
 
-/// `bench/results/README.md`: the machine and the sections written.
-pub fn write_index(dir: &Path, machine: &Machine, sections: &[Section], opts: &Opts) -> Result<()> {
+/// `bench/results/README.md`: the machine, the sections written and
+/// `notes` (markdown paragraphs, each ending in a newline).
+pub fn write_index(dir: &Path, machine: &Machine, sections: &[Section], opts: &Opts, notes: &[&str]) -> Result<()> {
     let path = dir.join("README.md");
     // A partial run (`--only`) keeps the other sections' links.
     let mut listed: Vec<String> = std::fs::read_to_string(&path)
@@ -121,9 +122,10 @@ pub fn write_index(dir: &Path, machine: &Machine, sections: &[Section], opts: &O
     listed.sort();
     let mode = if opts.quick { "`cargo xtask bench --quick` (fewer, shorter rounds)" } else { "`cargo xtask bench`" };
     let text = format!(
-        "# Benchmark results\n\nWritten by {mode} on {}.\nThese VMs are noisy and their timings inflated: compare rows and ratios of one run, not runs.\n\n{}\n",
+        "# Benchmark results\n\nWritten by {mode} on {}.\nThese VMs are noisy and their timings inflated: compare rows and ratios of one run, not runs.\n\n{}\n{}",
         machine.line(),
-        listed.join("\n")
+        listed.join("\n"),
+        notes.iter().map(|n| format!("\n{n}")).collect::<String>()
     );
     std::fs::write(path, text)?;
     Ok(())

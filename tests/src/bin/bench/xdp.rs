@@ -1,6 +1,8 @@
 //! The `xdp` section: the kernel's time per packet on each XDP path, with
 //! BPF_PROG_TEST_RUN, beside two baselines (an XDP_PASS program, the
-//! floor, and parse + MAC swap + XDP_TX) and Katran's reference numbers.
+//! floor, and parse + MAC swap + XDP_TX) and Katran: measured in the same
+//! run when `SWARMLB_BENCH_KATRAN_OBJ` names its object ([`katran`]), else
+//! its figures quoted from 2026-12-01.
 //!
 //! Programs that rewrite packets cannot simply be repeated on one buffer
 //! (the second repeat would see the first one's output), so the balancer
@@ -8,7 +10,7 @@
 //! before every repeat; its own cost is measured and subtracted. The
 //! method is spelled out in [`method`], which the results carry.
 
-
+mod katran;
 mod live;
 
 use std::{fmt::Write as _, net::IpAddr, path::Path};
@@ -50,17 +52,6 @@ const DSR6: &str = "2001:db8:10::11";
 /// The edge's own outside address: not a VIP, so on to the isolator.
 const EDGE_OUTSIDE_V4: &str = "198.51.100.1";
 
-/// Katran's numbers, measured with BPF_PROG_TEST_RUN the same way (the
-/// same `bench_restore` wrapper, rounds and checks) on this machine class
-/// (2-vCPU Xeon, kernel 6.18) on 2026-12-01, Katran 19f08fec built with its
-/// own Makefile-bpf flags, maps set up as its user space does. Katran's
-/// code cannot be part of this repository or fetched by the benchmark, so
-/// its numbers are quoted, not remeasured, here. XDP_PASS floor of that run:
-const KATRAN_FLOOR: f64 = 6.0;
-
-/// The reference the issue gave, measured on another machine (floor 26 ns).
-const KATRAN_OTHER_MACHINE: &str = "LRU hit + IPIP ≈ 155, new flow ≈ 384, non-VIP ≈ 60 ns net, floor ≈ 26 ns";
-
 /// How many rounds and repeats.
 struct Plan {
     rounds: usize,
@@ -81,38 +72,6 @@ impl Plan {
             Plan { rounds: 3, repeat: 50_000, new_flow_repeat: 4096, live_frames: 500_000 }
         } else {
             Plan { rounds: 7, repeat: 200_000, new_flow_repeat: 8192, live_frames: 2_000_000 }
-        }
-    }
-}
-
-/// A Katran path a swarmlb row is compared with.
-#[derive(Clone, Copy, PartialEq)]
-enum Katran {
-    /// LRU hit + IPIP encapsulation.
-    LruHitIpip,
-    /// New flow: LRU miss, Maglev, IPIP.
-    NewFlow,
-    /// Not a VIP: passed on.
-    NonVip,
-}
-
-impl Katran {
-    fn label(self) -> &'static str {
-        match self {
-            Katran::LruHitIpip => "LRU hit + IPIP",
-            Katran::NewFlow => "new flow",
-            Katran::NonVip => "non-VIP",
-        }
-    }
-
-    /// Katran's net ns per packet (minus its XDP_PASS floor), see
-    /// [`KATRAN_FLOOR`]. New flow: with a 262 144-entry LRU per CPU, the
-    /// size of swarmlb's flow table (673 ns with Katran's default 4M).
-    fn net_ns(self) -> f64 {
-        match self {
-            Katran::LruHitIpip => 71.0,
-            Katran::NewFlow => 522.0,
-            Katran::NonVip => 23.0,
         }
     }
 }
@@ -272,6 +231,8 @@ enum Subject {
     Isolator,
     /// The balancer on its outside interface, under `bench_restore`.
     Balancer(Flow),
+    /// Katran's row `n` ([`katran::Katran::rows`]), under `bench_restore`.
+    Katran(usize),
 }
 
 /// One line of the results.
@@ -289,7 +250,8 @@ struct Row {
     key: Option<FlowKey>,
     /// The XDP action the path ends in.
     expect: u32,
-    katran: Option<(Katran, &'static str)>,
+    /// The Katran path a swarmlb row is compared with.
+    katran: Option<katran::Compare>,
 }
 
 /// The interface a balancer row's frame arrives on.
@@ -329,11 +291,15 @@ pub fn run(opts: &Opts) -> Result<Section> {
     let mut kb = KernelBalancer::new("benchxdp");
     kb.apply(&desired());
     let balancer = kb.balancer_fd()?;
-    let rows = rows(&mut kb)?;
+    let mut katran = katran::Katran::from_env()?;
+    let mut rows = rows(&mut kb)?;
+    if let Some(k) = katran.as_mut() {
+        rows.extend(k.rows(&client_eth(&kb)));
+    }
     let mut m: Vec<Measured> = rows.iter().map(|_| Measured::default()).collect();
     let mut verdicts = Vec::new();
     for (row, m) in rows.iter().zip(&mut m) {
-        verdicts.push(check(row, m, &mut bench, &mut iso, &mut kb, &balancer)?);
+        verdicts.push(check(row, m, &mut bench, &mut iso, &mut kb, &balancer, katran.as_mut())?);
     }
     for _ in 0..plan.rounds {
         let mut floor = f64::NAN;
@@ -341,6 +307,12 @@ pub fn run(opts: &Opts) -> Result<Section> {
             let (gross, net) = match row.subject {
                 Subject::Balancer(flow) => {
                     let (net, wrapper) = time_balancer(row, flow, &plan, m, &mut bench, &mut kb, &balancer)?;
+                    m.wrapper.push(wrapper - floor);
+                    (net + floor, net)
+                }
+                Subject::Katran(i) => {
+                    let k = katran.as_mut().expect("Katran rows exist only with Katran loaded");
+                    let (net, wrapper) = k.time(row, i, &plan, m, &mut bench)?;
                     m.wrapper.push(wrapper - floor);
                     (net + floor, net)
                 }
@@ -358,7 +330,7 @@ pub fn run(opts: &Opts) -> Result<Section> {
     }
     let live_paths = live_paths(&rows);
     let rates = live::measure(&live_paths, plan.rounds.min(3), plan.live_frames, &mut kb, &mut bench, &balancer)?;
-    let mut section = section(&rows, &m, &verdicts, &plan);
+    let mut section = section(&rows, &m, &verdicts, &plan, katran.as_ref());
     live::table(&mut section.markdown, &rates, plan.live_frames, plan.rounds.min(3));
     Ok(section)
 }
@@ -492,15 +464,20 @@ fn nat_placement(kb: &mut KernelBalancer, syn: &[u8]) -> Result<(IpAddr, u16)> {
     Ok((backend, u16::from_be_bytes([out[l4], out[l4 + 1]])))
 }
 
+/// The Ethernet header of the client's frames to the edge.
+fn client_eth(kb: &KernelBalancer) -> FrameBuilder {
+    FrameBuilder::new(neighbour_mac(CLIENT_V4.parse().unwrap()), kb.net.out_mac)
+}
+
 /// New and established flows in both modes and families, the IPv4 `nat`
 /// reply and unproven paths, and a packet for no VIP. New flows are SYNs;
 /// established ones the client's ACK of the backend's SYN-ACK, after the
 /// handshake that makes the flow table remember the flow.
 fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
-    let eth = FrameBuilder::new(neighbour_mac(CLIENT_V4.parse().unwrap()), kb.net.out_mac);
+    let eth = client_eth(kb);
     let ack = L4::Tcp { sport: CLIENT_PORT, dport: 443, seq: CLIENT_ISN + 1, ack: BACKEND_ISN + 1, flags: TCP_ACK, window: 64240, payload: Vec::new() };
     let mut rows = Vec::new();
-    let balancer = |name: String, flow: Flow, frame: Vec<u8>, setup: Vec<Step>, key: FlowKey, katran: Option<(Katran, &'static str)>| Row {
+    let balancer = |name: String, flow: Flow, frame: Vec<u8>, setup: Vec<Step>, key: FlowKey, katran: Option<katran::Compare>| Row {
         group: "balancer",
         name,
         subject: Subject::Balancer(flow),
@@ -515,7 +492,8 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
         [("IPv4", CLIENT_V4, NAT4, DSR4, "IPIP", "10.1.0.1"), ("IPv6", CLIENT_V6, NAT6, DSR6, "IP6IP6", "fd00:1::1")]
     {
         for (mode, vip, rewrite) in [("nat", nat, "DNAT+SNAT"), ("dsr", dsr, tunnel)] {
-            let note = if mode == "nat" { "nat does more: both addresses and ports, a NAT entry" } else if family == "IPv6" { "IPv6-in-IPv6 vs Katran's IPv4 IPIP" } else { "" };
+            let note = if mode == "nat" { "nat does more: both addresses and ports, a NAT entry" } else { "" };
+            let compare = |path| Some(katran::Compare::new(path, mode == "nat", family == "IPv6", note));
             let key = client_flow(client, vip);
             let syn_frame = syn(&eth, client, vip, 443);
             let ack_frame = tcp(&eth, client, vip, &ack);
@@ -553,8 +531,8 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
                 ]
             };
             let name = |what: &str| format!("{mode} {family}, {what}");
-            rows.push(balancer(name(&format!("new flow (miss → Maglev → {rewrite})")), Flow::New, syn_frame, Vec::new(), key, Some((Katran::NewFlow, note))));
-            rows.push(balancer(name(&format!("established (hit → {rewrite})")), Flow::Established, ack_frame.clone(), handshake.clone(), key, Some((Katran::LruHitIpip, note))));
+            rows.push(balancer(name(&format!("new flow (miss → Maglev → {rewrite})")), Flow::New, syn_frame, Vec::new(), key, compare(katran::Path::NewFlow)));
+            rows.push(balancer(name(&format!("established (hit → {rewrite})")), Flow::Established, ack_frame.clone(), handshake.clone(), key, compare(katran::Path::LruHit)));
             if let (Some(reply), "IPv4") = (reply, family) {
                 rows.push(balancer(name("reply (backend → client)"), Flow::Reply, reply, handshake, key, None));
                 rows.push(balancer(name("unproven flow's next packet (probe → own entry)"), Flow::Unproven, ack_frame, vec![client_syn], key, None));
@@ -570,7 +548,7 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
         setup: Vec::new(),
         key: None,
         expect: XDP_PASS,
-        katran: Some((Katran::NonVip, "")),
+        katran: Some(katran::Compare::new(katran::Path::NonVip, false, false, "")),
     });
     Ok(rows)
 }
@@ -579,7 +557,15 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
 
 /// The plain (unwrapped, single) run of a row's program: the verdict it
 /// shows, after comparing action and output with what they must be.
-fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut KernelIsolator, kb: &mut KernelBalancer, balancer: &ProgramFd) -> Result<String> {
+fn check(
+    row: &Row,
+    m: &mut Measured,
+    bench: &mut BenchPrograms,
+    iso: &mut KernelIsolator,
+    kb: &mut KernelBalancer,
+    balancer: &ProgramFd,
+    katran: Option<&mut katran::Katran>,
+) -> Result<String> {
     let (action, out, expected_out) = match row.subject {
         Subject::Floor => {
             let (a, out) = once(bench.program(PASS)?, &row.frame, None, 1)?;
@@ -609,6 +595,7 @@ fn check(row: &Row, m: &mut Measured, bench: &mut BenchPrograms, iso: &mut Kerne
             }
             (a, out, modelled)
         }
+        Subject::Katran(i) => katran.expect("Katran rows exist only with Katran loaded").check(row, i, m, bench)?,
     };
     if action != row.expect {
         m.fail(format!("{}: verdict {} (expected {})", row.name, action_name(action), action_name(row.expect)));
@@ -706,7 +693,7 @@ fn time_direct(row: &Row, plan: &Plan, m: &mut Measured, bench: &mut BenchProgra
             let (a, d) = iso.run_repeated(&row.frame, plan.repeat);
             (a, d.as_secs_f64() * 1e9)
         }
-        Subject::Balancer(_) => unreachable!("balancer rows run under bench_restore"),
+        Subject::Balancer(_) | Subject::Katran(_) => unreachable!("balancer and Katran rows run under bench_restore"),
     };
     if action != row.expect {
         m.fail(format!("{}: a timed run ended in {}", row.name, action_name(action)));
@@ -874,6 +861,9 @@ impl BenchPrograms {
     }
 }
 
+/// How to build and measure Katran, for the results' README.
+pub const KATRAN_HOWTO: &str = katran::HOWTO;
+
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name).with_context(|| format!("bench-ebpf has no {name}"))?.try_into().with_context(|| format!("{name} is not XDP"))
 }
@@ -892,17 +882,34 @@ fn tcp_offset(frame: &[u8]) -> Result<usize> {
 
 // ---------------------------------------------------------------- report
 
-fn section(rows: &[Row], m: &[Measured], verdicts: &[String], plan: &Plan) -> Section {
+fn section(rows: &[Row], m: &[Measured], verdicts: &[String], plan: &Plan, katran: Option<&katran::Katran>) -> Section {
     let mut md = method(plan);
-    results_table(&mut md, rows, m, verdicts, plan);
-    katran_table(&mut md, rows, m);
+    results_table(&mut md, rows, m, verdicts, plan, katran);
+    let measured = katran_measured(rows, m, katran);
+    katran_table(&mut md, rows, m, &measured, katran);
     failures(&mut md, rows, m);
     Section {
         name: "xdp",
         title: "XDP data path: kernel time per packet (BPF_PROG_TEST_RUN)".into(),
         markdown: md,
-        charts: charts(rows, m),
+        charts: charts(rows, m, katran),
     }
+}
+
+/// Katran's rows of this run: (path, IPv6, median net ns or `None` if the
+/// row is INVALID); empty when Katran was not measured.
+fn katran_measured(rows: &[Row], m: &[Measured], katran: Option<&katran::Katran>) -> Vec<(katran::Path, bool, Option<f64>)> {
+    let Some(k) = katran else { return Vec::new() };
+    rows.iter()
+        .zip(m)
+        .filter_map(|(r, m)| match r.subject {
+            Subject::Katran(i) => {
+                let (path, v6) = k.path_of(i);
+                Some((path, v6, m.failures.is_empty().then(|| Summary::of(&m.net).median)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn method(plan: &Plan) -> String {
@@ -948,13 +955,17 @@ for the non-VIP packet) and whether LB_FLOWS holds the flow afterwards. A failed
     )
 }
 
-fn results_table(md: &mut String, rows: &[Row], m: &[Measured], verdicts: &[String], plan: &Plan) {
+fn results_table(md: &mut String, rows: &[Row], m: &[Measured], verdicts: &[String], plan: &Plan, katran: Option<&katran::Katran>) {
     let _ = writeln!(md, "## Results\n\n| | path | method | repeats | verdict (checked) | gross ns/packet | net ns/packet | wrapper ns (subtracted) |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: |");
     for ((row, m), verdict) in rows.iter().zip(m).zip(verdicts) {
         let (method, repeat) = match row.subject {
             Subject::Balancer(Flow::New) => ("restored, new flow each", plan.new_flow_repeat),
             Subject::Balancer(Flow::Reply) => ("restored, on the inside interface", plan.repeat),
             Subject::Balancer(_) => ("restored", plan.repeat),
+            Subject::Katran(i) => match katran.map(|k| k.path_of(i).0) {
+                Some(katran::Path::NewFlow) => ("restored, new flow each", plan.new_flow_repeat),
+                _ => ("restored", plan.repeat),
+            },
             _ => ("direct", plan.repeat),
         };
         let (verdict, gross, net) = if m.failures.is_empty() {
@@ -975,50 +986,15 @@ fn net_cell(row: &Row, m: &Measured) -> String {
     }
 }
 
-fn katran_table(md: &mut String, rows: &[Row], m: &[Measured]) {
+/// The "Against Katran" table: each swarmlb row with a Katran counterpart.
+fn katran_table(md: &mut String, rows: &[Row], m: &[Measured], measured: &[(katran::Path, bool, Option<f64>)], katran: Option<&katran::Katran>) {
     let floor = rows.iter().zip(m).find(|(r, _)| r.subject == Subject::Floor).map(|(_, m)| Summary::of(&m.gross).median).unwrap_or(f64::NAN);
-    let _ = writeln!(
-        md,
-        "\n## Against Katran\n\nKatran (19f08fec, IPv4 VIP, IPIP to the real, XDP_TX to one gateway MAC), measured with this section's method \
-and wrapper on this machine class on 2026-12-01 (quoted: Katran's code cannot be built by this repository): XDP_PASS floor {KATRAN_FLOOR:.0} ns \
-(this run's: {floor:.1} ns), LRU hit + IPIP {} ns net, new flow {} ns net (with a 262 144-entry LRU per CPU, the size of swarmlb's flow table; \
-673 ns with Katran's default 4M), non-VIP {} ns net. The issue's reference, from another machine: {KATRAN_OTHER_MACHINE}. Net against net, so the floors cancel. \
-Target: at most Katran's net on the comparable path; nat rows are compared too but do more work. Where swarmlb does work Katran does not: \
-every balanced packet's next hop comes from `bpf_fib_lookup` (any routed topology, the path MTU checked per packet) and leaves by devmap \
-redirect, where Katran sends everything to one gateway MAC with XDP_TX (replacing the lookup by a fixed hop took swarmlb's established \
-IPv4 dsr row from ~150 to ~115 ns, IPv6 from ~250 to ~120 ns); the non-VIP packet is tail-called to the isolator.",
-        Katran::LruHitIpip.net_ns(),
-        Katran::NewFlow.net_ns(),
-        Katran::NonVip.net_ns()
-    );
-    if (floor / KATRAN_FLOOR - 1.0).abs() > 0.3 {
-        let _ = writeln!(
-            md,
-            "\n**This run's floor ({floor:.1} ns) is not Katran's ({KATRAN_FLOOR:.0} ns): the machine or its load differs from the one Katran \
-was measured on, so the ratios below carry that difference too (a floor is mostly fixed per-run cost and does not scale the paths); \
-rerun both on one machine to compare them strictly.**"
-        );
-    }
-    let _ = writeln!(md, "\n| swarmlb path | Katran path | swarmlb net ns | Katran net ns | ratio | target | note |\n| --- | --- | ---: | ---: | ---: | --- | --- |");
-    for (row, m) in rows.iter().zip(m) {
-        let Some((k, note)) = row.katran else { continue };
-        if !m.failures.is_empty() {
-            let _ = writeln!(md, "| {} | {} | **INVALID** | {} | – | check failed | {note} |", row.name, k.label(), k.net_ns());
-            continue;
-        }
-        let ours = Summary::of(&m.net).median;
-        let _ = writeln!(md, "| {} | {} | {ours:.1} | {:.0} | {:.2} | {} | {note} |", row.name, k.label(), k.net_ns(), ours / k.net_ns(), verdict_vs(ours, k.net_ns()));
-    }
-}
-
-/// "met" or "missed by how much".
-fn verdict_vs(ours: f64, theirs: f64) -> String {
-    let d = ours - theirs;
-    if d <= 0.0 {
-        format!("met ({:.0} ns, {:.0}% below)", -d, -d / theirs * 100.0)
-    } else {
-        format!("**missed by {d:.0} ns (+{:.0}%)**", d / theirs * 100.0)
-    }
+    let compared: Vec<(&str, Option<f64>, katran::Compare)> = rows
+        .iter()
+        .zip(m)
+        .filter_map(|(r, m)| Some((r.name.as_str(), m.failures.is_empty().then(|| Summary::of(&m.net).median), r.katran?)))
+        .collect();
+    katran::table(md, &compared, measured, katran.map(|k| &k.about), floor);
 }
 
 fn failures(md: &mut String, rows: &[Row], m: &[Measured]) {
@@ -1036,24 +1012,40 @@ fn failures(md: &mut String, rows: &[Row], m: &[Measured]) {
 /// Two charts, because the balancer's new flows would flatten the rest:
 /// baselines, isolator and the non-VIP path; the balancer beside Katran
 /// (each Katran path followed by the swarmlb rows compared with it).
-fn charts(rows: &[Row], m: &[Measured]) -> Vec<BarChart> {
+fn charts(rows: &[Row], m: &[Measured], katran: Option<&katran::Katran>) -> Vec<BarChart> {
     let valid: Vec<(&Row, &Measured)> = rows.iter().zip(m).filter(|(r, m)| m.failures.is_empty() && r.subject != Subject::Floor).collect();
+    let katran_path = |r: &Row| match (r.subject, katran) {
+        (Subject::Katran(i), Some(k)) => Some(k.path_of(i)),
+        _ => None,
+    };
     let small = valid
         .iter()
-        .filter(|(r, _)| !matches!(r.subject, Subject::Balancer(f) if f != Flow::NotOurs))
+        .filter(|(r, _)| match r.subject {
+            Subject::Balancer(f) => f == Flow::NotOurs,
+            Subject::Katran(_) => katran_path(r).is_some_and(|(p, _)| p == katran::Path::NonVip),
+            _ => true,
+        })
         .map(|(r, m)| (format!("{}: {}", r.group, r.name), Summary::of(&m.net)))
         .collect();
-    let mut katran = Vec::new();
-    for k in [Katran::LruHitIpip, Katran::NewFlow] {
-        let v = k.net_ns();
-        katran.push((format!("Katran {}", k.label()), Summary::of(&[v])));
-        for (r, m) in valid.iter().filter(|(r, _)| r.katran.is_some_and(|(rk, _)| rk == k)) {
-            katran.push((format!("swarmlb {}", r.name), Summary::of(&m.net)));
-        }
-        if k == Katran::LruHitIpip {
-            // The nat paths Katran has no counterpart of, beside the hits.
-            for (r, m) in valid.iter().filter(|(r, _)| matches!(r.subject, Subject::Balancer(Flow::Reply | Flow::Unproven))) {
-                katran.push((format!("swarmlb {}", r.name), Summary::of(&m.net)));
+    let mut bars = Vec::new();
+    for path in [katran::Path::LruHit, katran::Path::NewFlow] {
+        for v6 in [false, true] {
+            // Katran's bar first: this run's rounds, or the quoted IPv4 figure.
+            if katran.is_some() {
+                for (r, m) in valid.iter().filter(|(r, _)| katran_path(r) == Some((path, v6))) {
+                    bars.push((r.name.clone(), Summary::of(&m.net)));
+                }
+            } else if !v6 {
+                bars.push((format!("Katran {} (quoted, 2026-12-01)", path.label(false)), Summary::of(&[path.quoted_ns()])));
+            }
+            for (r, m) in valid.iter().filter(|(r, _)| r.katran.is_some_and(|c| c.path == path && c.v6 == v6)) {
+                bars.push((format!("swarmlb {}", r.name), Summary::of(&m.net)));
+            }
+            if path == katran::Path::LruHit && !v6 {
+                // The nat paths Katran has no counterpart of, beside the hits.
+                for (r, m) in valid.iter().filter(|(r, _)| matches!(r.subject, Subject::Balancer(Flow::Reply | Flow::Unproven))) {
+                    bars.push((format!("swarmlb {}", r.name), Summary::of(&m.net)));
+                }
             }
         }
     }
@@ -1064,6 +1056,6 @@ fn charts(rows: &[Row], m: &[Measured]) -> Vec<BarChart> {
             unit: "ns/packet".into(),
             bars: small,
         },
-        BarChart { file: "xdp-balancer".into(), title: "Balancer against Katran: net ns/packet".into(), unit: "ns/packet".into(), bars: katran },
+        BarChart { file: "xdp-balancer".into(), title: "Balancer against Katran: net ns/packet".into(), unit: "ns/packet".into(), bars },
     ]
 }
