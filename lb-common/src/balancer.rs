@@ -38,6 +38,14 @@ pub const MAP_FLOWS: &str = "LB_FLOWS";
 pub const MAP_NAT: &str = "LB_NAT";
 /// Hash `0u32` → [`Globals`].
 pub const MAP_GLOBALS: &str = "LB_GLOBALS";
+/// Array indexed by backend id → [`HopEntry`]: each backend's next hop
+/// as the kernel's routing table last gave it.
+pub const MAP_HOPS: &str = "LB_HOPS";
+/// Array, key 0 → `u32`: the routing generation. The agent bumps it at
+/// every netlink route, neighbour, address or link change; a hop filled
+/// under another generation is looked up again (0: never set, no hop is
+/// kept).
+pub const MAP_NET_GENERATION: &str = "LB_NET_GENERATION";
 /// Array, key 0 → [`SnatPool`]: the SNAT source addresses.
 pub const MAP_SNAT_POOL: &str = "LB_SNAT_POOL";
 /// Hash [`SnatAddrKey`] → `u32`: a SNAT address's index in [`SnatPool`]
@@ -256,6 +264,27 @@ pub struct NatKey {
     /// (older builds wrote 0, the first).
     pub snat: u8,
     pub _pad: u8,
+}
+
+/// A backend's next hop, kept so that an established packet needs no
+/// `bpf_fib_lookup`. Valid while [`MAP_NET_GENERATION`] and the backend's
+/// generation are the ones it was filled under, for packets arriving on
+/// `in_ifindex` (the lookup's input).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopEntry {
+    /// The routing generation it was filled under; 0: empty.
+    pub net_generation: u32,
+    /// [`BackendInfo::generation`] of the backend it was filled for.
+    pub backend_generation: u32,
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    /// The route's MTU: a packet (with its tunnel header) longer than
+    /// this is too big.
+    pub mtu: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// The SNAT source addresses of `nat` mode: each multiplies the SNAT
@@ -632,6 +661,7 @@ mod pod {
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for Globals {}
     unsafe impl aya::Pod for SnatPool {}
+    unsafe impl aya::Pod for HopEntry {}
     unsafe impl aya::Pod for SnatAddrKey {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for DecapKey {}

@@ -65,7 +65,11 @@
 //!    inside address to the backend is put in front; the inner packet is
 //!    not touched. `dsr-l2`: only the Ethernet addresses change.
 //! 7. The next hop comes from the route to the backend: its MACs go into
-//!    the Ethernet header; out of the ingress interface is `XDP_TX`,
+//!    the Ethernet header. A route found is kept per backend with its MTU
+//!    ([`HopEntry`]) and used, without a routing lookup, while the routing
+//!    generation ([`Tables::net_generation`], bumped by the agent at every
+//!    netlink change; 0: nothing is kept) and the backend's are the ones
+//!    it was found under, for packets from the same ingress interface; out of the ingress interface is `XDP_TX`,
 //!    another interface a redirect (it must be an egress interface).
 //!    A packet that would not fit the route's MTU (after the tunnel header
 //!    in `dsr`) is answered, from the VIP, with an ICMP "fragmentation
@@ -142,6 +146,11 @@ pub trait Tables {
     /// The route to `dst` for a packet of `ip_len` bytes (the IP packet as
     /// it will be sent) that arrived on `ifindex`.
     fn route(&self, family: u8, dst: &[u8; 16], ifindex: u32, ip_len: u16) -> Route;
+    /// The routing generation ([`MAP_NET_GENERATION`]).
+    fn net_generation(&self) -> u32;
+    /// Backend `id`'s kept next hop ([`MAP_HOPS`]).
+    fn hop(&self, id: u32) -> Option<HopEntry>;
+    fn set_hop(&mut self, id: u32, hop: &HopEntry);
     /// May the balancer redirect out of `ifindex`?
     fn is_egress(&self, ifindex: u32) -> bool;
     /// Can `src` not be a real source on `ifindex` (the impossible-source
@@ -360,7 +369,7 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
 
     // Rule 7 first: nothing is allocated for a packet that cannot leave.
     let outer = if mode == Mode::Dsr { if p.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN } } else { 0 };
-    let route = t.route(p.family, &backend.addr, ifindex, (p.ip_len + outer) as u16);
+    let route = next_hop(t, (id, &backend), p.family, ifindex, (p.ip_len + outer) as u16);
     let hop_ifindex = match route {
         Route::Via { ifindex, .. } => ifindex,
         Route::TooBig { mtu } => {
@@ -739,6 +748,35 @@ fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &P
     Outcome { action, counter: Some(LbCounter::NatReply), moved: false, extra, charged: None, len: frame.len() }
 }
 
+/// Rule 7's route to backend `id` for a packet of `ip_len` bytes that
+/// arrived on `ifindex`: from its kept hop while that is valid (the
+/// routing generation and the backend's are the ones it was filled under,
+/// and it was filled for this ingress interface), else from the routing
+/// table, and a route found is kept with its MTU (the route to a packet of
+/// the largest length: too big, with the MTU, or a route, at least that
+/// MTU).
+fn next_hop<T: Tables>(t: &mut T, (id, b): (u32, &BackendInfo), family: u8, ifindex: u32, ip_len: u16) -> Route {
+    let generation = t.net_generation();
+    if generation == 0 {
+        return t.route(family, &b.addr, ifindex, ip_len);
+    }
+    if let Some(h) = t.hop(id).filter(|h| h.net_generation == generation && h.backend_generation == b.generation && h.in_ifindex == ifindex) {
+        return if ip_len > h.mtu { Route::TooBig { mtu: h.mtu } } else { Route::Via { ifindex: h.out_ifindex, smac: h.smac, dmac: h.dmac } };
+    }
+    let route = t.route(family, &b.addr, ifindex, ip_len);
+    if let Route::Via { ifindex: out_ifindex, smac, dmac } = route {
+        let mtu = match t.route(family, &b.addr, ifindex, u16::MAX) {
+            Route::TooBig { mtu } => Some(mtu),
+            Route::Via { .. } => Some(u16::MAX),
+            _ => None,
+        };
+        if let Some(mtu) = mtu {
+            t.set_hop(id, &HopEntry { net_generation: generation, backend_generation: b.generation, in_ifindex: ifindex, out_ifindex, mtu, smac, dmac, _pad: [0; 2] });
+        }
+    }
+    route
+}
+
 /// Rule 7: Ethernet addresses from the route, and the action.
 fn send<T: Tables>(out: &mut [u8], ifindex: u32, t: &T, route: Route) -> (Action, LbCounter) {
     match route {
@@ -946,14 +984,14 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
     }
     let (route, out_len) = match mode {
         Mode::Nat => {
-            let route = t.route(e.family, &backend.addr, ifindex, e.ip_len as u16);
+            let route = next_hop(t, (flow.backend, &backend), e.family, ifindex, e.ip_len as u16);
             out[..frame.len()].copy_from_slice(frame);
             rewrite_icmp(out, e, &snat_address(t, &g, e.family, flow.snat), &backend.addr, svc.target_port, flow.nat_port);
             (route, frame.len())
         }
         Mode::Dsr => {
             let outer = if e.family == FAMILY_V4 { IPV4_MIN_HLEN } else { IPV6_HLEN };
-            let route = t.route(e.family, &backend.addr, ifindex, (e.ip_len + outer) as u16);
+            let route = next_hop(t, (flow.backend, &backend), e.family, ifindex, (e.ip_len + outer) as u16);
             out[ETH_HLEN + outer..frame.len() + outer].copy_from_slice(&frame[ETH_HLEN..]);
             if e.family == FAMILY_V4 {
                 let mut h = [0u8; 20];
@@ -970,7 +1008,7 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
         }
         Mode::DsrL2 => {
             out[..frame.len()].copy_from_slice(frame);
-            (t.route(e.family, &backend.addr, ifindex, e.ip_len as u16), frame.len())
+            (next_hop(t, (flow.backend, &backend), e.family, ifindex, e.ip_len as u16), frame.len())
         }
     };
     let (action, counter) = send(out, ifindex, t, route);

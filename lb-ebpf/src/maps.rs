@@ -69,6 +69,14 @@ pub static LB_NAT: HashMap<NatKey, NatEntry> = HashMap::pinned(MAX_NAT_ENTRIES, 
 #[map]
 pub static LB_GLOBALS: Array<Globals> = Array::pinned(1, 0);
 
+/// Each backend's next hop as the FIB last gave it, indexed by backend id.
+#[map]
+pub static LB_HOPS: Array<HopEntry> = Array::pinned(MAX_BACKENDS, 0);
+
+/// The routing generation the agent bumps at every netlink change.
+#[map]
+pub static LB_NET_GENERATION: Array<u32> = Array::pinned(1, 0);
+
 /// The SNAT addresses: read for a new `nat` flow and for packets of flows
 /// on an address after the first.
 #[map]

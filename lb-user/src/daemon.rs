@@ -684,10 +684,26 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         let mut watched = std::time::Instant::now();
         let mut idle = idle_timeouts(&cfg);
         // Address changes: the impossible-source tries follow them.
-        let mut addresses = match host::AddressWatch::new() {
+        let mut addresses = match host::NetlinkWatch::addresses() {
             Ok(w) => Some(w),
             Err(e) => {
                 error!(error = format!("{e:#}"), "watching address changes failed: the host's addresses are read again only on reloads and Swarm or health changes");
+                None
+            }
+        };
+        // Route, neighbour, address and link changes: the kernel's kept
+        // next hops go stale. Without the watch none are kept (generation
+        // 0: a FIB lookup per packet, as before they were).
+        let mut routing = match host::NetlinkWatch::routing() {
+            Ok(w) => {
+                if let Err(e) = daemon.lb_maps.bump_net_generation() {
+                    warn!(error = format!("{e:#}"), "starting the routing generation failed: next hops are looked up per packet");
+                }
+                Some(w)
+            }
+            Err(e) => {
+                error!(error = format!("{e:#}"), "watching routing changes failed: next hops are looked up per packet");
+                let _ = daemon.lb_maps.stop_keeping_hops();
                 None
             }
         };
@@ -734,6 +750,14 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                         }
                     }
                 }
+                r = async { routing.as_mut().unwrap().changed().await }, if routing.is_some() => {
+                    let bumped = r.and_then(|()| daemon.lb_maps.bump_net_generation());
+                    if let Err(e) = bumped {
+                        error!(error = format!("{e:#}"), "following routing changes failed; next hops are looked up per packet from now on");
+                        let _ = daemon.lb_maps.stop_keeping_hops();
+                        routing = None;
+                    }
+                }
                 _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => {
@@ -774,6 +798,10 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     // they can be, so the data path outlives this process.
     daemon.check_pins(runtime_dir);
     let pins_ok = daemon.agent.pins_ok;
+    // Nobody follows routing changes from now on: no next hop is kept.
+    if let Err(e) = daemon.lb_maps.stop_keeping_hops() {
+        warn!(error = format!("{e:#}"), "turning kept next hops off failed: a route or neighbour change before the next start is not followed");
+    }
     DaemonState::remove(runtime_dir);
     drop(daemon);
     if pins_ok {

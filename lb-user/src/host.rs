@@ -100,17 +100,33 @@ pub fn forwarding(ifname: &str, v6: bool) -> Result<bool> {
 
 // rtnetlink multicast groups (linux/rtnetlink.h), as bind(2) masks.
 const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_NEIGH: u32 = 0x4;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
-/// Says when an address or a link of this network namespace changes.
-pub struct AddressWatch {
+/// Says when something of this network namespace's `NETLINK_ROUTE` state
+/// changes: the addresses and links ([`NetlinkWatch::addresses`]), or
+/// everything a next hop depends on ([`NetlinkWatch::routing`]).
+pub struct NetlinkWatch {
     fd: AsyncFd<OwnedFd>,
 }
 
-impl AddressWatch {
-    /// Joins the address and link groups of `NETLINK_ROUTE`.
-    pub fn new() -> Result<Self> {
+impl NetlinkWatch {
+    /// Address and link changes.
+    pub fn addresses() -> Result<Self> {
+        Self::new(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+    }
+
+    /// Route, neighbour, address and link changes: what a kept next hop
+    /// (`lb_common::balancer::HopEntry`) depends on.
+    pub fn routing() -> Result<Self> {
+        Self::new(RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+    }
+
+    /// Joins `groups` of `NETLINK_ROUTE`.
+    fn new(groups: u32) -> Result<Self> {
         // SAFETY: plain socket(2).
         let raw = unsafe {
             libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
@@ -123,13 +139,13 @@ impl AddressWatch {
         // SAFETY: all-zero is a valid sockaddr_nl; the fields are set below.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+        sa.nl_groups = groups;
         // SAFETY: `sa` is a valid sockaddr_nl of the size given.
         let rc = unsafe {
             libc::bind(fd.as_raw_fd(), &sa as *const libc::sockaddr_nl as *const libc::sockaddr, size_of::<libc::sockaddr_nl>() as u32)
         };
         if rc != 0 {
-            return Err(io::Error::last_os_error()).context("joining the rtnetlink address groups");
+            return Err(io::Error::last_os_error()).context("joining rtnetlink groups");
         }
         // SAFETY: the descriptor is owned by the AsyncFd, so it stays open
         // for as long as it is registered.

@@ -94,6 +94,8 @@ pub struct BalancerMaps {
     pub nat: HashMap<MapData, NatKey, NatEntry>,
     pub globals: Array<MapData, Globals>,
     pub snat_pool: Array<MapData, SnatPool>,
+    pub hops: Array<MapData, HopEntry>,
+    pub net_generation: Array<MapData, u32>,
     pub snat_index: HashMap<MapData, SnatAddrKey, u32>,
     pub counters: PerCpuArray<MapData, u64>,
     pub service_stats: PerCpuArray<MapData, TrafficStats>,
@@ -124,12 +126,31 @@ impl BalancerMaps {
             nat: typed!(dir, MAP_NAT),
             globals: typed!(dir, MAP_GLOBALS),
             snat_pool: typed!(dir, MAP_SNAT_POOL),
+            hops: typed!(dir, MAP_HOPS),
+            net_generation: typed!(dir, MAP_NET_GENERATION),
             snat_index: typed!(dir, MAP_SNAT_INDEX),
             counters: typed!(dir, MAP_LB_COUNTERS),
             service_stats: typed!(dir, MAP_SERVICE_STATS),
             backend_stats: typed!(dir, MAP_BACKEND_STATS),
             egress: typed!(dir, MAP_EGRESS),
         })
+    }
+
+    /// Makes every kept next hop stale ([`MAP_NET_GENERATION`]): the next
+    /// packet to each backend looks its route up again. Called at every
+    /// netlink route, neighbour, address or link change; never 0 (which
+    /// turns keeping off, see [`BalancerMaps::stop_keeping_hops`]).
+    pub fn bump_net_generation(&mut self) -> Result<u32> {
+        let next = self.net_generation.get(&0, 0).unwrap_or(0).wrapping_add(1).max(1);
+        self.net_generation.set(0, next, 0).context("bumping the routing generation")?;
+        Ok(next)
+    }
+
+    /// Turns kept next hops off: every packet looks its route up, as it
+    /// must while no agent watches netlink (after a stop, the data path
+    /// runs on without one).
+    pub fn stop_keeping_hops(&mut self) -> Result<()> {
+        self.net_generation.set(0, 0, 0).context("clearing the routing generation")
     }
 
     /// [`LbCounter`]s summed over CPUs, in index order. Counters a map

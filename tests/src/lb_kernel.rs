@@ -352,7 +352,9 @@ impl KernelBalancer {
             let _ = remove_pins(&pin_dir);
             panic!("programs load (run as root): {e:#}")
         });
-        let maps = BalancerMaps::open(&pin_dir).expect("maps open");
+        let mut maps = BalancerMaps::open(&pin_dir).expect("maps open");
+        // Kept next hops on, as the daemon's netlink watch turns them on.
+        maps.bump_net_generation().expect("a routing generation");
         let writer = BalancerWriter::adopt(&maps, FIXTURE_TABLE_SIZE).expect("writer");
         Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net, sizes, impossible: martian::Rules::default() }
     }
@@ -476,6 +478,10 @@ pub struct ModelTables {
     pub snat_pool: Option<SnatPool>,
     /// Copy of the kernel's SNAT address index.
     pub snat_index: HashMap<SnatAddrKey, u32>,
+    /// Copy of the kernel's routing generation.
+    pub net_generation: u32,
+    /// The model's own kept next hops.
+    pub hops: HashMap<u32, HopEntry>,
     /// The model's own flow table.
     pub flows: HashMap<FlowKey, FlowEntry>,
     /// The model's own NAT table.
@@ -501,6 +507,8 @@ impl ModelTables {
             globals: None,
             snat_pool: None,
             snat_index: HashMap::new(),
+            net_generation: 0,
+            hops: HashMap::new(),
             flows: HashMap::new(),
             nat: HashMap::new(),
             nat_capacity: MAX_NAT_ENTRIES as usize,
@@ -517,6 +525,7 @@ impl ModelTables {
         self.globals = maps.globals.get(&0, 0).ok();
         self.snat_pool = maps.snat_pool.get(&0, 0).ok();
         self.snat_index = maps.snat_index.iter().map(|r| r.unwrap()).collect();
+        self.net_generation = maps.net_generation.get(&0, 0).unwrap();
     }
 }
 
@@ -532,6 +541,15 @@ impl Tables for ModelTables {
     }
     fn globals(&self) -> Option<Globals> {
         self.globals
+    }
+    fn net_generation(&self) -> u32 {
+        self.net_generation
+    }
+    fn hop(&self, id: u32) -> Option<HopEntry> {
+        self.hops.get(&id).copied()
+    }
+    fn set_hop(&mut self, id: u32, hop: &HopEntry) {
+        self.hops.insert(id, *hop);
     }
     fn snat_pool(&self) -> Option<SnatPool> {
         self.snat_pool

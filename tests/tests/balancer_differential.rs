@@ -764,6 +764,13 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
             _ => {}
         }
         kb.apply(&d);
+        // The agent bumps the routing generation at netlink changes (kept
+        // hops go stale) and clears it when it stops (none are kept).
+        match batch % 5 {
+            1 | 3 => drop(kb.maps_mut().bump_net_generation().unwrap()),
+            4 => kb.maps_mut().stop_keeping_hops().unwrap(),
+            _ => {}
+        }
         model.reload(kb.maps());
         let stats_before: HashMap<u32, TrafficStats> =
             model.backends.keys().map(|id| (*id, kb.maps().backend_stats(*id).unwrap())).collect();
@@ -812,6 +819,11 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
             let missing: Vec<_> = mnat.keys().filter(|k| !knat.contains_key(k)).collect();
             panic!("NAT tables after batch {batch}: kernel vs model {differ:#?}\nonly in the model: {missing:?}");
         }
+        // Kept next hops agree too.
+        let khops: HashMap<u32, HopEntry> =
+            (0..MAX_BACKENDS).filter_map(|id| kb.maps().hops.get(&id, 0).ok().filter(|h| h.net_generation != 0).map(|h| (id, h))).collect();
+        assert_eq!(khops, model.hops, "kept hops after batch {batch}");
+        assert!(model.net_generation == 0 || khops.values().any(|h| h.net_generation == model.net_generation), "batch {batch} kept hops");
         for (id, s) in &stats {
             let (k, b) = (kb.maps().backend_stats(*id).unwrap(), stats_before[id]);
             let delta = (k.packets - b.packets, k.bytes - b.bytes, k.new_flows - b.new_flows);

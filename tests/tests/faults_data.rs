@@ -352,6 +352,41 @@ fn a_pool_of_snat_addresses_multiplies_the_ports() {
     stop_cleanly(&mut daemon, libc::SIGTERM);
 }
 
+/// The kernel keeps each backend's next hop (no FIB lookup per packet)
+/// and drops it at every netlink route, neighbour, address or link
+/// change: a backend whose MAC changes under running streams keeps them,
+/// the agent's bump reaching the data path within 100 ms.
+#[test]
+fn a_backends_new_mac_reaches_the_kept_next_hop_within_100_ms() {
+    let mut r = start("fdmac", 1, &config_with("nat", &[(1, 1)], SMALL, ""));
+    let streaming = Streaming::open(&r.lab.client, vip4(), 10, PAUSE);
+    assert!(streaming.progress(Duration::from_secs(1)) >= 10, "streams flow");
+    let maps = lb_user::maps::BalancerMaps::open(&r.inst.pin_path).unwrap();
+    let generation = || maps.net_generation.get(&0, 0).unwrap();
+    let kept_macs = || -> Vec<[u8; 6]> {
+        (0..lb_common::balancer::MAX_BACKENDS).filter_map(|id| maps.hops.get(&id, 0).ok()).filter(|h| h.net_generation == generation()).map(|h| h.dmac).collect()
+    };
+    let before = generation();
+    assert_ne!(before, 0, "next hops are kept while the agent runs");
+    let new_mac = [0x02, 0, 0, 0, 0x01, 0x99];
+    assert!(!kept_macs().is_empty() && !kept_macs().contains(&new_mac), "the worker's old MAC is kept: {:02x?}", kept_macs());
+    let text = "02:00:00:00:01:99";
+    r.lab.workers[0].exec(&["ip", "link", "set", "eth0", "address", text]).unwrap();
+    r.lab.edge.exec(&["ip", "neigh", "replace", "10.1.0.11", "lladdr", text, "dev", "e-in", "nud", "reachable"]).unwrap();
+    let t = Instant::now();
+    wait_until(Duration::from_secs(2), || generation() != before, || "the routing generation moves".into());
+    let took = t.elapsed();
+    println!("routing generation {before} -> {} {:.1} ms after the neighbour change", generation(), took.as_secs_f64() * 1e3);
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    assert!(streaming.progress(Duration::from_secs(1)) >= 10, "the streams go on");
+    let results = streaming.stop();
+    let broken: Vec<String> = results.iter().filter_map(Ended::failure).collect();
+    assert!(broken.is_empty(), "{broken:?}");
+    assert_eq!(kept_macs(), vec![new_mac], "the new MAC is kept");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+    assert_eq!(generation(), 0, "a stopped agent follows no changes: no next hop is kept");
+}
+
 #[test]
 fn a_full_nat_table_refuses_new_connections_and_says_so() {
     let extra = "tcp_closed_timeout_s = 1\nflow_table_size = 4096\nnat_table_size = 4";

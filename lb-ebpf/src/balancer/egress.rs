@@ -10,7 +10,10 @@ use aya_ebpf::{
 use lb_common::{balancer::LbCounter, isolator::FAMILY_V4};
 
 use super::scratch::Scratch;
-use crate::{maps::LB_EGRESS, packet::Packet};
+use crate::{
+    maps::{LB_EGRESS, LB_HOPS, LB_NET_GENERATION},
+    packet::Packet,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -26,16 +29,74 @@ pub struct Hop {
     pub dmac: [u8; 6],
 }
 
-/// Looks up the route to the placed backend for the parsed packet grown
-/// by `extra` bytes of headers (the kernel checks the length against the
-/// route's MTU) and fills `s.hop`.
+/// The route to the placed backend for the parsed packet grown by `extra`
+/// bytes of headers, into `s.hop`: the backend's kept hop while it is
+/// valid (rule 7: the routing generation and the backend's are the ones
+/// it was filled under, the same ingress interface), else a FIB lookup
+/// (the kernel checks the length against the route's MTU), whose route is
+/// kept with its MTU. A packet too big leaves the MTU in `s.fib`
+/// (`mtu_result`) for the ICMP answer.
 #[inline(never)]
 pub fn route(ctx: &XdpContext, s: &mut Scratch, extra: usize) -> Result<(), LbCounter> {
+    let tot_len = (s.parsed.ip_len + extra) as u16;
+    let generation = LB_NET_GENERATION.get(0).map_or(0, |g| *g);
+    let Some(kept) = LB_HOPS.get_ptr_mut(s.placed.id) else { return lookup(ctx, s, tot_len) };
+    // SAFETY: points into a live array element; a fill racing on another
+    // CPU writes the same lookup's answer.
+    let kept = unsafe { &mut *kept };
+    if generation != 0 && kept.net_generation == generation && kept.backend_generation == s.placed.generation && kept.in_ifindex == s.parsed.ifindex {
+        if tot_len > kept.mtu {
+            s.fib.__bindgen_anon_1.mtu_result = kept.mtu;
+            return Err(LbCounter::TooBig);
+        }
+        s.hop = Hop { ifindex: kept.out_ifindex, smac: kept.smac, dmac: kept.dmac };
+        return Ok(());
+    }
+    lookup(ctx, s, tot_len)?;
+    if generation == 0 {
+        return Ok(());
+    }
+    // The route's MTU: the answer for the longest packet (too big, with
+    // the MTU; or a route, at least 65 535).
+    let mtu = match fib(ctx, s, u16::MAX) {
+        // SAFETY: the helper wrote the MTU into the union on this answer.
+        FIB_FRAG_NEEDED => unsafe { s.fib.__bindgen_anon_1.mtu_result },
+        FIB_SUCCESS => u16::MAX,
+        _ => return Ok(()),
+    };
+    kept.backend_generation = s.placed.generation;
+    kept.in_ifindex = s.parsed.ifindex;
+    kept.out_ifindex = s.hop.ifindex;
+    kept.mtu = mtu;
+    kept.smac = s.hop.smac;
+    kept.dmac = s.hop.dmac;
+    kept.net_generation = generation;
+    Ok(())
+}
+
+/// A FIB lookup for a packet of `tot_len` bytes, into `s.hop`.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, s: &mut Scratch, tot_len: u16) -> Result<(), LbCounter> {
+    match fib(ctx, s, tot_len) {
+        FIB_SUCCESS => {
+            s.hop = Hop { ifindex: s.fib.ifindex, smac: s.fib.smac, dmac: s.fib.dmac };
+            Ok(())
+        }
+        FIB_NO_NEIGH => Err(LbCounter::NoNeighbour),
+        FIB_FRAG_NEEDED => Err(LbCounter::TooBig),
+        _ => Err(LbCounter::NoRoute),
+    }
+}
+
+/// `bpf_fib_lookup` to the placed backend from the parsed packet's
+/// ingress interface, with `s.fib` as request and answer.
+#[inline(never)]
+fn fib(ctx: &XdpContext, s: &mut Scratch, tot_len: u16) -> i64 {
     let (p, dst, params) = (&s.parsed, &s.placed.addr, &mut s.fib);
     // SAFETY: plain data; all-zero is a valid request.
     *params = unsafe { core::mem::zeroed() };
     params.ifindex = p.ifindex;
-    params.__bindgen_anon_1.tot_len = (p.ip_len + extra) as u16;
+    params.__bindgen_anon_1.tot_len = tot_len;
     if p.family == FAMILY_V4 {
         params.family = AF_INET;
         params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
@@ -49,18 +110,7 @@ pub fn route(ctx: &XdpContext, s: &mut Scratch, extra: usize) -> Result<(), LbCo
         ];
     }
     // SAFETY: `params` is a valid, writable request of the size given.
-    let rc = unsafe {
-        fib_lookup(ctx.as_ptr(), params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
-    };
-    match rc {
-        FIB_SUCCESS => {
-            s.hop = Hop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac };
-            Ok(())
-        }
-        FIB_NO_NEIGH => Err(LbCounter::NoNeighbour),
-        FIB_FRAG_NEEDED => Err(LbCounter::TooBig),
-        _ => Err(LbCounter::NoRoute),
-    }
+    unsafe { fib_lookup(ctx.as_ptr(), params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) }
 }
 
 /// Writes the hop's MACs and sends the packet: back out of the ingress

@@ -57,9 +57,14 @@ impl Lab {
             }
         }
         // Tens of thousands of short connections per window: every port,
-        // and TIME_WAIT ports reused (client, and HAProxy's side on the edge).
+        // and TIME_WAIT ports reused (client, and HAProxy's side on the
+        // edge). The edge's own ports stay above swarmlb's SNAT ports
+        // (1024–32767): a reply to the edge on a SNAT port that is no NAT
+        // entry's is dropped as forged, which would fail the agent's health
+        // checks (the agent warns about such an overlap).
+        lab.client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        lab.edge.sysctl("net.ipv4.ip_local_port_range", "32768 65535")?;
         for ns in [&lab.client, &lab.edge] {
-            ns.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
             ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         }
         let ca = TestCa::new();
