@@ -135,13 +135,16 @@ fn dropped(c: LbCounter) -> u32 {
 #[inline(never)]
 pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens: bool) -> u32 {
     let tcp = s.parsed.proto == IPPROTO_TCP;
+    // The established path: a remembered flow's packet needs its entry only
+    // for a RST or FIN, or while the flow is closing, and its flags alone
+    // say so (the fixed TCP header is whole: `parse::unfit`).
+    if !s.placed.new && (!tcp || (!s.placed.closing && parse::tcp_flags(pkt, &s.parsed) & (TCP_RST | TCP_FIN) == 0)) {
+        return forwarded(false, None);
+    }
     if tcp && !parse::segment(pkt, &s.parsed, &mut s.seg) {
         return dropped(LbCounter::Malformed);
     }
     if !s.placed.new {
-        if !tcp || (s.seg.flags & (TCP_RST | TCP_FIN) == 0 && !s.placed.closing) {
-            return forwarded(false, None);
-        }
         s.nat_key = nat_key(s, svc, s.placed.nat_port, s.placed.snat);
         let Some(e) = LB_NAT.get_ptr_mut(&s.nat_key) else { return forwarded(false, None) };
         // SAFETY: points into a live map value.

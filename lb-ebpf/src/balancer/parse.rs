@@ -130,8 +130,14 @@ fn read_segment(pkt: &Packet, p: &Parsed, out: &mut Segment) -> Option<()> {
 /// Whether a TCP packet opens a connection (SYN without ACK; rule 5).
 #[inline(always)]
 pub fn opens_connection(pkt: &Packet, p: &Parsed) -> bool {
+    p.proto == IPPROTO_TCP && balancer::opens_connection(tcp_flags(pkt, p))
+}
+
+/// A TCP packet's flags (0 if the header is not there).
+#[inline(always)]
+pub fn tcp_flags(pkt: &Packet, p: &Parsed) -> u8 {
     // Bytes 12–13 (data offset, flags) as one read: LLVM turns the bounds
     // check of a one-byte read into `ptr >= end`, which this kernel's
     // verifier does not take as room for the byte.
-    p.proto == IPPROTO_TCP && pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).is_some_and(|w| balancer::opens_connection(w as u8))
+    pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).map_or(0, |w| w as u8)
 }
