@@ -244,27 +244,29 @@ fn section(opts: &Opts, results: &[(RowSet, std::result::Result<Vec<Step>, Strin
     if opts.quick {
         md += "*Quick run: fewer, shorter steps.*\n\n";
     }
-    md += "## Summary\n\n| close order | P (slots) | predicted P / T | P / (T + sweep/2) | highest step with 0 SNAT drops | first step with drops |\n| --- | ---: | ---: | ---: | --- | --- |\n";
+    md += "## Summary\n\n| close order | P (slots) | predicted P / T | P / (T + sweep/2) | highest step with 0 SNAT drops | first step with drops | **carried there** (the measured ceiling) |\n| --- | ---: | ---: | ---: | --- | --- | ---: |\n";
     for (set, r) in results {
         let predicted = set.predicted().map_or("none".into(), |p| format!("{p:.0}/s"));
         let swept = set.predicted().map_or("none".into(), |_| format!("{:.0}/s", f64::from(set.slots()) / (f64::from(TIME_WAIT_S) + SWEEP_S / 2.0)));
-        let (clean, first) = match r {
+        let (clean, first, carried) = match r {
             Ok(steps) => {
                 let (clean, first) = bounds(steps);
-                let show = |s: &Step| format!("{:.0}/s offered, {:.0}/s achieved", s.offered, s.tally.achieved());
-                let clean = clean.map_or("—".into(), show);
-                let first = match (first, steps.last()) {
-                    (Some(s), _) => format!("{} ({} drops)", show(s), s.snat_drops),
-                    (None, Some(last)) if last.tally.achieved() < 0.9 * last.offered => format!("none: the client's limit at {:.0}/s offered", last.offered),
-                    _ => "none up to the last step".into(),
+                let clean = clean.map_or("—".into(), |s| format!("{:.0}/s offered, {:.0}/s achieved", s.offered, s.tally.achieved()));
+                let (first, carried) = match (first, steps.last()) {
+                    (Some(s), _) => (format!("{:.0}/s offered ({} drops)", s.offered, s.snat_drops), format!("{:.0}/s", s.tally.achieved())),
+                    (None, Some(last)) if last.tally.achieved() < 0.9 * last.offered => {
+                        (format!("none: the client's own limit at {:.0}/s offered", last.offered), "—".into())
+                    }
+                    _ => ("none up to the last step".into(), "—".into()),
                 };
-                (clean, first)
+                (clean, first, carried)
             }
-            Err(e) => (format!("not measured: {}", e.replace('|', "/").replace('\n', " ")), String::new()),
+            Err(e) => (format!("not measured: {}", e.replace('|', "/").replace('\n', " ")), String::new(), String::new()),
         };
-        let _ = writeln!(md, "| {} | {} | {predicted} | {swept} | {clean} | {first} |", set.label, set.slots());
+        let _ = writeln!(md, "| {} | {} | {predicted} | {swept} | {clean} | {first} | {carried} |", set.label, set.slots());
     }
-    md += "\n*P / (T + sweep/2)*: the agent's sweep (every 5 s) removes a TIME_WAIT entry between `T` and `T` + 5 s after the close, \
+    md += "\n*Carried there*: connections completed per second at the first step with drops (SNAT-refused SYNs retried by the client included): what the SNAT space lets through once it is the limit. \
+           *P / (T + sweep/2)*: the agent's sweep (every 5 s) removes a TIME_WAIT entry between `T` and `T` + 5 s after the close, \
            so at this small `T` a port is held `T` + 2.5 s on average (at the default `T` = 120 s the difference is 2%).\n";
     for (set, r) in results {
         let Ok(steps) = r else { continue };
