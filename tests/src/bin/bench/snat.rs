@@ -6,7 +6,8 @@
 //! deliberately small SNAT space ([`PORTS`] ports, `tcp_time_wait_timeout_s`
 //! = [`TIME_WAIT_S`]) so the ceiling is reached in seconds. A paced client
 //! ([`pace`]) opens new connections to the VIP's port 80 at a stepped
-//! rate until `drop_snat_exhausted` rises or the client cannot keep up.
+//! rate, past the first `drop_snat_exhausted`, until a step carries less
+//! than 0.9× its rate (SNAT saturated) or the client cannot keep up.
 //! Three row sets, each on a fresh agent: (a) the client closes first
 //! (the port comes back at the close: no SNAT ceiling), (b) nginx closes
 //! first (the port waits `T`: ceiling `P / T`), (c) as (b) with a second
@@ -52,8 +53,9 @@ struct RowSet {
     label: &'static str,
     close: Close,
     addresses: u32,
-    /// Offered rates, lowest first; the set stops at the first step with
-    /// SNAT drops or where the client falls behind.
+    /// Offered rates, lowest first; the set stops at the first step that
+    /// completes less than 0.9× its rate (SNAT saturated, or the client's
+    /// own limit).
     rates: Vec<f64>,
     step: Duration,
 }
@@ -205,9 +207,12 @@ fn measure(lab: &Lab, set: &RowSet) -> Result<Vec<Step>> {
             step.freed,
             step.entries.map_or("?".into(), |n| n.to_string())
         );
-        let (drops, behind) = (step.snat_drops > 0, step.tally.achieved() < 0.9 * rate);
+        // Past the first drops on to saturation: the first drop says
+        // where the probe first misses, the saturated step what the SNAT
+        // space carries at most.
+        let saturated = step.tally.achieved() < 0.9 * rate;
         steps.push(step);
-        if drops || behind {
+        if saturated {
             break;
         }
     }
@@ -228,8 +233,8 @@ fn section(opts: &Opts, results: &[(RowSet, std::result::Result<Vec<Step>, Strin
          (port 80), with a deliberately small SNAT space so the ceiling comes in seconds: **`snat_ports` = {PORTS} ports** \
          per address, **`tcp_time_wait_timeout_s` = {TIME_WAIT_S}** (`T`). One client address opens new connections to the \
          VIP at a paced rate (each at its time, at most {} in flight; a connection whose time falls after the step is not started), \
-         one HTTP request each, stepping the rate up until `drop_snat_exhausted` rises or the client falls below 0.9× the \
-         offered rate (this 2-core machine's own limit). Each row set starts a fresh agent. A backend-first step lasts \
+         one HTTP request each, stepping the rate up past the first `drop_snat_exhausted` until a step completes less than 0.9× the \
+         offered rate (SNAT saturated, or this 2-core machine's own limit). Each row set starts a fresh agent. A backend-first step lasts \
          `T` + the agent's {SWEEP_S:.0} s sweep interval so the SNAT table reaches its steady state within it.\n\n\
          - **(a) client closes first**: a keep-alive request, then the client closes; nginx (LAST_ACK) is done at the \
          client's last ACK, which frees the SNAT port. Predicted: no SNAT ceiling.\n\
@@ -244,7 +249,7 @@ fn section(opts: &Opts, results: &[(RowSet, std::result::Result<Vec<Step>, Strin
     if opts.quick {
         md += "*Quick run: fewer, shorter steps.*\n\n";
     }
-    md += "## Summary\n\n| close order | P (slots) | predicted P / T | P / (T + sweep/2) | highest step with 0 SNAT drops | first step with drops | **carried there** (the measured ceiling) |\n| --- | ---: | ---: | ---: | --- | --- | ---: |\n";
+    md += "## Summary\n\n| close order | P (slots) | predicted P / T | P / (T + sweep/2) | highest step with 0 SNAT drops | first step with drops | **most carried with drops** (the measured ceiling) |\n| --- | ---: | ---: | ---: | --- | --- | ---: |\n";
     for (set, r) in results {
         let predicted = set.predicted().map_or("none".into(), |p| format!("{p:.0}/s"));
         let swept = set.predicted().map_or("none".into(), |_| format!("{:.0}/s", f64::from(set.slots()) / (f64::from(TIME_WAIT_S) + SWEEP_S / 2.0)));
@@ -252,20 +257,23 @@ fn section(opts: &Opts, results: &[(RowSet, std::result::Result<Vec<Step>, Strin
             Ok(steps) => {
                 let (clean, first) = bounds(steps);
                 let clean = clean.map_or("—".into(), |s| format!("{:.0}/s offered, {:.0}/s achieved", s.offered, s.tally.achieved()));
-                let (first, carried) = match (first, steps.last()) {
-                    (Some(s), _) => (format!("{:.0}/s offered ({} drops)", s.offered, s.snat_drops), format!("{:.0}/s", s.tally.achieved())),
-                    (None, Some(last)) if last.tally.achieved() < 0.9 * last.offered => {
-                        (format!("none: the client's own limit at {:.0}/s offered", last.offered), "—".into())
-                    }
-                    _ => ("none up to the last step".into(), "—".into()),
+                let first = match (first, steps.last()) {
+                    (Some(s), _) => format!("{:.0}/s offered ({} drops)", s.offered, s.snat_drops),
+                    (None, Some(last)) if last.tally.achieved() < 0.9 * last.offered => format!("none: the client's own limit at {:.0}/s offered", last.offered),
+                    (None, Some(last)) => format!("none up to the last step ({:.0}/s)", last.offered),
+                    (None, None) => "no step".into(),
                 };
+                // The most any step with SNAT drops completed: with the
+                // SNAT space the limit, what it lets through.
+                let carried = steps.iter().filter(|s| s.snat_drops > 0).map(|s| s.tally.achieved()).fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+                let carried = carried.map_or("—".into(), |c| format!("{c:.0}/s"));
                 (clean, first, carried)
             }
             Err(e) => (format!("not measured: {}", e.replace('|', "/").replace('\n', " ")), String::new(), String::new()),
         };
         let _ = writeln!(md, "| {} | {} | {predicted} | {swept} | {clean} | {first} | {carried} |", set.label, set.slots());
     }
-    md += "\n*Carried there*: connections completed per second at the first step with drops (SNAT-refused SYNs retried by the client included): what the SNAT space lets through once it is the limit. \
+    md += "\n*Most carried with drops*: the highest completed rate of a step with SNAT drops (refused SYNs retried by the client included): what the SNAT space lets through once it is the limit. \
            *P / (T + sweep/2)*: the agent's sweep (every 5 s) removes a TIME_WAIT entry between `T` and `T` + 5 s after the close, \
            so at this small `T` a port is held `T` + 2.5 s on average (at the default `T` = 120 s the difference is 2%).\n";
     for (set, r) in results {
