@@ -103,6 +103,9 @@ struct Step {
     freed: u64,
     /// NAT entries at the step's end.
     entries: Option<u64>,
+    /// The other `drop_*` counters that rose, `name n`: whether failures
+    /// with no SNAT drop were refused by swarmlb at all.
+    other: String,
 }
 
 /// The section (see the module docs).
@@ -195,17 +198,27 @@ fn measure(lab: &Lab, set: &RowSet) -> Result<Vec<Step>> {
         let before = Snapshot::of(&agent.inst.status());
         let tally = pace::paced(&l.client, CLIENT_V4, vip, set.close, rate, set.step);
         let after = Snapshot::of(&agent.inst.status());
-        let rise = |name| costs::rise(&before, &after, name).unwrap_or(0);
-        let step = Step { offered: rate, tally, snat_drops: rise("drop_snat_exhausted"), freed: rise("nat_port_freed"), entries: after.nat_entries };
+        let rise = |name: &str| costs::rise(&before, &after, name).unwrap_or(0);
+        let other: Vec<String> = after
+            .counters
+            .keys()
+            .filter(|k| k.starts_with("drop_") && *k != "drop_snat_exhausted")
+            .filter_map(|k| {
+                let n = rise(k);
+                (n > 0).then(|| format!("{k} {n}"))
+            })
+            .collect();
+        let step = Step { offered: rate, tally, snat_drops: rise("drop_snat_exhausted"), freed: rise("nat_port_freed"), entries: after.nat_entries, other: other.join(", ") };
         eprintln!(
-            "    offered {:>6.0}/s achieved {:>7.1}/s  failed {:>4} retried {:>4}  drop_snat_exhausted {:>5} nat_port_freed {:>6} NAT entries {}",
+            "    offered {:>6.0}/s achieved {:>7.1}/s  failed {:>4} retried {:>4}  drop_snat_exhausted {:>5} nat_port_freed {:>6} NAT entries {} {}",
             step.offered,
             step.tally.achieved(),
             step.tally.failed,
             step.tally.retried,
             step.snat_drops,
             step.freed,
-            step.entries.map_or("?".into(), |n| n.to_string())
+            step.entries.map_or("?".into(), |n| n.to_string()),
+            step.other
         );
         // Past the first drops on to saturation: the first drop says
         // where the probe first misses, the saturated step what the SNAT
@@ -243,7 +256,8 @@ fn section(opts: &Opts, results: &[(RowSet, std::result::Result<Vec<Step>, Strin
          - **(c)** as (b) with a second address in `snat_addresses` (added to the edge's `e-in`): `P` doubles.\n\n\
          Per step: *achieved*: connections completed per second; *failed*: connect or request failed (2 s timeouts); \
          *retried*: completed after a SYN retransmission (a dropped first SYN costs the client a second); \
-         counters are the agent's rises over the step (`swarmlb status --json`); *NAT entries*: at the step's end.\n\n",
+         counters are the agent's rises over the step (`swarmlb status --json`); *NAT entries*: at the step's end; \
+         *other drops*: swarmlb's other drop counters that rose.\n\n",
         pace::THREADS
     );
     if opts.quick {
@@ -280,14 +294,14 @@ fn section(opts: &Opts, results: &[(RowSet, std::result::Result<Vec<Step>, Strin
         let Ok(steps) = r else { continue };
         let _ = write!(
             md,
-            "\n## {}\n\n{} s per step.\n\n| offered/s | achieved/s | started | failed | retried | `drop_snat_exhausted` | `nat_port_freed` | NAT entries |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "\n## {}\n\n{} s per step.\n\n| offered/s | achieved/s | started | failed | retried | `drop_snat_exhausted` | `nat_port_freed` | NAT entries | other drops |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
             set.label,
             set.step.as_secs()
         );
         for s in steps {
             let _ = writeln!(
                 md,
-                "| {:.0} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                "| {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
                 s.offered,
                 s.tally.achieved(),
                 s.tally.started,
@@ -295,7 +309,8 @@ fn section(opts: &Opts, results: &[(RowSet, std::result::Result<Vec<Step>, Strin
                 s.tally.retried,
                 s.snat_drops,
                 s.freed,
-                s.entries.map_or("?".into(), |n| n.to_string())
+                s.entries.map_or("?".into(), |n| n.to_string()),
+                if s.other.is_empty() { "none" } else { &s.other }
             );
         }
     }
