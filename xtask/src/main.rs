@@ -48,7 +48,7 @@ enum Task {
         /// Fewer, shorter rounds (about 2 minutes); results in bench/results/quick/.
         #[arg(long)]
         quick: bool,
-        /// Only these sections (comma-separated: xdp, control, e2e, flood).
+        /// Only these sections (comma-separated: xdp, control, e2e, flood, snat).
         #[arg(long)]
         only: Option<String>,
         /// Katran's XDP balancer object (`balancer.bpf.o`, built outside this

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--only xdp,e2e,control,flood]`: what swarmlb
+//! `cargo xtask bench [--quick] [--only xdp,e2e,control,flood,snat]`: what swarmlb
 //! costs, measured beside the alternatives in the same run. Nothing here
 //! passes or fails; it reports.
 //!
@@ -11,6 +11,9 @@
 //! - [`control`]: Maglev table builds, Swarm sync latency, agent memory.
 //! - [`flood`]: a SYN flood from forged sources against swarmlb, nftables
 //!   and HAProxy, with legitimate clients connecting throughout.
+//! - [`snat`]: the sustained new-connection rate `nat` carries to one
+//!   backend port before SNAT ports run out, per close order, beside the
+//!   documented `P / T`.
 //!
 //! Every section interleaves its subjects round by round (A B C A B C …)
 //! and reports medians with min–max ([`report`]). Results go to
@@ -21,6 +24,7 @@ mod control;
 mod e2e;
 mod flood;
 mod report;
+mod snat;
 mod xdp;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +46,7 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--quick" => quick = true,
             "--only" => only = Some(args.next().unwrap_or_default().split(',').map(str::to_owned).collect()),
-            other => bail!("unknown argument {other:?} (try --quick, --only xdp,e2e,control,flood)"),
+            other => bail!("unknown argument {other:?} (try --quick, --only xdp,e2e,control,flood,snat)"),
         }
     }
     let opts = Opts { quick };
@@ -53,7 +57,7 @@ fn main() -> Result<()> {
     let machine = report::Machine::read();
     let mut sections = Vec::new();
     type Section = fn(&Opts) -> Result<report::Section>;
-    let all: [(&str, Section); 4] = [("xdp", xdp::run), ("control", control::run), ("e2e", e2e::run), ("flood", flood::run)];
+    let all: [(&str, Section); 5] = [("xdp", xdp::run), ("control", control::run), ("e2e", e2e::run), ("flood", flood::run), ("snat", snat::run)];
     for (name, run) in all {
         if !wanted(name) {
             continue;
