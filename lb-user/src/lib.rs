@@ -4,22 +4,16 @@
 //! Data flows one way: [`config`] → [`policy`] (maps writer) → kernel.
 //! [`maps`] is the only module that opens BPF maps.
 
-pub mod backend;
-pub mod balancer;
-pub mod config;
-pub mod events;
-pub mod loader;
-pub mod health;
-pub mod host;
-pub mod maps;
-pub mod martian;
-pub mod metrics;
-pub mod policy;
-pub mod state;
-pub mod status;
-pub mod swarm;
-pub mod sweep;
-pub mod watch;
+pub mod backend_setup;
+pub mod datapath;
+pub mod observe;
+pub mod source;
+
+// The modules' old paths, for one commit: the files moved unchanged.
+pub use backend_setup as backend;
+pub use datapath::{balancer_writer as balancer, isolator_writer as policy, loader, maps, martian, sweep};
+pub use observe::{events, metrics, state, status, watch};
+pub use source::{config, health, netif as host, swarm};
 
 /// The eBPF object (all of swarmlb's XDP programs), 8-byte aligned as the
 /// ELF parser wants it.
