@@ -12,18 +12,18 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_common::balancer::Mode;
 use lb_user::{
-    balancer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
-    config::{BalancerConfig, CompiledPolicy, Config, ForwardMode},
-    events, host,
-    loader::{remove_pins, AttachMode, Datapath, MapSizes, Program},
-    maps::{BalancerMaps, IsolatorMaps},
-    health::HealthChecks,
-    policy,
-    status::ReportMaps,
-    state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
-    swarm::follow::SwarmFollower,
-    sweep,
-    watch::{self, CounterWatch},
+    datapath::balancer_writer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    source::config::{BalancerConfig, CompiledPolicy, Config, ForwardMode},
+    observe::events, source::netif,
+    datapath::loader::{remove_pins, AttachMode, Datapath, MapSizes, Program},
+    datapath::maps::{BalancerMaps, IsolatorMaps},
+    source::health::HealthChecks,
+    datapath::isolator_writer,
+    observe::status::ReportMaps,
+    observe::state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
+    source::swarm::follow::SwarmFollower,
+    datapath::sweep,
+    observe::watch::{self, CounterWatch},
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -165,8 +165,8 @@ fn check_forwarding(compiled: &CompiledPolicy) -> Result<()> {
             continue;
         }
         for (v6, needed) in [(false, !z.sources_v4.is_empty()), (true, !z.sources_v6.is_empty())] {
-            if needed && !host::forwarding(ifname, v6)? {
-                let sysctl = host::forwarding_sysctl(ifname, v6);
+            if needed && !netif::forwarding(ifname, v6)? {
+                let sysctl = netif::forwarding_sysctl(ifname, v6);
                 bail!(
                     "zone {}: reverse_path = \"{}\" on {ifname} needs {sysctl} = 1: with IPv{} forwarding off the kernel will not look up the route back to a source (bpf_fib_lookup answers FWD_DISABLED) and every trusted IPv{} source would be dropped. Set `sysctl -w {sysctl}=1`{}, or reverse_path = \"off\" for the zone",
                     z.name,
@@ -182,21 +182,21 @@ fn check_forwarding(compiled: &CompiledPolicy) -> Result<()> {
 }
 
 /// The impossible-source rules for the host's addresses as they are now.
-fn impossible_sources(cfg: &Config, ifx: &HashMap<String, u32>, desired: &Desired) -> Result<lb_user::martian::Rules> {
-    let addrs = host::addresses()?;
+fn impossible_sources(cfg: &Config, ifx: &HashMap<String, u32>, desired: &Desired) -> Result<lb_user::datapath::martian::Rules> {
+    let addrs = netif::addresses()?;
     let zones: Vec<u32> = cfg.interfaces().iter().filter_map(|i| ifx.get(&i.name).copied()).collect();
     let outside = cfg.balancer().map(|b| {
         let inside_if = ifx.get(&b.inside_interface).copied();
-        let inside_nets = addrs.iter().filter(|a| Some(a.ifindex) == inside_if).map(|a| lb_user::martian::network(a.addr, a.prefix));
-        let backends = desired.vips.iter().flat_map(|v| v.backends.iter().map(|b| lb_user::config::Cidr::host(b.address)));
-        lb_user::martian::Outside {
+        let inside_nets = addrs.iter().filter(|a| Some(a.ifindex) == inside_if).map(|a| lb_user::datapath::martian::network(a.addr, a.prefix));
+        let backends = desired.vips.iter().flat_map(|v| v.backends.iter().map(|b| lb_user::source::config::Cidr::host(b.address)));
+        lb_user::datapath::martian::Outside {
             ifindexes: b.outside_interfaces.iter().filter_map(|n| ifx.get(n).copied()).collect(),
             vips: desired.vips.iter().map(|v| v.address).collect(),
             inside: desired.inside_v4.map(IpAddr::V4).into_iter().chain(desired.inside_v6.map(IpAddr::V6)).collect(),
             backend_networks: inside_nets.chain(backends).collect(),
         }
     });
-    Ok(lb_user::martian::compile(&addrs, &zones, outside.as_ref()))
+    Ok(lb_user::datapath::martian::compile(&addrs, &zones, outside.as_ref()))
 }
 
 /// Protected ports inside this host's ephemeral range also match the
@@ -287,7 +287,7 @@ pub fn describe(cfg: &Config) -> String {
     out
 }
 
-fn zone_states(cfg: &Config, compiled: &CompiledPolicy, applied: &policy::Applied) -> Vec<ZoneState> {
+fn zone_states(cfg: &Config, compiled: &CompiledPolicy, applied: &isolator_writer::Applied) -> Vec<ZoneState> {
     compiled
         .zones
         .iter()
@@ -373,13 +373,13 @@ impl Daemon {
                 }
             }
         }
-        policy::apply_settings(&mut self.maps, cfg.drop_event_interval_ns())?;
+        isolator_writer::apply_settings(&mut self.maps, cfg.drop_event_interval_ns())?;
         // Before the policy: the tries only ever drop more.
         if let Err(e) = impossible.apply(&mut self.maps) {
             self.detach(&newly);
             return Err(e);
         }
-        let applied = match policy::apply(&mut self.maps, &compiled, &ifx) {
+        let applied = match isolator_writer::apply(&mut self.maps, &compiled, &ifx) {
             Ok(a) => a,
             Err(e) => {
                 self.detach(&newly);
@@ -647,7 +647,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         // The endpoint reads the maps through handles of its own, opened
         // now, so it keeps answering if the pins go.
         let metrics = cfg.metrics_listen().and_then(|addr| match ReportMaps::open(&pin_dir) {
-            Ok(maps) => Some(tokio::spawn(lb_user::metrics::serve(addr, runtime_dir.to_owned(), maps))),
+            Ok(maps) => Some(tokio::spawn(lb_user::observe::metrics::serve(addr, runtime_dir.to_owned(), maps))),
             Err(e) => {
                 error!(error = format!("{e:#}"), "opening the maps for the metrics endpoint failed; running without it");
                 None
@@ -661,7 +661,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         let mut watched = std::time::Instant::now();
         let mut idle = idle_timeouts(&cfg);
         // Address changes: the impossible-source tries follow them.
-        let mut addresses = match host::AddressWatch::new() {
+        let mut addresses = match netif::AddressWatch::new() {
             Ok(w) => Some(w),
             Err(e) => {
                 error!(error = format!("{e:#}"), "watching address changes failed: the host's addresses are read again only on reloads and Swarm or health changes");

@@ -1,19 +1,22 @@
-//! swarmlb's user space: configuration, loading the XDP programs, writing
-//! their maps, and reading them back for `swarmlb status`.
+//! swarmlb's user space: the agent that loads the XDP programs, keeps their
+//! maps in line with what its sources say, and reports what they do.
 //!
-//! Data flows one way: [`config`] → [`policy`] (maps writer) → kernel.
-//! [`maps`] is the only module that opens BPF maps.
+//! Data flows one way:
+//!
+//! ```text
+//! source::{config, swarm, health, netif} → desired state → reconciler (diff) → datapath writers → kernel
+//!                                                                             observe::{state, status, metrics, watch, events}
+//! ```
+//!
+//! [`source`] holds the inputs, [`datapath`] the only code that loads
+//! programs and writes maps, [`observe`] what reads them back for people.
+//! [`backend_setup`] is the separate `swarmlb backend-setup` command for
+//! DSR backends.
 
 pub mod backend_setup;
 pub mod datapath;
 pub mod observe;
 pub mod source;
-
-// The modules' old paths, for one commit: the files moved unchanged.
-pub use backend_setup as backend;
-pub use datapath::{balancer_writer as balancer, isolator_writer as policy, loader, maps, martian, sweep};
-pub use observe::{events, metrics, state, status, watch};
-pub use source::{config, health, netif as host, swarm};
 
 /// The eBPF object (all of swarmlb's XDP programs), 8-byte aligned as the
 /// ELF parser wants it.

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_user::{config::Config, state::DEFAULT_RUNTIME_DIR, status};
+use lb_user::{source::config::Config, observe::state::DEFAULT_RUNTIME_DIR, observe::status};
 
 mod daemon;
 
@@ -41,7 +41,7 @@ enum Command {
     /// maps (flows, NAT state, counters). Refuses while `swarmlb run` runs.
     Down {
         /// The pin path of the config (`settings.pin_path`).
-        #[arg(long, default_value = lb_user::config::DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = lb_user::source::config::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
         #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
@@ -64,12 +64,12 @@ enum Command {
         #[arg(long = "edge")]
         edges: Vec<std::net::IpAddr>,
         #[arg(long, value_enum, default_value = "dsr")]
-        mode: lb_user::backend::BackendMode,
+        mode: lb_user::backend_setup::BackendMode,
         /// Where the program's pins live.
-        #[arg(long, default_value = lb_user::backend::DEFAULT_BACKEND_PIN_PATH)]
+        #[arg(long, default_value = lb_user::backend_setup::DEFAULT_BACKEND_PIN_PATH)]
         pin_path: PathBuf,
         /// Where the record of what was changed lives (for --undo).
-        #[arg(long, default_value = lb_user::backend::DEFAULT_BACKEND_STATE_DIR)]
+        #[arg(long, default_value = lb_user::backend_setup::DEFAULT_BACKEND_STATE_DIR)]
         state_dir: PathBuf,
         /// Remove what an earlier setup did.
         #[arg(long)]
@@ -127,9 +127,9 @@ fn main() -> ExitCode {
         Command::BackendSetup { interface, vips, edges, mode, pin_path, state_dir, undo } => {
             init_logging(LogFormat::Text);
             if undo {
-                lb_user::backend::undo(&pin_path, &state_dir)
+                lb_user::backend_setup::undo(&pin_path, &state_dir)
             } else {
-                lb_user::backend::setup(interface.as_deref().unwrap_or_default(), &vips, &edges, mode, &pin_path, &state_dir)
+                lb_user::backend_setup::setup(interface.as_deref().unwrap_or_default(), &vips, &edges, mode, &pin_path, &state_dir)
             }
         }
         Command::Status { runtime_dir, json } => status::collect(&runtime_dir).map(|r| {

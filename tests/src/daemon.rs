@@ -109,7 +109,7 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        let _ = lb_user::loader::remove_pins(&self.pin_path);
+        let _ = lb_user::datapath::loader::remove_pins(&self.pin_path);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -22,7 +22,7 @@ use lb_common::{
     maglev::flow_hash,
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
-use lb_user::balancer::{addr_key, Desired, DesiredBackend};
+use lb_user::datapath::balancer_writer::{addr_key, Desired, DesiredBackend};
 
 
 fn ip(s: &str) -> IpAddr {
@@ -111,7 +111,7 @@ fn remembered(kb: &KernelBalancer, src: &str, sport: u16, dst: &str, dport: u16,
 
 fn backend_addr(kb: &KernelBalancer, id: u32) -> IpAddr {
     let b = kb.maps().backends.get(&id, 0).unwrap();
-    lb_user::balancer::key_addr(&b.addr, b.family)
+    lb_user::datapath::balancer_writer::key_addr(&b.addr, b.family)
 }
 
 #[test]
@@ -490,7 +490,7 @@ fn a_full_nat_table_refuses_new_flows_as_such() {
     if !root_or_skip() {
         return;
     }
-    let sizes = lb_user::loader::MapSizes { nat: 4, ..lb_user::loader::MapSizes::with_table(FIXTURE_TABLE_SIZE) };
+    let sizes = lb_user::datapath::loader::MapSizes { nat: 4, ..lb_user::datapath::loader::MapSizes::with_table(FIXTURE_TABLE_SIZE) };
     let mut kb = KernelBalancer::with_sizes("lbnatfull", sizes);
     kb.apply(&desired());
     let mut model = kb.model();
@@ -563,8 +563,8 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         // A packet of a flow seen before (its backend may have changed).
         let keys: Vec<&FlowKey> = model.flows.keys().collect();
         let k = **rng.pick(&keys);
-        let src = lb_user::balancer::key_addr(&k.src, k.family).to_string();
-        let dst = lb_user::balancer::key_addr(&k.dst, k.family).to_string();
+        let src = lb_user::datapath::balancer_writer::key_addr(&k.src, k.family).to_string();
+        let dst = lb_user::datapath::balancer_writer::key_addr(&k.dst, k.family).to_string();
         let l4 = if k.proto == IPPROTO_TCP {
             L4::Tcp { sport: k.src_port, dport: k.dst_port, seq: 1, ack: 1, flags: 0x18, window: 500, payload: vec![1; 64] }
         } else {
@@ -576,8 +576,8 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         // random amount of it.
         let keys: Vec<&FlowKey> = model.flows.keys().collect();
         let k = **rng.pick(&keys);
-        let client = lb_user::balancer::key_addr(&k.src, k.family).to_string();
-        let vip = lb_user::balancer::key_addr(&k.dst, k.family).to_string();
+        let client = lb_user::datapath::balancer_writer::key_addr(&k.src, k.family).to_string();
+        let vip = lb_user::datapath::balancer_writer::key_addr(&k.dst, k.family).to_string();
         let l4 = if k.proto == IPPROTO_TCP {
             L4::Tcp { sport: k.dst_port, dport: k.src_port, seq: 3, ack: 4, flags: 0x18, window: 9, payload: vec![2; 600] }
         } else {
@@ -593,7 +593,7 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         // A reply to one of the NAT entries, or to a port nobody holds.
         let keys: Vec<&NatKey> = model.nat.keys().collect();
         let k = **rng.pick(&keys);
-        let backend = lb_user::balancer::key_addr(&k.backend, k.family).to_string();
+        let backend = lb_user::datapath::balancer_writer::key_addr(&k.backend, k.family).to_string();
         let inside = if k.family == lb_common::isolator::FAMILY_V4 { "10.1.0.1" } else { "fd00:1::1" };
         let nat_port = if rng.below(10) == 0 { rng.below(65536) as u16 } else { k.nat_port };
         let l4 = if k.proto == IPPROTO_TCP { reply_to(nat_port) } else { L4::udp(k.backend_port, nat_port, b"answer") };
@@ -910,8 +910,8 @@ fn a_syn_on_a_remembered_port_is_a_new_connection() {
     let moved = ports.iter().zip(&first).filter(|(p, f)| flow_of(&kb, CLIENT_V4, **p, NAT4, 443, IPPROTO_TCP).backend != f.backend).count();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let secs = std::time::Duration::from_secs;
-    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
-    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), moved, "the earlier, closed entries go");
+    let t = lb_user::datapath::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
+    assert_eq!(lb_user::datapath::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), moved, "the earlier, closed entries go");
     for p in &ports {
         flow_of(&kb, CLIENT_V4, *p, NAT4, 443, IPPROTO_TCP);
     }
@@ -944,7 +944,7 @@ fn a_closed_connection_gives_its_snat_port_back() {
     };
     let from_backend = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, seq, ack, flags| -> Outcome {
         let (key, _) = nat_entry(kb, sport);
-        let backend = lb_user::balancer::key_addr(&key.backend, key.family);
+        let backend = lb_user::datapath::balancer_writer::key_addr(&key.backend, key.family);
         let l4 = L4::Tcp { sport: 443, dport: key.nat_port, seq, ack, flags, window: 1000, payload: vec![] };
         let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), "10.1.0.1", &l4, |_| {}, |_| {});
         both(kb, model, &frame, in_if).0
@@ -989,16 +989,16 @@ fn a_closed_connection_gives_its_snat_port_back() {
     let keep: std::collections::BTreeSet<u16> = [41000, 41003, 41004].iter().map(|p| nat_entry(&kb, *p).0.nat_port).collect();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let secs = std::time::Duration::from_secs;
-    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
-    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 2);
+    let t = lb_user::datapath::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
+    assert_eq!(lb_user::datapath::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 2);
     let left: std::collections::BTreeSet<u16> = kb.maps().nat.keys().map(|k| k.unwrap().nat_port).collect();
     assert_eq!(left, keep, "the open and the TIME_WAIT connections keep their ports");
     let (s, family) = addr_key(ip(CLIENT_V4));
     let flow = |sport| FlowKey { src: s, dst: addr_key(ip(NAT4)).0, src_port: sport, dst_port: 443, proto: IPPROTO_TCP, family, _pad: [0; 2] };
     assert!(kb.maps().flows.get(&flow(41001), 0).is_err() && kb.maps().flows.get(&flow(41000), 0).is_ok(), "flows go with their ports");
     // ... and TIME_WAIT after its own timeout.
-    let t = lb_user::sweep::Timeouts { tcp_time_wait: std::time::Duration::from_millis(10), ..t };
-    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);
+    let t = lb_user::datapath::sweep::Timeouts { tcp_time_wait: std::time::Duration::from_millis(10), ..t };
+    assert_eq!(lb_user::datapath::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);
 }
 
 /// On the outside interface a new flow from a source that cannot be real

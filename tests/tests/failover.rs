@@ -247,7 +247,7 @@ fn failover(tag: &str, mode: &str, snat: Snat) -> Run {
 /// Client port → (backend, SNAT port) of every `nat` entry in the maps
 /// pinned at `pins`.
 fn snat_ports(pins: &std::path::Path) -> BTreeMap<u16, ([u8; 16], u16)> {
-    let maps = lb_user::maps::BalancerMaps::open(pins).expect("the balancer's pinned maps");
+    let maps = lb_user::datapath::maps::BalancerMaps::open(pins).expect("the balancer's pinned maps");
     maps.nat.iter().map(|r| r.expect("a NAT entry")).map(|(k, e)| (e.client_port, (k.backend, k.nat_port))).collect()
 }
 

@@ -336,7 +336,7 @@ fn a_new_table_size_is_refused_and_the_running_data_path_stays() {
     assert!(!status.success(), "{out}");
     assert!(out.contains("the pinned LB_FLOWS holds 4096 entries, but balancer.flow_table_size asks for 8192"), "{out}");
     assert!(common::xdp::attached(&lab.edge, "e-out"), "the running data path stays");
-    let flows = lb_user::maps::BalancerMaps::open(&inst.pin_path).unwrap().flow_capacity;
+    let flows = lb_user::datapath::maps::BalancerMaps::open(&inst.pin_path).unwrap().flow_capacity;
     assert_eq!(flows, 4096, "the maps are the old ones");
     assert!(inst.down().status.success());
 }

@@ -24,7 +24,7 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::maps::BalancerMaps;
+use crate::datapath::maps::BalancerMaps;
 
 /// A backend as the control plane wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,11 +199,11 @@ impl BalancerWriter {
             bail!("table size {table_size} is not a prime");
         }
         let capacity = maps.maglev.len();
-        if capacity != crate::loader::maglev_map_len(table_size) {
+        if capacity != crate::datapath::loader::maglev_map_len(table_size) {
             bail!(
                 "the pinned Maglev map holds {capacity} slots, not {} for table_size {table_size}: \
                  a changed table_size needs the old maps removed (stop swarmlb, then `swarmlb down`, then start it)",
-                crate::loader::maglev_map_len(table_size)
+                crate::datapath::loader::maglev_map_len(table_size)
             );
         }
         let mut w = Self {

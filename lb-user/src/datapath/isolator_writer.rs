@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key;
 use lb_common::isolator::*;
 
-use crate::{config::CompiledPolicy, maps::IsolatorMaps};
+use crate::{source::config::CompiledPolicy, datapath::maps::IsolatorMaps};
 
 /// Where each zone of an applied policy was written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

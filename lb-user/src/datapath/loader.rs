@@ -167,7 +167,7 @@ impl MapSizes {
     }
 
     /// The sizes `b` asks for (the defaults without a balancer).
-    pub fn of(b: Option<&crate::config::BalancerConfig>) -> Self {
+    pub fn of(b: Option<&crate::source::config::BalancerConfig>) -> Self {
         b.map_or(Self::with_table(lb_common::maglev::DEFAULT_TABLE_SIZE), |b| Self {
             table_size: b.table_size,
             flows: b.flow_table_size,

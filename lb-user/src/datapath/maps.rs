@@ -140,7 +140,7 @@ impl BalancerMaps {
     pub fn nat_usage(&self) -> std::collections::BTreeMap<(std::net::IpAddr, u16), u32> {
         let mut out = std::collections::BTreeMap::new();
         for k in self.nat.keys().filter_map(Result::ok) {
-            *out.entry((crate::balancer::key_addr(&k.backend, k.family), k.backend_port)).or_default() += 1;
+            *out.entry((crate::datapath::balancer_writer::key_addr(&k.backend, k.family), k.backend_port)).or_default() += 1;
         }
         out
     }

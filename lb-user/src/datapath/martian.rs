@@ -39,7 +39,7 @@ use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key;
 use lb_common::isolator::{IfAddrV4, IfAddrV6, Impossible, FAMILY_V4, IFINDEX_BITS};
 
-use crate::{config::Cidr, host::HostAddr, maps::IsolatorMaps};
+use crate::{source::config::Cidr, source::netif::HostAddr, datapath::maps::IsolatorMaps};
 
 /// What a balancer's outside interfaces must not see as sources.
 #[derive(Clone, Debug, Default)]

@@ -29,7 +29,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::config::{BalancerConfig, HealthCheck, HealthProtocol};
+use crate::source::config::{BalancerConfig, HealthCheck, HealthProtocol};
 
 /// One backend of one VIP.
 pub type Target = (String, IpAddr);

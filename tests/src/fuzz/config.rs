@@ -14,8 +14,8 @@ use lb_common::{
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_user::{
-    balancer::build_table,
-    config::{BalancerConfig, CompiledPolicy, Config, ConfigError, ForwardMode, ReferencePolicy},
+    datapath::balancer_writer::build_table,
+    source::config::{BalancerConfig, CompiledPolicy, Config, ConfigError, ForwardMode, ReferencePolicy},
 };
 
 /// Source prefixes per zone whose longest-prefix-match answer is compared

@@ -31,8 +31,8 @@ use lb_common::{
     wire::*,
 };
 use lb_user::{
-    balancer::{addr_key, build_table, Desired, DesiredBackend, DesiredVip},
-    config::ReferencePolicy,
+    datapath::balancer_writer::{addr_key, build_table, Desired, DesiredBackend, DesiredVip},
+    source::config::ReferencePolicy,
 };
 
 use crate::{
@@ -132,7 +132,7 @@ pub fn offline_tables(d: &Desired, table_size: u32) -> ModelTables {
         snat_port_min: d.snat_ports.0,
         snat_port_max: d.snat_ports.1,
     });
-    t.maglev = vec![NO_BACKEND; lb_user::loader::maglev_map_len(table_size) as usize];
+    t.maglev = vec![NO_BACKEND; lb_user::datapath::loader::maglev_map_len(table_size) as usize];
     let mut stats_index = 0;
     for (index, v) in (0..).zip(&d.vips) {
         let members: Vec<(IpAddr, u32, bool, u32)> = v.backends.iter().map(|b| (b.address, b.weight, b.up, ids[&b.address])).collect();
@@ -141,7 +141,7 @@ pub fn offline_tables(d: &Desired, table_size: u32) -> ModelTables {
         t.maglev[base as usize..(base + table_size) as usize].copy_from_slice(&table);
         for &(proto, port, target_port) in &v.rules {
             let svc = Service { table_base: base, table_size, stats_index, target_port, mode: v.mode as u8, _pad: 0 };
-            t.services.insert(lb_user::balancer::service_key(v.address, proto, port), svc);
+            t.services.insert(lb_user::datapath::balancer_writer::service_key(v.address, proto, port), svc);
             stats_index += 1;
         }
     }

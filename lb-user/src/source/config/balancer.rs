@@ -17,7 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{check_interface_name, ConfigError, Locator};
-use crate::swarm::selector::NodeSelector;
+use crate::source::swarm::selector::NodeSelector;
 
 /// How a VIP forwards to its backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

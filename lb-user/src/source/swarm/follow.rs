@@ -16,7 +16,7 @@ use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
 use tracing::{error, info, warn};
 
 use super::{mapping, source::SwarmUpdate, view::SwarmView};
-use crate::config::{Config, SwarmAdditions, SwarmConfig};
+use crate::source::config::{Config, SwarmAdditions, SwarmConfig};
 
 /// How the sync with the Swarm is going.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

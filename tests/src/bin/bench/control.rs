@@ -15,7 +15,7 @@ use lb_common::{
     isolator::FAMILY_V4,
     maglev::{self, Backend, DEFAULT_TABLE_SIZE},
 };
-use lb_user::{balancer::addr_key, maps::BalancerMaps};
+use lb_user::{datapath::balancer_writer::addr_key, datapath::maps::BalancerMaps};
 
 use crate::{
     report::{BarChart, Section, Summary},

@@ -31,7 +31,7 @@ use lb_common::{
     model,
     wire::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
 };
-use lb_user::balancer::{addr_key, Desired, DesiredBackend, DesiredVip};
+use lb_user::datapath::balancer_writer::{addr_key, Desired, DesiredBackend, DesiredVip};
 
 use crate::{
     report::{BarChart, Section, Summary},
