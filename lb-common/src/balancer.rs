@@ -134,6 +134,15 @@ impl Mode {
             _ => None,
         }
     }
+
+    /// The mode's name in the config, the status and the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::DsrL2 => "dsr-l2",
+        }
+    }
 }
 
 /// A service: where a VIP's packets for one (protocol, port) arrive.

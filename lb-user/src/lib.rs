@@ -8,15 +8,24 @@
 //!                                                                             observe::{state, status, metrics, watch, events}
 //! ```
 //!
-//! [`source`] holds the inputs, [`datapath`] the only code that loads
-//! programs and writes maps, [`observe`] what reads them back for people.
+//! [`source`] holds the inputs, [`reconcile`] turns them into writes,
+//! [`datapath`] is the only code that loads programs and writes maps,
+//! [`observe`] reads them back for people, and [`agent`] is the daemon
+//! (`swarmlb run`) that wires them together.
 //! [`backend_setup`] is the separate `swarmlb backend-setup` command for
 //! DSR backends.
 
+pub mod agent;
 pub mod backend_setup;
 pub mod datapath;
 pub mod observe;
+pub mod reconcile;
 pub mod source;
+
+/// Unix time in seconds (the state file's and the Swarm's timestamps).
+pub fn unix_time() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// The eBPF object (all of swarmlb's XDP programs), 8-byte aligned as the
 /// ELF parser wants it.

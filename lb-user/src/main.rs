@@ -3,9 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_user::{source::config::Config, observe::state::DEFAULT_RUNTIME_DIR, observe::status};
-
-mod daemon;
+use lb_user::{agent, observe::state::DEFAULT_RUNTIME_DIR, observe::status, source::config::Config};
 
 /// swarmlb — XDP port isolator and L4 load balancer for Docker Swarm.
 #[derive(Parser)]
@@ -110,20 +108,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, runtime_dir, log_format } => {
             init_logging(log_format);
-            daemon::run(&config, &runtime_dir)
+            agent::run(&config, &runtime_dir)
         }
-        Command::Down { pin_path, runtime_dir } => daemon::down(&pin_path, &runtime_dir),
+        Command::Down { pin_path, runtime_dir } => agent::down(&pin_path, &runtime_dir),
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
                 for w in cfg.warnings() {
                     eprintln!("warning: {w}");
                 }
-                print!("{}", daemon::describe(&cfg));
+                print!("{}", agent::describe(&cfg));
                 Ok(())
             }
             Err(e) => Err(e.into()),
         },
-        Command::Reload { runtime_dir } => daemon::signal_reload(&runtime_dir),
+        Command::Reload { runtime_dir } => agent::signal_reload(&runtime_dir),
         Command::BackendSetup { interface, vips, edges, mode, pin_path, state_dir, undo } => {
             init_logging(LogFormat::Text);
             if undo {

@@ -10,6 +10,12 @@
 //! A restarted daemon adopts what it finds pinned ([`BalancerWriter::adopt`]):
 //! backend ids and generations stay, so established flows keep their
 //! backends, and tables are rebuilt identically (Maglev is deterministic).
+//!
+//! Nothing else writes these maps, so the writer compares each apply with
+//! its own record of what it wrote and writes only the difference: one
+//! backend's health flip rewrites that backend's entry and the idle half
+//! of its VIPs' tables, then flips their services; other VIPs' tables are
+//! not even rebuilt.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -91,15 +97,6 @@ pub struct AppliedVip {
     pub backends: Vec<AppliedBackend>,
 }
 
-/// The mode's name in config and status.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Nat => "nat",
-        Mode::Dsr => "dsr",
-        Mode::DsrL2 => "dsr-l2",
-    }
-}
-
 /// The 16-byte key form of an address, and its family.
 pub fn addr_key(a: IpAddr) -> ([u8; 16], u8) {
     match a {
@@ -161,7 +158,13 @@ struct VipSlot {
     half: u32,
     /// Its contents, when known (not after adoption).
     table: Option<Vec<u32>>,
+    /// The members it was built from: the same members build the same
+    /// table, so it is not built again.
+    members: Vec<Member>,
 }
+
+/// A table member: address, weight, up, backend id.
+type Member = (IpAddr, u32, bool, u32);
 
 /// Keeps the maps in line with [`Desired`] states, one apply at a time.
 pub struct BalancerWriter {
@@ -170,9 +173,15 @@ pub struct BalancerWriter {
     ids: BTreeMap<IpAddr, (u32, u32)>,
     next_generation: u32,
     vips: BTreeMap<String, VipSlot>,
-    /// Services in the maps → their stats index.
-    services: BTreeMap<ServiceKeyOrd, u32>,
+    /// The services in the maps.
+    services: BTreeMap<ServiceKeyOrd, Service>,
+    /// The backend entries in the maps, by id.
+    backends: BTreeMap<u32, BackendInfo>,
+    /// The globals last written.
+    globals: Option<Globals>,
     egress: BTreeSet<u32>,
+    /// Map updates and deletes so far.
+    writes: u64,
 }
 
 /// [`ServiceKey`] with an order, for the writer's bookkeeping.
@@ -212,7 +221,10 @@ impl BalancerWriter {
             next_generation: 1,
             vips: BTreeMap::new(),
             services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            globals: None,
             egress: BTreeSet::new(),
+            writes: 0,
         };
         for (id, item) in (0..).zip(maps.backends.iter()) {
             let b = item?;
@@ -220,10 +232,11 @@ impl BalancerWriter {
             if !b.is_vacant() {
                 w.ids.insert(key_addr(&b.addr, b.family), (id, b.generation));
             }
+            w.backends.insert(id, b);
         }
         for item in maps.services.iter() {
             let (k, s) = item?;
-            w.services.insert(ServiceKeyOrd::from(&k), s.stats_index);
+            w.services.insert(ServiceKeyOrd::from(&k), s);
         }
         for item in maps.egress.iter() {
             let (ifindex, _) = item?;
@@ -235,6 +248,12 @@ impl BalancerWriter {
     /// The table size the writer builds.
     pub fn table_size(&self) -> u32 {
         self.table_size
+    }
+
+    /// Map updates and deletes this writer has made (the reconciler's
+    /// measure of what a change cost).
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     /// Whether `d` fits the maps (what [`BalancerWriter::apply`] checks
@@ -274,12 +293,15 @@ impl BalancerWriter {
                 self.ids.insert(*a, (id, self.next_generation));
                 self.next_generation = self.next_generation.wrapping_add(1).max(1);
                 maps.backend_stats.set(id, aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); nr_cpus()?])?, 0)?;
+                self.writes += 1;
             }
             let (id, generation) = self.ids[a];
             let (addr, family) = addr_key(*a);
             let info = BackendInfo { addr, generation, family, up: u8::from(up[a]), _pad: [0; 2] };
-            if maps.backends.get(&id, 0).ok() != Some(info) {
+            if self.backends.get(&id) != Some(&info) {
                 maps.backends.set(id, info, 0).with_context(|| format!("writing backend {a}"))?;
+                self.backends.insert(id, info);
+                self.writes += 1;
             }
         }
 
@@ -290,10 +312,16 @@ impl BalancerWriter {
             snat_port_min: d.snat_ports.0,
             snat_port_max: d.snat_ports.1,
         };
-        maps.globals.set(0, g, 0).context("writing the balancer's globals")?;
+        if self.globals != Some(g) {
+            maps.globals.set(0, g, 0).context("writing the balancer's globals")?;
+            self.globals = Some(g);
+            self.writes += 1;
+        }
         for ifindex in &d.egress {
-            if self.egress.insert(*ifindex) {
+            if !self.egress.contains(ifindex) {
                 maps.egress.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding interface {ifindex} to the egress map"))?;
+                self.egress.insert(*ifindex);
+                self.writes += 1;
             }
         }
 
@@ -306,7 +334,7 @@ impl BalancerWriter {
                 // After a restart, a VIP's services still point at its table.
                 v.rules.iter().find_map(|(proto, port, _)| {
                     let base = maps.services.get(&service_key(v.address, *proto, *port), 0).ok()?.table_base;
-                    Some(VipSlot { index: base / (2 * self.table_size), half: (base / self.table_size) % 2, table: None })
+                    Some(VipSlot { index: base / (2 * self.table_size), half: (base / self.table_size) % 2, table: None, members: Vec::new() })
                 })
             });
             if let Some(s) = known {
@@ -320,23 +348,25 @@ impl BalancerWriter {
         for v in &d.vips {
             if !slots.contains_key(v.name.as_str()) {
                 let index = free_tables.next().context("no free Maglev table")?;
-                slots.insert(&v.name, VipSlot { index, half: 1, table: None });
+                slots.insert(&v.name, VipSlot { index, half: 1, table: None, members: Vec::new() });
             }
         }
         for v in &d.vips {
-            let members: Vec<(IpAddr, u32, bool, u32)> =
-                v.backends.iter().map(|b| (b.address, b.weight, b.up, self.ids[&b.address].0)).collect();
-            let table = build_table(&members, self.table_size)?;
-            let slot = slots[v.name.as_str()].clone();
-            let mut slot = slot;
-            if slot.table.as_ref() != Some(&table) {
-                let half = 1 - slot.half;
-                let base = (slot.index * 2 + half) * self.table_size;
-                for (i, id) in table.iter().enumerate() {
-                    maps.maglev.set(base + i as u32, *id, 0).context("writing a Maglev table")?;
+            let members: Vec<Member> = v.backends.iter().map(|b| (b.address, b.weight, b.up, self.ids[&b.address].0)).collect();
+            let mut slot = slots.remove(v.name.as_str()).expect("every VIP has a slot");
+            if slot.table.is_none() || slot.members != members {
+                let table = build_table(&members, self.table_size)?;
+                if slot.table.as_ref() != Some(&table) {
+                    let half = 1 - slot.half;
+                    let base = (slot.index * 2 + half) * self.table_size;
+                    for (i, id) in table.iter().enumerate() {
+                        maps.maglev.set(base + i as u32, *id, 0).context("writing a Maglev table")?;
+                    }
+                    self.writes += u64::from(self.table_size);
+                    slot.half = half;
+                    slot.table = Some(table);
                 }
-                slot.half = half;
-                slot.table = Some(table.clone());
+                slot.members = members;
             }
             let base = (slot.index * 2 + slot.half) * self.table_size;
             let mut rules = Vec::new();
@@ -344,19 +374,21 @@ impl BalancerWriter {
                 let key = service_key(v.address, *proto, *port);
                 let ord = ServiceKeyOrd::from(&key);
                 let stats_index = match self.services.get(&ord) {
-                    Some(i) => *i,
+                    Some(s) => s.stats_index,
                     None => {
-                        let used: BTreeSet<u32> = self.services.values().copied().collect();
+                        let used: BTreeSet<u32> = self.services.values().map(|s| s.stats_index).collect();
                         let i = (0..MAX_SERVICES).find(|i| !used.contains(i)).context("no free service slot")?;
                         maps.service_stats.set(i, aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); nr_cpus()?])?, 0)?;
+                        self.writes += 1;
                         i
                     }
                 };
                 let svc = Service { table_base: base, table_size: self.table_size, stats_index, target_port: *target, mode: v.mode as u8, _pad: 0 };
-                if maps.services.get(&key, 0).ok() != Some(svc) {
+                if self.services.get(&ord) != Some(&svc) {
                     maps.services.insert(key, svc, 0).with_context(|| format!("writing service {} {proto}/{port}", v.address))?;
+                    self.services.insert(ord, svc);
+                    self.writes += 1;
                 }
-                self.services.insert(ord, stats_index);
                 wanted_services.insert(ord);
                 rules.push(AppliedRule { proto: *proto, port: *port, target_port: *target, stats_index });
             }
@@ -364,7 +396,7 @@ impl BalancerWriter {
             applied.push(AppliedVip {
                 name: v.name.clone(),
                 address: v.address,
-                mode: mode_name(v.mode).to_string(),
+                mode: v.mode.name().to_string(),
                 table: slot.index,
                 rules,
                 backends: v
@@ -385,18 +417,22 @@ impl BalancerWriter {
         for k in stale {
             let _ = maps.services.remove(&k.key());
             self.services.remove(&k);
+            self.writes += 1;
         }
         self.vips.retain(|name, _| d.vips.iter().any(|v| &v.name == name));
         let gone: Vec<IpAddr> = self.ids.keys().filter(|a| !addresses.contains(a)).copied().collect();
         for a in gone {
             let (id, generation) = self.ids.remove(&a).unwrap();
             let _ = maps.backends.set(id, BackendInfo::vacant(generation), 0);
+            self.backends.insert(id, BackendInfo::vacant(generation));
+            self.writes += 1;
         }
         let keep: BTreeSet<u32> = d.egress.iter().copied().collect();
         let extra: Vec<u32> = self.egress.iter().filter(|i| !keep.contains(i)).copied().collect();
         for ifindex in extra {
             let _ = maps.egress.remove(ifindex);
             self.egress.remove(&ifindex);
+            self.writes += 1;
         }
         Ok(applied)
     }

@@ -23,7 +23,7 @@ use toml::Spanned;
 
 mod balancer;
 mod swarm;
-pub use balancer::{BackendConfig, BalancerConfig, ForwardMode, HealthCheck, HealthProtocol, Rule, VipConfig, DEFAULT_SNAT_PORTS};
+pub use balancer::{BackendConfig, BalancerConfig, HealthCheck, HealthProtocol, Rule, VipConfig, DEFAULT_SNAT_PORTS};
 pub use swarm::{SwarmAdditions, SwarmConfig};
 
 /// Where the maps are pinned unless `[settings].pin_path` says otherwise.

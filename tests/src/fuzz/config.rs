@@ -7,7 +7,7 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{
-    balancer::{MAX_BACKENDS_PER_VIP, MAX_VIPS, NO_BACKEND},
+    balancer::{Mode, MAX_BACKENDS_PER_VIP, MAX_VIPS, NO_BACKEND},
     isolator::{MAX_INTERFACES, MAX_PORT_ENTRIES, MAX_SLOTS, MAX_SOURCE_PREFIXES, PROTECTED},
     maglev::{is_prime, MAX_TABLE_SIZE},
     model::Policy,
@@ -15,7 +15,7 @@ use lb_common::{
 };
 use lb_user::{
     datapath::balancer_writer::build_table,
-    source::config::{BalancerConfig, CompiledPolicy, Config, ConfigError, ForwardMode, ReferencePolicy},
+    source::config::{BalancerConfig, CompiledPolicy, Config, ConfigError, ReferencePolicy},
 };
 
 /// Source prefixes per zone whose longest-prefix-match answer is compared
@@ -153,7 +153,7 @@ fn check_balancer(b: &BalancerConfig) {
         for r in &v.rules {
             assert!(r.port != 0 && r.target_port != 0);
             assert!(r.proto == IPPROTO_TCP || r.proto == IPPROTO_UDP);
-            assert!(v.mode == ForwardMode::Nat || r.port == r.target_port, "{} mode rewrites a port", v.mode);
+            assert!(v.mode == Mode::Nat || r.port == r.target_port, "{} mode rewrites a port", v.mode.name());
             assert!(services.insert((v.address, r.proto, r.port)), "service {} {}/{} twice", v.address, r.proto, r.port);
         }
         assert!(v.backends.len() <= MAX_BACKENDS_PER_VIP && v.backends.len() < b.table_size as usize);

@@ -1,4 +1,5 @@
 use super::*;
+use lb_common::balancer::Mode;
 
 fn err(text: &str) -> String {
     Config::parse(text, "t.toml").expect_err("config must be rejected").to_string()
@@ -186,14 +187,14 @@ fn balancer_section_parses_with_defaults() {
     assert_eq!((b.tcp_closed_timeout, b.tcp_time_wait_timeout), (std::time::Duration::from_secs(10), std::time::Duration::from_secs(120)));
     assert_eq!((b.flow_table_size, b.nat_table_size), (262_144, 262_144));
     let web = &b.vips[0];
-    assert_eq!((web.name.as_str(), web.mode), ("web", ForwardMode::Nat));
+    assert_eq!((web.name.as_str(), web.mode), ("web", Mode::Nat));
     assert_eq!(web.rules[1], Rule { proto: IPPROTO_TCP, port: 80, target_port: 8080 });
     assert_eq!(web.rules[2], Rule { proto: IPPROTO_UDP, port: 53, target_port: 53 });
     let weights: Vec<u32> = web.backends.iter().map(|b| b.weight).collect();
     assert_eq!(weights, vec![1, 2, 0]);
     assert_eq!((web.health.protocol, web.health.port, web.health.rise, web.health.fall), (HealthProtocol::Tcp, 443, 3, 5));
     let v6 = &b.vips[1];
-    assert_eq!((v6.name.as_str(), v6.mode), ("2001:db8::10", ForwardMode::Dsr));
+    assert_eq!((v6.name.as_str(), v6.mode), ("2001:db8::10", Mode::Dsr));
     assert_eq!((v6.health.protocol, v6.health.path.as_str(), v6.health.interval.as_secs()), (HealthProtocol::Http, "/healthz", 5));
     assert!(Config::parse("", "t").unwrap().balancer().is_none());
 }
