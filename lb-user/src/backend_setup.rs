@@ -198,7 +198,7 @@ fn attach_decap(interface: &str, pin_dir: &Path) -> Result<AttachMode> {
         .default_map_pin_directory(pin_dir)
         .map_max_entries(MAP_MAGLEV, 1)
         .map_max_entries(MAP_FLOWS, 1)
-        .load(crate::ebpf_object())
+        .load(crate::ebpf_object()?)
         .context("loading the eBPF object")?;
     let prog: &mut Xdp = ebpf.program_mut(PROGRAM_DECAP).context("no decap program in the object")?.try_into()?;
     prog.load().context("loading the decap program (verifier)")?;

@@ -28,10 +28,14 @@ pub fn unix_time() -> f64 {
 }
 
 /// The eBPF object (all of swarmlb's XDP programs), 8-byte aligned as the
-/// ELF parser wants it.
-pub fn ebpf_object() -> &'static [u8] {
+/// ELF parser wants it; an error when this build was made without it
+/// (see `build.rs`).
+pub fn ebpf_object() -> anyhow::Result<&'static [u8]> {
     #[repr(C, align(8))]
     struct Aligned<T: ?Sized>(T);
     static OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(env!("SWARMLB_EBPF_OBJ")));
-    &OBJ.0
+    if OBJ.0.is_empty() {
+        anyhow::bail!("this swarmlb was built without its eBPF object: build it with `cargo xtask build-ebpf`, then build swarmlb again (or use `cargo xtask build`, which does both)");
+    }
+    Ok(&OBJ.0)
 }

@@ -581,7 +581,7 @@ impl KernelDecap {
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(MAP_MAGLEV, 1)
             .map_max_entries(MAP_FLOWS, 1)
-            .load(lb_user::ebpf_object());
+            .load(lb_user::ebpf_object().expect("the eBPF object"));
         // Constructed before anything can fail, so Drop removes the pins.
         let mut me = Self { ebpf: None, pin_dir };
         let mut ebpf = ebpf.expect("object loads");

@@ -266,7 +266,7 @@ impl Datapath {
             .map_max_entries(MAP_MAGLEV, maglev_map_len(sizes.table_size))
             .map_max_entries(MAP_FLOWS, sizes.flows)
             .map_max_entries(MAP_NAT, sizes.nat)
-            .load(crate::ebpf_object())
+            .load(crate::ebpf_object()?)
             .context("loading the eBPF object")?;
         for p in [Program::Isolator, Program::Balancer] {
             program(&mut ebpf, p)?
