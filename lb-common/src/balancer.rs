@@ -24,7 +24,7 @@
 //! removed only by the agent's idle sweep, so a port is never handed to a
 //! second flow while the first one is alive.
 
-use crate::isolator::{FAMILY_V4, FAMILY_V6};
+use crate::wire::{FAMILY_V4, FAMILY_V6};
 
 /// [`ServiceKey`] → [`Service`].
 pub const MAP_SERVICES: &str = "LB_SERVICES";

@@ -40,7 +40,7 @@ use lb_common::balancer::{DecapKey, MAP_DECAP, MAP_FLOWS, MAP_MAGLEV, PROGRAM_DE
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::balancer_writer::addr_key,
+    datapath::maps::addr_key,
     datapath::loader::{ensure_bpffs, remove_pins, AttachMode},
 };
 

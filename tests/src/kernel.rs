@@ -16,7 +16,8 @@
 use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
 use lb_common::{
-    isolator::{counter_index, DropReason, FragEntry, FragKey, Impossible, PassReason, RouteBack, Verdict, FAMILY_V4},
+    isolator::{counter_index, DropReason, FragEntry, FragKey, Impossible, PassReason, RouteBack, Verdict},
+    wire::FAMILY_V4,
     model::{FragmentTable, Host},
 };
 use lb_user::{

@@ -19,12 +19,13 @@ use std::{
 use lb_common::{
     balancer::*,
     balancer_model::{Action, NatInsert, Route, Tables},
-    isolator::{Impossible, RouteBack, FAMILY_V4},
+    isolator::{Impossible, RouteBack},
     model::Host,
-    wire::{IPPROTO_TCP, IPPROTO_UDP},
+    wire::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_user::{
-    datapath::balancer_writer::{addr_key, BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    datapath::balancer_writer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    datapath::maps::addr_key,
     source::config::{Cidr, Config, ReferencePolicy},
     source::netif::HostAddr,
     datapath::loader::{remove_pins, Datapath, MapSizes, Program},
@@ -216,7 +217,7 @@ impl FixtureFib {
     /// The route back to a source `src`, as a reverse-path lookup (no
     /// neighbour needed) sees it.
     pub fn route_back(&self, family: u8, src: &[u8; 16]) -> RouteBack {
-        let a = lb_user::datapath::balancer_writer::key_addr(src, family);
+        let a = lb_user::datapath::maps::key_addr(src, family);
         let own: [IpAddr; 4] =
             ["10.1.0.1".parse().unwrap(), "fd00:1::1".parse().unwrap(), "198.51.100.1".parse().unwrap(), "2001:db8:1::1".parse().unwrap()];
         if own.contains(&a) {
@@ -256,7 +257,7 @@ impl FixtureFib {
 
     /// What the kernel's FIB answers for `dst` (the model's view of it).
     pub fn route(&self, family: u8, dst: &[u8; 16], ip_len: u16) -> Route {
-        let a = lb_user::datapath::balancer_writer::key_addr(dst, family);
+        let a = lb_user::datapath::maps::key_addr(dst, family);
         let on = |prefix: &str, len: u32| -> bool {
             let p: IpAddr = prefix.parse().unwrap();
             match (a, p) {

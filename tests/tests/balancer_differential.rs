@@ -22,7 +22,10 @@ use lb_common::{
     maglev::flow_hash,
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
-use lb_user::datapath::balancer_writer::{addr_key, Desired, DesiredBackend};
+use lb_user::datapath::{
+    balancer_writer::{Desired, DesiredBackend},
+    maps::addr_key,
+};
 
 
 fn ip(s: &str) -> IpAddr {
@@ -111,7 +114,7 @@ fn remembered(kb: &KernelBalancer, src: &str, sport: u16, dst: &str, dport: u16,
 
 fn backend_addr(kb: &KernelBalancer, id: u32) -> IpAddr {
     let b = kb.maps().backends.get(&id, 0).unwrap();
-    lb_user::datapath::balancer_writer::key_addr(&b.addr, b.family)
+    lb_user::datapath::maps::key_addr(&b.addr, b.family)
 }
 
 #[test]
@@ -563,8 +566,8 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         // A packet of a flow seen before (its backend may have changed).
         let keys: Vec<&FlowKey> = model.flows.keys().collect();
         let k = **rng.pick(&keys);
-        let src = lb_user::datapath::balancer_writer::key_addr(&k.src, k.family).to_string();
-        let dst = lb_user::datapath::balancer_writer::key_addr(&k.dst, k.family).to_string();
+        let src = lb_user::datapath::maps::key_addr(&k.src, k.family).to_string();
+        let dst = lb_user::datapath::maps::key_addr(&k.dst, k.family).to_string();
         let l4 = if k.proto == IPPROTO_TCP {
             L4::Tcp { sport: k.src_port, dport: k.dst_port, seq: 1, ack: 1, flags: 0x18, window: 500, payload: vec![1; 64] }
         } else {
@@ -576,15 +579,15 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         // random amount of it.
         let keys: Vec<&FlowKey> = model.flows.keys().collect();
         let k = **rng.pick(&keys);
-        let client = lb_user::datapath::balancer_writer::key_addr(&k.src, k.family).to_string();
-        let vip = lb_user::datapath::balancer_writer::key_addr(&k.dst, k.family).to_string();
+        let client = lb_user::datapath::maps::key_addr(&k.src, k.family).to_string();
+        let vip = lb_user::datapath::maps::key_addr(&k.dst, k.family).to_string();
         let l4 = if k.proto == IPPROTO_TCP {
             L4::Tcp { sport: k.dst_port, dport: k.src_port, seq: 3, ack: 4, flags: 0x18, window: 9, payload: vec![2; 600] }
         } else {
             L4::udp(k.dst_port, k.src_port, &[3; 600])
         };
         let sent = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), &vip, &client, &l4, |_| {}, |_| {});
-        let router = if k.family == lb_common::isolator::FAMILY_V4 { "198.51.100.9" } else { "2001:db8:1::9" };
+        let router = if k.family == lb_common::wire::FAMILY_V4 { "198.51.100.9" } else { "2001:db8:1::9" };
         let quote = *rng.pick(&[20usize, 28, 40, 48, 60, 300]);
         let ttl = *rng.pick(&[64u8, 64, 1]);
         let err = icmp_error(router, &vip, &sent[14..], quote, ttl);
@@ -593,8 +596,8 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         // A reply to one of the NAT entries, or to a port nobody holds.
         let keys: Vec<&NatKey> = model.nat.keys().collect();
         let k = **rng.pick(&keys);
-        let backend = lb_user::datapath::balancer_writer::key_addr(&k.backend, k.family).to_string();
-        let inside = if k.family == lb_common::isolator::FAMILY_V4 { "10.1.0.1" } else { "fd00:1::1" };
+        let backend = lb_user::datapath::maps::key_addr(&k.backend, k.family).to_string();
+        let inside = if k.family == lb_common::wire::FAMILY_V4 { "10.1.0.1" } else { "fd00:1::1" };
         let nat_port = if rng.below(10) == 0 { rng.below(65536) as u16 } else { k.nat_port };
         let l4 = if k.proto == IPPROTO_TCP { reply_to(nat_port) } else { L4::udp(k.backend_port, nat_port, b"answer") };
         // SYN-ACKs, data, and the FINs and RSTs that mark an entry closing.
@@ -929,7 +932,7 @@ fn a_closed_connection_gives_its_snat_port_back() {
     let nat_entry = |kb: &KernelBalancer, sport: u16| -> (NatKey, NatEntry) {
         let flow = flow_of(kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP);
         let backend = addr_key(backend_addr(kb, flow.backend)).0;
-        let key = NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::isolator::FAMILY_V4, _pad: [0; 2] };
+        let key = NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::wire::FAMILY_V4, _pad: [0; 2] };
         (key, kb.maps().nat.get(&key, 0).expect("a NAT entry"))
     };
     // Five connections, each with its handshake (client ISN 1, backend
@@ -944,7 +947,7 @@ fn a_closed_connection_gives_its_snat_port_back() {
     };
     let from_backend = |kb: &mut KernelBalancer, model: &mut ModelTables, sport, seq, ack, flags| -> Outcome {
         let (key, _) = nat_entry(kb, sport);
-        let backend = lb_user::datapath::balancer_writer::key_addr(&key.backend, key.family);
+        let backend = lb_user::datapath::maps::key_addr(&key.backend, key.family);
         let l4 = L4::Tcp { sport: 443, dport: key.nat_port, seq, ack, flags, window: 1000, payload: vec![] };
         let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), "10.1.0.1", &l4, |_| {}, |_| {});
         both(kb, model, &frame, in_if).0

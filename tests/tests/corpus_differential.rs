@@ -410,7 +410,7 @@ fn balancer_matches_its_model_on_every_header_combination() {
     assert!(entries.len() >= 4, "the clients' packets made NAT entries of both families and protocols: {entries:?}");
     let in_if = kb.net.in_ifindex;
     for k in &entries {
-        let backend = lb_user::datapath::balancer_writer::key_addr(&k.backend, k.family);
+        let backend = lb_user::datapath::maps::key_addr(&k.backend, k.family);
         let inside = if backend.is_ipv4() { ip("10.1.0.1") } else { ip("fd00:1::1") };
         let reply = Flow { src: backend, dst: inside, sport: k.backend_port, dport: k.nat_port };
         let base = corpus::build(&[reply], neighbour_mac(backend), in_mac);

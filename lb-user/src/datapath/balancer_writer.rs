@@ -13,9 +13,10 @@
 //!
 //! Nothing else writes these maps, so the writer compares each apply with
 //! its own record of what it wrote and writes only the difference: one
-//! backend's health flip rewrites that backend's entry and the idle half
-//! of its VIPs' tables, then flips their services; other VIPs' tables are
-//! not even rebuilt.
+//! backend's health flip rewrites that backend's entry and, in the idle half
+//! of its VIPs' tables, the slots that differ from what that half holds
+//! (the table before the last flip: nothing at all when a backend flaps),
+//! then flips their services; other VIPs' tables are not even rebuilt.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,12 +26,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_common::{
     balancer::*,
-    isolator::{FAMILY_V4, FAMILY_V6},
     maglev,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::maps::BalancerMaps;
+use crate::datapath::maps::{addr_key, key_addr, service_key, BalancerMaps};
 
 /// A backend as the control plane wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,23 +97,6 @@ pub struct AppliedVip {
     pub backends: Vec<AppliedBackend>,
 }
 
-/// The 16-byte key form of an address, and its family.
-pub fn addr_key(a: IpAddr) -> ([u8; 16], u8) {
-    match a {
-        IpAddr::V4(v4) => (v4_key(v4.octets()), FAMILY_V4),
-        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
-    }
-}
-
-/// The address a 16-byte key holds.
-pub fn key_addr(addr: &[u8; 16], family: u8) -> IpAddr {
-    if family == FAMILY_V6 {
-        IpAddr::V6(Ipv6Addr::from(*addr))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    }
-}
-
 /// A backend's Maglev identity: the same on every edge host (FNV-1a over
 /// family and address), so two edges build the same table.
 pub fn backend_key(a: IpAddr) -> u64 {
@@ -158,6 +141,10 @@ struct VipSlot {
     half: u32,
     /// Its contents, when known (not after adoption).
     table: Option<Vec<u32>>,
+    /// The other half's contents, when known: the table before the last
+    /// flip. The kernel does not read it, so the next table is written
+    /// over it slot by slot where the two differ.
+    idle: Option<Vec<u32>>,
     /// The members it was built from: the same members build the same
     /// table, so it is not built again.
     members: Vec<Member>,
@@ -334,7 +321,7 @@ impl BalancerWriter {
                 // After a restart, a VIP's services still point at its table.
                 v.rules.iter().find_map(|(proto, port, _)| {
                     let base = maps.services.get(&service_key(v.address, *proto, *port), 0).ok()?.table_base;
-                    Some(VipSlot { index: base / (2 * self.table_size), half: (base / self.table_size) % 2, table: None, members: Vec::new() })
+                    Some(VipSlot { index: base / (2 * self.table_size), half: (base / self.table_size) % 2, table: None, idle: None, members: Vec::new() })
                 })
             });
             if let Some(s) = known {
@@ -348,7 +335,7 @@ impl BalancerWriter {
         for v in &d.vips {
             if !slots.contains_key(v.name.as_str()) {
                 let index = free_tables.next().context("no free Maglev table")?;
-                slots.insert(&v.name, VipSlot { index, half: 1, table: None, members: Vec::new() });
+                slots.insert(&v.name, VipSlot { index, half: 1, table: None, idle: None, members: Vec::new() });
             }
         }
         for v in &d.vips {
@@ -359,12 +346,19 @@ impl BalancerWriter {
                 if slot.table.as_ref() != Some(&table) {
                     let half = 1 - slot.half;
                     let base = (slot.index * 2 + half) * self.table_size;
-                    for (i, id) in table.iter().enumerate() {
-                        maps.maglev.set(base + i as u32, *id, 0).context("writing a Maglev table")?;
+                    // Until the half is written, the record must not claim
+                    // to know what it holds (an error stops half way).
+                    if let Some(known) = self.vips.get_mut(&v.name) {
+                        known.idle = None;
                     }
-                    self.writes += u64::from(self.table_size);
+                    for (i, id) in table.iter().enumerate() {
+                        if slot.idle.as_ref().is_none_or(|idle| idle[i] != *id) {
+                            maps.maglev.set(base + i as u32, *id, 0).context("writing a Maglev table")?;
+                            self.writes += 1;
+                        }
+                    }
                     slot.half = half;
-                    slot.table = Some(table);
+                    slot.idle = slot.table.replace(table);
                 }
                 slot.members = members;
             }
@@ -446,12 +440,6 @@ fn table_counts(table: &[u32]) -> BTreeMap<u32, u32> {
         }
     }
     c
-}
-
-/// The map key of a VIP's rule.
-pub fn service_key(address: IpAddr, proto: u8, port: u16) -> ServiceKey {
-    let (addr, family) = addr_key(address);
-    ServiceKey { addr, port, proto, family }
 }
 
 fn nr_cpus() -> Result<usize> {

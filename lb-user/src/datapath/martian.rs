@@ -37,7 +37,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key;
-use lb_common::isolator::{IfAddrV4, IfAddrV6, Impossible, FAMILY_V4, IFINDEX_BITS};
+use lb_common::{
+    isolator::{IfAddrV4, IfAddrV6, Impossible, IFINDEX_BITS},
+    wire::FAMILY_V4,
+};
 
 use crate::{source::config::Cidr, source::netif::HostAddr, datapath::maps::IsolatorMaps};
 
@@ -216,6 +219,7 @@ impl Rules {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb_common::wire::FAMILY_V6;
 
     fn a(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -228,7 +232,7 @@ mod tests {
                 b[..4].copy_from_slice(&v4.octets());
                 (FAMILY_V4, b)
             }
-            IpAddr::V6(v6) => (lb_common::isolator::FAMILY_V6, v6.octets()),
+            IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
         }
     }
 

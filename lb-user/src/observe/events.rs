@@ -3,7 +3,10 @@
 use std::{net::IpAddr, path::Path};
 
 use anyhow::Result;
-use lb_common::isolator::{DropEvent, DropReason, Impossible, FAMILY_V4, FAMILY_V6};
+use lb_common::{
+    isolator::{DropEvent, DropReason, Impossible},
+    wire::{FAMILY_V4, FAMILY_V6},
+};
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 

@@ -197,7 +197,7 @@ impl ForgeLab {
             .nat
             .keys()
             .filter_map(Result::ok)
-            .map(|k| (lb_user::datapath::balancer_writer::key_addr(&k.backend, k.family), k.backend_port, k.nat_port, k.proto))
+            .map(|k| (lb_user::datapath::maps::key_addr(&k.backend, k.family), k.backend_port, k.nat_port, k.proto))
             .collect())
     }
 
