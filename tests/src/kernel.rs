@@ -20,8 +20,10 @@ use lb_common::{
     wire::FAMILY_V4,
     model::{FragmentTable, Host},
 };
+use crate::test_run::TestRun as _;
+use crate::reference_policy::ReferencePolicy;
 use lb_user::{
-    source::config::{Cidr, Config, ReferencePolicy},
+    source::config::{Cidr, Config},
     source::netif::HostAddr,
     datapath::loader::{remove_pins, Datapath, Program},
     datapath::maps::IsolatorMaps,

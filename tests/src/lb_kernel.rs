@@ -23,10 +23,12 @@ use lb_common::{
     model::Host,
     wire::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP},
 };
+use crate::test_run::TestRun as _;
+use crate::reference_policy::ReferencePolicy;
 use lb_user::{
     datapath::balancer_writer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
     datapath::maps::addr_key,
-    source::config::{Cidr, Config, ReferencePolicy},
+    source::config::{Cidr, Config},
     source::netif::HostAddr,
     datapath::loader::{remove_pins, Datapath, MapSizes, Program},
     datapath::maps::{BalancerMaps, IsolatorMaps},

@@ -16,7 +16,8 @@ mod common;
 
 use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Instant};
 
-use lb_user::{source::config::ReferencePolicy, datapath::maps::IsolatorMaps};
+use harness::reference_policy::ReferencePolicy;
+use lb_user::datapath::maps::IsolatorMaps;
 
 use common::gen::{FORGED4, FORGED6, NODE4, NODE6, OUT4, OUT6, TRUST4, TRUST6};
 use harness::{
@@ -165,7 +166,7 @@ fn isolator_matches_its_model_on_every_header_combination() {
 /// and notes each frame counted under another reason there.
 fn isolator_chunk(
     k: &mut KernelIsolator,
-    reference: &lb_user::source::config::ReferencePolicy,
+    reference: &ReferencePolicy,
     frags: &mut ModelFrags,
     chunk: &[Case],
     r: &mut Report,

@@ -13,9 +13,10 @@ use lb_common::{
     model::Policy,
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
+use crate::reference_policy::ReferencePolicy;
 use lb_user::{
     datapath::balancer_writer::build_table,
-    source::config::{BalancerConfig, CompiledPolicy, Config, ConfigError, ReferencePolicy},
+    source::config::{BalancerConfig, CompiledPolicy, Config, ConfigError},
 };
 
 /// Source prefixes per zone whose longest-prefix-match answer is compared

@@ -30,10 +30,10 @@ use lb_common::{
     model::{self, Policy},
     wire::*,
 };
+use crate::reference_policy::ReferencePolicy;
 use lb_user::{
     datapath::balancer_writer::{build_table, Desired, DesiredBackend, DesiredVip},
     datapath::maps::addr_key,
-    source::config::ReferencePolicy,
 };
 
 use crate::{

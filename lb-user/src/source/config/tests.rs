@@ -112,47 +112,6 @@ fn example_files_parse() {
     }
 }
 
-/// Longest-prefix match over the flattened entries equals the semantic
-/// "every prefix containing the address" of the reference policy.
-#[test]
-fn flattening_matches_the_reference() {
-    let mut seed = 0x1234_5678_9abc_def0u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    for _ in 0..50 {
-        let mut allow = Vec::new();
-        let mut nodes = Vec::new();
-        for i in 0..12 {
-            let len = (next() % 33) as u8;
-            let addr = [10, (next() % 4) as u8, (next() % 4) as u8, (next() % 256) as u8];
-            let c = Cidr::V4(addr, len).masked();
-            if i % 2 == 0 { allow.push(c) } else { nodes.push(c) }
-        }
-        let text = format!(
-            "[[interface]]\nname='e'\nzone='z'\n[zone.z]\nallow={:?}\n[cluster]\nnodes={:?}\n",
-            allow.iter().map(Cidr::to_string).collect::<Vec<_>>(),
-            nodes.iter().map(Cidr::to_string).collect::<Vec<_>>()
-        );
-        let cfg = Config::parse(&text, "t").unwrap();
-        let compiled = cfg.compile();
-        let reference = ReferencePolicy::new(&cfg, &HashMap::from([("e".into(), 1)]), &HashMap::from([("z".into(), 0)]));
-        for _ in 0..500 {
-            let addr = [10, (next() % 4) as u8, (next() % 4) as u8, (next() % 256) as u8];
-            let lpm = compiled.zones[0]
-                .sources_v4
-                .iter()
-                .filter(|((a, l), _)| Cidr::V4(*a, *l).contains(&Cidr::V4(addr, 32)))
-                .max_by_key(|((_, l), _)| *l)
-                .map_or(0, |(_, s)| *s);
-            assert_eq!(lpm, reference.source_sets_v4(0, addr), "{addr:?} under {text}");
-        }
-    }
-}
-
 const LB: &str = r#"
 [balancer]
 outside_interfaces = ["eth1"]
