@@ -156,7 +156,7 @@ impl Fixture {
     }
 
     /// A client's packet to `vip`, arriving on the outside.
-    fn from_client(&mut self, client: &str, vip: &str, l4: &L4) -> (Outcome, Vec<u8>) {
+    fn client_sends(&mut self, client: &str, vip: &str, l4: &L4) -> (Outcome, Vec<u8>) {
         let frame = client_frame(&self.kb, client, vip, l4);
         self.run(&frame, self.out_if)
     }
@@ -176,7 +176,7 @@ impl Fixture {
 fn nat_ipv4_rewrites_a_flow_both_ways() {
     let Some(mut fx) = Fixture::new("lbfxnat4") else { return };
     let syn = L4::tcp_syn(40000, 443);
-    let (o, out) = fx.from_client(CLIENT_V4, NAT4, &syn);
+    let (o, out) = fx.client_sends(CLIENT_V4, NAT4, &syn);
     assert_eq!(o.action, Action::Redirect(fx.in_if));
     let flow = flow_of(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP);
     let backend = backend_addr(&fx.kb, flow.backend);
@@ -191,11 +191,11 @@ fn nat_ipv4_rewrites_a_flow_both_ways() {
 
     // The SYN again (a retransmission, or a new connection on the same
     // port): placed by the table again, the same backend and SNAT port.
-    let (o, out2) = fx.from_client(CLIENT_V4, NAT4, &syn);
+    let (o, out2) = fx.client_sends(CLIENT_V4, NAT4, &syn);
     assert_eq!(o.counter, Some(LbCounter::NewFlow));
     assert_eq!(out2, expected);
     // The connection's next packet: a hit, no new flow.
-    let (o, _) = fx.from_client(CLIENT_V4, NAT4, &L4::tcp_ack(40000, 443, &[]));
+    let (o, _) = fx.client_sends(CLIENT_V4, NAT4, &L4::tcp_ack(40000, 443, &[]));
     assert_eq!(o.counter, Some(LbCounter::FlowHit));
 
     // The backend's reply goes back to the client, from the VIP.
@@ -215,7 +215,7 @@ fn nat_ipv4_rewrites_a_flow_both_ways() {
     // The client's ACK of the SYN-ACK proves the flow: now remembered.
     assert!(!remembered(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP), "an unproven flow is not remembered");
     let ack = L4::Tcp { sport: 40000, dport: 443, seq: 0x1000_0001, ack: 8, flags: 0x10, window: 1000, payload: Vec::new() };
-    let (o, _) = fx.from_client(CLIENT_V4, NAT4, &ack);
+    let (o, _) = fx.client_sends(CLIENT_V4, NAT4, &ack);
     assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::FlowProven)));
     assert!(remembered(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP));
     fx.finish();
@@ -225,9 +225,9 @@ fn nat_ipv4_rewrites_a_flow_both_ways() {
 #[test]
 fn nat_rules_change_the_port_and_keep_a_zero_udp_checksum() {
     let Some(mut fx) = Fixture::new("lbfxport") else { return };
-    let (_, out) = fx.from_client(CLIENT_V4, NAT4, &L4::tcp_syn(40001, 80));
+    let (_, out) = fx.client_sends(CLIENT_V4, NAT4, &L4::tcp_syn(40001, 80));
     assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8080);
-    fx.from_client(CLIENT_V4, NAT4, &L4::udp(5353, 53, b"query"));
+    fx.client_sends(CLIENT_V4, NAT4, &L4::udp(5353, 53, b"query"));
     let mut zero = client_frame(&fx.kb, CLIENT_V4, NAT4, &L4::udp(5354, 53, b"query"));
     zero[40] = 0;
     zero[41] = 0;
@@ -286,7 +286,7 @@ fn dsr_l2_changes_only_the_macs() {
 #[test]
 fn nat_ipv6_rewrites_a_flow_both_ways() {
     let Some(mut fx) = Fixture::new("lbfxnat6") else { return };
-    let (_, out) = fx.from_client(CLIENT_V6, NAT6, &L4::tcp_syn(40000, 443));
+    let (_, out) = fx.client_sends(CLIENT_V6, NAT6, &L4::tcp_syn(40000, 443));
     let flow = flow_of(&fx.kb, CLIENT_V6, 40000, NAT6, 443, IPPROTO_TCP);
     let backend = backend_addr(&fx.kb, flow.backend);
     let expected = {
@@ -378,7 +378,7 @@ fn too_big_packets_are_answered_with_the_mtu_the_client_may_use() {
     assert_eq!((o.counter, &out[40..42]), (Some(LbCounter::IcmpTooBigSent), &[0x05u8, 0xdc][..]));
 
     let fits = L4::Tcp { sport: 40003, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1440] };
-    let (o, _) = fx.from_client(CLIENT_V4, DSR4, &fits);
+    let (o, _) = fx.client_sends(CLIENT_V4, DSR4, &fits);
     assert_eq!(o.action, Action::Redirect(fx.in_if));
     fx.finish();
 }
@@ -387,7 +387,7 @@ fn too_big_packets_are_answered_with_the_mtu_the_client_may_use() {
 #[test]
 fn a_down_backends_flows_move_to_the_others() {
     let Some(mut fx) = Fixture::new("lbfxdown") else { return };
-    fx.from_client(CLIENT_V4, NAT4, &L4::tcp_syn(40000, 443));
+    fx.client_sends(CLIENT_V4, NAT4, &L4::tcp_syn(40000, 443));
     prove(&mut fx.kb, &mut fx.model, &mut fx.m, (CLIENT_V4, 40000), NAT4);
     let down = backend_addr(&fx.kb, flow_of(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP).backend);
     let mut d = desired();
@@ -398,7 +398,7 @@ fn a_down_backends_flows_move_to_the_others() {
     fx.kb.apply(&d);
     fx.model.reload(fx.kb.maps());
     // The connection's next packet (a SYN would be a new connection).
-    let (o, _) = fx.from_client(CLIENT_V4, NAT4, &L4::tcp_ack(40000, 443, &[]));
+    let (o, _) = fx.client_sends(CLIENT_V4, NAT4, &L4::tcp_ack(40000, 443, &[]));
     assert!(o.moved && o.counter == Some(LbCounter::NewFlow));
     assert_ne!(backend_addr(&fx.kb, flow_of(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP).backend), down);
     fx.finish();
