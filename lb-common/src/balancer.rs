@@ -24,7 +24,7 @@
 //! removed only by the agent's idle sweep, so a port is never handed to a
 //! second flow while the first one is alive.
 
-use crate::isolator::{FAMILY_V4, FAMILY_V6};
+use crate::wire::{FAMILY_V4, FAMILY_V6};
 
 /// [`ServiceKey`] → [`Service`].
 pub const MAP_SERVICES: &str = "LB_SERVICES";
@@ -148,6 +148,15 @@ impl Mode {
             1 => Some(Mode::Dsr),
             2 => Some(Mode::DsrL2),
             _ => None,
+        }
+    }
+
+    /// The mode's name in the config, the status and the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::DsrL2 => "dsr-l2",
         }
     }
 }

@@ -94,7 +94,6 @@
 use crate::{
     balancer::*,
     csum,
-    isolator::{FAMILY_V4, FAMILY_V6},
     maglev::flow_hash,
     nat_state::{self, Segment},
     wire::*,

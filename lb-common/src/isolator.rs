@@ -345,9 +345,9 @@ pub struct SourceV6 {
 /// Prefix bits taken by the slot in a source key.
 pub const SOURCE_SLOT_BITS: u32 = 32;
 
-/// Address family tag used in [`FragKey`] and [`DropEvent`].
-pub const FAMILY_V4: u8 = 4;
-pub const FAMILY_V6: u8 = 6;
+// The family tags of [`FragKey`] and [`DropEvent`] are shared with the
+// balancer: they live in `wire`, re-exported here for the programs.
+pub use crate::wire::{FAMILY_V4, FAMILY_V6};
 
 /// Identifies one datagram's fragments, as the kernel's reassembly does:
 /// IPv4 by (src, dst, id, protocol); IPv6 by (src, dst, id) — `proto` is 0.

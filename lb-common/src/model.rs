@@ -46,7 +46,7 @@
 
 use crate::isolator::{
     is_allowed, reverse_path_drop, DropReason, FragEntry, FragKey, FragVerdict, Impossible, PassReason, PortStatsKey,
-    ReversePath, RouteBack, Verdict, ZoneBinding, FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
+    ReversePath, RouteBack, Verdict, ZoneBinding, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
 };
 use crate::wire::*;
 

@@ -1,5 +1,11 @@
 //! Protocol numbers and header sizes the data path and the model both use.
 
+/// The address family tag of swarmlb's map keys and events (fragment
+/// keys, drop events, services, backends, flows, NAT entries): IPv4.
+pub const FAMILY_V4: u8 = 4;
+/// The address family tag for IPv6 (see [`FAMILY_V4`]).
+pub const FAMILY_V6: u8 = 6;
+
 /// Ethernet header length (destination, source, EtherType).
 pub const ETH_HLEN: usize = 14;
 /// One 802.1Q / 802.1ad tag (TCI + inner EtherType).

@@ -1,31 +1,41 @@
-//! swarmlb's user space: configuration, loading the XDP programs, writing
-//! their maps, and reading them back for `swarmlb status`.
+//! swarmlb's user space: the agent that loads the XDP programs, keeps their
+//! maps in line with what its sources say, and reports what they do.
 //!
-//! Data flows one way: [`config`] → [`policy`] (maps writer) → kernel.
-//! [`maps`] is the only module that opens BPF maps.
+//! Data flows one way:
+//!
+//! ```text
+//! source::{config, swarm, health, netif} → desired state → reconciler (diff) → datapath writers → kernel
+//!                                                                             observe::{state, status, metrics, watch, events}
+//! ```
+//!
+//! [`source`] holds the inputs, [`reconcile`] turns them into writes,
+//! [`datapath`] is the only code that loads programs and writes maps,
+//! [`observe`] reads them back for people, and [`agent`] is the daemon
+//! (`swarmlb run`) that wires them together.
+//! [`backend_setup`] is the separate `swarmlb backend-setup` command for
+//! DSR backends.
 
-pub mod backend;
-pub mod balancer;
-pub mod config;
-pub mod events;
-pub mod loader;
-pub mod health;
-pub mod host;
-pub mod maps;
-pub mod martian;
-pub mod metrics;
-pub mod policy;
-pub mod state;
-pub mod status;
-pub mod swarm;
-pub mod sweep;
-pub mod watch;
+pub mod agent;
+pub mod backend_setup;
+pub mod datapath;
+pub mod observe;
+pub mod reconcile;
+pub mod source;
+
+/// Unix time in seconds (the state file's and the Swarm's timestamps).
+pub fn unix_time() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// The eBPF object (all of swarmlb's XDP programs), 8-byte aligned as the
-/// ELF parser wants it.
-pub fn ebpf_object() -> &'static [u8] {
+/// ELF parser wants it; an error when this build was made without it
+/// (see `build.rs`).
+pub fn ebpf_object() -> anyhow::Result<&'static [u8]> {
     #[repr(C, align(8))]
     struct Aligned<T: ?Sized>(T);
     static OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!(env!("SWARMLB_EBPF_OBJ")));
-    &OBJ.0
+    if OBJ.0.is_empty() {
+        anyhow::bail!("this swarmlb was built without its eBPF object: build it with `cargo xtask build-ebpf`, then build swarmlb again (or use `cargo xtask build`, which does both)");
+    }
+    Ok(&OBJ.0)
 }

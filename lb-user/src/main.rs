@@ -3,9 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_user::{config::Config, state::DEFAULT_RUNTIME_DIR, status};
-
-mod daemon;
+use lb_user::{agent, observe::state::DEFAULT_RUNTIME_DIR, observe::status, source::config::Config};
 
 /// swarmlb — XDP port isolator and L4 load balancer for Docker Swarm.
 #[derive(Parser)]
@@ -41,7 +39,7 @@ enum Command {
     /// maps (flows, NAT state, counters). Refuses while `swarmlb run` runs.
     Down {
         /// The pin path of the config (`settings.pin_path`).
-        #[arg(long, default_value = lb_user::config::DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = lb_user::source::config::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
         #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
@@ -64,12 +62,12 @@ enum Command {
         #[arg(long = "edge")]
         edges: Vec<std::net::IpAddr>,
         #[arg(long, value_enum, default_value = "dsr")]
-        mode: lb_user::backend::BackendMode,
+        mode: lb_user::backend_setup::BackendMode,
         /// Where the program's pins live.
-        #[arg(long, default_value = lb_user::backend::DEFAULT_BACKEND_PIN_PATH)]
+        #[arg(long, default_value = lb_user::backend_setup::DEFAULT_BACKEND_PIN_PATH)]
         pin_path: PathBuf,
         /// Where the record of what was changed lives (for --undo).
-        #[arg(long, default_value = lb_user::backend::DEFAULT_BACKEND_STATE_DIR)]
+        #[arg(long, default_value = lb_user::backend_setup::DEFAULT_BACKEND_STATE_DIR)]
         state_dir: PathBuf,
         /// Remove what an earlier setup did.
         #[arg(long)]
@@ -110,26 +108,26 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, runtime_dir, log_format } => {
             init_logging(log_format);
-            daemon::run(&config, &runtime_dir)
+            agent::run(&config, &runtime_dir)
         }
-        Command::Down { pin_path, runtime_dir } => daemon::down(&pin_path, &runtime_dir),
+        Command::Down { pin_path, runtime_dir } => agent::down(&pin_path, &runtime_dir),
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
                 for w in cfg.warnings() {
                     eprintln!("warning: {w}");
                 }
-                print!("{}", daemon::describe(&cfg));
+                print!("{}", agent::describe(&cfg));
                 Ok(())
             }
             Err(e) => Err(e.into()),
         },
-        Command::Reload { runtime_dir } => daemon::signal_reload(&runtime_dir),
+        Command::Reload { runtime_dir } => agent::signal_reload(&runtime_dir),
         Command::BackendSetup { interface, vips, edges, mode, pin_path, state_dir, undo } => {
             init_logging(LogFormat::Text);
             if undo {
-                lb_user::backend::undo(&pin_path, &state_dir)
+                lb_user::backend_setup::undo(&pin_path, &state_dir)
             } else {
-                lb_user::backend::setup(interface.as_deref().unwrap_or_default(), &vips, &edges, mode, &pin_path, &state_dir)
+                lb_user::backend_setup::setup(interface.as_deref().unwrap_or_default(), &vips, &edges, mode, &pin_path, &state_dir)
             }
         }
         Command::Status { runtime_dir, json } => status::collect(&runtime_dir).map(|r| {

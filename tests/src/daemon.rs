@@ -11,12 +11,28 @@ use std::{
 use crate::{ChildGuard, Netns};
 
 /// The binary under test: `SWARMLB_BIN` (set by `cargo xtask test` and
-/// `cargo xtask bench`) or the
-/// workspace's release build.
+/// `cargo xtask bench`, which have just built it), or else the workspace's
+/// release build, brought up to date by `cargo build` once per test
+/// process so a test never runs a stale binary.
 pub fn swarmlb_bin() -> PathBuf {
-    std::env::var_os("SWARMLB_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/swarmlb")
-    })
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(bin) = std::env::var_os("SWARMLB_BIN") {
+        return PathBuf::from(bin);
+    }
+    BUILT
+        .get_or_init(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            // `CARGO` is the cargo that runs the test.
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--release", "-p", "lb-user", "--bin", "swarmlb"])
+                .current_dir(&workspace)
+                .status()
+                .expect("running cargo build");
+            assert!(status.success(), "building swarmlb failed (the eBPF object comes from `cargo xtask build-ebpf`)");
+            workspace.join("target/release/swarmlb")
+        })
+        .clone()
 }
 
 /// Private paths of one daemon instance (removed, pins included, on drop).
@@ -109,7 +125,7 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        let _ = lb_user::loader::remove_pins(&self.pin_path);
+        let _ = lb_user::datapath::loader::remove_pins(&self.pin_path);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -21,7 +21,7 @@ use std::{
     path::PathBuf,
 };
 
-use lb_user::loader::{remove_pins, Datapath, MapSizes, Program};
+use lb_user::datapath::loader::{remove_pins, Datapath, MapSizes, Program};
 
 use crate::{Netns, Topology};
 

@@ -16,15 +16,18 @@
 use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
 use lb_common::{
-    isolator::{counter_index, DropReason, FragEntry, FragKey, Impossible, PassReason, RouteBack, Verdict, FAMILY_V4},
+    isolator::{counter_index, DropReason, FragEntry, FragKey, Impossible, PassReason, RouteBack, Verdict},
+    wire::FAMILY_V4,
     model::{FragmentTable, Host},
 };
+use crate::test_run::TestRun as _;
+use crate::reference_policy::ReferencePolicy;
 use lb_user::{
-    config::{Cidr, Config, ReferencePolicy},
-    host::HostAddr,
-    loader::{remove_pins, Datapath, Program},
-    maps::IsolatorMaps,
-    martian, policy,
+    source::config::{Cidr, Config},
+    source::netif::HostAddr,
+    datapath::loader::{remove_pins, Datapath, Program},
+    datapath::maps::IsolatorMaps,
+    datapath::martian, datapath::isolator_writer,
 };
 
 use crate::{Netns, Topology};
@@ -175,14 +178,14 @@ impl KernelIsolator {
         let (topology, ns, inside) = fixture_net(tag);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/swarmlb-test-{}-{tag}", std::process::id()));
         let _ = remove_pins(&pin_dir);
-        let iso = Datapath::load(&pin_dir, lb_user::loader::MapSizes::with_table(lb_common::maglev::DEFAULT_TABLE_SIZE)).expect("programs load (run as root)");
+        let iso = Datapath::load(&pin_dir, lb_user::datapath::loader::MapSizes::with_table(lb_common::maglev::DEFAULT_TABLE_SIZE)).expect("programs load (run as root)");
         let mut maps = IsolatorMaps::open(&pin_dir).expect("maps open");
         // No drop events: the fuzzer drops a lot and nobody reads them here.
-        policy::apply_settings(&mut maps, u64::MAX).unwrap();
+        isolator_writer::apply_settings(&mut maps, u64::MAX).unwrap();
         let host = FixtureHost::new(inside);
         host.rules.apply(&mut maps).expect("impossible sources apply");
         let ifindexes = HashMap::from([("lo".to_string(), 1u32)]);
-        let applied = policy::apply(&mut maps, &config.compile(), &ifindexes).expect("policy applies");
+        let applied = isolator_writer::apply(&mut maps, &config.compile(), &ifindexes).expect("policy applies");
         Self { iso: Some(iso), maps: Some(maps), pin_dir, config, slots: applied.slots, _topology: topology, ns, host }
     }
 

@@ -19,17 +19,20 @@ use std::{
 use lb_common::{
     balancer::*,
     balancer_model::{Action, NatInsert, Route, Tables},
-    isolator::{Impossible, RouteBack, FAMILY_V4},
+    isolator::{Impossible, RouteBack},
     model::Host,
-    wire::{IPPROTO_TCP, IPPROTO_UDP},
+    wire::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP},
 };
+use crate::test_run::TestRun as _;
+use crate::reference_policy::ReferencePolicy;
 use lb_user::{
-    balancer::{addr_key, BalancerWriter, Desired, DesiredBackend, DesiredVip},
-    config::{Cidr, Config, ReferencePolicy},
-    host::HostAddr,
-    loader::{remove_pins, Datapath, MapSizes, Program},
-    maps::{BalancerMaps, IsolatorMaps},
-    martian, policy,
+    datapath::balancer_writer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    datapath::maps::addr_key,
+    source::config::{Cidr, Config},
+    source::netif::HostAddr,
+    datapath::loader::{remove_pins, Datapath, MapSizes, Program},
+    datapath::maps::{BalancerMaps, IsolatorMaps},
+    datapath::martian, datapath::isolator_writer,
 };
 
 use crate::{topology, Netns, Topology};
@@ -217,7 +220,7 @@ impl FixtureFib {
     /// The route back to a source `src`, as a reverse-path lookup (no
     /// neighbour needed) sees it.
     pub fn route_back(&self, family: u8, src: &[u8; 16]) -> RouteBack {
-        let a = lb_user::balancer::key_addr(src, family);
+        let a = lb_user::datapath::maps::key_addr(src, family);
         let own: [IpAddr; 4] =
             ["10.1.0.1".parse().unwrap(), "fd00:1::1".parse().unwrap(), "198.51.100.1".parse().unwrap(), "2001:db8:1::1".parse().unwrap()];
         if own.contains(&a) {
@@ -257,7 +260,7 @@ impl FixtureFib {
 
     /// What the kernel's FIB answers for `dst` (the model's view of it).
     pub fn route(&self, family: u8, dst: &[u8; 16], ip_len: u16) -> Route {
-        let a = lb_user::balancer::key_addr(dst, family);
+        let a = lb_user::datapath::maps::key_addr(dst, family);
         let on = |prefix: &str, len: u32| -> bool {
             let p: IpAddr = prefix.parse().unwrap();
             match (a, p) {
@@ -376,11 +379,11 @@ impl KernelBalancer {
     pub fn bind_zone(&mut self) -> (IsolatorMaps, ReferencePolicy) {
         let config = Config::parse(EDGE_ZONE_CONFIG, "edge-zone.toml").expect("the edge zone config parses");
         let mut maps = IsolatorMaps::open(&self.pin_dir).expect("isolator maps open");
-        policy::apply_settings(&mut maps, u64::MAX).unwrap();
+        isolator_writer::apply_settings(&mut maps, u64::MAX).unwrap();
         let ifindexes = HashMap::from([(OUT_IF.to_string(), self.net.out_ifindex)]);
         self.impossible = self.net.fib.impossible();
         self.impossible.apply(&mut maps).expect("impossible sources apply");
-        let applied = policy::apply(&mut maps, &config.compile(), &ifindexes).expect("policy applies");
+        let applied = isolator_writer::apply(&mut maps, &config.compile(), &ifindexes).expect("policy applies");
         let reference = ReferencePolicy::new(&config, &ifindexes, &applied.slots);
         (maps, reference)
     }
@@ -586,7 +589,7 @@ impl Tables for ModelTables {
         self.nat.remove(key);
     }
     fn now_ns(&self) -> u64 {
-        lb_user::sweep::monotonic_ns()
+        lb_user::datapath::sweep::monotonic_ns()
     }
     fn route(&self, family: u8, dst: &[u8; 16], _ifindex: u32, ip_len: u16) -> Route {
         self.fib.route(family, dst, ip_len)
@@ -611,13 +614,13 @@ impl KernelDecap {
     pub fn new(tag: &str) -> Self {
         let pin_dir = crate::pins::private_pin_dir("dctest", tag);
         let _ = remove_pins(&pin_dir);
-        lb_user::loader::ensure_bpffs(&pin_dir).unwrap();
+        lb_user::datapath::loader::ensure_bpffs(&pin_dir).unwrap();
         std::fs::create_dir_all(&pin_dir).unwrap();
         let ebpf = aya::EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(MAP_MAGLEV, 1)
             .map_max_entries(MAP_FLOWS, 1)
-            .load(lb_user::ebpf_object());
+            .load(lb_user::ebpf_object().expect("the eBPF object"));
         // Constructed before anything can fail, so Drop removes the pins.
         let mut me = Self { ebpf: None, pin_dir };
         let mut ebpf = ebpf.expect("object loads");

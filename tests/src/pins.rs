@@ -29,7 +29,7 @@ fn reap_stale() {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
         // SAFETY: signal 0 only asks whether the process exists.
         if pid != std::process::id() as i32 && unsafe { libc::kill(pid, 0) } != 0 {
-            let _ = lb_user::loader::remove_pins(&e.path());
+            let _ = lb_user::datapath::loader::remove_pins(&e.path());
         }
     }
 }

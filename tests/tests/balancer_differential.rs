@@ -7,9 +7,10 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
+use rand::{rngs::StdRng, seq::SliceRandom, Rng as _, SeedableRng};
 use harness::{
     xdp_action::*,
     lb_kernel::*,
@@ -22,7 +23,10 @@ use lb_common::{
     maglev::flow_hash,
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
-use lb_user::balancer::{addr_key, Desired, DesiredBackend};
+use lb_user::datapath::{
+    balancer_writer::{Desired, DesiredBackend},
+    maps::addr_key,
+};
 
 
 fn ip(s: &str) -> IpAddr {
@@ -111,32 +115,74 @@ fn remembered(kb: &KernelBalancer, src: &str, sport: u16, dst: &str, dport: u16,
 
 fn backend_addr(kb: &KernelBalancer, id: u32) -> IpAddr {
     let b = kb.maps().backends.get(&id, 0).unwrap();
-    lb_user::balancer::key_addr(&b.addr, b.family)
+    lb_user::datapath::maps::key_addr(&b.addr, b.family)
 }
 
-#[test]
-fn fixtures() {
-    if !root_or_skip() {
-        return;
-    }
-    let mut kb = KernelBalancer::new("lbfix");
-    kb.apply(&desired());
-    let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
-    let mut model = kb.model();
-    let counters_before = kb.maps().counters().unwrap();
-    let mut m = model_counters();
+/// One fixture scenario: a kernel balancer and its model on the same
+/// desired state, and the counters the model says the kernel must have
+/// moved by; [`Fixture::finish`] holds the kernel to them.
+struct Fixture {
+    kb: KernelBalancer,
+    model: ModelTables,
+    /// The model's counter deltas.
+    m: Vec<u64>,
+    /// The kernel's counters at the start.
+    before: Vec<u64>,
+    out_if: u32,
+    in_if: u32,
+}
 
-    // NAT, IPv4: client → VIP:443 becomes edge:port → backend:443.
+impl Fixture {
+    /// The scenario's lab, `tag` naming its namespaces; `None` when not
+    /// root (the test passes, skipped).
+    fn new(tag: &str) -> Option<Self> {
+        if !root_or_skip() {
+            return None;
+        }
+        let mut kb = KernelBalancer::new(tag);
+        kb.apply(&desired());
+        let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
+        let model = kb.model();
+        let before = kb.maps().counters().unwrap();
+        Some(Self { kb, model, m: model_counters(), before, out_if, in_if })
+    }
+
+    /// `frame` arriving on `ifindex`, through kernel and model (which must
+    /// agree), tallied.
+    fn run(&mut self, frame: &[u8], ifindex: u32) -> (Outcome, Vec<u8>) {
+        let (o, out) = both(&mut self.kb, &mut self.model, frame, ifindex);
+        tally(&mut self.m, &o);
+        (o, out)
+    }
+
+    /// A client's packet to `vip`, arriving on the outside.
+    fn client_sends(&mut self, client: &str, vip: &str, l4: &L4) -> (Outcome, Vec<u8>) {
+        let frame = client_frame(&self.kb, client, vip, l4);
+        self.run(&frame, self.out_if)
+    }
+
+    /// The kernel's counters moved exactly as the model's.
+    fn finish(self) {
+        let after = self.kb.maps().counters().unwrap();
+        let delta: Vec<u64> = after.iter().zip(&self.before).map(|(a, b)| a - b).collect();
+        assert_eq!(delta, self.m, "kernel counters vs model");
+    }
+}
+
+/// NAT, IPv4: client → VIP:443 becomes edge:port → backend:443 (output
+/// built independently), the backend's reply goes back from the VIP, and
+/// the client's ACK of it proves the flow.
+#[test]
+fn nat_ipv4_rewrites_a_flow_both_ways() {
+    let Some(mut fx) = Fixture::new("lbfxnat4") else { return };
     let syn = L4::tcp_syn(40000, 443);
-    let frame = client_frame(&kb, CLIENT_V4, NAT4, &syn);
-    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
-    assert_eq!(o.action, Action::Redirect(in_if));
-    let flow = flow_of(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP);
-    let backend = backend_addr(&kb, flow.backend);
+    let (o, out) = fx.client_sends(CLIENT_V4, NAT4, &syn);
+    assert_eq!(o.action, Action::Redirect(fx.in_if));
+    let flow = flow_of(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP);
+    let backend = backend_addr(&fx.kb, flow.backend);
     assert!(flow.nat_port >= 1024);
     let expected = {
-        let f = FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend));
+        let f = FrameBuilder::new(fx.kb.net.in_mac, neighbour_mac(backend));
         let mut h = Ipv4::new("10.1.0.1".parse().unwrap(), backend.to_string().parse().unwrap());
         h.ttl = 63;
         f.ipv4(&h.packet(&L4::tcp_syn(flow.nat_port, 443)))
@@ -145,148 +191,168 @@ fn fixtures() {
 
     // The SYN again (a retransmission, or a new connection on the same
     // port): placed by the table again, the same backend and SNAT port.
-    let (o, out2) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
+    let (o, out2) = fx.client_sends(CLIENT_V4, NAT4, &syn);
     assert_eq!(o.counter, Some(LbCounter::NewFlow));
     assert_eq!(out2, expected);
     // The connection's next packet: a hit, no new flow.
-    let ack = L4::tcp_ack(40000, 443, &[]);
-    let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack);
-    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
+    let (o, _) = fx.client_sends(CLIENT_V4, NAT4, &L4::tcp_ack(40000, 443, &[]));
     assert_eq!(o.counter, Some(LbCounter::FlowHit));
 
     // The backend's reply goes back to the client, from the VIP.
     let reply = L4::Tcp { sport: 443, dport: flow.nat_port, seq: 7, ack: 0x1000_0001, flags: 0x12, window: 1000, payload: Vec::new() };
-    let f = FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac);
+    let f = FrameBuilder::new(neighbour_mac(backend), fx.kb.net.in_mac);
     let frame = ip_frame(&f, &backend.to_string(), "10.1.0.1", &reply, |_| {}, |_| {});
-    let (o, out) = both(&mut kb, &mut model, &frame, in_if);
-    tally(&mut m, &o);
-    assert_eq!((o.action, o.counter), (Action::Redirect(out_if), Some(LbCounter::NatReply)));
+    let (o, out) = fx.run(&frame, fx.in_if);
+    assert_eq!((o.action, o.counter), (Action::Redirect(fx.out_if), Some(LbCounter::NatReply)));
     let expected = {
-        let f = FrameBuilder::new(kb.net.out_mac, neighbour_mac(ip(CLIENT_V4)));
-        let mut h = Ipv4::new(CLIENT_V4.parse::<Ipv4Addr>().map(|_| NAT4.parse().unwrap()).unwrap(), CLIENT_V4.parse().unwrap());
+        let f = FrameBuilder::new(fx.kb.net.out_mac, neighbour_mac(ip(CLIENT_V4)));
+        let mut h = Ipv4::new(NAT4.parse().unwrap(), CLIENT_V4.parse().unwrap());
         h.ttl = 63;
         let back = L4::Tcp { sport: 443, dport: 40000, seq: 7, ack: 0x1000_0001, flags: 0x12, window: 1000, payload: Vec::new() };
         f.ipv4(&h.packet(&back))
     };
     assert_eq!(out, expected, "reverse NAT");
     // The client's ACK of the SYN-ACK proves the flow: now remembered.
-    assert!(!remembered(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP), "an unproven flow is not remembered");
+    assert!(!remembered(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP), "an unproven flow is not remembered");
     let ack = L4::Tcp { sport: 40000, dport: 443, seq: 0x1000_0001, ack: 8, flags: 0x10, window: 1000, payload: Vec::new() };
-    let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack);
-    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
+    let (o, _) = fx.client_sends(CLIENT_V4, NAT4, &ack);
     assert_eq!((o.counter, o.extra), (Some(LbCounter::FlowHit), Some(LbCounter::FlowProven)));
-    assert!(remembered(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP));
+    assert!(remembered(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP));
+    fx.finish();
+}
 
-    // Port 80 → target 8080; UDP with and without a checksum.
-    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(40001, 80));
-    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
+/// Port 80 → target 8080; UDP with a checksum and with none (zero stays zero).
+#[test]
+fn nat_rules_change_the_port_and_keep_a_zero_udp_checksum() {
+    let Some(mut fx) = Fixture::new("lbfxport") else { return };
+    let (_, out) = fx.client_sends(CLIENT_V4, NAT4, &L4::tcp_syn(40001, 80));
     assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8080);
-    let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::udp(5353, 53, b"query"));
-    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
-    let mut zero = client_frame(&kb, CLIENT_V4, NAT4, &L4::udp(5354, 53, b"query"));
+    fx.client_sends(CLIENT_V4, NAT4, &L4::udp(5353, 53, b"query"));
+    let mut zero = client_frame(&fx.kb, CLIENT_V4, NAT4, &L4::udp(5354, 53, b"query"));
     zero[40] = 0;
     zero[41] = 0;
-    let (o, out) = both(&mut kb, &mut model, &zero, out_if);
-    tally(&mut m, &o);
+    let (_, out) = fx.run(&zero, fx.out_if);
     assert_eq!(&out[40..42], &[0, 0], "a zero UDP checksum stays zero");
+    fx.finish();
+}
 
-    // DSR, IPv4: the packet is wrapped, untouched, in IPIP to the backend.
-    let frame = client_frame(&kb, CLIENT_V4, DSR4, &syn);
-    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
-    let flow = flow_of(&kb, CLIENT_V4, 40000, DSR4, 443, IPPROTO_TCP);
-    let backend = backend_addr(&kb, flow.backend);
+/// DSR: the packet is wrapped, untouched, in IPIP (IPv4) or IPv6-in-IPv6
+/// to the backend; no SNAT port.
+#[test]
+fn dsr_wraps_the_packet_in_ipip_and_ipv6_in_ipv6() {
+    let Some(mut fx) = Fixture::new("lbfxdsr") else { return };
+    let syn = L4::tcp_syn(40000, 443);
+    let frame = client_frame(&fx.kb, CLIENT_V4, DSR4, &syn);
+    let (o, out) = fx.run(&frame, fx.out_if);
+    let flow = flow_of(&fx.kb, CLIENT_V4, 40000, DSR4, 443, IPPROTO_TCP);
+    let backend = backend_addr(&fx.kb, flow.backend);
     let expected = {
-        let f = FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend));
+        let f = FrameBuilder::new(fx.kb.net.in_mac, neighbour_mac(backend));
         let mut outer = Ipv4::new("10.1.0.1".parse().unwrap(), backend.to_string().parse().unwrap());
         outer.id = 0;
         f.ipv4(&outer.with_payload(4, &frame[14..]))
     };
-    assert_eq!((o.action, flow.nat_port), (Action::Redirect(in_if), 0));
+    assert_eq!((o.action, flow.nat_port), (Action::Redirect(fx.in_if), 0));
     assert_eq!(out, expected, "IPIP encapsulation");
 
-    // DSR, IPv6: IPv6-in-IPv6.
-    let frame = client_frame(&kb, CLIENT_V6, DSR6, &syn);
-    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
-    let flow = flow_of(&kb, CLIENT_V6, 40000, DSR6, 443, IPPROTO_TCP);
-    let backend = backend_addr(&kb, flow.backend);
+    let frame = client_frame(&fx.kb, CLIENT_V6, DSR6, &syn);
+    let (_, out) = fx.run(&frame, fx.out_if);
+    let flow = flow_of(&fx.kb, CLIENT_V6, 40000, DSR6, 443, IPPROTO_TCP);
+    let backend = backend_addr(&fx.kb, flow.backend);
     let expected = {
-        let f = FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend));
+        let f = FrameBuilder::new(fx.kb.net.in_mac, neighbour_mac(backend));
         let outer = Ipv6::new("fd00:1::1".parse().unwrap(), backend.to_string().parse().unwrap());
         f.ipv6(&outer.with_payload(41, &frame[14..]))
     };
     assert_eq!(out, expected, "IPv6-in-IPv6 encapsulation");
+    fx.finish();
+}
 
-    // DSR-L2: only the MACs change.
+/// DSR-L2: only the MACs change.
+#[test]
+fn dsr_l2_changes_only_the_macs() {
+    let Some(mut fx) = Fixture::new("lbfxl2") else { return };
     for (client, vip) in [(CLIENT_V4, L2_4), (CLIENT_V6, L2_6)] {
-        let frame = client_frame(&kb, client, vip, &syn);
-        let (o, out) = both(&mut kb, &mut model, &frame, out_if);
-        tally(&mut m, &o);
-        let backend = backend_addr(&kb, flow_of(&kb, client, 40000, vip, 443, IPPROTO_TCP).backend);
+        let frame = client_frame(&fx.kb, client, vip, &L4::tcp_syn(40000, 443));
+        let (_, out) = fx.run(&frame, fx.out_if);
+        let backend = backend_addr(&fx.kb, flow_of(&fx.kb, client, 40000, vip, 443, IPPROTO_TCP).backend);
         assert_eq!(&out[14..], &frame[14..]);
-        assert_eq!(&out[..12], &[neighbour_mac(backend), kb.net.in_mac].concat()[..]);
+        assert_eq!(&out[..12], &[neighbour_mac(backend), fx.kb.net.in_mac].concat()[..]);
     }
+    fx.finish();
+}
 
-    // NAT, IPv6, both ways.
-    let frame = client_frame(&kb, CLIENT_V6, NAT6, &syn);
-    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
-    let flow = flow_of(&kb, CLIENT_V6, 40000, NAT6, 443, IPPROTO_TCP);
-    let backend = backend_addr(&kb, flow.backend);
+/// NAT, IPv6, both ways.
+#[test]
+fn nat_ipv6_rewrites_a_flow_both_ways() {
+    let Some(mut fx) = Fixture::new("lbfxnat6") else { return };
+    let (_, out) = fx.client_sends(CLIENT_V6, NAT6, &L4::tcp_syn(40000, 443));
+    let flow = flow_of(&fx.kb, CLIENT_V6, 40000, NAT6, 443, IPPROTO_TCP);
+    let backend = backend_addr(&fx.kb, flow.backend);
     let expected = {
-        let f = FrameBuilder::new(kb.net.in_mac, neighbour_mac(backend));
+        let f = FrameBuilder::new(fx.kb.net.in_mac, neighbour_mac(backend));
         let mut h = Ipv6::new("fd00:1::1".parse().unwrap(), backend.to_string().parse().unwrap());
         h.hop_limit = 63;
         f.ipv6(&h.packet(&L4::tcp_syn(flow.nat_port, 443)))
     };
     assert_eq!(out, expected, "IPv6 NAT");
-    let f = FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac);
+    let f = FrameBuilder::new(neighbour_mac(backend), fx.kb.net.in_mac);
     let frame = ip_frame(&f, &backend.to_string(), "fd00:1::1", &reply_to(flow.nat_port), |_| {}, |_| {});
-    let (o, _) = both(&mut kb, &mut model, &frame, in_if);
-    tally(&mut m, &o);
+    let (o, _) = fx.run(&frame, fx.in_if);
     assert_eq!(o.counter, Some(LbCounter::NatReply));
+    fx.finish();
+}
 
-    // One-armed: a VIP packet arriving on the inside leaves by XDP_TX.
-    let frame = client_frame(&kb, "10.1.0.50", NAT4, &L4::tcp_syn(41000, 443));
-    let (o, _) = both(&mut kb, &mut model, &frame, in_if);
-    tally(&mut m, &o);
+/// One-armed: a VIP packet arriving on the inside leaves by XDP_TX.
+#[test]
+fn a_vip_packet_on_the_inside_leaves_by_tx() {
+    let Some(mut fx) = Fixture::new("lbfxtx") else { return };
+    let frame = client_frame(&fx.kb, "10.1.0.50", NAT4, &L4::tcp_syn(41000, 443));
+    let (o, _) = fx.run(&frame, fx.in_if);
     assert_eq!(o.action, Action::Tx);
+    fx.finish();
+}
 
-    // Drops and passes, each counted.
+/// Drops and passes, each counted; what passes, passes unchanged.
+#[test]
+fn drops_and_passes_are_counted() {
+    let Some(mut fx) = Fixture::new("lbfxdrop") else { return };
+    let kb = &fx.kb;
+    let syn = L4::tcp_syn(40000, 443);
     let cases: Vec<(Vec<u8>, Action, Option<LbCounter>)> = vec![
-        (client_frame(&kb, CLIENT_V4, NO_NEIGH_VIP, &syn), Action::Drop, Some(LbCounter::NoNeighbour)),
-        (client_frame(&kb, CLIENT_V4, NO_ROUTE_VIP, &syn), Action::Drop, Some(LbCounter::NoRoute)),
-        (client_frame(&kb, CLIENT_V4, EMPTY_VIP, &syn), Action::Drop, Some(LbCounter::NoBackend)),
-        (client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(40000, 8443)), Action::NextStage, None),
-        (client_frame(&kb, CLIENT_V4, "10.1.0.11", &syn), Action::NextStage, None),
-        (client_frame(&kb, CLIENT_V4, "10.1.0.1", &syn), Action::NextStage, None),
+        (client_frame(kb, CLIENT_V4, NO_NEIGH_VIP, &syn), Action::Drop, Some(LbCounter::NoNeighbour)),
+        (client_frame(kb, CLIENT_V4, NO_ROUTE_VIP, &syn), Action::Drop, Some(LbCounter::NoRoute)),
+        (client_frame(kb, CLIENT_V4, EMPTY_VIP, &syn), Action::Drop, Some(LbCounter::NoBackend)),
+        (client_frame(kb, CLIENT_V4, NAT4, &L4::tcp_syn(40000, 8443)), Action::NextStage, None),
+        (client_frame(kb, CLIENT_V4, "10.1.0.11", &syn), Action::NextStage, None),
+        (client_frame(kb, CLIENT_V4, "10.1.0.1", &syn), Action::NextStage, None),
         (ip_frame(&FrameBuilder::new([2; 6], kb.net.out_mac), CLIENT_V4, NAT4, &syn, |h| h.ttl = 1, |_| {}), Action::Pass, Some(LbCounter::TtlExpired)),
         (ip_frame(&FrameBuilder::new([2; 6], kb.net.out_mac), CLIENT_V4, NAT4, &syn, |h| h.more_fragments = true, |_| {}), Action::Drop, Some(LbCounter::Unbalanceable)),
-        (client_frame(&kb, CLIENT_V4, NAT4, &syn)[..50].to_vec(), Action::Drop, Some(LbCounter::Malformed)),
-        (client_frame(&kb, CLIENT_V4, DSR4, &L4::Tcp { sport: 40002, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1460] }), Action::Drop, Some(LbCounter::TooBig)),
+        (client_frame(kb, CLIENT_V4, NAT4, &syn)[..50].to_vec(), Action::Drop, Some(LbCounter::Malformed)),
+        (client_frame(kb, CLIENT_V4, DSR4, &L4::Tcp { sport: 40002, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1460] }), Action::Drop, Some(LbCounter::TooBig)),
     ];
     for (i, (frame, action, counter)) in cases.iter().enumerate() {
-        let (o, out) = both(&mut kb, &mut model, frame, out_if);
-        tally(&mut m, &o);
+        let (o, out) = fx.run(frame, fx.out_if);
         assert_eq!((o.action, o.counter), (*action, *counter), "case {i}");
         if o.action != Action::Drop {
             assert_eq!(&out, frame, "case {i}: passed unchanged");
         }
     }
-    // With DF set, a packet too big for the tunnel is answered with the MTU
-    // the client may use, from the VIP (IPv4 fragmentation needed, IPv6
-    // packet too big), built here independently.
+    fx.finish();
+}
+
+/// With DF set, a packet too big for the tunnel is answered with the MTU
+/// the client may use, from the VIP (IPv4 fragmentation needed, IPv6
+/// packet too big), built here independently; in `nat` mode the MTU
+/// itself; DSR at exactly the MTU still fits (1480 + 20 = 1500).
+#[test]
+fn too_big_packets_are_answered_with_the_mtu_the_client_may_use() {
+    let Some(mut fx) = Fixture::new("lbfxbig") else { return };
     let big = L4::Tcp { sport: 40002, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1460] };
     let client_mac = neighbour_mac(ip(CLIENT_V4));
-    let frame = ip_frame(&FrameBuilder::new(client_mac, kb.net.out_mac), CLIENT_V4, DSR4, &big, |h| h.dont_fragment = true, |_| {});
-    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
+    let out_mac = fx.kb.net.out_mac;
+    let frame = ip_frame(&FrameBuilder::new(client_mac, out_mac), CLIENT_V4, DSR4, &big, |h| h.dont_fragment = true, |_| {});
+    let (o, out) = fx.run(&frame, fx.out_if);
     assert_eq!((o.action, o.counter), (Action::Tx, Some(LbCounter::IcmpTooBigSent)));
     let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xc8]; // MTU 1500 − 20
     icmp.extend_from_slice(&frame[14..14 + 28]);
@@ -294,50 +360,48 @@ fn fixtures() {
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let mut h = Ipv4::new(DSR4.parse().unwrap(), CLIENT_V4.parse().unwrap());
     h.id = 0;
-    assert_eq!(out, FrameBuilder::new(kb.net.out_mac, client_mac).ipv4(&h.with_payload(1, &icmp)), "fragmentation needed, MTU 1480");
-    let frame = client_frame(&kb, CLIENT_V6, DSR6, &big);
-    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
+    assert_eq!(out, FrameBuilder::new(out_mac, client_mac).ipv4(&h.with_payload(1, &icmp)), "fragmentation needed, MTU 1480");
+
+    let frame = client_frame(&fx.kb, CLIENT_V6, DSR6, &big);
+    let (o, out) = fx.run(&frame, fx.out_if);
     assert_eq!((o.action, o.counter), (Action::Tx, Some(LbCounter::IcmpTooBigSent)));
     let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0xb4]; // MTU 1500 − 40
     icmp.extend_from_slice(&frame[14..14 + 48]);
     let (vip6, client6): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (DSR6.parse().unwrap(), CLIENT_V6.parse().unwrap());
     let c = icmpv6_checksum(&vip6.octets(), &client6.octets(), &icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    assert_eq!(out, FrameBuilder::new(kb.net.out_mac, client_mac).ipv6(&Ipv6::new(vip6, client6).with_payload(58, &icmp)), "packet too big, MTU 1460");
-    // NAT: the MTU itself.
-    let frame = ip_frame(&FrameBuilder::new(client_mac, kb.net.out_mac), CLIENT_V4, NAT4, &L4::Tcp { sport: 40004, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1480] }, |h| h.dont_fragment = true, |_| {});
-    let (o, out) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
+    assert_eq!(out, FrameBuilder::new(out_mac, client_mac).ipv6(&Ipv6::new(vip6, client6).with_payload(58, &icmp)), "packet too big, MTU 1460");
+
+    let nat_big = L4::Tcp { sport: 40004, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1480] };
+    let frame = ip_frame(&FrameBuilder::new(client_mac, out_mac), CLIENT_V4, NAT4, &nat_big, |h| h.dont_fragment = true, |_| {});
+    let (o, out) = fx.run(&frame, fx.out_if);
     assert_eq!((o.counter, &out[40..42]), (Some(LbCounter::IcmpTooBigSent), &[0x05u8, 0xdc][..]));
 
-    // DSR at exactly the MTU still fits (1480 + 20 = 1500).
-    let fits = client_frame(&kb, CLIENT_V4, DSR4, &L4::Tcp { sport: 40003, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1440] });
-    let (o, _) = both(&mut kb, &mut model, &fits, out_if);
-    tally(&mut m, &o);
-    assert_eq!(o.action, Action::Redirect(in_if));
+    let fits = L4::Tcp { sport: 40003, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1440] };
+    let (o, _) = fx.client_sends(CLIENT_V4, DSR4, &fits);
+    assert_eq!(o.action, Action::Redirect(fx.in_if));
+    fx.finish();
+}
 
-    // A backend goes down: its flows move to the others, counted.
-    let flow = flow_of(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP);
-    let down = backend_addr(&kb, flow.backend);
+/// A backend goes down: its proven flows move to the others, counted.
+#[test]
+fn a_down_backends_flows_move_to_the_others() {
+    let Some(mut fx) = Fixture::new("lbfxdown") else { return };
+    fx.client_sends(CLIENT_V4, NAT4, &L4::tcp_syn(40000, 443));
+    prove(&mut fx.kb, &mut fx.model, &mut fx.m, (CLIENT_V4, 40000), NAT4);
+    let down = backend_addr(&fx.kb, flow_of(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP).backend);
     let mut d = desired();
     // Health is per address: down in every VIP that has it.
     for b in d.vips.iter_mut().flat_map(|v| &mut v.backends) {
         b.up = b.address != down;
     }
-    kb.apply(&d);
-    model.reload(kb.maps());
+    fx.kb.apply(&d);
+    fx.model.reload(fx.kb.maps());
     // The connection's next packet (a SYN would be a new connection).
-    let ack = L4::tcp_ack(40000, 443, &[]);
-    let frame = client_frame(&kb, CLIENT_V4, NAT4, &ack);
-    let (o, _) = both(&mut kb, &mut model, &frame, out_if);
-    tally(&mut m, &o);
+    let (o, _) = fx.client_sends(CLIENT_V4, NAT4, &L4::tcp_ack(40000, 443, &[]));
     assert!(o.moved && o.counter == Some(LbCounter::NewFlow));
-    assert_ne!(backend_addr(&kb, flow_of(&kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP).backend), down);
-
-    let after = kb.maps().counters().unwrap();
-    let delta: Vec<u64> = after.iter().zip(&counters_before).map(|(a, b)| a - b).collect();
-    assert_eq!(delta, m, "kernel counters vs model");
+    assert_ne!(backend_addr(&fx.kb, flow_of(&fx.kb, CLIENT_V4, 40000, NAT4, 443, IPPROTO_TCP).backend), down);
+    fx.finish();
 }
 
 /// An ICMP path-MTU error from `router` to `to`, quoting the first
@@ -553,7 +617,7 @@ fn a_full_nat_table_refuses_new_flows_as_such() {
     if !root_or_skip() {
         return;
     }
-    let sizes = lb_user::loader::MapSizes { nat: 4, ..lb_user::loader::MapSizes::with_table(FIXTURE_TABLE_SIZE) };
+    let sizes = lb_user::datapath::loader::MapSizes { nat: 4, ..lb_user::datapath::loader::MapSizes::with_table(FIXTURE_TABLE_SIZE) };
     let mut kb = KernelBalancer::with_sizes("lbnatfull", sizes);
     kb.apply(&desired());
     let mut model = kb.model();
@@ -599,21 +663,21 @@ fn a_full_nat_table_refuses_new_flows_as_such() {
     assert_eq!(both(&mut kb, &mut model, &frame, out_if).0.counter, Some(LbCounter::NatTableFull));
 }
 
-/// A small deterministic PRNG (xorshift64*), so a failure replays.
-struct Rng(u64);
+/// A seeded generator, so a failure replays.
+struct Rng(StdRng);
 
 impl Rng {
+    fn seeded(seed: u64) -> Self {
+        Self(StdRng::seed_from_u64(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.gen()
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.gen_range(0..n)
     }
     fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
+        xs.choose(&mut self.0).expect("a choice")
     }
 }
 
@@ -626,8 +690,8 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         // A packet of a flow seen before (its backend may have changed).
         let keys: Vec<&FlowKey> = model.flows.keys().collect();
         let k = **rng.pick(&keys);
-        let src = lb_user::balancer::key_addr(&k.src, k.family).to_string();
-        let dst = lb_user::balancer::key_addr(&k.dst, k.family).to_string();
+        let src = lb_user::datapath::maps::key_addr(&k.src, k.family).to_string();
+        let dst = lb_user::datapath::maps::key_addr(&k.dst, k.family).to_string();
         let l4 = if k.proto == IPPROTO_TCP {
             L4::Tcp { sport: k.src_port, dport: k.dst_port, seq: 1, ack: 1, flags: 0x18, window: 500, payload: vec![1; 64] }
         } else {
@@ -639,15 +703,15 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         // random amount of it.
         let keys: Vec<&FlowKey> = model.flows.keys().collect();
         let k = **rng.pick(&keys);
-        let client = lb_user::balancer::key_addr(&k.src, k.family).to_string();
-        let vip = lb_user::balancer::key_addr(&k.dst, k.family).to_string();
+        let client = lb_user::datapath::maps::key_addr(&k.src, k.family).to_string();
+        let vip = lb_user::datapath::maps::key_addr(&k.dst, k.family).to_string();
         let l4 = if k.proto == IPPROTO_TCP {
             L4::Tcp { sport: k.dst_port, dport: k.src_port, seq: 3, ack: 4, flags: 0x18, window: 9, payload: vec![2; 600] }
         } else {
             L4::udp(k.dst_port, k.src_port, &[3; 600])
         };
         let sent = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), &vip, &client, &l4, |_| {}, |_| {});
-        let router = if k.family == lb_common::isolator::FAMILY_V4 { "198.51.100.9" } else { "2001:db8:1::9" };
+        let router = if k.family == lb_common::wire::FAMILY_V4 { "198.51.100.9" } else { "2001:db8:1::9" };
         let quote = *rng.pick(&[20usize, 28, 40, 48, 60, 300]);
         let ttl = *rng.pick(&[64u8, 64, 1]);
         let err = icmp_error(router, &vip, &sent[14..], quote, ttl);
@@ -656,8 +720,8 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         // A reply to one of the NAT entries, or to a port nobody holds.
         let keys: Vec<&NatKey> = model.nat.keys().collect();
         let k = **rng.pick(&keys);
-        let backend = lb_user::balancer::key_addr(&k.backend, k.family).to_string();
-        let inside = if k.family == lb_common::isolator::FAMILY_V4 { "10.1.0.1" } else { "fd00:1::1" };
+        let backend = lb_user::datapath::maps::key_addr(&k.backend, k.family).to_string();
+        let inside = if k.family == lb_common::wire::FAMILY_V4 { "10.1.0.1" } else { "fd00:1::1" };
         let nat_port = if rng.below(10) == 0 { rng.below(65536) as u16 } else { k.nat_port };
         let l4 = if k.proto == IPPROTO_TCP { reply_to(nat_port) } else { L4::udp(k.backend_port, nat_port, b"answer") };
         // SYN-ACKs, data, and the FINs and RSTs that mark an entry closing.
@@ -741,7 +805,7 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     let base = desired();
     kb.apply(&base);
     let mut model = kb.model();
-    let mut rng = Rng(0x5eed_1bc0_ffee);
+    let mut rng = Rng::seeded(0x5eed_1bc0_ffee);
     let before = kb.maps().counters().unwrap();
     let mut m = model_counters();
     let mut actions: HashMap<u32, u64> = HashMap::new();
@@ -891,7 +955,7 @@ fn decap_opens_only_the_edges_tunnels_like_the_model() {
     assert_eq!((after[0] - before[0], after[1] - before[1]), (2, 3), "opened, unknown");
 
     // Mutations and truncations: the kernel and the model agree, always XDP_PASS.
-    let mut rng = Rng(0xdeca_bad5_eed5);
+    let mut rng = Rng::seeded(0xdeca_bad5_eed5);
     let seeds: Vec<Vec<u8>> = cases.iter().map(|(_, f, _)| f.clone()).collect();
     let mut counts: HashMap<String, u64> = HashMap::new();
     let before = kd.counters();
@@ -987,8 +1051,8 @@ fn a_syn_on_a_remembered_port_is_a_new_connection() {
     let moved = ports.iter().zip(&first).filter(|(p, f)| flow_of(&kb, CLIENT_V4, **p, NAT4, 443, IPPROTO_TCP).backend != f.backend).count();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let secs = std::time::Duration::from_secs;
-    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
-    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), moved, "the earlier, closed entries go");
+    let t = lb_user::datapath::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
+    assert_eq!(lb_user::datapath::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), moved, "the earlier, closed entries go");
     for p in &ports {
         flow_of(&kb, CLIENT_V4, *p, NAT4, 443, IPPROTO_TCP);
     }
@@ -1012,7 +1076,7 @@ fn a_closed_connection_gives_its_snat_port_back() {
     let nat_key = |kb: &KernelBalancer, sport: u16| -> NatKey {
         let flow = flow_of(kb, CLIENT_V4, sport, NAT4, 443, IPPROTO_TCP);
         let backend = addr_key(backend_addr(kb, flow.backend)).0;
-        NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::isolator::FAMILY_V4, snat: flow.snat, _pad: 0 }
+        NatKey { backend, backend_port: 443, nat_port: flow.nat_port, proto: IPPROTO_TCP, family: lb_common::wire::FAMILY_V4, snat: flow.snat, _pad: 0 }
     };
     // Seven connections, each with its handshake (client ISN 1, backend
     // ISN 100): one stays open; the client closes one (FIN); the backend
@@ -1028,7 +1092,7 @@ fn a_closed_connection_gives_its_snat_port_back() {
         both(kb, model, &frame, out_if).0
     };
     let from_backend = |kb: &mut KernelBalancer, model: &mut ModelTables, key: NatKey, seq, ack, flags| -> Outcome {
-        let backend = lb_user::balancer::key_addr(&key.backend, key.family);
+        let backend = lb_user::datapath::maps::key_addr(&key.backend, key.family);
         let l4 = L4::Tcp { sport: 443, dport: key.nat_port, seq, ack, flags, window: 1000, payload: vec![] };
         let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac), &backend.to_string(), "10.1.0.1", &l4, |_| {}, |_| {});
         both(kb, model, &frame, in_if).0
@@ -1097,14 +1161,14 @@ fn a_closed_connection_gives_its_snat_port_back() {
     let keep: std::collections::BTreeSet<u16> = [41000, 41003, 41004].iter().map(|p| keys[p].nat_port).collect();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let secs = std::time::Duration::from_secs;
-    let t = lb_user::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
-    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);
+    let t = lb_user::datapath::sweep::Timeouts { tcp: secs(900), tcp_closed: std::time::Duration::from_millis(10), tcp_time_wait: secs(120), udp: secs(300), tcp_half_open: secs(5), udp_unreplied: secs(5) };
+    assert_eq!(lb_user::datapath::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);
     let left: std::collections::BTreeSet<u16> = kb.maps().nat.keys().map(|k| k.unwrap().nat_port).collect();
     assert_eq!(left, keep, "the open and the TIME_WAIT connections keep their ports");
     assert!(!remembered(&kb, CLIENT_V4, 41001, NAT4, 443, IPPROTO_TCP) && remembered(&kb, CLIENT_V4, 41000, NAT4, 443, IPPROTO_TCP), "flows go with their ports");
     // ... and TIME_WAIT after its own timeout.
-    let t = lb_user::sweep::Timeouts { tcp_time_wait: std::time::Duration::from_millis(10), ..t };
-    assert_eq!(lb_user::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);
+    let t = lb_user::datapath::sweep::Timeouts { tcp_time_wait: std::time::Duration::from_millis(10), ..t };
+    assert_eq!(lb_user::datapath::sweep::sweep_nat(kb.maps_mut(), &t).unwrap(), 1);
 }
 
 /// On the outside interface a new flow from a source that cannot be real

@@ -16,7 +16,8 @@ mod common;
 
 use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Instant};
 
-use lb_user::{config::ReferencePolicy, maps::IsolatorMaps};
+use harness::reference_policy::ReferencePolicy;
+use lb_user::datapath::maps::IsolatorMaps;
 
 use common::gen::{FORGED4, FORGED6, NODE4, NODE6, OUT4, OUT6, TRUST4, TRUST6};
 use harness::{
@@ -165,7 +166,7 @@ fn isolator_matches_its_model_on_every_header_combination() {
 /// and notes each frame counted under another reason there.
 fn isolator_chunk(
     k: &mut KernelIsolator,
-    reference: &lb_user::config::ReferencePolicy,
+    reference: &ReferencePolicy,
     frags: &mut ModelFrags,
     chunk: &[Case],
     r: &mut Report,
@@ -410,7 +411,7 @@ fn balancer_matches_its_model_on_every_header_combination() {
     assert!(entries.len() >= 4, "the clients' packets made NAT entries of both families and protocols: {entries:?}");
     let in_if = kb.net.in_ifindex;
     for k in &entries {
-        let backend = lb_user::balancer::key_addr(&k.backend, k.family);
+        let backend = lb_user::datapath::maps::key_addr(&k.backend, k.family);
         let inside = if backend.is_ipv4() { ip("10.1.0.1") } else { ip("fd00:1::1") };
         let reply = Flow { src: backend, dst: inside, sport: k.backend_port, dport: k.nat_port };
         let base = corpus::build(&[reply], neighbour_mac(backend), in_mac);

@@ -287,7 +287,7 @@ struct Row {
 #[test]
 fn evasion_frames_kernel_matches_model() {
     harness::require_root().unwrap();
-    let config = lb_user::config::Config::parse(&CONFIG.replace("\"dmz0\"", "\"lo\""), "evasion.toml").unwrap();
+    let config = lb_user::source::config::Config::parse(&CONFIG.replace("\"dmz0\"", "\"lo\""), "evasion.toml").unwrap();
     let mut k = KernelIsolator::new("evasion", config);
     let reference = k.reference();
     let mut frags = ModelFrags::default();

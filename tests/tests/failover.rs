@@ -197,6 +197,9 @@ fn crash_master(ha: &mut Ha) -> Failover {
 struct Run {
     ha: Ha,
     failover: Failover,
+    /// Each edge's `nat` entries ([`snat_ports`]) while the streams were
+    /// still open (a closed connection gives its port back at once).
+    nat_open: [BTreeMap<u16, ([u8; 16], u16)>; 2],
     ended: Vec<Ended>,
 }
 
@@ -241,13 +244,14 @@ fn failover(tag: &str, mode: &str, snat: Snat) -> Run {
     std::thread::sleep(Duration::from_secs(4));
     let after = streams.progress(Duration::from_secs(1));
     println!("{mode}: {before} answers in the second before the failover, {after} in a second after it");
-    Run { ha, failover: f, ended: streams.stop() }
+    let nat_open = [snat_ports(&ha.edges[0].daemon.inst.pin_path), snat_ports(&ha.edges[1].daemon.inst.pin_path)];
+    Run { ha, failover: f, nat_open, ended: streams.stop() }
 }
 
 /// Client port → (backend, SNAT port) of every `nat` entry in the maps
 /// pinned at `pins`.
 fn snat_ports(pins: &std::path::Path) -> BTreeMap<u16, ([u8; 16], u16)> {
-    let maps = lb_user::maps::BalancerMaps::open(pins).expect("the balancer's pinned maps");
+    let maps = lb_user::datapath::maps::BalancerMaps::open(pins).expect("the balancer's pinned maps");
     maps.nat.iter().map(|r| r.expect("a NAT entry")).map(|(k, e)| (e.client_port, (k.backend, k.nat_port))).collect()
 }
 
@@ -289,7 +293,7 @@ fn nat_failover_with_a_shared_snat_address_keeps_the_connections() {
     // edge b picks the SNAT port edge a picked. The first port probed is a
     // hash of the flow, the same on both edges; only a flow that found it
     // taken on one edge (by another flow of the same backend) gets another.
-    let (a, b) = (snat_ports(&run.ha.edges[0].daemon.inst.pin_path), snat_ports(&run.ha.edges[1].daemon.inst.pin_path));
+    let [a, b] = &run.nat_open;
     let differ: BTreeSet<u16> = run.ended.iter().map(|e| e.port).filter(|p| a.get(p) != b.get(p)).collect();
     let broken: BTreeSet<u16> = run.broken().iter().map(|e| e.port).collect();
     println!("nat, shared SNAT: {} of {STREAMS} connections got another SNAT port on edge b", differ.len());

@@ -32,7 +32,7 @@ use harness::{
     tls::TestCa,
     ChildGuard,
 };
-use lb_user::maps::{BalancerMaps, IsolatorMaps};
+use lb_user::datapath::maps::{BalancerMaps, IsolatorMaps};
 
 /// The kernel's view of the policy and the balancer: zone bindings,
 /// protected ports, services, backends and a digest of every active
@@ -182,7 +182,7 @@ backends_from = "node.labels.lb==proxy"
     assert_eq!(metric::<f64>(&m, "swarmlb_swarm_syncs_total"), Some(syncs0), "no sync without dockerd");
     // One line at the loss, not one per retry.
     let out = daemon.output_so_far();
-    let lines = count_after(&out, log_mark, "lb_user::swarm");
+    let lines = count_after(&out, log_mark, "lb_user::source::swarm");
     assert_eq!(count_after(&out, log_mark, "lost the Swarm"), 1, "{}", &out[log_mark..]);
     assert!(failures >= failures0 + 5.0 && lines <= 2, "{lines} Swarm log lines for {} failed attempts:\n{}", failures - failures0, &out[log_mark..]);
     println!(

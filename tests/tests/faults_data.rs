@@ -305,7 +305,7 @@ fn exhausted_snat_ports_refuse_new_connections_until_ports_come_back() {
 fn connections_closed_by_the_client_give_their_snat_ports_back_at_once() {
     let extra = "snat_ports = \"20000-20003\"\nflow_table_size = 4096\nnat_table_size = 4096";
     let mut r = start("fdfree", 1, &config_with("nat", &[(1, 1)], extra, ""));
-    let maps = lb_user::maps::BalancerMaps::open(&r.inst.pin_path).unwrap();
+    let maps = lb_user::datapath::maps::BalancerMaps::open(&r.inst.pin_path).unwrap();
     let entries = || maps.nat.keys().count();
     let freed_before = counter(&r, "nat_port_freed");
     let t = Instant::now();
@@ -345,7 +345,7 @@ fn a_pool_of_snat_addresses_multiplies_the_ports() {
     let mut streams: Vec<Stream> = (0..4).map(|_| Stream::open(&lab.client, vip4())).collect();
     assert!(connect(&lab.client, SocketAddr::new(vip4(), 80)).is_err(), "a fifth connection finds no slot");
     assert_eq!(check(&mut streams), Vec::<usize>::new(), "the four streams go on");
-    let maps = lb_user::maps::BalancerMaps::open(&inst.pin_path).unwrap();
+    let maps = lb_user::datapath::maps::BalancerMaps::open(&inst.pin_path).unwrap();
     let addresses: std::collections::BTreeSet<u8> = maps.nat.keys().map(|k| k.unwrap().snat).collect();
     assert_eq!(addresses, [0, 1].into(), "connections from both addresses");
     drop(streams);
@@ -361,7 +361,7 @@ fn a_backends_new_mac_reaches_the_kept_next_hop_within_100_ms() {
     let mut r = start("fdmac", 1, &config_with("nat", &[(1, 1)], SMALL, ""));
     let streaming = Streaming::open(&r.lab.client, vip4(), 10, PAUSE);
     assert!(streaming.progress(Duration::from_secs(1)) >= 10, "streams flow");
-    let maps = lb_user::maps::BalancerMaps::open(&r.inst.pin_path).unwrap();
+    let maps = lb_user::datapath::maps::BalancerMaps::open(&r.inst.pin_path).unwrap();
     let generation = || maps.net_generation.get(&0, 0).unwrap();
     let kept_macs = || -> Vec<[u8; 6]> {
         (0..lb_common::balancer::MAX_BACKENDS).filter_map(|id| maps.hops.get(&id, 0).ok()).filter(|h| h.net_generation == generation()).map(|h| h.dmac).collect()
@@ -426,7 +426,7 @@ fn a_new_table_size_is_refused_and_the_running_data_path_stays() {
     assert!(!status.success(), "{out}");
     assert!(out.contains("the pinned LB_FLOWS holds 4096 entries, but balancer.flow_table_size asks for 8192"), "{out}");
     assert!(common::xdp::attached(&lab.edge, "e-out"), "the running data path stays");
-    let flows = lb_user::maps::BalancerMaps::open(&inst.pin_path).unwrap().flow_capacity;
+    let flows = lb_user::datapath::maps::BalancerMaps::open(&inst.pin_path).unwrap().flow_capacity;
     assert_eq!(flows, 4096, "the maps are the old ones");
     assert!(inst.down().status.success());
 }

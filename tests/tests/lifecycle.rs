@@ -185,7 +185,7 @@ fn restart_after_kill_adopts_the_pinned_maps() {
     assert_ne!(slot, first_slot, "the new policy went into a fresh slot");
     assert_eq!(status["interfaces"][0]["bound"], true);
     assert!(xdp_attached(&host, "dmz0"));
-    let maps = lb_user::maps::IsolatorMaps::open(&inst.pin_path).unwrap();
+    let maps = lb_user::datapath::maps::IsolatorMaps::open(&inst.pin_path).unwrap();
     let ports: Vec<lb_common::isolator::PortKey> = maps.ports.keys().map(Result::unwrap).collect();
     assert_eq!(ports.len(), 5, "tcp/5432 and Swarm's four ports, nothing stale: {ports:?}");
     assert!(ports.iter().all(|k| u64::from(k.slot) == slot));

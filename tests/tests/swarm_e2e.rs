@@ -122,7 +122,7 @@ health_check = {{ protocol = "tcp", port = 80, interval_s = 3, timeout_s = 1, ri
 
 /// The IPv4 sources the isolator lets reach Swarm's ports in any zone.
 fn node_sources(inst: &Instance) -> BTreeSet<IpAddr> {
-    let maps = lb_user::maps::IsolatorMaps::open(&inst.pin_path).unwrap();
+    let maps = lb_user::datapath::maps::IsolatorMaps::open(&inst.pin_path).unwrap();
     maps.sources_v4
         .keys()
         .map(Result::unwrap)

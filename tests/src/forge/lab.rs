@@ -192,12 +192,12 @@ impl ForgeLab {
     /// The NAT entries the kernel holds, as (backend, backend port, SNAT
     /// port, protocol), read from the pinned map.
     pub fn nat_entries(&self) -> Result<BTreeSet<(IpAddr, u16, u16, u8)>> {
-        let maps = lb_user::maps::BalancerMaps::open(&self.inst.pin_path).context("open the pinned balancer maps")?;
+        let maps = lb_user::datapath::maps::BalancerMaps::open(&self.inst.pin_path).context("open the pinned balancer maps")?;
         Ok(maps
             .nat
             .keys()
             .filter_map(Result::ok)
-            .map(|k| (lb_user::balancer::key_addr(&k.backend, k.family), k.backend_port, k.nat_port, k.proto))
+            .map(|k| (lb_user::datapath::maps::key_addr(&k.backend, k.family), k.backend_port, k.nat_port, k.proto))
             .collect())
     }
 

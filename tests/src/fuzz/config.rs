@@ -7,15 +7,16 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{
-    balancer::{MAX_BACKENDS_PER_VIP, MAX_VIPS, NO_BACKEND},
+    balancer::{Mode, MAX_BACKENDS_PER_VIP, MAX_VIPS, NO_BACKEND},
     isolator::{MAX_INTERFACES, MAX_PORT_ENTRIES, MAX_SLOTS, MAX_SOURCE_PREFIXES, PROTECTED},
     maglev::{is_prime, MAX_TABLE_SIZE},
     model::Policy,
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
+use crate::reference_policy::ReferencePolicy;
 use lb_user::{
-    balancer::build_table,
-    config::{BalancerConfig, CompiledPolicy, Config, ConfigError, ForwardMode, ReferencePolicy},
+    datapath::balancer_writer::build_table,
+    source::config::{BalancerConfig, CompiledPolicy, Config, ConfigError},
 };
 
 /// Source prefixes per zone whose longest-prefix-match answer is compared
@@ -153,7 +154,7 @@ fn check_balancer(b: &BalancerConfig) {
         for r in &v.rules {
             assert!(r.port != 0 && r.target_port != 0);
             assert!(r.proto == IPPROTO_TCP || r.proto == IPPROTO_UDP);
-            assert!(v.mode == ForwardMode::Nat || r.port == r.target_port, "{} mode rewrites a port", v.mode);
+            assert!(v.mode == Mode::Nat || r.port == r.target_port, "{} mode rewrites a port", v.mode.name());
             assert!(services.insert((v.address, r.proto, r.port)), "service {} {}/{} twice", v.address, r.proto, r.port);
         }
         assert!(v.backends.len() <= MAX_BACKENDS_PER_VIP && v.backends.len() < b.table_size as usize);

@@ -30,9 +30,10 @@ use lb_common::{
     model::{self, Policy},
     wire::*,
 };
+use crate::reference_policy::ReferencePolicy;
 use lb_user::{
-    balancer::{addr_key, build_table, Desired, DesiredBackend, DesiredVip},
-    config::ReferencePolicy,
+    datapath::balancer_writer::{build_table, Desired, DesiredBackend, DesiredVip},
+    datapath::maps::addr_key,
 };
 
 use crate::{
@@ -133,7 +134,7 @@ pub fn offline_tables(d: &Desired, table_size: u32) -> ModelTables {
         snat_port_min: d.snat_ports.0,
         snat_port_max: d.snat_ports.1,
     });
-    t.maglev = vec![NO_BACKEND; lb_user::loader::maglev_map_len(table_size) as usize];
+    t.maglev = vec![NO_BACKEND; lb_user::datapath::loader::maglev_map_len(table_size) as usize];
     let mut stats_index = 0;
     for (index, v) in (0..).zip(&d.vips) {
         let members: Vec<(IpAddr, u32, bool, u32)> = v.backends.iter().map(|b| (b.address, b.weight, b.up, ids[&b.address])).collect();
@@ -142,7 +143,7 @@ pub fn offline_tables(d: &Desired, table_size: u32) -> ModelTables {
         t.maglev[base as usize..(base + table_size) as usize].copy_from_slice(&table);
         for &(proto, port, target_port) in &v.rules {
             let svc = Service { table_base: base, table_size, stats_index, target_port, mode: v.mode as u8, _pad: 0 };
-            t.services.insert(lb_user::balancer::service_key(v.address, proto, port), svc);
+            t.services.insert(lb_user::datapath::maps::service_key(v.address, proto, port), svc);
             stats_index += 1;
         }
     }
@@ -378,7 +379,7 @@ fn ip_header(f: &[u8]) -> Option<IpHeader> {
             }
             src.copy_from_slice(&l3[8..24]);
             dst.copy_from_slice(&l3[24..40]);
-            Some(IpHeader { family: lb_common::isolator::FAMILY_V6, hlen: IPV6_HLEN, total, proto: l3[6], src, dst })
+            Some(IpHeader { family: lb_common::wire::FAMILY_V6, hlen: IPV6_HLEN, total, proto: l3[6], src, dst })
         }
         _ => None,
     }
@@ -518,11 +519,11 @@ fn ip_source(frame: &[u8]) -> Option<(u8, [u8; 16])> {
     match ethertype {
         ETH_P_IPV4 => {
             a[..4].copy_from_slice(frame.get(off + 12..off + 16)?);
-            Some((lb_common::isolator::FAMILY_V4, a))
+            Some((lb_common::wire::FAMILY_V4, a))
         }
         ETH_P_IPV6 => {
             a.copy_from_slice(frame.get(off + 8..off + 24)?);
-            Some((lb_common::isolator::FAMILY_V6, a))
+            Some((lb_common::wire::FAMILY_V6, a))
         }
         _ => None,
     }

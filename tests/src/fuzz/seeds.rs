@@ -8,7 +8,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::{balancer::NatKey, isolator::FAMILY_V4, wire::IPPROTO_TCP};
+use lb_common::{
+    balancer::NatKey,
+    wire::{FAMILY_V4, IPPROTO_TCP},
+};
 use serde_json::{json, Value};
 
 use super::packet::{primed_tables, vip_address, IN_MAC, INSIDE_V4, INSIDE_V6, OUT_MAC};
@@ -250,7 +253,7 @@ pub fn frames() -> Vec<Seed> {
     let mut keys: Vec<&NatKey> = tables.nat.keys().collect();
     keys.sort_by_key(|k| (k.family, k.proto, k.backend, k.nat_port));
     for (i, k) in keys.into_iter().enumerate() {
-        let backend = lb_user::balancer::key_addr(&k.backend, k.family);
+        let backend = lb_user::datapath::maps::key_addr(&k.backend, k.family);
         let inside = ip(if k.family == FAMILY_V4 { INSIDE_V4 } else { INSIDE_V6 });
         let l4 = if k.proto == IPPROTO_TCP {
             L4::Tcp { sport: k.backend_port, dport: k.nat_port, seq: 9, ack: 0x1000_0001, flags: 0x12, window: 64000, payload: Vec::new() }

@@ -1,4 +1,4 @@
-//! The Swarm mapping (`lb_user::swarm`): Engine API nodes and services,
+//! The Swarm mapping (`lb_user::source::swarm`): Engine API nodes and services,
 //! as `docker node inspect` / `docker service inspect` print them, through
 //! `NodeInfo::from_api` / `ServiceInfo::from_api` and `mapping::map` under
 //! a fixed config; and the placement-constraint parser on any text.
@@ -23,8 +23,8 @@ use lb_common::{
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_user::{
-    config::{Config, SwarmAdditions},
-    swarm::{
+    source::config::{Config, SwarmAdditions},
+    source::swarm::{
         mapping::{self, Mapped},
         selector::{Constraint, NodeSelector},
         view::{NodeInfo, ServiceInfo, SwarmView},
@@ -183,7 +183,7 @@ fn check_mapped(cfg: &Config, view: &SwarmView, previous: Option<&SwarmAdditions
             assert_ne!(b.address, vip.address, "vip {vip_name} is its own backend");
             assert!(b.weight <= 65_535);
         }
-        let prev: &[lb_user::config::BackendConfig] = previous.and_then(|p| p.backends.get(vip_name)).map_or(&[], Vec::as_slice);
+        let prev: &[lb_user::source::config::BackendConfig] = previous.and_then(|p| p.backends.get(vip_name)).map_or(&[], Vec::as_slice);
         // A backend leaving is one the previous mapping had, now drained.
         for ((v, a), since) in add.leaving.iter().filter(|((v, _), _)| v == vip_name) {
             assert!(backends.iter().any(|b| b.address == *a && b.weight == 0), "vip {v}: leaving {a} is not a drained backend");

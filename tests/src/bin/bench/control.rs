@@ -1,6 +1,7 @@
-//! The control plane: how long a Maglev table takes to build, how long a
-//! Swarm label change takes to reach the kernel's maps, and how much memory
-//! the agent holds, idle and with 1000 backends and 100k flows.
+//! The control plane: how long a Maglev table takes to build, what one
+//! flapping backend of 1000 costs the reconciler, how long a Swarm label
+//! change takes to reach the kernel's maps, and how much memory the agent
+//! holds, idle and with 1000 backends and 100k flows.
 
 use std::{
     fmt::Write as _,
@@ -12,10 +13,17 @@ use anyhow::{bail, ensure, Context, Result};
 use harness::{daemon::RunningDaemon, swarm::SwarmLab, tls, Netns, Topology};
 use lb_common::{
     balancer::{FlowEntry, FlowKey, ServiceKey},
-    isolator::FAMILY_V4,
     maglev::{self, Backend, DEFAULT_TABLE_SIZE},
+    wire::FAMILY_V4,
 };
-use lb_user::{balancer::addr_key, maps::BalancerMaps};
+use lb_user::{
+    datapath::{
+        loader::{remove_pins, MapSizes},
+        maps::{addr_key, BalancerMaps},
+    },
+    reconcile::Reconciler,
+    source::{config::Config, health::Down},
+};
 
 use crate::{
     report::{BarChart, Section, Summary},
@@ -28,11 +36,12 @@ pub fn run(opts: &Opts) -> Result<Section> {
     let (text, chart) = maglev_builds(opts)?;
     md.push_str(&text);
     charts.push(chart);
+    md.push_str(&health_flap(opts)?);
     md.push_str(&swarm_sync(opts)?);
     let (text, chart) = agent_memory()?;
     md.push_str(&text);
     charts.push(chart);
-    Ok(Section { name: "control", title: "Control plane: Maglev builds, Swarm sync, agent memory".into(), markdown: md, charts })
+    Ok(Section { name: "control", title: "Control plane: Maglev builds, a flapping backend, Swarm sync, agent memory".into(), markdown: md, charts })
 }
 
 /// `lb_common::maglev::build` for 3, 100 and 1000 backends, M = 65537,
@@ -72,6 +81,81 @@ fn maglev_builds(opts: &Opts) -> Result<(String, BarChart)> {
     md.push('\n');
     let chart = BarChart { file: "control-maglev".into(), title: format!("Maglev table build, M = {DEFAULT_TABLE_SIZE}"), unit: "ms per build".into(), bars };
     Ok((md, chart))
+}
+
+/// The edge of the flap and memory rows: `e-out` (198.51.100.1/24) and
+/// `e-in` (10.1.0.1/16) in a namespace of their own.
+fn edge(topo: &mut Topology, tag: &str) -> Netns {
+    let edge = topo.netns(tag);
+    topo.veth(&edge, "e-out", &edge, "e-out-p");
+    topo.veth(&edge, "e-in", &edge, "e-in-p");
+    topo.addr(&edge, "e-out", "198.51.100.1/24");
+    topo.addr(&edge, "e-in", "10.1.0.1/16");
+    edge
+}
+
+/// The balancer section of a config: the VIP `web` with `n` backends.
+fn vip_with_backends(n: usize) -> String {
+    let backends: Vec<String> = (0..n).map(|i| format!("\"{}\"", backend(i))).collect();
+    format!(
+        "[balancer]\noutside_interfaces = [\"e-out\"]\ninside_interface = \"e-in\"\n\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.10\"\nrules = [\"tcp/443\"]\nbackends = [{}]\n",
+        backends.join(", ")
+    )
+}
+
+/// The address of backend `i` of [`vip_with_backends`].
+fn backend(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 1, 1 + (i / 250) as u8, 2 + (i % 250) as u8))
+}
+
+/// One backend of a VIP with 1000 going down and up again, as the health
+/// checks report it: the map writes and the time of each flip, through
+/// the reconciler's health input (what the agent does now) and with a full
+/// apply on top (what it did before the reconciler diffed: interfaces
+/// resolved, addresses read, every writer run). In process, on the
+/// library's `Reconciler`, in a namespace of its own.
+fn health_flap(opts: &Opts) -> Result<String> {
+    let flips = if opts.quick { 10 } else { 40 };
+    let mut topo = Topology::new();
+    let edge = edge(&mut topo, "bflap");
+    let pins = harness::pins::private_pin_dir("lab", "flap");
+    let body = format!("[settings]\npin_path = \"{}\"\n\n{}", pins.display(), vip_with_backends(1000));
+    let cfg = Config::parse(&body, "flap.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let measured = edge.run(|| -> Result<_> {
+        let mut r = Reconciler::load(&pins, MapSizes::of(cfg.balancer()))?;
+        r.set_config(cfg.clone())?;
+        let flapping: Down = [("web".to_owned(), backend(0))].into_iter().collect();
+        // (writes, ms) per flip: [after, before], interleaved flip by flip.
+        let mut samples = [Vec::new(), Vec::new()];
+        for i in 0..flips {
+            let down = if i % 2 == 0 { flapping.clone() } else { Down::default() };
+            let full = i % 4 >= 2;
+            let t = Instant::now();
+            let mut writes = r.set_health(down)?.map_writes;
+            if full {
+                writes += r.set_config(cfg.clone())?.map_writes;
+            }
+            samples[usize::from(full)].push((writes as f64, t.elapsed().as_secs_f64() * 1e3));
+        }
+        Ok(samples)
+    });
+    let _ = remove_pins(&pins);
+    let samples = measured?;
+    let mut md = String::new();
+    writeln!(md, "## One backend of 1000 flapping
+")?;
+    writeln!(
+        md,
+        "A VIP with 1000 backends (M = {DEFAULT_TABLE_SIZE}), one of them taken out and put back by the health checks' verdict, {flips} flips alternating between the two ways; median (min–max) map updates and deletes, and ms, per flip. *Full apply*: the flip followed by a config reload, which is what every flip cost before the reconciler diffed (interfaces resolved, addresses read, the isolator's policy and the impossible-source tries rewritten); before the writer wrote table halves slot by slot, that also wrote the VIP's whole idle half (65 537 slots: 66 562 writes and 49 ms per flip on this machine). *Health input*: what a flip costs now: the backend's entry and the service's flip to the other half, which already holds the table without the backend (the maximum is the first flip, which writes the half once).\n"
+    )?;
+    writeln!(md, "| per flip | map writes | ms |\n| --- | ---: | ---: |")?;
+    for (name, s) in [("full apply (before)", &samples[1]), ("health input (now)", &samples[0])] {
+        let writes: Vec<f64> = s.iter().map(|(w, _)| *w).collect();
+        let ms: Vec<f64> = s.iter().map(|(_, ms)| *ms).collect();
+        writeln!(md, "| {name} | {} | {} |", Summary::of(&writes).show(0), Summary::of(&ms).show(2))?;
+    }
+    md.push('\n');
+    Ok(md)
 }
 
 /// Resident and peak resident memory of `daemon`, in MiB.
@@ -203,19 +287,9 @@ fn scrape(ns: &Netns) -> Result<usize> {
 /// read after a metrics scrape.
 fn agent_memory() -> Result<(String, BarChart)> {
     let mut topo = Topology::new();
-    let edge = topo.netns("bmem");
-    topo.veth(&edge, "e-out", &edge, "e-out-p");
-    topo.veth(&edge, "e-in", &edge, "e-in-p");
-    topo.addr(&edge, "e-out", "198.51.100.1/24");
-    topo.addr(&edge, "e-in", "10.1.0.1/16");
+    let edge = edge(&mut topo, "bmem");
     let isolator = "[[interface]]\nname = \"e-out\"\nzone = \"dmz\"\n\n[zone.dmz]\nprotected = [\"tcp/5432\"]\n";
-    let vip = |n: usize| -> String {
-        let backends: Vec<String> = (0..n).map(|i| format!("\"10.1.{}.{}\"", 1 + i / 250, 2 + i % 250)).collect();
-        format!(
-            "[balancer]\noutside_interfaces = [\"e-out\"]\ninside_interface = \"e-in\"\n\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.10\"\nrules = [\"tcp/443\"]\nbackends = [{}]\n",
-            backends.join(", ")
-        )
-    };
+    let vip = vip_with_backends;
     let mut rows = Vec::new();
     for (name, body, flows) in [
         ("isolator only (idle)", isolator.to_owned(), 0u32),

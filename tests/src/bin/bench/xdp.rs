@@ -33,7 +33,10 @@ use lb_common::{
     model,
     wire::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
 };
-use lb_user::balancer::{addr_key, Desired, DesiredBackend, DesiredVip};
+use lb_user::datapath::{
+    balancer_writer::{Desired, DesiredBackend, DesiredVip},
+    maps::addr_key,
+};
 
 use crate::{
     report::{BarChart, Section, Summary},

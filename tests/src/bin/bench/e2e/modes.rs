@@ -16,7 +16,7 @@ use harness::{
     edge_lab::{EDGE_INSIDE_V4, VIP_V4},
     ChildGuard, Netns,
 };
-use lb_user::loader::{remove_pins, Datapath, Program};
+use lb_user::datapath::loader::{remove_pins, Datapath, Program};
 
 use super::lab::{client_addr, Lab, ADDRS_PER_MODE, BULK_VIP, IPERF_PORT};
 
@@ -247,7 +247,7 @@ impl XdpPass {
         let _ = remove_pins(&pins);
         // The table size is irrelevant to the isolator; the smallest prime
         // the lab uses keeps the load quick.
-        let datapath = Datapath::load(&pins, lb_user::loader::MapSizes::with_table(251))?;
+        let datapath = Datapath::load(&pins, lb_user::datapath::loader::MapSizes::with_table(251))?;
         let mut pass = Self { datapath, pins };
         for dev in ["e-out", "e-in"] {
             edge.run(|| pass.datapath.attach(dev, Program::Isolator)).with_context(|| format!("XDP pass on {dev}"))?;

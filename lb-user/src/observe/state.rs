@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{balancer::AppliedVip, loader::{AttachMode, Program}};
+use crate::{datapath::balancer_writer::AppliedVip, datapath::loader::{AttachMode, Program}};
 
 /// Default directory for the state file.
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/swarmlb";
@@ -28,7 +28,7 @@ pub struct DaemonState {
     pub vips: Vec<AppliedVip>,
     /// How the sync with the Swarm is going (`None` without `[swarm]`).
     #[serde(default)]
-    pub swarm: Option<crate::swarm::follow::SwarmSync>,
+    pub swarm: Option<crate::source::swarm::follow::SwarmSync>,
     /// Health-check transitions (in or out) per VIP and backend.
     #[serde(default)]
     pub health_transitions: Vec<HealthTransitions>,

@@ -37,9 +37,12 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key;
-use lb_common::isolator::{IfAddrV4, IfAddrV6, Impossible, FAMILY_V4, IFINDEX_BITS};
+use lb_common::{
+    isolator::{IfAddrV4, IfAddrV6, Impossible, IFINDEX_BITS},
+    wire::FAMILY_V4,
+};
 
-use crate::{config::Cidr, host::HostAddr, maps::IsolatorMaps};
+use crate::{source::config::Cidr, source::netif::HostAddr, datapath::maps::IsolatorMaps};
 
 /// What a balancer's outside interfaces must not see as sources.
 #[derive(Clone, Debug, Default)]
@@ -96,6 +99,12 @@ pub fn network(a: IpAddr, len: u8) -> Cidr {
 /// an edge, its balancer's outside interfaces. Where two rules name the
 /// same prefix of one interface the first one here wins.
 pub fn compile(host: &[HostAddr], zone_ifindexes: &[u32], outside: Option<&Outside>) -> Rules {
+    // Sorted: which kind wins a prefix must not depend on the order the
+    // kernel lists addresses in.
+    let mut host = host.to_vec();
+    host.sort();
+    host.dedup();
+    let host = host.as_slice();
     let mut ifaces: BTreeSet<u32> = zone_ifindexes.iter().copied().collect();
     if let Some(o) = outside {
         ifaces.extend(&o.ifindexes);
@@ -163,8 +172,8 @@ impl Rules {
 
     /// Writes the rules into the tries: new and changed entries first, then
     /// the stale ones go (a source is never briefly possible because of
-    /// the update itself).
-    pub fn apply(&self, maps: &mut IsolatorMaps) -> Result<()> {
+    /// the update itself). Returns the map updates and deletes.
+    pub fn apply(&self, maps: &mut IsolatorMaps) -> Result<u64> {
         let mut want_v4 = BTreeMap::new();
         let mut want_v6 = BTreeMap::new();
         for (&(ifindex, c), &kind) in &self.entries {
@@ -180,6 +189,7 @@ impl Rules {
         for (&(len, data), &kind) in &want_v6 {
             maps.impossible_v6.insert(&Key::new(IFINDEX_BITS + len, data), kind, 0).context("writing an impossible IPv6 source")?;
         }
+        let mut writes = (want_v4.len() + want_v6.len()) as u64;
         let stale_v4: Vec<Key<IfAddrV4>> = maps
             .impossible_v4
             .keys()
@@ -189,6 +199,7 @@ impl Rules {
             .collect();
         for k in stale_v4 {
             maps.impossible_v4.remove(&k)?;
+            writes += 1;
         }
         let stale_v6: Vec<Key<IfAddrV6>> = maps
             .impossible_v6
@@ -199,14 +210,16 @@ impl Rules {
             .collect();
         for k in stale_v6 {
             maps.impossible_v6.remove(&k)?;
+            writes += 1;
         }
-        Ok(())
+        Ok(writes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb_common::wire::FAMILY_V6;
 
     fn a(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -219,7 +232,7 @@ mod tests {
                 b[..4].copy_from_slice(&v4.octets());
                 (FAMILY_V4, b)
             }
-            IpAddr::V6(v6) => (lb_common::isolator::FAMILY_V6, v6.octets()),
+            IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
         }
     }
 

@@ -40,8 +40,8 @@ use lb_common::balancer::{DecapKey, MAP_DECAP, MAP_FLOWS, MAP_MAGLEV, PROGRAM_DE
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    balancer::addr_key,
-    loader::{ensure_bpffs, remove_pins, AttachMode},
+    datapath::maps::addr_key,
+    datapath::loader::{ensure_bpffs, remove_pins, AttachMode},
 };
 
 /// Where a backend's pins go unless told otherwise.
@@ -171,7 +171,7 @@ pub fn setup(interface: &str, vips: &[IpAddr], edges: &[IpAddr], mode: BackendMo
         save(&record)?;
     }
     if mode == BackendMode::Dsr {
-        if !crate::loader::has_pinned_link(pin_dir, interface) {
+        if !crate::datapath::loader::has_pinned_link(pin_dir, interface) {
             record.attach = Some(attach_decap(interface, pin_dir)?);
             save(&record)?;
         }
@@ -198,11 +198,11 @@ fn attach_decap(interface: &str, pin_dir: &Path) -> Result<AttachMode> {
         .default_map_pin_directory(pin_dir)
         .map_max_entries(MAP_MAGLEV, 1)
         .map_max_entries(MAP_FLOWS, 1)
-        .load(crate::ebpf_object())
+        .load(crate::ebpf_object()?)
         .context("loading the eBPF object")?;
     let prog: &mut Xdp = ebpf.program_mut(PROGRAM_DECAP).context("no decap program in the object")?.try_into()?;
     prog.load().context("loading the decap program (verifier)")?;
-    let (_link, mode) = crate::loader::attach_pinned(prog, interface, pin_dir)?;
+    let (_link, mode) = crate::datapath::loader::attach_pinned(prog, interface, pin_dir)?;
     Ok(mode)
 }
 
@@ -238,7 +238,7 @@ pub fn undo(pin_dir: &Path, state_dir: &Path) -> Result<()> {
     let record: SetupRecord = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     // Detach first (the link's pin holds its last reference), so nothing
     // decapsulates for a VIP that is no longer on lo.
-    crate::loader::remove_link_pins(pin_dir)?;
+    crate::datapath::loader::remove_link_pins(pin_dir)?;
     for v in &record.added_vips {
         let _ = ip(&["addr", "del", &host_prefix(*v), "dev", "lo"]);
     }

@@ -22,7 +22,7 @@ use lb_common::{
 };
 
 use super::{selector::Constraint, view::SwarmView};
-use crate::config::{BackendConfig, Config, SwarmAdditions, SwarmConfig};
+use crate::source::config::{BackendConfig, Config, SwarmAdditions, SwarmConfig};
 
 /// The additions and what was skipped, in words.
 #[derive(Debug, Default)]
@@ -195,7 +195,7 @@ pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::swarm::view::{NodeInfo, PortInfo, ServiceInfo};
+    use crate::source::swarm::view::{NodeInfo, PortInfo, ServiceInfo};
 
     const CONFIG: &str = r#"
 [swarm]

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
 use super::view::{NodeInfo, ServiceInfo, SwarmView};
-use crate::config::SwarmConfig;
+use crate::source::config::SwarmConfig;
 
 /// What the source tells the daemon.
 #[derive(Debug)]

@@ -13,8 +13,8 @@ use tokio::{
 use tracing::{debug, error, info};
 
 use crate::{
-    state::DaemonState,
-    status::{self, ReportMaps, StatusReport},
+    observe::state::DaemonState,
+    observe::status::{self, ReportMaps, StatusReport},
 };
 
 /// Escapes a label value.
@@ -45,7 +45,7 @@ impl Family<'_> {
 pub fn render(r: &StatusReport) -> String {
     let mut out = String::new();
     let mut f = Family { out: &mut out };
-    type Per<'a> = (&'a str, &'a str, &'a str, fn(&crate::status::BackendStatus) -> u64);
+    type Per<'a> = (&'a str, &'a str, &'a str, fn(&crate::observe::status::BackendStatus) -> u64);
     let per_backend: [Per; 4] = [
         ("swarmlb_backend_packets_total", "counter", "Packets forwarded to the backend (client to backend).", |b| b.packets),
         ("swarmlb_backend_bytes_total", "counter", "Bytes forwarded to the backend (client to backend).", |b| b.bytes),

@@ -3,13 +3,16 @@
 use std::{net::IpAddr, path::Path};
 
 use anyhow::Result;
-use lb_common::isolator::{DropEvent, DropReason, Impossible, FAMILY_V4, FAMILY_V6};
+use lb_common::{
+    isolator::{DropEvent, DropReason, Impossible},
+    wire::{FAMILY_V4, FAMILY_V6},
+};
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
 /// Reads drop events until the task is dropped, logging each one.
 pub async fn log_drops(pin_dir: &Path) -> Result<()> {
-    let ring = crate::maps::open_drop_events(pin_dir)?;
+    let ring = crate::datapath::maps::open_drop_events(pin_dir)?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
     // the fd stays open for as long as it is registered.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;

@@ -1,14 +1,21 @@
-//! Typed handles on the pinned maps of the isolator and the balancer. The
-//! daemon, `swarmlb status` and the tests all open the maps from their
-//! pins, so there is one way in.
+//! Typed handles on the pinned maps of the isolator and the balancer, and
+//! the key forms of addresses and services. The daemon, `swarmlb status`
+//! and the tests all open the maps from their pins, so there is one way in.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{
     Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf,
 };
-use lb_common::{balancer::*, isolator::*};
+use lb_common::{
+    balancer::*,
+    isolator::*,
+    wire::{FAMILY_V4, FAMILY_V6},
+};
 
 /// Every map of the isolator except the ring buffer (see [`open_drop_events`]).
 pub struct IsolatorMaps {
@@ -83,6 +90,29 @@ impl IsolatorMaps {
 /// Opens the pinned ring buffer of sampled drops.
 pub fn open_drop_events(dir: &Path) -> Result<RingBuf<MapData>> {
     Ok(typed!(dir, MAP_DROP_EVENTS))
+}
+
+/// The 16-byte key form of an address, and its family.
+pub fn addr_key(a: IpAddr) -> ([u8; 16], u8) {
+    match a {
+        IpAddr::V4(v4) => (v4_key(v4.octets()), FAMILY_V4),
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The address a 16-byte key holds.
+pub fn key_addr(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V6 {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    }
+}
+
+/// The map key of a VIP's rule.
+pub fn service_key(address: IpAddr, proto: u8, port: u16) -> ServiceKey {
+    let (addr, family) = addr_key(address);
+    ServiceKey { addr, port, proto, family }
 }
 
 /// The balancer's maps.
@@ -165,7 +195,7 @@ impl BalancerMaps {
     pub fn nat_usage(&self) -> std::collections::BTreeMap<(std::net::IpAddr, u16), u32> {
         let mut out = std::collections::BTreeMap::new();
         for k in self.nat.keys().filter_map(Result::ok) {
-            *out.entry((crate::balancer::key_addr(&k.backend, k.family), k.backend_port)).or_default() += 1;
+            *out.entry((key_addr(&k.backend, k.family), k.backend_port)).or_default() += 1;
         }
         out
     }

@@ -28,7 +28,8 @@ pub struct HostAddr {
     pub prefix: u8,
 }
 
-/// Every address of every interface of the current network namespace.
+/// Every address of every interface of the current network namespace, in
+/// the order the kernel lists them.
 pub fn addresses() -> Result<Vec<HostAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
@@ -81,8 +82,10 @@ pub fn addresses() -> Result<Vec<HostAddr>> {
     }
     // SAFETY: the list from getifaddrs, freed once.
     unsafe { libc::freeifaddrs(head) };
-    out.sort();
-    out.dedup();
+    // In the kernel's order (an interface's primary address first, which
+    // is the one the balancer takes as its inside address), each once.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|a| seen.insert(*a));
     Ok(out)
 }
 
@@ -185,6 +188,14 @@ impl NetlinkWatch {
             }
         }
     }
+}
+
+/// The index of the interface `name`, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
 }
 
 /// The name of an interface, if it exists.

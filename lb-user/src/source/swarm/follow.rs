@@ -8,7 +8,6 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +15,7 @@ use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
 use tracing::{error, info, warn};
 
 use super::{mapping, source::SwarmUpdate, view::SwarmView};
-use crate::config::{Config, SwarmAdditions, SwarmConfig};
+use crate::source::config::{Config, SwarmAdditions, SwarmConfig};
 
 /// How the sync with the Swarm is going.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -49,10 +48,6 @@ pub struct SwarmFollower {
     lost_at: Option<f64>,
 }
 
-fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
 impl SwarmFollower {
     /// Sends the source's updates to `updates`; the last good view is
     /// read from (and saved to) `runtime_dir`.
@@ -70,7 +65,7 @@ impl SwarmFollower {
     pub fn additions_for(&self, cfg: &Config) -> SwarmAdditions {
         match (cfg.swarm(), &self.view) {
             (Some(sc), Some(view)) => {
-                mapping::map(cfg, sc, view, Some(&self.additions), now()).map_or_else(|_| self.additions.clone(), |m| m.additions)
+                mapping::map(cfg, sc, view, Some(&self.additions), crate::unix_time()).map_or_else(|_| self.additions.clone(), |m| m.additions)
             }
             _ => SwarmAdditions::default(),
         }
@@ -102,7 +97,7 @@ impl SwarmFollower {
             self.additions = SwarmAdditions::default();
             return changed;
         };
-        match mapping::map(cfg, sc, view, Some(&self.additions), now()) {
+        match mapping::map(cfg, sc, view, Some(&self.additions), crate::unix_time()) {
             Ok(m) => {
                 let notes: Vec<String> = m.notes.into_iter().collect();
                 for n in notes.iter().filter(|n| !self.sync.notes.contains(n)) {
@@ -136,7 +131,7 @@ impl SwarmFollower {
                         Some(t) => info!(
                             nodes = view.nodes.len(),
                             services = view.services.len(),
-                            disconnected_s = format!("{:.1}", now() - t),
+                            disconnected_s = format!("{:.1}", crate::unix_time() - t),
                             failures = self.sync.failures,
                             "in sync with the Swarm again; applying what changed meanwhile"
                         ),
@@ -150,7 +145,7 @@ impl SwarmFollower {
                     error!("the Swarm reported no nodes; keeping the last good view");
                     return false;
                 }
-                self.sync.last_sync = Some(now());
+                self.sync.last_sync = Some(crate::unix_time());
                 self.sync.syncs += 1;
                 self.sync.nodes = view.nodes.len();
                 self.sync.services = view.services.len();
@@ -171,7 +166,7 @@ impl SwarmFollower {
                 // Once per loss, not per retry.
                 if self.sync.connected || self.sync.failures == 0 {
                     error!(error = %e, "lost the Swarm; serving the last good state and retrying (every 0.5 s to 10 s; logged again when back)");
-                    self.lost_at = Some(now());
+                    self.lost_at = Some(crate::unix_time());
                 }
                 self.sync.connected = false;
                 self.sync.failures += 1;

@@ -3,13 +3,12 @@
 
 use std::{
     collections::BTreeSet,
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
 use lb_common::{
-    balancer::{MAX_BACKENDS_PER_VIP, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_SNAT_ADDRESSES, MAX_TABLE_ENTRIES, MAX_VIPS},
+    balancer::{Mode, MAX_BACKENDS_PER_VIP, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_SNAT_ADDRESSES, MAX_TABLE_ENTRIES, MAX_VIPS},
     maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE},
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -17,31 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{check_interface_name, ConfigError, Locator};
-use crate::swarm::selector::NodeSelector;
-
-/// How a VIP forwards to its backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ForwardMode {
-    /// DNAT to the backend, SNAT to the edge's inside address: backends
-    /// need no setup (the DigitalOcean behaviour).
-    Nat,
-    /// IPIP / IPv6-in-IPv6 to the backend, which answers the client
-    /// directly (`swarmlb backend-setup` on the backend).
-    Dsr,
-    /// Ethernet rewrite only: backends on the edge's L2 segment, VIP on lo.
-    DsrL2,
-}
-
-impl fmt::Display for ForwardMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ForwardMode::Nat => "nat",
-            ForwardMode::Dsr => "dsr",
-            ForwardMode::DsrL2 => "dsr-l2",
-        })
-    }
-}
+use crate::source::swarm::selector::NodeSelector;
 
 /// A forwarding rule: (protocol, entry port) → target port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +63,7 @@ pub struct HealthCheck {
 pub struct VipConfig {
     pub name: String,
     pub address: IpAddr,
-    pub mode: ForwardMode,
+    pub mode: Mode,
     pub rules: Vec<Rule>,
     pub backends: Vec<BackendConfig>,
     /// Swarm nodes that are backends too (`backends_from`).
@@ -395,9 +370,9 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
         None => address.to_string(),
     };
     let mode = match v.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
-        None | Some(("nat", _)) => ForwardMode::Nat,
-        Some(("dsr", _)) => ForwardMode::Dsr,
-        Some(("dsr-l2", _)) => ForwardMode::DsrL2,
+        None | Some(("nat", _)) => Mode::Nat,
+        Some(("dsr", _)) => Mode::Dsr,
+        Some(("dsr-l2", _)) => Mode::DsrL2,
         Some((other, span)) => return Err(loc.at(span, format!("vip[{i}].mode = {other:?}: expected \"nat\", \"dsr\" or \"dsr-l2\""))),
     };
     let raw_rules = v.rules.get_ref();
@@ -411,8 +386,8 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
         if rules.iter().any(|o| o.proto == rule.proto && o.port == rule.port) {
             return Err(loc.at(r.span(), format!("{key}: the same protocol and port is listed twice")));
         }
-        if mode != ForwardMode::Nat && rule.port != rule.target_port {
-            return Err(loc.at(r.span(), format!("{key}: {mode} mode cannot change the port (the backend receives the packet as the client sent it)")));
+        if mode != Mode::Nat && rule.port != rule.target_port {
+            return Err(loc.at(r.span(), format!("{key}: {} mode cannot change the port (the backend receives the packet as the client sent it)", mode.name())));
         }
         rules.push(rule);
     }

@@ -11,9 +11,9 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    balancer::AppliedVip,
-    maps::{BalancerMaps, IsolatorMaps},
-    state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, ZoneState},
+    datapath::balancer_writer::AppliedVip,
+    datapath::maps::{BalancerMaps, IsolatorMaps},
+    observe::state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, ZoneState},
 };
 
 /// Everything `swarmlb status` shows.
@@ -46,7 +46,7 @@ pub struct StatusReport {
     /// SNAT ports in use per (backend, backend port) that has any.
     pub snat_usage: Vec<SnatUsage>,
     /// How the sync with the Swarm is going (`None` without `[swarm]`).
-    pub swarm: Option<crate::swarm::follow::SwarmSync>,
+    pub swarm: Option<crate::source::swarm::follow::SwarmSync>,
     /// The agent: start, adoption, config reloads, pins.
     pub agent: AgentStatus,
 }
@@ -132,8 +132,8 @@ pub struct InterfaceStatus {
     pub name: String,
     pub ifindex: u32,
     pub zone: String,
-    pub mode: crate::loader::AttachMode,
-    pub program: crate::loader::Program,
+    pub mode: crate::datapath::loader::AttachMode,
+    pub program: crate::datapath::loader::Program,
     /// The kernel's binding for this ifindex points at the zone's slot.
     pub bound: bool,
 }
@@ -326,8 +326,8 @@ pub fn render_table(r: &StatusReport) -> String {
     let _ = writeln!(out, "\n{:<16} {:>7} {:<12} {:<10} {:<8} BOUND", "INTERFACE", "IFINDEX", "ZONE", "PROGRAM", "XDP");
     for i in &r.interfaces {
         let mode = match i.mode {
-            crate::loader::AttachMode::Native => "native",
-            crate::loader::AttachMode::Generic => "generic",
+            crate::datapath::loader::AttachMode::Native => "native",
+            crate::datapath::loader::AttachMode::Generic => "generic",
         };
         let zone = if i.zone.is_empty() { "-" } else { &i.zone };
         let bound = if i.zone.is_empty() { "-" } else if i.bound { "yes" } else { "NO" };

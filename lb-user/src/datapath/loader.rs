@@ -25,7 +25,7 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
-        TestRun, TestRunOptions, Xdp, XdpMode,
+        Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -167,7 +167,7 @@ impl MapSizes {
     }
 
     /// The sizes `b` asks for (the defaults without a balancer).
-    pub fn of(b: Option<&crate::config::BalancerConfig>) -> Self {
+    pub fn of(b: Option<&crate::source::config::BalancerConfig>) -> Self {
         b.map_or(Self::with_table(lb_common::maglev::DEFAULT_TABLE_SIZE), |b| Self {
             table_size: b.table_size,
             flows: b.flow_table_size,
@@ -266,7 +266,7 @@ impl Datapath {
             .map_max_entries(MAP_MAGLEV, maglev_map_len(sizes.table_size))
             .map_max_entries(MAP_FLOWS, sizes.flows)
             .map_max_entries(MAP_NAT, sizes.nat)
-            .load(crate::ebpf_object())
+            .load(crate::ebpf_object()?)
             .context("loading the eBPF object")?;
         for p in [Program::Isolator, Program::Balancer] {
             program(&mut ebpf, p)?
@@ -412,37 +412,10 @@ impl Datapath {
         self.links.iter().find(|a| a.ifname == ifname).map(|a| a.program)
     }
 
-    /// Runs `which` `repeat` times over `frame` with `BPF_PROG_TEST_RUN` (as
-    /// if it arrived on the current namespace's loopback); returns the XDP
-    /// action and the kernel's mean time per run.
-    pub fn test_run(&mut self, which: Program, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration)> {
-        let prog = program(&mut self.ebpf, which)?;
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.repeat = repeat;
-        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-        Ok((r.return_value, r.duration))
-    }
-
-    /// Runs `which` once over `frame` as if it arrived on `ifindex` (an
-    /// interface of the current network namespace); returns the XDP action
-    /// and the packet as the program left it.
-    pub fn test_run_on(&mut self, which: Program, frame: &[u8], ifindex: u32) -> Result<(u32, Vec<u8>)> {
-        let prog = program(&mut self.ebpf, which)?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        // The kernel wants `data_end` = the frame's length and no metadata.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+    /// The loaded program `which` (the harness runs it with
+    /// `BPF_PROG_TEST_RUN`).
+    pub fn program_mut(&mut self, which: Program) -> Result<&mut Xdp> {
+        program(&mut self.ebpf, which)
     }
 
     /// Detaches from one interface (no-op when not attached there).

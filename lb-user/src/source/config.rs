@@ -15,7 +15,6 @@ use lb_common::{
         ReversePath, ZoneBinding, MAX_INTERFACES, MAX_PORT_ENTRIES, MAX_SLOTS, MAX_SOURCE_PREFIXES, PROTECTED,
         SET_NODES, SET_TRUSTED,
     },
-    model::Policy,
     wire::{IPPROTO_TCP, IPPROTO_UDP, SWARM_PORTS},
 };
 use serde::Deserialize;
@@ -23,7 +22,7 @@ use toml::Spanned;
 
 mod balancer;
 mod swarm;
-pub use balancer::{BackendConfig, BalancerConfig, ForwardMode, HealthCheck, HealthProtocol, Rule, VipConfig, DEFAULT_SNAT_PORTS};
+pub use balancer::{BackendConfig, BalancerConfig, HealthCheck, HealthProtocol, Rule, VipConfig, DEFAULT_SNAT_PORTS};
 pub use swarm::{SwarmAdditions, SwarmConfig};
 
 /// Where the maps are pinned unless `[settings].pin_path` says otherwise.
@@ -160,7 +159,8 @@ impl Cidr {
         Ok(cidr)
     }
 
-    fn masked(self) -> Self {
+    /// The prefix with its host bits cleared.
+    pub fn masked(self) -> Self {
         fn mask<const N: usize>(mut a: [u8; N], len: u8) -> [u8; N] {
             for (i, b) in a.iter_mut().enumerate() {
                 let keep = (usize::from(len)).saturating_sub(i * 8).min(8);
@@ -242,7 +242,7 @@ pub struct ZoneConfig {
 
 impl ZoneConfig {
     /// The binding an interface of this zone gets.
-    fn binding(&self, slot: u32, zone_id: u32) -> ZoneBinding {
+    pub fn binding(&self, slot: u32, zone_id: u32) -> ZoneBinding {
         ZoneBinding {
             slot,
             tunnel_access: self.tunnel_access(),
@@ -254,7 +254,7 @@ impl ZoneConfig {
     }
 
     /// The access mask of (proto, port) in this zone (0 = unprotected).
-    fn port_access(&self, proto: u8, port: u16) -> u32 {
+    pub fn port_access(&self, proto: u8, port: u16) -> u32 {
         let mut access = 0;
         if self.protected.contains(&(proto, port)) {
             access |= PROTECTED | SET_TRUSTED;
@@ -570,57 +570,6 @@ pub struct CompiledPolicy {
     pub zones: Vec<ZonePolicy>,
     /// (interface name, index into `zones`).
     pub interfaces: Vec<(String, usize)>,
-}
-
-/// The policy answered straight from the config — the independent reference
-/// the differential tests hold the kernel to (no flattening, no maps).
-pub struct ReferencePolicy {
-    bindings: HashMap<u32, ZoneBinding>,
-    /// slot → zone config.
-    slots: HashMap<u32, ZoneConfig>,
-    nodes: Vec<Cidr>,
-}
-
-impl ReferencePolicy {
-    /// `ifindexes`: interface name → ifindex; `slots`: zone name → slot.
-    pub fn new(cfg: &Config, ifindexes: &HashMap<String, u32>, slots: &HashMap<String, u32>) -> Self {
-        let mut bindings = HashMap::new();
-        let mut by_slot = HashMap::new();
-        let compiled = cfg.compile();
-        for (name, z) in &cfg.zones {
-            let Some(&slot) = slots.get(name) else { continue };
-            let zone_id = compiled.zones.iter().position(|c| &c.name == name).unwrap_or(usize::MAX);
-            by_slot.insert(slot, z.clone());
-            for i in cfg.interfaces.iter().filter(|i| &i.zone == name) {
-                if let Some(&ifindex) = ifindexes.get(&i.name) {
-                    bindings.insert(ifindex, z.binding(slot, zone_id as u32));
-                }
-            }
-        }
-        Self { bindings, slots: by_slot, nodes: cfg.nodes.clone() }
-    }
-
-    fn sets(&self, slot: u32, addr: Cidr) -> u32 {
-        let Some(z) = self.slots.get(&slot) else { return 0 };
-        let trusted = z.allow.iter().any(|c| c.contains(&addr));
-        let node = self.nodes.iter().any(|c| c.contains(&addr));
-        (if trusted { SET_TRUSTED } else { 0 }) | (if node { SET_NODES } else { 0 })
-    }
-}
-
-impl Policy for ReferencePolicy {
-    fn binding(&self, ifindex: u32) -> Option<ZoneBinding> {
-        self.bindings.get(&ifindex).copied()
-    }
-    fn port_access(&self, slot: u32, proto: u8, port: u16) -> u32 {
-        self.slots.get(&slot).map_or(0, |z| z.port_access(proto, port))
-    }
-    fn source_sets_v4(&self, slot: u32, addr: [u8; 4]) -> u32 {
-        self.sets(slot, Cidr::V4(addr, 32))
-    }
-    fn source_sets_v6(&self, slot: u32, addr: [u8; 16]) -> u32 {
-        self.sets(slot, Cidr::V6(addr, 128))
-    }
 }
 
 #[cfg(test)]

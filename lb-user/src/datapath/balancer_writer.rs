@@ -10,6 +10,13 @@
 //! A restarted daemon adopts what it finds pinned ([`BalancerWriter::adopt`]):
 //! backend ids and generations stay, so established flows keep their
 //! backends, and tables are rebuilt identically (Maglev is deterministic).
+//!
+//! Nothing else writes these maps, so the writer compares each apply with
+//! its own record of what it wrote and writes only the difference: one
+//! backend's health flip rewrites that backend's entry and, in the idle half
+//! of its VIPs' tables, the slots that differ from what that half holds
+//! (the table before the last flip: nothing at all when a backend flaps),
+//! then flips their services; other VIPs' tables are not even rebuilt.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,12 +26,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_common::{
     balancer::*,
-    isolator::{FAMILY_V4, FAMILY_V6},
-    maglev,
+    maglev, wire,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::maps::BalancerMaps;
+use crate::datapath::maps::{addr_key, key_addr, service_key, BalancerMaps};
 
 /// A backend as the control plane wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,32 +99,6 @@ pub struct AppliedVip {
     pub backends: Vec<AppliedBackend>,
 }
 
-/// The mode's name in config and status.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Nat => "nat",
-        Mode::Dsr => "dsr",
-        Mode::DsrL2 => "dsr-l2",
-    }
-}
-
-/// The 16-byte key form of an address, and its family.
-pub fn addr_key(a: IpAddr) -> ([u8; 16], u8) {
-    match a {
-        IpAddr::V4(v4) => (v4_key(v4.octets()), FAMILY_V4),
-        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
-    }
-}
-
-/// The address a 16-byte key holds.
-pub fn key_addr(addr: &[u8; 16], family: u8) -> IpAddr {
-    if family == FAMILY_V6 {
-        IpAddr::V6(Ipv6Addr::from(*addr))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    }
-}
-
 /// A backend's Maglev identity: the same on every edge host (FNV-1a over
 /// family and address), so two edges build the same table.
 pub fn backend_key(a: IpAddr) -> u64 {
@@ -163,7 +143,17 @@ struct VipSlot {
     half: u32,
     /// Its contents, when known (not after adoption).
     table: Option<Vec<u32>>,
+    /// The other half's contents, when known: the table before the last
+    /// flip. The kernel does not read it, so the next table is written
+    /// over it slot by slot where the two differ.
+    idle: Option<Vec<u32>>,
+    /// The members it was built from: the same members build the same
+    /// table, so it is not built again.
+    members: Vec<Member>,
 }
+
+/// A table member: address, weight, up, backend id.
+type Member = (IpAddr, u32, bool, u32);
 
 /// Keeps the maps in line with [`Desired`] states, one apply at a time.
 pub struct BalancerWriter {
@@ -172,9 +162,15 @@ pub struct BalancerWriter {
     ids: BTreeMap<IpAddr, (u32, u32)>,
     next_generation: u32,
     vips: BTreeMap<String, VipSlot>,
-    /// Services in the maps → their stats index.
-    services: BTreeMap<ServiceKeyOrd, u32>,
+    /// The services in the maps.
+    services: BTreeMap<ServiceKeyOrd, Service>,
+    /// The backend entries in the maps, by id.
+    backends: BTreeMap<u32, BackendInfo>,
+    /// The globals last written.
+    globals: Option<Globals>,
     egress: BTreeSet<u32>,
+    /// Map updates and deletes so far.
+    writes: u64,
 }
 
 /// [`ServiceKey`] with an order, for the writer's bookkeeping.
@@ -201,11 +197,11 @@ impl BalancerWriter {
             bail!("table size {table_size} is not a prime");
         }
         let capacity = maps.maglev.len();
-        if capacity != crate::loader::maglev_map_len(table_size) {
+        if capacity != crate::datapath::loader::maglev_map_len(table_size) {
             bail!(
                 "the pinned Maglev map holds {capacity} slots, not {} for table_size {table_size}: \
                  a changed table_size needs the old maps removed (stop swarmlb, then `swarmlb down`, then start it)",
-                crate::loader::maglev_map_len(table_size)
+                crate::datapath::loader::maglev_map_len(table_size)
             );
         }
         let mut w = Self {
@@ -214,7 +210,10 @@ impl BalancerWriter {
             next_generation: 1,
             vips: BTreeMap::new(),
             services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            globals: None,
             egress: BTreeSet::new(),
+            writes: 0,
         };
         for (id, item) in (0..).zip(maps.backends.iter()) {
             let b = item?;
@@ -222,10 +221,11 @@ impl BalancerWriter {
             if !b.is_vacant() {
                 w.ids.insert(key_addr(&b.addr, b.family), (id, b.generation));
             }
+            w.backends.insert(id, b);
         }
         for item in maps.services.iter() {
             let (k, s) = item?;
-            w.services.insert(ServiceKeyOrd::from(&k), s.stats_index);
+            w.services.insert(ServiceKeyOrd::from(&k), s);
         }
         for item in maps.egress.iter() {
             let (ifindex, _) = item?;
@@ -237,6 +237,12 @@ impl BalancerWriter {
     /// The table size the writer builds.
     pub fn table_size(&self) -> u32 {
         self.table_size
+    }
+
+    /// Map updates and deletes this writer has made (the reconciler's
+    /// measure of what a change cost).
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     /// Whether `d` fits the maps (what [`BalancerWriter::apply`] checks
@@ -285,12 +291,15 @@ impl BalancerWriter {
                 self.ids.insert(*a, (id, self.next_generation));
                 self.next_generation = self.next_generation.wrapping_add(1).max(1);
                 maps.backend_stats.set(id, aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); nr_cpus()?])?, 0)?;
+                self.writes += 1;
             }
             let (id, generation) = self.ids[a];
             let (addr, family) = addr_key(*a);
             let info = BackendInfo { addr, generation, family, up: u8::from(up[a]), _pad: [0; 2] };
-            if maps.backends.get(&id, 0).ok() != Some(info) {
+            if self.backends.get(&id) != Some(&info) {
                 maps.backends.set(id, info, 0).with_context(|| format!("writing backend {a}"))?;
+                self.backends.insert(id, info);
+                self.writes += 1;
             }
         }
 
@@ -301,11 +310,17 @@ impl BalancerWriter {
             snat_port_min: d.snat_ports.0,
             snat_port_max: d.snat_ports.1,
         };
-        maps.globals.set(0, g, 0).context("writing the balancer's globals")?;
-        write_snat_pool(maps, d)?;
+        if self.globals != Some(g) {
+            maps.globals.set(0, g, 0).context("writing the balancer's globals")?;
+            self.globals = Some(g);
+            self.writes += 1;
+        }
+        self.writes += write_snat_pool(maps, d)?;
         for ifindex in &d.egress {
-            if self.egress.insert(*ifindex) {
+            if !self.egress.contains(ifindex) {
                 maps.egress.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding interface {ifindex} to the egress map"))?;
+                self.egress.insert(*ifindex);
+                self.writes += 1;
             }
         }
 
@@ -318,7 +333,7 @@ impl BalancerWriter {
                 // After a restart, a VIP's services still point at its table.
                 v.rules.iter().find_map(|(proto, port, _)| {
                     let base = maps.services.get(&service_key(v.address, *proto, *port), 0).ok()?.table_base;
-                    Some(VipSlot { index: base / (2 * self.table_size), half: (base / self.table_size) % 2, table: None })
+                    Some(VipSlot { index: base / (2 * self.table_size), half: (base / self.table_size) % 2, table: None, idle: None, members: Vec::new() })
                 })
             });
             if let Some(s) = known {
@@ -332,23 +347,32 @@ impl BalancerWriter {
         for v in &d.vips {
             if !slots.contains_key(v.name.as_str()) {
                 let index = free_tables.next().context("no free Maglev table")?;
-                slots.insert(&v.name, VipSlot { index, half: 1, table: None });
+                slots.insert(&v.name, VipSlot { index, half: 1, table: None, idle: None, members: Vec::new() });
             }
         }
         for v in &d.vips {
-            let members: Vec<(IpAddr, u32, bool, u32)> =
-                v.backends.iter().map(|b| (b.address, b.weight, b.up, self.ids[&b.address].0)).collect();
-            let table = build_table(&members, self.table_size)?;
-            let slot = slots[v.name.as_str()].clone();
-            let mut slot = slot;
-            if slot.table.as_ref() != Some(&table) {
-                let half = 1 - slot.half;
-                let base = (slot.index * 2 + half) * self.table_size;
-                for (i, id) in table.iter().enumerate() {
-                    maps.maglev.set(base + i as u32, *id, 0).context("writing a Maglev table")?;
+            let members: Vec<Member> = v.backends.iter().map(|b| (b.address, b.weight, b.up, self.ids[&b.address].0)).collect();
+            let mut slot = slots.remove(v.name.as_str()).expect("every VIP has a slot");
+            if slot.table.is_none() || slot.members != members {
+                let table = build_table(&members, self.table_size)?;
+                if slot.table.as_ref() != Some(&table) {
+                    let half = 1 - slot.half;
+                    let base = (slot.index * 2 + half) * self.table_size;
+                    // Until the half is written, the record must not claim
+                    // to know what it holds (an error stops half way).
+                    if let Some(known) = self.vips.get_mut(&v.name) {
+                        known.idle = None;
+                    }
+                    for (i, id) in table.iter().enumerate() {
+                        if slot.idle.as_ref().is_none_or(|idle| idle[i] != *id) {
+                            maps.maglev.set(base + i as u32, *id, 0).context("writing a Maglev table")?;
+                            self.writes += 1;
+                        }
+                    }
+                    slot.half = half;
+                    slot.idle = slot.table.replace(table);
                 }
-                slot.half = half;
-                slot.table = Some(table.clone());
+                slot.members = members;
             }
             let base = (slot.index * 2 + slot.half) * self.table_size;
             let mut rules = Vec::new();
@@ -356,19 +380,21 @@ impl BalancerWriter {
                 let key = service_key(v.address, *proto, *port);
                 let ord = ServiceKeyOrd::from(&key);
                 let stats_index = match self.services.get(&ord) {
-                    Some(i) => *i,
+                    Some(s) => s.stats_index,
                     None => {
-                        let used: BTreeSet<u32> = self.services.values().copied().collect();
+                        let used: BTreeSet<u32> = self.services.values().map(|s| s.stats_index).collect();
                         let i = (0..MAX_SERVICES).find(|i| !used.contains(i)).context("no free service slot")?;
                         maps.service_stats.set(i, aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); nr_cpus()?])?, 0)?;
+                        self.writes += 1;
                         i
                     }
                 };
                 let svc = Service { table_base: base, table_size: self.table_size, stats_index, target_port: *target, mode: v.mode as u8, _pad: 0 };
-                if maps.services.get(&key, 0).ok() != Some(svc) {
+                if self.services.get(&ord) != Some(&svc) {
                     maps.services.insert(key, svc, 0).with_context(|| format!("writing service {} {proto}/{port}", v.address))?;
+                    self.services.insert(ord, svc);
+                    self.writes += 1;
                 }
-                self.services.insert(ord, stats_index);
                 wanted_services.insert(ord);
                 rules.push(AppliedRule { proto: *proto, port: *port, target_port: *target, stats_index });
             }
@@ -376,7 +402,7 @@ impl BalancerWriter {
             applied.push(AppliedVip {
                 name: v.name.clone(),
                 address: v.address,
-                mode: mode_name(v.mode).to_string(),
+                mode: v.mode.name().to_string(),
                 table: slot.index,
                 rules,
                 backends: v
@@ -397,18 +423,22 @@ impl BalancerWriter {
         for k in stale {
             let _ = maps.services.remove(&k.key());
             self.services.remove(&k);
+            self.writes += 1;
         }
         self.vips.retain(|name, _| d.vips.iter().any(|v| &v.name == name));
         let gone: Vec<IpAddr> = self.ids.keys().filter(|a| !addresses.contains(a)).copied().collect();
         for a in gone {
             let (id, generation) = self.ids.remove(&a).unwrap();
             let _ = maps.backends.set(id, BackendInfo::vacant(generation), 0);
+            self.backends.insert(id, BackendInfo::vacant(generation));
+            self.writes += 1;
         }
         let keep: BTreeSet<u32> = d.egress.iter().copied().collect();
         let extra: Vec<u32> = self.egress.iter().filter(|i| !keep.contains(i)).copied().collect();
         for ifindex in extra {
             let _ = maps.egress.remove(ifindex);
             self.egress.remove(&ifindex);
+            self.writes += 1;
         }
         Ok(applied)
     }
@@ -417,14 +447,16 @@ impl BalancerWriter {
 /// Writes the SNAT addresses: the pool (the inside address first), then
 /// the index of each further address (new ones before the pool that names
 /// them, stale ones after it, so a reply always finds its address).
-fn write_snat_pool(maps: &mut BalancerMaps, d: &Desired) -> Result<()> {
+/// Returns the map writes it made (none when nothing changed).
+fn write_snat_pool(maps: &mut BalancerMaps, d: &Desired) -> Result<u64> {
+    let mut writes = 0;
     let mut pool = SnatPool::default();
     let mut index = std::collections::HashMap::new();
-    let families = [(FAMILY_V4, d.inside_v4.map(IpAddr::V4)), (FAMILY_V6, d.inside_v6.map(IpAddr::V6))];
+    let families = [(wire::FAMILY_V4, d.inside_v4.map(IpAddr::V4)), (wire::FAMILY_V6, d.inside_v6.map(IpAddr::V6))];
     for (family, inside) in families {
         let Some(inside) = inside else { continue };
         let addresses: Vec<IpAddr> = [inside].into_iter().chain(d.snat_pool.iter().copied().filter(|a| a.is_ipv4() == inside.is_ipv4())).collect();
-        let (slots, count) = if family == FAMILY_V4 { (&mut pool.v4, &mut pool.v4_count) } else { (&mut pool.v6, &mut pool.v6_count) };
+        let (slots, count) = if family == wire::FAMILY_V4 { (&mut pool.v4, &mut pool.v4_count) } else { (&mut pool.v6, &mut pool.v6_count) };
         for (i, a) in addresses.iter().enumerate() {
             let (key, _) = addr_key(*a);
             slots[i] = key;
@@ -437,16 +469,19 @@ fn write_snat_pool(maps: &mut BalancerMaps, d: &Desired) -> Result<()> {
     for (k, i) in &index {
         if maps.snat_index.get(k, 0).ok() != Some(*i) {
             maps.snat_index.insert(k, i, 0).context("writing a SNAT address's index")?;
+            writes += 1;
         }
     }
     if maps.snat_pool.get(&0, 0).ok() != Some(pool) {
         maps.snat_pool.set(0, pool, 0).context("writing the SNAT addresses")?;
+        writes += 1;
     }
     let stale: Vec<SnatAddrKey> = maps.snat_index.keys().filter_map(Result::ok).filter(|k| !index.contains_key(k)).collect();
     for k in stale {
         maps.snat_index.remove(&k).context("removing a SNAT address")?;
+        writes += 1;
     }
-    Ok(())
+    Ok(writes)
 }
 
 fn table_counts(table: &[u32]) -> BTreeMap<u32, u32> {
@@ -457,12 +492,6 @@ fn table_counts(table: &[u32]) -> BTreeMap<u32, u32> {
         }
     }
     c
-}
-
-/// The map key of a VIP's rule.
-pub fn service_key(address: IpAddr, proto: u8, port: u16) -> ServiceKey {
-    let (addr, family) = addr_key(address);
-    ServiceKey { addr, port, proto, family }
 }
 
 fn nr_cpus() -> Result<usize> {

@@ -12,7 +12,7 @@
 //! which the XDP program needs (it cannot resolve a MAC address itself).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -29,7 +29,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::config::{BalancerConfig, HealthCheck, HealthProtocol};
+use crate::source::config::{BalancerConfig, HealthCheck, HealthProtocol};
 
 /// One backend of one VIP.
 pub type Target = (String, IpAddr);
@@ -46,6 +46,28 @@ impl Health {
     /// Whether new flows may go to the target.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+}
+
+/// The health checks' word to the reconciler: the backends taken out, as
+/// (VIP name, address). Every other backend is up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Down(BTreeMap<String, BTreeSet<IpAddr>>);
+
+impl Down {
+    /// Whether `backend` of `vip` is down.
+    pub fn contains(&self, vip: &str, backend: IpAddr) -> bool {
+        self.0.get(vip).is_some_and(|b| b.contains(&backend))
+    }
+}
+
+impl FromIterator<Target> for Down {
+    fn from_iter<I: IntoIterator<Item = Target>>(iter: I) -> Self {
+        let mut down = Self::default();
+        for (vip, backend) in iter {
+            down.0.entry(vip).or_default().insert(backend);
+        }
+        down
     }
 }
 
@@ -94,6 +116,11 @@ impl HealthChecks {
     /// Whether `backend` of `vip` may take new flows (unknown: up).
     pub fn is_up(&self, vip: &str, backend: IpAddr) -> bool {
         self.states.lock().unwrap().get(&(vip.to_string(), backend)).is_none_or(|h| h.is_up())
+    }
+
+    /// The backends that are down now.
+    pub fn down(&self) -> Down {
+        self.states.lock().unwrap().iter().filter(|(_, h)| !h.is_up()).map(|(t, _)| t.clone()).collect()
     }
 
     /// Transitions of `backend` of `vip` so far.

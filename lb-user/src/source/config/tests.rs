@@ -1,4 +1,5 @@
 use super::*;
+use lb_common::balancer::Mode;
 
 fn err(text: &str) -> String {
     Config::parse(text, "t.toml").expect_err("config must be rejected").to_string()
@@ -111,47 +112,6 @@ fn example_files_parse() {
     }
 }
 
-/// Longest-prefix match over the flattened entries equals the semantic
-/// "every prefix containing the address" of the reference policy.
-#[test]
-fn flattening_matches_the_reference() {
-    let mut seed = 0x1234_5678_9abc_def0u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    for _ in 0..50 {
-        let mut allow = Vec::new();
-        let mut nodes = Vec::new();
-        for i in 0..12 {
-            let len = (next() % 33) as u8;
-            let addr = [10, (next() % 4) as u8, (next() % 4) as u8, (next() % 256) as u8];
-            let c = Cidr::V4(addr, len).masked();
-            if i % 2 == 0 { allow.push(c) } else { nodes.push(c) }
-        }
-        let text = format!(
-            "[[interface]]\nname='e'\nzone='z'\n[zone.z]\nallow={:?}\n[cluster]\nnodes={:?}\n",
-            allow.iter().map(Cidr::to_string).collect::<Vec<_>>(),
-            nodes.iter().map(Cidr::to_string).collect::<Vec<_>>()
-        );
-        let cfg = Config::parse(&text, "t").unwrap();
-        let compiled = cfg.compile();
-        let reference = ReferencePolicy::new(&cfg, &HashMap::from([("e".into(), 1)]), &HashMap::from([("z".into(), 0)]));
-        for _ in 0..500 {
-            let addr = [10, (next() % 4) as u8, (next() % 4) as u8, (next() % 256) as u8];
-            let lpm = compiled.zones[0]
-                .sources_v4
-                .iter()
-                .filter(|((a, l), _)| Cidr::V4(*a, *l).contains(&Cidr::V4(addr, 32)))
-                .max_by_key(|((_, l), _)| *l)
-                .map_or(0, |(_, s)| *s);
-            assert_eq!(lpm, reference.source_sets_v4(0, addr), "{addr:?} under {text}");
-        }
-    }
-}
-
 const LB: &str = r#"
 [balancer]
 outside_interfaces = ["eth1"]
@@ -186,14 +146,14 @@ fn balancer_section_parses_with_defaults() {
     assert_eq!((b.tcp_closed_timeout, b.tcp_time_wait_timeout), (std::time::Duration::from_secs(10), std::time::Duration::from_secs(120)));
     assert_eq!((b.flow_table_size, b.nat_table_size), (262_144, 262_144));
     let web = &b.vips[0];
-    assert_eq!((web.name.as_str(), web.mode), ("web", ForwardMode::Nat));
+    assert_eq!((web.name.as_str(), web.mode), ("web", Mode::Nat));
     assert_eq!(web.rules[1], Rule { proto: IPPROTO_TCP, port: 80, target_port: 8080 });
     assert_eq!(web.rules[2], Rule { proto: IPPROTO_UDP, port: 53, target_port: 53 });
     let weights: Vec<u32> = web.backends.iter().map(|b| b.weight).collect();
     assert_eq!(weights, vec![1, 2, 0]);
     assert_eq!((web.health.protocol, web.health.port, web.health.rise, web.health.fall), (HealthProtocol::Tcp, 443, 3, 5));
     let v6 = &b.vips[1];
-    assert_eq!((v6.name.as_str(), v6.mode), ("2001:db8::10", ForwardMode::Dsr));
+    assert_eq!((v6.name.as_str(), v6.mode), ("2001:db8::10", Mode::Dsr));
     assert_eq!((v6.health.protocol, v6.health.path.as_str(), v6.health.interval.as_secs()), (HealthProtocol::Http, "/healthz", 5));
     assert!(Config::parse("", "t").unwrap().balancer().is_none());
 }

@@ -9,13 +9,15 @@ use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key;
 use lb_common::isolator::*;
 
-use crate::{config::CompiledPolicy, maps::IsolatorMaps};
+use crate::{source::config::CompiledPolicy, datapath::maps::IsolatorMaps};
 
 /// Where each zone of an applied policy was written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     /// zone name → slot.
     pub slots: StdHashMap<String, u32>,
+    /// Map updates and deletes the apply made.
+    pub writes: u64,
 }
 
 /// Applies `policy`, binding interface names through `ifindexes`. On error
@@ -41,10 +43,13 @@ pub fn apply(
     }
     let new_slots: BTreeSet<u32> = applied.slots.values().copied().collect();
     // Leftovers of an interrupted earlier apply may sit in the free slots.
-    clear_slots(maps, |s| new_slots.contains(&s))?;
-    if let Err(e) = write_slots(maps, policy, &applied) {
-        clear_slots(maps, |s| new_slots.contains(&s)).ok();
-        return Err(e);
+    applied.writes += clear_slots(maps, |s| new_slots.contains(&s))?;
+    match write_slots(maps, policy, &applied) {
+        Ok(n) => applied.writes += n,
+        Err(e) => {
+            clear_slots(maps, |s| new_slots.contains(&s)).ok();
+            return Err(e);
+        }
     }
 
     let mut wanted: StdHashMap<u32, ZoneBinding> = StdHashMap::new();
@@ -67,6 +72,7 @@ pub fn apply(
     }
     for (ifindex, binding) in &wanted {
         maps.bindings.insert(ifindex, binding, 0).context("binding an interface to its zone")?;
+        applied.writes += 1;
     }
     let stale: Vec<u32> = maps
         .bindings
@@ -77,12 +83,15 @@ pub fn apply(
         .collect();
     for ifindex in stale {
         maps.bindings.remove(&ifindex)?;
+        applied.writes += 1;
     }
-    clear_slots(maps, |s| !new_slots.contains(&s))?;
+    applied.writes += clear_slots(maps, |s| !new_slots.contains(&s))?;
     Ok(applied)
 }
 
-fn write_slots(maps: &mut IsolatorMaps, policy: &CompiledPolicy, applied: &Applied) -> Result<()> {
+/// Writes every zone's ports and sources into its slot; returns the writes.
+fn write_slots(maps: &mut IsolatorMaps, policy: &CompiledPolicy, applied: &Applied) -> Result<u64> {
+    let mut writes = 0;
     for zone in &policy.zones {
         let slot = applied.slots[&zone.name];
         let slot_be = slot.to_be_bytes();
@@ -99,25 +108,31 @@ fn write_slots(maps: &mut IsolatorMaps, policy: &CompiledPolicy, applied: &Appli
             let key = Key::new(SOURCE_SLOT_BITS + u32::from(len), SourceV6 { slot: slot_be, addr });
             maps.sources_v6.insert(&key, sets, 0).context("writing an IPv6 source prefix")?;
         }
+        writes += (zone.ports.len() + zone.sources_v4.len() + zone.sources_v6.len()) as u64;
     }
-    Ok(())
+    Ok(writes)
 }
 
-/// Removes every port and source entry of the slots `doomed` selects.
-fn clear_slots(maps: &mut IsolatorMaps, doomed: impl Fn(u32) -> bool) -> Result<()> {
+/// Removes every port and source entry of the slots `doomed` selects;
+/// returns how many.
+fn clear_slots(maps: &mut IsolatorMaps, doomed: impl Fn(u32) -> bool) -> Result<u64> {
+    let mut removed = 0;
     let ports: Vec<PortKey> = maps.ports.keys().collect::<Result<_, _>>()?;
     for key in ports.into_iter().filter(|k| doomed(u32::from(k.slot))) {
         maps.ports.remove(&key)?;
+        removed += 1;
     }
     let v4: Vec<Key<SourceV4>> = maps.sources_v4.keys().collect::<Result<_, _>>()?;
     for key in v4.into_iter().filter(|k| doomed(u32::from_be_bytes(k.data().slot))) {
         maps.sources_v4.remove(&key)?;
+        removed += 1;
     }
     let v6: Vec<Key<SourceV6>> = maps.sources_v6.keys().collect::<Result<_, _>>()?;
     for key in v6.into_iter().filter(|k| doomed(u32::from_be_bytes(k.data().slot))) {
         maps.sources_v6.remove(&key)?;
+        removed += 1;
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Writes the runtime settings (drop event interval).

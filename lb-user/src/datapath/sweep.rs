@@ -13,7 +13,7 @@ use lb_common::{
     wire::IPPROTO_TCP,
 };
 
-use crate::maps::BalancerMaps;
+use crate::datapath::maps::BalancerMaps;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {

@@ -17,7 +17,7 @@ use std::{
 use anyhow::Result;
 use lb_common::balancer::LbCounter;
 
-use crate::maps::BalancerMaps;
+use crate::datapath::maps::BalancerMaps;
 
 /// How often the counters are looked at.
 pub const INTERVAL: Duration = Duration::from_secs(5);

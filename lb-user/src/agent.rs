@@ -1,0 +1,531 @@
+//! `swarmlb run`: the agent. It owns the sources (the config file, the
+//! Swarm follower, the health checks, the address watch) and hands each
+//! one's word to the [`Reconciler`]; beside that it serves signals, the
+//! state file, the pin check, the NAT sweep and the counter watch.
+//! `swarmlb down`, `reload` and `check` live here too.
+
+use std::{fmt::Write as _, path::Path, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::{
+    datapath::{
+        isolator_writer,
+        loader::{remove_pins, MapSizes},
+        sweep,
+    },
+    observe::{
+        events,
+        state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
+        status::ReportMaps,
+        watch::{self, CounterWatch},
+    },
+    reconcile::{Diff, Reconciler},
+    source::{
+        config::{CompiledPolicy, Config},
+        health::HealthChecks,
+        netif,
+        swarm::follow::SwarmFollower,
+    },
+    unix_time,
+};
+
+/// What `check` prints: the compiled policy in words.
+pub fn describe(cfg: &Config) -> String {
+    let compiled = cfg.compile();
+    let mut out = String::new();
+    for (ifname, z) in &compiled.interfaces {
+        let _ = writeln!(out, "interface {ifname}: zone {}", compiled.zones[*z].name);
+    }
+    for z in &compiled.zones {
+        let ports = port_ranges(z.ports.keys().copied());
+        let _ = writeln!(
+            out,
+            "zone {}: {} protected (protocol, port) pairs: {}; {} IPv4 and {} IPv6 source prefixes",
+            z.name,
+            z.ports.len(),
+            ports.join(", "),
+            z.sources_v4.len(),
+            z.sources_v6.len()
+        );
+    }
+    if let Some(s) = cfg.swarm() {
+        let _ = writeln!(
+            out,
+            "swarm: {} (resync every {} s); node labels: zone {:?}, address {:?}, weight {:?}",
+            s.docker_host.as_deref().unwrap_or("DOCKER_HOST or unix:///var/run/docker.sock"),
+            s.resync_interval.as_secs(),
+            s.zone_label,
+            s.address_label,
+            s.weight_label
+        );
+    }
+    if let Some(b) = cfg.balancer() {
+        let _ = writeln!(
+            out,
+            "balancer: outside {}, inside {}, SNAT ports {}-{}, Maglev table {} slots",
+            b.outside_interfaces.join(", "),
+            b.inside_interface,
+            b.snat_ports.0,
+            b.snat_ports.1,
+            b.table_size
+        );
+        for v in &b.vips {
+            let rules: Vec<String> = v
+                .rules
+                .iter()
+                .map(|r| format!("{}/{}→{}", if r.proto == lb_common::wire::IPPROTO_TCP { "tcp" } else { "udp" }, r.port, r.target_port))
+                .collect();
+            let mut backends: Vec<String> = v.backends.iter().map(|b| format!("{} (weight {})", b.address, b.weight)).collect();
+            if let Some(sel) = &v.backends_from {
+                backends.push(format!("Swarm nodes matching {sel}"));
+            }
+            let _ = writeln!(out, "vip {} {} ({}): {}; backends {}", v.name, v.address, v.mode.name(), rules.join(", "), if backends.is_empty() { "none".into() } else { backends.join(", ") });
+        }
+    }
+    out
+}
+
+
+fn zone_states(cfg: &Config, compiled: &CompiledPolicy, applied: &isolator_writer::Applied) -> Vec<ZoneState> {
+    compiled
+        .zones
+        .iter()
+        .map(|z| ZoneState {
+            name: z.name.clone(),
+            zone_id: z.zone_id,
+            slot: applied.slots[&z.name],
+            protected: port_ranges(z.ports.keys().copied()),
+            allow: cfg.zone_allow(&z.name),
+            tunnels_allowed: z.tunnel_access == 0,
+            routing_header_allowed: z.routing_header_access == 0,
+        })
+        .collect()
+}
+
+
+/// The daemon's running state.
+struct Agent {
+    reconciler: Reconciler,
+    health: HealthChecks,
+    swarm: SwarmFollower,
+    /// The state file's contents, as last written.
+    state: Option<DaemonState>,
+    /// Start, adoption, reloads and pins (for status and metrics).
+    agent: AgentStatus,
+}
+
+impl Agent {
+    /// Applies a new config file: on error the old one stays in force.
+    fn set_config(&mut self, file: Config, config_path: &Path, runtime_dir: &Path) -> Result<()> {
+        let diff = self.reconciler.set_config(file)?;
+        self.swarm.follow(self.reconciler.file_config().expect("a config applied"));
+        self.applied("config", &diff, config_path, runtime_dir)
+    }
+
+    /// After a successful reconcile: the health checks follow the backends
+    /// in force, the log and the state file say what is applied.
+    fn applied(&mut self, why: &str, diff: &Diff, config_path: &Path, runtime_dir: &Path) -> Result<()> {
+        let r = &self.reconciler;
+        let applied = r.applied().expect("an apply succeeded");
+        let cfg = &applied.config;
+        self.health.follow(cfg.balancer());
+        let state = DaemonState {
+            pid: std::process::id(),
+            config: config_path.to_owned(),
+            pin_path: r.pin_dir().to_owned(),
+            interfaces: applied
+                .desired
+                .programs
+                .iter()
+                .map(|(name, program)| InterfaceState {
+                    name: name.clone(),
+                    ifindex: applied.ifindexes[name],
+                    zone: cfg.interfaces().iter().find(|i| &i.name == name).map(|i| i.zone.clone()).unwrap_or_default(),
+                    mode: r.attached()[name].1,
+                    program: *program,
+                })
+                .collect(),
+            zones: zone_states(cfg, &applied.desired.policy, &applied.zones),
+            vips: applied.vips.clone(),
+            swarm: None,
+            health_transitions: Vec::new(),
+            agent: AgentStatus::default(),
+        };
+        let (vips, backends) = (state.vips.len(), state.vips.iter().map(|v| v.backends.len()).sum::<usize>());
+        let up = state.vips.iter().flat_map(|v| &v.backends).filter(|b| b.up).count();
+        if why == "config" {
+            info!(interfaces = state.interfaces.len(), zones = state.zones.len(), vips, backends, up, map_writes = diff.map_writes, "config applied");
+        } else {
+            info!(
+                change = why,
+                policy = diff.policy,
+                impossible_sources = diff.impossible,
+                balancer = diff.balancer,
+                backends,
+                up,
+                map_writes = diff.map_writes,
+                "change applied"
+            );
+        }
+        self.state = Some(state);
+        self.write_state(runtime_dir)
+    }
+
+    /// Logs an input that did not apply (the running state stays), or
+    /// writes the state file when it did.
+    fn outcome(&mut self, why: &str, diff: Result<Diff>, config_path: &Path, runtime_dir: &Path) {
+        let result = diff.and_then(|d| self.applied(why, &d, config_path, runtime_dir));
+        if let Err(e) = result {
+            error!(error = format!("{e:#}"), "applying a {why} change failed; the running state stays");
+        }
+    }
+
+    /// Notes a SIGHUP's outcome (status, metrics) and writes the state file.
+    fn reloaded(&mut self, outcome: Result<(), String>, runtime_dir: &Path) {
+        match outcome {
+            Ok(()) => {
+                self.agent.reloads_succeeded += 1;
+                self.agent.last_reload_ok = true;
+                self.agent.last_reload_success = unix_time();
+                self.agent.last_reload_error = None;
+            }
+            Err(e) => {
+                self.agent.reloads_failed += 1;
+                self.agent.last_reload_ok = false;
+                self.agent.last_reload_error = Some(e);
+            }
+        }
+        if let Err(e) = self.write_state(runtime_dir) {
+            warn!(error = format!("{e:#}"), "writing the state file failed");
+        }
+    }
+
+    /// Looks for the pins of every map and link; when some are gone (the
+    /// bpffs unmounted, or files removed), says so once and pins them
+    /// again from this process's handles as soon as the pin path is on a
+    /// bpffs again. The data path never stops meanwhile.
+    fn check_pins(&mut self, runtime_dir: &Path) {
+        let missing = self.reconciler.datapath().missing_pins();
+        if missing.is_empty() && self.agent.pins_ok {
+            return;
+        }
+        let pin_path = self.reconciler.datapath().pin_dir().display().to_string();
+        if self.agent.pins_ok {
+            self.agent.pins_ok = false;
+            self.agent.pins_lost += 1;
+            error!(
+                pin_path,
+                missing = missing.len(),
+                "the pinned maps and links are gone (bpffs unmounted?): the data path keeps running on this process's handles, but a restart now would lose it; pinning them again once the pin path is on a bpffs"
+            );
+        }
+        let before = self.agent.pins_error.clone();
+        match self.reconciler.datapath().repin() {
+            Ok(n) => {
+                info!(pin_path, pinned = n, "the maps and links are pinned again: a restart adopts the data path");
+                self.agent.pins_ok = true;
+                self.agent.pins_error = None;
+            }
+            Err(e) => {
+                let mut names = missing.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+                if missing.len() > 4 {
+                    names.push_str(", …");
+                }
+                self.agent.pins_error = Some(format!("{} pins missing in {pin_path} ({names}); re-pinning: {e:#}", missing.len()));
+            }
+        }
+        if self.agent.pins_ok || self.agent.pins_error != before {
+            if let Err(e) = self.write_state(runtime_dir) {
+                warn!(error = format!("{e:#}"), "writing the state file failed");
+            }
+        }
+    }
+
+    /// Writes the state file with the current Swarm sync state.
+    fn write_state(&mut self, runtime_dir: &Path) -> Result<()> {
+        let Some(state) = self.state.as_mut() else { return Ok(()) };
+        state.swarm = self.swarm.sync().cloned();
+        state.agent = self.agent.clone();
+        state.health_transitions = state
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+            .map(|(v, b)| HealthTransitions { vip: v.name.clone(), backend: b.address, transitions: self.health.transitions(&v.name, b.address) })
+            .collect();
+        state.write(runtime_dir)
+    }
+}
+
+/// `swarmlb reload`: SIGHUP to the daemon named in the state file. The
+/// daemon logs whether the new config applied.
+pub fn signal_reload(runtime_dir: &Path) -> Result<()> {
+    let state = DaemonState::read(runtime_dir)?;
+    // SAFETY: kill(2) with a pid from our own state file and a valid signal.
+    if unsafe { libc::kill(state.pid as i32, libc::SIGHUP) } != 0 {
+        bail!("signalling swarmlb (pid {}): {}", state.pid, std::io::Error::last_os_error());
+    }
+    println!("asked swarmlb (pid {}) to reload {}", state.pid, state.config.display());
+    Ok(())
+}
+
+/// How often the pins are looked for.
+const PIN_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often idle NAT entries are swept: unproven ones live
+/// `tcp_half_open_timeout_s` / `udp_unreplied_timeout_s` (5 s by default)
+/// plus at most this.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Idle timeouts of NAT state.
+fn idle_timeouts(cfg: &Config) -> sweep::Timeouts {
+    cfg.balancer().map_or_else(sweep::Timeouts::default, |b| sweep::Timeouts {
+        tcp: b.tcp_idle_timeout,
+        tcp_closed: b.tcp_closed_timeout,
+        tcp_time_wait: b.tcp_time_wait_timeout,
+        udp: b.udp_idle_timeout,
+        tcp_half_open: b.tcp_half_open_timeout,
+        udp_unreplied: b.udp_unreplied_timeout,
+    })
+}
+
+/// `swarmlb down`: takes the data path off every interface and removes the
+/// pinned maps (counters, flows, NAT state). Refuses while a daemon runs.
+pub fn down(pin_dir: &Path, runtime_dir: &Path) -> Result<()> {
+    let _lock = InstanceLock::acquire(runtime_dir)?;
+    if !pin_dir.exists() {
+        println!("nothing pinned at {}", pin_dir.display());
+        return Ok(());
+    }
+    remove_pins(pin_dir).with_context(|| format!("removing the pins in {}", pin_dir.display()))?;
+    DaemonState::remove(runtime_dir);
+    println!("swarmlb's programs detached and {} removed", pin_dir.display());
+    Ok(())
+}
+
+/// `swarmlb run`: loads (or adopts) the data path, applies the config at
+/// `config_path` and follows its sources until SIGTERM or SIGINT.
+pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
+    let cfg = Config::load(config_path)?;
+    for w in cfg.warnings() {
+        warn!("{w}");
+    }
+    crate::reconcile::resolve_interfaces(&cfg)?;
+    let _lock = InstanceLock::acquire(runtime_dir)?;
+    let pin_dir = cfg.pin_path().to_owned();
+    let reconciler = Reconciler::load(&pin_dir, MapSizes::of(cfg.balancer()))?;
+    // Health checks run on the runtime from the first apply on.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _runtime = rt.enter();
+    // Before the first apply writes the state file: from then on
+    // `swarmlb reload` may signal, and an unhandled SIGHUP would end the
+    // daemon.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (swarm_tx, mut swarm_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut daemon = Agent {
+        reconciler,
+        health: HealthChecks::new(health_tx),
+        swarm: SwarmFollower::new(swarm_tx, runtime_dir),
+        state: None,
+        agent: AgentStatus::default(),
+    };
+    let was_running = daemon.reconciler.datapath().found_running();
+    if was_running {
+        info!(pin_path = %pin_dir.display(), "adopting the running data path");
+    }
+    let started = unix_time();
+    daemon.agent = AgentStatus {
+        started,
+        adopted: was_running,
+        last_reload_ok: true,
+        last_reload_success: started,
+        pins_ok: true,
+        ..AgentStatus::default()
+    };
+    if let Err(e) = daemon.set_config(cfg.clone(), config_path, runtime_dir) {
+        // What ran before keeps running; a first start leaves no trace.
+        if !was_running {
+            remove_pins(&pin_dir).ok();
+        }
+        return Err(e);
+    }
+    daemon.reconciler.datapath().release_unclaimed();
+    if was_running {
+        let maps = daemon.reconciler.balancer_maps();
+        let (flows, nat_entries) = (maps.flows.keys().count(), maps.nat.keys().count());
+        info!(
+            pin_path = %pin_dir.display(),
+            links = daemon.reconciler.attached().len(),
+            flows,
+            nat_entries,
+            "adopted the pinned data path: links, maps, flows, NAT state and counters carried over"
+        );
+    }
+
+    let result = rt.block_on(async {
+        let pin = pin_dir.clone();
+        let drops = tokio::spawn(async move {
+            if let Err(e) = events::log_drops(&pin).await {
+                error!(error = %e, "reading drop events failed");
+            }
+        });
+        // The endpoint reads the maps through handles of its own, opened
+        // now, so it keeps answering if the pins go.
+        let metrics = cfg.metrics_listen().and_then(|addr| match ReportMaps::open(&pin_dir) {
+            Ok(maps) => Some(tokio::spawn(crate::observe::metrics::serve(addr, runtime_dir.to_owned(), maps))),
+            Err(e) => {
+                error!(error = format!("{e:#}"), "opening the maps for the metrics endpoint failed; running without it");
+                None
+            }
+        });
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut pin_check = tokio::time::interval(PIN_CHECK_INTERVAL);
+        let mut watch_tick = tokio::time::interval(watch::INTERVAL);
+        watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = CounterWatch::new(daemon.reconciler.balancer_maps().counters().unwrap_or_default());
+        let mut watched = std::time::Instant::now();
+        let mut idle = idle_timeouts(&cfg);
+        // Address changes: the impossible-source tries follow them.
+        let mut addresses = match netif::NetlinkWatch::addresses() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                error!(error = format!("{e:#}"), "watching address changes failed: the host's addresses are read again only on reloads");
+                None
+            }
+        };
+        // Route, neighbour, address and link changes: the kernel's kept
+        // next hops go stale. Without the watch none are kept (generation
+        // 0: a FIB lookup per packet, as before they were).
+        let mut routing = match netif::NetlinkWatch::routing() {
+            Ok(w) => {
+                if let Err(e) = daemon.reconciler.balancer_maps().bump_net_generation() {
+                    warn!(error = format!("{e:#}"), "starting the routing generation failed: next hops are looked up per packet");
+                }
+                Some(w)
+            }
+            Err(e) => {
+                error!(error = format!("{e:#}"), "watching routing changes failed: next hops are looked up per packet");
+                let _ = daemon.reconciler.balancer_maps().stop_keeping_hops();
+                None
+            }
+        };
+        info!(pid = std::process::id(), "swarmlb running");
+        loop {
+            tokio::select! {
+                _ = housekeeping.tick() => {
+                    match sweep::sweep_nat(daemon.reconciler.balancer_maps(), &idle) {
+                        Ok(0) => {}
+                        Ok(n) => info!(removed = n, "idle NAT entries removed"),
+                        Err(e) => warn!(error = %e, "sweeping NAT entries failed"),
+                    }
+                }
+                _ = pin_check.tick() => daemon.check_pins(runtime_dir),
+                _ = watch_tick.tick() => {
+                    match watch.check(daemon.reconciler.balancer_maps(), watched.elapsed()) {
+                        Ok(lines) => lines.iter().for_each(|l| warn!("{l}")),
+                        Err(e) => warn!(error = format!("{e:#}"), "reading the balancer's counters failed"),
+                    }
+                    watched = std::time::Instant::now();
+                }
+                Some(()) = health_rx.recv() => {
+                    // Several transitions at once make one apply.
+                    while health_rx.try_recv().is_ok() {}
+                    let diff = daemon.reconciler.set_health(daemon.health.down());
+                    daemon.outcome("health", diff, config_path, runtime_dir);
+                }
+                Some(update) = swarm_rx.recv() => {
+                    let changed = match daemon.reconciler.file_config().cloned() {
+                        Some(current) => daemon.swarm.update(update, &current),
+                        None => false,
+                    };
+                    if changed {
+                        let diff = daemon.reconciler.set_swarm(daemon.swarm.additions().clone());
+                        daemon.outcome("Swarm", diff, config_path, runtime_dir);
+                    } else if let Err(e) = daemon.write_state(runtime_dir) {
+                        warn!(error = format!("{e:#}"), "writing the state file failed");
+                    }
+                }
+                r = async { addresses.as_mut().unwrap().changed().await }, if addresses.is_some() => {
+                    match r {
+                        Ok(()) => {
+                            let diff = daemon.reconciler.set_netif();
+                            daemon.outcome("address", diff, config_path, runtime_dir);
+                        }
+                        Err(e) => {
+                            error!(error = format!("{e:#}"), "watching address changes failed; stopped watching");
+                            addresses = None;
+                        }
+                    }
+                }
+                r = async { routing.as_mut().unwrap().changed().await }, if routing.is_some() => {
+                    let bumped = r.and_then(|()| daemon.reconciler.balancer_maps().bump_net_generation());
+                    if let Err(e) = bumped {
+                        error!(error = format!("{e:#}"), "following routing changes failed; next hops are looked up per packet from now on");
+                        let _ = daemon.reconciler.balancer_maps().stop_keeping_hops();
+                        routing = None;
+                    }
+                }
+                _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => {
+                    let config = config_path.display().to_string();
+                    let outcome = match Config::load(config_path) {
+                        Ok(new) => match daemon.set_config(new.clone(), config_path, runtime_dir) {
+                            Ok(()) => {
+                                idle = idle_timeouts(&new);
+                                if new.metrics_listen() != cfg.metrics_listen() {
+                                    warn!(config, "SIGHUP: config reloaded, but settings.metrics_listen takes effect at the next start");
+                                } else {
+                                    info!(config, "SIGHUP: config reloaded");
+                                }
+                                Ok(())
+                            }
+                            Err(e) => {
+                                let e = format!("{e:#}");
+                                error!(config, error = e, "SIGHUP: applying the new config failed; the running policy stays");
+                                Err(e)
+                            }
+                        },
+                        Err(e) => {
+                            error!(config, error = %e, "SIGHUP: the new config is invalid; the running policy stays");
+                            Err(e.to_string())
+                        }
+                    };
+                    daemon.reloaded(outcome, runtime_dir);
+                }
+            }
+        }
+        drops.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    // One last look: pins that went since the last check are restored if
+    // they can be, so the data path outlives this process.
+    daemon.check_pins(runtime_dir);
+    let pins_ok = daemon.agent.pins_ok;
+    // Nobody follows routing changes from now on: no next hop is kept.
+    if let Err(e) = daemon.reconciler.balancer_maps().stop_keeping_hops() {
+        warn!(error = format!("{e:#}"), "turning kept next hops off failed: a route or neighbour change before the next start is not followed");
+    }
+    DaemonState::remove(runtime_dir);
+    drop(daemon);
+    if pins_ok {
+        info!(
+            pin_path = %pin_dir.display(),
+            "stopped; the data path keeps running on its pinned links and maps (the next `swarmlb run` adopts it, `swarmlb down` removes it)"
+        );
+    } else {
+        error!(
+            pin_path = %pin_dir.display(),
+            "stopped with the pins missing: the programs came off with this process (the next `swarmlb run` starts afresh)"
+        );
+    }
+    result
+}
