@@ -435,6 +435,19 @@ pub struct Globals {
     pub snat_port_max: u16,
 }
 
+impl Globals {
+    /// The inside address of `family` in the keys' form: SNAT address 0
+    /// and tunnel source.
+    #[inline(always)]
+    pub fn inside(&self, family: u8) -> [u8; 16] {
+        if family == FAMILY_V4 {
+            v4_key(self.inside_v4)
+        } else {
+            self.inside_v6
+        }
+    }
+}
+
 /// Packets, bytes and new flows of a service or a backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -323,7 +323,7 @@ pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T)
         return forward(frame, out, ifindex, t, &p, &svc);
     }
     let Some(g) = t.globals() else { return Outcome::next_stage() };
-    let snat = if p.dst == inside(&g, p.family) { Some(0) } else { t.snat_index(p.family, &p.dst) };
+    let snat = if p.dst == g.inside(p.family) { Some(0) } else { t.snat_index(p.family, &p.dst) };
     let Some(snat) = snat else { return Outcome::next_stage() };
     let nkey = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, snat, _pad: 0 };
     match t.nat(&nkey) {
@@ -477,19 +477,10 @@ enum NatFound {
     Reclaimed(Slot),
 }
 
-/// The edge's inside address of `family`: SNAT address 0 and tunnel source.
-fn inside(g: &Globals, family: u8) -> [u8; 16] {
-    if family == FAMILY_V4 {
-        v4_key(g.inside_v4)
-    } else {
-        g.inside_v6
-    }
-}
-
 /// SNAT address `index` of `family`.
 fn snat_address<T: Tables>(t: &T, g: &Globals, family: u8, index: u8) -> [u8; 16] {
     match (index, t.snat_pool()) {
-        (0, _) | (_, None) => inside(g, family),
+        (0, _) | (_, None) => g.inside(family),
         (i, Some(pool)) => pool.address(family, i),
     }
 }

@@ -4,7 +4,6 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     balancer::*,
-    isolator::FAMILY_V4,
     balancer_model::same_flow,
     maglev::flow_hash,
     nat_state::{self, Check, Segment},
@@ -258,11 +257,7 @@ pub fn snat_address(g: &Globals, family: u8, index: u8) -> [u8; 16] {
             return pool.address(family, index);
         }
     }
-    if family == FAMILY_V4 {
-        v4_key(g.inside_v4)
-    } else {
-        g.inside_v6
-    }
+    g.inside(family)
 }
 
 /// The index of the parsed packet's destination among its family's SNAT
@@ -271,8 +266,7 @@ pub fn snat_address(g: &Globals, family: u8, index: u8) -> [u8; 16] {
 #[inline(never)]
 pub fn snat_index(s: &mut Scratch, g: &Globals) -> Option<u8> {
     let p = &s.parsed;
-    let inside = if p.family == FAMILY_V4 { v4_key(g.inside_v4) } else { g.inside_v6 };
-    if p.dst == inside {
+    if p.dst == g.inside(p.family) {
         return Some(0);
     }
     s.snat_key = SnatAddrKey { addr: p.dst, family: p.family, _pad: [0; 3] };
