@@ -319,23 +319,26 @@ fn drops_and_passes_are_counted() {
     let Some(mut fx) = Fixture::new("lbfxdrop") else { return };
     let kb = &fx.kb;
     let syn = L4::tcp_syn(40000, 443);
-    let cases: Vec<(Vec<u8>, Action, Option<LbCounter>)> = vec![
-        (client_frame(kb, CLIENT_V4, NO_NEIGH_VIP, &syn), Action::Drop, Some(LbCounter::NoNeighbour)),
-        (client_frame(kb, CLIENT_V4, NO_ROUTE_VIP, &syn), Action::Drop, Some(LbCounter::NoRoute)),
-        (client_frame(kb, CLIENT_V4, EMPTY_VIP, &syn), Action::Drop, Some(LbCounter::NoBackend)),
-        (client_frame(kb, CLIENT_V4, NAT4, &L4::tcp_syn(40000, 8443)), Action::NextStage, None),
-        (client_frame(kb, CLIENT_V4, "10.1.0.11", &syn), Action::NextStage, None),
-        (client_frame(kb, CLIENT_V4, "10.1.0.1", &syn), Action::NextStage, None),
-        (ip_frame(&FrameBuilder::new([2; 6], kb.net.out_mac), CLIENT_V4, NAT4, &syn, |h| h.ttl = 1, |_| {}), Action::Pass, Some(LbCounter::TtlExpired)),
-        (ip_frame(&FrameBuilder::new([2; 6], kb.net.out_mac), CLIENT_V4, NAT4, &syn, |h| h.more_fragments = true, |_| {}), Action::Drop, Some(LbCounter::Unbalanceable)),
-        (client_frame(kb, CLIENT_V4, NAT4, &syn)[..50].to_vec(), Action::Drop, Some(LbCounter::Malformed)),
-        (client_frame(kb, CLIENT_V4, DSR4, &L4::Tcp { sport: 40002, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1460] }), Action::Drop, Some(LbCounter::TooBig)),
+    let outside = FrameBuilder::new([2; 6], kb.net.out_mac);
+    let full_segment = L4::Tcp { sport: 40002, dport: 443, seq: 1, ack: 1, flags: 0x10, window: 1, payload: vec![0; 1460] };
+    // One named case per scenario: (name, frame, action, counter).
+    let cases: Vec<(&str, Vec<u8>, Action, Option<LbCounter>)> = vec![
+        ("backend without a neighbour entry", client_frame(kb, CLIENT_V4, NO_NEIGH_VIP, &syn), Action::Drop, Some(LbCounter::NoNeighbour)),
+        ("backend without a route", client_frame(kb, CLIENT_V4, NO_ROUTE_VIP, &syn), Action::Drop, Some(LbCounter::NoRoute)),
+        ("VIP without backends", client_frame(kb, CLIENT_V4, EMPTY_VIP, &syn), Action::Drop, Some(LbCounter::NoBackend)),
+        ("VIP address, port without a rule", client_frame(kb, CLIENT_V4, NAT4, &L4::tcp_syn(40000, 8443)), Action::NextStage, None),
+        ("to a backend, not a VIP", client_frame(kb, CLIENT_V4, "10.1.0.11", &syn), Action::NextStage, None),
+        ("to the edge itself", client_frame(kb, CLIENT_V4, "10.1.0.1", &syn), Action::NextStage, None),
+        ("TTL 1", ip_frame(&outside, CLIENT_V4, NAT4, &syn, |h| h.ttl = 1, |_| {}), Action::Pass, Some(LbCounter::TtlExpired)),
+        ("first fragment", ip_frame(&outside, CLIENT_V4, NAT4, &syn, |h| h.more_fragments = true, |_| {}), Action::Drop, Some(LbCounter::Unbalanceable)),
+        ("truncated TCP header", client_frame(kb, CLIENT_V4, NAT4, &syn)[..50].to_vec(), Action::Drop, Some(LbCounter::Malformed)),
+        ("too big for the DSR tunnel, DF clear", client_frame(kb, CLIENT_V4, DSR4, &full_segment), Action::Drop, Some(LbCounter::TooBig)),
     ];
-    for (i, (frame, action, counter)) in cases.iter().enumerate() {
+    for (name, frame, action, counter) in &cases {
         let (o, out) = fx.run(frame, fx.out_if);
-        assert_eq!((o.action, o.counter), (*action, *counter), "case {i}");
+        assert_eq!((o.action, o.counter), (*action, *counter), "{name}");
         if o.action != Action::Drop {
-            assert_eq!(&out, frame, "case {i}: passed unchanged");
+            assert_eq!(&out, frame, "{name}: passed unchanged");
         }
     }
     fx.finish();
