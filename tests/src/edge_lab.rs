@@ -111,7 +111,8 @@ impl EdgeLab {
         let edge = t.netns(&format!("{tag}e"));
         let switch = t.netns(&format!("{tag}s"));
         t.veth(&client, "c-out", &edge, "e-out");
-        t.veth(&edge, "e-in", &switch, "s-e");
+        t.bridge(&switch);
+        t.plug(&edge, "e-in", &switch, "s-e");
         t.addr(&client, "c-out", "198.51.100.2/24");
         t.addr(&client, "c-out", "2001:db8:1::2/64");
         t.addr(&edge, "e-out", "198.51.100.1/24");
@@ -121,21 +122,16 @@ impl EdgeLab {
         t.route(&client, "203.0.113.0/24", "198.51.100.1");
         t.route(&client, "2001:db8:10::/64", "2001:db8:1::1");
         t.forwarding(&edge);
-        switch.exec(&["ip", "link", "add", "br0", "type", "bridge"]).unwrap();
-        switch.exec(&["ip", "link", "set", "br0", "up"]).unwrap();
-        switch.exec(&["ip", "link", "set", "s-e", "master", "br0"]).unwrap();
         let mut ws = Vec::new();
         for i in 1..=workers {
             let w = t.netns(&format!("{tag}w{i}"));
-            let port = format!("s-w{i}");
-            t.veth(&w, "eth0", &switch, &port);
-            switch.exec(&["ip", "link", "set", &port, "master", "br0"]).unwrap();
+            t.plug(&w, "eth0", &switch, &format!("s-w{i}"));
             let (v4, v6) = worker_addrs(i);
             t.addr(&w, "eth0", &format!("{v4}/24"));
             t.addr(&w, "eth0", &format!("{v6}/64"));
             t.route(&w, "default", "10.1.0.1");
             // `onlink`: the prefix route may not be in place yet.
-            w.exec(&["ip", "-6", "route", "add", "default", "via", "fd00:1::1", "dev", "eth0", "onlink"]).unwrap();
+            t.route_to(&w, "default", crate::rtnl::Next::OnLink(IpAddr::V6(EDGE_INSIDE_V6), "eth0"));
             ws.push(w);
         }
         full_checksums(std::iter::once((&client, "c-out")).chain(ws.iter().map(|w| (w, "eth0"))));

@@ -58,48 +58,41 @@ pub struct HaLab {
     _topology: Topology,
 }
 
-/// Makes `ns` a bridge `br0` and returns it.
-fn bridge(t: &mut Topology, tag: &str) -> Netns {
+/// A new namespace that is a switch (a bridge, see [`Topology::bridge`]).
+fn switch(t: &mut Topology, tag: &str) -> Netns {
     let ns = t.netns(tag);
-    ns.exec(&["ip", "link", "add", "br0", "type", "bridge"]).unwrap();
-    ns.exec(&["ip", "link", "set", "br0", "up"]).unwrap();
+    t.bridge(&ns);
     ns
-}
-
-/// A veth from `ns`'s `ifname` to port `port` of the bridge in `br`.
-fn plug(t: &mut Topology, ns: &Netns, ifname: &str, br: &Netns, port: &str) {
-    t.veth(ns, ifname, br, port);
-    br.exec(&["ip", "link", "set", port, "master", "br0"]).unwrap();
 }
 
 impl HaLab {
     /// Builds the network with `workers` worker namespaces.
     pub fn new(tag: &str, workers: usize) -> Self {
         let mut t = Topology::new();
-        let outside = bridge(&mut t, &format!("{tag}o"));
-        let inside = bridge(&mut t, &format!("{tag}s"));
+        let outside = switch(&mut t, &format!("{tag}o"));
+        let inside = switch(&mut t, &format!("{tag}s"));
         let client = t.netns(&format!("{tag}c"));
-        plug(&mut t, &client, "c-out", &outside, "o-c");
+        t.plug(&client, "c-out", &outside, "o-c");
         t.addr(&client, "c-out", &format!("{HA_CLIENT}/24"));
         let edges = ["a", "b"].map(|e| t.netns(&format!("{tag}{e}")));
         for (i, (e, name)) in edges.iter().zip(["a", "b"]).enumerate() {
             let (out, ins) = edge_addrs(i);
-            plug(&mut t, e, "e-out", &outside, &format!("o-{name}"));
-            plug(&mut t, e, "e-in", &inside, &format!("s-{name}"));
+            t.plug(e, "e-out", &outside, &format!("o-{name}"));
+            t.plug(e, "e-in", &inside, &format!("s-{name}"));
             t.addr(e, "e-out", &format!("{out}/24"));
             t.addr(e, "e-in", &format!("{ins}/24"));
             t.forwarding(e);
         }
         let router = t.netns(&format!("{tag}r"));
-        plug(&mut t, &router, "r-out", &outside, "o-r");
-        plug(&mut t, &router, "r-in", &inside, "s-r");
+        t.plug(&router, "r-out", &outside, "o-r");
+        t.plug(&router, "r-in", &inside, "s-r");
         t.addr(&router, "r-out", "198.51.100.254/24");
         t.addr(&router, "r-in", "10.1.0.254/24");
         t.forwarding(&router);
         let mut ws = Vec::new();
         for i in 1..=workers {
             let w = t.netns(&format!("{tag}w{i}"));
-            plug(&mut t, &w, "eth0", &inside, &format!("s-w{i}"));
+            t.plug(&w, "eth0", &inside, &format!("s-w{i}"));
             t.addr(&w, "eth0", &format!("{}/24", worker_addrs(i).0));
             t.route(&w, "default", "10.1.0.254");
             ws.push(w);
@@ -117,7 +110,8 @@ impl HaLab {
             // unknown) would reach the backup's program, which forwards
             // VIP packets whatever their destination MAC, and the "failover"
             // would take no time at all. Broadcast (ARP) and multicast
-            // (VRRP) still reach both edges.
+            // (VRRP) still reach both edges. (A bridge port flag: `bridge`,
+            // not the topology's rtnetlink calls.)
             ns.exec(&["bridge", "link", "set", "dev", ifname, "flood", "off"]).unwrap();
         }
         Self { _pass: pass, client, edges, router, outside, inside, workers: ws, _topology: t }
@@ -127,7 +121,7 @@ impl HaLab {
     /// segments (its namespace stays, for the teardown).
     pub fn cut(&self, i: usize) {
         for ifname in ["e-out", "e-in"] {
-            self.edges[i].exec(&["ip", "link", "set", ifname, "down"]).unwrap();
+            crate::rtnl::down(&self.edges[i], ifname).unwrap();
         }
     }
 

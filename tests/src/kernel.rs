@@ -30,7 +30,7 @@ use lb_user::{
     datapath::martian, datapath::isolator_writer,
 };
 
-use crate::{Netns, Topology};
+use crate::{rtnl::Next, Netns, Topology};
 
 /// The policy the fixtures and the fuzzer are judged under. `lo` (ifindex 1,
 /// where BPF_PROG_TEST_RUN says packets arrive) is the DMZ interface.
@@ -143,12 +143,7 @@ fn fixture_net(tag: &str) -> (Topology, Netns, u32) {
     t.addr(&ns, INSIDE_IF, "fd50::1/64");
     t.forwarding(&ns);
     for (prefix, dev) in ROUTES {
-        let family = if prefix.contains(':') { "-6" } else { "-4" };
-        match dev {
-            Some(dev) => ns.exec(&["ip", family, "route", "add", prefix, "dev", dev]),
-            None => ns.exec(&["ip", family, "route", "add", "unreachable", prefix]),
-        }
-        .unwrap_or_else(|e| panic!("route {prefix}: {e:#}"));
+        t.route_to(&ns, prefix, dev.map_or(Next::Unreachable, Next::Dev));
     }
     let inside = t.ifindex(&ns, INSIDE_IF);
     (t, ns, inside)

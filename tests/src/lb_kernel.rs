@@ -183,9 +183,8 @@ impl FixtureNet {
         t.addr(&ns, IN_IF, "fd00:1::1/64");
         t.forwarding(&ns);
         for (ifname, a) in NEIGHBOURS {
-            let m = neighbour_mac(a.parse().unwrap());
-            let mac = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
-            ns.exec(&["ip", "neigh", "replace", a, "lladdr", &mac, "dev", ifname, "nud", "permanent"]).unwrap();
+            let a: IpAddr = a.parse().unwrap();
+            crate::rtnl::neighbour(&ns, ifname, a, neighbour_mac(a), true).unwrap();
         }
         let out_ifindex = t.ifindex(&ns, OUT_IF);
         let in_ifindex = t.ifindex(&ns, IN_IF);

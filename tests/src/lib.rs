@@ -17,6 +17,7 @@
 //!
 //! All of it needs root (namespaces, veths, AF_PACKET): see [`require_root`].
 
+pub mod config;
 pub mod corpus;
 pub mod counters;
 pub mod daemon;
@@ -35,6 +36,7 @@ pub mod nginx;
 pub mod pins;
 pub mod rawframe;
 pub mod reference_policy;
+pub mod rtnl;
 pub mod scan;
 pub mod servers;
 pub mod soak;

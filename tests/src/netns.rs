@@ -129,7 +129,7 @@ impl Netns {
             }
         };
         let ns = Self { inner: Arc::new(Inner { name, file }) };
-        command_output(Command::new("ip").args(["-n", ns.name(), "link", "set", "lo", "up"]))?;
+        crate::rtnl::up(&ns, "lo")?;
         ns.unlimit_icmp();
         // Addresses must be usable at once, also the link-local ones that
         // neighbour discovery uses; DAD only adds a second of flakiness.
@@ -142,6 +142,13 @@ impl Netns {
     /// The namespace's name, as `ip netns list` shows it.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The namespace's file, open for its whole life (for `setns` and
+    /// netlink's `IFLA_NET_NS_FD`).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.inner.file.as_fd()
     }
 
     /// The bind-mount path of the namespace (`/var/run/netns/NAME`).

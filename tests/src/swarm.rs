@@ -187,8 +187,7 @@ impl SwarmLab {
         std::fs::create_dir_all(&dir)?;
         let mut topology = Topology::new();
         let switch = topology.netns(&format!("{tag}sw"));
-        switch.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
-        switch.exec(&["ip", "link", "set", "br0", "up"])?;
+        topology.bridge(&switch);
         let mut lab = Self { switch, nodes: Vec::new(), rootfs_tar: dir.join("busybox.tar"), dir, ports: 0, topology };
         for i in 0..nodes {
             let hostname = format!("{tag}n{}", i + 1);
@@ -329,8 +328,7 @@ impl SwarmLab {
     pub fn attach(&mut self, ns: &Netns, ifname: &str, cidr: &str) -> String {
         self.ports += 1;
         let port = format!("p{}", self.ports);
-        self.topology.veth(ns, ifname, &self.switch, &port);
-        self.switch.exec(&["ip", "link", "set", &port, "master", "br0"]).unwrap();
+        self.topology.plug(ns, ifname, &self.switch, &port);
         self.topology.addr(ns, ifname, cidr);
         port
     }

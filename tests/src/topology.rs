@@ -3,17 +3,20 @@
 //! the [`Netns`] handles the test holds are dropped (deleting a namespace
 //! deletes its veth ends, and with them their peers).
 //!
+//! Links, addresses and routes are made through netlink ([`crate::rtnl`]),
+//! not by running `ip`.
+//!
 //! The builder methods panic on failure: a topology that cannot be built is
 //! a broken test, and `topo.addr(...)` reads better without `.unwrap()`.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    process::Command,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{command_output, Netns};
+use crate::{netns::Netns, rtnl};
+
+/// The name of the bridge in a switch namespace ([`Topology::bridge`]).
+pub const BRIDGE: &str = "br0";
 
 /// Namespaces and links of one test. Holds a handle on every namespace it
 /// created, so they live at least as long as the topology.
@@ -22,9 +25,9 @@ pub struct Topology {
     namespaces: Vec<Netns>,
 }
 
-/// Runs `ip -n NS args...`, panicking with the command's stderr on failure.
-fn ip(ns: &Netns, args: &[&str]) -> String {
-    command_output(Command::new("ip").arg("-n").arg(ns.name()).args(args)).unwrap_or_else(|e| panic!("{e:#}"))
+/// The value of a builder step, or a panic that says which step failed.
+fn built<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 impl Topology {
@@ -53,30 +56,44 @@ impl Topology {
     /// their own namespace and parallel tests never race on names in the
     /// root namespace.
     pub fn veth(&mut self, a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-        ip(a, &["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name()]);
-        ip(a, &["link", "set", a_if, "up"]);
-        ip(b, &["link", "set", b_if, "up"]);
+        built(rtnl::veth(a, a_if, b, b_if));
     }
 
     /// Adds an address (`"10.1.0.1/24"` or `"fd00::1/64"`). IPv6 addresses
     /// get `nodad` so they are usable at once instead of after DAD.
     pub fn addr(&mut self, ns: &Netns, ifname: &str, cidr: &str) {
-        if cidr.contains(':') {
-            ip(ns, &["-6", "addr", "add", cidr, "dev", ifname, "nodad"]);
-        } else {
-            ip(ns, &["addr", "add", cidr, "dev", ifname]);
-        }
+        built(rtnl::addr(ns, ifname, cidr));
     }
 
     /// Adds a route to `dst` (a prefix or `default`) via gateway `via`.
     pub fn route(&mut self, ns: &Netns, dst: &str, via: &str) {
-        let family = if via.contains(':') { "-6" } else { "-4" };
-        ip(ns, &[family, "route", "add", dst, "via", via]);
+        let gateway: IpAddr = via.parse().unwrap_or_else(|e| panic!("gateway {via}: {e}"));
+        built(rtnl::route(ns, dst, gateway.into()));
     }
+
+    /// Adds a route to `dst` (a prefix, or `default` through a gateway)
+    /// that leads to `next`: out of a device, on-link, nowhere.
+    pub fn route_to(&mut self, ns: &Netns, dst: &str, next: rtnl::Next<'_>) {
+        built(rtnl::route(ns, dst, next));
+    }
+
+    /// Makes `ns` a switch: a bridge [`BRIDGE`], up, that [`Topology::plug`]
+    /// attaches links to.
+    pub fn bridge(&mut self, ns: &Netns) {
+        built(rtnl::bridge(ns, BRIDGE));
+    }
+
+    /// A veth from `ns`'s `ifname` to port `port` of the bridge in `switch`
+    /// (see [`Topology::bridge`]).
+    pub fn plug(&mut self, ns: &Netns, ifname: &str, switch: &Netns, port: &str) {
+        self.veth(ns, ifname, switch, port);
+        built(rtnl::enslave(switch, port, BRIDGE));
+    }
+
 
     /// Sets a link's MTU.
     pub fn mtu(&mut self, ns: &Netns, ifname: &str, mtu: u32) {
-        ip(ns, &["link", "set", ifname, "mtu", &mtu.to_string()]);
+        built(rtnl::mtu(ns, ifname, mtu));
     }
 
     /// Turns IPv4 and IPv6 forwarding on in `ns` (for router namespaces).
@@ -126,13 +143,7 @@ pub fn ifindex(ns: &Netns, ifname: &str) -> Result<u32> {
 
 /// `mac` without a topology: the hardware address of `ifname` in `ns`.
 pub fn mac(ns: &Netns, ifname: &str) -> Result<[u8; 6]> {
-    let out = command_output(Command::new("ip").args(["-n", ns.name(), "-o", "link", "show", "dev", ifname]))?;
-    let text = out
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .with_context(|| format!("no link/ether in: {out}"))?;
-    parse_mac(text)
+    rtnl::mac(ns, ifname)
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.

@@ -180,29 +180,15 @@ fn dsr_l2_rewrites_macs_for_backends_on_the_edges_segment() {
 #[test]
 fn udp_is_balanced_and_a_zone_on_the_outside_interface_still_isolates() {
     use harness::{
+        config::{EdgeConfig, Vip},
         scan::{tcp_scan, TcpOutcome},
         servers::{TcpListeners, UdpEcho},
     };
-    let cfg = format!(
-        r#"
-[[interface]]
-name = "e-out"
-zone = "dmz"
-
-[zone.dmz]
-protected = ["tcp/5432"]
-
-[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-
-[[vip]]
-name = "dns"
-address = "{VIP_V4}"
-rules = ["udp/5353", "tcp/80"]
-backends = ["10.1.0.11", "10.1.0.12", "10.1.0.13"]
-"#
-    );
+    let cfg = EdgeConfig::balancer()
+        .zone_interface("e-out", "dmz")
+        .protected("dmz", &["tcp/5432"])
+        .vip(Vip::new("dns", IpAddr::V4(VIP_V4), &["udp/5353", "tcp/80"]).backends((1..=3).map(|i| IpAddr::V4(worker_addrs(i).0))))
+        .to_toml();
     let r = start("lbudp", 3, &cfg);
     let echoes: Vec<UdpEcho> =
         (1..=3).map(|i| UdpEcho::start(&r.lab.workers[i - 1], &[IpAddr::V4(worker_addrs(i).0)], &[5353]).unwrap()).collect();

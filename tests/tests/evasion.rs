@@ -27,6 +27,7 @@ use harness::{
     isolator_lab::{protected, IsolatorLab, ADMIN4, CONFIG, HOST4, HOST6, OUT4, OUT6},
     kernel::{KernelIsolator, ModelFrags},
     rawframe::{proto, FrameBuilder, RawSocket},
+    rtnl::{self, Next},
     topology::mac,
     xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
 };
@@ -158,8 +159,8 @@ fn evasion_scans_never_reach_a_protected_port() {
     // Translated sources answer from the DMZ too, so their probes can be
     // seen delivered (routes on the host, addresses in the DMZ).
     for (addr, prefix) in [("64:ff9b::a4d:3", "64:ff9b::/96"), ("2002:a4d:3::1", "2002::/16")] {
-        lab.dmz.exec(&["ip", "-6", "addr", "add", &format!("{addr}/128"), "dev", "out0", "nodad"]).unwrap();
-        lab.host.exec(&["ip", "-6", "route", "add", prefix, "dev", "dmz0"]).unwrap();
+        rtnl::addr(&lab.dmz, "out0", &format!("{addr}/128")).unwrap();
+        rtnl::route(&lab.host, prefix, Next::Dev("dmz0")).unwrap();
     }
     let dmz_mac = mac(&lab.dmz, "out0").unwrap();
     let host_mac = mac(&lab.host, "dmz0").unwrap();
@@ -167,12 +168,11 @@ fn evasion_scans_never_reach_a_protected_port() {
     let ts = techniques();
     let wire = Wire::new(&lab);
     // Static neighbours: no answer waits for (or is lost in) ARP/ND.
-    let fmt_mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     for addr in [OUT4, OUT6, "64:ff9b::a4d:3", "2002:a4d:3::1"] {
-        lab.host.exec(&["ip", "neigh", "replace", addr, "lladdr", &fmt_mac(dmz_mac), "dev", "dmz0", "nud", "permanent"]).unwrap();
+        rtnl::neighbour(&lab.host, "dmz0", addr.parse().unwrap(), dmz_mac, true).unwrap();
     }
     for addr in [HOST4, HOST6] {
-        lab.dmz.exec(&["ip", "neigh", "replace", addr, "lladdr", &fmt_mac(host_mac), "dev", "out0", "nud", "permanent"]).unwrap();
+        rtnl::neighbour(&lab.dmz, "out0", addr.parse().unwrap(), host_mac, true).unwrap();
     }
 
     let run_all = |wire: &Wire, first_sport: u16| -> (Vec<Probe>, Vec<Outcome>) {

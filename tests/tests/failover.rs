@@ -25,6 +25,7 @@ use std::{
 
 use common::daemon::{wait_until, BackendSetups, RunningDaemon};
 use harness::{
+    config::{EdgeConfig, Vip},
     edge_lab::worker_addrs,
     ha_lab::{edge_addrs, HaLab, HA_VIP},
     keepalived::{vrrp_config, Keepalived, Vrrp},
@@ -58,24 +59,9 @@ enum Snat {
 
 /// The one config both edges run (same interface names, same backends).
 fn config(mode: &str, snat: Snat) -> String {
-    let backends: Vec<String> = (1..=WORKERS).map(|i| format!("\"{}\"", worker_addrs(i).0)).collect();
+    let vip = Vip::new("web", IpAddr::V4(HA_VIP), &["tcp/80"]).mode(mode);
     let snat = if snat == Snat::Shared { format!("snat_v4 = \"{SHARED_SNAT}\"") } else { String::new() };
-    format!(
-        r#"
-[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-{snat}
-
-[[vip]]
-name = "web"
-address = "{HA_VIP}"
-mode = "{mode}"
-rules = ["tcp/80"]
-backends = [{}]
-"#,
-        backends.join(", ")
-    )
+    EdgeConfig::balancer().balancer_line(&snat).vip(vip.backends((1..=WORKERS).map(|i| IpAddr::V4(worker_addrs(i).0)))).to_toml()
 }
 
 /// One edge host: keepalived, then swarmlb (dropped in this order).

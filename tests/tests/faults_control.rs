@@ -21,10 +21,11 @@ use common::{
     daemon::{stop_cleanly, swarmlb_bin, wait_until, Instance},
     edge::lab_with_proxies,
     http::{metric, metric_sum, metrics, who},
-    site::{answers, backends, node_addr, probe, site, weight_of, VIP},
+    site::{answers, backends, node_addr, probe, site, swarm_vip, weight_of, VIP},
 };
 use harness::{
-    edge_lab::{worker_addrs, VIP_V4},
+    config::{worker_vips, EdgeConfig},
+    edge_lab::VIP_V4,
     nginx::Nginx,
     pins::BpfMount,
     scan::TcpOutcome,
@@ -118,19 +119,7 @@ fn dockerd_stopped_for_a_minute_keeps_the_last_good_state() {
         .unwrap();
     let inst = Instance::new(
         "fcdk",
-        &s.config(&format!(
-            r#"
-[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-
-[[vip]]
-name = "web"
-address = "{VIP}"
-rules = ["tcp/80"]
-backends_from = "node.labels.lb==proxy"
-"#
-        )),
+        &s.config(EdgeConfig::balancer().vip(swarm_vip())),
     );
     let mut daemon = inst.start(&s.edge, &[]);
     inst.wait_ready(&mut daemon);
@@ -219,47 +208,15 @@ backends_from = "node.labels.lb==proxy"
 
 /// `nat` config for EdgeLab with `workers` (1-based) as backends of both
 /// VIPs, http health checks, and a DMZ zone on the outside interface.
-fn edge_config(workers: &[usize], protected: &str, inside: &str) -> String {
-    let list = |v6: bool| {
-        workers
-            .iter()
-            .map(|i| {
-                let (a4, a6) = worker_addrs(*i);
-                format!("\"{}\"", if v6 { a6.to_string() } else { a4.to_string() })
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        r#"
-[[interface]]
-name = "e-out"
-zone = "dmz"
-
-[zone.dmz]
-protected = [{protected}]
-
-[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "{inside}"
-
-[[vip]]
-name = "web4"
-address = "{VIP_V4}"
-rules = ["tcp/80"]
-health_check = {{ protocol = "http", port = 80, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }}
-backends = [{}]
-
-[[vip]]
-name = "web6"
-address = "{}"
-rules = ["tcp/80"]
-backends = [{}]
-"#,
-        list(false),
-        harness::edge_lab::VIP_V6,
-        list(true)
-    )
+fn edge_config(workers: &[usize], protected: &[&str], inside: &str) -> EdgeConfig {
+    let workers: Vec<(usize, Option<u32>)> = workers.iter().map(|&i| (i, None)).collect();
+    let [web4, web6] = worker_vips("web", &["tcp/80"], &workers);
+    EdgeConfig::new()
+        .zone_interface("e-out", "dmz")
+        .protected("dmz", protected)
+        .interfaces(&["e-out"], inside)
+        .vip(web4.health_check(r#"{ protocol = "http", port = 80, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }"#))
+        .vip(web6)
 }
 
 /// Waits for a restarted daemon (the killed one's state file is still
@@ -275,7 +232,7 @@ fn wait_restarted(inst: &Instance, child: &mut ChildGuard) {
 #[test]
 fn kill_9_under_traffic_the_restart_adopts_and_counters_go_on() {
     let (lab, _ca, _nginx) = lab_with_proxies("fckill", 3);
-    let inst = Instance::new("fckill", &edge_config(&[1, 2, 3], "\"tcp/5432\"", "e-in"));
+    let inst = Instance::new("fckill", &edge_config(&[1, 2, 3], &["tcp/5432"], "e-in").to_toml());
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
     let load = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 30, Duration::from_millis(20));
@@ -334,10 +291,9 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
     let (lab, _ca, nginx) = lab_with_proxies("fchup", 3);
     // An inside interface without an IPv6 address, for a config that
     // parses but cannot be applied (the IPv6 VIP needs one).
-    lab.edge.exec(&["ip", "link", "add", "e-dummy", "type", "bridge"]).unwrap();
-    lab.edge.exec(&["ip", "addr", "add", "10.9.0.1/24", "dev", "e-dummy"]).unwrap();
-    lab.edge.exec(&["ip", "link", "set", "e-dummy", "up"]).unwrap();
-    let good = edge_config(&[1, 2], "\"tcp/5432\"", "e-in");
+    harness::rtnl::bridge(&lab.edge, "e-dummy").unwrap();
+    harness::rtnl::addr(&lab.edge, "e-dummy", "10.9.0.1/24").unwrap();
+    let good = edge_config(&[1, 2], &["tcp/5432"], "e-in").to_toml();
     let inst = Instance::new("fchup", &good);
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
@@ -348,13 +304,13 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
     let config = inst.config.display().to_string();
 
     // 1. Invalid: a port out of range, on line 7 of the file.
-    let invalid = edge_config(&[1, 2, 3], "\"tcp/5432\", \"tcp/70000\"", "e-in");
+    let invalid = edge_config(&[1, 2, 3], &["tcp/5432", "tcp/70000"], "e-in").to_toml();
     assert_eq!(invalid.lines().nth(6), Some("protected = [\"tcp/5432\", \"tcp/70000\"]"));
     // 2. Parses, names an interface that does not exist.
-    let no_iface = format!("{}\n[[interface]]\nname = \"nosuch0\"\nzone = \"dmz\"\n", edge_config(&[1, 2, 3], "\"udp/9999\"", "e-in"));
+    let no_iface = edge_config(&[1, 2, 3], &["udp/9999"], "e-in").zone_interface("nosuch0", "dmz").to_toml();
     // 3. Parses, all interfaces exist, fails while the balancer's state is
     //    computed (the IPv6 VIP's inside interface has no IPv6 address).
-    let late = edge_config(&[1, 2, 3], "\"udp/9999\"", "e-dummy");
+    let late = edge_config(&[1, 2, 3], &["udp/9999"], "e-dummy").to_toml();
     let w3_requests = nginx[2].access_count();
     let cases: [(&str, &str, &[&str]); 3] = [
         (&invalid, "the new config is invalid", &[":7:", "zone.dmz.protected", "70000"]),
@@ -395,7 +351,7 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
 
     // Fixed: applies, the gauge is 1 again.
     let t = Instant::now();
-    inst.write_config(&edge_config(&[1, 2, 3], "\"tcp/5432\", \"udp/9999\"", "e-in"));
+    inst.write_config(&edge_config(&[1, 2, 3], &["tcp/5432", "udp/9999"], "e-in").to_toml());
     daemon.signal(libc::SIGHUP);
     wait_until(
         Duration::from_secs(10),
@@ -429,7 +385,7 @@ fn broken_configs_on_sighup_change_nothing_and_say_where() {
 fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     let mount = BpfMount::new("fcbpf");
     let (lab, _ca, _nginx) = lab_with_proxies("fcbpf", 2);
-    let inst = Instance::with_pin_path("fcbpf", &edge_config(&[1, 2], "\"tcp/5432\"", "e-in"), mount.dir.join("pins"));
+    let inst = Instance::with_pin_path("fcbpf", &edge_config(&[1, 2], &["tcp/5432"], "e-in").to_toml(), mount.dir.join("pins"));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
     let load = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));

@@ -19,6 +19,7 @@ use common::{
 };
 use harness::{
     edge_lab::*,
+    rtnl,
     servers::TcpListeners,
     stream::{Ended, Stream, Streaming},
     tls::connect,
@@ -339,7 +340,7 @@ fn a_pool_of_snat_addresses_multiplies_the_ports() {
     assert!(!status.success(), "{out}");
     assert!(out.contains("10.1.0.2 is not an address of e-in") && out.contains("ip addr add 10.1.0.2/32 dev e-in"), "{out}");
     assert!(!common::xdp::attached(&lab.edge, "e-out"), "nothing attached");
-    lab.edge.exec(&["ip", "addr", "add", "10.1.0.2/24", "dev", "e-in"]).unwrap();
+    rtnl::addr(&lab.edge, "e-in", "10.1.0.2/24").unwrap();
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
     let mut streams: Vec<Stream> = (0..4).map(|_| Stream::open(&lab.client, vip4())).collect();
@@ -370,9 +371,8 @@ fn a_backends_new_mac_reaches_the_kept_next_hop_within_100_ms() {
     assert_ne!(before, 0, "next hops are kept while the agent runs");
     let new_mac = [0x02, 0, 0, 0, 0x01, 0x99];
     assert!(!kept_macs().is_empty() && !kept_macs().contains(&new_mac), "the worker's old MAC is kept: {:02x?}", kept_macs());
-    let text = "02:00:00:00:01:99";
-    r.lab.workers[0].exec(&["ip", "link", "set", "eth0", "address", text]).unwrap();
-    r.lab.edge.exec(&["ip", "neigh", "replace", "10.1.0.11", "lladdr", text, "dev", "e-in", "nud", "reachable"]).unwrap();
+    rtnl::set_mac(&r.lab.workers[0], "eth0", new_mac).unwrap();
+    rtnl::neighbour(&r.lab.edge, "e-in", IpAddr::V4(worker_addrs(1).0), new_mac, false).unwrap();
     let t = Instant::now();
     wait_until(Duration::from_secs(2), || generation() != before, || "the routing generation moves".into());
     let took = t.elapsed();

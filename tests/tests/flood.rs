@@ -44,6 +44,7 @@ use common::{
     edge::{config, start, Running},
 };
 use harness::{
+    config::{worker_vips, EdgeConfig},
     edge_lab::*,
     flood::{
         self, costs,
@@ -51,6 +52,7 @@ use harness::{
         Flood, Kind, Rate, Spec, Stretch, UdpService,
     },
     stream::{Outcome, Streaming},
+    rtnl::{self, Next},
     tls::tls_client,
     topology::mac,
 };
@@ -119,38 +121,9 @@ fn syn_flood_against_dsr_l2_spares_legitimate_clients() {
 #[test]
 fn udp_flood_against_nat_spares_legitimate_clients() {
     let _serial = serial();
-    let workers = |v6: bool| {
-        (1..=3)
-            .map(|i| {
-                let (a4, a6) = worker_addrs(i);
-                format!("\"{}\"", if v6 { a6.to_string() } else { a4.to_string() })
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     // UDP and, for the kept streams, HTTP on the same VIPs (first: the
     // default health check connects to the first rule's port).
-    let cfg = format!(
-        r#"
-[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-
-[[vip]]
-name = "dns4"
-address = "{VIP_V4}"
-rules = ["tcp/80", "udp/5353"]
-backends = [{}]
-
-[[vip]]
-name = "dns6"
-address = "{VIP_V6}"
-rules = ["tcp/80", "udp/5353"]
-backends = [{}]
-"#,
-        workers(false),
-        workers(true)
-    );
+    let cfg = EdgeConfig::balancer().vips(worker_vips("dns", &["tcp/80", "udp/5353"], &[(1, None), (2, None), (3, None)])).to_toml();
     let r = start("flu", 3, &cfg);
     run(r, "nat (UDP)", Kind::Udp, &[5353], None);
 }
@@ -163,10 +136,12 @@ fn backend_setup(r: &Running, tag: &str, mode: &str) -> BackendSetups {
 /// Routes for the replies to forged sources (see the module docs).
 fn route_forged_replies(r: &Running) {
     let (edge, client) = (&r.lab.edge, &r.lab.client);
-    edge.exec(&["ip", "route", "add", "default", "via", &CLIENT_V4.to_string()]).unwrap();
-    edge.exec(&["ip", "-6", "route", "add", "default", "via", &CLIENT_V6.to_string()]).unwrap();
-    client.exec(&["ip", "route", "add", "blackhole", "default"]).unwrap();
-    client.exec(&["ip", "-6", "route", "add", "blackhole", "default"]).unwrap();
+    for gateway in [IpAddr::V4(CLIENT_V4), IpAddr::V6(CLIENT_V6)] {
+        rtnl::route(edge, "default", Next::Gateway(gateway)).unwrap();
+    }
+    for all in ["0.0.0.0/0", "::/0"] {
+        rtnl::route(client, all, Next::Blackhole).unwrap();
+    }
     assert_eq!(client.sysctl_get("net.ipv4.ip_forward").unwrap(), "0", "the client namespace does not forward");
 }
 

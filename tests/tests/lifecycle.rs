@@ -202,8 +202,7 @@ fn falls_back_to_generic_xdp_with_a_warning() {
     harness::require_root().unwrap();
     let mut topo = Topology::new();
     let host = topo.netns("genh");
-    host.exec(&["ip", "link", "add", "br0", "type", "bridge"]).unwrap();
-    host.exec(&["ip", "link", "set", "br0", "up"]).unwrap();
+    topo.bridge(&host);
     let inst = Instance::new("generic", &GOOD.replace("dmz0", "br0"));
     let mut child = inst.start(&host, &[]);
     inst.wait_ready(&mut child);

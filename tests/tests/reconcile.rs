@@ -5,7 +5,11 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use harness::{pins::private_pin_dir, root_or_skip, Topology};
+use harness::{
+    config::{EdgeConfig, Vip},
+    pins::private_pin_dir,
+    root_or_skip, Topology,
+};
 use lb_user::{
     datapath::loader::{remove_pins, MapSizes},
     reconcile::Reconciler,
@@ -20,13 +24,10 @@ fn backend(i: usize) -> IpAddr {
 }
 
 fn config(pins: &std::path::Path) -> Config {
-    let backends: Vec<String> = (0..BACKENDS).map(|i| format!("\"{}\"", backend(i))).collect();
-    let body = format!(
-        "[settings]\npin_path = \"{}\"\n\n[balancer]\noutside_interfaces = [\"e-out\"]\ninside_interface = \"e-in\"\n\n\
-         [[vip]]\nname = \"web\"\naddress = \"203.0.113.10\"\nrules = [\"tcp/443\"]\nbackends = [{}]\n",
-        pins.display(),
-        backends.join(", ")
-    );
+    let body = EdgeConfig::balancer()
+        .setting(&format!("pin_path = \"{}\"", pins.display()))
+        .vip(Vip::new("web", "203.0.113.10".parse().unwrap(), &["tcp/443"]).backends((0..BACKENDS).map(backend)))
+        .to_toml();
     Config::parse(&body, "reconcile.toml").expect("the config parses")
 }
 

@@ -81,7 +81,8 @@ impl Lab {
         topo.route(&host, "10.99.0.0/24", "10.88.0.2");
         topo.route(&host, "fd99::/64", "fd88::2");
         topo.forwarding(&host);
-        // A real VXLAN device: the kernel's own socket on udp/4789.
+        // A real VXLAN device: the kernel's own socket on udp/4789. (`ip`:
+        // the harness's netlink calls make veths and bridges only.)
         host.exec(&["ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789", "nolearning"]).unwrap();
         host.exec(&["ip", "link", "set", "vx0", "up"]).unwrap();
         let addrs = [ip("10.77.0.1"), ip("fd77::1"), ip("10.88.0.1"), ip("fd88::1")];

@@ -16,9 +16,9 @@ use std::{
 use common::{
     daemon::{stop_cleanly, wait_until, Instance},
     http::{check, who},
-    site::{answers, backends, node_addr, probe, site, timed, weight_of, VIP},
+    site::{answers, backends, node_addr, probe, site, swarm_vip, timed, weight_of, VIP},
 };
-use harness::{nginx::Nginx, scan::TcpOutcome, stream::Stream, swarm::SwarmLab, tls::TestCa, Topology};
+use harness::{config::EdgeConfig, nginx::Nginx, scan::TcpOutcome, stream::Stream, swarm::SwarmLab, tls::TestCa, Topology};
 
 #[test]
 fn node_labels_availability_and_health_decide_the_backends() {
@@ -39,20 +39,9 @@ fn node_labels_availability_and_health_decide_the_backends() {
     s.lab.label_add(1, "lb", "proxy").unwrap();
     let inst = Instance::new(
         "swlb",
-        &s.config(&format!(
-            r#"
-[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-
-[[vip]]
-name = "web"
-address = "{VIP}"
-rules = ["tcp/80"]
-backends_from = "node.labels.lb==proxy"
-health_check = {{ protocol = "tcp", port = 80, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }}
-"#
-        )),
+        &s.config(EdgeConfig::balancer().vip(swarm_vip().health_check(
+            r#"{ protocol = "tcp", port = 80, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }"#,
+        ))),
     );
     let mut daemon = inst.start(&s.edge, &[]);
     inst.wait_ready(&mut daemon);
@@ -138,7 +127,7 @@ fn services_pinned_to_a_zone_close_their_ports_on_the_other_zones() {
     s.lab.label_add(1, "zone", "dmz").unwrap();
     s.lab.label_add(2, "zone", "intra").unwrap();
     let image = s.lab.import_busybox().unwrap();
-    let inst = Instance::new("swzn", &s.config(""));
+    let inst = Instance::new("swzn", &s.config(EdgeConfig::new()));
     let mut daemon = inst.start(&s.edge, &[]);
     inst.wait_ready(&mut daemon);
     wait_until(Duration::from_secs(10), || inst.status()["swarm"]["connected"] == true, || "in sync".into());
@@ -211,10 +200,11 @@ fn the_docker_api_over_tcp_with_tls() {
     // trusted source needs forwarding on (as on every Docker host).
     topo.forwarding(&edge);
     let config = |dir: &std::path::Path| {
-        format!(
-            "[swarm]\ndocker_host = \"tcp://10.2.0.11:2376\"\ntls_cert_dir = \"{}\"\n\n[[interface]]\nname = \"e-in\"\nzone = \"lan\"\n[zone.lan]\n",
-            dir.display()
-        )
+        EdgeConfig::new()
+            .swarm("tcp://10.2.0.11:2376")
+            .swarm_key("tls_cert_dir", &dir.display().to_string())
+            .zone_interface("e-in", "lan")
+            .to_toml()
     };
     let inst = Instance::new("swtls", &config(&certs));
     let mut daemon = inst.start(&edge, &[]);

@@ -7,6 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use rand::{rngs::SmallRng, RngCore, SeedableRng};
+
 use crate::rawframe::{fold, sum16, FrameBuilder, L4};
 
 /// What a flood frame carries.
@@ -25,31 +27,13 @@ pub const SLOT: usize = 128;
 const UDP_GARBAGE: &[u8] = b"\x00\x01flood-garbage-not-a-request";
 const ETH: usize = 14;
 
-/// A xorshift64* generator: fast, seeded, reproducible (a flood needs
-/// variety, not secrecy).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
+/// The flood's generator: `rand`'s small fast one, seeded from the spec so
+/// that a run is reproducible (a flood needs variety, not secrecy).
+pub type Rng = SmallRng;
 
-impl Rng {
-    /// From `seed` (any value; 0 is replaced).
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1) ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// The next 32 random bits.
-    pub fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
+/// The generator for `seed`.
+pub fn rng(seed: u64) -> Rng {
+    SmallRng::seed_from_u64(seed)
 }
 
 /// A forged IPv4 source that could be a real host on the internet: unicast,
@@ -194,7 +178,7 @@ mod tests {
     fn rewritten_frames_equal_freshly_built_ones() {
         let macs = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
         let dsts: [IpAddr; 2] = ["203.0.113.10".parse().unwrap(), "2001:db8:10::10".parse().unwrap()];
-        let mut rng = Rng::new(7);
+        let mut rng = rng(7);
         for dst in dsts {
             for kind in [Kind::Syn, Kind::Udp] {
                 let t = Template::new(macs, dst, kind);
@@ -238,7 +222,7 @@ mod tests {
 
     #[test]
     fn forged_sources_avoid_special_ranges_and_vary() {
-        let mut rng = Rng::new(1);
+        let mut rng = rng(1);
         let v4: Vec<Ipv4Addr> = (0..20_000).map(|_| forged_v4(&mut rng)).collect();
         for a in &v4 {
             assert!(!a.is_private() && !a.is_loopback() && !a.is_multicast() && !a.is_documentation() && !a.is_link_local(), "{a}");

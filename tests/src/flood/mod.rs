@@ -43,7 +43,7 @@ pub use frames::Kind;
 pub use udp_service::{UdpService, MAGIC as UDP_MAGIC};
 
 use crate::{netns::link_stats, Netns};
-use frames::{Rng, Template, SLOT};
+use frames::{Template, SLOT};
 use tx::Tx;
 
 /// How fast a [`Flood`] sends.
@@ -106,7 +106,7 @@ impl Flood {
         let (sent, refused, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
         let (r, s, f, st) = (rate_cell.clone(), sent.clone(), refused.clone(), stop.clone());
         let ports = spec.ports.clone();
-        let mut rng = Rng::new(spec.seed);
+        let mut rng = frames::rng(spec.seed);
         let thread = std::thread::Builder::new()
             .name("flood".into())
             .spawn(move || -> Result<()> {

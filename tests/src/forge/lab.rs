@@ -26,8 +26,9 @@ use anyhow::{Context, Result};
 
 use super::{conn::Conn, Attacker};
 use crate::{
+    config::{worker_vips, EdgeConfig},
     daemon::Instance,
-    edge_lab::{worker_addrs, EdgeLab, CLIENT_V4, CLIENT_V6, EDGE_INSIDE_V4, EDGE_INSIDE_V6, VIP_V4, VIP_V6},
+    edge_lab::{EdgeLab, CLIENT_V4, CLIENT_V6, EDGE_INSIDE_V4, EDGE_INSIDE_V6, VIP_V4, VIP_V6},
     servers::{TcpListeners, UdpEcho},
     topology::mac,
     ChildGuard,
@@ -53,35 +54,15 @@ pub const ENDED_WITHIN: Duration = Duration::from_millis(2000 + 10_000 + 1500);
 
 /// The balancer's config for the lab.
 pub fn config() -> String {
-    let (w4, w6) = worker_addrs(1);
-    let vip = |name: &str, addr: IpAddr, backend: IpAddr| {
-        format!(
-            r#"
-[[vip]]
-name = "{name}"
-address = "{addr}"
-mode = "nat"
-rules = ["tcp/{TCP_PORT}", "udp/{UDP_PORT}"]
-health_check = {{ protocol = "tcp", port = {HEALTH_PORT} }}
-backends = ["{backend}"]
-"#
-        )
-    };
-    format!(
-        r#"
-[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-snat_ports = "{}-{}"
-tcp_closed_timeout_s = {closed}
-tcp_time_wait_timeout_s = {closed}
-{}{}"#,
-        SNAT_PORTS.start(),
-        SNAT_PORTS.end(),
-        vip("forge4", IpAddr::V4(VIP_V4), IpAddr::V4(w4)),
-        vip("forge6", IpAddr::V6(VIP_V6), IpAddr::V6(w6)),
-        closed = CLOSED_TIMEOUT.as_secs(),
-    )
+    let closed = CLOSED_TIMEOUT.as_secs();
+    let vips = worker_vips("forge", &[&format!("tcp/{TCP_PORT}"), &format!("udp/{UDP_PORT}")], &[(1, None)])
+        .map(|v| v.mode("nat").health_check(&format!("{{ protocol = \"tcp\", port = {HEALTH_PORT} }}")));
+    EdgeConfig::balancer()
+        .balancer_line(&format!("snat_ports = \"{}-{}\"", SNAT_PORTS.start(), SNAT_PORTS.end()))
+        .balancer_line(&format!("tcp_closed_timeout_s = {closed}"))
+        .balancer_line(&format!("tcp_time_wait_timeout_s = {closed}"))
+        .vips(vips)
+        .to_toml()
 }
 
 /// The running lab; everything is stopped and removed on drop (also when a

@@ -12,7 +12,11 @@ use std::{
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use crate::{daemon::RunningDaemon, edge_lab::*};
+use crate::{
+    config::{worker_vips, EdgeConfig},
+    daemon::RunningDaemon,
+    edge_lab::*,
+};
 
 /// Backends that take new connections are never fewer than this, so
 /// every change leaves somewhere for them to go.
@@ -149,40 +153,8 @@ impl Churn {
 /// The config: an IPv4 and an IPv6 VIP in nat mode, tcp/80 and tcp/443,
 /// both with `members`.
 pub fn config(members: &Members) -> String {
-    let list = |v6: bool| {
-        members
-            .iter()
-            .map(|(i, w)| {
-                let (a4, a6) = worker_addrs(*i);
-                let a = if v6 { a6.to_string() } else { a4.to_string() };
-                format!("{{ address = \"{a}\", weight = {w} }}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        r#"
-[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-
-[[vip]]
-name = "web4"
-address = "{VIP_V4}"
-mode = "nat"
-rules = ["tcp/80", "tcp/443"]
-backends = [{}]
-
-[[vip]]
-name = "web6"
-address = "{VIP_V6}"
-mode = "nat"
-rules = ["tcp/80", "tcp/443"]
-backends = [{}]
-"#,
-        list(false),
-        list(true)
-    )
+    let members: Vec<(usize, Option<u32>)> = members.iter().map(|(&i, &w)| (i, Some(w))).collect();
+    EdgeConfig::balancer().vips(worker_vips("web", &["tcp/80", "tcp/443"], &members).map(|v| v.mode("nat"))).to_toml()
 }
 
 /// Whether both VIPs in `status` list exactly `members`.

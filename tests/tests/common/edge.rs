@@ -4,6 +4,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use harness::{
+    config::{worker_vips, EdgeConfig},
     daemon::{wait_until, Instance},
     edge_lab::*,
     nginx::Nginx,
@@ -27,42 +28,11 @@ pub fn config(mode: &str, workers: &[(usize, u32)]) -> String {
 /// [`config`] with `balancer_extra` lines in `[balancer]` and, unless
 /// empty, `health` as both VIPs' `health_check` table (`{ … }`).
 pub fn config_with(mode: &str, workers: &[(usize, u32)], balancer_extra: &str, health: &str) -> String {
-    let list = |v6: bool| {
-        workers
-            .iter()
-            .map(|(i, w)| {
-                let (a4, a6) = worker_addrs(*i);
-                let a = if v6 { a6.to_string() } else { a4.to_string() };
-                format!("{{ address = \"{a}\", weight = {w} }}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let health = if health.is_empty() { String::new() } else { format!("health_check = {health}\n") };
-    format!(
-        r#"
-[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-{balancer_extra}
-
-[[vip]]
-name = "web4"
-address = "{VIP_V4}"
-mode = "{mode}"
-rules = ["tcp/443", "tcp/80"]
-{health}backends = [{}]
-
-[[vip]]
-name = "web6"
-address = "{VIP_V6}"
-mode = "{mode}"
-rules = ["tcp/443", "tcp/80"]
-{health}backends = [{}]
-"#,
-        list(false),
-        list(true)
-    )
+    let workers: Vec<(usize, Option<u32>)> = workers.iter().map(|&(i, w)| (i, Some(w))).collect();
+    EdgeConfig::balancer()
+        .balancer_line(balancer_extra)
+        .vips(worker_vips("web", &["tcp/443", "tcp/80"], &workers).map(|v| v.mode(mode).health_check(health)))
+        .to_toml()
 }
 
 /// The lab, its proxies and the daemon (all removed on drop).

@@ -9,6 +9,7 @@ use std::{
 };
 
 use harness::{
+    config::{EdgeConfig, Vip},
     scan::{tcp_scan, TcpOutcome},
     swarm::SwarmLab,
     Netns, Topology,
@@ -59,7 +60,7 @@ pub fn site(tag: &str) -> Site {
     for n in lab.nodes() {
         n.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
         for net in ["198.51.100.0/24", "192.0.2.0/24"] {
-            n.ns.exec(&["ip", "route", "add", net, "via", "10.2.0.1"]).unwrap();
+            topo.route(&n.ns, net, "10.2.0.1");
         }
     }
     // The balancer rewrites packets: they must carry full checksums (veth
@@ -72,26 +73,20 @@ pub fn site(tag: &str) -> Site {
 }
 
 impl Site {
-    pub fn config(&self, body: &str) -> String {
-        format!(
-            r#"
-[swarm]
-docker_host = "unix://{}"
-
-[[interface]]
-name = "e-out"
-zone = "dmz"
-
-[[interface]]
-name = "e-intra"
-zone = "intra"
-
-[zone.dmz]
-[zone.intra]
-{body}"#,
-            self.lab.manager_socket().display()
-        )
+    /// `body` with the site's `[swarm]` (the manager's socket) and zones
+    /// (`e-out` the DMZ, `e-intra` intra).
+    pub fn config(&self, body: EdgeConfig) -> String {
+        body.swarm(&format!("unix://{}", self.lab.manager_socket().display()))
+            .zone_interface("e-out", "dmz")
+            .zone_interface("e-intra", "intra")
+            .to_toml()
     }
+}
+
+/// The site's VIP `web` (tcp/80), its backends the nodes labelled
+/// `lb=proxy`.
+pub fn swarm_vip() -> Vip {
+    Vip::new("web", IpAddr::V4(VIP), &["tcp/80"]).backends_from("node.labels.lb==proxy")
 }
 
 /// The backends of the first VIP: (address, weight, up).

@@ -10,7 +10,12 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use harness::{daemon::RunningDaemon, swarm::SwarmLab, tls, Netns, Topology};
+use harness::{
+    config::{EdgeConfig, Vip},
+    daemon::RunningDaemon,
+    swarm::SwarmLab,
+    tls, Netns, Topology,
+};
 use lb_common::{
     balancer::{FlowEntry, FlowKey, ServiceKey},
     maglev::{self, Backend, DEFAULT_TABLE_SIZE},
@@ -211,10 +216,14 @@ fn swarm_sync(opts: &Opts) -> Result<String> {
     let agent = RunningDaemon::start(
         &edge,
         "benchsync",
-        &format!(
-            "[swarm]\ndocker_host = \"unix://{}\"\n\n[balancer]\noutside_interfaces = [\"e-out\"]\ninside_interface = \"e-in\"\n\n[[vip]]\nname = \"web\"\naddress = \"203.0.113.10\"\nrules = [\"tcp/80\"]\nbackends = [\"10.2.0.99\"]\nbackends_from = \"node.labels.lb==proxy\"\n",
-            lab.manager_socket().display()
-        ),
+        &EdgeConfig::balancer()
+            .swarm(&format!("unix://{}", lab.manager_socket().display()))
+            .vip(
+                Vip::new("web", IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)), &["tcp/80"])
+                    .backends([IpAddr::V4(Ipv4Addr::new(10, 2, 0, 99))])
+                    .backends_from("node.labels.lb==proxy"),
+            )
+            .to_toml(),
     );
     let maps = open_maps(&agent)?;
     let (mut added, mut removed, mut cli) = (Vec::new(), Vec::new(), Vec::new());

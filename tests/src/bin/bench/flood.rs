@@ -21,7 +21,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use harness::{
-    edge_lab::VIP_V4,
+    edge_lab::{CLIENT_V4, VIP_V4},
+    rtnl::{self, Next},
     flood::{
         self, costs,
         legit::{Clients, Phase, Target},
@@ -135,8 +136,8 @@ pub fn run(opts: &Opts) -> Result<Section> {
 /// a blackhole default route: nothing leaves the lab.
 fn route_forged_replies(lab: &Lab) -> Result<()> {
     let (edge, client) = (&lab.lab.edge, &lab.lab.client);
-    edge.exec(&["ip", "route", "add", "default", "via", "198.51.100.2"])?;
-    client.exec(&["ip", "route", "add", "blackhole", "default"])?;
+    rtnl::route(edge, "default", Next::Gateway(IpAddr::V4(CLIENT_V4)))?;
+    rtnl::route(client, "0.0.0.0/0", Next::Blackhole)?;
     Ok(())
 }
 

@@ -17,12 +17,13 @@ mod pace;
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use harness::{
+    config::{EdgeConfig, Vip},
     daemon::RunningDaemon,
     edge_lab::{worker_addrs, EdgeLab, CLIENT_V4, VIP_V4},
     flood::costs::{self, Snapshot},
@@ -148,24 +149,13 @@ impl Lab {
 
 /// The agent's config: one VIP, one backend port, the small SNAT space.
 fn config(addresses: u32) -> String {
-    let extra = if addresses > 1 { format!("snat_addresses = [\"{EXTRA_SNAT}\"]\n") } else { String::new() };
-    let worker = worker_addrs(1).0;
-    format!(
-        r#"[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-snat_ports = "20000-{}"
-{extra}tcp_time_wait_timeout_s = {TIME_WAIT_S}
-
-[[vip]]
-name = "web"
-address = "{VIP_V4}"
-mode = "nat"
-rules = ["tcp/80"]
-backends = ["{worker}"]
-"#,
-        20_000 + PORTS - 1
-    )
+    let extra = if addresses > 1 { format!("snat_addresses = [\"{EXTRA_SNAT}\"]") } else { String::new() };
+    EdgeConfig::balancer()
+        .balancer_line(&format!("snat_ports = \"20000-{}\"", 20_000 + PORTS - 1))
+        .balancer_line(&extra)
+        .balancer_line(&format!("tcp_time_wait_timeout_s = {TIME_WAIT_S}"))
+        .vip(Vip::new("web", IpAddr::V4(VIP_V4), &["tcp/80"]).mode("nat").backends([IpAddr::V4(worker_addrs(1).0)]))
+        .to_toml()
 }
 
 /// The edge's second SNAT address for the row set's life (the agent

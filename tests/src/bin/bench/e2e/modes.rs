@@ -4,7 +4,7 @@
 //! after it ([`Installed`]'s drop), so no mode runs beside another.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use harness::{
+    config::{EdgeConfig, Vip},
     daemon::{swarmlb_bin, RunningDaemon},
     edge_lab::{EDGE_INSIDE_V4, VIP_V4},
     ChildGuard, Netns,
@@ -264,28 +265,11 @@ impl Drop for XdpPass {
 }
 
 fn swarmlb_config(mode: &str) -> String {
-    let backends = Lab::workers().iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", ");
-    let first = Lab::workers()[0];
-    format!(
-        r#"[balancer]
-outside_interfaces = ["e-out"]
-inside_interface = "e-in"
-
-[[vip]]
-name = "web"
-address = "{VIP_V4}"
-mode = "{mode}"
-rules = ["tcp/80", "tcp/443"]
-backends = [{backends}]
-
-[[vip]]
-name = "bulk"
-address = "{BULK_VIP}"
-mode = "{mode}"
-rules = ["tcp/{IPERF_PORT}"]
-backends = ["{first}"]
-"#
-    )
+    let workers: Vec<IpAddr> = Lab::workers().into_iter().map(IpAddr::V4).collect();
+    EdgeConfig::balancer()
+        .vip(Vip::new("web", IpAddr::V4(VIP_V4), &["tcp/80", "tcp/443"]).mode(mode).backends(workers.clone()))
+        .vip(Vip::new("bulk", IpAddr::V4(BULK_VIP), &[&format!("tcp/{IPERF_PORT}")]).mode(mode).backends([workers[0]]))
+        .to_toml()
 }
 
 /// One worker's `swarmlb backend-setup`; `--undo` on drop.
