@@ -163,14 +163,35 @@ pub fn worker_vips(prefix: &str, rules: &[&str], workers: &[(usize, Option<u32>)
     ]
 }
 
+/// `[balancer]`: its interfaces and any further lines.
+#[derive(Clone, Debug)]
+struct Balancer {
+    outside: Vec<String>,
+    inside: String,
+    lines: Vec<String>,
+}
+
+impl Default for Balancer {
+    /// The labs' interfaces: outside `e-out`, inside `e-in`.
+    fn default() -> Self {
+        Self {
+            outside: vec!["e-out".into()],
+            inside: "e-in".into(),
+            lines: Vec::new(),
+        }
+    }
+}
+
 /// swarmlb's config as the harness writes it.
 #[derive(Clone, Debug, Default)]
 pub struct EdgeConfig {
     settings: Vec<String>,
     swarm: Option<Vec<String>>,
+    /// `[[interface]]`s: (name, zone).
     interfaces: Vec<(String, String)>,
+    /// `[zone.NAME]`s: (name, protected ports if set).
     zones: Vec<(String, Option<Vec<String>>)>,
-    balancer: Option<(Vec<String>, String, Vec<String>)>,
+    balancer: Option<Balancer>,
     vips: Vec<Vip>,
 }
 
@@ -183,27 +204,28 @@ impl EdgeConfig {
     /// A `[balancer]` on the labs' interfaces: outside `e-out`, inside
     /// `e-in`.
     pub fn balancer() -> Self {
-        Self::new().interfaces(&["e-out"], "e-in")
+        Self {
+            balancer: Some(Balancer::default()),
+            ..Self::default()
+        }
     }
 
-    /// The `[balancer]`'s interfaces.
+    /// The `[balancer]`'s interfaces (a `[balancer]` if there is none yet).
     pub fn interfaces(mut self, outside: &[&str], inside: &str) -> Self {
-        let extra = self.balancer.take().map(|b| b.2).unwrap_or_default();
-        self.balancer = Some((
-            outside.iter().map(|s| (*s).to_owned()).collect(),
-            inside.to_owned(),
-            extra,
-        ));
+        let b = self.balancer.get_or_insert_with(Balancer::default);
+        b.outside = outside.iter().map(|s| (*s).to_owned()).collect();
+        b.inside = inside.to_owned();
         self
     }
 
-    /// A line in `[balancer]` (`snat_ports = "20000-21023"`, …); an empty
+    /// A line in `[balancer]` (`snat_ports = "20000-21023"`, …; a
+    /// `[balancer]` on the labs' interfaces if there is none yet); an empty
     /// one adds nothing.
     pub fn balancer_line(mut self, line: &str) -> Self {
         if !line.is_empty() {
             self.balancer
-                .get_or_insert_with(|| (vec!["e-out".into()], "e-in".into(), Vec::new()))
-                .2
+                .get_or_insert_with(Balancer::default)
+                .lines
                 .push(line.to_owned());
         }
         self
@@ -292,12 +314,12 @@ impl EdgeConfig {
                 .collect();
             section(&mut out, &format!("zone.{zone}"), &lines);
         }
-        if let Some((outside, inside, extra)) = &self.balancer {
+        if let Some(b) = &self.balancer {
             let mut lines = vec![
-                format!("outside_interfaces = {}", array(outside)),
-                format!("inside_interface = {}", quoted(inside)),
+                format!("outside_interfaces = {}", array(&b.outside)),
+                format!("inside_interface = {}", quoted(&b.inside)),
             ];
-            lines.extend(extra.iter().cloned());
+            lines.extend(b.lines.iter().cloned());
             section(&mut out, "balancer", &lines);
         }
         for v in &self.vips {

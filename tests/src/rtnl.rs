@@ -25,7 +25,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
-        link::{InfoData, InfoVeth, LinkAttribute},
+        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
         neighbour::NeighbourState,
         route::{RouteProtocol, RouteScope, RouteType},
     },
@@ -93,48 +93,59 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .up()
         .build();
-    in_ns(a, &format!("veth {a_if} (peer {b_if})"), |h| async move {
-        Ok(h.link().add(msg).execute().await?)
-    })?;
+    add_link(a, &format!("veth {a_if} (peer {b_if})"), msg)?;
     up(b, b_if)
+}
+
+/// Creates the link `msg` describes (`ip link add`); `what` names it in
+/// the error.
+fn add_link(ns: &Netns, what: &str, msg: LinkMessage) -> Result<()> {
+    in_ns(ns, what, |h| async move {
+        Ok(h.link().add(msg).execute().await?)
+    })
+}
+
+/// Changes link `ifname` as `change` says (`ip link set`); `what` names
+/// the change in the error.
+fn set_link(
+    ns: &Netns,
+    ifname: &str,
+    what: &str,
+    change: impl FnOnce(LinkMessageBuilder<LinkUnspec>) -> LinkMessageBuilder<LinkUnspec>,
+) -> Result<()> {
+    let msg = change(LinkUnspec::new_with_name(ifname)).build();
+    in_ns(ns, &format!("{ifname} {what}"), |h| async move {
+        Ok(h.link().set(msg).execute().await?)
+    })
 }
 
 /// Sets `ifname` up.
 pub fn up(ns: &Netns, ifname: &str) -> Result<()> {
-    let msg = LinkUnspec::new_with_name(ifname).up().build();
-    in_ns(ns, &format!("{ifname} up"), |h| async move {
-        Ok(h.link().set(msg).execute().await?)
-    })
+    set_link(ns, ifname, "up", |l| l.up())
 }
 
 /// Sets `ifname` down.
 pub fn down(ns: &Netns, ifname: &str) -> Result<()> {
-    let msg = LinkUnspec::new_with_name(ifname).down().build();
-    in_ns(ns, &format!("{ifname} down"), |h| async move {
-        Ok(h.link().set(msg).execute().await?)
-    })
+    set_link(ns, ifname, "down", |l| l.down())
 }
 
 /// Sets `ifname`'s hardware address.
 pub fn set_mac(ns: &Netns, ifname: &str, mac: [u8; 6]) -> Result<()> {
-    let msg = LinkUnspec::new_with_name(ifname).address(mac.to_vec()).build();
-    in_ns(ns, &format!("{ifname} address"), |h| async move { Ok(h.link().set(msg).execute().await?) })
+    set_link(ns, ifname, "address", |l| l.address(mac.to_vec()))
 }
 
 /// Sets `ifname`'s MTU.
 pub fn mtu(ns: &Netns, ifname: &str, mtu: u32) -> Result<()> {
-    let msg = LinkUnspec::new_with_name(ifname).mtu(mtu).build();
-    in_ns(ns, &format!("{ifname} mtu {mtu}"), |h| async move {
-        Ok(h.link().set(msg).execute().await?)
-    })
+    set_link(ns, ifname, &format!("mtu {mtu}"), |l| l.mtu(mtu))
 }
 
 /// A bridge `name`, up.
 pub fn bridge(ns: &Netns, name: &str) -> Result<()> {
-    let msg = LinkBridge::new(name).up().build();
-    in_ns(ns, &format!("bridge {name}"), |h| async move {
-        Ok(h.link().add(msg).execute().await?)
-    })
+    add_link(
+        ns,
+        &format!("bridge {name}"),
+        LinkBridge::new(name).up().build(),
+    )
 }
 
 /// Makes `port` a port of bridge `bridge` (`ip link set PORT master BR`).
@@ -193,8 +204,17 @@ impl From<IpAddr> for Next<'_> {
 /// route add` does (main table, protocol `boot`).
 pub fn route(ns: &Netns, dst: &str, next: Next<'_>) -> Result<()> {
     let (dst_ip, len) = match (dst, next) {
-        ("default", Next::Gateway(gw) | Next::OnLink(gw, _)) => (if gw.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u8; 16]) }, 0),
-        ("default", _) => bail!("route default: say 0.0.0.0/0 or ::/0 (no gateway to tell the family)"),
+        ("default", Next::Gateway(gw) | Next::OnLink(gw, _)) => (
+            if gw.is_ipv4() {
+                IpAddr::from([0u8; 4])
+            } else {
+                IpAddr::from([0u8; 16])
+            },
+            0,
+        ),
+        ("default", _) => {
+            bail!("route default: say 0.0.0.0/0 or ::/0 (no gateway to tell the family)")
+        }
         (prefix, _) => cidr(prefix)?,
     };
     let mut builder = RouteMessageBuilder::<IpAddr>::new()
@@ -202,7 +222,11 @@ pub fn route(ns: &Netns, dst: &str, next: Next<'_>) -> Result<()> {
         .map_err(|e| anyhow!("route {dst}: {e:?}"))?
         .protocol(RouteProtocol::Boot);
     match next {
-        Next::Gateway(gw) | Next::OnLink(gw, _) => builder = builder.gateway(gw).map_err(|e| anyhow!("route {dst} via {gw}: {e:?}"))?,
+        Next::Gateway(gw) | Next::OnLink(gw, _) => {
+            builder = builder
+                .gateway(gw)
+                .map_err(|e| anyhow!("route {dst} via {gw}: {e:?}"))?
+        }
         Next::Dev(_) => builder = builder.scope(RouteScope::Link),
         Next::Unreachable => builder = builder.kind(RouteType::Unreachable),
         Next::Blackhole => builder = builder.kind(RouteType::BlackHole),
@@ -219,10 +243,26 @@ pub fn route(ns: &Netns, dst: &str, next: Next<'_>) -> Result<()> {
 
 /// Sets the neighbour entry for `ip` on `ifname` to `mac`, `permanent` or
 /// else `reachable` (`ip neigh replace`).
-pub fn neighbour(ns: &Netns, ifname: &str, ip: IpAddr, mac: [u8; 6], permanent: bool) -> Result<()> {
-    let state = if permanent { NeighbourState::Permanent } else { NeighbourState::Reachable };
+pub fn neighbour(
+    ns: &Netns,
+    ifname: &str,
+    ip: IpAddr,
+    mac: [u8; 6],
+    permanent: bool,
+) -> Result<()> {
+    let state = if permanent {
+        NeighbourState::Permanent
+    } else {
+        NeighbourState::Reachable
+    };
     in_ns(ns, &format!("neighbour {ip} on {ifname}"), |h| async move {
-        Ok(h.neighbours().add(index(ifname)?, ip).link_layer_address(&mac).state(state).replace().execute().await?)
+        Ok(h.neighbours()
+            .add(index(ifname)?, ip)
+            .link_layer_address(&mac)
+            .state(state)
+            .replace()
+            .execute()
+            .await?)
     })
 }
 
