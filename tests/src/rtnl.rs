@@ -11,12 +11,13 @@
 //!
 //! What stays with `ip` (through [`Netns::exec`]): named namespaces (`ip
 //! netns add` is a bind mount by iproute2's convention, not a netlink
-//! object), vxlan and tc setups in single tests, and the tests that read
-//! `ip`'s own output as a user would.
+//! object), the one vxlan device (`reverse_path_e2e`), and the tests that
+//! read `ip`'s own output as a user would. Bridge port flags stay with
+//! `bridge`, offloads with `ethtool`.
 
 use std::{
     future::Future,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, RawFd},
 };
 
@@ -29,7 +30,8 @@ use rtnetlink::{
         neighbour::NeighbourState,
         route::{RouteProtocol, RouteScope, RouteType},
     },
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    AddressMessageBuilder, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 use crate::Netns;
@@ -178,11 +180,36 @@ pub fn addr(ns: &Netns, ifname: &str, cidr_text: &str) -> Result<()> {
     )
 }
 
+/// Removes `cidr` from `ifname` (`ip addr del`).
+pub fn addr_del(ns: &Netns, ifname: &str, cidr_text: &str) -> Result<()> {
+    let (ip, len) = cidr(cidr_text)?;
+    in_ns(
+        ns,
+        &format!("address {cidr_text} off {ifname}"),
+        |h| async move {
+            let index = index(ifname)?;
+            let msg = match ip {
+                IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+                    .index(index)
+                    .address(a, len)
+                    .build(),
+                IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new()
+                    .index(index)
+                    .address(a, len)
+                    .build(),
+            };
+            Ok(h.address().del(msg).execute().await?)
+        },
+    )
+}
+
 /// Where a route sends packets.
 #[derive(Clone, Copy, Debug)]
 pub enum Next<'a> {
     /// Through a gateway (`via`).
     Gateway(IpAddr),
+    /// Through a gateway out of a device (`via … dev …`).
+    Via(IpAddr, &'a str),
     /// Through a gateway out of a device, `onlink`: the gateway counts as
     /// reachable before any prefix route covers it.
     OnLink(IpAddr, &'a str),
@@ -203,8 +230,18 @@ impl From<IpAddr> for Next<'_> {
 /// Adds a route to `dst` (a prefix, or `default` with a gateway) as `ip
 /// route add` does (main table, protocol `boot`).
 pub fn route(ns: &Netns, dst: &str, next: Next<'_>) -> Result<()> {
+    set_route(ns, dst, next, false)
+}
+
+/// Adds or replaces the route to `dst` (`ip route replace`).
+pub fn replace_route(ns: &Netns, dst: &str, next: Next<'_>) -> Result<()> {
+    set_route(ns, dst, next, true)
+}
+
+/// [`route`] or [`replace_route`].
+fn set_route(ns: &Netns, dst: &str, next: Next<'_>, replace: bool) -> Result<()> {
     let (dst_ip, len) = match (dst, next) {
-        ("default", Next::Gateway(gw) | Next::OnLink(gw, _)) => (
+        ("default", Next::Gateway(gw) | Next::Via(gw, _) | Next::OnLink(gw, _)) => (
             if gw.is_ipv4() {
                 IpAddr::from([0u8; 4])
             } else {
@@ -222,7 +259,7 @@ pub fn route(ns: &Netns, dst: &str, next: Next<'_>) -> Result<()> {
         .map_err(|e| anyhow!("route {dst}: {e:?}"))?
         .protocol(RouteProtocol::Boot);
     match next {
-        Next::Gateway(gw) | Next::OnLink(gw, _) => {
+        Next::Gateway(gw) | Next::Via(gw, _) | Next::OnLink(gw, _) => {
             builder = builder
                 .gateway(gw)
                 .map_err(|e| anyhow!("route {dst} via {gw}: {e:?}"))?
@@ -234,10 +271,11 @@ pub fn route(ns: &Netns, dst: &str, next: Next<'_>) -> Result<()> {
     in_ns(ns, &format!("route {dst} {next:?}"), |h| async move {
         let builder = match next {
             Next::OnLink(_, dev) => builder.output_interface(index(dev)?).onlink(),
-            Next::Dev(dev) => builder.output_interface(index(dev)?),
+            Next::Via(_, dev) | Next::Dev(dev) => builder.output_interface(index(dev)?),
             _ => builder,
         };
-        Ok(h.route().add(builder.build()).execute().await?)
+        let req = h.route().add(builder.build());
+        Ok(if replace { req.replace() } else { req }.execute().await?)
     })
 }
 

@@ -18,6 +18,7 @@ use std::{net::IpAddr, time::Duration};
 use harness::{
     daemon::Instance,
     rawframe::{FrameBuilder, RawSocket, L4},
+    rtnl::{self, Next},
     servers::UdpEcho,
     topology, ChildGuard, Netns, Topology,
 };
@@ -222,7 +223,7 @@ fn routing_and_address_changes_take_effect_without_restart() {
     lab.forge_udp("10.99.0.7", "10.77.0.1", 161, b"set", 5);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lab.udp.received(161), 0, "forged while routed via in0");
-    lab.host.exec(&["ip", "route", "replace", "10.99.0.0/24", "via", "10.77.0.2", "dev", "dmz0"]).unwrap();
+    rtnl::replace_route(&lab.host, "10.99.0.0/24", Next::Via(ip("10.77.0.2"), "dmz0")).unwrap();
     lab.forge_udp("10.99.0.7", "10.77.0.1", 161, b"set", 5);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lab.udp.received(161), 5, "routed via dmz0 now: believed there");
@@ -232,7 +233,7 @@ fn routing_and_address_changes_take_effect_without_restart() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lab.udp.received(OPEN_UDP), 3);
     let before = lab.dropped("impossible_source");
-    lab.host.exec(&["ip", "addr", "add", "10.77.0.50/24", "dev", "dmz0"]).unwrap();
+    rtnl::addr(&lab.host, "dmz0", "10.77.0.50/24").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while lab.dropped("impossible_source") == before {
         assert!(std::time::Instant::now() < deadline, "the new address never became an impossible source");

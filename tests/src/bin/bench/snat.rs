@@ -164,14 +164,14 @@ struct ExtraAddress<'a>(&'a EdgeLab);
 
 impl<'a> ExtraAddress<'a> {
     fn add(lab: &'a EdgeLab) -> Result<Self> {
-        lab.edge.exec(&["ip", "addr", "add", &format!("{EXTRA_SNAT}/24"), "dev", "e-in"])?;
+        harness::rtnl::addr(&lab.edge, "e-in", &format!("{EXTRA_SNAT}/24"))?;
         Ok(Self(lab))
     }
 }
 
 impl Drop for ExtraAddress<'_> {
     fn drop(&mut self) {
-        let _ = self.0.edge.exec(&["ip", "addr", "del", &format!("{EXTRA_SNAT}/24"), "dev", "e-in"]);
+        let _ = harness::rtnl::addr_del(&self.0.edge, "e-in", &format!("{EXTRA_SNAT}/24"));
     }
 }
 

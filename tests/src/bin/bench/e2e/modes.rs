@@ -125,7 +125,7 @@ impl Mode {
             }
             Mode::Haproxy => {
                 for vip in [VIP_V4, BULK_VIP] {
-                    lab.lab.edge.exec(&["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"])?;
+                    harness::rtnl::addr(&lab.lab.edge, "lo", &format!("{vip}/32"))?;
                     done.edge_lo.push(vip);
                 }
                 done.haproxy = Some(haproxy(&lab.lab.edge, tag)?);
@@ -216,7 +216,7 @@ impl Drop for Installed {
         }
         let Some(edge) = &self.edge else { return };
         for vip in &self.edge_lo {
-            let _ = edge.exec(&["ip", "addr", "del", &format!("{vip}/32"), "dev", "lo"]);
+            let _ = harness::rtnl::addr_del(edge, "lo", &format!("{vip}/32"));
         }
         if let Some(t) = &self.nft_table {
             let _ = edge.exec(&["nft", "delete", "table", t]);

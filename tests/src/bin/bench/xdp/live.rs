@@ -54,7 +54,7 @@ pub fn measure(paths: &[LivePath], rounds: usize, frames: u32, kb: &mut KernelBa
     // A redirect into a veth is delivered only when its peer runs NAPI:
     // with GRO on (or an XDP program) it does.
     kb.net.ns.exec(&["ethtool", "-K", "lbin-p", "gro", "on"])?;
-    kb.net.ns.exec(&["ip", "link", "set", "lbin-p", "up"])?;
+    harness::rtnl::up(&kb.net.ns, "lbin-p")?;
     let ifindex = kb.net.out_ifindex;
     let mut samples = vec![Vec::new(); paths.len()];
     let mut delivered = vec![(0u64, 0u64); paths.len()];
