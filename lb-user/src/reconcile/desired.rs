@@ -17,7 +17,7 @@ use crate::{
         martian,
     },
     source::{
-        config::{BalancerConfig, Cidr, CompiledPolicy, Config},
+        config::{BalancerConfig, Cidr, CompiledPolicy, Config, SwarmAdditions},
         health::Down,
         netif::HostAddr,
     },
@@ -39,17 +39,17 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
-    /// The state `cfg` (the config file with the Swarm's additions) asks
-    /// for on a host with the addresses `host` and the interfaces
+    /// The state the config file `cfg` and the Swarm's additions `swarm`
+    /// ask for on a host with the addresses `host` and the interfaces
     /// `ifindexes`, with the backends in `down` taken out.
-    pub fn of(cfg: &Config, ifindexes: &HashMap<String, u32>, host: &[HostAddr], down: &Down) -> Result<Self> {
+    pub fn of(cfg: &Config, swarm: &SwarmAdditions, ifindexes: &HashMap<String, u32>, host: &[HostAddr], down: &Down) -> Result<Self> {
         let balancer = match cfg.balancer() {
-            Some(b) => balancer(b, ifindexes, host, down)?,
+            Some(b) => balancer(b, swarm, ifindexes, host, down)?,
             None => Desired { inside_v4: None, inside_v6: None, snat_ports: (0, 0), snat_pool: Vec::new(), egress: Vec::new(), vips: Vec::new() },
         };
         Ok(Self {
             programs: programs(cfg),
-            policy: cfg.compile(),
+            policy: cfg.compile_with(swarm),
             impossible: impossible_sources(cfg, ifindexes, host, &balancer),
             balancer,
             drop_event_interval_ns: cfg.drop_event_interval_ns(),
@@ -79,9 +79,9 @@ fn interface_address(host: &[HostAddr], ifindexes: &HashMap<String, u32>, ifname
     })
 }
 
-/// The balancer's desired state from its config, the host's addresses and
-/// the health checks' verdicts.
-fn balancer(b: &BalancerConfig, ifindexes: &HashMap<String, u32>, host: &[HostAddr], down: &Down) -> Result<Desired> {
+/// The balancer's desired state from its config, the Swarm's backends, the
+/// host's addresses and the health checks' verdicts.
+fn balancer(b: &BalancerConfig, swarm: &SwarmAdditions, ifindexes: &HashMap<String, u32>, host: &[HostAddr], down: &Down) -> Result<Desired> {
     let inside_v4 = b.snat_v4.or_else(|| match interface_address(host, ifindexes, &b.inside_interface, false) {
         Some(IpAddr::V4(a)) => Some(a),
         _ => None,
@@ -107,8 +107,8 @@ fn balancer(b: &BalancerConfig, ifindexes: &HashMap<String, u32>, host: &[HostAd
             address: v.address,
             mode: v.mode,
             rules: v.rules.iter().map(|r| (r.proto, r.port, r.target_port)).collect(),
-            backends: v
-                .backends
+            backends: swarm
+                .backends_of(v)
                 .iter()
                 .map(|be| DesiredBackend { address: be.address, weight: be.weight, up: !down.contains(&v.name, be.address) })
                 .collect(),

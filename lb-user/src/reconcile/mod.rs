@@ -56,7 +56,9 @@ struct Inputs {
 
 /// What the data path says now, as the reconciler last wrote it.
 pub struct Applied {
-    /// The config file with the Swarm's additions.
+    /// The config file with the Swarm's additions, for the observers
+    /// (status, the health checks); the desired state is computed from
+    /// the two apart.
     pub config: Config,
     /// Interface name → ifindex.
     pub ifindexes: HashMap<String, u32>,
@@ -159,10 +161,11 @@ impl Reconciler {
     /// part, otherwise only the parts that differ from the last apply.
     fn reconcile(&mut self, full: bool) -> Result<Diff> {
         let Some(file) = &self.inputs.file else { return Ok(Diff::default()) };
-        let cfg = file.with_swarm(&self.inputs.swarm);
         let ifindexes = self.inputs.ifindexes.clone();
-        let want = DesiredState::of(&cfg, &ifindexes, &self.inputs.host, &self.inputs.down)?;
-        if let Some(change) = self.sizes.change(&MapSizes::of(cfg.balancer())) {
+        // The Swarm's additions are an input of their own: nothing is
+        // folded into a config and compiled again for the data path.
+        let want = DesiredState::of(file, &self.inputs.swarm, &ifindexes, &self.inputs.host, &self.inputs.down)?;
+        if let Some(change) = self.sizes.change(&MapSizes::of(file.balancer())) {
             bail!("{change}: that needs new maps, which forget every flow (stop swarmlb, `swarmlb down`, start it again)");
         }
         let last = self.applied.as_ref().filter(|_| !full);
@@ -211,12 +214,14 @@ impl Reconciler {
         let gone: Vec<String> = self.attached.keys().filter(|n| !want.programs.contains_key(*n)).cloned().collect();
         self.detach(&gone);
         diff.detached = gone;
+        let file = self.inputs.file.as_ref().expect("checked at the top");
         if policy_changed || snat_ports_changed {
-            warn_ephemeral_overlap(&want.policy, cfg.balancer());
+            warn_ephemeral_overlap(&want.policy, file.balancer());
         }
         let zones = zones.or_else(|| self.applied.as_ref().map(|a| a.zones.clone())).unwrap_or_default();
         let vips = vips.or_else(|| self.applied.as_ref().map(|a| a.vips.clone())).unwrap_or_default();
-        self.applied = Some(Applied { config: cfg, ifindexes, desired: want, zones, vips });
+        let config = file.with_swarm(&self.inputs.swarm);
+        self.applied = Some(Applied { config, ifindexes, desired: want, zones, vips });
         Ok(diff)
     }
 

@@ -505,6 +505,14 @@ impl Config {
     /// The config as map contents: zones that have interfaces, in name
     /// order, with source prefixes flattened for longest-prefix match.
     pub fn compile(&self) -> CompiledPolicy {
+        self.compile_with(&SwarmAdditions::default())
+    }
+
+    /// [`Config::compile`] with the Swarm's additions: their protected
+    /// ports in their zones, their nodes among the node sources; the same
+    /// as `self.with_swarm(swarm).compile()` without the copy.
+    pub fn compile_with(&self, swarm: &SwarmAdditions) -> CompiledPolicy {
+        let nodes = swarm.nodes_with(&self.nodes);
         let mut zones = Vec::new();
         let mut index = HashMap::new();
         for (name, z) in &self.zones {
@@ -513,14 +521,20 @@ impl Config {
             }
             index.insert(name.clone(), zones.len());
             let mut ports = BTreeMap::new();
-            for &(proto, port) in z.protected.iter().chain(if z.swarm_ports { &SWARM_PORTS[..] } else { &[] }) {
-                ports.insert((proto, port), z.port_access(proto, port));
+            let from_swarm = swarm.protected.get(name);
+            for &(proto, port) in z.protected.iter().chain(from_swarm.into_iter().flatten()).chain(if z.swarm_ports { &SWARM_PORTS[..] } else { &[] }) {
+                let mut access = z.port_access(proto, port);
+                // A port the Swarm protects is protected as a configured one is.
+                if from_swarm.is_some_and(|p| p.contains(&(proto, port))) {
+                    access |= PROTECTED | SET_TRUSTED;
+                }
+                ports.insert((proto, port), access);
             }
             let sources: Vec<(Cidr, u32)> = z
                 .allow
                 .iter()
                 .map(|c| (*c, SET_TRUSTED))
-                .chain(self.nodes.iter().map(|c| (*c, SET_NODES)))
+                .chain(nodes.iter().map(|c| (*c, SET_NODES)))
                 .collect();
             let mut sources_v4 = BTreeMap::new();
             let mut sources_v6 = BTreeMap::new();

@@ -200,6 +200,12 @@ fn check_mapped(cfg: &Config, view: &SwarmView, previous: Option<&SwarmAdditions
     // What the daemon applies: the config with the additions.
     let effective = cfg.with_swarm(add);
     let compiled = effective.compile();
+    // The reconciler's path: the additions as an input of their own.
+    assert_eq!(cfg.compile_with(add), compiled, "compile_with differs from with_swarm + compile");
+    for v in &balancer.vips {
+        let merged = &effective.balancer().unwrap().vips.iter().find(|e| e.name == v.name).unwrap().backends;
+        assert_eq!(&add.backends_of(v), merged, "vip {}: backends_of differs from with_swarm", v.name);
+    }
     assert_eq!(compiled.zones.len(), cfg.compile().zones.len(), "the Swarm changed the zones");
     for z in &compiled.zones {
         let added: BTreeSet<(u8, u16)> = add.protected.get(&z.name).cloned().unwrap_or_default();

@@ -11,7 +11,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{BackendConfig, Cidr, Config, ConfigError, Locator};
+use super::{BackendConfig, Cidr, Config, ConfigError, Locator, VipConfig};
 
 /// `[swarm]`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,18 +110,41 @@ pub struct SwarmAdditions {
     pub leaving: BTreeMap<(String, IpAddr), f64>,
 }
 
-impl Config {
-    /// The config with the Swarm's additions: static entries stay (a static
+impl SwarmAdditions {
+    /// `vip`'s backends: its static ones, then the Swarm's (a static
     /// backend wins over a Swarm one with the same address).
+    pub fn backends_of(&self, vip: &VipConfig) -> Vec<BackendConfig> {
+        let mut out = vip.backends.clone();
+        for extra in self.backends.get(&vip.name).into_iter().flatten() {
+            if !out.iter().any(|s| s.address == extra.address) {
+                out.push(extra.clone());
+            }
+        }
+        out
+    }
+
+    /// `nodes` (`[cluster].nodes`), then each Swarm node none of them holds.
+    pub fn nodes_with(&self, nodes: &[Cidr]) -> Vec<Cidr> {
+        let mut out = nodes.to_vec();
+        for a in &self.nodes {
+            let c = Cidr::host(*a);
+            if !out.iter().any(|n| n.contains(&c)) {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+impl Config {
+    /// The config with the Swarm's additions (what the observers show and
+    /// the health checks follow; the data path's desired state takes the
+    /// additions as an input of its own, [`Config::compile_with`]).
     pub fn with_swarm(&self, add: &SwarmAdditions) -> Config {
         let mut out = self.clone();
         if let Some(b) = out.balancer.as_mut() {
             for vip in &mut b.vips {
-                for extra in add.backends.get(&vip.name).into_iter().flatten() {
-                    if !vip.backends.iter().any(|s| s.address == extra.address) {
-                        vip.backends.push(extra.clone());
-                    }
-                }
+                vip.backends = add.backends_of(vip);
             }
         }
         for (zone, ports) in &add.protected {
@@ -129,12 +152,7 @@ impl Config {
                 z.protected.extend(ports.iter().copied());
             }
         }
-        for a in &add.nodes {
-            let c = Cidr::host(*a);
-            if !out.nodes.iter().any(|n| n.contains(&c)) {
-                out.nodes.push(c);
-            }
-        }
+        out.nodes = add.nodes_with(&out.nodes);
         out
     }
 }
