@@ -59,6 +59,10 @@ pub struct AgentStatus {
     pub pins_lost: u64,
     /// Which pins are missing and why they cannot be restored yet.
     pub pins_error: Option<String>,
+    /// The pins are on a bpffs only the agent's own mount namespace sees
+    /// (`ip netns exec`): the data path goes when the agent does.
+    #[serde(default)]
+    pub pins_private: bool,
 }
 
 /// How often one backend of one VIP went in or out by its health checks.
