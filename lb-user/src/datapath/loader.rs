@@ -528,7 +528,12 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool> {
         libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
     };
     if rc != 0 {
-        bail!("mounting bpffs at /sys/fs/bpf: {}", std::io::Error::last_os_error());
+        let err = std::io::Error::last_os_error();
+        // A sandboxed service (deploy/swarmlb.service) may not mount, and
+        // should not: its bpffs would be private to its mount namespace.
+        bail!(
+            "mounting bpffs at /sys/fs/bpf: {err} (mount it on the host first: `mount -t bpf bpf /sys/fs/bpf`; systemd does so at boot)"
+        );
     }
     info!("mounted bpffs at /sys/fs/bpf");
     Ok(true)
