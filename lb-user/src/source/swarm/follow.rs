@@ -34,6 +34,10 @@ pub struct SwarmSync {
     pub services: usize,
     /// What the mapping skipped, in words.
     pub notes: Vec<String>,
+    /// The nodes' addresses the Swarm adds to the cluster allow-list (they
+    /// may reach Swarm's ports), as last mapped.
+    #[serde(default)]
+    pub allowed_nodes: Vec<std::net::IpAddr>,
 }
 
 /// The Swarm as the daemon knows it.
@@ -103,6 +107,7 @@ impl SwarmFollower {
         let (Some(sc), Some(view)) = (cfg.swarm(), &self.view) else {
             let changed = self.additions != SwarmAdditions::default();
             self.additions = SwarmAdditions::default();
+            self.sync.allowed_nodes.clear();
             return changed;
         };
         match mapping::map(cfg, sc, view, Some(&self.additions), crate::unix_time()) {
@@ -115,6 +120,7 @@ impl SwarmFollower {
                 let changed = m.additions != self.additions;
                 tracing::debug!(changed, additions = ?m.additions, "Swarm view mapped");
                 self.additions = m.additions;
+                self.sync.allowed_nodes = self.additions.nodes.iter().copied().collect();
                 changed
             }
             Err(e) => {
