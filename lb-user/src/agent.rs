@@ -162,6 +162,10 @@ struct Agent {
     /// outcome waits for that source's first word (or this deadline), so
     /// an unreachable `docker_host` is not counted as a good reload.
     reload_pending: Option<Instant>,
+    /// The lock on the pin directory (one agent per pin path). Taken
+    /// again on the new directory when the pins are restored after their
+    /// bpffs went: the old lock holds a directory nobody sees any more.
+    pin_lock: PinLock,
 }
 
 impl Agent {
@@ -302,6 +306,13 @@ impl Agent {
         match self.reconciler.datapath().repin() {
             Ok(n) => {
                 info!(pin_path, pinned = n, "the maps and links are pinned again: a restart adopts the data path");
+                let dir = self.reconciler.datapath().pin_dir().to_owned();
+                if !self.pin_lock.holds(&dir) {
+                    match PinLock::acquire(&dir) {
+                        Ok(lock) => self.pin_lock = lock,
+                        Err(e) => warn!(pin_path, error = format!("{e:#}"), "locking the restored pin directory failed"),
+                    }
+                }
                 self.agent.pins_ok = true;
                 self.agent.pins_error = None;
             }
@@ -440,7 +451,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     let mounted = ensure_bpffs(&pin_dir)?;
     std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating the pin directory {}", pin_dir.display()))?;
     // One agent per pin path: the lock is on the pin directory itself.
-    let _pin_lock = PinLock::acquire(&pin_dir)?;
+    let pin_lock = PinLock::acquire(&pin_dir)?;
     let private = private_bpffs(&pin_dir, mounted);
     if let Some(why) = &private {
         warn!(
@@ -477,6 +488,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         state: None,
         agent: AgentStatus::default(),
         reload_pending: None,
+        pin_lock,
     };
     let was_running = daemon.reconciler.datapath().found_running();
     if was_running {

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 
 /// Held for as long as this process owns the pin directory.
 pub struct PinLock {
-    _dir: fs::File,
+    dir: fs::File,
 }
 
 impl PinLock {
@@ -42,7 +42,16 @@ impl PinLock {
                 pin_dir.display()
             );
         }
-        Ok(Self { _dir: dir })
+        Ok(Self { dir })
+    }
+
+    /// Whether the lock is on the directory at `path` now (not on one that
+    /// was removed or whose bpffs went).
+    pub fn holds(&self, path: &Path) -> bool {
+        match (self.dir.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
     }
 }
 
