@@ -82,8 +82,13 @@ fn ready_comes_after_the_first_apply() {
     assert!(sock.recv(&mut buf).is_err(), "a refused config sent readiness");
 
     inst.write_config("[[interface]]\nname = \"dmz0\"\nzone = \"dmz\"\n\n[zone.dmz]\nprotected = [\"tcp/5432\"]\n");
-    let mut cmd = Command::new(harness::daemon::swarmlb_bin());
-    cmd.arg("run").arg("--config").arg(&inst.config).arg("--runtime-dir").arg(&inst.runtime_dir).env("NOTIFY_SOCKET", &sock_path);
+    // With no capability beyond the unit's bounding set, and no new
+    // privileges: what the unit grants is what the agent needs.
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--bounding-set=-all,{}", unit_capabilities().join(",")))
+        .arg("--no-new-privs")
+        .arg(harness::daemon::swarmlb_bin())
+        .arg("run").arg("--config").arg(&inst.config).arg("--runtime-dir").arg(&inst.runtime_dir).env("NOTIFY_SOCKET", &sock_path);
     let mut child = host.spawn(&mut cmd);
     let deadline = Instant::now() + Duration::from_secs(20);
     let msg = loop {
@@ -109,4 +114,11 @@ fn ready_comes_after_the_first_apply() {
     }
     assert!(stopping.contains("STOPPING=1"), "{stopping:?}");
     assert!(inst.down().status.success());
+}
+
+/// The unit's `CapabilityBoundingSet=` in setpriv's words (`+bpf`, …).
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/swarmlb.service")).unwrap();
+    let line = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("the unit has a CapabilityBoundingSet");
+    line.split_whitespace().map(|c| format!("+{}", c.to_lowercase().trim_start_matches("cap_"))).collect()
 }
