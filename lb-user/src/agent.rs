@@ -411,7 +411,9 @@ fn idle_timeouts(cfg: &Config) -> sweep::Timeouts {
 /// the pin path (its lock, [`PinLock`], whatever its runtime dir), and
 /// says so when there was nothing to take off.
 pub fn down(pin_dir: &Path, runtime_dir: &Path) -> Result<()> {
-    if !pin_dir.exists() {
+    // Not `exists()`: a pin path this user may not look into is not "nothing pinned".
+    let exists = pin_dir.try_exists().with_context(|| format!("looking for {} (`swarmlb down` runs as root, like `run`)", pin_dir.display()))?;
+    if !exists {
         let hint = match bpffs_needs_mount(pin_dir) {
             Ok(true) => " (no bpffs is mounted at /sys/fs/bpf here: under `ip netns exec` /sys is a private one, so run `swarmlb down` where the agent ran)",
             Err(_) => " (it is not on a bpffs)",
@@ -422,7 +424,11 @@ pub fn down(pin_dir: &Path, runtime_dir: &Path) -> Result<()> {
     let lock = PinLock::acquire(pin_dir)?;
     let interfaces = pinned_interfaces(pin_dir);
     let pins = std::fs::read_dir(pin_dir).with_context(|| format!("reading {}", pin_dir.display()))?.count();
-    remove_pins(pin_dir).with_context(|| format!("removing the pins in {}", pin_dir.display()))?;
+    remove_pins(pin_dir).map_err(|e| {
+        let denied = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied));
+        let hint = if denied { " (`swarmlb down` runs as root, like `run`)" } else { "" };
+        e.context(format!("removing the pins in {}{hint}", pin_dir.display()))
+    })?;
     drop(lock);
     // A state file naming this pin path is a dead agent's (the lock was free).
     if DaemonState::read(runtime_dir).is_ok_and(|s| s.pin_path == pin_dir) {

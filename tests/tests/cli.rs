@@ -281,4 +281,20 @@ fn version_errors_and_privileges() {
     }
     assert!(!err.contains("Operation not permitted"), "{err}");
     assert!(!inst.pin_path.exists());
+
+    // `down` without root: says why, and is not "nothing pinned".
+    std::fs::create_dir_all(&inst.pin_path).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(swarmlb_bin())
+        .arg("down")
+        .arg("--pin-path")
+        .arg(&inst.pin_path)
+        .arg("--runtime-dir")
+        .arg(inst.dir.join("norun"))
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("runs as root") && !text(&out.stdout).contains("nothing pinned"), "{err}");
+    assert!(inst.pin_path.exists());
 }
