@@ -185,7 +185,7 @@ impl Agent {
         let Some(deadline) = self.reload_pending else { return };
         let Some(sync) = self.swarm.sync().cloned() else {
             self.reload_pending = None;
-            return self.reloaded(Ok(()), runtime_dir);
+            return self.reloaded(Ok(()), true, runtime_dir);
         };
         let outcome = if sync.connected {
             info!("SIGHUP: config reloaded; the Swarm source answers");
@@ -202,7 +202,8 @@ impl Agent {
             return;
         };
         self.reload_pending = None;
-        self.reloaded(outcome, runtime_dir);
+        // Either way the new config is in force.
+        self.reloaded(outcome, true, runtime_dir);
     }
 
     /// After a successful reconcile: the health checks follow the backends
@@ -264,7 +265,10 @@ impl Agent {
     }
 
     /// Notes a SIGHUP's outcome (status, metrics) and writes the state file.
-    fn reloaded(&mut self, outcome: Result<(), String>, runtime_dir: &Path) {
+    /// `applied`: the new config is in force (also when the reload failed
+    /// after that, its Swarm source not connecting).
+    fn reloaded(&mut self, outcome: Result<(), String>, applied: bool, runtime_dir: &Path) {
+        self.agent.last_reload_applied = applied;
         match outcome {
             Ok(()) => {
                 self.agent.reloads_succeeded += 1;
@@ -373,7 +377,10 @@ pub fn signal_reload(runtime_dir: &Path, timeout: Duration) -> Result<()> {
                     return print_stdout(&format!("swarmlb (pid {pid}) reloaded {}\n", now.config.display()));
                 }
                 let why = now.agent.last_reload_error.unwrap_or_else(|| "no reason recorded".into());
-                bail!("swarmlb (pid {pid}) refused the reload of {}; the running policy stays: {why}", now.config.display());
+                if now.agent.last_reload_applied {
+                    bail!("swarmlb (pid {pid}) applied {}, but the reload failed: {why}", now.config.display());
+                }
+                bail!("swarmlb (pid {pid}) refused the reload of {}; the running config stays: {why}", now.config.display());
             }
         }
         if Instant::now() >= deadline {
@@ -644,7 +651,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                 _ = hup.recv() => {
                     let config = config_path.display().to_string();
                     if daemon.reload_pending.take().is_some() {
-                        daemon.reloaded(Err("another reload came before the Swarm source answered".into()), runtime_dir);
+                        daemon.reloaded(Err("another reload came before the Swarm source answered".into()), true, runtime_dir);
                     }
                     let outcome = match Config::load(config_path) {
                         Ok(new) => match daemon.set_config(new.clone(), config_path, runtime_dir) {
@@ -674,7 +681,8 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                             Err(e.to_string())
                         }
                     };
-                    daemon.reloaded(outcome, runtime_dir);
+                    let applied = outcome.is_ok();
+                    daemon.reloaded(outcome, applied, runtime_dir);
                 }
             }
         }

@@ -231,16 +231,19 @@ fn reload_reports_the_outcome() {
     let refused = reload();
     assert!(!refused.status.success());
     let err = text(&refused.stderr);
-    assert!(err.contains("refused the reload") && err.contains("nosuchzone"), "{err}");
+    assert!(err.contains("refused the reload") && err.contains("the running config stays") && err.contains("nosuchzone"), "{err}");
     assert_eq!(err.matches("config error").count(), 1, "said once: {err}");
 
     inst.write_config(&format!("{GOOD}\n[swarm]\ndocker_host = \"unix:///nonexistent/swarmlb-test.sock\"\n"));
     let no_swarm = reload();
     assert!(!no_swarm.status.success(), "a Swarm source that cannot connect counted as a good reload: {}", text(&no_swarm.stdout));
     let err = text(&no_swarm.stderr);
-    assert!(err.contains("Swarm source cannot connect"), "{err}");
+    assert!(err.contains("but the reload failed") && err.contains("Swarm source cannot connect"), "{err}");
     let status = inst.status();
     assert_eq!(status["agent"]["last_reload_ok"], false);
+    assert_eq!(status["agent"]["last_reload_applied"], true);
+    let table = Command::new(swarmlb_bin()).args(["status", "--runtime-dir"]).arg(&inst.runtime_dir).output().unwrap();
+    assert!(text(&table.stdout).contains("LAST RELOAD FAILED (its config runs)"), "{}", text(&table.stdout));
     assert!(child.try_status().is_none());
     stop_cleanly(&mut child, libc::SIGTERM);
     assert!(inst.down().status.success());

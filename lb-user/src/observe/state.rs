@@ -53,6 +53,10 @@ pub struct AgentStatus {
     pub last_reload_success: f64,
     /// Why the last reload was refused (while `last_reload_ok` is false).
     pub last_reload_error: Option<String>,
+    /// The last reload's config is in force although the reload failed
+    /// (its Swarm source did not connect); false for a refused config.
+    #[serde(default)]
+    pub last_reload_applied: bool,
     /// Every map and link is pinned in the pin path (a restart would adopt).
     pub pins_ok: bool,
     /// Times the pins were found missing.

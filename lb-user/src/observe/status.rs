@@ -267,7 +267,11 @@ pub fn render_table(r: &StatusReport) -> String {
         a.reloads_failed
     );
     if let Some(e) = a.last_reload_error.as_ref().filter(|_| !a.last_reload_ok) {
-        let _ = writeln!(out, "         LAST RELOAD REFUSED (the running config stays): {e}");
+        if a.last_reload_applied {
+            let _ = writeln!(out, "         LAST RELOAD FAILED (its config runs): {e}");
+        } else {
+            let _ = writeln!(out, "         LAST RELOAD REFUSED (the running config stays): {e}");
+        }
     }
     if a.pins_private {
         let _ = writeln!(out, "         PINS PRIVATE: on a bpffs only the agent's mount namespace sees; the data path ends with the agent");
