@@ -396,6 +396,14 @@ pub struct NatEntry {
     pub backend_win: u32,
 }
 
+impl NatEntry {
+    /// Does this entry belong to the flow `want` describes (the same
+    /// client and VIP ends)?
+    pub fn same_flow(&self, want: &NatEntry) -> bool {
+        self.client == want.client && self.client_port == want.client_port && self.vip == want.vip && self.vip_port == want.vip_port
+    }
+}
+
 /// [`NatEntry::state`]: the backend has answered through this entry.
 pub const NAT_REPLIED: u8 = 1;
 /// [`NatEntry::state`]: the peer is proven real — a TCP client acknowledged

@@ -93,6 +93,7 @@
 
 use crate::{
     balancer::*,
+    ip_header::{self, outer_ipv4, outer_ipv6},
     csum,
     maglev::flow_hash,
     nat_state::{self, Segment},
@@ -553,56 +554,41 @@ fn apply_client_check<T: Tables>(t: &mut T, (fkey, k): (&FlowKey, &NatKey), e: &
     }
 }
 
-/// Bytes of the offending packet an IPv6 "packet too big" quotes.
-pub const TOO_BIG_QUOTE_V6: usize = IPV6_HLEN + 8;
-
 /// Rule 7's answer to a packet too big for the path: an ICMP error from
 /// the VIP back to the client, written into `out`; its length, or `None`
 /// for IPv4 without DF.
 fn icmp_too_big(frame: &[u8], out: &mut [u8], p: &Parsed, mtu: u16) -> Option<usize> {
-    out[0..6].copy_from_slice(&frame[6..12]);
-    out[6..12].copy_from_slice(&frame[0..6]);
+    out[offset::ETH_DST..offset::ETH_DST + 6].copy_from_slice(&frame[offset::ETH_SRC..offset::ETH_SRC + 6]);
+    out[offset::ETH_SRC..offset::ETH_SRC + 6].copy_from_slice(&frame[offset::ETH_DST..offset::ETH_DST + 6]);
     let l3 = ETH_HLEN;
     if p.family == FAMILY_V4 {
-        if u16::from_be_bytes([frame[l3 + 6], frame[l3 + 7]]) & 0x4000 == 0 {
+        if be16(frame, l3 + offset::IPV4_FRAGS)? & bits::IPV4_DF == 0 {
             return None;
         }
-        let quote = p.l4 - p.l3 + 8;
+        let quote = p.l4 - p.l3 + ICMP_QUOTE_L4;
         let icmp = l3 + IPV4_MIN_HLEN;
         let len = icmp + ICMP_HLEN + quote;
-        out[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
-        let mut h = [0u8; 20];
-        h[0] = 0x45;
-        h[2..4].copy_from_slice(&((len - l3) as u16).to_be_bytes());
-        h[8] = TUNNEL_TTL;
-        h[9] = IPPROTO_ICMP;
-        h[12..16].copy_from_slice(&p.dst[..4]);
-        h[16..20].copy_from_slice(&p.src[..4]);
-        let c = csum::ipv4_header(&h);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
+        out[offset::ETH_TYPE..ETH_HLEN].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let mut h = [0u8; IPV4_MIN_HLEN];
+        ip_header::ipv4(&mut h, IPPROTO_ICMP, &p.dst, &p.src, (len - icmp) as u16);
         out[l3..icmp].copy_from_slice(&h);
         let m = mtu.to_be_bytes();
-        out[icmp..icmp + 8].copy_from_slice(&[ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, m[0], m[1]]);
-        out[icmp + 8..len].copy_from_slice(&frame[l3..l3 + quote]);
+        out[icmp..icmp + ICMP_HLEN].copy_from_slice(&ip_header::icmp(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, [0, 0, m[0], m[1]]));
+        out[icmp + ICMP_HLEN..len].copy_from_slice(&frame[l3..l3 + quote]);
         let c = !csum::fold(csum::sum_words(&out[icmp..len], 0));
-        out[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+        out[icmp + offset::ICMP_CHECK..icmp + offset::ICMP_CHECK + 2].copy_from_slice(&c.to_be_bytes());
         Some(len)
     } else {
         let icmp = l3 + IPV6_HLEN;
         let len = icmp + ICMP_HLEN + TOO_BIG_QUOTE_V6;
-        out[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
-        out[l3..l3 + 8].copy_from_slice(&[0x60, 0, 0, 0, 0, (ICMP_HLEN + TOO_BIG_QUOTE_V6) as u8, IPPROTO_ICMPV6, TUNNEL_TTL]);
-        out[l3 + 8..l3 + 24].copy_from_slice(&p.dst);
-        out[l3 + 24..l3 + 40].copy_from_slice(&p.src);
-        let m = u32::from(mtu).to_be_bytes();
-        out[icmp..icmp + 8].copy_from_slice(&[ICMPV6_PACKET_TOO_BIG, 0, 0, 0, m[0], m[1], m[2], m[3]]);
-        out[icmp + 8..len].copy_from_slice(&frame[l3..l3 + TOO_BIG_QUOTE_V6]);
-        // The ICMPv6 checksum covers a pseudo-header: addresses, length,
-        // next header.
-        let mut sum = csum::sum_words(&out[l3 + 8..l3 + 40], 0);
-        sum += (ICMP_HLEN + TOO_BIG_QUOTE_V6) as u32 + u32::from(IPPROTO_ICMPV6);
-        let c = !csum::fold(csum::sum_words(&out[icmp..len], sum));
-        out[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+        out[offset::ETH_TYPE..ETH_HLEN].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        let mut h = [0u8; IPV6_HLEN];
+        ip_header::ipv6(&mut h, IPPROTO_ICMPV6, &p.dst, &p.src, (ICMP_HLEN + TOO_BIG_QUOTE_V6) as u16);
+        out[l3..icmp].copy_from_slice(&h);
+        out[icmp..icmp + ICMP_HLEN].copy_from_slice(&ip_header::icmp(ICMPV6_PACKET_TOO_BIG, 0, u32::from(mtu).to_be_bytes()));
+        out[icmp + ICMP_HLEN..len].copy_from_slice(&frame[l3..l3 + TOO_BIG_QUOTE_V6]);
+        let c = !csum::fold(csum::sum_words(&out[icmp..len], ip_header::icmpv6_pseudo_sum(&p.dst, &p.src, (ICMP_HLEN + TOO_BIG_QUOTE_V6) as u32)));
+        out[icmp + offset::ICMP_CHECK..icmp + offset::ICMP_CHECK + 2].copy_from_slice(&c.to_be_bytes());
         Some(len)
     }
 }
@@ -638,7 +624,7 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, open
         let slot = Slot { port: g.snat_port_min + (x % span) as u16, snat: (x / span) as u8 };
         let key = NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: slot.port, proto: p.proto, family: p.family, snat: slot.snat, _pad: 0 };
         match t.nat(&key) {
-            Some(e) if same_flow(&e, &entry) => {
+            Some(e) if e.same_flow(&entry) => {
                 if opens {
                     t.put_nat(&key, &entry);
                     return Ok(NatFound::Fresh(slot));
@@ -667,11 +653,6 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, open
         None if full => Err(LbCounter::NatTableFull),
         None => Err(LbCounter::SnatExhausted),
     }
-}
-
-/// Does a NAT entry belong to the flow `want` describes?
-pub fn same_flow(e: &NatEntry, want: &NatEntry) -> bool {
-    e.client == want.client && e.client_port == want.client_port && e.vip == want.vip && e.vip_port == want.vip_port
 }
 
 /// The TCP header fields the NAT state reads (its fixed part is whole:
@@ -826,28 +807,6 @@ fn rewrite(f: &mut [u8], p: &Parsed, src: [u8; 16], sport: u16, dst: [u8; 16], d
         l4c = csum::udp_nonzero(l4c);
     }
     f[l4_check_at..l4_check_at + 2].copy_from_slice(&l4c.to_be_bytes());
-}
-
-/// The outer IPv4 header of a DSR packet (IPIP, RFC 2003).
-pub fn outer_ipv4(h: &mut [u8; 20], src: [u8; 4], dst: &[u8; 16], inner_len: u16) {
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&(inner_len + 20).to_be_bytes());
-    h[8] = TUNNEL_TTL;
-    h[9] = IPPROTO_IPIP;
-    h[12..16].copy_from_slice(&src);
-    h[16..20].copy_from_slice(&dst[..4]);
-    let c = csum::ipv4_header(h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-}
-
-/// The outer IPv6 header of a DSR packet (IPv6-in-IPv6, RFC 2473).
-pub fn outer_ipv6(h: &mut [u8; 40], src: &[u8; 16], dst: &[u8; 16], inner_len: u16) {
-    h[0] = 0x60;
-    h[4..6].copy_from_slice(&inner_len.to_be_bytes());
-    h[6] = IPPROTO_IPV6;
-    h[7] = TUNNEL_TTL;
-    h[8..24].copy_from_slice(src);
-    h[24..40].copy_from_slice(dst);
 }
 
 /// A path-MTU ICMP error and the headers of the packet it quotes.
@@ -1102,40 +1061,35 @@ pub enum Decap {
 pub fn decapsulate(frame: &[u8], out: &mut [u8], allowed: impl Fn(&DecapKey) -> bool) -> Decap {
     let l3 = ETH_HLEN;
     let parsed = (|| -> Option<(DecapKey, usize, u16)> {
-        match be16(frame, 12)? {
+        match be16(frame, offset::ETH_TYPE)? {
             ETH_P_IPV4 => {
-                if *frame.get(l3)? != 0x45 || *frame.get(l3 + 9)? != IPPROTO_IPIP || be16(frame, l3 + 6)? & 0x3fff != 0 {
+                let h = frame.get(l3..l3 + IPV4_MIN_HLEN)?;
+                let fragment = u16::from_be_bytes([h[offset::IPV4_FRAGS], h[offset::IPV4_FRAGS + 1]]) & bits::IPV4_FRAGMENT != 0;
+                if h[offset::IPV4_VIHL] != bits::IPV4_VIHL_PLAIN || h[offset::IPV4_PROTO] != IPPROTO_IPIP || fragment {
                     return None;
                 }
-                let inner = l3 + IPV4_MIN_HLEN;
-                let key = DecapKey {
-                    outer_src: addr::<4>(frame, l3 + 12)?,
-                    inner_dst: [0; 16],
-                    family: FAMILY_V4,
-                    _pad: [0; 3],
-                };
-                Some((key, inner, ETH_P_IPV4))
+                let key = DecapKey { outer_src: addr::<4>(frame, l3 + offset::IPV4_SRC)?, inner_dst: [0; 16], family: FAMILY_V4, _pad: [0; 3] };
+                Some((key, l3 + IPV4_MIN_HLEN, ETH_P_IPV4))
             }
             ETH_P_IPV6 => {
-                if *frame.get(l3)? >> 4 != 6 || *frame.get(l3 + 6)? != IPPROTO_IPV6 {
+                let h = frame.get(l3..l3 + IPV6_HLEN)?;
+                if h[offset::IPV6_VCF] >> 4 != 6 || h[offset::IPV6_NEXT_HDR] != IPPROTO_IPV6 {
                     return None;
                 }
-                let key = DecapKey { outer_src: addr::<16>(frame, l3 + 8)?, inner_dst: [0; 16], family: FAMILY_V6, _pad: [0; 3] };
+                let key = DecapKey { outer_src: addr::<16>(frame, l3 + offset::IPV6_SRC)?, inner_dst: [0; 16], family: FAMILY_V6, _pad: [0; 3] };
                 Some((key, l3 + IPV6_HLEN, ETH_P_IPV6))
             }
             _ => None,
         }
     })();
     let Some((mut key, inner, ethertype)) = parsed else { return Decap::NotTunnel };
-    // The inner version must match; its destination must be readable.
-    let version = if key.family == FAMILY_V4 { 4 } else { 6 };
-    let inner_dst = match frame.get(inner..inner + 2) {
-        Some(v) if v[0] >> 4 == version => {
-            if key.family == FAMILY_V4 { addr::<4>(frame, inner + 16) } else { addr::<16>(frame, inner + 24) }
-        }
-        Some(_) => return Decap::Unknown,
-        None => return Decap::NotTunnel,
-    };
+    // The inner header must be whole and of the outer's version.
+    let (version, hlen, dst) = if key.family == FAMILY_V4 { (4, IPV4_MIN_HLEN, offset::IPV4_DST) } else { (6, IPV6_HLEN, offset::IPV6_DST) };
+    let Some(h) = frame.get(inner..inner + hlen) else { return Decap::NotTunnel };
+    if h[0] >> 4 != version {
+        return Decap::Unknown;
+    }
+    let inner_dst = if key.family == FAMILY_V4 { addr::<4>(h, dst) } else { addr::<16>(h, dst) };
     let Some(inner_dst) = inner_dst else { return Decap::NotTunnel };
     key.inner_dst = inner_dst;
     if !allowed(&key) {

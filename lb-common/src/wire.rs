@@ -40,6 +40,11 @@ pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 /// ICMP header before the quoted packet.
 pub const ICMP_HLEN: usize = 8;
+/// Bytes after the IP header an ICMP error quotes (RFC 792: 64 bits).
+pub const ICMP_QUOTE_L4: usize = 8;
+/// Bytes of the offending packet the balancer's IPv6 "packet too big"
+/// quotes: its header and the first 8 bytes after it.
+pub const TOO_BIG_QUOTE_V6: usize = IPV6_HLEN + ICMP_QUOTE_L4;
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
 /// TCP flags (byte 13 of the header) that end a connection.
@@ -121,3 +126,93 @@ pub const SWARM_PORTS: [(u8, u16); 4] = [
     (IPPROTO_UDP, 7946),
     (IPPROTO_UDP, 4789),
 ];
+
+/// Where each field the programs and the models read or write sits in
+/// its header: taken from `network-types`' header structs, which the XDP
+/// programs read through by field name. The models read the same bytes by
+/// these offsets with their own code, so a disagreement between the two
+/// shows up in the differential tests rather than hiding in a shared
+/// parser.
+pub mod offset {
+    use core::mem::offset_of;
+    use network_types::{
+        eth::EthHdr,
+        icmp::Icmpv4Hdr,
+        ip::{Ipv4Hdr, Ipv6Hdr},
+        tcp::TcpHdr,
+        udp::UdpHdr,
+        vlan::VlanHdr,
+    };
+
+    /// Ethernet: destination and source MAC, EtherType.
+    pub const ETH_DST: usize = offset_of!(EthHdr, dst_addr);
+    pub const ETH_SRC: usize = offset_of!(EthHdr, src_addr);
+    pub const ETH_TYPE: usize = offset_of!(EthHdr, ether_type);
+    /// A VLAN tag's inner EtherType (after its TCI).
+    pub const VLAN_TYPE: usize = offset_of!(VlanHdr, ether_type);
+
+    /// IPv4: version and header length, total length, identification,
+    /// flags and fragment offset, TTL, protocol, checksum, addresses.
+    pub const IPV4_VIHL: usize = offset_of!(Ipv4Hdr, vihl);
+    pub const IPV4_TOT_LEN: usize = offset_of!(Ipv4Hdr, tot_len);
+    pub const IPV4_ID: usize = offset_of!(Ipv4Hdr, id);
+    pub const IPV4_FRAGS: usize = offset_of!(Ipv4Hdr, frags);
+    pub const IPV4_TTL: usize = offset_of!(Ipv4Hdr, ttl);
+    pub const IPV4_PROTO: usize = offset_of!(Ipv4Hdr, proto);
+    pub const IPV4_CHECK: usize = offset_of!(Ipv4Hdr, check);
+    pub const IPV4_SRC: usize = offset_of!(Ipv4Hdr, src_addr);
+    pub const IPV4_DST: usize = offset_of!(Ipv4Hdr, dst_addr);
+
+    /// IPv6: version, traffic class and flow label, payload length, next
+    /// header, hop limit, addresses.
+    pub const IPV6_VCF: usize = offset_of!(Ipv6Hdr, vcf);
+    pub const IPV6_PAYLOAD_LEN: usize = offset_of!(Ipv6Hdr, payload_len);
+    pub const IPV6_NEXT_HDR: usize = offset_of!(Ipv6Hdr, next_hdr);
+    pub const IPV6_HOP_LIMIT: usize = offset_of!(Ipv6Hdr, hop_limit);
+    pub const IPV6_SRC: usize = offset_of!(Ipv6Hdr, src_addr);
+    pub const IPV6_DST: usize = offset_of!(Ipv6Hdr, dst_addr);
+
+    /// TCP and UDP both start with the source and destination port.
+    pub const L4_SPORT: usize = offset_of!(TcpHdr, source);
+    pub const L4_DPORT: usize = offset_of!(TcpHdr, dest);
+    /// TCP: sequence and acknowledgement numbers, data offset (high
+    /// nibble) then flags, window, checksum.
+    pub const TCP_SEQ: usize = offset_of!(TcpHdr, seq);
+    pub const TCP_ACK: usize = offset_of!(TcpHdr, ack_seq);
+    pub const TCP_DOFF: usize = offset_of!(TcpHdr, _bitfield_1);
+    pub const TCP_FLAGS: usize = TCP_DOFF + 1;
+    pub const TCP_WINDOW: usize = offset_of!(TcpHdr, window);
+    pub const TCP_CHECK: usize = offset_of!(TcpHdr, check);
+    /// UDP: checksum.
+    pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
+
+    /// ICMP (v4 and v6 share the layout): type, code, checksum, and the
+    /// rest of the header (the next-hop MTU of "fragmentation needed" in
+    /// its last two bytes; ICMPv6 "packet too big" uses all four).
+    pub const ICMP_TYPE: usize = offset_of!(Icmpv4Hdr, type_);
+    pub const ICMP_CODE: usize = offset_of!(Icmpv4Hdr, code);
+    pub const ICMP_CHECK: usize = offset_of!(Icmpv4Hdr, check);
+    pub const ICMP_DATA: usize = offset_of!(Icmpv4Hdr, data);
+
+    /// IPv6 fragment header: next header, offset and flags, identification.
+    pub const FRAG6_NEXT: usize = 0;
+    pub const FRAG6_OFFSET: usize = 2;
+    pub const FRAG6_ID: usize = 4;
+}
+
+/// Bit fields of the headers above.
+pub mod bits {
+    /// IPv4 flags and fragment offset: don't fragment, more fragments,
+    /// the offset (in 8-byte units), and "a fragment" (MF or an offset).
+    pub const IPV4_DF: u16 = 0x4000;
+    pub const IPV4_MF: u16 = 0x2000;
+    pub const IPV4_FRAG_OFFSET: u16 = 0x1fff;
+    pub const IPV4_FRAGMENT: u16 = IPV4_MF | IPV4_FRAG_OFFSET;
+    /// IPv6 fragment header: the offset (already in bytes) and M.
+    pub const FRAG6_OFFSET: u16 = 0xfff8;
+    pub const FRAG6_MORE: u16 = 0x0001;
+    /// The IPv4 version/IHL byte of a header without options.
+    pub const IPV4_VIHL_PLAIN: u8 = 0x45;
+    /// The first byte of an IPv6 header with traffic class 0.
+    pub const IPV6_VERSION_BYTE: u8 = 0x60;
+}

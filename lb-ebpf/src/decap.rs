@@ -9,12 +9,12 @@ use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, pr
 use lb_common::{
     balancer::{v4_key, DecapCounter, DecapKey},
     isolator::{FAMILY_V4, FAMILY_V6},
-    wire::*,
+    wire::{bits, offset, *},
 };
 
 use crate::{
     maps::{LB_DECAP, LB_DECAP_COUNTERS},
-    packet::Packet,
+    packet::{Ipv4Hdr, Ipv6Hdr, Macs, Packet},
 };
 
 #[inline(always)]
@@ -33,48 +33,37 @@ fn count(c: DecapCounter) {
     }
 }
 
-/// `None`: not a tunnel packet; `Some(false)`: a tunnel nobody configured;
+/// `None`: not a tunnel packet (or one without a whole inner header);
+/// `Some(false)`: a tunnel nobody configured, or the wrong inner version;
 /// `Some(true)`: opened.
 #[inline(always)]
 fn open(ctx: &XdpContext) -> Option<bool> {
     let pkt = Packet::new(ctx);
     let l3 = ETH_HLEN;
-    let (key, outer, ethertype) = match pkt.be16_at(12)? {
+    let (key, outer, ethertype) = match pkt.ethertype()? {
         ETH_P_IPV4 => {
-            let vihl = pkt.be16_at(l3)? >> 8;
-            let proto = pkt.be16_at(l3 + 8)? as u8;
-            let frag = pkt.be16_at(l3 + 6)?;
+            let ip: &Ipv4Hdr = pkt.header(l3)?;
             // Outer options or fragments: not what an edge sends.
-            if vihl != 0x45 || proto != IPPROTO_IPIP || frag & 0x3fff != 0 {
+            if ip.vihl != bits::IPV4_VIHL_PLAIN || ip.proto != IPPROTO_IPIP || u16::from_be_bytes(ip.frags) & bits::IPV4_FRAGMENT != 0 {
                 return None;
             }
-            let inner = l3 + IPV4_MIN_HLEN;
-            if pkt.be16_at(inner)? >> 12 != 4 {
+            let inner: &Ipv4Hdr = pkt.header(l3 + IPV4_MIN_HLEN)?;
+            if inner.version() != 4 {
                 return Some(false);
             }
-            let key = DecapKey {
-                outer_src: v4_key(pkt.bytes_at::<4>(l3 + 12)?),
-                inner_dst: v4_key(pkt.bytes_at::<4>(inner + 16)?),
-                family: FAMILY_V4,
-                _pad: [0; 3],
-            };
+            let key = DecapKey { outer_src: v4_key(ip.src_addr), inner_dst: v4_key(inner.dst_addr), family: FAMILY_V4, _pad: [0; 3] };
             (key, IPV4_MIN_HLEN, ETH_P_IPV4)
         }
         ETH_P_IPV6 => {
-            let next = (pkt.be16_at(l3 + 6)? >> 8) as u8;
-            if pkt.be16_at(l3)? >> 12 != 6 || next != IPPROTO_IPV6 {
+            let ip: &Ipv6Hdr = pkt.header(l3)?;
+            if ip.version() != 6 || ip.next_hdr != IPPROTO_IPV6 {
                 return None;
             }
-            let inner = l3 + IPV6_HLEN;
-            if pkt.be16_at(inner)? >> 12 != 6 {
+            let inner: &Ipv6Hdr = pkt.header(l3 + IPV6_HLEN)?;
+            if inner.version() != 6 {
                 return Some(false);
             }
-            let key = DecapKey {
-                outer_src: pkt.bytes_at::<16>(l3 + 8)?,
-                inner_dst: pkt.bytes_at::<16>(inner + 24)?,
-                family: FAMILY_V6,
-                _pad: [0; 3],
-            };
+            let key = DecapKey { outer_src: ip.src_addr, inner_dst: inner.dst_addr, family: FAMILY_V6, _pad: [0; 3] };
             (key, IPV6_HLEN, ETH_P_IPV6)
         }
         _ => return None,
@@ -83,14 +72,17 @@ fn open(ctx: &XdpContext) -> Option<bool> {
     if unsafe { LB_DECAP.get(&key) }.is_none() {
         return Some(false);
     }
-    let macs: [u8; 12] = pkt.bytes_at(0)?;
+    let macs: &Macs = pkt.header(0)?;
+    let (dst, src) = (macs.dst, macs.src);
     // SAFETY: the context is the program's own; shrinking the head by
     // less than the packet's length always succeeds or changes nothing.
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, outer as i32) } != 0 {
         return Some(false);
     }
     let pkt = Packet::new(ctx);
-    pkt.write(0, macs)?;
-    pkt.write(12, ethertype.to_be_bytes())?;
+    let macs: &mut Macs = pkt.header_mut(0)?;
+    macs.dst = dst;
+    macs.src = src;
+    pkt.write(offset::ETH_TYPE, ethertype.to_be_bytes())?;
     Some(true)
 }

@@ -15,13 +15,13 @@ use lb_common::{
         ReversePath, SourceV4, SourceV6, Verdict, ZoneBinding, FAMILY_V4, FAMILY_V6,
         MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, SOURCE_SLOT_BITS, STAGE_REVERSE_PATH,
     },
-    wire::*,
+    wire::{bits, offset, *},
 };
 
 use crate::{
     maps::{FRAGMENTS, ISO_STAGES, PROTECTED_PORTS, SOURCES_V4, SOURCES_V6, ZONE_BINDINGS},
     martian,
-    packet::Packet,
+    packet::{ExtHdr, Frag6Hdr, Ipv4Hdr, Packet, Ports},
     reverse_path,
 };
 
@@ -85,7 +85,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         };
     };
     let mut c = Ctx { pkt, zone, headers: Headers::default(), xdp: ctx.as_ptr(), trusted: false };
-    let Some(mut ethertype) = c.pkt.be16_at(12) else {
+    let Some(mut ethertype) = c.pkt.ethertype() else {
         return c.pass(PassReason::NotIp);
     };
     let mut off = ETH_HLEN;
@@ -96,7 +96,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         if depth == MAX_VLAN_DEPTH {
             return c.drop(DropReason::VlanTooDeep);
         }
-        match c.pkt.be16_at(off + 2) {
+        match c.pkt.be16_at(off + offset::VLAN_TYPE) {
             Some(t) => ethertype = t,
             None => return c.drop(DropReason::Malformed),
         }
@@ -113,36 +113,27 @@ pub fn decide(ctx: &XdpContext) -> Decision {
 #[inline(always)]
 fn ipv4(c: &mut Ctx, off: usize) -> Decision {
     c.headers.family = FAMILY_V4;
-    // The addresses are read only when needed (allow-list, fragments); the
-    // length check below covers their bytes (total >= ihl >= 20).
-    let (Some(vihl_tos), Some(total), Some(id), Some(frag), Some(ttl_proto)) = (
-        c.pkt.be16_at(off),
-        c.pkt.be16_at(off + 2),
-        c.pkt.be16_at(off + 4),
-        c.pkt.be16_at(off + 6),
-        c.pkt.be16_at(off + 8),
-    ) else {
+    // The addresses are read only when needed (allow-list, fragments).
+    let Some(ip) = c.pkt.header::<Ipv4Hdr>(off) else {
         return c.drop(DropReason::Malformed);
     };
-    let vihl = (vihl_tos >> 8) as u8;
-    let proto = ttl_proto as u8;
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    let total = usize::from(total);
-    if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || total < ihl || off + total > c.pkt.len() {
+    let (proto, ihl, total) = (ip.proto, usize::from(ip.ihl()), usize::from(ip.tot_len()));
+    let (id, frag) = (u16::from_be_bytes(ip.id), u16::from_be_bytes(ip.frags));
+    if ip.version() != 4 || ihl < IPV4_MIN_HLEN || total < ihl || off + total > c.pkt.len() {
         return c.drop(DropReason::Malformed);
     }
     c.headers.proto = proto;
     if let Some(d) = impossible(c) {
         return d;
     }
-    let frag_offset = usize::from(frag & 0x1fff) * 8;
+    let frag_offset = usize::from(frag & bits::IPV4_FRAG_OFFSET) * 8;
     if frag_offset != 0 {
         return match frag_key(c, u32::from(id), proto) {
             Some(key) => later_fragment(c, &key, proto, frag_offset),
             None => c.drop(DropReason::Malformed),
         };
     }
-    let first = if frag & 0x2000 != 0 {
+    let first = if frag & bits::IPV4_MF != 0 {
         match frag_key(c, u32::from(id), proto) {
             Some(key) => Some((key, off + ihl)),
             None => return c.drop(DropReason::Malformed),
@@ -157,9 +148,15 @@ fn ipv4(c: &mut Ctx, off: usize) -> Decision {
 fn ipv6(c: &mut Ctx, off: usize) -> Decision {
     c.headers.family = FAMILY_V6;
     // As for IPv4, the addresses are read on demand; `end` covers them.
-    let (Some(vtc), Some(plen), Some(next_hop)) =
-        (c.pkt.be16_at(off), c.pkt.be16_at(off + 4), c.pkt.be16_at(off + 6))
-    else {
+    // The fixed header's fields are read one by one, not through
+    // `Ipv6Hdr`: with a whole-header check here the verifier's walk of
+    // the extension-header loop behind it exceeds its 1M instructions
+    // (tests/tests/verifier.rs).
+    let (Some(vtc), Some(plen), Some(next_hop)) = (
+        c.pkt.be16_at(off + offset::IPV6_VCF),
+        c.pkt.be16_at(off + offset::IPV6_PAYLOAD_LEN),
+        c.pkt.be16_at(off + offset::IPV6_NEXT_HDR),
+    ) else {
         return c.drop(DropReason::Malformed);
     };
     let end = off + IPV6_HLEN + usize::from(plen);
@@ -186,15 +183,13 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
                 return c.drop(DropReason::Malformed);
             }
             seen_fragment_header = true;
-            let (Some(next_res), Some(offset_field), Some(id)) =
-                (c.pkt.be16_at(cur), c.pkt.be16_at(cur + 2), c.pkt.be32_at(cur + 4))
-            else {
+            let Some(fh) = c.pkt.header::<Frag6Hdr>(cur) else {
                 return c.drop(DropReason::Malformed);
             };
-            let inner = (next_res >> 8) as u8;
-            let frag_offset = usize::from(offset_field & 0xfff8);
+            let (inner, offset_flags, id) = (fh.next_hdr, u16::from_be_bytes(fh.offset_flags), u32::from_be_bytes(fh.id));
+            let frag_offset = usize::from(offset_flags & bits::FRAG6_OFFSET);
             // Offset 0 without M is an "atomic fragment": a whole datagram.
-            if frag_offset != 0 || offset_field & 1 != 0 {
+            if frag_offset != 0 || offset_flags & bits::FRAG6_MORE != 0 {
                 let Some(key) = frag_key(c, id, 0) else {
                     return c.drop(DropReason::Malformed);
                 };
@@ -219,11 +214,11 @@ fn ipv6(c: &mut Ctx, off: usize) -> Decision {
         if cur + 2 > end {
             return c.drop(truncated);
         }
-        let Some(next_len) = c.pkt.be16_at(cur) else {
+        let Some(ext) = c.pkt.header::<ExtHdr>(cur) else {
             return c.drop(truncated);
         };
-        let inner = (next_len >> 8) as u8;
-        let len = (usize::from(next_len & 0xff) + 1) * 8;
+        let inner = ext.next_hdr;
+        let len = (usize::from(ext.len) + 1) * 8;
         if cur + len > end {
             return c.drop(truncated);
         }
@@ -260,10 +255,10 @@ pub fn impossible_kind(xdp: *mut core::ffi::c_void, pkt: &Packet, h: &Headers) -
     let kind = if h.family == FAMILY_V4 {
         // In bounds (total >= ihl >= 20); were it not, a malformed header
         // is dropped later anyway.
-        let Some(src) = pkt.bytes_at::<4>(h.l3 + 12) else { return 0 };
+        let Some(src) = pkt.bytes_at::<4>(h.l3 + offset::IPV4_SRC) else { return 0 };
         martian::impossible_v4(ifindex, src)
     } else {
-        let Some(src) = pkt.bytes_at::<16>(h.l3 + 8) else { return 0 };
+        let Some(src) = pkt.bytes_at::<16>(h.l3 + offset::IPV6_SRC) else { return 0 };
         martian::impossible_v6(ifindex, src)
     };
     kind.map_or(0, u32::from)
@@ -277,11 +272,11 @@ fn frag_key(c: &Ctx, id: u32, proto: u8) -> Option<FragKey> {
     let l3 = c.headers.l3;
     let mut key = FragKey { id, proto, family: c.headers.family, ..FragKey::default() };
     if c.headers.family == FAMILY_V4 {
-        key.src[..4].copy_from_slice(&c.pkt.bytes_at::<4>(l3 + 12)?);
-        key.dst[..4].copy_from_slice(&c.pkt.bytes_at::<4>(l3 + 16)?);
+        key.src[..4].copy_from_slice(&c.pkt.bytes_at::<4>(l3 + offset::IPV4_SRC)?);
+        key.dst[..4].copy_from_slice(&c.pkt.bytes_at::<4>(l3 + offset::IPV4_DST)?);
     } else {
-        key.src = c.pkt.bytes_at::<16>(l3 + 8)?;
-        key.dst = c.pkt.bytes_at::<16>(l3 + 24)?;
+        key.src = c.pkt.bytes_at::<16>(l3 + offset::IPV6_SRC)?;
+        key.dst = c.pkt.bytes_at::<16>(l3 + offset::IPV6_DST)?;
     }
     Some(key)
 }
@@ -307,10 +302,10 @@ fn source_sets(c: &Ctx) -> u32 {
     let slot = c.zone.slot.to_be_bytes();
     let l3 = c.headers.l3;
     let sets = if c.headers.family == FAMILY_V4 {
-        let Some(addr) = c.pkt.bytes_at::<4>(l3 + 12) else { return 0 };
+        let Some(addr) = c.pkt.bytes_at::<4>(l3 + offset::IPV4_SRC) else { return 0 };
         SOURCES_V4.get(Key::new(SOURCE_SLOT_BITS + 32, SourceV4 { slot, addr }))
     } else {
-        let Some(addr) = c.pkt.bytes_at::<16>(l3 + 8) else { return 0 };
+        let Some(addr) = c.pkt.bytes_at::<16>(l3 + offset::IPV6_SRC) else { return 0 };
         SOURCES_V6.get(Key::new(SOURCE_SLOT_BITS + 128, SourceV6 { slot, addr }))
     };
     sets.copied().unwrap_or(0)
@@ -430,7 +425,7 @@ fn transport(c: &mut Ctx, proto: u8, l4: usize, end: usize, first_fragment: Opti
         if l4 + min > end {
             return c.drop(if first_fragment.is_some() { DropReason::TinyFragment } else { DropReason::Malformed });
         }
-        let Some(port) = c.pkt.be16_at(l4 + 2) else {
+        let Some(port) = c.pkt.header::<Ports>(l4).map(Ports::dest) else {
             return c.drop(DropReason::Malformed);
         };
         c.headers.l4 = l4;

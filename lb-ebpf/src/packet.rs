@@ -1,9 +1,107 @@
-//! Bounds-checked reads from the packet. Every read proves to the verifier
-//! that it stays inside `[data, data_end)`; a read past the end is `None`,
-//! which the caller turns into a verdict — never `XDP_ABORTED`. Writes are
-//! checked the same way.
+//! The header layer: bounds-checked access to the packet. A header is
+//! checked once as a whole ([`Packet::header`]) and then read and written
+//! by field name through `network-types`' structs; a header past the end
+//! is `None`, which the caller turns into a verdict — never `XDP_ABORTED`.
 
 use aya_ebpf::programs::XdpContext;
+pub use network_types::{
+    icmp::{Icmpv4Hdr, Icmpv6Hdr},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+use lb_common::wire::offset;
+
+/// A header struct that may be laid over the packet at any offset.
+///
+/// # Safety
+/// Every bit pattern is a valid value and the alignment is 1: a reference
+/// to one may point anywhere into the packet.
+pub unsafe trait Header: Sized {}
+
+// SAFETY (all): `#[repr(C)]` structs of `u8` and `[u8; N]` fields only
+// (`TcpHdr`'s bit field is a `[u8; 2]`).
+unsafe impl Header for Ipv4Hdr {}
+unsafe impl Header for Ipv6Hdr {}
+unsafe impl Header for TcpHdr {}
+unsafe impl Header for UdpHdr {}
+unsafe impl Header for Icmpv4Hdr {}
+unsafe impl Header for Icmpv6Hdr {}
+unsafe impl Header for Ports {}
+unsafe impl Header for Macs {}
+unsafe impl Header for Frag6Hdr {}
+unsafe impl Header for ExtHdr {}
+
+/// The ports at the start of both TCP and UDP headers: all the balancer
+/// reads of a packet before it knows the packet is a service's.
+#[repr(C)]
+pub struct Ports {
+    pub source: [u8; 2],
+    pub dest: [u8; 2],
+}
+
+impl Ports {
+    #[inline(always)]
+    pub fn source(&self) -> u16 {
+        u16::from_be_bytes(self.source)
+    }
+    #[inline(always)]
+    pub fn dest(&self) -> u16 {
+        u16::from_be_bytes(self.dest)
+    }
+}
+
+/// An Ethernet header's two MAC addresses. (`network-types`' `EthHdr`
+/// keeps its EtherType as a `u16`, so it may not be laid over a frame
+/// whose start is not 2-aligned; the EtherType is read on its own, by
+/// [`Packet::ethertype`].)
+#[repr(C)]
+pub struct Macs {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+}
+
+/// The IPv6 fragment extension header (RFC 8200 4.5), which
+/// `network-types` does not have.
+#[repr(C)]
+pub struct Frag6Hdr {
+    pub next_hdr: u8,
+    pub reserved: u8,
+    /// Offset in bytes (the low three bits are flags), and M.
+    pub offset_flags: [u8; 2],
+    pub id: [u8; 4],
+}
+
+/// The generic start of an IPv6 extension header: the next header and
+/// the length in 8-byte units after the first eight (RFC 8200 4.2).
+#[repr(C)]
+pub struct ExtHdr {
+    pub next_hdr: u8,
+    pub len: u8,
+}
+
+/// Two fields side by side (`M` = 2 `N`), as a checksum update takes
+/// them.
+#[inline(always)]
+pub fn concat<const N: usize, const M: usize>(a: &[u8; N], b: &[u8; N]) -> [u8; M] {
+    let mut out = [0u8; M];
+    out[..N].copy_from_slice(a);
+    out[N..].copy_from_slice(b);
+    out
+}
+
+/// A TCP header's flags byte (`network-types` offers them bit by bit).
+#[inline(always)]
+pub fn tcp_flags(t: &TcpHdr) -> u8 {
+    // SAFETY: the flags byte is inside the header struct.
+    unsafe { *(t as *const TcpHdr as *const u8).add(offset::TCP_FLAGS) }
+}
+
+/// A TCP header's length in bytes, from its data offset.
+#[inline(always)]
+pub fn tcp_header_len(t: &TcpHdr) -> usize {
+    usize::from(t.doff()) * 4
+}
 
 /// No packet offset can exceed this: XDP without multi-buffer sees one page.
 /// Bounding offsets lets the verifier accept variable ones.
@@ -50,13 +148,28 @@ impl Packet {
         self.end - self.start
     }
 
-    /// A pointer to `N` bytes at `off`, if they are all inside the packet.
+    /// The address of `len` bytes at `off`, if they are all inside the
+    /// packet.
     #[inline(always)]
-    pub fn at<const N: usize>(&self, off: usize) -> Option<*const [u8; N]> {
+    fn span(&self, off: usize, len: usize) -> Option<usize> {
         // The decision code compares offsets with `len()` as integers; from
         // those comparisons LLVM would prove this pointer check redundant and
         // drop it, but the verifier only trusts pointer comparisons. Hiding
         // the offset's origin from LLVM keeps the check in the program.
+        let off = opaque(off);
+        if off > MAX_OFFSET {
+            return None;
+        }
+        let p = self.start + off;
+        if p + len > self.end {
+            return None;
+        }
+        Some(p)
+    }
+
+    /// A pointer to `N` bytes at `off`, if they are all inside the packet.
+    #[inline(always)]
+    pub fn at<const N: usize>(&self, off: usize) -> Option<*const [u8; N]> {
         let off = opaque(off);
         if off > MAX_OFFSET {
             return None;
@@ -68,17 +181,35 @@ impl Packet {
         Some(p as *const [u8; N])
     }
 
+    /// The header at `off`, checked whole.
+    #[inline(always)]
+    pub fn header<T: Header>(&self, off: usize) -> Option<&T> {
+        // SAFETY: all of `T` is inside the packet, and any bytes at any
+        // address are a valid `T` (`Header`).
+        self.span(off, core::mem::size_of::<T>()).map(|p| unsafe { &*(p as *const T) })
+    }
+
+    /// The header at `off` for writing, checked whole. XDP may write the
+    /// packet; the caller holds no other reference into these bytes.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn header_mut<T: Header>(&self, off: usize) -> Option<&mut T> {
+        // SAFETY: as for `header`.
+        self.span(off, core::mem::size_of::<T>()).map(|p| unsafe { &mut *(p as *mut T) })
+    }
+
+    /// The EtherType of an untagged frame (host byte order).
+    #[inline(always)]
+    pub fn ethertype(&self) -> Option<u16> {
+        self.be16_at(offset::ETH_TYPE)
+    }
+
     #[inline(always)]
     pub fn be16_at(&self, off: usize) -> Option<u16> {
         // SAFETY: `at` checked both bytes are inside the packet.
         self.at::<2>(off).map(|p| u16::from_be_bytes(unsafe { *p }))
     }
 
-    #[inline(always)]
-    pub fn be32_at(&self, off: usize) -> Option<u32> {
-        // SAFETY: `at` checked all four bytes are inside the packet.
-        self.at::<4>(off).map(|p| u32::from_be_bytes(unsafe { *p }))
-    }
 
     /// Writes `bytes` at `off`; `None` (nothing written) if they do not
     /// fit inside the packet.

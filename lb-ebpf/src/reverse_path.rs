@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::isolator::{fib, RouteBack, FAMILY_V4};
 
-use crate::packet::Packet;
+use crate::packet::{Ipv4Hdr, Ipv6Hdr, Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -39,30 +39,31 @@ pub fn lookup(ctx: *mut core::ffi::c_void, pkt: &Packet, family: u8, l3: usize, 
     // check can fail).
     *p = unsafe { core::mem::zeroed() };
     p.ifindex = ifindex;
-    let word = |h: *const u8, at: usize| -> u32 {
-        // SAFETY: the caller checked the whole header is in the packet.
-        unsafe { core::ptr::read_unaligned(h.add(at) as *const u32) }
+    // The request wants the packet's addresses in network order, as
+    // 32-bit words; the reply's source is the packet's destination.
+    let words = |a: &[u8; 16]| -> [u32; 4] {
+        [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ]
     };
     if family == FAMILY_V4 {
-        let Some(h) = pkt.at::<20>(l3) else { return FAILED };
-        let h = h as *const u8;
+        let Some(ip) = pkt.header::<Ipv4Hdr>(l3) else { return FAILED };
         p.family = AF_INET;
-        // Network order in, network order out.
-        p.__bindgen_anon_3.ipv4_src = word(h, 16);
-        p.__bindgen_anon_4.ipv4_dst = word(h, 12);
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.dst_addr);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.src_addr);
     } else {
-        let Some(h) = pkt.at::<40>(l3) else { return FAILED };
-        let h = h as *const u8;
+        let Some(ip) = pkt.header::<Ipv6Hdr>(l3) else { return FAILED };
         p.family = AF_INET6;
-        p.__bindgen_anon_4.ipv6_dst = [word(h, 8), word(h, 12), word(h, 16), word(h, 20)];
+        p.__bindgen_anon_4.ipv6_dst = words(&ip.src_addr);
         // The kernel refuses (NOT_FWDED) a lookup from a multicast,
         // link-local or loopback source; a reply to a packet sent to such
         // an address of ours would leave from another one anyway.
-        let d = [word(h, 24), word(h, 28), word(h, 32), word(h, 36)];
-        let first = u32::from_be(d[0]);
-        let loopback = d[0] | d[1] | d[2] == 0 && u32::from_be(d[3]) == 1;
-        if first >> 24 != 0xff && first >> 22 != 0xfe80 >> 6 && !loopback {
-            p.__bindgen_anon_3.ipv6_src = d;
+        let ours = core::net::Ipv6Addr::from(ip.dst_addr);
+        if !ours.is_multicast() && !ours.is_unicast_link_local() && !ours.is_loopback() {
+            p.__bindgen_anon_3.ipv6_src = words(&ip.dst_addr);
         }
     }
     // SAFETY: `p` is a valid, writable request of the size given.

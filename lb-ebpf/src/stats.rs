@@ -10,7 +10,7 @@ use lb_common::isolator::{
 use crate::{
     isolator::{self, Decision},
     maps::{COUNTERS, DROP_EVENTS, EVENT_CLOCK, PORT_STATS, SETTINGS},
-    packet::Packet,
+    packet::{Ipv4Hdr, Ipv6Hdr, Packet, Ports},
 };
 
 #[inline(always)]
@@ -92,20 +92,20 @@ fn emit(ctx: &XdpContext, d: &Decision, reason: u8, detail: u8) {
         ..DropEvent::default()
     };
     if h.family == FAMILY_V4 {
-        if let (Some(s), Some(t)) = (pkt.bytes_at::<4>(h.l3 + 12), pkt.bytes_at::<4>(h.l3 + 16)) {
-            ev.src[..4].copy_from_slice(&s);
-            ev.dst[..4].copy_from_slice(&t);
+        if let Some(ip) = pkt.header::<Ipv4Hdr>(h.l3) {
+            ev.src[..4].copy_from_slice(&ip.src_addr);
+            ev.dst[..4].copy_from_slice(&ip.dst_addr);
         }
     } else if h.family == FAMILY_V6 {
-        if let (Some(s), Some(t)) = (pkt.bytes_at::<16>(h.l3 + 8), pkt.bytes_at::<16>(h.l3 + 24)) {
-            ev.src = s;
-            ev.dst = t;
+        if let Some(ip) = pkt.header::<Ipv6Hdr>(h.l3) {
+            ev.src = ip.src_addr;
+            ev.dst = ip.dst_addr;
         }
     }
     if h.l4 != 0 {
-        if let (Some(s), Some(t)) = (pkt.be16_at(h.l4), pkt.be16_at(h.l4 + 2)) {
-            ev.src_port = s;
-            ev.dst_port = t;
+        if let Some(ports) = pkt.header::<Ports>(h.l4) {
+            ev.src_port = ports.source();
+            ev.dst_port = ports.dest();
         }
     }
     entry.write(ev);

@@ -4,7 +4,11 @@
 //! state file, the pin check, the NAT sweep and the counter watch.
 //! `swarmlb down`, `reload` and `check` live here too.
 
-use std::{fmt::Write as _, path::Path, time::Duration};
+use std::{
+    fmt::Write as _,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
@@ -13,7 +17,8 @@ use tracing::{error, info, warn};
 use crate::{
     datapath::{
         isolator_writer,
-        loader::{remove_pins, MapSizes},
+        loader::{bpffs_needs_mount, ensure_bpffs, pinned_interfaces, remove_pins, MapSizes},
+        pin_dir::{private_bpffs, PinLock},
         sweep,
     },
     observe::{
@@ -29,7 +34,7 @@ use crate::{
         netif,
         swarm::follow::SwarmFollower,
     },
-    unix_time,
+    print_stdout, unix_time,
 };
 
 /// What `check` prints: the compiled policy in words.
@@ -89,6 +94,44 @@ pub fn describe(cfg: &Config) -> String {
 }
 
 
+/// `swarmlb check`: loads the config and asks everything `swarmlb run`
+/// would refuse before it attaches anything ([`crate::reconcile::preflight`]:
+/// the same code), then prints what it would apply; `json` prints it
+/// (or the refusal) as one JSON object on stdout.
+pub fn check(config_path: &Path, json: bool) -> Result<()> {
+    let outcome = Config::load(config_path).map_err(anyhow::Error::from).and_then(|cfg| {
+        let desired = crate::reconcile::preflight(&cfg)?;
+        Ok((cfg, desired))
+    });
+    match (outcome, json) {
+        (Ok((cfg, _)), false) => {
+            for w in cfg.warnings() {
+                eprintln!("warning: {w}");
+            }
+            print_stdout(&describe(&cfg))
+        }
+        (Ok((cfg, desired)), true) => {
+            let report = serde_json::json!({
+                "ok": true,
+                "config": config_path,
+                "warnings": cfg.warnings(),
+                "pin_path": cfg.pin_path(),
+                "interfaces": desired.programs,
+                "zones": desired.policy.zones.iter().map(|z| &z.name).collect::<Vec<_>>(),
+                "vips": desired.balancer.vips.iter().map(|v| serde_json::json!({"name": v.name, "address": v.address, "backends": v.backends.len()})).collect::<Vec<_>>(),
+                "description": describe(&cfg).lines().collect::<Vec<_>>(),
+            });
+            print_stdout(&format!("{report:#}\n"))
+        }
+        (Err(e), false) => Err(e),
+        (Err(e), true) => {
+            let report = serde_json::json!({ "ok": false, "config": config_path, "error": format!("{e:#}") });
+            print_stdout(&format!("{report:#}\n"))?;
+            Err(e)
+        }
+    }
+}
+
 fn zone_states(cfg: &Config, compiled: &CompiledPolicy, applied: &isolator_writer::Applied) -> Vec<ZoneState> {
     compiled
         .zones
@@ -115,14 +158,52 @@ struct Agent {
     state: Option<DaemonState>,
     /// Start, adoption, reloads and pins (for status and metrics).
     agent: AgentStatus,
+    /// A SIGHUP whose config applied and started a new Swarm source: its
+    /// outcome waits for that source's first word (or this deadline), so
+    /// an unreachable `docker_host` is not counted as a good reload.
+    reload_pending: Option<Instant>,
+    /// The lock on the pin directory (one agent per pin path). Taken
+    /// again on the new directory when the pins are restored after their
+    /// bpffs went: the old lock holds a directory nobody sees any more.
+    pin_lock: PinLock,
 }
 
 impl Agent {
     /// Applies a new config file: on error the old one stays in force.
-    fn set_config(&mut self, file: Config, config_path: &Path, runtime_dir: &Path) -> Result<()> {
+    /// Returns whether a new Swarm source started (its first answer is
+    /// still to come).
+    fn set_config(&mut self, file: Config, config_path: &Path, runtime_dir: &Path) -> Result<bool> {
         let diff = self.reconciler.set_config(file)?;
-        self.swarm.follow(self.reconciler.file_config().expect("a config applied"));
-        self.applied("config", &diff, config_path, runtime_dir)
+        let started = self.swarm.follow(self.reconciler.file_config().expect("a config applied"));
+        self.applied("config", &diff, config_path, runtime_dir)?;
+        Ok(started)
+    }
+
+    /// Settles a pending reload by the Swarm source's word: connected is a
+    /// good reload, a failure (or no word by the deadline) a refused one.
+    fn settle_reload(&mut self, runtime_dir: &Path) {
+        let Some(deadline) = self.reload_pending else { return };
+        let Some(sync) = self.swarm.sync().cloned() else {
+            self.reload_pending = None;
+            return self.reloaded(Ok(()), true, runtime_dir);
+        };
+        let outcome = if sync.connected {
+            info!("SIGHUP: config reloaded; the Swarm source answers");
+            Ok(())
+        } else if let Some(e) = sync.last_error.filter(|_| sync.failures > 0) {
+            let e = format!("the config applied, but its Swarm source cannot connect (serving the last good view meanwhile): {e}");
+            error!("SIGHUP: {e}");
+            Err(e)
+        } else if Instant::now() >= deadline {
+            let e = format!("the config applied, but its Swarm source did not answer within {} s", SWARM_RELOAD_WAIT.as_secs());
+            error!("SIGHUP: {e}");
+            Err(e)
+        } else {
+            return;
+        };
+        self.reload_pending = None;
+        // Either way the new config is in force.
+        self.reloaded(outcome, true, runtime_dir);
     }
 
     /// After a successful reconcile: the health checks follow the backends
@@ -184,7 +265,10 @@ impl Agent {
     }
 
     /// Notes a SIGHUP's outcome (status, metrics) and writes the state file.
-    fn reloaded(&mut self, outcome: Result<(), String>, runtime_dir: &Path) {
+    /// `applied`: the new config is in force (also when the reload failed
+    /// after that, its Swarm source not connecting).
+    fn reloaded(&mut self, outcome: Result<(), String>, applied: bool, runtime_dir: &Path) {
+        self.agent.last_reload_applied = applied;
         match outcome {
             Ok(()) => {
                 self.agent.reloads_succeeded += 1;
@@ -226,6 +310,13 @@ impl Agent {
         match self.reconciler.datapath().repin() {
             Ok(n) => {
                 info!(pin_path, pinned = n, "the maps and links are pinned again: a restart adopts the data path");
+                let dir = self.reconciler.datapath().pin_dir().to_owned();
+                if !self.pin_lock.holds(&dir) {
+                    match PinLock::acquire(&dir) {
+                        Ok(lock) => self.pin_lock = lock,
+                        Err(e) => warn!(pin_path, error = format!("{e:#}"), "locking the restored pin directory failed"),
+                    }
+                }
                 self.agent.pins_ok = true;
                 self.agent.pins_error = None;
             }
@@ -259,17 +350,48 @@ impl Agent {
     }
 }
 
-/// `swarmlb reload`: SIGHUP to the daemon named in the state file. The
-/// daemon logs whether the new config applied.
-pub fn signal_reload(runtime_dir: &Path) -> Result<()> {
-    let state = DaemonState::read(runtime_dir)?;
+/// `swarmlb reload`: SIGHUP to the daemon named in the state file, then
+/// waits (up to `timeout`) for the daemon to record the outcome in its
+/// state file; a refused reload is an error carrying the daemon's reason.
+pub fn signal_reload(runtime_dir: &Path, timeout: Duration) -> Result<()> {
+    let before = DaemonState::read(runtime_dir)?;
+    let (pid, reloads) = (before.pid, before.agent.reloads_succeeded + before.agent.reloads_failed);
     // SAFETY: kill(2) with a pid from our own state file and a valid signal.
-    if unsafe { libc::kill(state.pid as i32, libc::SIGHUP) } != 0 {
-        bail!("signalling swarmlb (pid {}): {}", state.pid, std::io::Error::last_os_error());
+    if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+        bail!("signalling swarmlb (pid {pid}): {}", std::io::Error::last_os_error());
     }
-    println!("asked swarmlb (pid {}) to reload {}", state.pid, state.config.display());
-    Ok(())
+    let deadline = Instant::now() + timeout;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: signal 0 only asks whether the process exists.
+        if unsafe { libc::kill(pid as i32, 0) } != 0 {
+            bail!("swarmlb (pid {pid}) exited before the reload's outcome was known");
+        }
+        // The state file is replaced by rename: a read sees the old or the new one.
+        if let Ok(now) = DaemonState::read(runtime_dir) {
+            if now.pid != pid {
+                bail!("another swarmlb (pid {}) took over before the reload's outcome was known", now.pid);
+            }
+            if now.agent.reloads_succeeded + now.agent.reloads_failed > reloads {
+                if now.agent.last_reload_ok {
+                    return print_stdout(&format!("swarmlb (pid {pid}) reloaded {}\n", now.config.display()));
+                }
+                let why = now.agent.last_reload_error.unwrap_or_else(|| "no reason recorded".into());
+                if now.agent.last_reload_applied {
+                    bail!("swarmlb (pid {pid}) applied {}, but the reload failed: {why}", now.config.display());
+                }
+                bail!("swarmlb (pid {pid}) refused the reload of {}; the running config stays: {why}", now.config.display());
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("swarmlb (pid {pid}) recorded no outcome of the reload within {} s (its log says why)", timeout.as_secs());
+        }
+    }
 }
+
+/// How long a reload that started a new Swarm source waits for its first
+/// answer before it counts as refused.
+const SWARM_RELOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// How often the pins are looked for.
 const PIN_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -292,17 +414,38 @@ fn idle_timeouts(cfg: &Config) -> sweep::Timeouts {
 }
 
 /// `swarmlb down`: takes the data path off every interface and removes the
-/// pinned maps (counters, flows, NAT state). Refuses while a daemon runs.
+/// pinned maps (counters, flows, NAT state). Refuses while an agent owns
+/// the pin path (its lock, [`PinLock`], whatever its runtime dir), and
+/// says so when there was nothing to take off.
 pub fn down(pin_dir: &Path, runtime_dir: &Path) -> Result<()> {
-    let _lock = InstanceLock::acquire(runtime_dir)?;
-    if !pin_dir.exists() {
-        println!("nothing pinned at {}", pin_dir.display());
-        return Ok(());
+    // Not `exists()`: a pin path this user may not look into is not "nothing pinned".
+    let exists = pin_dir.try_exists().with_context(|| format!("looking for {} (`swarmlb down` runs as root, like `run`)", pin_dir.display()))?;
+    if !exists {
+        let hint = match bpffs_needs_mount(pin_dir) {
+            Ok(true) => " (no bpffs is mounted at /sys/fs/bpf here: under `ip netns exec` /sys is a private one, so run `swarmlb down` where the agent ran)",
+            Err(_) => " (it is not on a bpffs)",
+            Ok(false) => "",
+        };
+        return print_stdout(&format!("nothing pinned at {}{hint}: nothing detached\n", pin_dir.display()));
     }
-    remove_pins(pin_dir).with_context(|| format!("removing the pins in {}", pin_dir.display()))?;
-    DaemonState::remove(runtime_dir);
-    println!("swarmlb's programs detached and {} removed", pin_dir.display());
-    Ok(())
+    let lock = PinLock::acquire(pin_dir)?;
+    let interfaces = pinned_interfaces(pin_dir);
+    let pins = std::fs::read_dir(pin_dir).with_context(|| format!("reading {}", pin_dir.display()))?.count();
+    remove_pins(pin_dir).map_err(|e| {
+        let denied = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied));
+        let hint = if denied { " (`swarmlb down` runs as root, like `run`)" } else { "" };
+        e.context(format!("removing the pins in {}{hint}", pin_dir.display()))
+    })?;
+    drop(lock);
+    // A state file naming this pin path is a dead agent's (the lock was free).
+    if DaemonState::read(runtime_dir).is_ok_and(|s| s.pin_path == pin_dir) {
+        DaemonState::remove(runtime_dir);
+    }
+    print_stdout(&match (pins, interfaces.is_empty()) {
+        (0, _) => format!("nothing pinned at {} (an empty directory, removed): nothing detached\n", pin_dir.display()),
+        (_, true) => format!("no swarmlb program was attached; removed {pins} pinned maps and {}\n", pin_dir.display()),
+        (_, false) => format!("swarmlb's programs detached from {} and {pins} pins in {} removed\n", interfaces.join(", "), pin_dir.display()),
+    })
 }
 
 /// `swarmlb run`: loads (or adopts) the data path, applies the config at
@@ -312,10 +455,34 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     for w in cfg.warnings() {
         warn!("{w}");
     }
-    crate::reconcile::resolve_interfaces(&cfg)?;
+    crate::privileges::require("run")?;
+    // What `swarmlb check` asks, before anything is loaded or attached.
+    crate::reconcile::preflight(&cfg)?;
     let _lock = InstanceLock::acquire(runtime_dir)?;
     let pin_dir = cfg.pin_path().to_owned();
-    let reconciler = Reconciler::load(&pin_dir, MapSizes::of(cfg.balancer()))?;
+    let existed = pin_dir.exists();
+    let mounted = ensure_bpffs(&pin_dir)?;
+    std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating the pin directory {}", pin_dir.display()))?;
+    // One agent per pin path: the lock is on the pin directory itself.
+    let pin_lock = PinLock::acquire(&pin_dir)?;
+    let private = private_bpffs(&pin_dir, mounted);
+    if let Some(why) = &private {
+        warn!(
+            pin_path = %pin_dir.display(),
+            "{why}. The data path will not outlive this process, and neither another `swarmlb run` nor `swarmlb down` \
+             elsewhere can find it. Put settings.pin_path on a bpffs the host shares: run swarmlb in the host's mount \
+             namespace (`nsenter --net=/run/netns/NAME swarmlb run ...`, not `ip netns exec`)"
+        );
+    }
+    let reconciler = match Reconciler::load(&pin_dir, MapSizes::of(cfg.balancer())) {
+        Ok(r) => r,
+        Err(e) => {
+            if !existed {
+                remove_pins(&pin_dir).ok();
+            }
+            return Err(e);
+        }
+    };
     // Health checks run on the runtime from the first apply on.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _runtime = rt.enter();
@@ -333,6 +500,8 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         swarm: SwarmFollower::new(swarm_tx, runtime_dir),
         state: None,
         agent: AgentStatus::default(),
+        reload_pending: None,
+        pin_lock,
     };
     let was_running = daemon.reconciler.datapath().found_running();
     if was_running {
@@ -345,6 +514,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         last_reload_ok: true,
         last_reload_success: started,
         pins_ok: true,
+        pins_private: private.is_some(),
         ..AgentStatus::default()
     };
     if let Err(e) = daemon.set_config(cfg.clone(), config_path, runtime_dir) {
@@ -355,6 +525,8 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         return Err(e);
     }
     daemon.reconciler.datapath().release_unclaimed();
+    // Readiness (systemd `Type=notify`): the first config is in the kernel.
+    crate::notify::ready(&format!("applied {}: {} interfaces", config_path.display(), daemon.reconciler.attached().len()));
     if was_running {
         let maps = daemon.reconciler.balancer_maps();
         let (flows, nat_entries) = (maps.flows.keys().count(), maps.nat.keys().count());
@@ -424,7 +596,10 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                         Err(e) => warn!(error = %e, "sweeping NAT entries failed"),
                     }
                 }
-                _ = pin_check.tick() => daemon.check_pins(runtime_dir),
+                _ = pin_check.tick() => {
+                    daemon.check_pins(runtime_dir);
+                    daemon.settle_reload(runtime_dir);
+                }
                 _ = watch_tick.tick() => {
                     match watch.check(daemon.reconciler.balancer_maps(), watched.elapsed()) {
                         Ok(lines) => lines.iter().for_each(|l| warn!("{l}")),
@@ -449,6 +624,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                     } else if let Err(e) = daemon.write_state(runtime_dir) {
                         warn!(error = format!("{e:#}"), "writing the state file failed");
                     }
+                    daemon.settle_reload(runtime_dir);
                 }
                 r = async { addresses.as_mut().unwrap().changed().await }, if addresses.is_some() => {
                     match r {
@@ -474,14 +650,23 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                 _ = int.recv() => { info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => {
                     let config = config_path.display().to_string();
+                    if daemon.reload_pending.take().is_some() {
+                        daemon.reloaded(Err("another reload came before the Swarm source answered".into()), true, runtime_dir);
+                    }
                     let outcome = match Config::load(config_path) {
                         Ok(new) => match daemon.set_config(new.clone(), config_path, runtime_dir) {
-                            Ok(()) => {
+                            Ok(swarm_started) => {
                                 idle = idle_timeouts(&new);
                                 if new.metrics_listen() != cfg.metrics_listen() {
                                     warn!(config, "SIGHUP: config reloaded, but settings.metrics_listen takes effect at the next start");
                                 } else {
                                     info!(config, "SIGHUP: config reloaded");
+                                }
+                                if swarm_started {
+                                    // Counted when the new source answers (`settle_reload`).
+                                    info!(config, "SIGHUP: waiting for the new Swarm source to answer");
+                                    daemon.reload_pending = Some(Instant::now() + SWARM_RELOAD_WAIT);
+                                    continue;
                                 }
                                 Ok(())
                             }
@@ -496,7 +681,8 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                             Err(e.to_string())
                         }
                     };
-                    daemon.reloaded(outcome, runtime_dir);
+                    let applied = outcome.is_ok();
+                    daemon.reloaded(outcome, applied, runtime_dir);
                 }
             }
         }
@@ -515,8 +701,14 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         warn!(error = format!("{e:#}"), "turning kept next hops off failed: a route or neighbour change before the next start is not followed");
     }
     DaemonState::remove(runtime_dir);
+    crate::notify::notify("STOPPING=1");
     drop(daemon);
-    if pins_ok {
+    if private.is_some() {
+        error!(
+            pin_path = %pin_dir.display(),
+            "stopped; the pins were on a bpffs only this process's mount namespace saw, so the programs and maps go with it (nothing keeps running; the next `swarmlb run` starts afresh)"
+        );
+    } else if pins_ok {
         info!(
             pin_path = %pin_dir.display(),
             "stopped; the data path keeps running on its pinned links and maps (the next `swarmlb run` adopts it, `swarmlb down` removes it)"

@@ -18,9 +18,27 @@
 pub mod agent;
 pub mod backend_setup;
 pub mod datapath;
+pub mod notify;
 pub mod observe;
+pub mod privileges;
 pub mod reconcile;
 pub mod source;
+
+/// `swarmlb --version`: the crate's version and the commit it was built
+/// from (`build.rs`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SWARMLB_COMMIT"), ")");
+
+/// Writes `text` to stdout. A reader that went away (`swarmlb status
+/// --json | head -c1`) is not an error: what it wanted it has, so this
+/// returns quietly instead of panicking as `print!` does on EPIPE.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r.map_err(|e| anyhow::anyhow!("writing to stdout: {e}"))?),
+    }
+}
 
 /// Unix time in seconds (the state file's and the Swarm's timestamps).
 pub fn unix_time() -> f64 {

@@ -3,11 +3,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_user::{agent, observe::state::DEFAULT_RUNTIME_DIR, observe::status, source::config::Config};
+use lb_user::{agent, observe::state::DEFAULT_RUNTIME_DIR, observe::status, print_stdout};
 
 /// swarmlb — XDP port isolator and L4 load balancer for Docker Swarm.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "swarmlb", version = lb_user::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,13 +30,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
-    /// Validate a config file and print what it would apply.
+    /// Validate a config file against this host and print what it would
+    /// apply: refuses everything `run` would refuse before attaching
+    /// (interfaces, addresses, map limits and sizes, forwarding sysctls).
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Print the result (or the refusal) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Take swarmlb's programs off every interface and remove the pinned
-    /// maps (flows, NAT state, counters). Refuses while `swarmlb run` runs.
+    /// maps (flows, NAT state, counters). Refuses while an agent owns the
+    /// pin path.
     Down {
         /// The pin path of the config (`settings.pin_path`).
         #[arg(long, default_value = lb_user::source::config::DEFAULT_PIN_PATH)]
@@ -44,10 +50,15 @@ enum Command {
         #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
     },
-    /// Ask the running daemon to re-read its config (sends it SIGHUP).
+    /// Ask the running daemon to re-read its config (SIGHUP) and wait for
+    /// the outcome: exits non-zero, with the daemon's reason, when the
+    /// reload is refused.
     Reload {
         #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
+        /// How long to wait for the outcome, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
     },
     /// On a DSR backend: attach the decapsulation program (mode dsr), put
     /// the VIPs on lo and set the ARP sysctls; `--undo` takes it all back.
@@ -111,30 +122,25 @@ fn main() -> ExitCode {
             agent::run(&config, &runtime_dir)
         }
         Command::Down { pin_path, runtime_dir } => agent::down(&pin_path, &runtime_dir),
-        Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                for w in cfg.warnings() {
-                    eprintln!("warning: {w}");
-                }
-                print!("{}", agent::describe(&cfg));
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        },
-        Command::Reload { runtime_dir } => agent::signal_reload(&runtime_dir),
+        Command::Check { config, json } => agent::check(&config, json),
+        Command::Reload { runtime_dir, timeout } => agent::signal_reload(&runtime_dir, std::time::Duration::from_secs(timeout)),
         Command::BackendSetup { interface, vips, edges, mode, pin_path, state_dir, undo } => {
             init_logging(LogFormat::Text);
+            if let Err(e) = lb_user::privileges::require("backend-setup") {
+                eprintln!("swarmlb: {e:#}");
+                return ExitCode::FAILURE;
+            }
             if undo {
                 lb_user::backend_setup::undo(&pin_path, &state_dir)
             } else {
                 lb_user::backend_setup::setup(interface.as_deref().unwrap_or_default(), &vips, &edges, mode, &pin_path, &state_dir)
             }
         }
-        Command::Status { runtime_dir, json } => status::collect(&runtime_dir).map(|r| {
+        Command::Status { runtime_dir, json } => status::collect(&runtime_dir).and_then(|r| {
             if json {
-                println!("{}", serde_json::to_string_pretty(&r).expect("status serializes"));
+                print_stdout(&format!("{}\n", serde_json::to_string_pretty(&r)?))
             } else {
-                print!("{}", status::render_table(&r));
+                print_stdout(&status::render_table(&r))
             }
         }),
     };

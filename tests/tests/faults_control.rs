@@ -426,6 +426,8 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     assert!(daemon.output_so_far().contains("pinned again"), "{}", daemon.output_so_far());
     assert!(link_pin.exists() && inst.pin_path.join("LB_FLOWS").exists() && inst.pin_path.join("ZONE_BINDINGS").exists());
     assert!(inst.status()["interfaces"][0]["bound"] == true);
+    // The agent owns the new pin directory too: one agent per pin path.
+    assert_eq!(lb_user::datapath::pin_dir::holder(&inst.pin_path), Some(daemon.pid()), "the restored pin directory is not locked");
 
     // The restored pins carry a restart: kill -9 (the worst case: the
     // links are kept only by their pins), start, adopt.

@@ -68,12 +68,25 @@ fn node_labels_availability_and_health_decide_the_backends() {
     // dockerd (the manager) stops: serving continues on the last good state.
     s.lab.stop_dockerd(0);
     wait_until(Duration::from_secs(10), || inst.status()["swarm"]["connected"] == false, || "the loss is reported".into());
+    assert!(inst.status()["swarm"]["last_error"].is_string(), "the loss has its error");
     assert_eq!(answers(&s.client, 60).len(), 3, "all three backends still serve with dockerd gone");
     assert_eq!(backends(&inst).len(), 3);
     let t = Instant::now();
     s.lab.start_dockerd(0).expect("dockerd starts again");
     wait_until(Duration::from_secs(40), || inst.status()["swarm"]["connected"] == true, || "reconnected".into());
     println!("dockerd back: in sync again {:.1} s after it was started", t.elapsed().as_secs_f64());
+    // Back in sync: the loss's error is over, and status shows the nodes
+    // the Swarm lets reach its ports.
+    let swarm = inst.status()["swarm"].clone();
+    assert!(swarm["last_error"].is_null(), "a stale error after reconnecting: {swarm}");
+    let allowed: BTreeSet<String> = swarm["allowed_nodes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    for i in 0..3 {
+        assert!(allowed.contains(&node_addr(i).to_string()), "node {i} not in the allow-list {allowed:?}");
+    }
+    let table = std::process::Command::new(common::daemon::swarmlb_bin()).arg("status").arg("--runtime-dir").arg(&inst.runtime_dir).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let line = table.lines().find(|l| l.contains("node allow-list: ")).unwrap_or_else(|| panic!("no allow-list in:\n{table}"));
+    assert!((0..3).all(|i| line.contains(&node_addr(i).to_string())), "{line}");
     // The restarted manager calls every node `unknown` until it hears from
     // it: that drains nothing.
     assert!(backends(&inst).iter().all(|b| b.1 == 1 && b.2), "a manager restart drained backends: {:?}", backends(&inst));

@@ -12,7 +12,7 @@ use lb_common::{balancer::LbCounter, isolator::FAMILY_V4};
 use super::scratch::Scratch;
 use crate::{
     maps::{LB_EGRESS, LB_HOPS, LB_NET_GENERATION},
-    packet::Packet,
+    packet::{Macs, Packet},
 };
 
 const AF_INET: u8 = 2;
@@ -117,9 +117,9 @@ fn fib(ctx: &XdpContext, s: &mut Scratch, tot_len: u16) -> i64 {
 /// interface (`XDP_TX`) or redirected to an egress interface.
 #[inline(always)]
 pub fn send(pkt: &Packet, hop: &Hop, ifindex: u32) -> Result<u32, LbCounter> {
-    if pkt.write(0, hop.dmac).is_none() || pkt.write(6, hop.smac).is_none() {
-        return Err(LbCounter::Malformed);
-    }
+    let macs: &mut Macs = pkt.header_mut(0).ok_or(LbCounter::Malformed)?;
+    macs.dst = hop.dmac;
+    macs.src = hop.smac;
     if hop.ifindex == ifindex {
         return Ok(xdp_action::XDP_TX);
     }

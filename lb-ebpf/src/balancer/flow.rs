@@ -4,7 +4,6 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     balancer::*,
-    balancer_model::same_flow,
     maglev::flow_hash,
     nat_state::{self, Check, Segment},
     wire::{IPPROTO_TCP, TCP_FIN, TCP_RST},
@@ -13,7 +12,7 @@ use lb_common::{
 use super::{parse, scratch::Scratch};
 use crate::{
     maps::{LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_NAT, LB_SNAT_INDEX, LB_SNAT_POOL},
-    packet::Packet,
+    packet::{Macs, Packet},
 };
 
 /// A flow's backend.
@@ -112,6 +111,8 @@ pub fn forget(key: &FlowKey) {
 pub const NAT_DROP: u32 = 1 << 16;
 /// See [`NAT_DROP`].
 pub const NAT_NEW: u32 = 1 << 17;
+/// The counter in [`nat_flow`]'s answer.
+pub const NAT_COUNTER: u32 = 0xff;
 
 #[inline(always)]
 fn forwarded(new: bool, extra: Option<LbCounter>) -> u32 {
@@ -167,9 +168,10 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
     let span = u32::from(g.snat_port_max - g.snat_port_min) + 1;
     let slots = span * LB_SNAT_POOL.get(0).map_or(1, |pool| pool.count(s.parsed.family));
     let h = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto, SNAT_HASH_SEED);
-    let (Some(client_mac), Some(edge_mac)) = (pkt.bytes_at::<6>(6), pkt.bytes_at::<6>(0)) else {
+    let Some(macs) = pkt.header::<Macs>(0) else {
         return dropped(LbCounter::Malformed);
     };
+    let (client_mac, edge_mac) = (macs.src, macs.dst);
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     s.nat_entry = NatEntry {
@@ -200,7 +202,7 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
             Some(e) => {
                 // SAFETY: points into a live map value.
                 let e = unsafe { &mut *e };
-                if same_flow(e, &s.nat_entry) {
+                if e.same_flow(&s.nat_entry) {
                     s.placed.nat_port = port;
                     s.placed.snat = snat;
                     if opens {

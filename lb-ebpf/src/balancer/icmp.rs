@@ -6,13 +6,18 @@ use lb_common::{
     balancer::{v4_key, FlowKey, LbCounter, Mode, ServiceKey},
     csum,
     isolator::{FAMILY_V4, FAMILY_V6},
-    wire::*,
+    wire::{bits, offset, *},
 };
 
-use super::{count, drop, egress, flow, parse::{l4_check, L3}, rewrite, scratch::Scratch};
+use super::{
+    count, drop, egress, flow,
+    parse::{is_l4, l4_check, L3},
+    rewrite,
+    scratch::Scratch,
+};
 use crate::{
     maps::{LB_GLOBALS, LB_SERVICES},
-    packet::Packet,
+    packet::{concat, Icmpv4Hdr, Icmpv6Hdr, Ipv4Hdr, Ipv6Hdr, Packet, Ports},
 };
 
 /// A path-MTU ICMP error and the headers of the packet it quotes.
@@ -38,64 +43,66 @@ pub struct IcmpError {
 fn parse(pkt: &Packet, s: &mut Scratch) -> Option<()> {
     let e = &mut s.icmp;
     let p = &mut s.parsed;
-    match pkt.be16_at(12)? {
+    match pkt.ethertype()? {
         ETH_P_IPV4 => {
-            let vihl = (pkt.be16_at(L3)? >> 8) as u8;
-            let ihl = usize::from(vihl & 0x0f) * 4;
-            let ttl_proto = pkt.be16_at(L3 + 8)?;
-            if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || ttl_proto as u8 != IPPROTO_ICMP || pkt.be16_at(L3 + 6)? & 0x3fff != 0 {
+            let ip: &Ipv4Hdr = pkt.header(L3)?;
+            let ihl = usize::from(ip.ihl());
+            let fragment = u16::from_be_bytes(ip.frags) & bits::IPV4_FRAGMENT != 0;
+            if ip.version() != 4 || ihl < IPV4_MIN_HLEN || ip.proto != IPPROTO_ICMP || fragment {
                 return None;
             }
             e.icmp = L3 + ihl;
-            if pkt.be16_at(e.icmp)? != u16::from_be_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED]) {
+            let icmp: &Icmpv4Hdr = pkt.header(e.icmp)?;
+            if icmp.type_ != ICMP_DEST_UNREACH || icmp.code != ICMP_FRAG_NEEDED {
                 return None;
             }
-            let inner = e.icmp + ICMP_HLEN;
-            let ivihl = (pkt.be16_at(inner)? >> 8) as u8;
-            let iihl = usize::from(ivihl & 0x0f) * 4;
-            let iproto = pkt.be16_at(inner + 8)? as u8;
-            if ivihl >> 4 != 4 || iihl < IPV4_MIN_HLEN || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) {
+            let inner_at = e.icmp + ICMP_HLEN;
+            let inner: &Ipv4Hdr = pkt.header(inner_at)?;
+            let iihl = usize::from(inner.ihl());
+            if inner.version() != 4 || iihl < IPV4_MIN_HLEN || !is_l4(inner.proto) {
                 return None;
             }
             p.family = FAMILY_V4;
-            p.ip_len = usize::from(pkt.be16_at(L3 + 2)?);
-            e.ttl = (ttl_proto >> 8) as u8;
-            e.outer_dst = v4_key(pkt.bytes_at::<4>(L3 + 16)?);
-            e.inner_l3 = inner;
-            e.inner_l4 = inner + iihl;
-            e.inner_proto = iproto;
-            e.inner_src = v4_key(pkt.bytes_at::<4>(inner + 12)?);
-            e.inner_dst = v4_key(pkt.bytes_at::<4>(inner + 16)?);
+            p.ip_len = usize::from(ip.tot_len());
+            e.ttl = ip.ttl;
+            e.outer_dst = v4_key(ip.dst_addr);
+            e.inner_l3 = inner_at;
+            e.inner_l4 = inner_at + iihl;
+            e.inner_proto = inner.proto;
+            e.inner_src = v4_key(inner.src_addr);
+            e.inner_dst = v4_key(inner.dst_addr);
         }
         ETH_P_IPV6 => {
-            let next_hop = pkt.be16_at(L3 + 6)?;
-            if pkt.be16_at(L3)? >> 12 != 6 || (next_hop >> 8) as u8 != IPPROTO_ICMPV6 {
+            let ip: &Ipv6Hdr = pkt.header(L3)?;
+            if ip.version() != 6 || ip.next_hdr != IPPROTO_ICMPV6 {
                 return None;
             }
             e.icmp = L3 + IPV6_HLEN;
-            if (pkt.be16_at(e.icmp)? >> 8) as u8 != ICMPV6_PACKET_TOO_BIG {
+            let icmp: &Icmpv6Hdr = pkt.header(e.icmp)?;
+            if icmp.type_ != ICMPV6_PACKET_TOO_BIG {
                 return None;
             }
-            let inner = e.icmp + ICMP_HLEN;
-            let iproto = (pkt.be16_at(inner + 6)? >> 8) as u8;
-            if pkt.be16_at(inner)? >> 12 != 6 || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) {
+            let inner_at = e.icmp + ICMP_HLEN;
+            let inner: &Ipv6Hdr = pkt.header(inner_at)?;
+            if inner.version() != 6 || !is_l4(inner.next_hdr) {
                 return None;
             }
             p.family = FAMILY_V6;
-            p.ip_len = IPV6_HLEN + usize::from(pkt.be16_at(L3 + 4)?);
-            e.ttl = next_hop as u8;
-            e.outer_dst = pkt.bytes_at::<16>(L3 + 24)?;
-            e.inner_l3 = inner;
-            e.inner_l4 = inner + IPV6_HLEN;
-            e.inner_proto = iproto;
-            e.inner_src = pkt.bytes_at::<16>(inner + 8)?;
-            e.inner_dst = pkt.bytes_at::<16>(inner + 24)?;
+            p.ip_len = IPV6_HLEN + usize::from(ip.payload_len());
+            e.ttl = ip.hop_limit;
+            e.outer_dst = ip.dst_addr;
+            e.inner_l3 = inner_at;
+            e.inner_l4 = inner_at + IPV6_HLEN;
+            e.inner_proto = inner.next_hdr;
+            e.inner_src = inner.src_addr;
+            e.inner_dst = inner.dst_addr;
         }
         _ => return None,
     }
-    e.inner_sport = pkt.be16_at(e.inner_l4)?;
-    e.inner_dport = pkt.be16_at(e.inner_l4 + 2)?;
-    if L3 + p.ip_len > pkt.len() || e.inner_l4 + 4 > L3 + p.ip_len {
+    let ports: &Ports = pkt.header(e.inner_l4)?;
+    e.inner_sport = ports.source();
+    e.inner_dport = ports.dest();
+    if L3 + p.ip_len > pkt.len() || e.inner_l4 + size_of::<Ports>() > L3 + p.ip_len {
         return None;
     }
     Some(())
@@ -219,32 +226,38 @@ fn translate_outer(pkt: &Packet, s: &mut Scratch) -> bool {
 #[inline(always)]
 fn outer(pkt: &Packet, s: &mut Scratch) -> Option<()> {
     let (inside, b) = (&s.translation.src, &s.placed.addr);
-    s.icmp.check = pkt.be16_at(s.icmp.icmp + 2)?;
+    s.icmp.check = pkt.be16_at(s.icmp.icmp + offset::ICMP_CHECK)?;
     if s.parsed.family == FAMILY_V4 {
-        let outer_new = [inside[0], inside[1], inside[2], inside[3], b[0], b[1], b[2], b[3]];
-        let outer_old: [u8; 8] = pkt.bytes_at(L3 + 12)?;
-        let mut ipc = csum::update_bytes(pkt.be16_at(L3 + 10)?, &outer_old, &outer_new);
-        let ttl = pkt.be16_at(L3 + 8)?;
-        let ttl_after = ttl.wrapping_sub(0x100);
-        ipc = csum::update16(ipc, ttl, ttl_after);
-        pkt.write(L3 + 8, ttl_after.to_be_bytes())?;
-        pkt.write(L3 + 10, ipc.to_be_bytes())?;
-        pkt.write(L3 + 12, outer_new)?;
+        let ip: &mut Ipv4Hdr = pkt.header_mut(L3)?;
+        let outer_old = concat::<4, 8>(&ip.src_addr, &ip.dst_addr);
+        let outer_new = concat::<4, 8>(&[inside[0], inside[1], inside[2], inside[3]], &[b[0], b[1], b[2], b[3]]);
+        let mut ipc = csum::update_bytes(ip.checksum(), &outer_old, &outer_new);
+        let ttl_proto = u16::from_be_bytes([ip.ttl, ip.proto]);
+        ip.ttl = ip.ttl.wrapping_sub(1);
+        ipc = csum::update16(ipc, ttl_proto, u16::from_be_bytes([ip.ttl, ip.proto]));
+        ip.set_checksum(ipc);
+        ip.src_addr = [inside[0], inside[1], inside[2], inside[3]];
+        ip.dst_addr = [b[0], b[1], b[2], b[3]];
+        let quoted: &Ipv4Hdr = pkt.header(s.icmp.inner_l3)?;
         s.quoted_old = [0; 32];
         s.quoted_new = [0; 32];
-        s.quoted_old[..8].copy_from_slice(&pkt.bytes_at::<8>(s.icmp.inner_l3 + 12)?);
-        s.quoted_new[..8].copy_from_slice(&[b[0], b[1], b[2], b[3], inside[0], inside[1], inside[2], inside[3]]);
+        s.quoted_old[..4].copy_from_slice(&quoted.src_addr);
+        s.quoted_old[4..8].copy_from_slice(&quoted.dst_addr);
+        s.quoted_new[..4].copy_from_slice(&b[..4]);
+        s.quoted_new[4..8].copy_from_slice(&inside[..4]);
     } else {
-        s.quoted_new[..16].copy_from_slice(inside);
-        s.quoted_new[16..].copy_from_slice(b);
-        s.quoted_old = pkt.bytes_at(L3 + 8)?;
-        s.icmp.check = csum::update_bytes(s.icmp.check, &s.quoted_old, &s.quoted_new);
-        let hop = pkt.be16_at(L3 + 6)?;
-        pkt.write(L3 + 6, hop.wrapping_sub(1).to_be_bytes())?;
-        pkt.write(L3 + 8, s.quoted_new)?;
-        s.quoted_new[..16].copy_from_slice(&s.placed.addr);
-        s.quoted_new[16..].copy_from_slice(&s.translation.src);
-        s.quoted_old = pkt.bytes_at(s.icmp.inner_l3 + 8)?;
+        let ip: &mut Ipv6Hdr = pkt.header_mut(L3)?;
+        s.quoted_old[..16].copy_from_slice(&ip.src_addr);
+        s.quoted_old[16..].copy_from_slice(&ip.dst_addr);
+        s.icmp.check = csum::update_bytes(s.icmp.check, &s.quoted_old, &concat::<16, 32>(inside, b));
+        ip.hop_limit = ip.hop_limit.wrapping_sub(1);
+        ip.src_addr = *inside;
+        ip.dst_addr = *b;
+        let quoted: &Ipv6Hdr = pkt.header(s.icmp.inner_l3)?;
+        s.quoted_old[..16].copy_from_slice(&quoted.src_addr);
+        s.quoted_old[16..].copy_from_slice(&quoted.dst_addr);
+        s.quoted_new[..16].copy_from_slice(b);
+        s.quoted_new[16..].copy_from_slice(inside);
     }
     Some(())
 }
@@ -263,11 +276,11 @@ fn quoted(pkt: &Packet, s: &mut Scratch) -> Option<()> {
     if s.parsed.family == FAMILY_V4 {
         let old: [u8; 8] = [s.quoted_old[0], s.quoted_old[1], s.quoted_old[2], s.quoted_old[3], s.quoted_old[4], s.quoted_old[5], s.quoted_old[6], s.quoted_old[7]];
         let new: [u8; 8] = [s.quoted_new[0], s.quoted_new[1], s.quoted_new[2], s.quoted_new[3], s.quoted_new[4], s.quoted_new[5], s.quoted_new[6], s.quoted_new[7]];
-        let iipc = csum::update_bytes(pkt.be16_at(inner + 10)?, &old, &new);
-        put(pkt, inner + 10, iipc.to_be_bytes(), &mut check)?;
-        put(pkt, inner + 12, new, &mut check)?;
+        let iipc = csum::update_bytes(pkt.be16_at(inner + offset::IPV4_CHECK)?, &old, &new);
+        put(pkt, inner + offset::IPV4_CHECK, iipc.to_be_bytes(), &mut check)?;
+        put(pkt, inner + offset::IPV4_SRC, new, &mut check)?;
     } else {
-        put(pkt, inner + 8, s.quoted_new, &mut check)?;
+        put(pkt, inner + offset::IPV6_SRC, s.quoted_new, &mut check)?;
     }
-    pkt.write(s.icmp.icmp + 2, check.to_be_bytes())
+    pkt.write(s.icmp.icmp + offset::ICMP_CHECK, check.to_be_bytes())
 }

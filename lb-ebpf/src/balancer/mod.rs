@@ -160,11 +160,11 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     if mode == Mode::Nat {
         let r = flow::nat_flow(pkt, s, g, svc, opens);
         if r & flow::NAT_DROP != 0 {
-            count_raw(r & 0xff);
+            count_raw(r & flow::NAT_COUNTER);
             return xdp_action::XDP_DROP;
         }
         s.placed.new = r & flow::NAT_NEW != 0;
-        also = r & 0xff;
+        also = r & flow::NAT_COUNTER;
     } else if s.placed.new {
         // A SYN is placed, not remembered: a flood of them must not evict
         // established flows. The connection's next packet is placed the

@@ -5,10 +5,10 @@ use lb_common::{
     balancer::{self, v4_key, LbCounter},
     isolator::{FAMILY_V4, FAMILY_V6},
     nat_state::{self, Segment},
-    wire::*,
+    wire::{bits, offset, *},
 };
 
-use crate::packet::Packet;
+use crate::packet::{self, tcp_header_len, Ipv4Hdr, Ipv6Hdr, Packet, Ports, TcpHdr};
 
 /// The headers of a TCP/UDP packet right after an untagged Ethernet header.
 #[derive(Default)]
@@ -40,44 +40,47 @@ pub const L3: usize = ETH_HLEN;
 pub fn parse(pkt: &Packet, ifindex: u32, out: &mut Parsed) -> Option<()> {
     out.ifindex = ifindex;
     out.fragment = false;
-    match pkt.be16_at(12)? {
+    match pkt.ethertype()? {
         ETH_P_IPV4 => {
-            let vihl = (pkt.be16_at(L3)? >> 8) as u8;
-            let ttl_proto = pkt.be16_at(L3 + 8)?;
-            let proto = ttl_proto as u8;
-            let ihl = usize::from(vihl & 0x0f) * 4;
-            if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+            let ip: &Ipv4Hdr = pkt.header(L3)?;
+            let ihl = usize::from(ip.ihl());
+            if ip.version() != 4 || ihl < IPV4_MIN_HLEN || !is_l4(ip.proto) {
                 return None;
             }
             out.family = FAMILY_V4;
-            out.proto = proto;
-            out.ttl = (ttl_proto >> 8) as u8;
-            out.fragment = pkt.be16_at(L3 + 6)? & 0x3fff != 0;
-            out.ip_len = usize::from(pkt.be16_at(L3 + 2)?);
-            out.src = v4_key(pkt.bytes_at::<4>(L3 + 12)?);
-            out.dst = v4_key(pkt.bytes_at::<4>(L3 + 16)?);
+            out.proto = ip.proto;
+            out.ttl = ip.ttl;
+            out.fragment = u16::from_be_bytes(ip.frags) & bits::IPV4_FRAGMENT != 0;
+            out.ip_len = usize::from(ip.tot_len());
+            out.src = v4_key(ip.src_addr);
+            out.dst = v4_key(ip.dst_addr);
             out.l4 = L3 + ihl;
         }
         ETH_P_IPV6 => {
-            let version = pkt.be16_at(L3)? >> 12;
-            let next_hop = pkt.be16_at(L3 + 6)?;
-            let proto = (next_hop >> 8) as u8;
-            if version != 6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+            let ip: &Ipv6Hdr = pkt.header(L3)?;
+            if ip.version() != 6 || !is_l4(ip.next_hdr) {
                 return None;
             }
             out.family = FAMILY_V6;
-            out.proto = proto;
-            out.ttl = next_hop as u8;
-            out.ip_len = IPV6_HLEN + usize::from(pkt.be16_at(L3 + 4)?);
-            out.src = pkt.bytes_at::<16>(L3 + 8)?;
-            out.dst = pkt.bytes_at::<16>(L3 + 24)?;
+            out.proto = ip.next_hdr;
+            out.ttl = ip.hop_limit;
+            out.ip_len = IPV6_HLEN + usize::from(ip.payload_len());
+            out.src = ip.src_addr;
+            out.dst = ip.dst_addr;
             out.l4 = L3 + IPV6_HLEN;
         }
         _ => return None,
     }
-    out.sport = pkt.be16_at(out.l4)?;
-    out.dport = pkt.be16_at(out.l4 + 2)?;
+    let ports: &Ports = pkt.header(out.l4)?;
+    out.sport = ports.source();
+    out.dport = ports.dest();
     Some(())
+}
+
+/// TCP or UDP: the protocols the balancer carries.
+#[inline(always)]
+pub fn is_l4(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP
 }
 
 /// Offset of the L4 checksum in the L4 header, and the header's minimum
@@ -85,9 +88,9 @@ pub fn parse(pkt: &Packet, ifindex: u32, out: &mut Parsed) -> Option<()> {
 #[inline(always)]
 pub const fn l4_check(proto: u8) -> (usize, usize) {
     if proto == IPPROTO_TCP {
-        (16, TCP_MIN_HLEN)
+        (offset::TCP_CHECK, TCP_MIN_HLEN)
     } else {
-        (6, UDP_HLEN)
+        (offset::UDP_CHECK, UDP_HLEN)
     }
 }
 
@@ -115,14 +118,14 @@ pub fn segment(pkt: &Packet, p: &Parsed, out: &mut Segment) -> bool {
 
 #[inline(always)]
 fn read_segment(pkt: &Packet, p: &Parsed, out: &mut Segment) -> Option<()> {
+    let tcp: &TcpHdr = pkt.header(p.l4)?;
+    out.seq = u32::from_be_bytes(tcp.seq);
+    out.ack = u32::from_be_bytes(tcp.ack_seq);
+    out.flags = packet::tcp_flags(tcp);
+    out.window = u16::from_be_bytes(tcp.window);
+    let doff = tcp_header_len(tcp);
+    out.payload = (p.ip_len as u32).saturating_sub((p.l4 - L3 + doff) as u32);
     let l4 = p.l4;
-    out.seq = pkt.be32_at(l4 + 4)?;
-    out.ack = pkt.be32_at(l4 + 8)?;
-    let offset_flags = pkt.be16_at(l4 + 12)?;
-    out.flags = offset_flags as u8;
-    out.window = pkt.be16_at(l4 + 14)?;
-    let doff = usize::from(offset_flags >> 12) * 4;
-    out.payload = (p.ip_len as u32).saturating_sub((l4 - L3 + doff) as u32);
     out.wscale = if out.flags & TCP_SYN != 0 { nat_state::window_scale(|off| pkt.be16_at(off), l4 + TCP_MIN_HLEN, l4 + doff) } else { 0 };
     Some(())
 }
@@ -136,8 +139,5 @@ pub fn opens_connection(pkt: &Packet, p: &Parsed) -> bool {
 /// A TCP packet's flags (0 if the header is not there).
 #[inline(always)]
 pub fn tcp_flags(pkt: &Packet, p: &Parsed) -> u8 {
-    // Bytes 12–13 (data offset, flags) as one read: LLVM turns the bounds
-    // check of a one-byte read into `ptr >= end`, which this kernel's
-    // verifier does not take as room for the byte.
-    pkt.be16_at(p.l4 + TCP_FLAGS_OFFSET - 1).map_or(0, |w| w as u8)
+    pkt.header::<TcpHdr>(p.l4).map_or(0, packet::tcp_flags)
 }

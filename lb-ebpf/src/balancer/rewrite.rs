@@ -5,14 +5,14 @@
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext, EbpfContext};
 use lb_common::{
     balancer::Globals,
-    balancer_model::{outer_ipv4, outer_ipv6},
     csum,
+    ip_header::{outer_ipv4, outer_ipv6},
     isolator::FAMILY_V4,
-    wire::*,
+    wire::{offset, *},
 };
 
 use super::parse::{l4_check, Parsed, L3};
-use crate::packet::Packet;
+use crate::packet::{concat, Ipv4Hdr, Ipv6Hdr, Packet, Ports};
 
 /// The addresses and ports a translated packet gets.
 pub struct Translation {
@@ -30,38 +30,36 @@ pub fn nat(pkt: &Packet, p: &Parsed, t: &Translation) -> bool {
 
 #[inline(always)]
 fn translate(pkt: &Packet, p: &Parsed, t: &Translation) -> Option<()> {
-    let (src, dst, sport, dport) = (&t.src, &t.dst, t.sport, t.dport);
+    let (src, dst) = (&t.src, &t.dst);
     let check_at = p.l4 + l4_check(p.proto).0;
     let mut l4c = pkt.be16_at(check_at)?;
     let udp_without_checksum = p.proto == IPPROTO_UDP && l4c == 0 && p.family == FAMILY_V4;
     if p.family == FAMILY_V4 {
-        let mut ipc = pkt.be16_at(L3 + 10)?;
-        let old: [u8; 8] = pkt.bytes_at(L3 + 12)?;
-        let new = [src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3]];
-        ipc = csum::update_bytes(ipc, &old, &new);
+        let ip: &mut Ipv4Hdr = pkt.header_mut(L3)?;
+        let old = concat::<4, 8>(&ip.src_addr, &ip.dst_addr);
+        let new = concat::<4, 8>(&[src[0], src[1], src[2], src[3]], &[dst[0], dst[1], dst[2], dst[3]]);
+        let mut ipc = csum::update_bytes(ip.checksum(), &old, &new);
         l4c = csum::update_bytes(l4c, &old, &new);
-        let ttl = pkt.be16_at(L3 + 8)?;
-        let ttl_after = ttl.wrapping_sub(0x100);
-        ipc = csum::update16(ipc, ttl, ttl_after);
-        pkt.write(L3 + 8, ttl_after.to_be_bytes())?;
-        pkt.write(L3 + 10, ipc.to_be_bytes())?;
-        pkt.write(L3 + 12, new)?;
+        let ttl_proto = u16::from_be_bytes([ip.ttl, ip.proto]);
+        ip.ttl = ip.ttl.wrapping_sub(1);
+        ipc = csum::update16(ipc, ttl_proto, u16::from_be_bytes([ip.ttl, ip.proto]));
+        ip.set_checksum(ipc);
+        ip.src_addr.copy_from_slice(&new[..4]);
+        ip.dst_addr.copy_from_slice(&new[4..]);
     } else {
-        let old: [u8; 32] = pkt.bytes_at(L3 + 8)?;
-        let mut new = [0u8; 32];
-        new[..16].copy_from_slice(src);
-        new[16..].copy_from_slice(dst);
+        let ip: &mut Ipv6Hdr = pkt.header_mut(L3)?;
+        let old = concat::<16, 32>(&ip.src_addr, &ip.dst_addr);
+        let new = concat::<16, 32>(src, dst);
         l4c = csum::update_bytes(l4c, &old, &new);
-        let hop = pkt.be16_at(L3 + 6)?;
-        pkt.write(L3 + 6, hop.wrapping_sub(1).to_be_bytes())?;
-        pkt.write(L3 + 8, new)?;
+        ip.hop_limit = ip.hop_limit.wrapping_sub(1);
+        ip.src_addr = *src;
+        ip.dst_addr = *dst;
     }
-    let old_ports: [u8; 4] = pkt.bytes_at(p.l4)?;
-    let s = sport.to_be_bytes();
-    let d = dport.to_be_bytes();
-    let new_ports = [s[0], s[1], d[0], d[1]];
-    l4c = csum::update_bytes(l4c, &old_ports, &new_ports);
-    pkt.write(p.l4, new_ports)?;
+    let ports: &mut Ports = pkt.header_mut(p.l4)?;
+    let old_ports = concat::<2, 4>(&ports.source, &ports.dest);
+    ports.source = t.sport.to_be_bytes();
+    ports.dest = t.dport.to_be_bytes();
+    l4c = csum::update_bytes(l4c, &old_ports, &concat::<2, 4>(&ports.source, &ports.dest));
     if !udp_without_checksum {
         if p.proto == IPPROTO_UDP {
             l4c = csum::udp_nonzero(l4c);
@@ -91,12 +89,12 @@ fn push_header(ctx: &XdpContext, p: &Parsed, g: &Globals, backend: &[u8; 16]) ->
     if v4 {
         let mut h = [0u8; 20];
         outer_ipv4(&mut h, g.inside_v4, backend, p.ip_len as u16);
-        pkt.write(12, ETH_P_IPV4.to_be_bytes())?;
+        pkt.write(offset::ETH_TYPE, ETH_P_IPV4.to_be_bytes())?;
         pkt.write(L3, h)?;
     } else {
         let mut h = [0u8; 40];
         outer_ipv6(&mut h, &g.inside_v6, backend, p.ip_len as u16);
-        pkt.write(12, ETH_P_IPV6.to_be_bytes())?;
+        pkt.write(offset::ETH_TYPE, ETH_P_IPV6.to_be_bytes())?;
         pkt.write(L3, h)?;
     }
     Some(())

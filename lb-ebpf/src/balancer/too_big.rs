@@ -11,15 +11,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    balancer::{LbCounter, TUNNEL_TTL},
-    balancer_model::TOO_BIG_QUOTE_V6,
-    csum,
+    balancer::LbCounter,
+    csum, ip_header,
     isolator::FAMILY_V4,
-    wire::*,
+    wire::{bits, offset, *},
 };
 
 use super::{count, drop, parse::L3, scratch::Scratch};
-use crate::packet::Packet;
+use crate::packet::{Ipv4Hdr, Macs, Packet};
 
 /// The longest IPv4 quote: a 60-byte header and 8 bytes.
 const MAX_QUOTE_V4: usize = 68;
@@ -70,56 +69,54 @@ fn sum_packet<const MAX_WORDS: usize>(pkt: &Packet, from: usize, len: usize, mut
 #[inline(always)]
 fn build(ctx: &XdpContext, s: &Scratch, mtu: u16) -> Result<(), LbCounter> {
     let p = &s.parsed;
-    let pkt = Packet::new(ctx);
-    let macs: [u8; 12] = pkt.bytes_at(0).ok_or(LbCounter::Malformed)?;
-    let eth = |pkt: &Packet, ethertype: u16| -> Option<()> {
-        pkt.write(0, [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]])?;
-        pkt.write(6, [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]])?;
-        pkt.write(12, ethertype.to_be_bytes())
-    };
     let malformed = LbCounter::Malformed;
+    let pkt = Packet::new(ctx);
+    let macs: &Macs = pkt.header(0).ok_or(malformed)?;
+    // Back where the packet came from.
+    let (dst, src) = (macs.src, macs.dst);
+    let eth = |pkt: &Packet, ethertype: u16| -> Option<()> {
+        let macs: &mut Macs = pkt.header_mut(0)?;
+        macs.dst = dst;
+        macs.src = src;
+        pkt.write(offset::ETH_TYPE, ethertype.to_be_bytes())
+    };
     if p.family == FAMILY_V4 {
-        if pkt.be16_at(L3 + 6).ok_or(malformed)? & 0x4000 == 0 {
+        let ip: &Ipv4Hdr = pkt.header(L3).ok_or(malformed)?;
+        if u16::from_be_bytes(ip.frags) & bits::IPV4_DF == 0 {
             return Err(LbCounter::TooBig);
         }
-        let quote = p.l4 - L3 + 8;
+        let quote = p.l4 - L3 + ICMP_QUOTE_L4;
         if quote > MAX_QUOTE_V4 {
             return Err(malformed);
         }
         let icmp = L3 + IPV4_MIN_HLEN;
         let len = icmp + ICMP_HLEN + quote;
         let pkt = adjust(ctx, -((IPV4_MIN_HLEN + ICMP_HLEN) as i32), len)?;
-        let total = ((len - L3) as u16).to_be_bytes();
-        let mut h = [0x45, 0, total[0], total[1], 0, 0, 0, 0, TUNNEL_TTL, IPPROTO_ICMP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        h[12..16].copy_from_slice(&p.dst[..4]);
-        h[16..20].copy_from_slice(&p.src[..4]);
-        let c = csum::ipv4_header(&h).to_be_bytes();
-        h[10] = c[0];
-        h[11] = c[1];
+        let mut h = [0u8; IPV4_MIN_HLEN];
+        ip_header::ipv4(&mut h, IPPROTO_ICMP, &p.dst, &p.src, (len - icmp) as u16);
         let m = mtu.to_be_bytes();
         (|| {
             eth(&pkt, ETH_P_IPV4)?;
             pkt.write(L3, h)?;
-            pkt.write(icmp, [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, m[0], m[1]])?;
+            pkt.write(icmp, ip_header::icmp(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, [0, 0, m[0], m[1]]))?;
             let sum = sum_packet::<{ (ICMP_HLEN + MAX_QUOTE_V4) / 2 }>(&pkt, icmp, ICMP_HLEN + quote, 0)?;
-            pkt.write(icmp + 2, (!csum::fold(sum)).to_be_bytes())
+            pkt.write(icmp + offset::ICMP_CHECK, (!csum::fold(sum)).to_be_bytes())
         })()
         .ok_or(malformed)
     } else {
         let icmp = L3 + IPV6_HLEN;
         let len = icmp + ICMP_HLEN + TOO_BIG_QUOTE_V6;
         let pkt = adjust(ctx, -((IPV6_HLEN + ICMP_HLEN) as i32), len)?;
-        let m = u32::from(mtu).to_be_bytes();
+        let payload = (ICMP_HLEN + TOO_BIG_QUOTE_V6) as u16;
+        let mut h = [0u8; IPV6_HLEN];
+        ip_header::ipv6(&mut h, IPPROTO_ICMPV6, &p.dst, &p.src, payload);
         (|| {
             eth(&pkt, ETH_P_IPV6)?;
-            pkt.write(L3, [0x60, 0, 0, 0, 0, (ICMP_HLEN + TOO_BIG_QUOTE_V6) as u8, IPPROTO_ICMPV6, TUNNEL_TTL])?;
-            pkt.write(L3 + 8, p.dst)?;
-            pkt.write(L3 + 24, p.src)?;
-            pkt.write(icmp, [ICMPV6_PACKET_TOO_BIG, 0, 0, 0, m[0], m[1], m[2], m[3]])?;
-            let mut sum = csum::sum_words(&p.dst, csum::sum_words(&p.src, 0));
-            sum += (ICMP_HLEN + TOO_BIG_QUOTE_V6) as u32 + u32::from(IPPROTO_ICMPV6);
+            pkt.write(L3, h)?;
+            pkt.write(icmp, ip_header::icmp(ICMPV6_PACKET_TOO_BIG, 0, u32::from(mtu).to_be_bytes()))?;
+            let sum = ip_header::icmpv6_pseudo_sum(&p.dst, &p.src, u32::from(payload));
             let sum = sum_packet::<{ (ICMP_HLEN + TOO_BIG_QUOTE_V6) / 2 }>(&pkt, icmp, ICMP_HLEN + TOO_BIG_QUOTE_V6, sum)?;
-            pkt.write(icmp + 2, (!csum::fold(sum)).to_be_bytes())
+            pkt.write(icmp + offset::ICMP_CHECK, (!csum::fold(sum)).to_be_bytes())
         })()
         .ok_or(malformed)
     }

@@ -248,7 +248,7 @@ impl BalancerWriter {
     /// Whether `d` fits the maps (what [`BalancerWriter::apply`] checks
     /// before it writes anything): the daemon asks before it touches the
     /// isolator, so a balancer that does not fit changes nothing at all.
-    pub fn check(&self, d: &Desired) -> Result<()> {
+    pub fn check(d: &Desired) -> Result<()> {
         let addresses: BTreeSet<IpAddr> = d.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect();
         if addresses.len() > MAX_BACKENDS as usize {
             bail!("{} backends, at most {MAX_BACKENDS}", addresses.len());
@@ -275,7 +275,7 @@ impl BalancerWriter {
     /// Makes the maps say `d`. Limits are checked before anything is
     /// written, so a state that does not fit changes nothing.
     pub fn apply(&mut self, maps: &mut BalancerMaps, d: &Desired) -> Result<Vec<AppliedVip>> {
-        self.check(d)?;
+        Self::check(d)?;
         let addresses: BTreeSet<IpAddr> = d.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect();
 
         // 1. Backends: ids for new addresses; write new and changed ones.

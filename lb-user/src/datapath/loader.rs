@@ -198,7 +198,8 @@ impl MapSizes {
 /// Refuses to reuse pinned maps of another size than `sizes` asks for: the
 /// kernel would go on with the old size while the config says another.
 /// Changing a size means new maps, which lose the flows and NAT state.
-fn check_pinned_sizes(pin_dir: &Path, sizes: &MapSizes) -> Result<()> {
+/// `swarmlb check` asks the same.
+pub fn check_pinned_sizes(pin_dir: &Path, sizes: &MapSizes) -> Result<()> {
     // An older layout first: its size is beside the point.
     check_pinned_layouts(pin_dir)?;
     for (map, key, want) in sizes.maps() {
@@ -494,31 +495,55 @@ fn statfs_magic(path: &Path) -> Option<i64> {
     (unsafe { libc::statfs(c.as_ptr(), &mut buf) } == 0).then_some(buf.f_type as i64)
 }
 
-/// Makes sure `pin_dir` lies on a BPF filesystem, mounting one at
-/// `/sys/fs/bpf` when the directory is below it and nothing is mounted there.
-pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+/// Whether `pin_dir` can hold pins: `Ok(false)` when it lies on a BPF
+/// filesystem, `Ok(true)` when it is below `/sys/fs/bpf` with no bpffs
+/// mounted there yet ([`ensure_bpffs`] mounts one), an error otherwise.
+/// `swarmlb check` asks this, `run` acts on it.
+pub fn bpffs_needs_mount(pin_dir: &Path) -> Result<bool> {
     let mut probe = pin_dir;
     while !probe.exists() {
         probe = probe.parent().unwrap_or(Path::new("/"));
     }
     if statfs_magic(probe) == Some(BPF_FS_MAGIC) {
-        return Ok(());
+        return Ok(false);
     }
-    let root = Path::new("/sys/fs/bpf");
-    if !pin_dir.starts_with(root) {
-        bail!("pin path {} is not on a BPF filesystem (mount -t bpf bpf DIR)", pin_dir.display());
+    if !pin_dir.starts_with("/sys/fs/bpf") {
+        bail!("pin path {} is not on a BPF filesystem (mount -t bpf bpf DIR, or put settings.pin_path below /sys/fs/bpf)", pin_dir.display());
     }
-    fs::create_dir_all(root).ok();
+    Ok(true)
+}
+
+/// Makes sure `pin_dir` lies on a BPF filesystem, mounting one at
+/// `/sys/fs/bpf` when the directory is below it and nothing is mounted
+/// there; returns whether it mounted one (see
+/// [`super::pin_dir::private_bpffs`] for why that matters).
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool> {
+    if !bpffs_needs_mount(pin_dir)? {
+        return Ok(false);
+    }
+    fs::create_dir_all("/sys/fs/bpf").ok();
     let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
     // SAFETY: constant, valid C strings; no data argument.
     let rc = unsafe {
         libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
     };
     if rc != 0 {
-        bail!("mounting bpffs at /sys/fs/bpf: {}", std::io::Error::last_os_error());
+        let err = std::io::Error::last_os_error();
+        // A sandboxed service (deploy/swarmlb.service) may not mount, and
+        // should not: its bpffs would be private to its mount namespace.
+        bail!(
+            "mounting bpffs at /sys/fs/bpf: {err} (mount it on the host first: `mount -t bpf bpf /sys/fs/bpf`; systemd does so at boot)"
+        );
     }
     info!("mounted bpffs at /sys/fs/bpf");
-    Ok(())
+    Ok(true)
+}
+
+/// The interfaces with a pinned link in `pin_dir`, sorted.
+pub fn pinned_interfaces(pin_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = pinned_links(pin_dir).into_iter().map(|(n, _, _)| n).collect();
+    names.sort();
+    names
 }
 
 /// Whether a link for `ifname` is pinned in `pin_dir`.

@@ -8,5 +8,6 @@ pub mod balancer_writer;
 pub mod isolator_writer;
 pub mod loader;
 pub mod maps;
+pub mod pin_dir;
 pub mod martian;
 pub mod sweep;

@@ -53,12 +53,20 @@ pub struct AgentStatus {
     pub last_reload_success: f64,
     /// Why the last reload was refused (while `last_reload_ok` is false).
     pub last_reload_error: Option<String>,
+    /// The last reload's config is in force although the reload failed
+    /// (its Swarm source did not connect); false for a refused config.
+    #[serde(default)]
+    pub last_reload_applied: bool,
     /// Every map and link is pinned in the pin path (a restart would adopt).
     pub pins_ok: bool,
     /// Times the pins were found missing.
     pub pins_lost: u64,
     /// Which pins are missing and why they cannot be restored yet.
     pub pins_error: Option<String>,
+    /// The pins are on a bpffs only the agent's own mount namespace sees
+    /// (`ip netns exec`): the data path goes when the agent does.
+    #[serde(default)]
+    pub pins_private: bool,
 }
 
 /// How often one backend of one VIP went in or out by its health checks.

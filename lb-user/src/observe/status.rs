@@ -267,7 +267,14 @@ pub fn render_table(r: &StatusReport) -> String {
         a.reloads_failed
     );
     if let Some(e) = a.last_reload_error.as_ref().filter(|_| !a.last_reload_ok) {
-        let _ = writeln!(out, "         LAST RELOAD REFUSED (the running config stays): {e}");
+        if a.last_reload_applied {
+            let _ = writeln!(out, "         LAST RELOAD FAILED (its config runs): {e}");
+        } else {
+            let _ = writeln!(out, "         LAST RELOAD REFUSED (the running config stays): {e}");
+        }
+    }
+    if a.pins_private {
+        let _ = writeln!(out, "         PINS PRIVATE: on a bpffs only the agent's mount namespace sees; the data path ends with the agent");
     }
     if let Some(e) = a.pins_error.as_ref().filter(|_| !a.pins_ok) {
         let _ = writeln!(out, "         PINS MISSING (a restart would not adopt): {e}");
@@ -289,6 +296,8 @@ pub fn render_table(r: &StatusReport) -> String {
         if let Some(e) = s.last_error.as_ref().filter(|_| !s.connected) {
             let _ = writeln!(out, "         last error: {e}");
         }
+        let nodes: Vec<String> = s.allowed_nodes.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "         node allow-list: {}", if nodes.is_empty() { "none".into() } else { nodes.join(", ") });
         for n in &s.notes {
             let _ = writeln!(out, "         skipped: {n}");
         }

@@ -164,10 +164,7 @@ impl Reconciler {
         let ifindexes = self.inputs.ifindexes.clone();
         // The Swarm's additions are an input of their own: nothing is
         // folded into a config and compiled again for the data path.
-        let want = DesiredState::of(file, &self.inputs.swarm, &ifindexes, &self.inputs.host, &self.inputs.down)?;
-        if let Some(change) = self.sizes.change(&MapSizes::of(file.balancer())) {
-            bail!("{change}: that needs new maps, which forget every flow (stop swarmlb, `swarmlb down`, start it again)");
-        }
+        let want = validate(file, &self.inputs.swarm, &ifindexes, &self.inputs.host, &self.inputs.down, Some(&self.sizes))?;
         let last = self.applied.as_ref().filter(|_| !full);
         let policy_changed = last.is_none_or(|a| a.desired.policy != want.policy || a.ifindexes != ifindexes);
         let impossible_changed = last.is_none_or(|a| a.desired.impossible != want.impossible);
@@ -175,8 +172,7 @@ impl Reconciler {
         let balancer_changed = last.is_none_or(|a| a.desired.balancer != want.balancer);
         let snat_ports_changed = last.is_none_or(|a| a.desired.balancer.snat_ports != want.balancer.snat_ports);
         // Everything that can refuse the input is asked before anything is
-        // written.
-        self.balancer.check(&want.balancer).context("the balancer's maps")?;
+        // written (the rest in `validate`).
         if policy_changed {
             check_forwarding(&want.policy)?;
         }
@@ -300,6 +296,48 @@ impl Reconciler {
     pub fn balancer_maps(&mut self) -> &mut BalancerMaps {
         &mut self.balancer_maps
     }
+}
+
+/// The desired state of `cfg` and the Swarm's additions `swarm` on this
+/// host, with every check that can refuse it short of the forwarding sysctls (those are asked only when
+/// the policy changes, [`check_forwarding`]): the interfaces' addresses
+/// (`DesiredState::of`), the maps' limits, and — with `sizes`, the sizes
+/// the maps were loaded with — a change of a map's size.
+fn validate(
+    cfg: &Config,
+    swarm: &SwarmAdditions,
+    ifindexes: &HashMap<String, u32>,
+    host: &[HostAddr],
+    down: &Down,
+    sizes: Option<&MapSizes>,
+) -> Result<DesiredState> {
+    let want = DesiredState::of(cfg, swarm, ifindexes, host, down)?;
+    if let Some(change) = sizes.and_then(|s| s.change(&MapSizes::of(cfg.balancer()))) {
+        bail!("{change}: that needs new maps, which forget every flow (stop swarmlb, `swarmlb down`, start it again)");
+    }
+    BalancerWriter::check(&want.balancer).context("the balancer's maps")?;
+    Ok(want)
+}
+
+/// Everything a first [`Reconciler::set_config`] of `file` would refuse,
+/// asked without loading, attaching or writing anything: the interfaces,
+/// the host's addresses (SNAT addresses on the inside interface, an
+/// inside address per VIP family), the maps' limits, the forwarding
+/// sysctls, the pin path's filesystem and the sizes of maps already
+/// pinned there. The very code paths `swarmlb run` takes, so `swarmlb
+/// check` cannot pass what `run` refuses. Returns the desired state (the
+/// Swarm adds nothing yet: it is not asked).
+pub fn preflight(file: &Config) -> Result<DesiredState> {
+    let ifindexes = resolve_interfaces(file)?;
+    let host = netif::addresses()?;
+    let want = validate(file, &SwarmAdditions::default(), &ifindexes, &host, &Down::default(), None)?;
+    check_forwarding(&want.policy)?;
+    let pin_dir = file.pin_path();
+    crate::datapath::loader::bpffs_needs_mount(pin_dir)?;
+    if pin_dir.exists() {
+        crate::datapath::loader::check_pinned_sizes(pin_dir, &MapSizes::of(file.balancer()))?;
+    }
+    Ok(want)
 }
 
 /// Resolves every interface `cfg` names, so a typo fails before anything

@@ -36,8 +36,10 @@ pub const DEFAULT_DROP_EVENT_INTERVAL_MS: u64 = 100;
 /// A config that could not be used: where, which key, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config error: {origin}: {source}")]
-    Io { origin: String, source: std::io::Error },
+    /// The file cannot be read. The I/O error is part of the message and
+    /// deliberately not a `source()`: `{:#}` would print it twice.
+    #[error("config error: {origin}: {error}")]
+    Io { origin: String, error: std::io::Error },
     /// `origin:line:col: key: message`.
     #[error("config error: {origin}:{line}:{col}: {message}")]
     Invalid { origin: String, line: usize, col: usize, message: String },
@@ -292,7 +294,7 @@ impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { origin: origin.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io { origin: origin.clone(), error })?;
         Self::parse(&text, &origin)
     }
 

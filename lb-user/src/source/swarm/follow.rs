@@ -34,6 +34,10 @@ pub struct SwarmSync {
     pub services: usize,
     /// What the mapping skipped, in words.
     pub notes: Vec<String>,
+    /// The nodes' addresses the Swarm adds to the cluster allow-list (they
+    /// may reach Swarm's ports), as last mapped.
+    #[serde(default)]
+    pub allowed_nodes: Vec<std::net::IpAddr>,
 }
 
 /// The Swarm as the daemon knows it.
@@ -72,9 +76,11 @@ impl SwarmFollower {
     }
 
     /// Starts, restarts or stops the source for `cfg`'s `[swarm]` (the
-    /// config just applied), and maps the view for it.
-    pub fn follow(&mut self, cfg: &Config) {
+    /// config just applied), and maps the view for it. Returns whether a
+    /// new source started: until it answers, it is not connected.
+    pub fn follow(&mut self, cfg: &Config) -> bool {
         let wanted = cfg.swarm().cloned();
+        let mut started = false;
         if self.task.as_ref().map(|(c, _)| c) != wanted.as_ref() {
             if let Some((_, t)) = self.task.take() {
                 t.abort();
@@ -83,18 +89,25 @@ impl SwarmFollower {
                 let tx = self.updates.clone();
                 let task = tokio::spawn(super::source::run(sc.clone(), tx));
                 self.task = Some((sc, task));
+                // Connected was the old source's word; the new one's
+                // first failure is logged (see `Lost`).
+                self.sync.connected = false;
+                self.lost_at = None;
+                started = true;
             } else {
                 self.view = None;
                 self.sync = SwarmSync::default();
             }
         }
         self.remap(cfg);
+        started
     }
 
     fn remap(&mut self, cfg: &Config) -> bool {
         let (Some(sc), Some(view)) = (cfg.swarm(), &self.view) else {
             let changed = self.additions != SwarmAdditions::default();
             self.additions = SwarmAdditions::default();
+            self.sync.allowed_nodes.clear();
             return changed;
         };
         match mapping::map(cfg, sc, view, Some(&self.additions), crate::unix_time()) {
@@ -107,6 +120,7 @@ impl SwarmFollower {
                 let changed = m.additions != self.additions;
                 tracing::debug!(changed, additions = ?m.additions, "Swarm view mapped");
                 self.additions = m.additions;
+                self.sync.allowed_nodes = self.additions.nodes.iter().copied().collect();
                 changed
             }
             Err(e) => {
@@ -145,6 +159,8 @@ impl SwarmFollower {
                     error!("the Swarm reported no nodes; keeping the last good view");
                     return false;
                 }
+                // Whatever failed before (connection, an empty view) is over.
+                self.sync.last_error = None;
                 self.sync.last_sync = Some(crate::unix_time());
                 self.sync.syncs += 1;
                 self.sync.nodes = view.nodes.len();
@@ -164,7 +180,7 @@ impl SwarmFollower {
             }
             SwarmUpdate::Lost(e) => {
                 // Once per loss, not per retry.
-                if self.sync.connected || self.sync.failures == 0 {
+                if self.sync.connected || self.lost_at.is_none() {
                     error!(error = %e, "lost the Swarm; serving the last good state and retrying (every 0.5 s to 10 s; logged again when back)");
                     self.lost_at = Some(crate::unix_time());
                 }
