@@ -240,32 +240,32 @@ fn addr<const N: usize>(f: &[u8], off: usize) -> Option<[u8; 16]> {
 /// Rule 1: the headers, if this can be a balanced packet at all.
 fn parse(f: &[u8]) -> Option<Parsed> {
     let l3 = ETH_HLEN;
-    match be16(f, 12)? {
+    match be16(f, offset::ETH_TYPE)? {
         ETH_P_IPV4 => {
             let vihl = *f.get(l3)?;
-            let ihl = usize::from(vihl & 0x0f) * 4;
-            let proto = *f.get(l3 + 9)?;
+            let ihl = usize::from(vihl & bits::IPV4_IHL) * 4;
+            let proto = *f.get(l3 + offset::IPV4_PROTO)?;
             if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
                 return None;
             }
-            let frag = be16(f, l3 + 6)?;
+            let frag = be16(f, l3 + offset::IPV4_FRAGS)?;
             let l4 = l3 + ihl;
             Some(Parsed {
                 family: FAMILY_V4,
                 proto,
                 l3,
                 l4,
-                ip_len: usize::from(be16(f, l3 + 2)?),
-                ttl: *f.get(l3 + 8)?,
-                fragment: frag & 0x3fff != 0,
-                src: addr::<4>(f, l3 + 12)?,
-                dst: addr::<4>(f, l3 + 16)?,
+                ip_len: usize::from(be16(f, l3 + offset::IPV4_TOT_LEN)?),
+                ttl: *f.get(l3 + offset::IPV4_TTL)?,
+                fragment: frag & bits::IPV4_FRAGMENT != 0,
+                src: addr::<4>(f, l3 + offset::IPV4_SRC)?,
+                dst: addr::<4>(f, l3 + offset::IPV4_DST)?,
                 sport: be16(f, l4)?,
-                dport: be16(f, l4 + 2)?,
+                dport: be16(f, l4 + offset::L4_DPORT)?,
             })
         }
         ETH_P_IPV6 => {
-            let proto = *f.get(l3 + 6)?;
+            let proto = *f.get(l3 + offset::IPV6_NEXT_HDR)?;
             if *f.get(l3)? >> 4 != 6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
                 return None;
             }
@@ -275,13 +275,13 @@ fn parse(f: &[u8]) -> Option<Parsed> {
                 proto,
                 l3,
                 l4,
-                ip_len: IPV6_HLEN + usize::from(be16(f, l3 + 4)?),
-                ttl: *f.get(l3 + 7)?,
+                ip_len: IPV6_HLEN + usize::from(be16(f, l3 + offset::IPV6_PAYLOAD_LEN)?),
+                ttl: *f.get(l3 + offset::IPV6_HOP_LIMIT)?,
                 fragment: false,
-                src: addr::<16>(f, l3 + 8)?,
-                dst: addr::<16>(f, l3 + 24)?,
+                src: addr::<16>(f, l3 + offset::IPV6_SRC)?,
+                dst: addr::<16>(f, l3 + offset::IPV6_DST)?,
                 sport: be16(f, l4)?,
-                dport: be16(f, l4 + 2)?,
+                dport: be16(f, l4 + offset::L4_DPORT)?,
             })
         }
         _ => None,
@@ -442,7 +442,7 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
                 out[ETH_HLEN..ETH_HLEN + 40].copy_from_slice(&h);
             }
             let ethertype = if p.family == FAMILY_V4 { ETH_P_IPV4 } else { ETH_P_IPV6 };
-            out[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            out[offset::ETH_TYPE..ETH_HLEN].copy_from_slice(&ethertype.to_be_bytes());
         }
         Mode::DsrL2 => {
             out_len = frame.len();
@@ -663,15 +663,15 @@ fn tcp_segment(frame: &[u8], p: &Parsed) -> Option<Segment> {
     }
     let l4 = p.l4;
     let be32 = |off: usize| u32::from_be_bytes([frame[off], frame[off + 1], frame[off + 2], frame[off + 3]]);
-    let doff = usize::from(frame[l4 + 12] >> 4) * 4;
-    let flags = frame[l4 + TCP_FLAGS_OFFSET];
+    let doff = usize::from(frame[l4 + offset::TCP_DOFF] >> 4) * 4;
+    let flags = frame[l4 + offset::TCP_FLAGS];
     let wscale = if flags & TCP_SYN != 0 { nat_state::window_scale(|off| be16(frame, off), l4 + TCP_MIN_HLEN, l4 + doff) } else { 0 };
     Some(Segment {
-        seq: be32(l4 + 4),
-        ack: be32(l4 + 8),
+        seq: be32(l4 + offset::TCP_SEQ),
+        ack: be32(l4 + offset::TCP_ACK),
         flags,
         wscale,
-        window: u16::from_be_bytes([frame[l4 + 14], frame[l4 + 15]]),
+        window: u16::from_be_bytes([frame[l4 + offset::TCP_WINDOW], frame[l4 + offset::TCP_WINDOW + 1]]),
         payload: (p.ip_len as u32).saturating_sub((l4 - p.l3 + doff) as u32),
     })
 }
@@ -768,10 +768,10 @@ fn send<T: Tables>(out: &mut [u8], ifindex: u32, t: &T, route: Route) -> (Action
 /// Rewrites addresses and ports (NAT both ways), decrements the TTL and
 /// updates the checksums incrementally.
 fn rewrite(f: &mut [u8], p: &Parsed, src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) {
-    let (ip_check, l4_check_at) = (p.l3 + 10, p.l4 + l4_check(p.proto).0);
+    let (ip_check, l4_check_at) = (p.l3 + offset::IPV4_CHECK, p.l4 + l4_check(p.proto).0);
     let mut l4c = u16::from_be_bytes([f[l4_check_at], f[l4_check_at + 1]]);
     let udp_without_checksum = p.proto == IPPROTO_UDP && l4c == 0 && p.family == FAMILY_V4;
-    let src_at = if p.family == FAMILY_V4 { p.l3 + 12 } else { p.l3 + 8 };
+    let src_at = if p.family == FAMILY_V4 { p.l3 + offset::IPV4_SRC } else { p.l3 + offset::IPV6_SRC };
     if p.family == FAMILY_V4 {
         let mut ipc = u16::from_be_bytes([f[ip_check], f[ip_check + 1]]);
         let old: [u8; 8] = f[src_at..src_at + 8].try_into().unwrap();
@@ -780,9 +780,9 @@ fn rewrite(f: &mut [u8], p: &Parsed, src: [u8; 16], sport: u16, dst: [u8; 16], d
         new[4..].copy_from_slice(&dst[..4]);
         ipc = csum::update_bytes(ipc, &old, &new);
         l4c = csum::update_bytes(l4c, &old, &new);
-        let old_ttl = u16::from_be_bytes([f[p.l3 + 8], f[p.l3 + 9]]);
-        f[p.l3 + 8] -= 1;
-        ipc = csum::update16(ipc, old_ttl, u16::from_be_bytes([f[p.l3 + 8], f[p.l3 + 9]]));
+        let old_ttl = u16::from_be_bytes([f[p.l3 + offset::IPV4_TTL], f[p.l3 + offset::IPV4_PROTO]]);
+        f[p.l3 + offset::IPV4_TTL] -= 1;
+        ipc = csum::update16(ipc, old_ttl, u16::from_be_bytes([f[p.l3 + offset::IPV4_TTL], f[p.l3 + offset::IPV4_PROTO]]));
         f[ip_check..ip_check + 2].copy_from_slice(&ipc.to_be_bytes());
         f[src_at..src_at + 8].copy_from_slice(&new);
     } else {
@@ -791,7 +791,7 @@ fn rewrite(f: &mut [u8], p: &Parsed, src: [u8; 16], sport: u16, dst: [u8; 16], d
         new[..16].copy_from_slice(&src);
         new[16..].copy_from_slice(&dst);
         l4c = csum::update_bytes(l4c, &old, &new);
-        f[p.l3 + 7] -= 1;
+        f[p.l3 + offset::IPV6_HOP_LIMIT] -= 1;
         f[src_at..src_at + 32].copy_from_slice(&new);
     }
     let old_ports: [u8; 4] = f[p.l4..p.l4 + 4].try_into().unwrap();
@@ -833,11 +833,11 @@ struct IcmpError {
 /// the frame; `None` for anything else.
 fn parse_icmp(f: &[u8]) -> Option<IcmpError> {
     let l3 = ETH_HLEN;
-    let e = match be16(f, 12)? {
+    let e = match be16(f, offset::ETH_TYPE)? {
         ETH_P_IPV4 => {
             let vihl = *f.get(l3)?;
-            let ihl = usize::from(vihl & 0x0f) * 4;
-            if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || *f.get(l3 + 9)? != IPPROTO_ICMP || be16(f, l3 + 6)? & 0x3fff != 0 {
+            let ihl = usize::from(vihl & bits::IPV4_IHL) * 4;
+            if vihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || *f.get(l3 + offset::IPV4_PROTO)? != IPPROTO_ICMP || be16(f, l3 + offset::IPV4_FRAGS)? & bits::IPV4_FRAGMENT != 0 {
                 return None;
             }
             let icmp = l3 + ihl;
@@ -846,8 +846,8 @@ fn parse_icmp(f: &[u8]) -> Option<IcmpError> {
             }
             let inner = icmp + ICMP_HLEN;
             let ivihl = *f.get(inner)?;
-            let iihl = usize::from(ivihl & 0x0f) * 4;
-            let iproto = *f.get(inner + 9)?;
+            let iihl = usize::from(ivihl & bits::IPV4_IHL) * 4;
+            let iproto = *f.get(inner + offset::IPV4_PROTO)?;
             if ivihl >> 4 != 4 || iihl < IPV4_MIN_HLEN || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) {
                 return None;
             }
@@ -856,20 +856,20 @@ fn parse_icmp(f: &[u8]) -> Option<IcmpError> {
                 family: FAMILY_V4,
                 l3,
                 icmp,
-                ip_len: usize::from(be16(f, l3 + 2)?),
-                ttl: *f.get(l3 + 8)?,
-                outer_dst: addr::<4>(f, l3 + 16)?,
+                ip_len: usize::from(be16(f, l3 + offset::IPV4_TOT_LEN)?),
+                ttl: *f.get(l3 + offset::IPV4_TTL)?,
+                outer_dst: addr::<4>(f, l3 + offset::IPV4_DST)?,
                 inner_l3: inner,
                 inner_l4,
                 inner_proto: iproto,
-                inner_src: addr::<4>(f, inner + 12)?,
-                inner_dst: addr::<4>(f, inner + 16)?,
+                inner_src: addr::<4>(f, inner + offset::IPV4_SRC)?,
+                inner_dst: addr::<4>(f, inner + offset::IPV4_DST)?,
                 inner_sport: be16(f, inner_l4)?,
-                inner_dport: be16(f, inner_l4 + 2)?,
+                inner_dport: be16(f, inner_l4 + offset::L4_DPORT)?,
             }
         }
         ETH_P_IPV6 => {
-            if *f.get(l3)? >> 4 != 6 || *f.get(l3 + 6)? != IPPROTO_ICMPV6 {
+            if *f.get(l3)? >> 4 != 6 || *f.get(l3 + offset::IPV6_NEXT_HDR)? != IPPROTO_ICMPV6 {
                 return None;
             }
             let icmp = l3 + IPV6_HLEN;
@@ -877,7 +877,7 @@ fn parse_icmp(f: &[u8]) -> Option<IcmpError> {
                 return None;
             }
             let inner = icmp + ICMP_HLEN;
-            let iproto = *f.get(inner + 6)?;
+            let iproto = *f.get(inner + offset::IPV6_NEXT_HDR)?;
             if *f.get(inner)? >> 4 != 6 || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) {
                 return None;
             }
@@ -886,16 +886,16 @@ fn parse_icmp(f: &[u8]) -> Option<IcmpError> {
                 family: FAMILY_V6,
                 l3,
                 icmp,
-                ip_len: IPV6_HLEN + usize::from(be16(f, l3 + 4)?),
-                ttl: *f.get(l3 + 7)?,
-                outer_dst: addr::<16>(f, l3 + 24)?,
+                ip_len: IPV6_HLEN + usize::from(be16(f, l3 + offset::IPV6_PAYLOAD_LEN)?),
+                ttl: *f.get(l3 + offset::IPV6_HOP_LIMIT)?,
+                outer_dst: addr::<16>(f, l3 + offset::IPV6_DST)?,
                 inner_l3: inner,
                 inner_l4,
                 inner_proto: iproto,
-                inner_src: addr::<16>(f, inner + 8)?,
-                inner_dst: addr::<16>(f, inner + 24)?,
+                inner_src: addr::<16>(f, inner + offset::IPV6_SRC)?,
+                inner_dst: addr::<16>(f, inner + offset::IPV6_DST)?,
                 inner_sport: be16(f, inner_l4)?,
-                inner_dport: be16(f, inner_l4 + 2)?,
+                inner_dport: be16(f, inner_l4 + offset::L4_DPORT)?,
             }
         }
         _ => return None,
@@ -946,12 +946,12 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
                 let mut h = [0u8; 20];
                 outer_ipv4(&mut h, g.inside_v4, &backend.addr, e.ip_len as u16);
                 out[ETH_HLEN..ETH_HLEN + 20].copy_from_slice(&h);
-                out[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+                out[offset::ETH_TYPE..ETH_HLEN].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
             } else {
                 let mut h = [0u8; 40];
                 outer_ipv6(&mut h, &g.inside_v6, &backend.addr, e.ip_len as u16);
                 out[ETH_HLEN..ETH_HLEN + 40].copy_from_slice(&h);
-                out[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+                out[offset::ETH_TYPE..ETH_HLEN].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
             }
             (route, frame.len() + outer)
         }
@@ -975,9 +975,9 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
 /// the IPv6 pseudo-header).
 fn rewrite_icmp(f: &mut [u8], e: &IcmpError, inside: &[u8; 16], backend: &[u8; 16], target_port: u16, nat_port: u16) {
     let n = if e.family == FAMILY_V4 { 4 } else { 16 };
-    let (outer_src_at, ttl_at) = if e.family == FAMILY_V4 { (e.l3 + 12, e.l3 + 8) } else { (e.l3 + 8, e.l3 + 6) };
-    let inner_src_at = if e.family == FAMILY_V4 { e.inner_l3 + 12 } else { e.inner_l3 + 8 };
-    let icmp_check_at = e.icmp + 2;
+    let (outer_src_at, ttl_at) = if e.family == FAMILY_V4 { (e.l3 + offset::IPV4_SRC, e.l3 + offset::IPV4_TTL) } else { (e.l3 + offset::IPV6_SRC, e.l3 + offset::IPV6_HOP_LIMIT) };
+    let inner_src_at = if e.family == FAMILY_V4 { e.inner_l3 + offset::IPV4_SRC } else { e.inner_l3 + offset::IPV6_SRC };
+    let icmp_check_at = e.icmp + offset::ICMP_CHECK;
     let mut icmp_check = u16::from_be_bytes([f[icmp_check_at], f[icmp_check_at + 1]]);
     let put = |f: &mut [u8], at: usize, bytes: &[u8], icmp_check: &mut u16| {
         // Changes inside the ICMP message feed its checksum.
@@ -997,15 +997,15 @@ fn rewrite_icmp(f: &mut [u8], e: &IcmpError, inside: &[u8; 16], backend: &[u8; 1
     let mut outer_old = [0u8; 32];
     outer_old[..2 * n].copy_from_slice(&f[outer_src_at..outer_src_at + 2 * n]);
     if e.family == FAMILY_V4 {
-        let mut ipc = u16::from_be_bytes([f[e.l3 + 10], f[e.l3 + 11]]);
+        let mut ipc = u16::from_be_bytes([f[e.l3 + offset::IPV4_CHECK], f[e.l3 + offset::IPV4_CHECK + 1]]);
         ipc = csum::update_bytes(ipc, &outer_old, &outer_new);
         let ttl = u16::from_be_bytes([f[ttl_at], f[ttl_at + 1]]);
         f[ttl_at] -= 1;
         ipc = csum::update16(ipc, ttl, u16::from_be_bytes([f[ttl_at], f[ttl_at + 1]]));
-        f[e.l3 + 10..e.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
+        f[e.l3 + offset::IPV4_CHECK..e.l3 + offset::IPV4_CHECK + 2].copy_from_slice(&ipc.to_be_bytes());
     } else {
         icmp_check = csum::update_bytes(icmp_check, &outer_old, &outer_new);
-        f[ttl_at + 1] -= 1;
+        f[ttl_at] -= 1;
     }
     f[outer_src_at..outer_src_at + 2 * n].copy_from_slice(&outer_new[..2 * n]);
 
@@ -1034,7 +1034,7 @@ fn rewrite_icmp(f: &mut [u8], e: &IcmpError, inside: &[u8; 16], backend: &[u8; 1
         }
     }
     if e.family == FAMILY_V4 {
-        let at = e.inner_l3 + 10;
+        let at = e.inner_l3 + offset::IPV4_CHECK;
         let c = csum::update_bytes(u16::from_be_bytes([f[at], f[at + 1]]), &inner_old, &inner_new);
         put(f, at, &c.to_be_bytes(), &mut icmp_check);
     }
@@ -1098,7 +1098,7 @@ pub fn decapsulate(frame: &[u8], out: &mut [u8], allowed: impl Fn(&DecapKey) -> 
     let outer = inner - l3;
     let len = frame.len() - outer;
     out[..12].copy_from_slice(&frame[..12]);
-    out[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    out[offset::ETH_TYPE..ETH_HLEN].copy_from_slice(&ethertype.to_be_bytes());
     out[14..len].copy_from_slice(&frame[inner..]);
     Decap::Opened { len }
 }

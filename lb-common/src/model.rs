@@ -213,7 +213,7 @@ pub fn decide(
     if frame.len() < ETH_HLEN {
         return pass(PassReason::NotIp);
     }
-    let mut ethertype = be16(frame, 12);
+    let mut ethertype = be16(frame, offset::ETH_TYPE);
     let mut off = ETH_HLEN;
     let mut depth = 0;
     while is_vlan_ethertype(ethertype) {
@@ -223,7 +223,7 @@ pub fn decide(
         if off + VLAN_HLEN > frame.len() {
             return drop(DropReason::Malformed);
         }
-        ethertype = be16(frame, off + 2);
+        ethertype = be16(frame, off + offset::VLAN_TYPE);
         off += VLAN_HLEN;
         depth += 1;
     }
@@ -238,23 +238,23 @@ fn ipv4(f: &[u8], off: usize, j: &Judge<impl Policy, impl Host>, frags: &mut imp
     if off + IPV4_MIN_HLEN > f.len() || f[off] >> 4 != 4 {
         return drop(DropReason::Malformed);
     }
-    let ihl = usize::from(f[off] & 0x0f) * 4;
-    let total = usize::from(be16(f, off + 2));
+    let ihl = usize::from(f[off + offset::IPV4_VIHL] & bits::IPV4_IHL) * 4;
+    let total = usize::from(be16(f, off + offset::IPV4_TOT_LEN));
     if ihl < IPV4_MIN_HLEN || total < ihl || off + total > f.len() {
         return drop(DropReason::Malformed);
     }
-    let frag = be16(f, off + 6);
-    let more_fragments = frag & 0x2000 != 0;
-    let frag_offset = usize::from(frag & 0x1fff) * 8;
-    let proto = f[off + 9];
+    let frag = be16(f, off + offset::IPV4_FRAGS);
+    let more_fragments = frag & bits::IPV4_MF != 0;
+    let frag_offset = usize::from(frag & bits::IPV4_FRAG_OFFSET) * 8;
+    let proto = f[off + offset::IPV4_PROTO];
     let addrs = Addrs::V4 {
-        src: [f[off + 12], f[off + 13], f[off + 14], f[off + 15]],
-        dst: [f[off + 16], f[off + 17], f[off + 18], f[off + 19]],
+        src: f[off + offset::IPV4_SRC..][..4].try_into().unwrap(),
+        dst: f[off + offset::IPV4_DST..][..4].try_into().unwrap(),
     };
     if j.impossible(&addrs) {
         return drop(DropReason::ImpossibleSource);
     }
-    let key = addrs.frag_key(u32::from(be16(f, off + 4)), proto);
+    let key = addrs.frag_key(u32::from(be16(f, off + offset::IPV4_ID)), proto);
     if frag_offset != 0 {
         return later_fragment(&key, proto, frag_offset, frags);
     }
@@ -266,20 +266,20 @@ fn ipv6(f: &[u8], off: usize, j: &Judge<impl Policy, impl Host>, frags: &mut imp
     if off + IPV6_HLEN > f.len() || f[off] >> 4 != 6 {
         return drop(DropReason::Malformed);
     }
-    let end = off + IPV6_HLEN + usize::from(be16(f, off + 4));
+    let end = off + IPV6_HLEN + usize::from(be16(f, off + offset::IPV6_PAYLOAD_LEN));
     if end > f.len() {
         return drop(DropReason::Malformed);
     }
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
-    src.copy_from_slice(&f[off + 8..off + 24]);
-    dst.copy_from_slice(&f[off + 24..off + 40]);
+    src.copy_from_slice(&f[off + offset::IPV6_SRC..][..16]);
+    dst.copy_from_slice(&f[off + offset::IPV6_DST..][..16]);
     let addrs = Addrs::V6 { src, dst };
     if j.impossible(&addrs) {
         return drop(DropReason::ImpossibleSource);
     }
 
-    let mut next = f[off + 6];
+    let mut next = f[off + offset::IPV6_NEXT_HDR];
     let mut cur = off + IPV6_HLEN;
     let mut first: Option<(FragKey, usize)> = None;
     let mut seen_fragment_header = false;
@@ -301,15 +301,15 @@ fn ipv6(f: &[u8], off: usize, j: &Judge<impl Policy, impl Host>, frags: &mut imp
                 return drop(DropReason::Malformed);
             }
             seen_fragment_header = true;
-            let offset_field = be16(f, cur + 2);
-            let frag_offset = usize::from(offset_field & 0xfff8);
-            let key = addrs.frag_key(be32(f, cur + 4), 0);
-            let inner = f[cur];
+            let offset_field = be16(f, cur + offset::FRAG6_OFFSET);
+            let frag_offset = usize::from(offset_field & bits::FRAG6_OFFSET);
+            let key = addrs.frag_key(be32(f, cur + offset::FRAG6_ID), 0);
+            let inner = f[cur + offset::FRAG6_NEXT];
             if frag_offset != 0 {
                 return later_fragment(&key, inner, frag_offset, frags);
             }
             // Offset 0 without M is an "atomic fragment": a whole datagram.
-            if offset_field & 1 != 0 {
+            if offset_field & bits::FRAG6_MORE != 0 {
                 first = Some((key, cur + IPV6_FRAG_HLEN));
             }
             next = inner;
@@ -321,10 +321,10 @@ fn ipv6(f: &[u8], off: usize, j: &Judge<impl Policy, impl Host>, frags: &mut imp
                 return drop(r);
             }
         }
-        if cur + 2 > end {
+        if cur + IPV6_EXT_MIN_HLEN > end {
             return truncated(&first);
         }
-        let len = (usize::from(f[cur + 1]) + 1) * 8;
+        let len = (usize::from(f[cur + offset::EXT_LEN]) + 1) * 8;
         if cur + len > end {
             return truncated(&first);
         }
@@ -375,7 +375,7 @@ fn transport(
                     DropReason::Malformed
                 });
             }
-            let port = be16(f, l4 + 2);
+            let port = be16(f, l4 + offset::L4_DPORT);
             let access = j.policy.port_access(j.zone.slot, proto, port);
             if access == 0 {
                 pass(PassReason::Unprotected)

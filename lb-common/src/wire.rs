@@ -26,6 +26,9 @@ pub const IPV4_MIN_HLEN: usize = 20;
 pub const IPV6_HLEN: usize = 40;
 /// IPv6 fragment extension header.
 pub const IPV6_FRAG_HLEN: usize = 8;
+/// What every other IPv6 extension header has at least: its next header
+/// and its length.
+pub const IPV6_EXT_MIN_HLEN: usize = 2;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
 pub const IPPROTO_ICMP: u8 = 1;
@@ -47,14 +50,12 @@ pub const ICMP_QUOTE_L4: usize = 8;
 pub const TOO_BIG_QUOTE_V6: usize = IPV6_HLEN + ICMP_QUOTE_L4;
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
-/// TCP flags (byte 13 of the header) that end a connection.
+/// TCP flags (the byte at [`offset::TCP_FLAGS`]) that end a connection.
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
 /// TCP flags that open one (SYN without ACK).
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
-/// Offset of the flags byte in the TCP header.
-pub const TCP_FLAGS_OFFSET: usize = 13;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_IPV6: u8 = 41;
 pub const IPPROTO_ROUTING: u8 = 43;
@@ -198,6 +199,10 @@ pub mod offset {
     pub const FRAG6_NEXT: usize = 0;
     pub const FRAG6_OFFSET: usize = 2;
     pub const FRAG6_ID: usize = 4;
+    /// A generic IPv6 extension header: next header, length in 8-byte
+    /// units after the first eight.
+    pub const EXT_NEXT: usize = 0;
+    pub const EXT_LEN: usize = 1;
 }
 
 /// Bit fields of the headers above.
@@ -208,6 +213,8 @@ pub mod bits {
     pub const IPV4_MF: u16 = 0x2000;
     pub const IPV4_FRAG_OFFSET: u16 = 0x1fff;
     pub const IPV4_FRAGMENT: u16 = IPV4_MF | IPV4_FRAG_OFFSET;
+    /// The header length (in 4-byte words) in the version/IHL byte.
+    pub const IPV4_IHL: u8 = 0x0f;
     /// IPv6 fragment header: the offset (already in bytes) and M.
     pub const FRAG6_OFFSET: u16 = 0xfff8;
     pub const FRAG6_MORE: u16 = 0x0001;
@@ -215,4 +222,21 @@ pub mod bits {
     pub const IPV4_VIHL_PLAIN: u8 = 0x45;
     /// The first byte of an IPv6 header with traffic class 0.
     pub const IPV6_VERSION_BYTE: u8 = 0x60;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offset::*;
+
+    /// The offsets taken from `network-types` are the wire format's
+    /// (RFC 791, 8200, 793, 768, 792): a change of that crate's layout
+    /// fails here, not in a packet.
+    #[test]
+    fn offsets_are_the_rfcs() {
+        assert_eq!((ETH_DST, ETH_SRC, ETH_TYPE, VLAN_TYPE), (0, 6, 12, 2));
+        assert_eq!((IPV4_VIHL, IPV4_TOT_LEN, IPV4_ID, IPV4_FRAGS, IPV4_TTL, IPV4_PROTO, IPV4_CHECK, IPV4_SRC, IPV4_DST), (0, 2, 4, 6, 8, 9, 10, 12, 16));
+        assert_eq!((IPV6_VCF, IPV6_PAYLOAD_LEN, IPV6_NEXT_HDR, IPV6_HOP_LIMIT, IPV6_SRC, IPV6_DST), (0, 4, 6, 7, 8, 24));
+        assert_eq!((L4_SPORT, L4_DPORT, TCP_SEQ, TCP_ACK, TCP_DOFF, TCP_FLAGS, TCP_WINDOW, TCP_CHECK, UDP_CHECK), (0, 2, 4, 8, 12, 13, 14, 16, 6));
+        assert_eq!((ICMP_TYPE, ICMP_CODE, ICMP_CHECK, ICMP_DATA), (0, 1, 2, 4));
+    }
 }

@@ -337,7 +337,7 @@ fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
 /// IPv6's fixed header.
 fn opens_connection_frame(frame: &[u8]) -> bool {
     let Some(h) = ip_header(frame) else { return false };
-    h.proto == IPPROTO_TCP && frame.get(ETH_HLEN + h.hlen + TCP_FLAGS_OFFSET).is_some_and(|&f| opens_connection(f))
+    h.proto == IPPROTO_TCP && frame.get(ETH_HLEN + h.hlen + offset::TCP_FLAGS).is_some_and(|&f| opens_connection(f))
 }
 
 /// The IP header right after the Ethernet header.
