@@ -15,28 +15,12 @@ use std::{
 };
 
 use common::{
+    dmz::{one_iface, GOOD},
     daemon::{stop_cleanly, swarmlb_bin, Instance},
     xdp::{attached as xdp_attached, detached_soon},
 };
 use harness::{Netns, Topology};
 
-const GOOD: &str = r#"
-[[interface]]
-name = "dmz0"
-zone = "dmz"
-
-[zone.dmz]
-protected = ["tcp/5432"]
-"#;
-
-fn one_iface(tag: &str) -> (Topology, Netns, Netns) {
-    harness::require_root().unwrap();
-    let mut topo = Topology::new();
-    let host = topo.netns(&format!("{tag}h"));
-    let peer = topo.netns(&format!("{tag}p"));
-    topo.veth(&peer, "out0", &host, "dmz0");
-    (topo, host, peer)
-}
 
 /// `swarmlb ARGS` in `ns`'s network namespace only (nsenter, unlike `ip
 /// netns exec`, keeps the host's /sys and its bpffs), stdout and stderr apart.

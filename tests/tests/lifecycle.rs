@@ -8,28 +8,12 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{
+    dmz::{one_iface, GOOD},
     daemon::{stop_cleanly, swarmlb_bin, wait_until, Instance},
     xdp::{attached as xdp_attached, detached_soon},
 };
-use harness::{Netns, Topology};
+use harness::Topology;
 
-const GOOD: &str = r#"
-[[interface]]
-name = "dmz0"
-zone = "dmz"
-
-[zone.dmz]
-protected = ["tcp/5432"]
-"#;
-
-fn one_iface(tag: &str) -> (Topology, Netns, Netns) {
-    harness::require_root().unwrap();
-    let mut topo = Topology::new();
-    let host = topo.netns(&format!("{tag}h"));
-    let peer = topo.netns(&format!("{tag}p"));
-    topo.veth(&peer, "out0", &host, "dmz0");
-    (topo, host, peer)
-}
 
 #[test]
 fn invalid_config_names_key_and_line_and_attaches_nothing() {
