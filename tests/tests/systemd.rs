@@ -12,10 +12,10 @@ use std::{
 };
 
 use common::{
+    dmz::{one_iface, GOOD},
     daemon::{stop_cleanly, Instance},
     xdp::attached as xdp_attached,
 };
-use harness::Topology;
 
 /// The highest exposure the unit may have (systemd calls ≤ 5.0 "OK" or better).
 const MAX_EXPOSURE: f64 = 5.0;
@@ -59,12 +59,8 @@ fn unit_exposure_is_at_most_5() {
 /// nothing.
 #[test]
 fn ready_comes_after_the_first_apply() {
-    harness::require_root().unwrap();
-    let mut topo = Topology::new();
-    let host = topo.netns("sdh");
-    let peer = topo.netns("sdp");
-    topo.veth(&peer, "out0", &host, "dmz0");
-    let inst = Instance::new("sdnotify", "[[interface]]\nname = \"dmz0\"\nzone = \"dmz\"\n\n[zone.dmz]\nprotected = [\"tcp/5432\"]\n");
+    let (_topo, host, _peer) = one_iface("sd");
+    let inst = Instance::new("sdnotify", GOOD);
     let sock_path = inst.dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
