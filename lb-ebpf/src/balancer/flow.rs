@@ -137,8 +137,9 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
     let tcp = s.parsed.proto == IPPROTO_TCP;
     // The established path: a remembered flow's packet needs its entry only
     // for a RST or FIN, or while the flow is closing, and its flags alone
-    // say so (the fixed TCP header is whole: `parse::unfit`).
-    if !s.placed.new && (!tcp || (!s.placed.closing && parse::tcp_flags(pkt, &s.parsed) & (TCP_RST | TCP_FIN) == 0)) {
+    // say so (read once by `forward`; the fixed TCP header is whole:
+    // `parse::unfit`).
+    if !s.placed.new && (!tcp || (!s.placed.closing && s.parsed.tcp_flags & (TCP_RST | TCP_FIN) == 0)) {
         return forwarded(false, None);
     }
     if tcp && !parse::segment(pkt, &s.parsed, &mut s.seg) {

@@ -124,7 +124,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     let Some(g) = LB_GLOBALS.get(0) else {
         return drop(LbCounter::NoBackend);
     };
-    let opens = parse::opens_connection(pkt, p);
+    parse::read_tcp_flags(pkt, &mut s.parsed);
+    let p = &s.parsed;
+    let opens = parse::opens_connection(p);
     s.flow = FlowKey { src: p.src, dst: p.dst, src_port: p.sport, dst_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
     let placed_ok = flow::place(&s.flow, svc, opens, &mut s.placed);
     if s.placed.moved {

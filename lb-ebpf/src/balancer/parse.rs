@@ -29,6 +29,9 @@ pub struct Parsed {
     pub sport: u16,
     /// Host byte order.
     pub dport: u16,
+    /// A service's TCP packet's flags, read once by [`read_tcp_flags`]
+    /// (0 for UDP, and before that).
+    pub tcp_flags: u8,
 }
 
 /// Offset of the IP header: the balancer only sees untagged frames.
@@ -130,14 +133,16 @@ fn read_segment(pkt: &Packet, p: &Parsed, out: &mut Segment) -> Option<()> {
     Some(())
 }
 
-/// Whether a TCP packet opens a connection (SYN without ACK; rule 5).
+/// Reads a service's TCP packet's flags into `p.tcp_flags` (0 for UDP, or
+/// if the header is not there), once for everything behind: whether it
+/// opens a connection, whether the `nat` path needs its entry.
 #[inline(always)]
-pub fn opens_connection(pkt: &Packet, p: &Parsed) -> bool {
-    p.proto == IPPROTO_TCP && balancer::opens_connection(tcp_flags(pkt, p))
+pub fn read_tcp_flags(pkt: &Packet, p: &mut Parsed) {
+    p.tcp_flags = if p.proto == IPPROTO_TCP { pkt.header::<TcpHdr>(p.l4).map_or(0, packet::tcp_flags) } else { 0 };
 }
 
-/// A TCP packet's flags (0 if the header is not there).
+/// Whether a TCP packet opens a connection (SYN without ACK; rule 5).
 #[inline(always)]
-pub fn tcp_flags(pkt: &Packet, p: &Parsed) -> u8 {
-    pkt.header::<TcpHdr>(p.l4).map_or(0, packet::tcp_flags)
+pub fn opens_connection(p: &Parsed) -> bool {
+    p.proto == IPPROTO_TCP && balancer::opens_connection(p.tcp_flags)
 }
