@@ -8,7 +8,6 @@ pub use network_types::{
     icmp::{Icmpv4Hdr, Icmpv6Hdr},
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
-    udp::UdpHdr,
 };
 use lb_common::wire::offset;
 
@@ -24,7 +23,6 @@ pub unsafe trait Header: Sized {}
 unsafe impl Header for Ipv4Hdr {}
 unsafe impl Header for Ipv6Hdr {}
 unsafe impl Header for TcpHdr {}
-unsafe impl Header for UdpHdr {}
 unsafe impl Header for Icmpv4Hdr {}
 unsafe impl Header for Icmpv6Hdr {}
 unsafe impl Header for Ports {}
@@ -89,6 +87,17 @@ pub fn concat<const N: usize, const M: usize>(a: &[u8; N], b: &[u8; N]) -> [u8; 
     out[N..].copy_from_slice(b);
     out
 }
+
+// The IPv6 extension headers above are the kernel's own; the model reads
+// the same fields by the shared offsets, so the two must agree.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(Frag6Hdr, next_hdr) == offset::FRAG6_NEXT);
+    assert!(offset_of!(Frag6Hdr, offset_flags) == offset::FRAG6_OFFSET);
+    assert!(offset_of!(Frag6Hdr, id) == offset::FRAG6_ID);
+    assert!(offset_of!(ExtHdr, next_hdr) == offset::EXT_NEXT);
+    assert!(offset_of!(ExtHdr, len) == offset::EXT_LEN);
+};
 
 /// A TCP header's flags byte (`network-types` offers them bit by bit).
 #[inline(always)]
