@@ -60,6 +60,37 @@ pub fn ipv4_header(header: &[u8; 20]) -> u16 {
     !fold(sum_words(header, 0))
 }
 
+/// An incremental checksum update over words as they lie in memory
+/// (`from_ne_bytes`): the one's-complement sum does not depend on byte
+/// order (RFC 1071 2(B)), so the kernel can update a checksum a 32-bit
+/// word at a time, reading and writing the checksum in memory order too.
+/// The result equals [`update_bytes`] over the same bytes.
+#[derive(Clone, Copy, Default)]
+pub struct Delta(u64);
+
+impl Delta {
+    /// A 32-bit word of the covered data changed from `old` to `new`.
+    #[inline(always)]
+    pub fn word32(&mut self, old: u32, new: u32) {
+        self.0 += u64::from(!old) + u64::from(new);
+    }
+
+    /// A 16-bit word of the covered data changed from `old` to `new`.
+    #[inline(always)]
+    pub fn word16(&mut self, old: u16, new: u16) {
+        self.0 += u64::from(!old) + u64::from(new);
+    }
+
+    /// The checksum `check` (in memory order) after the changes.
+    #[inline(always)]
+    pub fn apply(self, check: u16) -> u16 {
+        let s = u64::from(!check) + self.0;
+        let s = (s & 0xffff_ffff) + (s >> 32);
+        let s = (s & 0xffff_ffff) + (s >> 32);
+        !fold(s as u32)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +122,25 @@ mod tests {
     fn udp_zero_is_sent_as_ffff() {
         assert_eq!(udp_nonzero(0), 0xffff);
         assert_eq!(udp_nonzero(0x1234), 0x1234);
+    }
+
+    #[test]
+    fn word_deltas_in_memory_order_match_the_byte_update() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(0x5eed);
+        let ne32 = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        for _ in 0..100_000 {
+            let check: u16 = rng.gen();
+            let old: [u8; 8] = rng.gen();
+            let new: [u8; 8] = rng.gen();
+            let (o16, n16): (u16, u16) = (rng.gen(), rng.gen());
+            let want = update16(update_bytes(check, &old, &new), o16, n16);
+            let mut d = Delta::default();
+            d.word32(ne32(&old[..4]), ne32(&new[..4]));
+            d.word32(ne32(&old[4..]), ne32(&new[4..]));
+            d.word16(u16::from_ne_bytes(o16.to_be_bytes()), u16::from_ne_bytes(n16.to_be_bytes()));
+            let got = d.apply(u16::from_ne_bytes(check.to_be_bytes()));
+            assert_eq!(got.to_ne_bytes(), want.to_be_bytes(), "check {check:#x} old {old:?} new {new:?}");
+        }
     }
 }

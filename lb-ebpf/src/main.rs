@@ -16,6 +16,7 @@
 //! `decap`: attached on a DSR backend; opens the edge's tunnel packets.
 #![no_std]
 #![no_main]
+#![no_builtins]
 // An empty `asm!` is the optimisation barrier the bounds checks need.
 #![feature(asm_experimental_arch)]
 // Map keys are passed by reference on purpose: a key passed by value is a
@@ -23,6 +24,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod balancer;
+mod bytes;
 mod decap;
 mod isolator;
 mod maps;

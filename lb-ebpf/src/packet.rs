@@ -47,6 +47,22 @@ impl Ports {
     pub fn dest(&self) -> u16 {
         u16::from_be_bytes(self.dest)
     }
+    /// Both ports as one word in memory order.
+    #[inline(always)]
+    pub fn word(&self) -> u32 {
+        crate::bytes::word(self.as_bytes())
+    }
+    /// Sets both ports from one word in memory order.
+    #[inline(always)]
+    pub fn set_word(&mut self, v: u32) {
+        // SAFETY: `Ports` is `#[repr(C)]`, 4 bytes of `u8`.
+        crate::bytes::set_word(unsafe { &mut *(self as *mut Ports as *mut [u8; 4]) }, v)
+    }
+    #[inline(always)]
+    fn as_bytes(&self) -> &[u8; 4] {
+        // SAFETY: as above.
+        unsafe { &*(self as *const Ports as *const [u8; 4]) }
+    }
 }
 
 /// An Ethernet header's two MAC addresses. (`network-types`' `EthHdr`

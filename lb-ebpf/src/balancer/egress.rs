@@ -11,6 +11,7 @@ use lb_common::{balancer::LbCounter, isolator::FAMILY_V4};
 
 use super::scratch::Scratch;
 use crate::{
+    bytes::copy6,
     maps::{LB_EGRESS, LB_HOPS, LB_NET_GENERATION},
     packet::{Macs, Packet},
 };
@@ -36,7 +37,7 @@ pub struct Hop {
 /// (the kernel checks the length against the route's MTU), whose route is
 /// kept with its MTU. A packet too big leaves the MTU in `s.fib`
 /// (`mtu_result`) for the ICMP answer.
-#[inline(never)]
+#[inline(always)]
 pub fn route(ctx: &XdpContext, s: &mut Scratch, extra: usize) -> Result<(), LbCounter> {
     let tot_len = (s.parsed.ip_len + extra) as u16;
     let generation = LB_NET_GENERATION.get(0).map_or(0, |g| *g);
@@ -118,8 +119,8 @@ fn fib(ctx: &XdpContext, s: &mut Scratch, tot_len: u16) -> i64 {
 #[inline(always)]
 pub fn send(pkt: &Packet, hop: &Hop, ifindex: u32) -> Result<u32, LbCounter> {
     let macs: &mut Macs = pkt.header_mut(0).ok_or(LbCounter::Malformed)?;
-    macs.dst = hop.dmac;
-    macs.src = hop.smac;
+    copy6(&mut macs.dst, &hop.dmac);
+    copy6(&mut macs.src, &hop.smac);
     if hop.ifindex == ifindex {
         return Ok(xdp_action::XDP_TX);
     }

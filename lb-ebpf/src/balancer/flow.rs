@@ -6,11 +6,13 @@ use lb_common::{
     balancer::*,
     maglev::flow_hash,
     nat_state::{self, Check, Segment},
+    isolator::FAMILY_V4,
     wire::{IPPROTO_TCP, TCP_FIN, TCP_RST},
 };
 
 use super::{parse, scratch::Scratch};
 use crate::{
+    bytes::{copy16, eq16, u32_at, word},
     maps::{LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_NAT, LB_SNAT_INDEX, LB_SNAT_POOL},
     packet::{Macs, Packet},
 };
@@ -40,16 +42,23 @@ pub struct Placed {
 /// is always placed by the table (what the flow table holds for its
 /// 5-tuple is an earlier connection's). Whether a placed flow is
 /// remembered is the caller's to decide (rule 5).
-#[inline(never)]
+#[inline(always)]
 pub fn place(key: &FlowKey, svc: &Service, opens: bool, out: &mut Placed) -> Result<(), LbCounter> {
-    *out = Placed::default();
+    // Field by field, not `Placed::default()`: LLVM makes that a call
+    // of a byte loop (see `bytes`). `id`, `generation` and `addr` are
+    // written on success, and nothing reads them after an error.
+    out.nat_port = 0;
+    out.snat = 0;
+    out.new = false;
+    out.moved = false;
+    out.closing = false;
     // SAFETY: flow entries are replaced whole.
     if let Some(e) = if opens { None } else { unsafe { LB_FLOWS.get(key) } } {
         if let Some(b) = LB_BACKENDS.get(e.backend) {
             if b.generation == e.generation && b.up == 1 {
                 out.id = e.backend;
                 out.generation = b.generation;
-                out.addr = b.addr;
+                copy16(&mut out.addr, &b.addr);
                 out.nat_port = e.nat_port;
                 out.snat = e.snat;
                 out.closing = e.flags & FLOW_CLOSING != 0;
@@ -68,7 +77,7 @@ pub fn place(key: &FlowKey, svc: &Service, opens: bool, out: &mut Placed) -> Res
         Some(b) if b.up == 1 => {
             out.id = id;
             out.generation = b.generation;
-            out.addr = b.addr;
+            copy16(&mut out.addr, &b.addr);
             out.new = true;
             Ok(())
         }
@@ -269,8 +278,15 @@ pub fn snat_address(g: &Globals, family: u8, index: u8) -> [u8; 16] {
 #[inline(never)]
 pub fn snat_index(s: &mut Scratch, g: &Globals) -> Option<u8> {
     let p = &s.parsed;
-    if p.dst == g.inside(p.family) {
+    // A v4 address key's last twelve bytes are zero.
+    let inside = if p.family == FAMILY_V4 { u32_at(&p.dst) == word(&g.inside_v4) } else { eq16(&p.dst, &g.inside_v6) };
+    if inside {
         return Some(0);
+    }
+    // Only the inside address: nothing else is in the index. Most packets
+    // that are not a VIP's stop here, without a hash lookup.
+    if LB_SNAT_POOL.get(0).map_or(1, |pool| pool.count(p.family)) <= 1 {
+        return None;
     }
     s.snat_key = SnatAddrKey { addr: p.dst, family: p.family, _pad: [0; 3] };
     // SAFETY: plain data, replaced whole by user space.

@@ -17,7 +17,7 @@ mod too_big;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    balancer::{FlowKey, LbCounter, Mode, NatEntry, NatKey, Service, ServiceKey, TrafficStats, NEXT_STAGE_ISOLATOR},
+    balancer::{FlowKey, LbCounter, Mode, NatEntry, NatKey, Service, TrafficStats, NEXT_STAGE_ISOLATOR},
     isolator::FAMILY_V4,
     nat_state::{self, Check},
     wire::{IPPROTO_TCP, IPV4_MIN_HLEN, IPV6_HLEN},
@@ -25,6 +25,7 @@ use lb_common::{
 
 use self::{egress::Hop, rewrite::Translation, scratch::Scratch};
 use crate::{
+    bytes::copy16,
     maps::{LB_BACKEND_STATS, LB_COUNTERS, LB_GLOBALS, LB_NAT, LB_NEXT_STAGE, LB_SERVICES, LB_SERVICE_STATS},
     packet::Packet,
 };
@@ -55,7 +56,8 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
         return icmp::handle(ctx, &pkt, s);
     }
     let p = &s.parsed;
-    s.service = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
+    (s.service.port, s.service.proto, s.service.family) = (p.dport, p.proto, p.family);
+    copy16(&mut s.service.addr, &s.parsed.dst);
     // SAFETY: services are replaced whole by user space.
     if let Some(svc) = unsafe { LB_SERVICES.get(&s.service) } {
         return Some(forward(ctx, &pkt, s, svc));
@@ -127,7 +129,10 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     parse::read_tcp_flags(pkt, &mut s.parsed);
     let p = &s.parsed;
     let opens = parse::opens_connection(p);
-    s.flow = FlowKey { src: p.src, dst: p.dst, src_port: p.sport, dst_port: p.dport, proto: p.proto, family: p.family, _pad: [0; 2] };
+    // Field by field: the addresses a word at a time (see `bytes`).
+    (s.flow.src_port, s.flow.dst_port, s.flow.proto, s.flow.family, s.flow._pad) = (p.sport, p.dport, p.proto, p.family, [0; 2]);
+    copy16(&mut s.flow.src, &s.parsed.src);
+    copy16(&mut s.flow.dst, &s.parsed.dst);
     let placed_ok = flow::place(&s.flow, svc, opens, &mut s.placed);
     if s.placed.moved {
         count(LbCounter::FlowMoved);

@@ -2,13 +2,16 @@
 //! balancer's, and whether a service's packet can be balanced at all.
 
 use lb_common::{
-    balancer::{self, v4_key, LbCounter},
+    balancer::{self, LbCounter},
     isolator::{FAMILY_V4, FAMILY_V6},
     nat_state::{self, Segment},
     wire::{bits, offset, *},
 };
 
-use crate::packet::{self, tcp_header_len, Ipv4Hdr, Ipv6Hdr, Packet, Ports, TcpHdr};
+use crate::{
+    bytes::{copy16, set_v4},
+    packet::{self, tcp_header_len, Ipv4Hdr, Ipv6Hdr, Packet, Ports, TcpHdr},
+};
 
 /// The headers of a TCP/UDP packet right after an untagged Ethernet header.
 #[derive(Default)]
@@ -55,8 +58,8 @@ pub fn parse(pkt: &Packet, ifindex: u32, out: &mut Parsed) -> Option<()> {
             out.ttl = ip.ttl;
             out.fragment = u16::from_be_bytes(ip.frags) & bits::IPV4_FRAGMENT != 0;
             out.ip_len = usize::from(ip.tot_len());
-            out.src = v4_key(ip.src_addr);
-            out.dst = v4_key(ip.dst_addr);
+            set_v4(&mut out.src, &ip.src_addr);
+            set_v4(&mut out.dst, &ip.dst_addr);
             out.l4 = L3 + ihl;
         }
         ETH_P_IPV6 => {
@@ -68,8 +71,8 @@ pub fn parse(pkt: &Packet, ifindex: u32, out: &mut Parsed) -> Option<()> {
             out.proto = ip.next_hdr;
             out.ttl = ip.hop_limit;
             out.ip_len = IPV6_HLEN + usize::from(ip.payload_len());
-            out.src = ip.src_addr;
-            out.dst = ip.dst_addr;
+            copy16(&mut out.src, &ip.src_addr);
+            copy16(&mut out.dst, &ip.dst_addr);
             out.l4 = L3 + IPV6_HLEN;
         }
         _ => return None,

@@ -4,15 +4,17 @@
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext, EbpfContext};
 use lb_common::{
-    balancer::Globals,
-    csum,
-    ip_header::{outer_ipv4, outer_ipv6},
+    balancer::{Globals, TUNNEL_TTL},
+    csum::{self, Delta},
     isolator::FAMILY_V4,
-    wire::{offset, *},
+    wire::{bits, offset, *},
 };
 
 use super::parse::{l4_check, Parsed, L3};
-use crate::packet::{concat, Ipv4Hdr, Ipv6Hdr, Packet, Ports};
+use crate::{
+    bytes::{copy16, ne16, set_ne16, set_word, store_words, u32_at, word, words16},
+    packet::{Ipv4Hdr, Ipv6Hdr, Packet, Ports},
+};
 
 /// The addresses and ports a translated packet gets.
 pub struct Translation {
@@ -23,56 +25,73 @@ pub struct Translation {
 }
 
 /// Applies `t` (TTL − 1); `false` if the headers were not all there.
-#[inline(never)]
+#[inline(always)]
 pub fn nat(pkt: &Packet, p: &Parsed, t: &Translation) -> bool {
     translate(pkt, p, t).is_some()
 }
 
 #[inline(always)]
 fn translate(pkt: &Packet, p: &Parsed, t: &Translation) -> Option<()> {
-    let (src, dst) = (&t.src, &t.dst);
+    // Checksums are updated a word at a time, in memory order
+    // (`csum::Delta`): no byte of an address is handled on its own.
     let check_at = p.l4 + l4_check(p.proto).0;
-    let mut l4c = pkt.be16_at(check_at)?;
-    let udp_without_checksum = p.proto == IPPROTO_UDP && l4c == 0 && p.family == FAMILY_V4;
+    let l4c = pkt.at::<2>(check_at)? as *mut [u8; 2];
+    // SAFETY: `at` checked both bytes are inside the packet.
+    let l4c = unsafe { &mut *l4c };
+    let udp_without_checksum = p.proto == IPPROTO_UDP && ne16(l4c) == 0 && p.family == FAMILY_V4;
+    let mut l4 = Delta::default();
     if p.family == FAMILY_V4 {
         let ip: &mut Ipv4Hdr = pkt.header_mut(L3)?;
-        let old = concat::<4, 8>(&ip.src_addr, &ip.dst_addr);
-        let new = concat::<4, 8>(&[src[0], src[1], src[2], src[3]], &[dst[0], dst[1], dst[2], dst[3]]);
-        let mut ipc = csum::update_bytes(ip.checksum(), &old, &new);
-        l4c = csum::update_bytes(l4c, &old, &new);
-        let ttl_proto = u16::from_be_bytes([ip.ttl, ip.proto]);
+        let (src, dst) = (u32_at(&t.src), u32_at(&t.dst));
+        l4.word32(word(&ip.src_addr), src);
+        l4.word32(word(&ip.dst_addr), dst);
+        let mut ipd = l4;
+        let ttl_proto = u16::from_ne_bytes([ip.ttl, ip.proto]);
         ip.ttl = ip.ttl.wrapping_sub(1);
-        ipc = csum::update16(ipc, ttl_proto, u16::from_be_bytes([ip.ttl, ip.proto]));
-        ip.set_checksum(ipc);
-        ip.src_addr.copy_from_slice(&new[..4]);
-        ip.dst_addr.copy_from_slice(&new[4..]);
+        ipd.word16(ttl_proto, u16::from_ne_bytes([ip.ttl, ip.proto]));
+        let check = ipd.apply(ne16(&ip.check));
+        set_ne16(&mut ip.check, check);
+        set_word(&mut ip.src_addr, src);
+        set_word(&mut ip.dst_addr, dst);
     } else {
         let ip: &mut Ipv6Hdr = pkt.header_mut(L3)?;
-        let old = concat::<16, 32>(&ip.src_addr, &ip.dst_addr);
-        let new = concat::<16, 32>(src, dst);
-        l4c = csum::update_bytes(l4c, &old, &new);
+        sum16(&mut l4, &ip.src_addr, &t.src);
+        sum16(&mut l4, &ip.dst_addr, &t.dst);
         ip.hop_limit = ip.hop_limit.wrapping_sub(1);
-        ip.src_addr = *src;
-        ip.dst_addr = *dst;
+        copy16(&mut ip.src_addr, &t.src);
+        copy16(&mut ip.dst_addr, &t.dst);
     }
     let ports: &mut Ports = pkt.header_mut(p.l4)?;
-    let old_ports = concat::<2, 4>(&ports.source, &ports.dest);
-    ports.source = t.sport.to_be_bytes();
-    ports.dest = t.dport.to_be_bytes();
-    l4c = csum::update_bytes(l4c, &old_ports, &concat::<2, 4>(&ports.source, &ports.dest));
+    let [s0, s1] = t.sport.to_be_bytes();
+    let [d0, d1] = t.dport.to_be_bytes();
+    let new_ports = u32::from_ne_bytes([s0, s1, d0, d1]);
+    l4.word32(ports.word(), new_ports);
+    ports.set_word(new_ports);
     if !udp_without_checksum {
+        let mut c = l4.apply(ne16(l4c));
         if p.proto == IPPROTO_UDP {
-            l4c = csum::udp_nonzero(l4c);
+            c = csum::udp_nonzero(c);
         }
-        pkt.write(check_at, l4c.to_be_bytes())?;
+        set_ne16(l4c, c);
     }
     Some(())
+}
+
+/// Adds the change of a 16-byte address to `d`.
+#[inline(always)]
+fn sum16(d: &mut Delta, old: &[u8; 16], new: &[u8; 16]) {
+    let (old, new) = (words16(old), words16(new));
+    let mut i = 0;
+    while i < 4 {
+        d.word32(old[i], new[i]);
+        i += 1;
+    }
 }
 
 /// Puts an outer header from the edge's inside address to `backend` in
 /// front of the IP packet; `false` without headroom. The MACs are not set
 /// yet, and the caller must re-read the packet's bounds.
-#[inline(never)]
+#[inline(always)]
 pub fn encapsulate(ctx: &XdpContext, p: &Parsed, g: &Globals, backend: &[u8; 16]) -> bool {
     push_header(ctx, p, g, backend).is_some()
 }
@@ -86,16 +105,32 @@ fn push_header(ctx: &XdpContext, p: &Parsed, g: &Globals, backend: &[u8; 16]) ->
         return None;
     }
     let pkt = Packet::new(ctx);
+    // The outer header is written in place, a word at a time; the model
+    // builds the same bytes with `lb_common::ip_header`.
     if v4 {
-        let mut h = [0u8; 20];
-        outer_ipv4(&mut h, g.inside_v4, backend, p.ip_len as u16);
         pkt.write(offset::ETH_TYPE, ETH_P_IPV4.to_be_bytes())?;
-        pkt.write(L3, h)?;
+        let ip: &mut Ipv4Hdr = pkt.header_mut(L3)?;
+        let [l0, l1] = (p.ip_len as u16 + IPV4_MIN_HLEN as u16).to_be_bytes();
+        let (src, dst) = (word(&g.inside_v4), u32_at(backend));
+        let (vihl_len, ttl_proto) = ([bits::IPV4_VIHL_PLAIN, 0, l0, l1], [TUNNEL_TTL, IPPROTO_IPIP]);
+        // The one's-complement sum is the same in either byte order
+        // (RFC 1071 2(B)): summed in memory order, the checksum comes out
+        // in memory order too.
+        let ne = |b: [u8; 2]| u32::from(u16::from_ne_bytes(b));
+        let sum = ne([vihl_len[0], vihl_len[1]]) + ne([l0, l1]) + ne(ttl_proto) + (src & 0xffff) + (src >> 16) + (dst & 0xffff) + (dst >> 16);
+        let [c0, c1] = (!csum::fold(sum)).to_ne_bytes();
+        let words = [u32::from_ne_bytes(vihl_len), 0, u32::from_ne_bytes([ttl_proto[0], ttl_proto[1], c0, c1]), src, dst];
+        // SAFETY: the whole header is in the packet (`header_mut`).
+        unsafe { store_words(ip as *mut Ipv4Hdr as *mut u8, words) };
     } else {
-        let mut h = [0u8; 40];
-        outer_ipv6(&mut h, &g.inside_v6, backend, p.ip_len as u16);
         pkt.write(offset::ETH_TYPE, ETH_P_IPV6.to_be_bytes())?;
-        pkt.write(L3, h)?;
+        let ip: &mut Ipv6Hdr = pkt.header_mut(L3)?;
+        let [l0, l1] = (p.ip_len as u16).to_be_bytes();
+        let words = [u32::from_ne_bytes([bits::IPV6_VERSION_BYTE, 0, 0, 0]), u32::from_ne_bytes([l0, l1, IPPROTO_IPV6, TUNNEL_TTL])];
+        // SAFETY: as above.
+        unsafe { store_words(ip as *mut Ipv6Hdr as *mut u8, words) };
+        copy16(&mut ip.src_addr, &g.inside_v6);
+        copy16(&mut ip.dst_addr, backend);
     }
     Some(())
 }
