@@ -109,9 +109,10 @@ fn charge(stats: Option<*mut TrafficStats>, bytes: u64, new_flow: bool) {
     }
 }
 
-/// A service's packet: finds its backend and sends it there. Not inlined:
-/// each helper gets its own stack frame (the whole path inlined exceeds
-/// BPF's 512-byte stack).
+/// A service's packet: finds its backend and sends it there. Not inlined
+/// into the entry, which keeps the ICMP and reply paths out of its frame;
+/// the helpers of the forwarding path are inlined here (a call costs a
+/// frame per packet), except the `nat` state machine and the FIB lookup.
 #[inline(never)]
 fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u32 {
     let p = &s.parsed;
