@@ -480,9 +480,12 @@ pub struct DecapKey {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LbCounter {
-    /// A packet of a known flow was forwarded.
+    /// A packet of a known flow was forwarded. Not counted in its slot:
+    /// the agent reads it from the services' [`TrafficStats`] (packets
+    /// less new flows), which every forwarded packet updates anyway.
     FlowHit = 0,
-    /// A new flow was placed by the Maglev table.
+    /// A new flow was placed by the Maglev table. Like `FlowHit`, read
+    /// from the services' stats.
     NewFlow,
     /// A flow's backend was gone or down: the flow was placed again.
     FlowMoved,

@@ -422,6 +422,20 @@ impl KernelBalancer {
         EdgeHost { fib: self.net.fib.clone(), rules: self.impossible.clone() }
     }
 
+    /// Runs `f` with the balancer's next stage (the isolator) taken out
+    /// of `LB_NEXT_STAGE`, so a packet that is not the balancer's ends in
+    /// `XDP_PASS` at the failed tail call; puts the isolator back after.
+    pub fn without_next_stage<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> anyhow::Result<T> {
+        use anyhow::Context as _;
+        let pin = self.pin_dir.join(MAP_NEXT_STAGE);
+        let mut next = aya::maps::ProgramArray::try_from(aya::maps::Map::ProgramArray(aya::maps::MapData::from_pin(&pin).context("opening LB_NEXT_STAGE")?))?;
+        next.clear_index(&NEXT_STAGE_ISOLATOR).context("taking the isolator out")?;
+        let out = f(self);
+        let isolator = self.dp.as_mut().unwrap().program_mut(Program::Isolator)?.fd()?.try_clone()?;
+        next.set(NEXT_STAGE_ISOLATOR, &isolator, 0).context("putting the isolator back")?;
+        Ok(out)
+    }
+
     /// The maps.
     pub fn maps(&self) -> &BalancerMaps {
         self.maps.as_ref().unwrap()

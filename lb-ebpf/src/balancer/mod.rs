@@ -206,8 +206,10 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     };
     match action {
         Ok(action) => {
+            // `new_flow` and `flow_hit` are not counted on their own: the
+            // agent reads them from the service's stats (one per-CPU
+            // update per packet less; `BalancerMaps::counters`).
             let new = s.placed.new;
-            count(if new { LbCounter::NewFlow } else { LbCounter::FlowHit });
             if also != 0 {
                 count_raw(also - 1);
             }

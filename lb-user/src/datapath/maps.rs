@@ -185,9 +185,22 @@ impl BalancerMaps {
 
     /// [`LbCounter`]s summed over CPUs, in index order. Counters a map
     /// pinned by an older version lacks read 0.
+    ///
+    /// `new_flow` and `flow_hit` come from the services' stats: every
+    /// forwarded packet is one of the two, and the kernel counts it once,
+    /// in its service's stats, rather than twice.
     pub fn counters(&self) -> Result<Vec<u64>> {
         let pinned = self.counters.len();
-        (0..LB_COUNTERS_LEN).map(|i| if i < pinned { Ok(self.counters.get(&i, 0)?.iter().sum()) } else { Ok(0) }).collect()
+        let mut out: Vec<u64> = (0..LB_COUNTERS_LEN).map(|i| if i < pinned { Ok(self.counters.get(&i, 0)?.iter().sum()) } else { Ok(0) }).collect::<Result<_>>()?;
+        let (mut packets, mut new_flows) = (0u64, 0u64);
+        for per_cpu in self.service_stats.iter() {
+            let s = Self::sum(&per_cpu?);
+            packets += s.packets;
+            new_flows += s.new_flows;
+        }
+        out[LbCounter::NewFlow as usize] = new_flows;
+        out[LbCounter::FlowHit as usize] = packets.saturating_sub(new_flows);
+        Ok(out)
     }
 
     /// NAT entries per (backend, backend port): the SNAT ports each holds,

@@ -97,6 +97,10 @@ enum Flow {
     Reply,
     /// Not for any VIP.
     NotOurs,
+    /// Not for any VIP, with the isolator taken out of `LB_NEXT_STAGE`:
+    /// the balancer alone, its tail call failing (what the isolator's
+    /// tail call and run cost).
+    NotOursAlone,
 }
 
 impl Flow {
@@ -106,7 +110,7 @@ impl Flow {
             Flow::New => &[LbCounter::NewFlow],
             Flow::Established | Flow::Unproven => &[LbCounter::FlowHit],
             Flow::Reply => &[LbCounter::NatReply],
-            Flow::NotOurs => &[],
+            Flow::NotOurs | Flow::NotOursAlone => &[],
         })
     }
 
@@ -116,7 +120,7 @@ impl Flow {
         match self {
             Flow::Established | Flow::Reply => Some(true),
             Flow::New | Flow::Unproven => Some(false),
-            Flow::NotOurs => None,
+            Flow::NotOurs | Flow::NotOursAlone => None,
         }
     }
 }
@@ -555,6 +559,17 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
         expect: XDP_PASS,
         katran: Some(katran::Compare::new(katran::Path::NonVip, false, false, "")),
     });
+    rows.push(Row {
+        group: "balancer",
+        name: "IPv4, not a VIP, no isolator stage (→ XDP_PASS)".into(),
+        subject: Subject::Balancer(Flow::NotOursAlone),
+        frame: syn(&eth, CLIENT_V4, EDGE_OUTSIDE_V4, 22),
+        inside: false,
+        setup: Vec::new(),
+        key: None,
+        expect: XDP_PASS,
+        katran: Some(katran::Compare::new(katran::Path::NonVip, false, false, "the balancer alone: its tail call to the isolator fails")),
+    });
     Ok(rows)
 }
 
@@ -729,11 +744,15 @@ fn time_balancer(row: &Row, flow: Flow, plan: &Plan, m: &mut Measured, bench: &m
                 m.fail(format!("{}: {e}", row.name));
             }
         }
-        Flow::NotOurs => {}
+        Flow::NotOurs | Flow::NotOursAlone => {}
     }
     bench.set_target(balancer)?;
     let before = kb.maps().counters()?;
-    let (action, ns) = kb.net.ns.run(|| timed(bench.program(RESTORE)?, &row.frame, Some(ifindex), repeat))?;
+    let (action, ns) = if flow == Flow::NotOursAlone {
+        kb.without_next_stage(|kb| kb.net.ns.run(|| timed(bench.program(RESTORE)?, &row.frame, Some(ifindex), repeat)))??
+    } else {
+        kb.net.ns.run(|| timed(bench.program(RESTORE)?, &row.frame, Some(ifindex), repeat))?
+    };
     let after = kb.maps().counters()?;
     if action != row.expect {
         m.fail(format!("{}: a timed run ended in {}", row.name, action_name(action)));
@@ -1026,7 +1045,7 @@ fn charts(rows: &[Row], m: &[Measured], katran: Option<&katran::Katran>) -> Vec<
     let small = valid
         .iter()
         .filter(|(r, _)| match r.subject {
-            Subject::Balancer(f) => f == Flow::NotOurs,
+            Subject::Balancer(f) => matches!(f, Flow::NotOurs | Flow::NotOursAlone),
             Subject::Katran(_) => katran_path(r).is_some_and(|(p, _)| p == katran::Path::NonVip),
             _ => true,
         })
