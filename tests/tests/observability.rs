@@ -1,0 +1,203 @@
+//! What an operator's monitoring sees, with the real tools: the agent's
+//! scrape passes `promtool check metrics`; `deploy/prometheus-alerts.yml`
+//! passes `promtool check rules` and runs in a real Prometheus that scrapes
+//! the agent in the edge namespace, where the no-healthy-backend alert
+//! fires when the last proxy dies; every expression of
+//! `deploy/grafana-dashboard.json` names only metrics the agent exposes and
+//! evaluates in that Prometheus; `/healthz` answers.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    daemon::{get_local, healthz, stop_cleanly, swarmlb_bin, wait_until, Instance},
+    edge::{config_with, lab_with_proxies, FAST_HEALTH},
+    http::metrics,
+};
+use harness::{ChildGuard, Netns};
+
+/// Where the Prometheus of the test listens, in the edge namespace.
+const PROMETHEUS_PORT: u16 = 9090;
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(file)
+}
+
+/// `promtool ARGS` with `stdin`: its exit status and what it printed.
+fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian's prometheus package; `cargo xtask setup` installs it)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The metric names of a scrape (one per sample line).
+fn scraped_names(text: &str) -> BTreeSet<String> {
+    text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(|l| l.split(['{', ' ']).next().unwrap().to_owned()).collect()
+}
+
+/// The `swarmlb_…` names an expression uses.
+fn names_in(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("swarmlb_") {
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Percent-encodes a query parameter.
+fn encode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// A Prometheus in `ns` scraping the agent every second and evaluating
+/// `rules` every second (removed with its data on drop).
+struct Prometheus {
+    _server: ChildGuard,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(ns: &Netns, rules: &Path) -> Self {
+        let dir = std::env::temp_dir().join(format!("swarmlb-prometheus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: swarmlb\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+                rules.display(),
+                harness::daemon::METRICS_PORT
+            ),
+        )
+        .unwrap();
+        let server = ns.spawn(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
+                .arg("--log.level=warn"),
+        );
+        Self { _server: server, dir }
+    }
+
+    /// `GET /api/v1/…` as JSON; panics unless Prometheus says "success".
+    fn api(ns: &Netns, path: &str) -> serde_json::Value {
+        let (status, body) = get_local(ns, PROMETHEUS_PORT, &format!("/api/v1/{path}")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {status} {e}: {body}"));
+        assert_eq!((status, v["status"].as_str()), (200, Some("success")), "{path}: {body}");
+        v
+    }
+
+    /// An instant query's result vector.
+    fn query(ns: &Netns, expr: &str) -> Vec<serde_json::Value> {
+        Self::api(ns, &format!("query?query={}", encode(expr)))["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_agent_runs_the_alert_rules_and_the_dashboard_queries() {
+    let rules = deploy("prometheus-alerts.yml");
+    let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], "");
+    assert!(ok && out.contains("SUCCESS"), "promtool check rules:\n{out}");
+
+    // `RUST_LOG=debug` is the agent's debug log, not aya's relocations.
+    let (lab, _ca, mut nginx) = lab_with_proxies("obsprom", 2);
+    let mut inst = Instance::new("obsprom", &config_with("nat", &[(1, 1), (2, 1)], "", FAST_HEALTH));
+    inst.log_filter = "debug".into();
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    let log = daemon.output_so_far();
+    assert!(log.contains("DEBUG") && !log.contains("aya_obj"), "{log}");
+    let m = metrics(&lab.edge);
+    let (ok, out) = promtool(&["check", "metrics"], &m);
+    assert!(ok && out.trim().is_empty(), "promtool check metrics:\n{out}\n{m}");
+    // The version and commit `swarmlb --version` names.
+    let version = String::from_utf8(Command::new(swarmlb_bin()).arg("--version").output().unwrap().stdout).unwrap();
+    let (number, commit) = version.trim().strip_prefix("swarmlb ").and_then(|v| v.strip_suffix(')')?.split_once(" (commit ")).expect("swarmlb X (commit Y)");
+    let build = format!("swarmlb_build_info{{version=\"{number}\",commit=\"{commit}\"}} 1");
+    assert!(m.lines().any(|l| l == build), "{build} in\n{m}");
+    assert!(m.contains("swarmlb_vip_backends_up{vip=\"web4\"} 2"), "{m}");
+    let (code, why) = healthz(&lab.edge).unwrap();
+    assert_eq!(code, 200, "{why}");
+
+    let prometheus = Prometheus::start(&lab.edge, &rules);
+    let edge = &lab.edge;
+    wait_until(
+        Duration::from_secs(30),
+        || get_local(edge, PROMETHEUS_PORT, "/-/ready").is_ok_and(|(s, _)| s == 200) && Prometheus::query(edge, "up{job=\"swarmlb\"} == 1").len() == 1,
+        || "Prometheus scrapes the agent".into(),
+    );
+    // Prometheus read the types the agent declared: counters are counters.
+    let meta = Prometheus::api(edge, "targets/metadata?match_target=%7Bjob%3D%22swarmlb%22%7D");
+    let kind = |metric: &str| meta["data"].as_array().unwrap().iter().find(|e| e["metric"] == metric).map(|e| e["type"].as_str().unwrap().to_owned());
+    assert_eq!(kind("swarmlb_backend_packets_total").as_deref(), Some("counter"), "{meta}");
+    assert_eq!(kind("swarmlb_balancer_packets_total").as_deref(), Some("counter"));
+    assert_eq!(kind("swarmlb_backend_up").as_deref(), Some("gauge"));
+
+    // Every dashboard expression names metrics of the real scrape and
+    // evaluates (Grafana's variables stand for any instance).
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(deploy("grafana-dashboard.json")).unwrap()).unwrap();
+    let exposed = scraped_names(&metrics(edge));
+    let mut exprs = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let missing: Vec<String> = names_in(expr).difference(&exposed).cloned().collect();
+            assert!(missing.is_empty(), "panel {}: {missing:?} not exposed", panel["title"]);
+            Prometheus::query(edge, &expr.replace("$__rate_interval", "1m").replace("$instance", ".+"));
+            exprs += 1;
+        }
+    }
+    assert!(exprs >= 20, "{exprs} expressions");
+    for q in ["swarmlb_build_info", "sum(rate(swarmlb_backend_new_flows_total[1m]))"] {
+        assert!(!Prometheus::query(edge, q).is_empty(), "{q} has data");
+    }
+
+    // Both proxies die: the VIP has no healthy backend, and the alert
+    // fires (pending for its `for:`) in the real Prometheus. Every rule
+    // evaluates without error.
+    for n in &mut nginx {
+        n.stop();
+    }
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            Prometheus::api(edge, "alerts")["data"]["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "SwarmlbNoHealthyBackend" && a["labels"]["vip"] == "web4")
+        },
+        || format!("no SwarmlbNoHealthyBackend alert: {}", Prometheus::api(edge, "alerts")),
+    );
+    let groups = Prometheus::api(edge, "rules");
+    for rule in groups["data"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()) {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+    drop(prometheus);
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+}
