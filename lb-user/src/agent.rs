@@ -576,6 +576,15 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         pins_private: private.is_some(),
         ..AgentStatus::default()
     };
+    // Listening before the first apply: whoever sees the state file (or
+    // systemd's readiness) finds the endpoint answering.
+    let metrics_listener = cfg.metrics_listen().and_then(|addr| match crate::observe::metrics::listen(addr) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            error!(%addr, error = %e, "cannot listen for metrics; running without them");
+            None
+        }
+    });
     if let Err(e) = daemon.set_config(cfg.clone(), config_path, runtime_dir) {
         // What ran before keeps running; a first start leaves no trace.
         if !was_running {
@@ -607,8 +616,8 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         });
         // The endpoint reads the maps through handles of its own, opened
         // now, so it keeps answering if the pins go.
-        let metrics = cfg.metrics_listen().and_then(|addr| match ReportMaps::open(&pin_dir) {
-            Ok(maps) => Some(tokio::spawn(crate::observe::metrics::serve(addr, published_state.clone(), maps))),
+        let metrics = metrics_listener.and_then(|listener| match ReportMaps::open(&pin_dir) {
+            Ok(maps) => Some(tokio::spawn(crate::observe::metrics::serve(listener, published_state.clone(), maps))),
             Err(e) => {
                 error!(error = format!("{e:#}"), "opening the maps for the metrics endpoint failed; running without it");
                 None

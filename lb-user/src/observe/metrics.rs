@@ -252,19 +252,28 @@ impl Source {
     }
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `addr` until the task is
-/// dropped. A port that cannot be bound is logged; the daemon runs on
-/// without metrics.
-pub async fn serve(addr: SocketAddr, state: Published, maps: ReportMaps) {
+/// Binds the endpoint's socket (before the runtime serves it: connections
+/// wait in the backlog meanwhile).
+pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener` ([`listen`])
+/// until the task is dropped.
+pub async fn serve(listener: std::net::TcpListener, state: Published, maps: ReportMaps) {
     let source = Arc::new(Source { state, maps });
-    let listener = match TcpListener::bind(addr).await {
+    let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            error!(%addr, error = %e, "cannot listen for metrics; running without them");
+            error!(error = %e, "cannot serve metrics; running without them");
             return;
         }
     };
-    info!(%addr, "metrics at http://{addr}/metrics, health at http://{addr}/healthz");
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics at http://{addr}/metrics, health at http://{addr}/healthz");
+    }
     loop {
         let Ok((sock, peer)) = listener.accept().await else { continue };
         let source = source.clone();
