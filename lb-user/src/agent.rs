@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     datapath::{
@@ -34,7 +34,7 @@ use crate::{
     source::{
         config::{CompiledPolicy, Config},
         health::HealthChecks,
-        netif,
+        links, netif,
         swarm::follow::SwarmFollower,
     },
     print_stdout, unix_time,
@@ -152,6 +152,23 @@ fn zone_states(cfg: &Config, compiled: &CompiledPolicy, applied: &isolator_write
 }
 
 
+/// Says, once per config apply, which of the balancer's interfaces cannot
+/// take the frames it redirects to them ([`links::redirect_problem`]). Runs
+/// on the agent's runtime: nothing waits for it.
+fn warn_unusable_redirect_targets(cfg: &Config) {
+    let Some(b) = cfg.balancer() else { return };
+    let targets: Vec<String> = b.outside_interfaces.iter().chain([&b.inside_interface]).cloned().collect();
+    tokio::spawn(async move {
+        for ifname in targets {
+            match links::redirect_problem(&ifname).await {
+                Ok(Some(why)) => warn!(interface = %ifname, "redirect target cannot take redirected frames: {why}"),
+                Ok(None) => {}
+                Err(e) => debug!(interface = %ifname, error = format!("{e:#}"), "checking the redirect target failed"),
+            }
+        }
+    });
+}
+
 /// The daemon's running state.
 struct Agent {
     reconciler: Reconciler,
@@ -243,6 +260,9 @@ impl Agent {
             agent: AgentStatus::default(),
             backend_transitions: Vec::new(),
         };
+        if why == "config" {
+            warn_unusable_redirect_targets(cfg);
+        }
         self.log_changes(why, &state);
         let (vips, backends) = (state.vips.len(), state.vips.iter().map(|v| v.backends.len()).sum::<usize>());
         let up = state.vips.iter().flat_map(|v| &v.backends).filter(|b| b.up).count();

@@ -19,10 +19,14 @@ use std::{
 use common::{
     dashboard,
     daemon::{get_local, healthz, stop_cleanly, swarmlb_bin, wait_until, Instance},
-    edge::{config_with, lab_with_proxies, FAST_HEALTH},
+    edge::{lab_with_proxies, FAST_HEALTH},
     http::{metrics, who},
 };
-use harness::{edge_lab::VIP_V4, ChildGuard, Netns};
+use harness::{
+    config::{worker_vips, EdgeConfig},
+    edge_lab::VIP_V4,
+    ChildGuard, Netns,
+};
 
 /// Where the Prometheus of the test listens, in the edge namespace.
 const PROMETHEUS_PORT: u16 = 9090;
@@ -107,13 +111,27 @@ fn prometheus_scrapes_the_agent_runs_the_alert_rules_and_the_dashboard_queries()
     let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], "");
     assert!(ok && out.contains("SUCCESS"), "promtool check rules:\n{out}");
 
-    // `RUST_LOG=debug` is the agent's debug log, not aya's relocations.
+    // Two more outside interfaces, veths whose peers stay in the edge
+    // namespace: e-xp has GRO off (veth's default) and runs no XDP, so
+    // frames redirected to e-x would be lost; e-yp has GRO on.
     let (lab, _ca, mut nginx) = lab_with_proxies("obsprom", 2);
-    let mut inst = Instance::new("obsprom", &config_with("nat", &[(1, 1), (2, 1)], "", FAST_HEALTH));
+    for (dev, peer, gro) in [("e-x", "e-xp", "off"), ("e-y", "e-yp", "on")] {
+        lab.edge.exec(&["ip", "link", "add", dev, "type", "veth", "peer", "name", peer]).unwrap();
+        lab.edge.exec(&["ethtool", "-K", peer, "gro", gro]).unwrap();
+    }
+    let cfg = EdgeConfig::balancer()
+        .interfaces(&["e-out", "e-x", "e-y"], "e-in")
+        .vips(worker_vips("web", &["tcp/443", "tcp/80"], &[(1, Some(1)), (2, Some(1))]).map(|v| v.mode("nat").health_check(FAST_HEALTH)));
+    // `RUST_LOG=debug` is the agent's debug log, not aya's relocations.
+    let mut inst = Instance::new("obsprom", &cfg.to_toml());
     inst.log_filter = "debug".into();
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
+    let warning = "redirect target cannot take redirected frames";
+    wait_until(Duration::from_secs(5), || daemon.output_so_far().contains(warning), || format!("no redirect warning:\n{}", daemon.output_so_far()));
     let log = daemon.output_so_far();
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains(warning)).collect();
+    assert!(warned.len() == 1 && warned[0].trim_end().ends_with("interface=e-x") && warned[0].contains("ethtool -K e-xp gro on"), "{warned:?}");
     // (Without the agent's default directives aya's loader logs every
     // relocation of every program here, hundreds of lines.)
     assert!(!log.contains("aya_obj") && !log.contains("relocat"), "{log}");
@@ -178,6 +196,19 @@ fn prometheus_scrapes_the_agent_runs_the_alert_rules_and_the_dashboard_queries()
         },
         || format!("no SwarmlbNoHealthyBackend alert: {}", Prometheus::api(edge, "alerts")),
     );
+    // The agent said which backends went and why, and `status` keeps it.
+    let log = daemon.output_so_far();
+    for w in ["10.1.0.11", "10.1.0.12"] {
+        assert!(
+            log.lines().any(|l| l.contains("backend changed")
+                && l.contains(&format!("backend={w} "))
+                && l.contains("change=down")
+                && l.contains("reason=health: failed 2 health checks in a row: connect")),
+            "{w}:\n{log}"
+        );
+    }
+    let table = String::from_utf8(Command::new(swarmlb_bin()).args(["status", "--runtime-dir"]).arg(&inst.runtime_dir).output().unwrap().stdout).unwrap();
+    assert!(table.lines().any(|l| l.trim_start().starts_with("last change") && l.contains("ago: down (health: failed 2 health checks")), "{table}");
     let groups = Prometheus::api(edge, "rules");
     for rule in groups["data"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()) {
         assert_eq!(rule["health"], "ok", "{rule}");

@@ -54,3 +54,59 @@ pub async fn link(ifindex: u32) -> Result<Option<LinkFacts>> {
     }
     Ok(Some(facts))
 }
+
+/// Whether generic receive offload is on for `ifname` (`ethtool -k`'s
+/// `generic-receive-offload`), `None` when the driver does not say.
+pub fn gro(ifname: &str) -> Option<bool> {
+    /// `struct ethtool_value` (linux/ethtool.h).
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_GGRO: u32 = 0x2b;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let name = ifname.as_bytes();
+    if name.len() >= libc::IF_NAMESIZE {
+        return None;
+    }
+    // SAFETY: a plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let mut value = EthtoolValue { cmd: ETHTOOL_GGRO, data: 0 };
+    // SAFETY: an all-zero ifreq is valid; the name fits (checked above)
+    // and stays NUL-terminated; ifru_data points at `value`, which
+    // outlives the ioctl.
+    let rc = unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(name) {
+            *dst = *src as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
+        let rc = libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr);
+        libc::close(fd);
+        rc
+    };
+    (rc == 0).then_some(value.data != 0)
+}
+
+/// Why frames redirected to `ifname` would be lost, if they would: a veth
+/// delivers a redirected frame only when its peer runs an XDP program or
+/// has GRO on (the kernel drops it otherwise, counting nothing swarmlb
+/// sees). A peer in another namespace is not looked at.
+pub async fn redirect_problem(ifname: &str) -> Result<Option<String>> {
+    let Some(ifindex) = crate::source::netif::ifindex(ifname) else { return Ok(None) };
+    let Some(facts) = link(ifindex).await? else { return Ok(None) };
+    let (true, Some(peer), None) = (facts.veth, facts.peer, facts.peer_netns) else { return Ok(None) };
+    let Some(peer) = link(peer).await? else { return Ok(None) };
+    if peer.xdp || gro(&peer.name) != Some(false) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{ifname} is a veth whose peer {} runs no XDP program and has GRO off: frames the balancer redirects to {ifname} are dropped by the kernel; \
+         turn GRO on (`ethtool -K {} gro on`) or attach an XDP program to {}",
+        peer.name, peer.name, peer.name
+    )))
+}
