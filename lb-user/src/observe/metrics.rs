@@ -92,11 +92,11 @@ struct Families(Vec<Family>);
 
 impl Families {
     fn add(&mut self, name: &'static str, kind: MetricType, help: &'static str) -> &mut Family {
+        debug_assert!((kind == MetricType::Counter) == name.ends_with("_total"), "{name}: counters, and only they, end in _total");
         self.0.push(Family { name, help, kind, samples: Vec::new() });
         self.0.last_mut().expect("just pushed")
     }
     fn counter(&mut self, name: &'static str, help: &'static str) -> &mut Family {
-        debug_assert!(name.ends_with("_total"), "{name}: counters end in _total");
         self.add(name, MetricType::Counter, help)
     }
     fn gauge(&mut self, name: &'static str, help: &'static str) -> &mut Family {
@@ -110,27 +110,22 @@ pub fn families(r: &StatusReport) -> Vec<Family> {
     let mut f = Families::default();
     f.gauge("swarmlb_build_info", "The running swarmlb's version and the commit it was built from (always 1).")
         .sample(&[("version", env!("CARGO_PKG_VERSION")), ("commit", env!("SWARMLB_COMMIT"))], 1u64);
-    type Per = (&'static str, &'static str, fn(&status::BackendStatus) -> u64);
-    let per_backend: [Per; 4] = [
-        ("swarmlb_backend_packets_total", "Packets forwarded to the backend (client to backend).", |b| b.packets),
-        ("swarmlb_backend_bytes_total", "Bytes forwarded to the backend (client to backend).", |b| b.bytes),
-        ("swarmlb_backend_new_flows_total", "New flows the Maglev table gave the backend.", |b| b.new_flows),
-        ("swarmlb_backend_health_transitions_total", "Times health checks took the backend out or brought it back.", |b| b.health_transitions),
+    type PerBackend = (&'static str, MetricType, &'static str, fn(&status::BackendStatus) -> Value);
+    let per_backend: [PerBackend; 6] = [
+        ("swarmlb_backend_packets_total", MetricType::Counter, "Packets forwarded to the backend (client to backend).", |b| b.packets.into()),
+        ("swarmlb_backend_bytes_total", MetricType::Counter, "Bytes forwarded to the backend (client to backend).", |b| b.bytes.into()),
+        ("swarmlb_backend_new_flows_total", MetricType::Counter, "New flows the Maglev table gave the backend.", |b| b.new_flows.into()),
+        (
+            "swarmlb_backend_health_transitions_total",
+            MetricType::Counter,
+            "Times health checks took the backend out or brought it back.",
+            |b| b.health_transitions.into(),
+        ),
+        ("swarmlb_backend_up", MetricType::Gauge, "1 when the backend passes its health checks.", |b| b.up.into()),
+        ("swarmlb_backend_weight", MetricType::Gauge, "The backend's weight (0: draining).", |b| b.weight.into()),
     ];
-    for (name, help, get) in per_backend {
-        let fam = f.counter(name, help);
-        for v in &r.vips {
-            for b in &v.backends {
-                fam.sample(&[("vip", &v.name), ("backend", &b.address)], get(b));
-            }
-        }
-    }
-    let backend_gauges: [(&'static str, &'static str, fn(&status::BackendStatus) -> Value); 2] = [
-        ("swarmlb_backend_up", "1 when the backend passes its health checks.", |b| b.up.into()),
-        ("swarmlb_backend_weight", "The backend's weight (0: draining).", |b| b.weight.into()),
-    ];
-    for (name, help, get) in backend_gauges {
-        let fam = f.gauge(name, help);
+    for (name, kind, help, get) in per_backend {
+        let fam = f.add(name, kind, help);
         for v in &r.vips {
             for b in &v.backends {
                 fam.sample(&[("vip", &v.name), ("backend", &b.address)], get(b));
@@ -197,7 +192,8 @@ pub fn families(r: &StatusReport) -> Vec<Family> {
         f.counter("swarmlb_swarm_syncs_total", "Complete views of the Swarm received.").sample(&[], s.syncs);
         f.counter("swarmlb_swarm_failures_total", "Failed connections, lists and unusable views.").sample(&[], s.failures);
         f.gauge("swarmlb_swarm_nodes", "Nodes in the last good view.").sample(&[], s.nodes);
-        f.gauge("swarmlb_swarm_skipped", "Odd entries of the last view that were skipped (see the logs).").sample(&[], s.notes.len());
+        f.gauge("swarmlb_swarm_skipped", "Odd entries of the last view: skipped, or a bad weight label whose last good weight is kept (see the logs).")
+            .sample(&[], s.notes.len());
         let fam = f.gauge("swarmlb_swarm_node_allowed", "1 per Swarm node address the isolator's node allow-list holds.");
         for n in &s.allowed_nodes {
             fam.sample(&[("address", &n.to_string())], 1u64);
