@@ -136,7 +136,8 @@ pub fn families(r: &StatusReport) -> Vec<Family> {
     for v in &r.vips {
         healthy.sample(&[("vip", &v.name)], v.backends.iter().filter(|b| b.up && b.weight > 0).count());
     }
-    let rule_counters: [(&'static str, &'static str, fn(&status::RuleStatus) -> u64); 2] = [
+    type PerRule = (&'static str, &'static str, fn(&status::RuleStatus) -> u64);
+    let rule_counters: [PerRule; 2] = [
         ("swarmlb_rule_packets_total", "Packets per VIP forwarding rule.", |r| r.packets),
         ("swarmlb_rule_new_flows_total", "New flows per VIP forwarding rule.", |r| r.new_flows),
     ];
