@@ -407,7 +407,10 @@ mod tests {
         let r = b"HTTP/1.1 404 Not Found\r\nServer: x\r\n\r\ngone";
         assert_eq!(parse_response(r, false).unwrap(), None);
         assert_eq!(parse_response(r, true).unwrap(), Some((404, "gone".into())));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).is_err());
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked, false).unwrap(), Some((200, "hello".into())));
+        assert_eq!(parse_response(&chunked[..chunked.len() - 5], false).unwrap(), None, "the last chunk is still to come");
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).is_err());
         assert!(parse_response(b"garbage\r\n\r\n", true).is_err());
     }
 }
