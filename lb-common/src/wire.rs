@@ -72,6 +72,31 @@ pub const IPPROTO_MPLS_IN_IP: u8 = 137;
 pub const IPPROTO_HIP: u8 = 139;
 pub const IPPROTO_SHIM6: u8 = 140;
 
+/// The IANA keyword of an IP protocol number swarmlb names in its logs
+/// (lower case, as nftables writes them), `None` for the others.
+pub const fn proto_name(proto: u8) -> Option<&'static str> {
+    Some(match proto {
+        IPPROTO_HOPOPTS => "hopopt",
+        IPPROTO_ICMP => "icmp",
+        IPPROTO_IPIP => "ipip",
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_IPV6 => "ipv6",
+        IPPROTO_ROUTING => "ipv6-route",
+        IPPROTO_FRAGMENT => "ipv6-frag",
+        IPPROTO_GRE => "gre",
+        IPPROTO_ESP => "esp",
+        IPPROTO_AH => "ah",
+        IPPROTO_ICMPV6 => "icmpv6",
+        IPPROTO_NONE => "ipv6-nonxt",
+        IPPROTO_DSTOPTS => "ipv6-opts",
+        IPPROTO_ETHERIP => "etherip",
+        IPPROTO_L2TP => "l2tp",
+        132 => "sctp",
+        _ => return None,
+    })
+}
+
 /// TCP header without options: a first fragment must carry at least this much.
 pub const TCP_MIN_HLEN: usize = 20;
 /// UDP header.

@@ -5,14 +5,16 @@
 //! `swarmlb down`, `reload` and `check` live here too.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
+    net::IpAddr,
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     datapath::{
@@ -22,6 +24,7 @@ use crate::{
         sweep,
     },
     observe::{
+        changes::{self, BackendTransition, Transition},
         events,
         state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
         status::ReportMaps,
@@ -31,7 +34,7 @@ use crate::{
     source::{
         config::{CompiledPolicy, Config},
         health::HealthChecks,
-        netif,
+        links, netif,
         swarm::follow::SwarmFollower,
     },
     print_stdout, unix_time,
@@ -149,6 +152,23 @@ fn zone_states(cfg: &Config, compiled: &CompiledPolicy, applied: &isolator_write
 }
 
 
+/// Says, once per config apply, which of the balancer's interfaces cannot
+/// take the frames it redirects to them ([`links::redirect_problem`]). Runs
+/// on the agent's runtime: nothing waits for it.
+fn warn_unusable_redirect_targets(cfg: &Config) {
+    let Some(b) = cfg.balancer() else { return };
+    let targets: Vec<String> = b.outside_interfaces.iter().chain([&b.inside_interface]).cloned().collect();
+    tokio::spawn(async move {
+        for ifname in targets {
+            match links::redirect_problem(&ifname).await {
+                Ok(Some(why)) => warn!(interface = %ifname, "redirect target cannot take redirected frames: {why}"),
+                Ok(None) => {}
+                Err(e) => debug!(interface = %ifname, error = format!("{e:#}"), "checking the redirect target failed"),
+            }
+        }
+    });
+}
+
 /// The daemon's running state.
 struct Agent {
     reconciler: Reconciler,
@@ -156,6 +176,10 @@ struct Agent {
     swarm: SwarmFollower,
     /// The state file's contents, as last written.
     state: Option<DaemonState>,
+    /// The same, handed to the metrics endpoint each time it is written.
+    published: tokio::sync::watch::Sender<Option<DaemonState>>,
+    /// Each backend's last transition, by (VIP, address).
+    transitions: BTreeMap<(String, IpAddr), Transition>,
     /// Start, adoption, reloads and pins (for status and metrics).
     agent: AgentStatus,
     /// A SIGHUP whose config applied and started a new Swarm source: its
@@ -234,7 +258,12 @@ impl Agent {
             swarm: None,
             health_transitions: Vec::new(),
             agent: AgentStatus::default(),
+            backend_transitions: Vec::new(),
         };
+        if why == "config" {
+            warn_unusable_redirect_targets(cfg);
+        }
+        self.log_changes(why, &state);
         let (vips, backends) = (state.vips.len(), state.vips.iter().map(|v| v.backends.len()).sum::<usize>());
         let up = state.vips.iter().flat_map(|v| &v.backends).filter(|b| b.up).count();
         if why == "config" {
@@ -253,6 +282,47 @@ impl Agent {
         }
         self.state = Some(state);
         self.write_state(runtime_dir)
+    }
+
+    /// Logs each backend, protected port and Swarm node that `why` (the
+    /// source whose word was applied) changed from the state in force to
+    /// `new`, with its name and reason, and keeps each backend's last
+    /// transition for `swarmlb status`. The first apply logs nothing one by
+    /// one (its summary line says what is there).
+    fn log_changes(&mut self, why: &str, new: &DaemonState) {
+        let old = self.state.as_ref();
+        let now = unix_time();
+        for ((vip, backend), change) in changes::backend_changes(old.map_or(&[], |o| &o.vips), &new.vips) {
+            let reason = match why {
+                "health" => format!("health: {}", self.health.reason(&vip, backend).unwrap_or_else(|| "checks follow the backends in force".into())),
+                "Swarm" => match self.swarm.reason(&vip, backend) {
+                    Some(r) => format!("Swarm: {r}"),
+                    None => "Swarm: no longer one of its backends (its deregistration delay is over, or the config names it)".into(),
+                },
+                "config" if old.is_some() => "config reloaded".into(),
+                other => other.into(),
+            };
+            if old.is_some() {
+                if change == "down" || change == "removed" || change.starts_with("draining") {
+                    warn!(vip = %vip, backend = %backend, change = %change, reason = %reason, "backend changed");
+                } else {
+                    info!(vip = %vip, backend = %backend, change = %change, reason = %reason, "backend changed");
+                }
+            }
+            self.transitions.insert((vip, backend), Transition { at: now, change, reason });
+        }
+        self.transitions.retain(|(vip, backend), _| new.vips.iter().any(|v| &v.name == vip && v.backends.iter().any(|b| b.address == *backend)));
+        let Some(old) = old else { return };
+        for (zone, ports, added) in changes::port_changes(&old.zones, &new.zones) {
+            let what = if added { "protected port added" } else { "protected port removed" };
+            info!(zone = %zone, ports = %ports, reason = why, "{what}");
+        }
+        let old_nodes = old.swarm.as_ref().map_or(&[][..], |s| &s.allowed_nodes);
+        let new_nodes = self.swarm.sync().map_or(&[][..], |s| &s.allowed_nodes);
+        for (node, joined) in changes::node_changes(old_nodes, new_nodes) {
+            let what = if joined { "Swarm node joined the node allow-list" } else { "Swarm node left the node allow-list" };
+            info!(node = %node, reason = why, "{what}");
+        }
     }
 
     /// Logs an input that did not apply (the running state stays), or
@@ -346,6 +416,12 @@ impl Agent {
             .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
             .map(|(v, b)| HealthTransitions { vip: v.name.clone(), backend: b.address, transitions: self.health.transitions(&v.name, b.address) })
             .collect();
+        state.backend_transitions = self
+            .transitions
+            .iter()
+            .map(|((vip, backend), last)| BackendTransition { vip: vip.clone(), backend: *backend, last: last.clone() })
+            .collect();
+        self.published.send_replace(Some(state.clone()));
         state.write(runtime_dir)
     }
 }
@@ -494,11 +570,14 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
     let (swarm_tx, mut swarm_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (published, published_state) = tokio::sync::watch::channel(None);
     let mut daemon = Agent {
         reconciler,
         health: HealthChecks::new(health_tx),
         swarm: SwarmFollower::new(swarm_tx, runtime_dir),
         state: None,
+        published,
+        transitions: BTreeMap::new(),
         agent: AgentStatus::default(),
         reload_pending: None,
         pin_lock,
@@ -517,6 +596,15 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         pins_private: private.is_some(),
         ..AgentStatus::default()
     };
+    // Listening before the first apply: whoever sees the state file (or
+    // systemd's readiness) finds the endpoint answering.
+    let metrics_listener = cfg.metrics_listen().and_then(|addr| match crate::observe::metrics::listen(addr) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            error!(%addr, error = %e, "cannot listen for metrics; running without them");
+            None
+        }
+    });
     if let Err(e) = daemon.set_config(cfg.clone(), config_path, runtime_dir) {
         // What ran before keeps running; a first start leaves no trace.
         if !was_running {
@@ -548,8 +636,8 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         });
         // The endpoint reads the maps through handles of its own, opened
         // now, so it keeps answering if the pins go.
-        let metrics = cfg.metrics_listen().and_then(|addr| match ReportMaps::open(&pin_dir) {
-            Ok(maps) => Some(tokio::spawn(crate::observe::metrics::serve(addr, runtime_dir.to_owned(), maps))),
+        let metrics = metrics_listener.and_then(|listener| match ReportMaps::open(&pin_dir) {
+            Ok(maps) => Some(tokio::spawn(crate::observe::metrics::serve(listener, published_state.clone(), maps))),
             Err(e) => {
                 error!(error = format!("{e:#}"), "opening the maps for the metrics endpoint failed; running without it");
                 None
@@ -587,8 +675,25 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
             }
         };
         info!(pid = std::process::id(), "swarmlb running");
+        // The drain whose delay ends next, handled once (a view that cannot
+        // be mapped keeps it: no spinning on it).
+        let mut drain_handled: Option<f64> = None;
         loop {
+            let drain_end = daemon.swarm.drain_ends().filter(|t| drain_handled != Some(*t));
+            // A little after the end, so the mapping sees the delay served.
+            let drain_at = drain_end.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64((t - unix_time()).max(0.0) + 0.01));
             tokio::select! {
+                () = async { tokio::time::sleep_until(drain_at.unwrap()).await }, if drain_at.is_some() => {
+                    drain_handled = drain_end;
+                    let changed = match daemon.reconciler.file_config().cloned() {
+                        Some(current) => daemon.swarm.remap_now(&current),
+                        None => false,
+                    };
+                    if changed {
+                        let diff = daemon.reconciler.set_swarm(daemon.swarm.additions().clone());
+                        daemon.outcome("Swarm", diff, config_path, runtime_dir);
+                    }
+                }
                 _ = housekeeping.tick() => {
                     match sweep::sweep_nat(daemon.reconciler.balancer_maps(), &idle) {
                         Ok(0) => {}

@@ -100,9 +100,30 @@ enum LogFormat {
     Json,
 }
 
+/// What `RUST_LOG` leaves out unless it names them: aya's loader logs every
+/// relocation of every program at DEBUG (95% of a `RUST_LOG=debug` log).
+const QUIET_BY_DEFAULT: &[&str] = &["aya=info", "aya_obj=info"];
+
+/// `RUST_LOG` (default `info`), with [`QUIET_BY_DEFAULT`] for the crates it
+/// does not name.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let spec = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    let mut directives = vec![spec.to_owned()];
+    for quiet in QUIET_BY_DEFAULT {
+        let krate = quiet.split('=').next().unwrap_or_default();
+        let named = spec.split(',').any(|d| d.trim().split(['=', ':', '[']).next() == Some(krate));
+        if !named {
+            directives.push((*quiet).to_owned());
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(directives.join(",")).unwrap_or_else(|e| {
+        eprintln!("swarmlb: RUST_LOG={spec:?} is not a filter ({e}); logging at info");
+        tracing_subscriber::EnvFilter::new("info")
+    })
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -150,5 +171,22 @@ fn main() -> ExitCode {
             eprintln!("swarmlb: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn aya_is_quiet_unless_named() {
+        let directives = |spec: Option<&str>| -> Vec<String> {
+            let mut d: Vec<String> = log_filter(spec).to_string().split(',').map(str::to_owned).collect();
+            d.sort();
+            d
+        };
+        assert_eq!(directives(Some("debug")), ["aya=info", "aya_obj=info", "debug"]);
+        assert_eq!(directives(None), ["aya=info", "aya_obj=info", "info"]);
+        assert_eq!(directives(Some("debug,aya_obj=trace")), ["aya=info", "aya_obj=trace", "debug"]);
     }
 }

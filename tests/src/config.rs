@@ -240,7 +240,13 @@ impl EdgeConfig {
     /// A `[swarm]` section reaching the Docker API at `docker_host`
     /// (`unix:///…`, `tcp://…`).
     pub fn swarm(mut self, docker_host: &str) -> Self {
-        self.swarm = Some(vec![format!("docker_host = {}", quoted(docker_host))]);
+        self.swarm.get_or_insert_with(Vec::new).insert(0, format!("docker_host = {}", quoted(docker_host)));
+        self
+    }
+
+    /// A line in `[swarm]` as written (`deregistration_delay_s = 8`).
+    pub fn swarm_line(mut self, line: &str) -> Self {
+        self.swarm.get_or_insert_with(Vec::new).push(line.to_owned());
         self
     }
 

@@ -45,6 +45,8 @@ pub struct Instance {
     pub runtime_dir: PathBuf,
     /// `[settings] pin_path`, under /sys/fs/bpf.
     pub pin_path: PathBuf,
+    /// `RUST_LOG` of the daemon [`Instance::start`] starts (`info`).
+    pub log_filter: String,
 }
 
 impl Instance {
@@ -60,7 +62,7 @@ impl Instance {
         let id = format!("{}-{tag}", std::process::id());
         let dir = std::env::temp_dir().join(format!("swarmlb-test-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let inst = Self { config: dir.join("swarmlb.toml"), runtime_dir: dir.join("run"), dir, pin_path };
+        let inst = Self { config: dir.join("swarmlb.toml"), runtime_dir: dir.join("run"), dir, pin_path, log_filter: "info".into() };
         inst.write_config(config_body);
         inst
     }
@@ -83,7 +85,7 @@ impl Instance {
             .arg("--runtime-dir")
             .arg(&self.runtime_dir)
             .args(extra)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", &self.log_filter);
         ns.spawn(&mut cmd)
     }
 
@@ -167,12 +169,26 @@ pub fn stop_cleanly(child: &mut ChildGuard, sig: libc::c_int) {
     assert!(status.success(), "swarmlb exited with {status}:\n{}", child.output_so_far());
 }
 
+/// The daemon's default metrics port (`[settings] metrics_listen`).
+pub const METRICS_PORT: u16 = 9469;
+
+/// `GET path` from `127.0.0.1:port` in `ns`: the status and the body.
+pub fn get_local(ns: &Netns, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let sock = crate::tls::connect(ns, std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
+    crate::tls::http_get(sock, "127.0.0.1", path)
+}
+
 /// `GET /metrics` from the daemon's default endpoint (127.0.0.1:9469) in `ns`.
 pub fn scrape_metrics(ns: &Netns) -> anyhow::Result<String> {
-    let sock = crate::tls::connect(ns, "127.0.0.1:9469".parse()?)?;
-    let (status, body) = crate::tls::http_get(sock, "127.0.0.1", "/metrics")?;
+    let (status, body) = get_local(ns, METRICS_PORT, "/metrics")?;
     anyhow::ensure!(status == 200, "metrics: {status} {body}");
     Ok(body)
+}
+
+/// `GET /healthz` from the daemon's default endpoint in `ns`: the status
+/// (200 or 503) and the reason.
+pub fn healthz(ns: &Netns) -> anyhow::Result<(u16, String)> {
+    get_local(ns, METRICS_PORT, "/healthz")
 }
 
 /// Polls `cond` every 50 ms until it holds; panics with `what()` after `timeout`.

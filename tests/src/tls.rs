@@ -325,20 +325,47 @@ fn parse_response(buf: &[u8], at_eof: bool) -> Result<Option<(u16, String)>> {
         .and_then(|s| s.parse::<u16>().ok())
         .with_context(|| format!("bad status line {status_line:?}"))?;
     let mut length = None;
+    let mut chunked = false;
     for line in lines {
         let Some((k, v)) = line.split_once(':') else { continue };
         let (k, v) = (k.trim(), v.trim());
         if k.eq_ignore_ascii_case("content-length") {
             length = Some(v.parse::<usize>().with_context(|| format!("bad Content-Length {v:?}"))?);
+        } else if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
+            chunked = true;
         } else if k.eq_ignore_ascii_case("transfer-encoding") && !v.eq_ignore_ascii_case("identity") {
             bail!("Transfer-Encoding {v} is not supported by this client");
         }
     }
     let body = &buf[end + 4..];
+    if chunked {
+        return Ok(dechunk(body)?.map(|b| (status, String::from_utf8_lossy(&b).into_owned())));
+    }
     match length {
         Some(n) if body.len() >= n => Ok(Some((status, String::from_utf8_lossy(&body[..n]).into_owned()))),
         None if at_eof => Ok(Some((status, String::from_utf8_lossy(body).into_owned()))),
         _ => Ok(None),
+    }
+}
+
+/// A chunked body (RFC 9112, 7.1) put together: `None` until the last
+/// chunk arrived. Chunk extensions and trailers are skipped.
+fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+        let line = String::from_utf8_lossy(&rest[..eol]);
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16).with_context(|| format!("bad chunk size {line:?}"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(Some(body));
+        }
+        if rest.len() < size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
     }
 }
 
@@ -347,6 +374,14 @@ mod tests {
     use rustls::pki_types::pem::PemObject;
 
     use super::*;
+
+    #[test]
+    fn chunked_bodies_are_put_together() {
+        let wire = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n";
+        assert_eq!(dechunk(wire).unwrap().as_deref(), Some(&b"Wikipedia"[..]));
+        assert_eq!(dechunk(&wire[..12]).unwrap(), None, "incomplete");
+        assert!(dechunk(b"zz\r\n").is_err());
+    }
 
     #[test]
     fn issued_certificate_names() {
@@ -372,7 +407,10 @@ mod tests {
         let r = b"HTTP/1.1 404 Not Found\r\nServer: x\r\n\r\ngone";
         assert_eq!(parse_response(r, false).unwrap(), None);
         assert_eq!(parse_response(r, true).unwrap(), Some((404, "gone".into())));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).is_err());
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked, false).unwrap(), Some((200, "hello".into())));
+        assert_eq!(parse_response(&chunked[..chunked.len() - 5], false).unwrap(), None, "the last chunk is still to come");
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).is_err());
         assert!(parse_response(b"garbage\r\n\r\n", true).is_err());
     }
 }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::{
-    daemon::{stop_cleanly, swarmlb_bin, wait_until, Instance},
+    daemon::{healthz, stop_cleanly, swarmlb_bin, wait_until, Instance},
     edge::lab_with_proxies,
     http::{metric, metric_sum, metrics, who},
     site::{answers, backends, node_addr, probe, site, swarm_vip, weight_of, VIP},
@@ -393,6 +393,9 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     let link_pin = inst.pin_path.join("xdp-native-e-out");
     assert!(link_pin.exists() && inst.pin_path.join("LB_FLOWS").exists());
     assert_eq!(metric::<f64>(&metrics(&lab.edge), "swarmlb_pins_ok"), Some(1.0));
+    let (code, why) = healthz(&lab.edge).unwrap();
+    assert_eq!(code, 200, "{why}");
+    assert!(why.starts_with("ok: ") && why.contains("interfaces carry their XDP programs"), "{why}");
 
     let t = Instant::now();
     mount.unmount().unwrap();
@@ -410,6 +413,10 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     let m = metrics(&lab.edge);
     assert!(metric_sum(&m, "swarmlb_backend_packets_total") > packets, "the metrics still read the live counters: {m}");
     assert_eq!(metric::<f64>(&m, "swarmlb_pins_lost_total"), Some(1.0));
+    // /healthz says what is wrong, for whatever watches it.
+    let (code, why) = healthz(&lab.edge).unwrap();
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("the pins are missing") && why.contains("pins missing in"), "{why}");
     // `swarmlb status` reads the pins: a clear error, not a crash.
     let status = std::process::Command::new(swarmlb_bin()).args(["status", "--runtime-dir"]).arg(&inst.runtime_dir).output().unwrap();
     let err = String::from_utf8_lossy(&status.stderr);
@@ -423,6 +430,7 @@ fn bpffs_unmounted_under_the_agent_is_reported_and_the_pins_restored() {
     mount.mount().unwrap();
     wait_until(Duration::from_secs(10), || metric::<f64>(&metrics(&lab.edge), "swarmlb_pins_ok") == Some(1.0), || daemon.output_so_far());
     println!("bpffs mounted again: re-pinned after {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(healthz(&lab.edge).unwrap().0, 200, "healthy again");
     assert!(daemon.output_so_far().contains("pinned again"), "{}", daemon.output_so_far());
     assert!(link_pin.exists() && inst.pin_path.join("LB_FLOWS").exists() && inst.pin_path.join("ZONE_BINDINGS").exists());
     assert!(inst.status()["interfaces"][0]["bound"] == true);

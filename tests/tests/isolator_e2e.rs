@@ -71,16 +71,33 @@ fn full_port_scan_reaches_exactly_the_open_ports() {
     for port in UDP_LISTEN.iter().filter(|p| protected(false, **p).is_some()) {
         assert_eq!(lab.udp.received(*port), 0, "udp/{port} listener received a datagram from the DMZ");
     }
+    let scanned = start.elapsed();
     let status = lab.inst.status();
     let dropped = counter(&status, "dropped", "protected_port");
+    // The scan does not flood the log: a burst of drop events at INFO per
+    // interval (the scan may touch one more than its length spans), named
+    // by protocol, then one line counting the rest.
+    let summary = "more drop events in the last";
+    harness::daemon::wait_until(Duration::from_secs(12), || lab.daemon().output_so_far().contains(summary), || "no drop summary".into());
+    let log = lab.daemon().output_so_far();
+    let logged: Vec<&str> = log.lines().filter(|l| l.contains("isolator dropped a packet")).collect();
+    let intervals = start.elapsed().as_secs() / lb_user::observe::events::SUMMARY_INTERVAL.as_secs() + 2;
+    assert!(
+        !logged.is_empty() && logged.len() as u64 <= intervals * u64::from(lb_user::observe::events::BURST),
+        "{} drop lines at INFO in {intervals} intervals for {dropped} drops:\n{log}",
+        logged.len()
+    );
+    assert!(logged.iter().all(|l| l.contains("proto=\"tcp\"") || l.contains("proto=\"udp\"")), "protocols by name:\n{log}");
+    assert!(log.lines().any(|l| l.contains(summary) && l.contains("protected_port")), "the summary counts the rest by reason:\n{log}");
     // At least one SYN per protected TCP port and one datagram per protected
     // UDP port, per family (TCP retransmits SYNs, so more is fine).
     let protected_pairs = (1..=65535u16).filter(|p| protected(true, *p).is_some()).count()
         + (1..=65535u16).filter(|p| protected(false, *p).is_some()).count();
     assert!(dropped >= 2 * protected_pairs as u64, "dropped {dropped} < {}", 2 * protected_pairs);
     println!(
-        "scanned 4 x 65535 ports (tcp/udp x v4/v6) in {:.1}s: open tcp {tcp4}+{tcp6}, echoed udp {udp4}+{udp6}, {dropped} drops at protected ports",
-        start.elapsed().as_secs_f64()
+        "scanned 4 x 65535 ports (tcp/udp x v4/v6) in {:.1}s: open tcp {tcp4}+{tcp6}, echoed udp {udp4}+{udp6}, {dropped} drops at protected ports, {} drop lines at INFO",
+        scanned.as_secs_f64(),
+        logged.len()
     );
 }
 
@@ -112,7 +129,11 @@ fn tagged_fragmented_chained_and_tunnelled_probes_do_not_reach_protected_ports()
     use harness::rawframe::{fragment_ipv4, fragment_ipv6, ExtHeader, FrameBuilder, Ipv4, Ipv6, RawSocket, L4};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    let lab = lab("raw");
+    // Every sampled drop is logged: the first ones of an interval at INFO,
+    // the rest at DEBUG (asked for here, as an operator would).
+    let mut lab = Lab::new("raw");
+    lab.inst.log_filter = "info,lb_user::observe::events=debug".into();
+    lab.start_daemon();
     let raw = lab.dmz.run(|| RawSocket::open(&lab.dmz, "out0")).unwrap();
     let eth = FrameBuilder::new(
         harness::topology::mac(&lab.dmz, "out0").unwrap(),

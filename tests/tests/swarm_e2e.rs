@@ -20,6 +20,10 @@ use common::{
 };
 use harness::{config::EdgeConfig, nginx::Nginx, scan::TcpOutcome, stream::Stream, swarm::SwarmLab, tls::TestCa, Topology};
 
+/// `deregistration_delay_s` of the label test: long enough for the checks
+/// of established streams while n2 drains.
+const DRAIN: Duration = Duration::from_secs(8);
+
 #[test]
 fn node_labels_availability_and_health_decide_the_backends() {
     let mut s = site("swlb");
@@ -39,9 +43,9 @@ fn node_labels_availability_and_health_decide_the_backends() {
     s.lab.label_add(1, "lb", "proxy").unwrap();
     let inst = Instance::new(
         "swlb",
-        &s.config(EdgeConfig::balancer().vip(swarm_vip().health_check(
-            r#"{ protocol = "tcp", port = 80, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }"#,
-        ))),
+        &s.config(EdgeConfig::balancer().swarm_line(&format!("deregistration_delay_s = {}", DRAIN.as_secs())).vip(
+            swarm_vip().health_check(r#"{ protocol = "tcp", port = 80, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }"#),
+        )),
     );
     let mut daemon = inst.start(&s.edge, &[]);
     inst.wait_ready(&mut daemon);
@@ -100,6 +104,7 @@ fn node_labels_availability_and_health_decide_the_backends() {
         s.lab.availability(0, "drain").ok();
         weight_of(&inst, node_addr(0)) == Some(0)
     });
+    let unlabel = Instant::now();
     let unlabelled = timed(Duration::from_secs(5), "n2 unlabelled", || {
         s.lab.label_rm(1, "lb").ok();
         weight_of(&inst, node_addr(1)) == Some(0)
@@ -107,6 +112,33 @@ fn node_labels_availability_and_health_decide_the_backends() {
     println!("drain → weight 0 in {:.0} ms; label removed → draining in {:.0} ms", drained.as_secs_f64() * 1e3, unlabelled.as_secs_f64() * 1e3);
     assert_eq!(answers(&s.client, 40), BTreeSet::from([names[2].clone()]), "new connections only to n3");
     assert_eq!(check(&mut streams), Vec::<usize>::new(), "established connections to n1 and n2 finish undisturbed");
+    // Each change is logged with the backend and why, and `status` keeps
+    // each backend's last transition.
+    let log = daemon.output_so_far();
+    let changed = |addr: IpAddr, change: &str, reason: &str| {
+        log.lines().any(|l| l.contains("backend changed") && l.contains(&format!("backend={addr}")) && l.contains(change) && l.contains(reason))
+    };
+    assert!(changed(node_addr(0), "draining (weight 1 → 0)", "availability drain"), "{log}");
+    assert!(changed(node_addr(1), "draining (weight 1 → 0)", "Swarm: no node matching"), "{log}");
+    let n1 = inst.status()["vips"][0]["backends"].as_array().unwrap().iter().find(|b| b["address"] == node_addr(0).to_string()).cloned().unwrap();
+    assert_eq!(n1["last_change"]["change"], "draining (weight 1 → 0)", "{n1}");
+    assert!(n1["last_change"]["reason"].as_str().unwrap().contains("availability drain"), "{n1}");
+    // n2's drain ends on time (its own timer, not the next resync 30 s on).
+    timed(DRAIN + Duration::from_secs(3), "n2's drain over", || weight_of(&inst, node_addr(1)).is_none());
+    let over = unlabel.elapsed();
+    println!("label removed → backend gone after {:.1} s (deregistration_delay_s = {})", over.as_secs_f64(), DRAIN.as_secs());
+    assert!(over >= DRAIN - Duration::from_millis(500) && over <= DRAIN + Duration::from_millis(1500), "{over:?}");
+    assert!(daemon.output_so_far().lines().any(|l| l.contains("backend changed") && l.contains(&format!("backend={}", node_addr(1))) && l.contains("removed")));
+
+    // A typo in n3's weight label keeps its weight and says so (log, status).
+    s.lab.label_add(2, "swarmlb.weight", "3O").unwrap();
+    let kept = "label swarmlb.weight=\"3O\" is not a weight 0-65535: keeping its last good weight 1";
+    timed(Duration::from_secs(5), "the bad weight noted", || {
+        inst.status()["swarm"]["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains(kept))
+    });
+    assert_eq!(weight_of(&inst, node_addr(2)), Some(1), "n3 keeps serving at its weight");
+    assert!(daemon.output_so_far().lines().any(|l| l.contains("WARN") && l.contains(kept)), "{}", daemon.output_so_far());
+    assert_eq!(answers(&s.client, 20), BTreeSet::from([names[2].clone()]), "n3 still takes new connections");
 
     // n3's proxy stops: health checks take it out within fall × interval.
     proxies[2].stop();
@@ -117,6 +149,9 @@ fn node_labels_availability_and_health_decide_the_backends() {
     for want in ["swarmlb_swarm_connected 1", "swarmlb_swarm_nodes 3", "swarmlb_backend_up{vip=\"web\",backend=\"10.2.0.13\"} 0"] {
         assert!(m.contains(want), "metrics lack {want}:\n{m}");
     }
+    // The dashboard's Swarm panels (and all others) name real metrics.
+    let missing = common::dashboard::missing_in(&m, |_| false);
+    assert!(missing.is_empty(), "dashboard metrics not exposed with a Swarm: {missing:?}");
     drop(streams);
     stop_cleanly(&mut daemon, libc::SIGTERM);
     proxies.clear();
@@ -168,6 +203,8 @@ fn services_pinned_to_a_zone_close_their_ports_on_the_other_zones() {
         )
         .unwrap();
     let closed = timed(Duration::from_secs(5), "tcp/8080 protected in dmz", || protected(0).contains(&"tcp/8080".to_string()));
+    let logged = |what: &str| daemon.output_so_far().lines().any(|l| l.contains(what) && l.contains("zone=dmz") && l.contains("ports=tcp/8080"));
+    assert!(logged("protected port added"), "{}", daemon.output_so_far());
     println!("service created → its port protected on the DMZ side in {:.0} ms", closed.as_secs_f64() * 1e3);
     assert!(!protected(1).contains(&"tcp/8080".to_string()), "open in its own zone");
     wait_until(Duration::from_secs(60), || probe(&s.intra, node_addr(2), 8080) == TcpOutcome::Open, || "the task serves 8080 to the intra side".into());
@@ -181,6 +218,7 @@ fn services_pinned_to_a_zone_close_their_ports_on_the_other_zones() {
     // The service goes: the port opens again.
     s.lab.docker(0, &["service", "rm", "intra-web"]).unwrap();
     timed(Duration::from_secs(5), "tcp/8080 open again", || !protected(0).contains(&"tcp/8080".to_string()));
+    assert!(logged("protected port removed"), "{}", daemon.output_so_far());
     wait_until(
         Duration::from_secs(30),
         || probe(&s.client, node_addr(2), 8080) != TcpOutcome::Timeout,
@@ -194,6 +232,8 @@ fn services_pinned_to_a_zone_close_their_ports_on_the_other_zones() {
     let left = timed(Duration::from_secs(10), "n2 no longer allowed", || !node_sources(&inst).contains(&node_addr(1)));
     println!("node removed → its address off the allow-list in {:.0} ms", left.as_secs_f64() * 1e3);
     assert!(node_sources(&inst).contains(&node_addr(0)));
+    let left = format!("node={}", node_addr(1));
+    assert!(daemon.output_so_far().lines().any(|l| l.contains("Swarm node left the node allow-list") && l.contains(&left)), "{}", daemon.output_so_far());
     stop_cleanly(&mut daemon, libc::SIGTERM);
 }
 

@@ -1,33 +1,119 @@
-//! Logs the kernel's sampled drop events.
+//! Logs the kernel's sampled drop events, at a rate a port scan cannot
+//! turn into a flood: the first [`BURST`] events of each
+//! [`SUMMARY_INTERVAL`] are logged at INFO, the rest at DEBUG, and every
+//! interval that had more ends with one INFO line counting them by reason.
+//! The counters (`swarmlb status`, metrics) count every drop regardless.
 
-use std::{net::IpAddr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::Result;
 use lb_common::{
     isolator::{DropEvent, DropReason, Impossible},
-    wire::{FAMILY_V4, FAMILY_V6},
+    wire::{proto_name, FAMILY_V4, FAMILY_V6},
 };
 use tokio::io::unix::AsyncFd;
-use tracing::warn;
+use tracing::{debug, info};
 
-/// Reads drop events until the task is dropped, logging each one.
+use crate::source::netif::ifname;
+
+/// Events logged at INFO per interval.
+pub const BURST: u32 = 10;
+/// How often the count of events logged at DEBUG only is summed up.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reads drop events until the task is dropped, logging them.
 pub async fn log_drops(pin_dir: &Path) -> Result<()> {
     let ring = crate::datapath::maps::open_drop_events(pin_dir)?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
     // the fd stays open for as long as it is registered.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+    let mut limit = DropLog::default();
+    let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<DropEvent>() {
-                continue;
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if item.len() < size_of::<DropEvent>() {
+                        continue;
+                    }
+                    // SAFETY: the kernel writes whole `DropEvent`s; the read is unaligned-safe.
+                    let ev: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    limit.log(&ev);
+                }
+                guard.clear_ready();
             }
-            // SAFETY: the kernel writes whole `DropEvent`s; the read is unaligned-safe.
-            let ev: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            log_one(&ev);
+            _ = summary.tick() => limit.summarize(),
         }
-        guard.clear_ready();
+    }
+}
+
+/// The rate limit's count for the current interval.
+#[derive(Debug, Default)]
+struct DropLog {
+    /// Events logged at INFO this interval.
+    logged: u32,
+    /// Events past the burst this interval, by reason.
+    quiet: BTreeMap<&'static str, u64>,
+}
+
+impl DropLog {
+    fn log(&mut self, ev: &DropEvent) {
+        let reason = DropReason::from_u8(ev.reason).map_or("unknown", DropReason::name);
+        let loud = self.logged < BURST;
+        if loud {
+            self.logged += 1;
+        } else {
+            *self.quiet.entry(reason).or_default() += 1;
+        }
+        let iface = ifname(ev.ifindex).unwrap_or_else(|| format!("if{}", ev.ifindex));
+        let src = addr(ev.family, ev.src).map(|a| a.to_string()).unwrap_or_default();
+        let dst = addr(ev.family, ev.dst).map(|a| a.to_string()).unwrap_or_default();
+        let proto = proto_name(ev.proto).map_or_else(|| ev.proto.to_string(), str::to_owned);
+        let detail = detail(ev);
+        macro_rules! event {
+            ($level:ident) => {
+                $level!(
+                    interface = %iface,
+                    reason,
+                    detail,
+                    proto,
+                    src = %src,
+                    src_port = ev.src_port,
+                    dst = %dst,
+                    dst_port = ev.dst_port,
+                    "isolator dropped a packet (sampled)"
+                )
+            };
+        }
+        if loud {
+            event!(info);
+            if self.logged == BURST {
+                info!(
+                    "{BURST} drop events logged in this {} s interval; the rest go to DEBUG and are counted at its end",
+                    SUMMARY_INTERVAL.as_secs()
+                );
+            }
+        } else {
+            event!(debug);
+        }
+    }
+
+    /// Ends the interval: says how many events went to DEBUG only.
+    fn summarize(&mut self) {
+        if !self.quiet.is_empty() {
+            let total: u64 = self.quiet.values().sum();
+            let by_reason: Vec<String> = self.quiet.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            info!(
+                more = total,
+                by_reason = by_reason.join(", "),
+                "{total} more drop events in the last {} s were logged at DEBUG only (see `swarmlb status` for every drop)",
+                SUMMARY_INTERVAL.as_secs()
+            );
+        }
+        *self = Self::default();
     }
 }
 
@@ -37,38 +123,6 @@ fn addr(family: u8, bytes: [u8; 16]) -> Option<IpAddr> {
         FAMILY_V6 => Some(IpAddr::from(bytes)),
         _ => None,
     }
-}
-
-/// The interface's current name (events are rate-limited, so a lookup per
-/// event is cheap, and it stays right across reloads and renames).
-fn ifname(ifindex: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return format!("if{ifindex}");
-    }
-    // SAFETY: on success `buf` holds a NUL-terminated name.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
-}
-
-fn log_one(ev: &DropEvent) {
-    let reason = DropReason::from_u8(ev.reason).map_or("unknown", DropReason::name);
-    let iface = ifname(ev.ifindex);
-    let src = addr(ev.family, ev.src).map(|a| a.to_string()).unwrap_or_default();
-    let dst = addr(ev.family, ev.dst).map(|a| a.to_string()).unwrap_or_default();
-    let detail = detail(ev);
-    warn!(
-        interface = %iface,
-        reason,
-        detail,
-        proto = ev.proto,
-        src = %src,
-        src_port = ev.src_port,
-        dst = %dst,
-        dst_port = ev.dst_port,
-        "isolator dropped a packet (sampled)"
-    );
 }
 
 /// What an event's `detail` byte means for its reason ("" when nothing).

@@ -1,201 +1,323 @@
-//! The Prometheus endpoint: `GET /metrics` answers the text exposition
-//! format, built from the same report `swarmlb status` prints (the state
-//! file plus the kernel's counters), so the two never disagree. It reads
-//! the maps through the daemon's own handles, so it keeps answering when
-//! the pins are gone.
+//! The Prometheus endpoint. `GET /metrics` answers the Prometheus text
+//! format (0.0.4, what `promtool check metrics` lints), encoded by the
+//! `prometheus-client` crate from the same report `swarmlb status` prints,
+//! so the two never disagree; `GET /healthz` says whether the data path is
+//! whole ([`crate::observe::healthz`]). The report is built from the
+//! daemon's memory (the [`Published`] state, not the state file) and the
+//! kernel's counters, read through the daemon's own map handles, so it
+//! keeps answering when the pins are gone. HTTP is hyper's.
+//!
+//! Every family is listed in [`families`]: a new metric is one call there.
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header::CONTENT_TYPE, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
 };
+use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, error, info};
 
-use crate::{
-    observe::state::DaemonState,
-    observe::status::{self, ReportMaps, StatusReport},
+use crate::observe::{
+    healthz,
+    state::DaemonState,
+    status::{self, ReportMaps, StatusReport},
 };
 
-/// Escapes a label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// The daemon's state as last applied, published by the agent each time
+/// it writes the state file (`None` until the first config applied).
+pub type Published = watch::Receiver<Option<DaemonState>>;
+
+/// A sample's value: counts are integers (counters and most gauges),
+/// timestamps are seconds with a fraction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Count(u64),
+    Seconds(f64),
 }
 
-/// Writes `# HELP` and `# TYPE` once, then the samples.
-struct Family<'a> {
-    out: &'a mut String,
-}
-
-impl Family<'_> {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", esc(v))).collect();
-        if labels.is_empty() {
-            let _ = writeln!(self.out, "{name} {value}");
-        } else {
-            let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
-        }
+impl From<u64> for Value {
+    fn from(n: u64) -> Self {
+        Self::Count(n)
     }
 }
+impl From<u32> for Value {
+    fn from(n: u32) -> Self {
+        Self::Count(n.into())
+    }
+}
+impl From<usize> for Value {
+    fn from(n: usize) -> Self {
+        Self::Count(n as u64)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Self::Count(b.into())
+    }
+}
+impl From<f64> for Value {
+    fn from(s: f64) -> Self {
+        Self::Seconds(s)
+    }
+}
 
-/// The report in the text exposition format.
-pub fn render(r: &StatusReport) -> String {
-    let mut out = String::new();
-    let mut f = Family { out: &mut out };
-    type Per<'a> = (&'a str, &'a str, &'a str, fn(&crate::observe::status::BackendStatus) -> u64);
-    let per_backend: [Per; 4] = [
-        ("swarmlb_backend_packets_total", "counter", "Packets forwarded to the backend (client to backend).", |b| b.packets),
-        ("swarmlb_backend_bytes_total", "counter", "Bytes forwarded to the backend (client to backend).", |b| b.bytes),
-        ("swarmlb_backend_new_flows_total", "counter", "New flows the Maglev table gave the backend.", |b| b.new_flows),
-        ("swarmlb_backend_health_transitions_total", "counter", "Times health checks took the backend out or brought it back.", |b| b.health_transitions),
+/// One metric family: its name as exposed (a counter's ends in `_total`),
+/// help, type and samples (label pairs in exposition order, value).
+#[derive(Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+    pub samples: Vec<(Vec<(&'static str, String)>, Value)>,
+}
+
+impl Family {
+    /// Adds one sample.
+    fn sample(&mut self, labels: &[(&'static str, &str)], value: impl Into<Value>) -> &mut Self {
+        self.samples.push((labels.iter().map(|&(k, v)| (k, v.to_owned())).collect(), value.into()));
+        self
+    }
+}
+
+/// The families of one scrape, in order.
+#[derive(Debug, Default)]
+struct Families(Vec<Family>);
+
+impl Families {
+    fn add(&mut self, name: &'static str, kind: MetricType, help: &'static str) -> &mut Family {
+        debug_assert!((kind == MetricType::Counter) == name.ends_with("_total"), "{name}: counters, and only they, end in _total");
+        self.0.push(Family { name, help, kind, samples: Vec::new() });
+        self.0.last_mut().expect("just pushed")
+    }
+    fn counter(&mut self, name: &'static str, help: &'static str) -> &mut Family {
+        self.add(name, MetricType::Counter, help)
+    }
+    fn gauge(&mut self, name: &'static str, help: &'static str) -> &mut Family {
+        self.add(name, MetricType::Gauge, help)
+    }
+}
+
+/// Every family the endpoint exposes, from one report: the one place a
+/// metric is defined.
+pub fn families(r: &StatusReport) -> Vec<Family> {
+    let mut f = Families::default();
+    f.gauge("swarmlb_build_info", "The running swarmlb's version and the commit it was built from (always 1).")
+        .sample(&[("version", env!("CARGO_PKG_VERSION")), ("commit", env!("SWARMLB_COMMIT"))], 1u64);
+    type PerBackend = (&'static str, MetricType, &'static str, fn(&status::BackendStatus) -> Value);
+    let per_backend: [PerBackend; 6] = [
+        ("swarmlb_backend_packets_total", MetricType::Counter, "Packets forwarded to the backend (client to backend).", |b| b.packets.into()),
+        ("swarmlb_backend_bytes_total", MetricType::Counter, "Bytes forwarded to the backend (client to backend).", |b| b.bytes.into()),
+        ("swarmlb_backend_new_flows_total", MetricType::Counter, "New flows the Maglev table gave the backend.", |b| b.new_flows.into()),
+        (
+            "swarmlb_backend_health_transitions_total",
+            MetricType::Counter,
+            "Times health checks took the backend out or brought it back.",
+            |b| b.health_transitions.into(),
+        ),
+        ("swarmlb_backend_up", MetricType::Gauge, "1 when the backend passes its health checks.", |b| b.up.into()),
+        ("swarmlb_backend_weight", MetricType::Gauge, "The backend's weight (0: draining).", |b| b.weight.into()),
     ];
     for (name, kind, help, get) in per_backend {
-        f.head(name, kind, help);
+        let fam = f.add(name, kind, help);
         for v in &r.vips {
             for b in &v.backends {
-                f.sample(name, &[("vip", &v.name), ("backend", &b.address)], get(b));
+                fam.sample(&[("vip", &v.name), ("backend", &b.address)], get(b));
             }
         }
     }
-    f.head("swarmlb_backend_up", "gauge", "1 when the backend passes its health checks.");
-    f.head("swarmlb_backend_weight", "gauge", "The backend's weight (0: draining).");
+    let healthy = f.gauge("swarmlb_vip_backends_up", "Backends of the VIP that are up with a weight above 0 (0: the VIP answers nobody).");
     for v in &r.vips {
-        for b in &v.backends {
-            let l = [("vip", v.name.as_str()), ("backend", b.address.as_str())];
-            f.sample("swarmlb_backend_up", &l, u8::from(b.up));
-            f.sample("swarmlb_backend_weight", &l, b.weight);
+        healthy.sample(&[("vip", &v.name)], v.backends.iter().filter(|b| b.up && b.weight > 0).count());
+    }
+    type PerRule = (&'static str, &'static str, fn(&status::RuleStatus) -> u64);
+    let rule_counters: [PerRule; 2] = [
+        ("swarmlb_rule_packets_total", "Packets per VIP forwarding rule.", |r| r.packets),
+        ("swarmlb_rule_new_flows_total", "New flows per VIP forwarding rule.", |r| r.new_flows),
+    ];
+    for (name, help, get) in rule_counters {
+        let fam = f.counter(name, help);
+        for v in &r.vips {
+            for rule in &v.rules {
+                fam.sample(&[("vip", &v.name), ("rule", &rule.rule)], get(rule));
+            }
         }
     }
-    f.head("swarmlb_rule_packets_total", "counter", "Packets per VIP forwarding rule.");
-    f.head("swarmlb_rule_new_flows_total", "counter", "New flows per VIP forwarding rule.");
-    for v in &r.vips {
-        for rule in &v.rules {
-            let l = [("vip", v.name.as_str()), ("rule", rule.rule.as_str())];
-            f.sample("swarmlb_rule_packets_total", &l, rule.packets);
-            f.sample("swarmlb_rule_new_flows_total", &l, rule.new_flows);
-        }
+    let fam = f.counter("swarmlb_balancer_packets_total", "Balancer packets by outcome (forwarded, replies, drops by reason).");
+    for (outcome, n) in &r.balancer {
+        fam.sample(&[("outcome", outcome)], *n);
     }
-    f.head("swarmlb_balancer_packets_total", "counter", "Balancer packets by outcome (forwarded, replies, drops by reason).");
-    for (reason, n) in &r.balancer {
-        f.sample("swarmlb_balancer_packets_total", &[("outcome", reason)], n);
-    }
-    f.head("swarmlb_flows", "gauge", "Flows in the flow table.");
-    f.sample("swarmlb_flows", &[], r.flows);
-    f.head("swarmlb_nat_entries", "gauge", "NAT entries held.");
-    f.sample("swarmlb_nat_entries", &[], r.nat_entries);
-    f.head("swarmlb_flow_table_capacity", "gauge", "Flows the flow table holds at most (flow_table_size; the least recently used are forgotten beyond).");
-    f.sample("swarmlb_flow_table_capacity", &[], r.flow_capacity);
-    f.head("swarmlb_nat_table_capacity", "gauge", "NAT entries the NAT table holds at most (nat_table_size; new nat flows are refused beyond).");
-    f.sample("swarmlb_nat_table_capacity", &[], r.nat_capacity);
-    f.head("swarmlb_snat_ports_capacity", "gauge", "SNAT ports each backend port may use (snat_ports).");
-    f.sample("swarmlb_snat_ports_capacity", &[], r.snat_ports);
-    f.head("swarmlb_snat_ports_in_use", "gauge", "SNAT ports in use per backend and backend port (new nat connections are refused at capacity).");
+    f.gauge("swarmlb_flows", "Flows in the flow table.").sample(&[], r.flows);
+    f.gauge("swarmlb_nat_entries", "NAT entries held.").sample(&[], r.nat_entries);
+    f.gauge("swarmlb_flow_table_capacity", "Flows the flow table holds at most (flow_table_size; the least recently used are forgotten beyond).")
+        .sample(&[], r.flow_capacity);
+    f.gauge("swarmlb_nat_table_capacity", "NAT entries the NAT table holds at most (nat_table_size; new nat flows are refused beyond).")
+        .sample(&[], r.nat_capacity);
+    f.gauge("swarmlb_snat_ports_capacity", "SNAT ports each backend port may use (snat_ports).").sample(&[], r.snat_ports);
+    let fam = f.gauge("swarmlb_snat_ports_in_use", "SNAT ports in use per backend and backend port (new nat connections are refused at capacity).");
     for u in &r.snat_usage {
-        f.sample("swarmlb_snat_ports_in_use", &[("backend", &u.backend), ("port", &u.port.to_string())], u.in_use);
+        fam.sample(&[("backend", &u.backend), ("port", &u.port.to_string())], u.in_use);
     }
-    f.head("swarmlb_isolator_passed_total", "counter", "Isolator packets passed, by reason.");
+    let fam = f.counter("swarmlb_isolator_passed_total", "Isolator packets passed, by reason.");
     for (reason, n) in &r.passed {
-        f.sample("swarmlb_isolator_passed_total", &[("reason", reason)], n);
+        fam.sample(&[("reason", reason)], *n);
     }
-    f.head("swarmlb_isolator_dropped_total", "counter", "Isolator packets dropped, by reason.");
+    let fam = f.counter("swarmlb_isolator_dropped_total", "Isolator packets dropped, by reason.");
     for (reason, n) in &r.dropped {
-        f.sample("swarmlb_isolator_dropped_total", &[("reason", reason)], n);
+        fam.sample(&[("reason", reason)], *n);
     }
-    f.head("swarmlb_protected_port_dropped_total", "counter", "Packets dropped per protected port (range).");
+    let fam = f.counter("swarmlb_protected_port_dropped_total", "Packets dropped per protected port (range).");
     for p in &r.ports {
-        f.sample("swarmlb_protected_port_dropped_total", &[("port", &p.port)], p.dropped);
+        fam.sample(&[("port", &p.port)], p.dropped);
     }
     let a = &r.agent;
-    f.head("swarmlb_agent_start_timestamp_seconds", "gauge", "Unix time the running agent started.");
-    f.sample("swarmlb_agent_start_timestamp_seconds", &[], a.started);
-    f.head("swarmlb_agent_adopted", "gauge", "1 when the agent took over a data path that was already running (a restart).");
-    f.sample("swarmlb_agent_adopted", &[], u8::from(a.adopted));
-    f.head("swarmlb_config_last_reload_successful", "gauge", "1 when the last load of the config file applied (0: a refused reload; the previous config runs).");
-    f.sample("swarmlb_config_last_reload_successful", &[], u8::from(a.last_reload_ok));
-    f.head("swarmlb_config_last_reload_success_timestamp_seconds", "gauge", "Unix time the config in force was applied.");
-    f.sample("swarmlb_config_last_reload_success_timestamp_seconds", &[], a.last_reload_success);
-    f.head("swarmlb_config_reloads_total", "counter", "SIGHUP reloads by result.");
-    f.sample("swarmlb_config_reloads_total", &[("result", "success")], a.reloads_succeeded);
-    f.sample("swarmlb_config_reloads_total", &[("result", "failed")], a.reloads_failed);
-    f.head("swarmlb_pins_ok", "gauge", "1 when every map and link is pinned (0: a restart would not adopt the data path).");
-    f.sample("swarmlb_pins_ok", &[], u8::from(a.pins_ok));
-    f.head("swarmlb_pins_lost_total", "counter", "Times the pins were found missing.");
-    f.sample("swarmlb_pins_lost_total", &[], a.pins_lost);
+    f.gauge("swarmlb_agent_start_timestamp_seconds", "Unix time the running agent started.").sample(&[], a.started);
+    f.gauge("swarmlb_agent_adopted", "1 when the agent took over a data path that was already running (a restart).").sample(&[], a.adopted);
+    f.gauge("swarmlb_config_last_reload_successful", "1 when the last load of the config file applied (0: a refused reload; the previous config runs).")
+        .sample(&[], a.last_reload_ok);
+    f.gauge("swarmlb_config_last_reload_success_timestamp_seconds", "Unix time the config in force was applied.").sample(&[], a.last_reload_success);
+    f.counter("swarmlb_config_reloads_total", "SIGHUP reloads by result.")
+        .sample(&[("result", "success")], a.reloads_succeeded)
+        .sample(&[("result", "failed")], a.reloads_failed);
+    f.gauge("swarmlb_pins_ok", "1 when every map and link is pinned (0: a restart would not adopt the data path).").sample(&[], a.pins_ok);
+    f.counter("swarmlb_pins_lost_total", "Times the pins were found missing.").sample(&[], a.pins_lost);
     if let Some(s) = &r.swarm {
-        f.head("swarmlb_swarm_connected", "gauge", "1 while the Docker API answers (0: serving the last good state).");
-        f.sample("swarmlb_swarm_connected", &[], u8::from(s.connected));
-        f.head("swarmlb_swarm_last_sync_timestamp_seconds", "gauge", "Unix time of the last complete view of the Swarm.");
-        f.sample("swarmlb_swarm_last_sync_timestamp_seconds", &[], s.last_sync.unwrap_or(0.0));
-        f.head("swarmlb_swarm_syncs_total", "counter", "Complete views of the Swarm received.");
-        f.sample("swarmlb_swarm_syncs_total", &[], s.syncs);
-        f.head("swarmlb_swarm_failures_total", "counter", "Failed connections, lists and unusable views.");
-        f.sample("swarmlb_swarm_failures_total", &[], s.failures);
-        f.head("swarmlb_swarm_nodes", "gauge", "Nodes in the last good view.");
-        f.sample("swarmlb_swarm_nodes", &[], s.nodes);
-        f.head("swarmlb_swarm_skipped", "gauge", "Odd entries of the last view that were skipped (see the logs).");
-        f.sample("swarmlb_swarm_skipped", &[], s.notes.len());
+        f.gauge("swarmlb_swarm_connected", "1 while the Docker API answers (0: serving the last good state).").sample(&[], s.connected);
+        f.gauge("swarmlb_swarm_last_sync_timestamp_seconds", "Unix time of the last complete view of the Swarm.").sample(&[], s.last_sync.unwrap_or(0.0));
+        f.counter("swarmlb_swarm_syncs_total", "Complete views of the Swarm received.").sample(&[], s.syncs);
+        f.counter("swarmlb_swarm_failures_total", "Failed connections, lists and unusable views.").sample(&[], s.failures);
+        f.gauge("swarmlb_swarm_nodes", "Nodes in the last good view.").sample(&[], s.nodes);
+        f.gauge("swarmlb_swarm_skipped", "Odd entries of the last view: skipped, or a bad weight label whose last good weight is kept (see the logs).")
+            .sample(&[], s.notes.len());
+        let fam = f.gauge("swarmlb_swarm_node_allowed", "1 per Swarm node address the isolator's node allow-list holds.");
+        for n in &s.allowed_nodes {
+            fam.sample(&[("address", &n.to_string())], 1u64);
+        }
     }
+    f.0
+}
+
+/// The families of one scrape, handed to `prometheus-client`'s encoder.
+#[derive(Debug)]
+struct Scrape(Vec<Family>);
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for fam in &self.0 {
+            // The encoder adds a counter's `_total` itself.
+            let name = if fam.kind == MetricType::Counter { fam.name.strip_suffix("_total").unwrap_or(fam.name) } else { fam.name };
+            let mut metric = encoder.encode_descriptor(name, fam.help, None, fam.kind)?;
+            for (labels, value) in &fam.samples {
+                let mut sample = metric.encode_family(labels)?;
+                match (fam.kind, *value) {
+                    (MetricType::Counter, Value::Count(n)) => sample.encode_counter::<NoLabelSet, _, u64>(&n, None)?,
+                    (MetricType::Counter, Value::Seconds(s)) => sample.encode_counter::<NoLabelSet, _, u64>(&s, None)?,
+                    (_, Value::Count(n)) => sample.encode_gauge(&n)?,
+                    (_, Value::Seconds(s)) => sample.encode_gauge(&s)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The report in the Prometheus text format.
+pub fn render(r: &StatusReport) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(families(r))));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
 }
 
-/// Serves `GET /metrics` on `addr` until the task is dropped. A port that
-/// cannot be bound is logged; the daemon runs on without metrics.
-pub async fn serve(addr: SocketAddr, runtime_dir: PathBuf, maps: ReportMaps) {
-    let maps = Arc::new(maps);
-    let listener = match TcpListener::bind(addr).await {
+/// What the endpoint reads: the published state and the maps.
+struct Source {
+    state: Published,
+    maps: ReportMaps,
+}
+
+impl Source {
+    fn report(&self) -> anyhow::Result<StatusReport> {
+        let state = self.state.borrow().clone().ok_or_else(|| anyhow::anyhow!("the first config is not applied yet"))?;
+        status::report(state, &self.maps)
+    }
+}
+
+/// Binds the endpoint's socket (before the runtime serves it: connections
+/// wait in the backlog meanwhile).
+pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener` ([`listen`])
+/// until the task is dropped.
+pub async fn serve(listener: std::net::TcpListener, state: Published, maps: ReportMaps) {
+    let source = Arc::new(Source { state, maps });
+    let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            error!(%addr, error = %e, "cannot listen for metrics; running without them");
+            error!(error = %e, "cannot serve metrics; running without them");
             return;
         }
     };
-    info!(%addr, "metrics at http://{addr}/metrics");
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics at http://{addr}/metrics, health at http://{addr}/healthz");
+    }
     loop {
         let Ok((sock, peer)) = listener.accept().await else { continue };
-        let (dir, maps) = (runtime_dir.clone(), maps.clone());
+        let source = source.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(sock, &dir, &maps).await {
-                debug!(%peer, error = %e, "metrics request failed");
+            let service = service_fn(move |req| {
+                let source = source.clone();
+                async move { Ok::<_, Infallible>(answer(&source, &req).await) }
+            });
+            // A client that sends no request head in 5 s is let go.
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(sock), service);
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "metrics connection failed");
             }
         });
     }
 }
 
-async fn answer(mut sock: TcpStream, runtime_dir: &std::path::Path, maps: &ReportMaps) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    // The request head, within 5 s and 8 KiB.
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-            let n = sock.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return Ok(());
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, content_type.parse().expect("a valid header value"));
+    resp
+}
+
+async fn answer(source: &Source, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "GET only\n".into());
     }
-    let line = String::from_utf8_lossy(buf.split(|&b| b == b'\r').next().unwrap_or_default()).into_owned();
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, kind, body) = if !line.starts_with("GET ") {
-        ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned())
-    } else if path != "/metrics" && path != "/" {
-        ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
-    } else {
-        match DaemonState::read(runtime_dir).and_then(|state| status::report(state, maps)) {
-            Ok(r) => ("200 OK", "text/plain; version=0.0.4", render(&r)),
-            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
+    match req.uri().path() {
+        "/metrics" | "/" => match source.report() {
+            Ok(r) => text(StatusCode::OK, prometheus_client::encoding::prometheus_text::CONTENT_TYPE, render(&r)),
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{e:#}\n")),
+        },
+        "/healthz" => {
+            let verdict = match source.report() {
+                Ok(r) => healthz::check(&r).await,
+                Err(e) => Err(format!("{e:#}")),
+            };
+            match verdict {
+                Ok(fine) => text(StatusCode::OK, PLAIN, format!("ok: {fine}\n")),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("unhealthy: {why}\n")),
+            }
         }
-    };
-    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body.as_bytes()).await?;
-    sock.shutdown().await
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "try /metrics or /healthz\n".into()),
+    }
 }

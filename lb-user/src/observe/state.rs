@@ -35,6 +35,9 @@ pub struct DaemonState {
     /// The agent itself: start, adoption, reloads, pins.
     #[serde(default)]
     pub agent: AgentStatus,
+    /// Each backend's last transition: when, what and why.
+    #[serde(default)]
+    pub backend_transitions: Vec<crate::observe::changes::BackendTransition>,
 }
 
 /// How the agent itself is doing (status and metrics show it).

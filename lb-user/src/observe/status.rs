@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::{
     datapath::balancer_writer::AppliedVip,
     datapath::maps::{BalancerMaps, IsolatorMaps},
-    observe::state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, ZoneState},
+    observe::state::{port_ranges, AgentStatus, DaemonState, ZoneState},
 };
 
 /// Everything `swarmlb status` shows.
@@ -83,9 +83,11 @@ pub struct BackendStatus {
     pub new_flows: u64,
     /// Times its health checks took it out or brought it back (this VIP).
     pub health_transitions: u64,
+    /// Its last transition (added, down, draining, …): when and why.
+    pub last_change: Option<crate::observe::changes::Transition>,
 }
 
-fn vip_status(maps: &BalancerMaps, v: &AppliedVip, health: &[HealthTransitions]) -> Result<VipStatus> {
+fn vip_status(maps: &BalancerMaps, v: &AppliedVip, state: &DaemonState) -> Result<VipStatus> {
     let mut rules = Vec::new();
     for r in &v.rules {
         let s = maps.service_stats(r.stats_index)?;
@@ -108,10 +110,12 @@ fn vip_status(maps: &BalancerMaps, v: &AppliedVip, health: &[HealthTransitions])
             packets: s.packets,
             bytes: s.bytes,
             new_flows: s.new_flows,
-            health_transitions: health
+            health_transitions: state
+                .health_transitions
                 .iter()
                 .find(|h| h.vip == v.name && h.backend == b.address)
                 .map_or(0, |h| h.transitions),
+            last_change: state.backend_transitions.iter().find(|t| t.vip == v.name && t.backend == b.address).map(|t| t.last.clone()),
         });
     }
     Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), rules, backends })
@@ -198,7 +202,7 @@ pub fn report(state: DaemonState, maps: &ReportMaps) -> Result<StatusReport> {
     let ports = merge_port_runs(maps.port_stats()?);
     let lb_counters = lb.counters()?;
     let balancer = LbCounter::ALL.iter().map(|c| (c.name(), lb_counters[*c as usize])).collect();
-    let vips = state.vips.iter().map(|v| vip_status(lb, v, &state.health_transitions)).collect::<Result<_>>()?;
+    let vips = state.vips.iter().map(|v| vip_status(lb, v, &state)).collect::<Result<_>>()?;
     let flows = lb.flows.keys().count();
     let usage = lb.nat_usage();
     let nat_entries = usage.values().map(|n| *n as usize).sum();
@@ -253,6 +257,16 @@ fn merge_port_runs(stats: Vec<(PortStatsKey, PortStats)>) -> Vec<PortStatus> {
         .collect()
 }
 
+/// How long ago unix time `t` was, in words (`4.2 s`, `3 min`, `2.5 h`).
+fn ago(t: f64) -> String {
+    let s = (crate::unix_time() - t).max(0.0);
+    match s {
+        s if s < 120.0 => format!("{s:.1} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
+}
+
 /// Renders the report as aligned text tables.
 pub fn render_table(r: &StatusReport) -> String {
     let mut out = String::new();
@@ -280,10 +294,7 @@ pub fn render_table(r: &StatusReport) -> String {
         let _ = writeln!(out, "         PINS MISSING (a restart would not adopt): {e}");
     }
     if let Some(s) = &r.swarm {
-        let age = s.last_sync.map_or("never".into(), |t| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-            format!("{:.1} s ago", (now - t).max(0.0))
-        });
+        let age = s.last_sync.map_or("never".into(), |t| format!("{} ago", ago(t)));
         let _ = writeln!(
             out,
             "swarm    {}  last sync {age}  {} nodes  {} services  {} syncs  {} failures",
@@ -299,7 +310,7 @@ pub fn render_table(r: &StatusReport) -> String {
         let nodes: Vec<String> = s.allowed_nodes.iter().map(ToString::to_string).collect();
         let _ = writeln!(out, "         node allow-list: {}", if nodes.is_empty() { "none".into() } else { nodes.join(", ") });
         for n in &s.notes {
-            let _ = writeln!(out, "         skipped: {n}");
+            let _ = writeln!(out, "         note: {n}");
         }
     }
     for v in &r.vips {
@@ -320,6 +331,9 @@ pub fn render_table(r: &StatusReport) -> String {
                 "  {:<28} {:>6} {:<5} {:>6} {:>14} {:>16} {:>10}",
                 b.address, b.weight, state, b.slots, b.packets, b.bytes, b.new_flows
             );
+            if let Some(c) = &b.last_change {
+                let _ = writeln!(out, "    last change {} ago: {} ({})", ago(c.at), c.change, c.reason);
+            }
         }
     }
     if !r.vips.is_empty() {

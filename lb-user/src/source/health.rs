@@ -40,6 +40,8 @@ pub struct Health {
     up: AtomicBool,
     /// Up/down transitions since the agent started.
     pub transitions: AtomicU64,
+    /// Why the last transition happened (empty before the first).
+    reason: Mutex<String>,
 }
 
 impl Health {
@@ -106,7 +108,7 @@ impl HealthChecks {
             }
             let health = states
                 .entry(target.clone())
-                .or_insert_with(|| Arc::new(Health { up: AtomicBool::new(true), transitions: AtomicU64::new(0) }))
+                .or_insert_with(|| Arc::new(Health { up: AtomicBool::new(true), transitions: AtomicU64::new(0), reason: Mutex::default() }))
                 .clone();
             let task = tokio::spawn(probe_loop(target.clone(), check.clone(), health, self.changed.clone()));
             self.tasks.insert(target, (check, task));
@@ -121,6 +123,14 @@ impl HealthChecks {
     /// The backends that are down now.
     pub fn down(&self) -> Down {
         self.states.lock().unwrap().iter().filter(|(_, h)| !h.is_up()).map(|(t, _)| t.clone()).collect()
+    }
+
+    /// Why `backend` of `vip` last went out or came back (`None` before
+    /// its first transition).
+    pub fn reason(&self, vip: &str, backend: IpAddr) -> Option<String> {
+        let states = self.states.lock().unwrap();
+        let reason = states.get(&(vip.to_string(), backend))?.reason.lock().unwrap().clone();
+        (!reason.is_empty()).then_some(reason)
     }
 
     /// Transitions of `backend` of `vip` so far.
@@ -152,6 +162,7 @@ async fn probe_loop(target: Target, check: HealthCheck, health: Arc<Health>, cha
                 passes += 1;
                 fails = 0;
                 if !up && passes >= check.rise {
+                    *health.reason.lock().unwrap() = format!("passed {passes} health checks in a row");
                     health.up.store(true, Ordering::Relaxed);
                     health.transitions.fetch_add(1, Ordering::Relaxed);
                     info!(vip = %vip, backend = %backend, passes, "backend healthy again: back in");
@@ -162,6 +173,7 @@ async fn probe_loop(target: Target, check: HealthCheck, health: Arc<Health>, cha
                 fails += 1;
                 passes = 0;
                 if up && fails >= check.fall {
+                    *health.reason.lock().unwrap() = format!("failed {fails} health checks in a row: {why}");
                     health.up.store(false, Ordering::Relaxed);
                     health.transitions.fetch_add(1, Ordering::Relaxed);
                     warn!(vip = %vip, backend = %backend, fails, reason = %why, "backend failed its health checks: out");

@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod health;
+pub mod links;
 pub mod netif;
 pub mod swarm;

@@ -1,6 +1,7 @@
 //! Helpers shared by the kernel tests (each test binary uses a subset).
 #![allow(dead_code)]
 
+pub mod dashboard;
 pub mod dmz;
 pub mod edge;
 pub mod gen;

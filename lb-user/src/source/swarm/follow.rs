@@ -32,7 +32,7 @@ pub struct SwarmSync {
     /// Nodes and services in the last good view.
     pub nodes: usize,
     pub services: usize,
-    /// What the mapping skipped, in words.
+    /// What the mapping skipped or kept from before, in words.
     pub notes: Vec<String>,
     /// The nodes' addresses the Swarm adds to the cluster allow-list (they
     /// may reach Swarm's ports), as last mapped.
@@ -47,6 +47,8 @@ pub struct SwarmFollower {
     saved: PathBuf,
     view: Option<SwarmView>,
     additions: SwarmAdditions,
+    /// Why each (VIP, backend) of the additions has its weight.
+    reasons: std::collections::BTreeMap<(String, std::net::IpAddr), String>,
     sync: SwarmSync,
     /// When the connection was lost (for the log line at its return).
     lost_at: Option<f64>,
@@ -61,7 +63,16 @@ impl SwarmFollower {
         if view.is_some() {
             info!(path = %saved.display(), "using the saved Swarm view until dockerd answers");
         }
-        Self { updates, task: None, saved, view, additions: SwarmAdditions::default(), sync: SwarmSync::default(), lost_at: None }
+        Self {
+            updates,
+            task: None,
+            saved,
+            view,
+            additions: SwarmAdditions::default(),
+            reasons: Default::default(),
+            sync: SwarmSync::default(),
+            lost_at: None,
+        }
     }
 
     /// What the Swarm would add to `cfg` (a config about to be applied);
@@ -107,6 +118,7 @@ impl SwarmFollower {
         let (Some(sc), Some(view)) = (cfg.swarm(), &self.view) else {
             let changed = self.additions != SwarmAdditions::default();
             self.additions = SwarmAdditions::default();
+            self.reasons.clear();
             self.sync.allowed_nodes.clear();
             return changed;
         };
@@ -120,6 +132,7 @@ impl SwarmFollower {
                 let changed = m.additions != self.additions;
                 tracing::debug!(changed, additions = ?m.additions, "Swarm view mapped");
                 self.additions = m.additions;
+                self.reasons = m.reasons;
                 self.sync.allowed_nodes = self.additions.nodes.iter().copied().collect();
                 changed
             }
@@ -195,6 +208,26 @@ impl SwarmFollower {
     /// What the Swarm adds to the config now.
     pub fn additions(&self) -> &SwarmAdditions {
         &self.additions
+    }
+
+    /// Why the Swarm gives `backend` of `vip` its weight (`None`: not one
+    /// of its backends).
+    pub fn reason(&self, vip: &str, backend: std::net::IpAddr) -> Option<&str> {
+        self.reasons.get(&(vip.to_owned(), backend)).map(String::as_str)
+    }
+
+    /// When the first draining backend's `deregistration_delay` is over
+    /// (unix time): the agent maps the view again then ([`Self::remap_now`]),
+    /// so a drain ends on time, not at the next resync.
+    pub fn drain_ends(&self) -> Option<f64> {
+        let (sc, _) = self.task.as_ref()?;
+        self.additions.leaving.values().copied().reduce(f64::min).map(|since| since + sc.deregistration_delay.as_secs_f64())
+    }
+
+    /// Maps the last good view again for `cfg` (a drain's delay is over);
+    /// returns whether the additions changed.
+    pub fn remap_now(&mut self, cfg: &Config) -> bool {
+        self.remap(cfg)
     }
 
     /// The sync state (`None` without `[swarm]`).

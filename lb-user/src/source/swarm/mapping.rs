@@ -29,6 +29,9 @@ use crate::source::config::{BackendConfig, Config, SwarmAdditions, SwarmConfig};
 pub struct Mapped {
     pub additions: SwarmAdditions,
     pub notes: BTreeSet<String>,
+    /// Why each (VIP, backend) has its weight, in words (the node and
+    /// what decided it), for the change log and `swarmlb status`.
+    pub reasons: BTreeMap<(String, IpAddr), String>,
 }
 
 /// A usable unicast address, or `None`.
@@ -98,17 +101,34 @@ pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option
                 out.notes.insert(format!("vip {}: node {} has the VIP's own address {address}: skipped", vip.name, n.hostname));
                 continue;
             }
+            let mut reason = format!("node {} matches {selector}", n.hostname);
             let weight = match n.labels.get(&swarm.weight_label) {
                 None => 1,
                 Some(text) => match text.trim().parse::<u32>() {
-                    Ok(w) if w <= 65_535 => w,
-                    _ => {
-                        out.notes.insert(format!(
-                            "node {}: label {}={text:?} is not a weight 0-65535: skipped",
-                            n.hostname, swarm.weight_label
-                        ));
-                        continue;
+                    Ok(w) if w <= 65_535 => {
+                        reason = format!("node {}: label {}={w}", n.hostname, swarm.weight_label);
+                        w
                     }
+                    // A typo must not drain a serving node: it keeps the
+                    // weight it had; a node never seen with a good one is
+                    // left out.
+                    _ => match previous.and_then(|p| p.backends.get(&vip.name)?.iter().find(|b| b.address == address)) {
+                        Some(last) => {
+                            reason = format!(
+                                "node {}: label {}={text:?} is not a weight 0-65535: keeping its last good weight {}",
+                                n.hostname, swarm.weight_label, last.weight
+                            );
+                            out.notes.insert(reason.clone());
+                            last.weight
+                        }
+                        None => {
+                            out.notes.insert(format!(
+                                "node {}: label {}={text:?} is not a weight 0-65535: skipped (no good weight to keep)",
+                                n.hostname, swarm.weight_label
+                            ));
+                            continue;
+                        }
+                    },
                 },
             };
             if backends.iter().any(|b| b.address == address) {
@@ -117,6 +137,10 @@ pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option
             }
             // Drained, paused or not ready: no new flows, existing ones finish.
             let serving = n.ready() && n.availability == "active";
+            if !serving {
+                reason = format!("node {}: state {}, availability {}", n.hostname, n.state, n.availability);
+            }
+            out.reasons.insert((vip.name.clone(), address), reason);
             backends.push(BackendConfig { address, weight: if serving { weight } else { 0 } });
         }
         if matched > 0 && backends.is_empty() {
@@ -139,6 +163,10 @@ pub fn map(cfg: &Config, swarm: &SwarmConfig, view: &SwarmView, previous: Option
             let key = (vip.name.clone(), gone.address);
             let since = previous.and_then(|p| p.leaving.get(&key).copied()).unwrap_or(now);
             if now - since < swarm.deregistration_delay.as_secs_f64() {
+                out.reasons.insert(
+                    key.clone(),
+                    format!("no node matching {selector} has it any more: draining for {} s", swarm.deregistration_delay.as_secs()),
+                );
                 backends.push(BackendConfig { address: gone.address, weight: 0 });
                 out.additions.leaving.insert(key, since);
             }
@@ -310,6 +338,23 @@ backends_from = "node.labels.lb==proxy"
         for want in ["no usable address", "is not a weight", "is not a list of unicast addresses", "of another node"] {
             assert!(notes.iter().any(|n| n.contains(want)), "{want} in {notes:?}");
         }
+    }
+
+    #[test]
+    fn a_bad_weight_label_keeps_the_last_good_weight() {
+        let with_weight = |w: &str| SwarmView {
+            nodes: vec![node("a", "10.0.0.1", &[("lb", "proxy"), ("swarmlb.weight", w)]), node("b", "10.0.0.2", &[("lb", "proxy")])],
+            services: vec![],
+        };
+        let good = run(&with_weight("3"), None);
+        assert_eq!(backends(&good), [("10.0.0.1".into(), 3), ("10.0.0.2".into(), 1)]);
+        let typo = run(&with_weight("3O"), Some(&good.additions));
+        assert_eq!(backends(&typo), backends(&good), "the typo changes nothing");
+        assert!(typo.notes.iter().any(|n| n.contains("\"3O\" is not a weight 0-65535: keeping its last good weight 3")), "{:?}", typo.notes);
+        // Fixed: the new weight applies and the note goes.
+        let fixed = run(&with_weight("5"), Some(&typo.additions));
+        assert_eq!(backends(&fixed)[0], ("10.0.0.1".into(), 5));
+        assert!(fixed.notes.is_empty(), "{:?}", fixed.notes);
     }
 
     /// Found by the `swarm_mapping` fuzz target.
