@@ -10,8 +10,9 @@ use crate::run;
 /// Debian packages the tests and the demo use: docker.io for the Swarm
 /// tests' own dockerd nodes, busybox-static for the image they run,
 /// keepalived for the failover test's VRRP, systemd for
-/// `systemd-analyze`, which checks the unit's sandbox.
-const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static", "keepalived", "systemd"];
+/// `systemd-analyze`, which checks the unit's sandbox; bird2 for the
+/// scale-out lab's BGP (edges and router, docs/scale-out.md).
+const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static", "keepalived", "systemd", "bird2"];
 
 /// What `cargo xtask bench` adds: the alternatives it compares swarmlb
 /// with (HAProxy; nftables is above, conntrack flushes its NAT state

@@ -138,6 +138,14 @@ pub fn render(r: &StatusReport) -> String {
         f.head("swarmlb_swarm_skipped", "gauge", "Odd entries of the last view that were skipped (see the logs).");
         f.sample("swarmlb_swarm_skipped", &[], s.notes.len());
     }
+    // `[bgp]` (issue 13): one gauge per VIP.
+    if let Some(b) = &r.bgp {
+        f.head("swarmlb_bgp_vip_announced", "gauge", "1 while the VIP's route is in bgp.table for BIRD to announce (a backend up, an outside interface up).");
+        for v in &r.vips {
+            let on = b.announced.iter().any(|a| a.to_string() == v.address);
+            f.sample("swarmlb_bgp_vip_announced", &[("vip", &v.name), ("address", &v.address)], u8::from(on));
+        }
+    }
     out
 }
 
