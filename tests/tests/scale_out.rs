@@ -16,7 +16,7 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     path::Path,
     time::{Duration, Instant},
@@ -134,15 +134,15 @@ struct Edge {
 struct Lab {
     edges: Vec<Edge>,
     _router_bird: Bird,
-    _setups: BackendSetups,
+    _setups: Option<BackendSetups>,
     _nginx: Vec<Nginx>,
     lab: EcmpLab,
 }
 
-/// The config every edge runs (same interface names, same backends).
-fn swarmlb_config(bird_socket: &Path) -> String {
+/// The config every edge runs in `mode` (same interface names, same backends).
+fn swarmlb_config(mode: &str, bird_socket: &Path) -> String {
     let workers = (1..=WORKERS).map(|i| IpAddr::V4(worker_addrs(i).0));
-    let web = Vip::new("web", IpAddr::V4(WEB), &["tcp/80"]).mode("dsr").backends(workers);
+    let web = Vip::new("web", IpAddr::V4(WEB), &["tcp/80"]).mode(mode).backends(workers);
     let check = format!("{{ protocol = \"tcp\", port = {SPARE_CHECK_PORT}, interval_s = 3, timeout_s = 1, rise = 1, fall = 1 }}");
     let spare = Vip::new("spare", IpAddr::V4(SPARE), &["tcp/80"]).mode("dsr").health_check(&check).backends([IpAddr::V4(worker_addrs(1).0)]);
     let body = EdgeConfig::balancer().vip(web).vip(spare).to_toml();
@@ -160,21 +160,22 @@ fn edge_defines(i: usize) -> [(&'static str, String); 5] {
     ]
 }
 
-fn start(tag: &str) -> Lab {
+/// The lab with web in `mode` (spare is always `dsr`, it carries no traffic).
+fn start(tag: &str, mode: &str) -> Lab {
     harness::require_root().unwrap();
     let lab = EcmpLab::new(tag, EDGES, WORKERS);
     let ca = TestCa::new();
     let any: [IpAddr; 1] = ["0.0.0.0".parse().unwrap()];
     let nginx = (1..=WORKERS).map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &any, &ca, &["a.com"]).expect("nginx starts")).collect();
     let tunnel_sources: Vec<IpAddr> = (0..EDGES).map(|i| IpAddr::V4(edge_addrs(i).1)).collect();
-    let setups = BackendSetups::apply(&lab.workers, tag, "dsr", &[IpAddr::V4(WEB), IpAddr::V4(SPARE)], &tunnel_sources);
+    let setups = (mode == "dsr").then(|| BackendSetups::apply(&lab.workers, tag, "dsr", &[IpAddr::V4(WEB), IpAddr::V4(SPARE)], &tunnel_sources));
     let peers: Vec<(String, u32)> = (0..EDGES).map(|i| (edge_addrs(i).0.to_string(), EDGE_AS)).collect();
     let router_bird = Bird::start(&lab.router, &format!("{tag}r"), &router_config(&ROUTER.to_string(), ROUTER_AS, &peers));
     let edges = (0..EDGES)
         .map(|i| {
             let ns = &lab.edges[i];
             let bird = Bird::start(ns, &format!("{tag}e{i}"), &edge_config(&edge_defines(i)));
-            let inst = Instance::new(&format!("{tag}e{i}"), &swarmlb_config(&bird.socket()));
+            let inst = Instance::new(&format!("{tag}e{i}"), &swarmlb_config(mode, &bird.socket()));
             let mut daemon = inst.start(ns, &[]);
             inst.wait_ready(&mut daemon);
             Edge { bird, daemon: Some(daemon), inst }
@@ -199,6 +200,28 @@ impl Lab {
         format!("{what}\nrouter routes:\n{route}\nedges:\n{}\nrouter BIRD:\n{}", edges.join("\n"), self._router_bird.birdc(&["show", "protocols"]))
     }
 
+    /// Edge `i` dies: its links go down first (the host is gone: no FIN,
+    /// no BGP notification gets out), then kill -9 of swarmlb and BIRD.
+    /// Returns the time until the router's route to web has lost it.
+    fn kill_edge(&mut self, i: usize) -> Duration {
+        let gone = IpAddr::V4(edge_addrs(i).0);
+        let t0 = Instant::now();
+        self.lab.cut(i);
+        self.edges[i].daemon.as_mut().unwrap().signal(libc::SIGKILL);
+        self.edges[i].bird.kill9();
+        while self.lab.next_hops(IpAddr::V4(WEB)).contains(&gone) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{}", self.explain("the dead edge leaves the ECMP set"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t0.elapsed()
+    }
+
+    /// The client ports of edge `i`'s NAT entries.
+    fn nat_ports(&self, i: usize) -> BTreeSet<u16> {
+        let maps = BalancerMaps::open(&self.edges[i].inst.pin_path).expect("the balancer's pinned maps");
+        maps.nat.iter().map(|r| r.expect("a NAT entry").1.client_port).collect()
+    }
+
     /// New connections edge `i` sent on (web's new flows).
     fn new_flows(&self, i: usize) -> u64 {
         self.edges[i].inst.status()["vips"].as_array().unwrap().iter().find(|v| v["name"] == "web").unwrap()["rules"][0]["new_flows"].as_u64().unwrap()
@@ -212,7 +235,7 @@ fn one_request(l: &Lab) -> String {
 
 #[test]
 fn ecmp_edges_spread_flows_withdraw_dead_vips_and_survive_an_edge_crash_in_dsr() {
-    let mut l = start("bgpdsr");
+    let mut l = start("bgpdsr", "dsr");
     // Status: what swarmlb announces and BIRD's session.
     let s = l.edges[0].inst.status();
     println!("edge 1 status bgp: {}", s["bgp"]);
@@ -269,16 +292,8 @@ fn ecmp_edges_spread_flows_withdraw_dead_vips_and_survive_an_edge_crash_in_dsr()
     let streams = Streaming::start((0..100).map(open).collect(), Duration::from_millis(100));
     streams.progress_at_least("before the crash", Duration::from_secs(1), 50);
     let e1 = IpAddr::V4(edge_addrs(0).0);
-    let t0 = Instant::now();
-    l.lab.cut(0);
-    l.edges[0].daemon.as_mut().unwrap().signal(libc::SIGKILL);
-    l.edges[0].bird.kill9();
-    while l.lab.next_hops(IpAddr::V4(WEB)).contains(&e1) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "{}", l.explain("edge 1 leaves the ECMP set"));
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let converged = t0.elapsed();
-    println!("edge 1 died: out of the router's ECMP route after {:.3} s (BFD 3 × 100 ms)", converged.as_secs_f64());
+    let converged = l.kill_edge(0);
+    println!("dsr: edge 1 died: out of the router's ECMP route after {:.3} s (BFD 3 × 100 ms)", converged.as_secs_f64());
     assert!(converged < Duration::from_secs(1), "BFD: the router drops a dead edge within 1 s, took {converged:?}");
     std::thread::sleep(Duration::from_secs(3));
     streams.progress_at_least("after the crash", Duration::from_secs(1), 50);
@@ -288,7 +303,7 @@ fn ecmp_edges_spread_flows_withdraw_dead_vips_and_survive_an_edge_crash_in_dsr()
     //    over it again, and the streams it gets find the same workers.
     l.lab.reconnect(0);
     let bird = Bird::start(&l.lab.edges[0], "bgpdsre0again", &edge_config(&edge_defines(0)));
-    l.edges[0].inst.write_config(&swarmlb_config(&bird.socket()));
+    l.edges[0].inst.write_config(&swarmlb_config("dsr", &bird.socket()));
     l.edges[0].bird = bird;
     let t1 = Instant::now();
     let mut d = l.edges[0].inst.start(&l.lab.edges[0], &[]);
@@ -326,4 +341,43 @@ fn down_in(ns: &harness::Netns, inst: &Instance) -> String {
     let out = child.output_so_far();
     assert!(status.success(), "swarmlb down failed:\n{out}");
     out
+}
+
+/// `nat` behind ECMP: each edge has its own SNAT address, so a flow that
+/// the router moves to another edge reaches its backend from an address
+/// the backend has no socket for, and is reset. When edge 1 dies, its
+/// flows move and break; and the router's hash-threshold ECMP, going from
+/// three next hops to two, also moves some flows between the survivors,
+/// which break too. The test holds the design to exactly that: every flow
+/// that changed edge broke, and none that stayed on its edge.
+#[test]
+fn ecmp_edges_in_nat_break_only_the_flows_that_change_edge() {
+    let mut l = start("bgpnat", "nat");
+    let open = |_| Stream::open(&l.lab.client, IpAddr::V4(WEB)).with_read_timeout(Duration::from_secs(20));
+    let streams = Streaming::start((0..100).map(open).collect(), Duration::from_millis(100));
+    streams.progress_at_least("nat: before the crash", Duration::from_secs(1), 50);
+    let before: Vec<BTreeSet<u16>> = (0..EDGES).map(|i| l.nat_ports(i)).collect();
+    let converged = l.kill_edge(0);
+    println!("nat: edge 1 died: out of the router's ECMP route after {:.3} s", converged.as_secs_f64());
+    std::thread::sleep(Duration::from_secs(4));
+    let after: Vec<BTreeSet<u16>> = (1..EDGES).map(|i| l.nat_ports(i)).collect();
+    let ended = streams.stop();
+    let ports: BTreeSet<u16> = ended.iter().map(|e| e.port).collect();
+    let on_dead: BTreeSet<u16> = before[0].intersection(&ports).copied().collect();
+    // A stream changed edge: it was on edge 1, or a survivor that did not
+    // carry it before holds a NAT entry for it now.
+    let moved: BTreeSet<u16> = ports
+        .iter()
+        .copied()
+        .filter(|p| on_dead.contains(p) || (1..EDGES).any(|k| !before[k].contains(p) && after[k - 1].contains(p)))
+        .collect();
+    let broken: BTreeSet<u16> = ended.iter().filter(|e| e.failure().is_some()).map(|e| e.port).collect();
+    println!(
+        "nat: {} of 100 streams were on the dead edge, {} changed edge in all, {} broke",
+        on_dead.len(),
+        moved.len(),
+        broken.len()
+    );
+    assert!(!on_dead.is_empty(), "edge 1 carried some streams");
+    assert_eq!(broken, moved, "exactly the streams that changed edge break");
 }
