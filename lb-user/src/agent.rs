@@ -91,6 +91,9 @@ pub fn describe(cfg: &Config) -> String {
             let _ = writeln!(out, "vip {} {} ({}): {}; backends {}", v.name, v.address, v.mode.name(), rules.join(", "), if backends.is_empty() { "none".into() } else { backends.join(", ") });
         }
     }
+    if let Some(bgp) = cfg.bgp() {
+        let _ = writeln!(out, "bgp: routes to the servable VIPs in table {} (protocol {}) for BIRD; birdc socket {}", bgp.table, announce::ROUTE_PROTOCOL, bgp.birdc_socket.display());
+    }
     out
 }
 

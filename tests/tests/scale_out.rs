@@ -36,11 +36,21 @@ use harness::{
 };
 use lb_user::datapath::maps::{key_addr, BalancerMaps};
 
-/// Every service of the balancer pinned at `pins`, resolved: its key's
-/// bytes → its target port, mode and table size, then each Maglev slot's
-/// backend as family and address bytes. What the kernel decides for a
-/// new flow, without the ids and table slots an edge's history chose.
-fn resolved_services(pins: &Path) -> (BTreeMap<Vec<u8>, Vec<u8>>, BTreeMap<IpAddr, u32>, Vec<u32>) {
+/// What one edge's balancer maps say about new flows, and the history
+/// that does not matter to them.
+struct Resolved {
+    /// Every service, resolved: its key's bytes → its target port, mode
+    /// and table size, then each Maglev slot's backend as family and
+    /// address bytes. What the kernel decides for a new flow.
+    services: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Backend address → the id this edge gave it.
+    ids: BTreeMap<IpAddr, u32>,
+    /// The services' table bases (where this edge put the tables), sorted.
+    bases: Vec<u32>,
+}
+
+/// [`Resolved`] of the balancer pinned at `pins`.
+fn resolved_services(pins: &Path) -> Resolved {
     let maps = BalancerMaps::open(pins).expect("the balancer's pinned maps");
     let mut out = BTreeMap::new();
     let mut bases = Vec::new();
@@ -64,7 +74,7 @@ fn resolved_services(pins: &Path) -> (BTreeMap<Vec<u8>, Vec<u8>>, BTreeMap<IpAdd
     }
     let ids = (0..).map_while(|id| maps.backends.get(&id, 0).ok().map(|b| (id, b))).filter(|(_, b)| !b.is_vacant()).map(|(id, b)| (key_addr(&b.addr, b.family), id)).collect();
     bases.sort_unstable();
-    (out, ids, bases)
+    Resolved { services: out, ids, bases }
 }
 
 #[test]
@@ -94,15 +104,15 @@ fn edges_fed_the_same_backends_in_any_order_build_byte_identical_tables() {
     let mut b_run = b.start(&lab.edges[1], &[]);
     b.wait_ready(&mut b_run);
 
-    let (on_a, ids_a, bases_a) = resolved_services(&a.pin_path);
-    let (on_b, ids_b, bases_b) = resolved_services(&b.pin_path);
+    let (a_maps, b_maps) = (resolved_services(&a.pin_path), resolved_services(&b.pin_path));
+    let (on_a, on_b) = (&a_maps.services, &b_maps.services);
     // The histories differ where the kernel's maps are concerned …
-    assert_ne!(ids_a, ids_b, "the edges gave the backends other ids");
-    assert_ne!(bases_a, bases_b, "the edges put the VIPs' tables in other slots");
+    assert_ne!(a_maps.ids, b_maps.ids, "the edges gave the backends other ids");
+    assert_ne!(a_maps.bases, b_maps.bases, "the edges put the VIPs' tables in other slots");
     // … and every service sends every slot to the same backend.
     assert_eq!(on_a.len(), 3, "three services");
     assert_eq!(on_a.keys().collect::<Vec<_>>(), on_b.keys().collect::<Vec<_>>());
-    for (k, v) in &on_a {
+    for (k, v) in on_a {
         assert!(on_b[k] == *v, "service {k:?}: the edges' resolved tables differ");
     }
     stop_cleanly(&mut a_run, libc::SIGTERM);
