@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::daemon::{stop_cleanly, wait_until, BackendSetups, Instance};
+use common::daemon::{scrape_metrics, stop_cleanly, wait_until, BackendSetups, Instance};
 use harness::{
     bird::{edge_config, router_config, Bird},
     config::{EdgeConfig, Vip},
@@ -271,6 +271,9 @@ fn ecmp_edges_spread_flows_withdraw_dead_vips_and_survive_an_edge_crash_in_dsr()
     for e in &l.edges {
         assert!(!e.inst.status()["bgp"]["announced"].as_array().unwrap().iter().any(|a| a == &SPARE.to_string()));
     }
+    let metrics = scrape_metrics(&l.lab.edges[0]).unwrap();
+    let announced = |vip: &str| metrics.lines().find(|m| m.starts_with("swarmlb_bgp_vip_announced{") && m.contains(&format!("vip=\"{vip}\""))).map(|m| m.rsplit(' ').next().unwrap().to_owned());
+    assert_eq!((announced("web").as_deref(), announced("spare").as_deref()), (Some("1"), Some("0")), "{metrics}");
     let listener = l.lab.workers[0].run(|| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], SPARE_CHECK_PORT)))).unwrap();
     let t = Instant::now();
     wait_until(Duration::from_secs(15), || l.lab.next_hops(spare).len() == EDGES, || l.explain("spare announced by every edge once its backend is up"));
