@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    announce::{self, Announcer, Wanted},
     datapath::{
         isolator_writer,
         loader::{bpffs_needs_mount, ensure_bpffs, pinned_interfaces, remove_pins, MapSizes},
@@ -26,7 +27,7 @@ use crate::{
     observe::{
         changes::{self, BackendTransition, Transition},
         events,
-        state::{port_ranges, AgentStatus, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
+        state::{port_ranges, AgentStatus, BgpState, DaemonState, HealthTransitions, InstanceLock, InterfaceState, ZoneState},
         status::ReportMaps,
         watch::{self, CounterWatch},
     },
@@ -92,6 +93,9 @@ pub fn describe(cfg: &Config) -> String {
             }
             let _ = writeln!(out, "vip {} {} ({}): {}; backends {}", v.name, v.address, v.mode.name(), rules.join(", "), if backends.is_empty() { "none".into() } else { backends.join(", ") });
         }
+    }
+    if let Some(bgp) = cfg.bgp() {
+        let _ = writeln!(out, "bgp: routes to the servable VIPs in table {} (protocol {}) for BIRD; birdc socket {}", bgp.table, announce::ROUTE_PROTOCOL, bgp.birdc_socket.display());
     }
     out
 }
@@ -190,6 +194,10 @@ struct Agent {
     /// again on the new directory when the pins are restored after their
     /// bpffs went: the old lock holds a directory nobody sees any more.
     pin_lock: PinLock,
+    /// Keeps the VIP routes BIRD announces (`[bgp]`).
+    announcer: Announcer,
+    /// The VIPs it announced last.
+    announced: Vec<std::net::IpAddr>,
 }
 
 impl Agent {
@@ -259,7 +267,10 @@ impl Agent {
             health_transitions: Vec::new(),
             agent: AgentStatus::default(),
             backend_transitions: Vec::new(),
+            bgp: cfg.bgp().map(|b| BgpState { table: b.table, birdc_socket: b.birdc_socket.clone(), announced: Vec::new() }),
         };
+        let outside = cfg.balancer().map_or(&[][..], |b| &b.outside_interfaces[..]);
+        self.announcer.set(cfg.bgp().map(|b| Wanted::of(b.table, outside, &applied.vips)));
         if why == "config" {
             warn_unusable_redirect_targets(cfg);
         }
@@ -410,6 +421,9 @@ impl Agent {
         let Some(state) = self.state.as_mut() else { return Ok(()) };
         state.swarm = self.swarm.sync().cloned();
         state.agent = self.agent.clone();
+        if let Some(b) = state.bgp.as_mut() {
+            b.announced = self.announced.clone();
+        }
         state.health_transitions = state
             .vips
             .iter()
@@ -513,9 +527,14 @@ pub fn down(pin_dir: &Path, runtime_dir: &Path) -> Result<()> {
         e.context(format!("removing the pins in {}{hint}", pin_dir.display()))
     })?;
     drop(lock);
+    // Nothing is served here any more: BIRD stops announcing this edge.
+    let withdrawn = announce::withdraw_all().context("withdrawing the VIP routes for BIRD (the data path is down)")?;
     // A state file naming this pin path is a dead agent's (the lock was free).
     if DaemonState::read(runtime_dir).is_ok_and(|s| s.pin_path == pin_dir) {
         DaemonState::remove(runtime_dir);
+    }
+    if withdrawn > 0 {
+        print_stdout(&format!("withdrew {withdrawn} VIP routes (BIRD no longer announces them)\n"))?;
     }
     print_stdout(&match (pins, interfaces.is_empty()) {
         (0, _) => format!("nothing pinned at {} (an empty directory, removed): nothing detached\n", pin_dir.display()),
@@ -571,6 +590,7 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
     let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
     let (swarm_tx, mut swarm_rx) = tokio::sync::mpsc::unbounded_channel();
     let (published, published_state) = tokio::sync::watch::channel(None);
+    let (announced_tx, mut announced_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut daemon = Agent {
         reconciler,
         health: HealthChecks::new(health_tx),
@@ -581,6 +601,8 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
         agent: AgentStatus::default(),
         reload_pending: None,
         pin_lock,
+        announcer: Announcer::spawn(announced_tx),
+        announced: Vec::new(),
     };
     let was_running = daemon.reconciler.datapath().found_running();
     if was_running {
@@ -730,6 +752,12 @@ pub fn run(config_path: &Path, runtime_dir: &Path) -> Result<()> {
                         warn!(error = format!("{e:#}"), "writing the state file failed");
                     }
                     daemon.settle_reload(runtime_dir);
+                }
+                Some(now) = announced_rx.recv() => {
+                    daemon.announced = now;
+                    if let Err(e) = daemon.write_state(runtime_dir) {
+                        warn!(error = format!("{e:#}"), "writing the state file failed");
+                    }
                 }
                 r = async { addresses.as_mut().unwrap().changed().await }, if addresses.is_some() => {
                     match r {

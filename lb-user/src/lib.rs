@@ -16,6 +16,7 @@
 //! DSR backends.
 
 pub mod agent;
+pub mod announce;
 pub mod backend_setup;
 pub mod datapath;
 pub mod notify;

@@ -17,10 +17,12 @@
 //!
 //! All of it needs root (namespaces, veths, AF_PACKET): see [`require_root`].
 
+pub mod bird;
 pub mod config;
 pub mod corpus;
 pub mod counters;
 pub mod daemon;
+pub mod ecmp_lab;
 pub mod edge_lab;
 pub mod evasion;
 pub mod flood;

@@ -12,8 +12,9 @@ use crate::run;
 /// keepalived for the failover test's VRRP, systemd for
 /// `systemd-analyze`, which checks the unit's sandbox, prometheus for
 /// `promtool` and the server that scrapes the agent and runs the alert
-/// rules in the observability test.
-const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static", "keepalived", "systemd", "prometheus"];
+/// rules in the observability test, bird2 for the scale-out lab's BGP
+/// (edges and router, docs/scale-out.md).
+const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static", "keepalived", "systemd", "prometheus", "bird2"];
 
 /// What `cargo xtask bench` adds: the alternatives it compares swarmlb
 /// with (HAProxy; nftables is above, conntrack flushes its NAT state

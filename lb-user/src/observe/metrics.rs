@@ -200,6 +200,14 @@ pub fn families(r: &StatusReport) -> Vec<Family> {
             fam.sample(&[("address", &n.to_string())], 1u64);
         }
     }
+    // `[bgp]`: one gauge per VIP.
+    if let Some(b) = &r.bgp {
+        let fam = f.gauge("swarmlb_bgp_vip_announced", "1 while the VIP's route is in bgp.table for BIRD to announce (a backend up, an outside interface up).");
+        for v in &r.vips {
+            let on = b.announced.iter().any(|a| a.to_string() == v.address);
+            fam.sample(&[("vip", &v.name), ("address", &v.address)], u64::from(on));
+        }
+    }
     f.0
 }
 

@@ -38,6 +38,20 @@ pub struct DaemonState {
     /// Each backend's last transition: when, what and why.
     #[serde(default)]
     pub backend_transitions: Vec<crate::observe::changes::BackendTransition>,
+    /// The VIPs announced to BIRD (`None` without `[bgp]`).
+    #[serde(default)]
+    pub bgp: Option<BgpState>,
+}
+
+/// `[bgp]` in force and what this edge announces.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BgpState {
+    /// The routing table BIRD learns the VIP routes from.
+    pub table: u32,
+    pub birdc_socket: PathBuf,
+    /// The VIPs routed in it now (each with a backend up, on an outside
+    /// interface that is up).
+    pub announced: Vec<std::net::IpAddr>,
 }
 
 /// How the agent itself is doing (status and metrics show it).

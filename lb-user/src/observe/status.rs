@@ -49,6 +49,20 @@ pub struct StatusReport {
     pub swarm: Option<crate::source::swarm::follow::SwarmSync>,
     /// The agent: start, adoption, config reloads, pins.
     pub agent: AgentStatus,
+    /// What this edge announces, and BIRD's sessions (`None` without `[bgp]`).
+    pub bgp: Option<BgpStatus>,
+}
+
+/// `[bgp]`: the VIPs announced, and what BIRD says of its protocols
+/// (asked by `swarmlb status` only, not by the metrics endpoint).
+#[derive(Debug, Serialize)]
+pub struct BgpStatus {
+    pub table: u32,
+    pub birdc_socket: std::path::PathBuf,
+    pub announced: Vec<std::net::IpAddr>,
+    pub bird: Vec<crate::announce::bird::Protocol>,
+    /// Why BIRD could not be asked.
+    pub bird_error: Option<String>,
 }
 
 /// One VIP: its rules and backends with their traffic.
@@ -176,7 +190,14 @@ pub fn collect(runtime_dir: &Path) -> Result<StatusReport> {
         )),
         _ => e,
     })?;
-    report(state, &maps)
+    let mut r = report(state, &maps)?;
+    if let Some(b) = r.bgp.as_mut() {
+        match crate::announce::bird::protocols(&b.birdc_socket) {
+            Ok(p) => b.bird = p,
+            Err(e) => b.bird_error = Some(format!("{e:#}")),
+        }
+    }
+    Ok(r)
 }
 
 /// The report of `state` (the daemon's state file) with the counters in `maps`.
@@ -228,6 +249,7 @@ pub fn report(state: DaemonState, maps: &ReportMaps) -> Result<StatusReport> {
         snat_usage,
         swarm: state.swarm,
         agent: state.agent,
+        bgp: state.bgp.map(|b| BgpStatus { table: b.table, birdc_socket: b.birdc_socket, announced: b.announced, bird: Vec::new(), bird_error: None }),
     })
 }
 
@@ -292,6 +314,16 @@ pub fn render_table(r: &StatusReport) -> String {
     }
     if let Some(e) = a.pins_error.as_ref().filter(|_| !a.pins_ok) {
         let _ = writeln!(out, "         PINS MISSING (a restart would not adopt): {e}");
+    }
+    if let Some(b) = &r.bgp {
+        let announced: Vec<String> = b.announced.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "bgp      table {}  announced: {}", b.table, if announced.is_empty() { "none".into() } else { announced.join(", ") });
+        for p in &b.bird {
+            let _ = writeln!(out, "         bird {} ({}) {} {}", p.name, p.proto, p.state, p.info);
+        }
+        if let Some(e) = &b.bird_error {
+            let _ = writeln!(out, "         BIRD NOT ASKED: {e}");
+        }
     }
     if let Some(s) = &r.swarm {
         let age = s.last_sync.map_or("never".into(), |t| format!("{} ago", ago(t)));

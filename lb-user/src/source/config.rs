@@ -21,7 +21,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod balancer;
+mod bgp;
 mod swarm;
+pub use bgp::{BgpConfig, DEFAULT_BIRDC_SOCKET};
 pub use balancer::{BackendConfig, BalancerConfig, HealthCheck, HealthProtocol, Rule, VipConfig, DEFAULT_SNAT_PORTS};
 pub use swarm::{SwarmAdditions, SwarmConfig};
 
@@ -75,6 +77,7 @@ struct RawConfig {
     #[serde(default)]
     vip: Vec<balancer::RawVip>,
     swarm: Option<swarm::RawSwarm>,
+    bgp: Option<Spanned<bgp::RawBgp>>,
 }
 
 /// `None` when `name` can be an interface name, else why not.
@@ -287,6 +290,7 @@ pub struct Config {
     metrics_listen: Option<std::net::SocketAddr>,
     balancer: Option<BalancerConfig>,
     swarm: Option<SwarmConfig>,
+    bgp: Option<BgpConfig>,
     warnings: Vec<String>,
 }
 
@@ -415,6 +419,7 @@ impl Config {
         let mut warnings = Vec::new();
         let swarm = swarm::parse(&loc, raw.swarm.as_ref())?;
         let balancer = balancer::parse(&loc, raw.balancer.as_ref(), &raw.vip, swarm.is_some(), &mut warnings)?;
+        let bgp = bgp::parse(&loc, raw.bgp.as_ref(), balancer.is_some())?;
         let cfg = Config {
             interfaces,
             zones,
@@ -424,6 +429,7 @@ impl Config {
             metrics_listen,
             balancer,
             swarm,
+            bgp,
             warnings,
         };
         cfg.check_capacity(&loc)?;
@@ -469,6 +475,11 @@ impl Config {
     /// Where the Swarm is (`None` without `[swarm]`: static config only).
     pub fn swarm(&self) -> Option<&SwarmConfig> {
         self.swarm.as_ref()
+    }
+
+    /// How VIPs are announced to BIRD (`None` without `[bgp]`).
+    pub fn bgp(&self) -> Option<&BgpConfig> {
+        self.bgp.as_ref()
     }
 
     /// The load balancer's settings and VIPs (`None` without `[balancer]`).

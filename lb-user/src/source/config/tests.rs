@@ -220,3 +220,25 @@ fn reverse_path_is_strict_unless_the_zone_says_otherwise() {
     let e = mode("reverse_path = \"on\"").unwrap_err().to_string();
     assert!(e.contains("zone.dmz.reverse_path") && e.contains(":6:") && e.contains("\"strict\""), "{e}");
 }
+
+#[test]
+fn bgp_section_parses_and_errors_name_key_and_line() {
+    let cfg = Config::parse(&format!("{LB}\n[bgp]\ntable = 100\n"), "t.toml").unwrap();
+    assert_eq!(cfg.bgp(), Some(&BgpConfig { table: 100, birdc_socket: DEFAULT_BIRDC_SOCKET.into() }));
+    let custom = Config::parse(&format!("{LB}\n[bgp]\ntable = 4000\nbirdc_socket = \"/run/b.ctl\"\n"), "t.toml").unwrap();
+    assert_eq!(custom.bgp().unwrap().birdc_socket, Path::new("/run/b.ctl"));
+    assert!(Config::parse(LB, "t.toml").unwrap().bgp().is_none());
+    let lines = LB.lines().count();
+    let cases: &[(String, String, &str)] = &[
+        ("[bgp]\ntable = 100\n".into(), "t.toml:1:".into(), "needs a [balancer] section"),
+        (format!("{LB}[bgp]\ntable = 254\n"), format!("t.toml:{}:", lines + 2), "bgp.table = 254: expected a routing table of swarmlb's own"),
+        (format!("{LB}[bgp]\ntable = 0\n"), format!("t.toml:{}:", lines + 2), "bgp.table = 0"),
+        (format!("{LB}[bgp]\ntable = -3\n"), format!("t.toml:{}:", lines + 2), "bgp.table = -3"),
+        (format!("{LB}[bgp]\ntable = 100\nbirdc_socket = \"bird.ctl\"\n"), format!("t.toml:{}:", lines + 3), "bgp.birdc_socket = \"bird.ctl\": must be an absolute path"),
+        (format!("{LB}[bgp]\ntable = 100\nasn = 65000\n"), format!("t.toml:{}:", lines + 3), "unknown field `asn`"),
+    ];
+    for (text, line, what) in cases {
+        let e = err(text);
+        assert!(e.contains(line.as_str()) && e.contains(what), "{text}\n→ {e}\n(expected {line} … {what})");
+    }
+}
