@@ -11,7 +11,11 @@ use crate::run;
 /// tests' own dockerd nodes, busybox-static for the image they run,
 /// keepalived for the failover test's VRRP, systemd for
 /// `systemd-analyze`, which checks the unit's sandbox.
-const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static", "keepalived", "systemd"];
+/// dpkg-dev and binutils: `cargo xtask package` (dpkg-shlibdeps, strip);
+/// curl and openssl: the quick start's verification commands, which its
+/// test runs as written.
+const PACKAGES: &[&str] =
+    &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static", "keepalived", "systemd", "dpkg-dev", "binutils", "curl", "openssl"];
 
 /// What `cargo xtask bench` adds: the alternatives it compares swarmlb
 /// with (HAProxy; nftables is above, conntrack flushes its NAT state
