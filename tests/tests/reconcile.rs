@@ -42,6 +42,8 @@ fn each_input_writes_only_what_it_changes() {
     topo.veth(&edge, "e-in", &edge, "e-in-p");
     topo.addr(&edge, "e-out", "198.51.100.1/24");
     topo.addr(&edge, "e-in", "10.1.0.1/16");
+    // The balancer refuses interfaces that do not forward.
+    topo.forwarding(&edge);
     let pins = private_pin_dir("lab", "recon");
     let cfg = config(&pins);
     let result = edge.run(|| -> anyhow::Result<()> {

@@ -147,13 +147,11 @@ pub fn build() -> Result<PathBuf> {
         format!(
             "Package: {NAME}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: swarmlb developers <swarmlb@example.invalid>\n\
              Installed-Size: {installed_kib}\nDepends: {depends}\nRecommends: iproute2\nSuggests: keepalived, docker.io\n\
-             Section: net\nPriority: optional\nHomepage: {}\n\
              Description: XDP load balancer and port isolator for Docker Swarm\n \
              swarmlb gives a Docker Swarm on bare metal what a cloud load balancer gives\n \
              droplets: one address whose TCP/UDP connections (TLS passed through) are spread\n \
              over the nodes that carry a label, with health checks. Its XDP isolator drops\n \
              traffic to ports of internal services on DMZ-facing interfaces.\n",
-            env!("CARGO_PKG_REPOSITORY"),
         ),
     )?;
     let deb = out.join(format!("{NAME}_{version}_{arch}.deb"));

@@ -96,6 +96,8 @@ fn edge(topo: &mut Topology, tag: &str) -> Netns {
     topo.veth(&edge, "e-in", &edge, "e-in-p");
     topo.addr(&edge, "e-out", "198.51.100.1/24");
     topo.addr(&edge, "e-in", "10.1.0.1/16");
+    // The balancer refuses interfaces that do not forward.
+    topo.forwarding(&edge);
     edge
 }
 
@@ -212,6 +214,7 @@ fn swarm_sync(opts: &Opts) -> Result<String> {
     topo.veth(&outside, "c-out", &edge, "e-out");
     topo.addr(&edge, "e-out", "198.51.100.1/24");
     lab.attach(&edge, "e-in", "10.2.0.1/24");
+    topo.forwarding(&edge);
     let node = IpAddr::V4(lab.nodes()[0].addr);
     let agent = RunningDaemon::start(
         &edge,
