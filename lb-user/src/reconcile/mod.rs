@@ -111,14 +111,21 @@ impl Reconciler {
         Ok(Self { datapath, isolator_maps, balancer_maps, balancer, sizes, attached: HashMap::new(), inputs: Inputs::default(), applied: None })
     }
 
-    /// The config file says `file` (a start or a reload): resolves its
-    /// interfaces and applies everything. On error nothing changed and the
-    /// previous config stays in force.
-    pub fn set_config(&mut self, file: Config) -> Result<Diff> {
+    /// The config file says `file` (a start or a reload), and the Swarm
+    /// adds `swarm` to it: resolves its interfaces and applies everything
+    /// in one go. On error nothing changed and the previous config stays
+    /// in force.
+    ///
+    /// The Swarm's additions come with the file because they are mapped
+    /// for it: applied later, the agent's first apply after a restart
+    /// would run without the Swarm's backends (its saved view), and
+    /// adopted flows to them would break.
+    pub fn set_config(&mut self, file: Config, swarm: SwarmAdditions) -> Result<Diff> {
         let ifindexes = resolve_interfaces(&file)?;
         let host = netif::addresses()?;
         self.with_inputs(|i| {
             i.file = Some(file);
+            i.swarm = swarm;
             i.ifindexes = ifindexes;
             i.host = host;
         }, true)

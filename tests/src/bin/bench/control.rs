@@ -130,7 +130,7 @@ fn health_flap(opts: &Opts) -> Result<String> {
     let cfg = Config::parse(&body, "flap.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
     let measured = edge.run(|| -> Result<_> {
         let mut r = Reconciler::load(&pins, MapSizes::of(cfg.balancer()))?;
-        r.set_config(cfg.clone())?;
+        r.set_config(cfg.clone(), Default::default())?;
         let flapping: Down = [("web".to_owned(), backend(0))].into_iter().collect();
         // (writes, ms) per flip: [after, before], interleaved flip by flip.
         let mut samples = [Vec::new(), Vec::new()];
@@ -140,7 +140,7 @@ fn health_flap(opts: &Opts) -> Result<String> {
             let t = Instant::now();
             let mut writes = r.set_health(down)?.map_writes;
             if full {
-                writes += r.set_config(cfg.clone())?.map_writes;
+                writes += r.set_config(cfg.clone(), Default::default())?.map_writes;
             }
             samples[usize::from(full)].push((writes as f64, t.elapsed().as_secs_f64() * 1e3));
         }
