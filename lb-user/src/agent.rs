@@ -205,7 +205,8 @@ impl Agent {
     /// Returns whether a new Swarm source started (its first answer is
     /// still to come).
     fn set_config(&mut self, file: Config, config_path: &Path, runtime_dir: &Path) -> Result<bool> {
-        let diff = self.reconciler.set_config(file)?;
+        let swarm = self.swarm.additions_for(&file);
+        let diff = self.reconciler.set_config(file, swarm)?;
         let started = self.swarm.follow(self.reconciler.file_config().expect("a config applied"));
         self.applied("config", &diff, config_path, runtime_dir)?;
         Ok(started)

@@ -2,12 +2,20 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use lb_user::{agent, observe::state::DEFAULT_RUNTIME_DIR, observe::status, print_stdout};
 
-/// swarmlb — XDP port isolator and L4 load balancer for Docker Swarm.
+/// XDP load balancer and port isolator for Docker Swarm
+///
+/// swarmlb spreads connections to a VIP over the Swarm nodes that carry a
+/// label (TLS passed through, health-checked), and drops traffic to the
+/// ports of internal services on DMZ-facing interfaces. `swarmlb run`
+/// is the agent (systemd unit swarmlb.service); the config is TOML
+/// (/etc/swarmlb/swarmlb.toml). Start with the quick start,
+/// /usr/share/doc/swarmlb/quickstart.md; every config key is in
+/// /usr/share/doc/swarmlb/config.md.
 #[derive(Parser)]
-#[command(name = "swarmlb", version = lb_user::VERSION, about)]
+#[command(name = "swarmlb", version = lb_user::VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +32,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Where the state file for `swarmlb status` goes.
-        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        #[arg(long, env = RUNTIME_DIR_ENV, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -47,14 +55,14 @@ enum Command {
         /// The pin path of the config (`settings.pin_path`).
         #[arg(long, default_value = lb_user::source::config::DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
-        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        #[arg(long, env = RUNTIME_DIR_ENV, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
     },
     /// Ask the running daemon to re-read its config (SIGHUP) and wait for
     /// the outcome: exits non-zero, with the daemon's reason, when the
     /// reload is refused.
     Reload {
-        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        #[arg(long, env = RUNTIME_DIR_ENV, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
         /// How long to wait for the outcome, in seconds.
         #[arg(long, default_value_t = 30)]
@@ -86,13 +94,18 @@ enum Command {
     },
     /// Show interfaces, zones, protected ports and counters of the running daemon.
     Status {
-        #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+        #[arg(long, env = RUNTIME_DIR_ENV, default_value = DEFAULT_RUNTIME_DIR)]
         runtime_dir: PathBuf,
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
 }
+
+/// The runtime dir of every command, when `--runtime-dir` is not given:
+/// set once for an agent that does not use the default (a container's
+/// `docker exec`, a second agent on a host).
+const RUNTIME_DIR_ENV: &str = "SWARMLB_RUNTIME_DIR";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -135,7 +148,44 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Where [`generate_assets`] writes when this variable names a directory
+/// (`cargo xtask package` sets it). An environment variable rather than a
+/// hidden subcommand: clap_complete would offer a hidden one in the
+/// completions.
+const ASSETS_ENV: &str = "SWARMLB_GENERATE_ASSETS";
+
+/// Writes `out/man/*.1` (one page per command, as `man swarmlb` and `man
+/// swarmlb-run` find them) and `out/completions/` for bash, zsh and fish,
+/// from the clap definition above: the package's documentation of the CLI
+/// cannot drift from the CLI.
+fn generate_assets(out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let man = out.join("man");
+    let completions = out.join("completions");
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // No pages for clap's `help` subcommand tree (`swarmlb-help-run(1)`, …).
+    clap_mangen::generate_to(Cli::command().disable_help_subcommand(true), &man)
+        .with_context(|| format!("writing man pages to {}", man.display()))?;
+    let mut cmd = Cli::command();
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, "swarmlb", &completions)
+            .with_context(|| format!("writing the {shell} completion to {}", completions.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    if let Some(out) = std::env::var_os(ASSETS_ENV) {
+        return match generate_assets(std::path::Path::new(&out)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("swarmlb: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config, runtime_dir, log_format } => {

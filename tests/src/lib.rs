@@ -27,6 +27,7 @@ pub mod edge_lab;
 pub mod evasion;
 pub mod flood;
 pub mod forge;
+pub mod image;
 pub mod fuzz;
 pub mod ha_lab;
 pub mod isolator_lab;

@@ -31,19 +31,28 @@ const LAB_PREFIX: &str = "/var/tmp/swarmlb-swarm-";
 
 /// The script that becomes a node's init (run by `unshare`, inside the
 /// node's network namespace): `$1` hostname, `$2` the node's directory.
+///
+/// The node sees the host's bpffs at /sys/fs/bpf (kept aside before /sys
+/// is remounted), as a real host's containers do: an agent's pins there
+/// outlive its task. /run is the node's own (a tmpfs), as on a real host,
+/// and its dockerd also answers at the usual /var/run/docker.sock there,
+/// which is what a stack mounts into its tasks.
 const NODE_SCRIPT: &str = r#"set -e
+node_dir="$2"
+mkdir -p "$node_dir/host-bpffs"; mount --bind /sys/fs/bpf "$node_dir/host-bpffs"
 mount -t sysfs sysfs /sys
+mount --move "$node_dir/host-bpffs" /sys/fs/bpf
 mount -t tmpfs cgroup /sys/fs/cgroup
 for c in $(awk 'NR > 1 && $4 == 1 && $2 != 0 { print $1 }' /proc/cgroups); do
   mkdir -p "/sys/fs/cgroup/$c"; mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" 2>/dev/null || rmdir "/sys/fs/cgroup/$c"
 done
 mkdir -p /sys/fs/cgroup/systemd; mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
-mkdir -p /run/containerd; mount -t tmpfs tmpfs /run/containerd
+mount -t tmpfs tmpfs /run
 hostname "$1"
 export DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1
-node_dir="$2"; shift 2
+shift 2
 exec dockerd --data-root "$node_dir/data" --exec-root "$node_dir/exec" -H "unix://$node_dir/docker.sock" \
-  --pidfile "$node_dir/docker.pid" --storage-driver vfs "$@"
+  -H unix:///var/run/docker.sock --pidfile "$node_dir/docker.pid" --storage-driver vfs "$@"
 "#;
 
 /// One Swarm node.
@@ -269,16 +278,51 @@ impl SwarmLab {
             std::fs::create_dir_all(root.join("bin"))?;
             std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("/bin/busybox (cargo xtask setup installs busybox-static)")?;
             std::os::unix::fs::symlink("busybox", root.join("bin/sh"))?;
-            let ok = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&self.rootfs_tar).arg(".").status()?.success();
-            if !ok {
-                bail!("tar of the busybox rootfs failed");
+            tar_dir(&root, &self.rootfs_tar)?;
+        }
+        self.import(&self.rootfs_tar, IMAGE, &[])?;
+        Ok(IMAGE.to_owned())
+    }
+
+    /// `docker import`s the file system tree `root` (a directory, see
+    /// [`crate::image::Rootfs`]) as `image` into every node, with
+    /// Dockerfile instructions `changes` (`CMD […]`, `ENTRYPOINT […]`).
+    pub fn import_rootfs(&self, root: &Path, image: &str, changes: &[&str]) -> Result<()> {
+        let tar = self.dir.join(format!("{}.tar", image.replace(['/', ':'], "_")));
+        tar_dir(root, &tar)?;
+        self.import(&tar, image, changes)
+    }
+
+    fn import(&self, tar: &Path, image: &str, changes: &[&str]) -> Result<()> {
+        let tar = std::fs::read(tar)?;
+        let mut args = vec!["import"];
+        for c in changes {
+            args.extend(["--change", c]);
+        }
+        args.extend(["-", image]);
+        for n in &self.nodes {
+            docker_at(&n.socket, &args, Some(&tar))?;
+        }
+        Ok(())
+    }
+
+    /// Copies `image` from node `from` to every other node (`docker save`
+    /// | `docker load`), as a registry would deliver it.
+    pub fn distribute(&self, from: usize, image: &str) -> Result<()> {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.nodes[from].socket.display()))
+            .args(["save", image])
+            .output()?;
+        if !out.status.success() {
+            bail!("docker save {image}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i != from {
+                docker_at(&n.socket, &["load"], Some(&out.stdout))?;
             }
         }
-        let tar = std::fs::read(&self.rootfs_tar)?;
-        for n in &self.nodes {
-            docker_at(&n.socket, &["import", "-", IMAGE], Some(&tar))?;
-        }
-        Ok(IMAGE.to_owned())
+        Ok(())
     }
 
     /// Kills node `node`'s dockerd (and its containers); its data stays.
@@ -332,6 +376,15 @@ impl SwarmLab {
         self.topology.addr(ns, ifname, cidr);
         port
     }
+}
+
+/// `tar -cf tar -C root .`
+fn tar_dir(root: &Path, tar: &Path) -> Result<()> {
+    let ok = Command::new("tar").arg("-C").arg(root).arg("-cf").arg(tar).arg(".").status()?.success();
+    if !ok {
+        bail!("tar of {} failed", root.display());
+    }
+    Ok(())
 }
 
 impl Drop for SwarmLab {

@@ -88,9 +88,15 @@ backends = ["10.9.0.2"]
     let check = swarmlb_in(&host, &["check", "--config", config_arg(&inst)]);
     assert!(!check.status.success() && text(&check.stderr).contains("interface \"nosuch0\" (balancer inside interface) does not exist"), "{}", text(&check.stderr));
 
-    // The address on the interface: accepted, and the JSON says what applies.
+    // The address on the interface, but forwarding off (the balancer's
+    // route lookups would answer FWD_DISABLED): refused, naming the sysctl.
     inst.write_config(body);
     topo.addr(&host, "in0", "10.9.0.77/32");
+    let check = swarmlb_in(&host, &["check", "--config", config_arg(&inst)]);
+    assert!(!check.status.success() && text(&check.stderr).contains("needs net.ipv4.conf.out0.forwarding = 1"), "{}", text(&check.stderr));
+
+    // Forwarding on: accepted, and the JSON says what applies.
+    topo.forwarding(&host);
     let json = swarmlb_in(&host, &["check", "--json", "--config", config_arg(&inst)]);
     assert!(json.status.success(), "{}\n{}", text(&json.stdout), text(&json.stderr));
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();

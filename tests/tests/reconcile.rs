@@ -42,11 +42,13 @@ fn each_input_writes_only_what_it_changes() {
     topo.veth(&edge, "e-in", &edge, "e-in-p");
     topo.addr(&edge, "e-out", "198.51.100.1/24");
     topo.addr(&edge, "e-in", "10.1.0.1/16");
+    // The balancer refuses interfaces that do not forward.
+    topo.forwarding(&edge);
     let pins = private_pin_dir("lab", "recon");
     let cfg = config(&pins);
     let result = edge.run(|| -> anyhow::Result<()> {
         let mut r = Reconciler::load(&pins, MapSizes::of(cfg.balancer()))?;
-        let first = r.set_config(cfg.clone())?;
+        let first = r.set_config(cfg.clone(), Default::default())?;
         println!("first config: {first:?}");
         let mut attached = first.attached.clone();
         attached.sort();
@@ -55,7 +57,7 @@ fn each_input_writes_only_what_it_changes() {
 
         // A config load (start, SIGHUP) runs every writer again, but an
         // interface whose program is in place is not attached again.
-        let again = r.set_config(cfg.clone())?;
+        let again = r.set_config(cfg.clone(), Default::default())?;
         println!("the same config again: {again:?}");
         assert!(again.attached.is_empty() && again.detached.is_empty(), "{again:?}");
         assert!(again.map_writes < first.map_writes / 100, "the tables are written where they differ: {again:?}");

@@ -36,8 +36,10 @@ fn unit_exposure_is_at_most_5() {
     // Every directive is known to this systemd and every command exists
     // (with the built binary where the unit installs it).
     let unit_text = std::fs::read_to_string(&unit).unwrap();
-    std::fs::write(&copy, unit_text.replace("/usr/local/bin/swarmlb", common::daemon::swarmlb_bin().to_str().unwrap())).unwrap();
-    let verify = Command::new("systemd-analyze").arg("verify").arg(&copy).current_dir(&dir).output().unwrap();
+    // The man pages of `Documentation=` come with the package: the quick
+    // start's test verifies the installed unit with them.
+    std::fs::write(&copy, unit_text.replace("/usr/bin/swarmlb", common::daemon::swarmlb_bin().to_str().unwrap())).unwrap();
+    let verify = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).current_dir(&dir).output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let complaints = String::from_utf8_lossy(&verify.stderr);
     assert!(verify.status.success() && complaints.trim().is_empty(), "systemd-analyze verify: {complaints}");

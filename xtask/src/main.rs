@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask <setup|build-ebpf|build|run|test|demo|bench|soak|fuzz>`.
+//! Project tasks: `cargo xtask <setup|build-ebpf|build|package|run|test|demo|bench|soak|fuzz>`.
 //!
 //! Every task that needs the toolchain or system packages runs `setup`
 //! first, so a fresh machine needs nothing but `cargo xtask …`.
 
 mod fuzz;
+mod package;
 mod setup;
 
 use std::{
@@ -30,6 +31,9 @@ enum Task {
     BuildEbpf,
     /// Build the eBPF object and the `swarmlb` binary (release).
     Build,
+    /// Build the Debian package target/package/swarmlb_<version>_<arch>.deb
+    /// (binary, systemd units, man pages, completions, docs, examples).
+    Package,
     /// Build, then run `swarmlb` with the given arguments (e.g. `run --config examples/swarmlb.toml`).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -128,19 +132,22 @@ fn main() -> Result<()> {
         Task::Setup => setup::ensure(),
         Task::BuildEbpf => build_ebpf(),
         Task::Build => build(),
+        Task::Package => package::build().map(drop),
         Task::Run { args } => {
             build()?;
             run(Command::new(root().join("target/release/swarmlb")).args(args))
         }
         Task::Test { args } => {
-            // The end-to-end tests run the real `swarmlb` binary.
-            build()?;
+            // The end-to-end tests run the real `swarmlb` binary; the
+            // quick start's test installs the package.
+            let deb = package::build()?;
             // Release: the differential fuzz runs over 100k packets and the
             // port scans over 4×65535 ports; debug builds make them crawl.
             run(cargo()
                 .args(["test", "--release", "--workspace"])
                 .args(args)
-                .env("SWARMLB_BIN", root().join("target/release/swarmlb")))
+                .env("SWARMLB_BIN", root().join("target/release/swarmlb"))
+                .env("SWARMLB_DEB", deb))
         }
         Task::Bench { quick, only, katran, katran_rev } => {
             setup::ensure_bench()?;

@@ -13,8 +13,13 @@ use crate::run;
 /// `systemd-analyze`, which checks the unit's sandbox, prometheus for
 /// `promtool` and the server that scrapes the agent and runs the alert
 /// rules in the observability test, bird2 for the scale-out lab's BGP
-/// (edges and router, docs/scale-out.md).
-const PACKAGES: &[&str] = &["iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static", "keepalived", "systemd", "prometheus", "bird2"];
+/// (edges and router, docs/scale-out.md), dpkg-dev and binutils for
+/// `cargo xtask package` (dpkg-shlibdeps, strip), curl and openssl for
+/// the quick start's verification commands, which its test runs as
+/// written.
+const PACKAGES: &[&str] = &[
+    "iproute2", "nftables", "nginx", "ethtool", "docker.io", "busybox-static", "keepalived", "systemd", "prometheus", "bird2", "dpkg-dev", "binutils", "curl", "openssl",
+];
 
 /// What `cargo xtask bench` adds: the alternatives it compares swarmlb
 /// with (HAProxy; nftables is above, conntrack flushes its NAT state

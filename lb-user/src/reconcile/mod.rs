@@ -111,14 +111,21 @@ impl Reconciler {
         Ok(Self { datapath, isolator_maps, balancer_maps, balancer, sizes, attached: HashMap::new(), inputs: Inputs::default(), applied: None })
     }
 
-    /// The config file says `file` (a start or a reload): resolves its
-    /// interfaces and applies everything. On error nothing changed and the
-    /// previous config stays in force.
-    pub fn set_config(&mut self, file: Config) -> Result<Diff> {
+    /// The config file says `file` (a start or a reload), and the Swarm
+    /// adds `swarm` to it: resolves its interfaces and applies everything
+    /// in one go. On error nothing changed and the previous config stays
+    /// in force.
+    ///
+    /// The Swarm's additions come with the file because they are mapped
+    /// for it: applied later, the agent's first apply after a restart
+    /// would run without the Swarm's backends (its saved view), and
+    /// adopted flows to them would break.
+    pub fn set_config(&mut self, file: Config, swarm: SwarmAdditions) -> Result<Diff> {
         let ifindexes = resolve_interfaces(&file)?;
         let host = netif::addresses()?;
         self.with_inputs(|i| {
             i.file = Some(file);
+            i.swarm = swarm;
             i.ifindexes = ifindexes;
             i.host = host;
         }, true)
@@ -175,6 +182,9 @@ impl Reconciler {
         // written (the rest in `validate`).
         if policy_changed {
             check_forwarding(&want.policy)?;
+        }
+        if balancer_changed {
+            check_balancer_forwarding(file)?;
         }
         let mut diff = Diff { policy: policy_changed, impossible: impossible_changed, balancer: balancer_changed, ..Diff::default() };
         // New interfaces get a program; an interface whose program changes
@@ -332,6 +342,7 @@ pub fn preflight(file: &Config) -> Result<DesiredState> {
     let host = netif::addresses()?;
     let want = validate(file, &SwarmAdditions::default(), &ifindexes, &host, &Down::default(), None)?;
     check_forwarding(&want.policy)?;
+    check_balancer_forwarding(file)?;
     let pin_dir = file.pin_path();
     crate::datapath::loader::bpffs_needs_mount(pin_dir)?;
     if pin_dir.exists() {
@@ -383,6 +394,32 @@ fn check_forwarding(compiled: &CompiledPolicy) -> Result<()> {
                     if v6 { 6 } else { 4 },
                     if v6 { 6 } else { 4 },
                     if v6 { " (and accept_ra = 2 if the interface takes its address from router advertisements)" } else { "" },
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The balancer finds each packet's next hop with `bpf_fib_lookup` from
+/// the interface it arrived on (a client's packet on an outside interface,
+/// a backend's reply on the inside one), which answers FWD_DISABLED where
+/// the kernel does not forward the family: every packet to a VIP of that
+/// family would be lost. Refused, naming the sysctl, as for the zones.
+fn check_balancer_forwarding(file: &Config) -> Result<()> {
+    let Some(b) = file.balancer() else { return Ok(()) };
+    for v6 in [false, true] {
+        let Some(vip) = b.vips.iter().find(|v| v.address.is_ipv6() == v6) else { continue };
+        for ifname in b.outside_interfaces.iter().chain([&b.inside_interface]) {
+            if !netif::forwarding(ifname, v6)? {
+                let sysctl = netif::forwarding_sysctl(ifname, v6);
+                bail!(
+                    "vip {}: the balancer on {ifname} needs {sysctl} = 1: with IPv{} forwarding off the kernel's route lookup \
+                     (bpf_fib_lookup) answers FWD_DISABLED and no packet to the VIP would be forwarded. Set `sysctl -w {}=1` \
+                     (and make it permanent in /etc/sysctl.d/)",
+                    vip.name,
+                    if v6 { 6 } else { 4 },
+                    if v6 { "net.ipv6.conf.all.forwarding" } else { "net.ipv4.ip_forward" },
                 );
             }
         }

@@ -96,6 +96,8 @@ fn edge(topo: &mut Topology, tag: &str) -> Netns {
     topo.veth(&edge, "e-in", &edge, "e-in-p");
     topo.addr(&edge, "e-out", "198.51.100.1/24");
     topo.addr(&edge, "e-in", "10.1.0.1/16");
+    // The balancer refuses interfaces that do not forward.
+    topo.forwarding(&edge);
     edge
 }
 
@@ -128,7 +130,7 @@ fn health_flap(opts: &Opts) -> Result<String> {
     let cfg = Config::parse(&body, "flap.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
     let measured = edge.run(|| -> Result<_> {
         let mut r = Reconciler::load(&pins, MapSizes::of(cfg.balancer()))?;
-        r.set_config(cfg.clone())?;
+        r.set_config(cfg.clone(), Default::default())?;
         let flapping: Down = [("web".to_owned(), backend(0))].into_iter().collect();
         // (writes, ms) per flip: [after, before], interleaved flip by flip.
         let mut samples = [Vec::new(), Vec::new()];
@@ -138,7 +140,7 @@ fn health_flap(opts: &Opts) -> Result<String> {
             let t = Instant::now();
             let mut writes = r.set_health(down)?.map_writes;
             if full {
-                writes += r.set_config(cfg.clone())?.map_writes;
+                writes += r.set_config(cfg.clone(), Default::default())?.map_writes;
             }
             samples[usize::from(full)].push((writes as f64, t.elapsed().as_secs_f64() * 1e3));
         }
@@ -212,6 +214,7 @@ fn swarm_sync(opts: &Opts) -> Result<String> {
     topo.veth(&outside, "c-out", &edge, "e-out");
     topo.addr(&edge, "e-out", "198.51.100.1/24");
     lab.attach(&edge, "e-in", "10.2.0.1/24");
+    topo.forwarding(&edge);
     let node = IpAddr::V4(lab.nodes()[0].addr);
     let agent = RunningDaemon::start(
         &edge,
