@@ -94,18 +94,12 @@ pub fn eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {
     unsafe { load64(a) == load64(b) && load64(a.add(8)) == load64(b.add(8)) }
 }
 
-/// The first four bytes of an address key (an IPv4 address) as a word in
-/// memory order.
+/// The first four bytes of `a` (an IPv4 address, or the first word of an
+/// address key) as a word in memory order.
 #[inline(always)]
-pub fn u32_at(a: &[u8; 16]) -> u32 {
-    // SAFETY: 4 of the array's 16 bytes.
-    unsafe { load32(a.as_ptr()) }
-}
-
-/// Four bytes as a word in memory order.
-#[inline(always)]
-pub fn word(a: &[u8; 4]) -> u32 {
-    // SAFETY: the array's 4 bytes.
+pub fn word<const N: usize>(a: &[u8; N]) -> u32 {
+    const { assert!(N >= 4) };
+    // SAFETY: 4 of the array's at least 4 bytes.
     unsafe { load32(a.as_ptr()) }
 }
 

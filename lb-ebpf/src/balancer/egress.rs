@@ -50,7 +50,7 @@ pub fn route(ctx: &XdpContext, s: &mut Scratch, extra: usize) -> Result<(), LbCo
             s.fib.__bindgen_anon_1.mtu_result = kept.mtu;
             return Err(LbCounter::TooBig);
         }
-        s.hop = Hop { ifindex: kept.out_ifindex, smac: kept.smac, dmac: kept.dmac };
+        set_hop(&mut s.hop, kept.out_ifindex, &kept.smac, &kept.dmac);
         return Ok(());
     }
     lookup(ctx, s, tot_len)?;
@@ -69,10 +69,19 @@ pub fn route(ctx: &XdpContext, s: &mut Scratch, extra: usize) -> Result<(), LbCo
     kept.in_ifindex = s.parsed.ifindex;
     kept.out_ifindex = s.hop.ifindex;
     kept.mtu = mtu;
-    kept.smac = s.hop.smac;
-    kept.dmac = s.hop.dmac;
+    copy6(&mut kept.smac, &s.hop.smac);
+    copy6(&mut kept.dmac, &s.hop.dmac);
     kept.net_generation = generation;
     Ok(())
+}
+
+/// Fills `hop` with the MACs a word at a time (a struct assignment between
+/// two map values is a `memmove`, a byte loop: see `bytes`).
+#[inline(always)]
+fn set_hop(hop: &mut Hop, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) {
+    hop.ifindex = ifindex;
+    copy6(&mut hop.smac, smac);
+    copy6(&mut hop.dmac, dmac);
 }
 
 /// A FIB lookup for a packet of `tot_len` bytes, into `s.hop`.
@@ -80,7 +89,7 @@ pub fn route(ctx: &XdpContext, s: &mut Scratch, extra: usize) -> Result<(), LbCo
 fn lookup(ctx: &XdpContext, s: &mut Scratch, tot_len: u16) -> Result<(), LbCounter> {
     match fib(ctx, s, tot_len) {
         FIB_SUCCESS => {
-            s.hop = Hop { ifindex: s.fib.ifindex, smac: s.fib.smac, dmac: s.fib.dmac };
+            set_hop(&mut s.hop, s.fib.ifindex, &s.fib.smac, &s.fib.dmac);
             Ok(())
         }
         FIB_NO_NEIGH => Err(LbCounter::NoNeighbour),

@@ -12,7 +12,7 @@ use lb_common::{
 
 use super::{parse, scratch::Scratch};
 use crate::{
-    bytes::{copy16, eq16, u32_at, word},
+    bytes::{copy16, eq16, word},
     maps::{LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_NAT, LB_SNAT_INDEX, LB_SNAT_POOL},
     packet::{Macs, Packet},
 };
@@ -279,7 +279,7 @@ pub fn snat_address(g: &Globals, family: u8, index: u8) -> [u8; 16] {
 pub fn snat_index(s: &mut Scratch, g: &Globals) -> Option<u8> {
     let p = &s.parsed;
     // A v4 address key's last twelve bytes are zero.
-    let inside = if p.family == FAMILY_V4 { u32_at(&p.dst) == word(&g.inside_v4) } else { eq16(&p.dst, &g.inside_v6) };
+    let inside = if p.family == FAMILY_V4 { word(&p.dst) == word(&g.inside_v4) } else { eq16(&p.dst, &g.inside_v6) };
     if inside {
         return Some(0);
     }

@@ -158,7 +158,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch) -> Option<u32> {
             egress::send(pkt, &s.hop, s.parsed.ifindex)
         }
         Mode::Dsr => {
-            if !rewrite::encapsulate(ctx, &s.parsed, g, &s.placed.addr) {
+            if rewrite::encapsulate(ctx, &s.parsed, g, &s.placed.addr).is_none() {
                 return Some(drop(LbCounter::NoHeadroom));
             }
             egress::send(&Packet::new(ctx), &s.hop, s.parsed.ifindex)

@@ -191,13 +191,13 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
                 sport: s.placed.nat_port,
                 dport: svc.target_port,
             };
-            if !rewrite::nat(pkt, p, &s.translation) {
+            if rewrite::nat(pkt, p, &s.translation).is_none() {
                 return drop(LbCounter::Malformed);
             }
             egress::send(pkt, &s.hop, p.ifindex)
         }
         Mode::Dsr => {
-            if !rewrite::encapsulate(ctx, p, g, &s.placed.addr) {
+            if rewrite::encapsulate(ctx, p, g, &s.placed.addr).is_none() {
                 return drop(LbCounter::NoHeadroom);
             }
             egress::send(&Packet::new(ctx), &s.hop, p.ifindex)
@@ -262,7 +262,7 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
         s.flow = FlowKey { src: e.client, dst: e.vip, src_port: e.client_port, dst_port: e.vip_port, proto: p.proto, family: p.family, _pad: [0; 2] };
         flow::finish(s);
     }
-    if !rewrite::nat(pkt, p, &s.translation) {
+    if rewrite::nat(pkt, p, &s.translation).is_none() {
         return drop(LbCounter::Malformed);
     }
     match egress::send(pkt, &s.hop, p.ifindex) {

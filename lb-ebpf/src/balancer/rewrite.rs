@@ -12,7 +12,7 @@ use lb_common::{
 
 use super::parse::{l4_check, Parsed, L3};
 use crate::{
-    bytes::{copy16, ne16, set_ne16, set_word, store_words, u32_at, word, words16},
+    bytes::{copy16, ne16, set_ne16, set_word, store_words, word, words16},
     packet::{Ipv4Hdr, Ipv6Hdr, Packet, Ports},
 };
 
@@ -24,14 +24,9 @@ pub struct Translation {
     pub dport: u16,
 }
 
-/// Applies `t` (TTL − 1); `false` if the headers were not all there.
+/// Applies `t` (TTL − 1); `None` if the headers were not all there.
 #[inline(always)]
-pub fn nat(pkt: &Packet, p: &Parsed, t: &Translation) -> bool {
-    translate(pkt, p, t).is_some()
-}
-
-#[inline(always)]
-fn translate(pkt: &Packet, p: &Parsed, t: &Translation) -> Option<()> {
+pub fn nat(pkt: &Packet, p: &Parsed, t: &Translation) -> Option<()> {
     // Checksums are updated a word at a time, in memory order
     // (`csum::Delta`): no byte of an address is handled on its own.
     let check_at = p.l4 + l4_check(p.proto).0;
@@ -42,7 +37,7 @@ fn translate(pkt: &Packet, p: &Parsed, t: &Translation) -> Option<()> {
     let mut l4 = Delta::default();
     if p.family == FAMILY_V4 {
         let ip: &mut Ipv4Hdr = pkt.header_mut(L3)?;
-        let (src, dst) = (u32_at(&t.src), u32_at(&t.dst));
+        let (src, dst) = (word(&t.src), word(&t.dst));
         l4.word32(word(&ip.src_addr), src);
         l4.word32(word(&ip.dst_addr), dst);
         let mut ipd = l4;
@@ -89,15 +84,10 @@ fn sum16(d: &mut Delta, old: &[u8; 16], new: &[u8; 16]) {
 }
 
 /// Puts an outer header from the edge's inside address to `backend` in
-/// front of the IP packet; `false` without headroom. The MACs are not set
+/// front of the IP packet; `None` without headroom. The MACs are not set
 /// yet, and the caller must re-read the packet's bounds.
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, p: &Parsed, g: &Globals, backend: &[u8; 16]) -> bool {
-    push_header(ctx, p, g, backend).is_some()
-}
-
-#[inline(always)]
-fn push_header(ctx: &XdpContext, p: &Parsed, g: &Globals, backend: &[u8; 16]) -> Option<()> {
+pub fn encapsulate(ctx: &XdpContext, p: &Parsed, g: &Globals, backend: &[u8; 16]) -> Option<()> {
     let v4 = p.family == FAMILY_V4;
     let outer: i32 = if v4 { IPV4_MIN_HLEN as i32 } else { IPV6_HLEN as i32 };
     // SAFETY: the context is the program's own; on failure nothing moved.
@@ -111,7 +101,7 @@ fn push_header(ctx: &XdpContext, p: &Parsed, g: &Globals, backend: &[u8; 16]) ->
         pkt.write(offset::ETH_TYPE, ETH_P_IPV4.to_be_bytes())?;
         let ip: &mut Ipv4Hdr = pkt.header_mut(L3)?;
         let [l0, l1] = (p.ip_len as u16 + IPV4_MIN_HLEN as u16).to_be_bytes();
-        let (src, dst) = (word(&g.inside_v4), u32_at(backend));
+        let (src, dst) = (word(&g.inside_v4), word(backend));
         let (vihl_len, ttl_proto) = ([bits::IPV4_VIHL_PLAIN, 0, l0, l1], [TUNNEL_TTL, IPPROTO_IPIP]);
         // The one's-complement sum is the same in either byte order
         // (RFC 1071 2(B)): summed in memory order, the checksum comes out
