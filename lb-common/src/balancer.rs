@@ -57,6 +57,14 @@ pub const MAP_LB_COUNTERS: &str = "LB_COUNTERS";
 pub const MAP_SERVICE_STATS: &str = "LB_SERVICE_STATS";
 /// Per-CPU array of [`TrafficStats`], indexed by backend id.
 pub const MAP_BACKEND_STATS: &str = "LB_BACKEND_STATS";
+/// LPM trie, key data [`SourceV4`](crate::firewall::SourceV4) (VIP index,
+/// client prefix) → firewall verdict (`crate::firewall::trie_value`).
+pub const MAP_FIREWALL_V4: &str = "LB_FIREWALL_V4";
+/// LPM trie, key data [`SourceV6`](crate::firewall::SourceV6) → verdict.
+pub const MAP_FIREWALL_V6: &str = "LB_FIREWALL_V6";
+/// Per-CPU array of `u64`: packets the firewall dropped, indexed by
+/// counter slot (`crate::firewall`: a VIP's "not allowed", then rules).
+pub const MAP_FIREWALL_DROPS: &str = "LB_FIREWALL_DROPS";
 /// Device hash map: the interfaces the balancer may redirect to.
 pub const MAP_EGRESS: &str = "LB_EGRESS";
 /// Program array: slot [`NEXT_STAGE_ISOLATOR`] holds the isolator, which
@@ -189,7 +197,12 @@ pub struct Service {
     pub target_port: u16,
     /// [`Mode`] as `u8`.
     pub mode: u8,
-    pub _pad: u8,
+    /// The VIP's firewall (`crate::firewall`): 0 without rules (nothing
+    /// is read; older builds wrote 0 into this byte, padding then), else
+    /// [`FW_RULES`](crate::firewall::FW_RULES), maybe
+    /// [`FW_ALLOW_LIST`](crate::firewall::FW_ALLOW_LIST), and the VIP's
+    /// index (the trie keys' slot).
+    pub firewall: u8,
 }
 
 /// A backend as the kernel sees it: the value of [`MAP_BACKENDS`], an

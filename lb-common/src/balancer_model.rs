@@ -13,6 +13,12 @@
 //!    Anything else goes to the next stage.
 //! 3. A service's packet that is a fragment, or whose headers do not fit
 //!    the frame, is dropped and counted; no backend can be chosen for it.
+//!    3b. A packet of a VIP with firewall rules ([`Service::firewall`] not
+//!    0) whose source the rules refuse ([`Tables::firewall_rules`],
+//!    `crate::firewall::verdict`: deny wins, then the allow list) is
+//!    dropped and counted at the rule's slot ([`Outcome::firewall`]) —
+//!    every packet, not only a new flow's, so a deny added to a running
+//!    config ends the flows it covers at once.
 //! 4. In `nat` mode a packet whose TTL / hop limit would expire goes to
 //!    the kernel unchanged (it sends the ICMP time-exceeded).
 //! 5. A known flow whose backend is still the same and up keeps it;
@@ -156,6 +162,9 @@ pub trait Tables {
     /// Can `src` not be a real source on `ifindex` (the impossible-source
     /// tries, as the isolator reads them)?
     fn impossible_source(&self, family: u8, ifindex: u32, src: &[u8; 16]) -> bool;
+    /// The firewall rules of the VIP with index `vip` (the config's, with
+    /// their counter slots; empty without rules).
+    fn firewall_rules(&self, vip: u32) -> &[crate::firewall::Rule];
 }
 
 /// What [`Tables::insert_nat`] did.
@@ -198,15 +207,18 @@ pub struct Outcome {
     pub extra: Option<LbCounter>,
     /// `(service stats index, backend id)` charged with the packet.
     pub charged: Option<(u32, u32)>,
+    /// The firewall's counter slot of a packet it dropped (rule 3b;
+    /// `counter` is `None` then).
+    pub firewall: Option<u32>,
     pub len: usize,
 }
 
 impl Outcome {
     const fn next_stage() -> Self {
-        Outcome { action: Action::NextStage, counter: None, moved: false, extra: None, charged: None, len: 0 }
+        Outcome { action: Action::NextStage, counter: None, moved: false, extra: None, charged: None, firewall: None, len: 0 }
     }
     const fn with(action: Action, counter: LbCounter) -> Self {
-        Outcome { action, counter: Some(counter), moved: false, extra: None, charged: None, len: 0 }
+        Outcome { action, counter: Some(counter), moved: false, extra: None, charged: None, firewall: None, len: 0 }
     }
 }
 
@@ -339,6 +351,12 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     if let Some(c) = unfit(p, frame.len()) {
         return Outcome::with(Action::Drop, c);
     }
+    if svc.firewall != 0 {
+        let vip = u32::from(svc.firewall & crate::firewall::FW_VIP_MASK);
+        if let Some(slot) = crate::firewall::verdict(vip, t.firewall_rules(vip), &p.src) {
+            return Outcome { action: Action::Drop, firewall: Some(slot), ..Outcome::next_stage() };
+        }
+    }
     let mode = Mode::from_raw(svc.mode).unwrap_or(Mode::Nat);
     if mode == Mode::Nat && p.ttl <= 1 {
         return Outcome::with(Action::Pass, LbCounter::TtlExpired);
@@ -374,13 +392,13 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
         Route::Via { ifindex, .. } => ifindex,
         Route::TooBig { mtu } => {
             return match icmp_too_big(frame, out, p, mtu.saturating_sub(outer as u16)) {
-                Some(len) => Outcome { action: Action::Tx, counter: Some(LbCounter::IcmpTooBigSent), moved: outcome.moved, extra: None, charged: None, len },
-                None => Outcome { action: Action::Drop, counter: Some(LbCounter::TooBig), moved: outcome.moved, extra: None, charged: None, len: 0 },
+                Some(len) => Outcome { action: Action::Tx, counter: Some(LbCounter::IcmpTooBigSent), moved: outcome.moved, extra: None, charged: None, firewall: None, len },
+                None => Outcome { action: Action::Drop, counter: Some(LbCounter::TooBig), moved: outcome.moved, extra: None, charged: None, firewall: None, len: 0 },
             };
         }
         _ => {
             let (action, counter) = send(out, ifindex, t, route);
-            return Outcome { action, counter: Some(counter), moved: outcome.moved, extra: None, charged: None, len: 0 };
+            return Outcome { action, counter: Some(counter), moved: outcome.moved, extra: None, charged: None, firewall: None, len: 0 };
         }
     };
 
@@ -451,7 +469,7 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     }
     let (action, counter) = send(out, ifindex, t, route);
     if action == Action::Drop {
-        return Outcome { action, counter: Some(counter), moved: outcome.moved, extra: None, charged: None, len: 0 };
+        return Outcome { action, counter: Some(counter), moved: outcome.moved, extra: None, charged: None, firewall: None, len: 0 };
     }
     Outcome { action, len: out_len, ..outcome }
 }
@@ -716,7 +734,7 @@ fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &P
     if action == Action::Drop {
         return Outcome::with(Action::Drop, counter);
     }
-    Outcome { action, counter: Some(LbCounter::NatReply), moved: false, extra, charged: None, len: frame.len() }
+    Outcome { action, counter: Some(LbCounter::NatReply), moved: false, extra, charged: None, firewall: None, len: frame.len() }
 }
 
 /// Rule 7's route to backend `id` for a packet of `ip_len` bytes that
@@ -964,7 +982,7 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
     if action == Action::Drop {
         return Outcome::with(Action::Drop, counter);
     }
-    Outcome { action, counter: Some(LbCounter::IcmpForwarded), moved: false, extra: None, charged: None, len: out_len }
+    Outcome { action, counter: Some(LbCounter::IcmpForwarded), moved: false, extra: None, charged: None, firewall: None, len: out_len }
 }
 
 /// Rule 9 in `nat` mode: the error as the backend must see it — from the

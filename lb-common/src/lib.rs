@@ -13,6 +13,7 @@
 pub mod balancer;
 pub mod balancer_model;
 pub mod csum;
+pub mod firewall;
 pub mod ip_header;
 pub mod isolator;
 pub mod maglev;

@@ -121,3 +121,15 @@ pub static IMPOSSIBLE_V4: LpmTrie<IfAddrV4, u32> = LpmTrie::pinned(MAX_IMPOSSIBL
 
 #[map]
 pub static IMPOSSIBLE_V6: LpmTrie<IfAddrV6, u32> = LpmTrie::pinned(MAX_IMPOSSIBLE_PREFIXES, 0);
+
+// The balancer's firewall (`lb_common::firewall`): read only for the
+// packets of VIPs with rules.
+
+#[map]
+pub static LB_FIREWALL_V4: LpmTrie<lb_common::firewall::SourceV4, u32> = LpmTrie::pinned(lb_common::firewall::MAX_FIREWALL_RULES, 0);
+
+#[map]
+pub static LB_FIREWALL_V6: LpmTrie<lb_common::firewall::SourceV6, u32> = LpmTrie::pinned(lb_common::firewall::MAX_FIREWALL_RULES, 0);
+
+#[map]
+pub static LB_FIREWALL_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(lb_common::firewall::FIREWALL_COUNTERS, 0);

@@ -68,6 +68,8 @@ pub struct Vip {
     health_check: Option<String>,
     backends: Vec<Backend>,
     backends_from: Option<String>,
+    allow: Vec<String>,
+    deny: Vec<String>,
 }
 
 impl Vip {
@@ -82,7 +84,16 @@ impl Vip {
             health_check: None,
             backends: Vec::new(),
             backends_from: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
+    }
+
+    /// Its firewall: `allow` and `deny` prefixes (empty lists are left out).
+    pub fn firewall(mut self, allow: &[&str], deny: &[&str]) -> Self {
+        self.allow = allow.iter().map(|p| (*p).to_owned()).collect();
+        self.deny = deny.iter().map(|p| (*p).to_owned()).collect();
+        self
     }
 
     /// Its forwarding mode (`nat`, `dsr`, `dsr-l2`).
@@ -140,6 +151,12 @@ impl Vip {
         }
         if let Some(sel) = &self.backends_from {
             let _ = writeln!(out, "backends_from = {}", quoted(sel));
+        }
+        if !self.allow.is_empty() {
+            let _ = writeln!(out, "allow = {}", array(&self.allow));
+        }
+        if !self.deny.is_empty() {
+            let _ = writeln!(out, "deny = {}", array(&self.deny));
         }
     }
 }

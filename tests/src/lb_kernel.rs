@@ -19,6 +19,7 @@ use std::{
 use lb_common::{
     balancer::*,
     balancer_model::{Action, NatInsert, Route, Tables},
+    firewall,
     isolator::{Impossible, RouteBack},
     model::Host,
     wire::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP},
@@ -26,7 +27,7 @@ use lb_common::{
 use crate::test_run::TestRun as _;
 use crate::reference_policy::ReferencePolicy;
 use lb_user::{
-    datapath::balancer_writer::{BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    datapath::balancer_writer::{AppliedVip, BalancerWriter, Desired, DesiredBackend, DesiredVip},
     datapath::maps::addr_key,
     source::config::{Cidr, Config},
     source::netif::HostAddr,
@@ -95,6 +96,8 @@ pub fn fixture_desired() -> Desired {
         mode,
         rules: rules.to_vec(),
         backends: b,
+        allow: Vec::new(),
+        deny: Vec::new(),
     };
     let nat_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_TCP, 80, 8080), (IPPROTO_UDP, 53, 53)];
     let dsr_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_UDP, 443, 443)];
@@ -318,6 +321,8 @@ pub struct KernelBalancer {
     sizes: MapSizes,
     /// The impossible-source rules in the tries (none until [`KernelBalancer::bind_zone`]).
     pub impossible: martian::Rules,
+    /// The VIPs as last applied.
+    pub applied: Vec<AppliedVip>,
 }
 
 /// What the edge answers the isolator behind the balancer, as the model
@@ -358,7 +363,7 @@ impl KernelBalancer {
         // Kept next hops on, as the daemon's netlink watch turns them on.
         maps.bump_net_generation().expect("a routing generation");
         let writer = BalancerWriter::adopt(&maps, FIXTURE_TABLE_SIZE).expect("writer");
-        Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net, sizes, impossible: martian::Rules::default() }
+        Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net, sizes, impossible: martian::Rules::default(), applied: Vec::new() }
     }
 
     /// Applies a desired state (egress interfaces filled in).
@@ -367,7 +372,31 @@ impl KernelBalancer {
         d.egress = vec![self.net.out_ifindex, self.net.in_ifindex];
         // The device map resolves ifindexes in the writer's namespace.
         let (writer, maps) = (&mut self.writer, self.maps.as_mut().unwrap());
-        self.net.ns.run(|| writer.apply(maps, &d)).expect("desired state applies");
+        self.applied = self.net.ns.run(|| writer.apply(maps, &d)).expect("desired state applies");
+    }
+
+    /// The firewall rules of the VIPs as last applied, by VIP index, with
+    /// their counter slots: the model's input (rule 3b).
+    pub fn firewall_rules(&self) -> HashMap<u32, Vec<firewall::Rule>> {
+        self.applied
+            .iter()
+            .map(|v| {
+                let rules = v
+                    .firewall
+                    .iter()
+                    .map(|f| {
+                        let (a, len) = Cidr::parse(&f.prefix).expect("an applied prefix").prefix();
+                        firewall::Rule { deny: f.action == "deny", addr: addr_key(a).0, len, slot: f.slot.unwrap_or(0) }
+                    })
+                    .collect();
+                (v.table, rules)
+            })
+            .collect()
+    }
+
+    /// Packets the firewall dropped at counter `slot`.
+    pub fn firewall_drops(&self, slot: u32) -> u64 {
+        self.maps().firewall_drops(slot).expect("firewall counters read")
     }
 
     /// Puts the outside interface ([`OUT_IF`]) in a zone of
@@ -465,6 +494,7 @@ impl KernelBalancer {
         let mut m = ModelTables::new(self.net.fib.clone());
         m.nat_capacity = self.sizes.nat as usize;
         m.impossible = self.impossible.clone();
+        m.firewall = self.firewall_rules();
         m.reload(self.maps());
         m
     }
@@ -508,6 +538,9 @@ pub struct ModelTables {
     pub egress: HashSet<u32>,
     /// The impossible-source rules the kernel's tries hold.
     pub impossible: martian::Rules,
+    /// The VIPs' firewall rules by VIP index (as configured, not read
+    /// from the kernel's tries).
+    pub firewall: HashMap<u32, Vec<firewall::Rule>>,
 }
 
 impl ModelTables {
@@ -529,6 +562,7 @@ impl ModelTables {
             nat: HashMap::new(),
             nat_capacity: MAX_NAT_ENTRIES as usize,
             impossible: martian::Rules::default(),
+            firewall: HashMap::new(),
         }
     }
 
@@ -612,6 +646,9 @@ impl Tables for ModelTables {
     }
     fn impossible_source(&self, family: u8, ifindex: u32, src: &[u8; 16]) -> bool {
         self.impossible.lookup(ifindex, family, src).is_some()
+    }
+    fn firewall_rules(&self, vip: u32) -> &[firewall::Rule] {
+        self.firewall.get(&vip).map_or(&[], Vec::as_slice)
     }
 }
 

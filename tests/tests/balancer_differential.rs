@@ -136,11 +136,16 @@ impl Fixture {
     /// The scenario's lab, `tag` naming its namespaces; `None` when not
     /// root (the test passes, skipped).
     fn new(tag: &str) -> Option<Self> {
+        Self::with(tag, &desired())
+    }
+
+    /// [`Fixture::new`] on the desired state `d`.
+    fn with(tag: &str, d: &Desired) -> Option<Self> {
         if !root_or_skip() {
             return None;
         }
         let mut kb = KernelBalancer::new(tag);
-        kb.apply(&desired());
+        kb.apply(d);
         let (out_if, in_if) = (kb.net.out_ifindex, kb.net.in_ifindex);
         let model = kb.model();
         let before = kb.maps().counters().unwrap();
@@ -813,6 +818,7 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     let mut m = model_counters();
     let mut actions: HashMap<u32, u64> = HashMap::new();
     let mut flows_offered = std::collections::HashSet::new();
+    let mut fw_total = 0u64;
     for batch in 0..BATCHES {
         // Per batch: an apply may give a removed backend's id (and fresh
         // counters) to a new one.
@@ -830,7 +836,17 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
             3 => d.vips[3].backends.push(DesiredBackend { address: ip("fd00:1::20"), weight: 1, up: true }),
             _ => {}
         }
+        // Every other batch under firewall rules (rule 3b): the flows of
+        // the batches before meet them mid-stream.
+        if batch % 2 == 1 {
+            for (v, fw) in d.vips.iter_mut().zip(firewall_desired().vips) {
+                (v.allow, v.deny) = (fw.allow, fw.deny);
+            }
+        }
         kb.apply(&d);
+        model.firewall = kb.firewall_rules();
+        let fw_before = fw_counters(&kb);
+        let mut fw_model = vec![0u64; fw_before.len()];
         // The agent bumps the routing generation at netlink changes (kept
         // hops go stale) and clears it when it stops (none are kept).
         match batch % 5 {
@@ -853,6 +869,9 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
             }
             let (o, _) = both(&mut kb, &mut model, &frame, ifindex);
             tally(&mut m, &o);
+            if let Some(s) = o.firewall {
+                fw_model[s as usize] += 1;
+            }
             // Distinct 5-tuples offered (TCP/UDP over plain IPv4/IPv6).
             if frame.len() >= 58 {
                 let tuple = match &frame[12..14] {
@@ -872,6 +891,9 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
                 s.new_flows += u64::from(o.counter == Some(LbCounter::NewFlow));
             }
         }
+        let fw_delta: Vec<u64> = fw_counters(&kb).iter().zip(&fw_before).map(|(a, b)| a - b).collect();
+        assert_eq!(fw_delta, fw_model, "firewall counters in batch {batch}");
+        fw_total += fw_model.iter().sum::<u64>();
         // Flow and NAT tables agree entry for entry.
         let kflows: HashMap<FlowKey, FlowEntry> = kb.maps().flows.iter().map(|r| r.unwrap()).collect();
         assert_eq!(kflows, model.flows, "flow tables after batch {batch}");
@@ -901,7 +923,8 @@ fn kernel_matches_model_on_random_flows_and_mutated_packets() {
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(delta, m, "kernel counters vs model");
     let named: Vec<String> = LbCounter::ALL.iter().map(|c| format!("{}={}", c.name(), m[*c as usize])).collect();
-    println!("{} packets, {} distinct flows; actions {actions:?}; counters {}", BATCHES * PER_BATCH, flows_offered.len(), named.join(" "));
+    println!("{} packets, {} distinct flows; actions {actions:?}; counters {} firewall_drops={fw_total}", BATCHES * PER_BATCH, flows_offered.len(), named.join(" "));
+    assert!(fw_total > 5_000, "firewall drops {fw_total}");
     assert!(flows_offered.len() >= 100_000, "{} distinct flows", flows_offered.len());
     // The run exercised every path it claims to.
     assert!(m[LbCounter::NewFlow as usize] > 10_000 && m[LbCounter::FlowHit as usize] > 20_000, "{named:?}");
@@ -1207,4 +1230,179 @@ fn impossible_sources_place_no_flow() {
     let frame = client_frame(&kb, "10.1.0.50", NAT4, &L4::tcp_syn(43001, 443));
     let (o, _) = both(&mut kb, &mut model, &frame, in_if);
     assert_eq!(o.counter, Some(LbCounter::NewFlow), "the inside interface has no such rules");
+}
+
+/// The fixture with firewall rules: `nat4` allows its clients' /24 but
+/// denies a /32, a /26 around it and a /25 (in which a /32 is allowed: deny
+/// wins); `dsr4` denies everyone (/0) beside an allowed /32; `l2-4` has no
+/// rules; `nat6` allows a /48 and denies a /128 in it; `dsr6` only denies.
+fn firewall_desired() -> Desired {
+    let mut d = desired();
+    let set = |d: &mut Desired, name: &str, allow: &[&str], deny: &[&str]| {
+        let prefix = |p: &&str| {
+            let (a, l) = p.split_once('/').unwrap();
+            (ip(a), l.parse::<u8>().unwrap())
+        };
+        let v = d.vips.iter_mut().find(|v| v.name == name).unwrap();
+        v.allow = allow.iter().map(prefix).collect();
+        v.deny = deny.iter().map(prefix).collect();
+    };
+    set(&mut d, "nat4", &["198.51.100.0/24", "198.51.100.130/32"], &["198.51.100.77/32", "198.51.100.64/26", "198.51.100.128/25"]);
+    set(&mut d, "dsr4", &["198.51.100.2/32"], &["0.0.0.0/0"]);
+    set(&mut d, "nat6", &["2001:db8:1::/48"], &["2001:db8:1::77/128"]);
+    set(&mut d, "dsr6", &[], &["2001:db8:1::3/128"]);
+    d
+}
+
+/// The counter slot of `vip`'s `deny` prefix, or (`prefix` `*`) of its
+/// sources outside the allow list.
+fn fw_slot(kb: &KernelBalancer, vip: &str, prefix: &str) -> u32 {
+    let v = kb.applied.iter().find(|v| v.name == vip).unwrap();
+    if prefix == "*" {
+        return lb_common::firewall::not_allowed_slot(v.table);
+    }
+    v.firewall.iter().find(|f| f.prefix == prefix && f.action == "deny").and_then(|f| f.slot).unwrap()
+}
+
+/// Every firewall counter of the kernel, by slot.
+fn fw_counters(kb: &KernelBalancer) -> Vec<u64> {
+    (0..lb_common::firewall::FIREWALL_COUNTERS).map(|i| kb.firewall_drops(i)).collect()
+}
+
+/// Rule 3b: allowed, denied, not in the allow list, deny over allow both
+/// ways, the shortest and longest prefixes, both families, IPv4 options,
+/// TTL 1, tagged frames and fragments; kernel and model agree on the
+/// action, the bytes, and the counter slot of every drop.
+#[test]
+fn firewall_rules_decide_like_the_model() {
+    let Some(mut fx) = Fixture::with("lbfxfw", &firewall_desired()) else { return };
+    let before = fw_counters(&fx.kb);
+    let mut model_fw = vec![0u64; before.len()];
+    let kb = &fx.kb;
+    let syn = L4::tcp_syn(41000, 443);
+    let outside = FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), kb.net.out_mac);
+    let tagged = FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), kb.net.out_mac).vlan(0x8100, 7);
+    let slot = |vip: &str, prefix: &str| Some(fw_slot(kb, vip, prefix));
+    // (name, frame, action, counter, firewall slot)
+    let cases: Vec<(&str, Vec<u8>, Action, Option<LbCounter>, Option<u32>)> = vec![
+        ("allowed", client_frame(kb, CLIENT_V4, NAT4, &syn), Action::Redirect(fx.in_if), Some(LbCounter::NewFlow), None),
+        ("denied /32", client_frame(kb, "198.51.100.77", NAT4, &syn), Action::Drop, None, slot("nat4", "198.51.100.77/32")),
+        ("denied by the /26", client_frame(kb, "198.51.100.70", NAT4, &syn), Action::Drop, None, slot("nat4", "198.51.100.64/26")),
+        ("allowed /32 inside a denied /25", client_frame(kb, "198.51.100.130", NAT4, &syn), Action::Drop, None, slot("nat4", "198.51.100.128/25")),
+        ("not in the allow list", client_frame(kb, "192.0.2.5", NAT4, &syn), Action::Drop, None, slot("nat4", "*")),
+        ("denied UDP", client_frame(kb, "198.51.100.77", NAT4, &L4::udp(5000, 53, b"q")), Action::Drop, None, slot("nat4", "198.51.100.77/32")),
+        ("deny /0 over an allowed /32", client_frame(kb, CLIENT_V4, DSR4, &syn), Action::Drop, None, slot("dsr4", "0.0.0.0/0")),
+        ("a VIP without rules", client_frame(kb, "198.51.100.77", L2_4, &syn), Action::Redirect(fx.in_if), Some(LbCounter::NewFlow), None),
+        ("IPv6 allowed", client_frame(kb, CLIENT_V6, NAT6, &syn), Action::Redirect(fx.in_if), Some(LbCounter::NewFlow), None),
+        ("IPv6 denied /128", client_frame(kb, "2001:db8:1::77", NAT6, &syn), Action::Drop, None, slot("nat6", "2001:db8:1::77/128")),
+        ("IPv6 not in the allow list", client_frame(kb, "2001:db8:2::1", NAT6, &syn), Action::Drop, None, slot("nat6", "*")),
+        ("IPv6 deny only: denied", client_frame(kb, "2001:db8:1::3", DSR6, &syn), Action::Drop, None, slot("dsr6", "2001:db8:1::3/128")),
+        ("IPv6 deny only: others pass", client_frame(kb, CLIENT_V6, DSR6, &syn), Action::Redirect(fx.in_if), Some(LbCounter::NewFlow), None),
+        ("denied with IPv4 options", ip_frame(&outside, "198.51.100.77", NAT4, &syn, |h| h.options = vec![1, 1, 1, 1], |_| {}), Action::Drop, None, slot("nat4", "198.51.100.77/32")),
+        ("allowed with IPv4 options", ip_frame(&outside, CLIENT_V4, NAT4, &L4::tcp_syn(41001, 443), |h| h.options = vec![1, 1, 1, 1], |_| {}), Action::Redirect(fx.in_if), Some(LbCounter::NewFlow), None),
+        ("denied with TTL 1: dropped, not handed to the kernel", ip_frame(&outside, "198.51.100.77", NAT4, &syn, |h| h.ttl = 1, |_| {}), Action::Drop, None, slot("nat4", "198.51.100.77/32")),
+        ("denied, VLAN-tagged: never the balancer's", ip_frame(&tagged, "198.51.100.77", NAT4, &syn, |_| {}, |_| {}), Action::NextStage, None, None),
+        ("denied first fragment", ip_frame(&outside, "198.51.100.77", NAT4, &syn, |h| h.more_fragments = true, |_| {}), Action::Drop, Some(LbCounter::Unbalanceable), None),
+        ("denied later fragment", ip_frame(&outside, "198.51.100.77", NAT4, &syn, |h| h.frag_offset = 8, |_| {}), Action::Drop, Some(LbCounter::Unbalanceable), None),
+    ];
+    for (name, frame, action, counter, fw) in &cases {
+        let (o, _) = fx.run(frame, fx.out_if);
+        assert_eq!((o.action, o.counter, o.firewall), (*action, *counter, *fw), "{name}");
+        if let Some(s) = o.firewall {
+            model_fw[s as usize] += 1;
+        }
+    }
+    let after = fw_counters(&fx.kb);
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, model_fw, "kernel firewall counters vs model");
+    fx.finish();
+}
+
+/// A deny added to the running config ends an established (proven,
+/// remembered) `nat` flow at its next packet, and one for a `dsr` flow;
+/// taking it out again lets the same flow on, on its backend.
+#[test]
+fn a_new_deny_applies_to_established_flows_at_once() {
+    let Some(mut fx) = Fixture::new("lbfxfwlive") else { return };
+    let client = "198.51.100.3";
+    fx.client_sends(client, NAT4, &L4::tcp_syn(42000, 443));
+    prove(&mut fx.kb, &mut fx.model, &mut fx.m, (client, 42000), NAT4);
+    let data = L4::Tcp { sport: 42000, dport: 443, seq: 0x1000_0001, ack: 100, flags: 0x18, window: 1000, payload: b"GET".to_vec() };
+    let (o, _) = fx.client_sends(client, NAT4, &data);
+    assert_eq!(o.counter, Some(LbCounter::FlowHit));
+    let dsr = L4::tcp_ack(42001, 443, b"x");
+    let (o, _) = fx.client_sends(client, DSR4, &dsr);
+    assert_eq!(o.counter, Some(LbCounter::FlowHit), "a DSR flow, remembered at its first packet");
+    let flow = flow_of(&fx.kb, client, 42000, NAT4, 443, IPPROTO_TCP);
+
+    let mut d = desired();
+    for v in d.vips.iter_mut().filter(|v| v.name == "nat4" || v.name == "dsr4") {
+        v.deny = vec![(ip("198.51.100.0"), 30)];
+    }
+    fx.kb.apply(&d);
+    fx.model.firewall = fx.kb.firewall_rules();
+    fx.model.reload(fx.kb.maps());
+    let (o, _) = fx.client_sends(client, NAT4, &data);
+    assert_eq!((o.action, o.firewall), (Action::Drop, Some(fw_slot(&fx.kb, "nat4", "198.51.100.0/30"))), "the established flow's next packet");
+    let (o, _) = fx.client_sends(client, DSR4, &dsr);
+    assert_eq!((o.action, o.firewall), (Action::Drop, Some(fw_slot(&fx.kb, "dsr4", "198.51.100.0/30"))));
+    let (o, _) = fx.client_sends("198.51.100.9", NAT4, &L4::tcp_syn(42002, 443));
+    assert_eq!(o.counter, Some(LbCounter::NewFlow), "a client outside the deny");
+
+    fx.kb.apply(&desired());
+    fx.model.firewall = fx.kb.firewall_rules();
+    fx.model.reload(fx.kb.maps());
+    assert!(fx.kb.maps().firewall_v4.keys().next().is_none(), "the prefixes are removed with the rules");
+    let (o, _) = fx.client_sends(client, NAT4, &data);
+    assert_eq!(o.counter, Some(LbCounter::FlowHit), "allowed again: the flow goes on");
+    assert_eq!(flow_of(&fx.kb, client, 42000, NAT4, 443, IPPROTO_TCP), flow, "on its backend and SNAT port");
+    fx.finish();
+}
+
+/// Every evasion form of the isolator's suite (`harness::evasion`: VLAN
+/// and QinQ tags, IPv4 options, fragments of every shape, IPv6 extension
+/// headers and fragments, translated addresses, odd flags) sent from a
+/// denied source to firewalled VIPs: the balancer forwards none of its
+/// frames (what it does not drop goes on to the isolator and the host,
+/// never to a backend), the model agrees frame by frame; the same forms
+/// from an allowed source are forwarded where the balancer balances them.
+#[test]
+fn evasion_forms_cannot_slip_past_a_deny() {
+    use harness::evasion::{probes, techniques, Endpoints};
+    let Some(mut fx) = Fixture::with("lbfxfwev", &firewall_desired()) else { return };
+    let eth = FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), fx.kb.net.out_mac);
+    let ts = techniques();
+    let mut forwarded = HashMap::new();
+    for (who, src4, src6) in [("denied", "198.51.100.77", "2001:db8:1::77"), ("allowed", CLIENT_V4, CLIENT_V6)] {
+        let e = Endpoints {
+            eth: eth.clone(),
+            src4: src4.parse().unwrap(),
+            dst4: NAT4.parse().unwrap(),
+            src6: src6.parse().unwrap(),
+            dst6: NAT6.parse().unwrap(),
+            trusted4: CLIENT_V4.parse().unwrap(),
+            decoy_tcp: 80,
+            decoy_udp: 53,
+        };
+        let ps = probes(&e, &ts, &[443, 80], &[53], 30000);
+        let mut n = 0;
+        for p in &ps {
+            for f in &p.frames {
+                if f.len() < 14 {
+                    continue;
+                }
+                let (o, _) = fx.run(f, fx.out_if);
+                if matches!(o.action, Action::Tx | Action::Redirect(_)) {
+                    n += 1;
+                    assert_eq!(who, "allowed", "{} from the denied source was forwarded: {o:?}", ts[p.technique].name);
+                }
+            }
+        }
+        println!("{who}: {} probes over {} techniques, {n} frames forwarded", ps.len(), ts.len());
+        forwarded.insert(who, n);
+    }
+    assert!(forwarded["allowed"] > 0, "the allowed source's plain forms are forwarded");
+    let drops: u64 = fw_counters(&fx.kb).iter().sum();
+    assert!(drops > 0, "the firewall counted the denied forms it saw");
+    fx.finish();
 }

@@ -3,11 +3,13 @@
 //! the differential tests hold the two to the same action and bytes.
 //!
 //! The hot path reads the headers once ([`parse`]), looks up the service,
-//! then hands the packet to [`flow`] (which backend), [`rewrite`] (what the
+//! checks the VIP's [`firewall`] if it has rules, then hands the packet
+//! to [`flow`] (which backend), [`rewrite`] (what the
 //! packet becomes) and [`egress`] (where it goes). Anything that is not the
 //! balancer's goes on to the next stage by tail call.
 
 mod egress;
+mod firewall;
 mod flow;
 mod icmp;
 mod parse;
@@ -118,6 +120,12 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     let p = &s.parsed;
     if let Some(c) = parse::unfit(p, pkt.len()) {
         return drop(c);
+    }
+    // Rule 3b, every packet of a VIP with rules (a deny ends its flows).
+    if svc.firewall != 0 {
+        if let Some(action) = firewall::check(svc.firewall, p.family, &p.src) {
+            return action;
+        }
     }
     let mode = Mode::from_raw(svc.mode).unwrap_or(Mode::Nat);
     if mode == Mode::Nat && p.ttl <= 1 {

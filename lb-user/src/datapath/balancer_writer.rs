@@ -24,8 +24,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use aya::maps::lpm_trie::Key;
 use lb_common::{
     balancer::*,
+    firewall::{self, key_bits, key_v4, key_v6, FIREWALL_COUNTERS, MAX_FIREWALL_RULES},
     maglev, wire,
 };
 use serde::{Deserialize, Serialize};
@@ -51,6 +53,11 @@ pub struct DesiredVip {
     /// (protocol, entry port, target port).
     pub rules: Vec<(u8, u16, u16)>,
     pub backends: Vec<DesiredBackend>,
+    /// Firewall: client prefixes (address with host bits clear, length)
+    /// of the VIP's family. Empty lists: everyone may connect.
+    pub allow: Vec<(IpAddr, u8)>,
+    /// Client prefixes refused, whatever `allow` says.
+    pub deny: Vec<(IpAddr, u8)>,
 }
 
 /// Everything the balancer's maps should say.
@@ -88,15 +95,31 @@ pub struct AppliedRule {
     pub stats_index: u32,
 }
 
+/// One firewall rule as applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedFirewallRule {
+    /// `allow` or `deny`.
+    pub action: String,
+    pub prefix: String,
+    /// A `deny` rule's counter slot in [`MAP_FIREWALL_DROPS`].
+    pub slot: Option<u32>,
+}
+
 /// One VIP as applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedVip {
     pub name: String,
     pub address: IpAddr,
     pub mode: String,
+    /// Its Maglev tables' index, also its firewall index (the counter
+    /// slot of its sources outside an `allow` list).
     pub table: u32,
     pub rules: Vec<AppliedRule>,
     pub backends: Vec<AppliedBackend>,
+    /// Its firewall rules, `allow` first (state files of older versions
+    /// have none).
+    #[serde(default)]
+    pub firewall: Vec<AppliedFirewallRule>,
 }
 
 /// A backend's Maglev identity: the same on every edge host (FNV-1a over
@@ -155,6 +178,9 @@ struct VipSlot {
 /// A table member: address, weight, up, backend id.
 type Member = (IpAddr, u32, bool, u32);
 
+/// A firewall prefix of a VIP: (VIP index, family, prefix, length).
+type FwKey = (u32, u8, [u8; 16], u8);
+
 /// Keeps the maps in line with [`Desired`] states, one apply at a time.
 pub struct BalancerWriter {
     table_size: u32,
@@ -169,6 +195,10 @@ pub struct BalancerWriter {
     /// The globals last written.
     globals: Option<Globals>,
     egress: BTreeSet<u32>,
+    /// The firewall tries' entries, with their values.
+    fw_entries: BTreeMap<FwKey, u32>,
+    /// The counter slots of `deny` rules.
+    fw_slots: BTreeMap<FwKey, u32>,
     /// Map updates and deletes so far.
     writes: u64,
 }
@@ -213,6 +243,8 @@ impl BalancerWriter {
             backends: BTreeMap::new(),
             globals: None,
             egress: BTreeSet::new(),
+            fw_entries: BTreeMap::new(),
+            fw_slots: BTreeMap::new(),
             writes: 0,
         };
         for (id, item) in (0..).zip(maps.backends.iter()) {
@@ -230,6 +262,17 @@ impl BalancerWriter {
         for item in maps.egress.iter() {
             let (ifindex, _) = item?;
             w.egress.insert(ifindex);
+        }
+        // A `deny` rule keeps its counter slot across a restart.
+        let v4 = maps.firewall_v4.iter().map(|r| r.map(|(k, v)| ((k.data().slot, wire::FAMILY_V4, v4_key(k.data().addr), k.prefix_len()), v)));
+        let v6 = maps.firewall_v6.iter().map(|r| r.map(|(k, v)| ((k.data().slot, wire::FAMILY_V6, k.data().addr, k.prefix_len()), v)));
+        for item in v4.chain(v6) {
+            let ((vip, family, addr, bits), value) = item?;
+            let key = (u32::from_be_bytes(vip), family, addr, bits.saturating_sub(key_bits(0)) as u8);
+            w.fw_entries.insert(key, value);
+            if value & firewall::FW_DENY_RULE != 0 {
+                w.fw_slots.insert(key, value & firewall::FW_SLOT_MASK);
+            }
         }
         Ok(w)
     }
@@ -259,6 +302,17 @@ impl BalancerWriter {
         let rules: usize = d.vips.iter().map(|v| v.rules.len()).sum();
         if rules > MAX_SERVICES as usize {
             bail!("{rules} forwarding rules, at most {MAX_SERVICES}");
+        }
+        // Half the tries and slots: a reload writes the new rules before
+        // it removes the old ones.
+        let prefixes: usize = d.vips.iter().map(|v| v.allow.len() + v.deny.len()).sum();
+        if prefixes > MAX_FIREWALL_RULES as usize / 2 {
+            bail!("{prefixes} firewall prefixes, at most {}", MAX_FIREWALL_RULES / 2);
+        }
+        for v in &d.vips {
+            if let Some((a, len)) = v.allow.iter().chain(&v.deny).find(|(a, len)| a.is_ipv4() != v.address.is_ipv4() || *len > if a.is_ipv4() { 32 } else { 128 }) {
+                bail!("vip {}: firewall prefix {a}/{len} is not one of the VIP's family", v.name);
+            }
         }
         for (family, inside) in [(true, d.inside_v4.is_some()), (false, d.inside_v6.is_some())] {
             let more = d.snat_pool.iter().filter(|a| a.is_ipv4() == family).count();
@@ -327,6 +381,7 @@ impl BalancerWriter {
         // 3. Tables: the idle half, then the services flip to it.
         let mut applied = Vec::new();
         let mut wanted_services = BTreeSet::new();
+        let mut wanted_fw = BTreeSet::new();
         let mut slots: BTreeMap<&str, VipSlot> = BTreeMap::new();
         for v in &d.vips {
             let known = self.vips.get(&v.name).cloned().or_else(|| {
@@ -347,6 +402,9 @@ impl BalancerWriter {
         for v in &d.vips {
             if !slots.contains_key(v.name.as_str()) {
                 let index = free_tables.next().context("no free Maglev table")?;
+                // A new VIP's "not allowed" count starts at 0.
+                maps.firewall_drops.set(firewall::not_allowed_slot(index), aya::maps::PerCpuValues::try_from(vec![0u64; nr_cpus()?])?, 0)?;
+                self.writes += 1;
                 slots.insert(&v.name, VipSlot { index, half: 1, table: None, idle: None, members: Vec::new() });
             }
         }
@@ -375,6 +433,8 @@ impl BalancerWriter {
                 slot.members = members;
             }
             let base = (slot.index * 2 + slot.half) * self.table_size;
+            // The rules are in the tries before a service's flags say so.
+            let (fw_flags, fw_applied) = self.write_firewall(maps, slot.index, v, &mut wanted_fw)?;
             let mut rules = Vec::new();
             for (proto, port, target) in &v.rules {
                 let key = service_key(v.address, *proto, *port);
@@ -389,7 +449,7 @@ impl BalancerWriter {
                         i
                     }
                 };
-                let svc = Service { table_base: base, table_size: self.table_size, stats_index, target_port: *target, mode: v.mode as u8, _pad: 0 };
+                let svc = Service { table_base: base, table_size: self.table_size, stats_index, target_port: *target, mode: v.mode as u8, firewall: fw_flags };
                 if self.services.get(&ord) != Some(&svc) {
                     maps.services.insert(key, svc, 0).with_context(|| format!("writing service {} {proto}/{port}", v.address))?;
                     self.services.insert(ord, svc);
@@ -413,6 +473,7 @@ impl BalancerWriter {
                         AppliedBackend { address: b.address, id, weight: b.weight, up: b.up, slots: counts.get(&id).copied().unwrap_or(0) }
                     })
                     .collect(),
+                firewall: fw_applied,
             });
             self.vips.insert(v.name.clone(), slot);
         }
@@ -426,6 +487,14 @@ impl BalancerWriter {
             self.writes += 1;
         }
         self.vips.retain(|name, _| d.vips.iter().any(|v| &v.name == name));
+        // Firewall prefixes no service's flags lead to any more.
+        let stale: Vec<FwKey> = self.fw_entries.keys().filter(|k| !wanted_fw.contains(*k)).copied().collect();
+        for k in stale {
+            let _ = remove_fw_entry(maps, &k);
+            self.fw_entries.remove(&k);
+            self.writes += 1;
+        }
+        self.fw_slots.retain(|k, _| wanted_fw.contains(k));
         let gone: Vec<IpAddr> = self.ids.keys().filter(|a| !addresses.contains(a)).copied().collect();
         for a in gone {
             let (id, generation) = self.ids.remove(&a).unwrap();
@@ -442,6 +511,68 @@ impl BalancerWriter {
         }
         Ok(applied)
     }
+}
+
+impl BalancerWriter {
+    /// Writes VIP `vip`'s firewall prefixes whose value changed (a `deny`
+    /// new to the VIP gets a free counter slot, from 0); returns its
+    /// services' flag byte and the rules as applied. Stale prefixes are
+    /// left for the caller to remove once the services are written.
+    fn write_firewall(&mut self, maps: &mut BalancerMaps, vip: u32, v: &DesiredVip, wanted: &mut BTreeSet<FwKey>) -> Result<(u8, Vec<AppliedFirewallRule>)> {
+        let family = addr_key(v.address).1;
+        let mut rules = Vec::new();
+        let mut applied = Vec::new();
+        for (deny, list) in [(false, &v.allow), (true, &v.deny)] {
+            for &(a, len) in list {
+                let key = (vip, family, addr_key(a).0, len);
+                let slot = match (deny, self.fw_slots.get(&key)) {
+                    (false, _) => 0,
+                    (true, Some(&slot)) => slot,
+                    (true, None) => {
+                        let used: BTreeSet<u32> = self.fw_slots.values().copied().collect();
+                        let slot = (MAX_VIPS..FIREWALL_COUNTERS).find(|i| !used.contains(i)).context("no free firewall counter")?;
+                        maps.firewall_drops.set(slot, aya::maps::PerCpuValues::try_from(vec![0u64; nr_cpus()?])?, 0)?;
+                        self.fw_slots.insert(key, slot);
+                        self.writes += 1;
+                        slot
+                    }
+                };
+                rules.push(firewall::Rule { deny, addr: key.2, len, slot });
+                applied.push(AppliedFirewallRule { action: if deny { "deny" } else { "allow" }.into(), prefix: format!("{a}/{len}"), slot: deny.then_some(slot) });
+            }
+        }
+        for r in &rules {
+            let key = (vip, family, r.addr, r.len);
+            let value = firewall::trie_value(&rules, &r.addr, r.len);
+            wanted.insert(key);
+            if self.fw_entries.get(&key) != Some(&value) {
+                write_fw_entry(maps, &key, value).with_context(|| format!("writing vip {}'s firewall prefix {}/{}", v.name, key_addr(&r.addr, family), r.len))?;
+                self.fw_entries.insert(key, value);
+                self.writes += 1;
+            }
+        }
+        Ok((firewall::service_flags(vip, &rules), applied))
+    }
+}
+
+/// Writes one firewall trie entry.
+fn write_fw_entry(maps: &mut BalancerMaps, &(vip, family, addr, len): &FwKey, value: u32) -> Result<()> {
+    if family == wire::FAMILY_V4 {
+        maps.firewall_v4.insert(&Key::new(key_bits(len), key_v4(vip, [addr[0], addr[1], addr[2], addr[3]])), value, 0)?;
+    } else {
+        maps.firewall_v6.insert(&Key::new(key_bits(len), key_v6(vip, addr)), value, 0)?;
+    }
+    Ok(())
+}
+
+/// Removes one firewall trie entry.
+fn remove_fw_entry(maps: &mut BalancerMaps, &(vip, family, addr, len): &FwKey) -> Result<()> {
+    if family == wire::FAMILY_V4 {
+        maps.firewall_v4.remove(&Key::new(key_bits(len), key_v4(vip, [addr[0], addr[1], addr[2], addr[3]])))?;
+    } else {
+        maps.firewall_v6.remove(&Key::new(key_bits(len), key_v6(vip, addr)))?;
+    }
+    Ok(())
 }
 
 /// Writes the SNAT addresses: the pool (the inside address first), then

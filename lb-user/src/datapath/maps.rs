@@ -131,6 +131,11 @@ pub struct BalancerMaps {
     pub service_stats: PerCpuArray<MapData, TrafficStats>,
     pub backend_stats: PerCpuArray<MapData, TrafficStats>,
     pub egress: DevMapHash<MapData>,
+    /// The VIPs' firewall rules (`lb_common::firewall`).
+    pub firewall_v4: LpmTrie<MapData, lb_common::firewall::SourceV4, u32>,
+    pub firewall_v6: LpmTrie<MapData, lb_common::firewall::SourceV6, u32>,
+    /// Firewall drops by counter slot.
+    pub firewall_drops: PerCpuArray<MapData, u64>,
     /// Entries the flow table holds at most.
     pub flow_capacity: u32,
     /// Entries the NAT table holds at most.
@@ -163,6 +168,9 @@ impl BalancerMaps {
             service_stats: typed!(dir, MAP_SERVICE_STATS),
             backend_stats: typed!(dir, MAP_BACKEND_STATS),
             egress: typed!(dir, MAP_EGRESS),
+            firewall_v4: typed!(dir, MAP_FIREWALL_V4),
+            firewall_v6: typed!(dir, MAP_FIREWALL_V6),
+            firewall_drops: typed!(dir, MAP_FIREWALL_DROPS),
         })
     }
 
@@ -225,6 +233,11 @@ impl BalancerMaps {
     /// A service's traffic summed over CPUs.
     pub fn service_stats(&self, index: u32) -> Result<TrafficStats> {
         Ok(Self::sum(&self.service_stats.get(&index, 0)?))
+    }
+
+    /// Packets the firewall dropped at counter `slot`, summed over CPUs.
+    pub fn firewall_drops(&self, slot: u32) -> Result<u64> {
+        Ok(self.firewall_drops.get(&slot, 0)?.iter().sum())
     }
 
     /// A backend's traffic summed over CPUs.

@@ -95,6 +95,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, (a, weight, up))| AppliedBackend { id: i as u32, address: a.parse().unwrap(), weight: *weight, up: *up, slots: 0 })
                 .collect(),
+            firewall: vec![],
         }]
     }
 

@@ -149,6 +149,15 @@ pub fn families(r: &StatusReport) -> Vec<Family> {
             }
         }
     }
+    let fam = f.counter(
+        "swarmlb_firewall_drops_total",
+        "Packets a VIP's firewall dropped, per rule (action deny: the longest deny prefix holding the source; not_allowed: outside the allow list).",
+    );
+    for v in &r.vips {
+        for fw in v.firewall.iter().filter(|fw| fw.action != "allow") {
+            fam.sample(&[("vip", &v.name), ("rule", &fw.prefix), ("action", &fw.action)], fw.drops);
+        }
+    }
     let fam = f.counter("swarmlb_balancer_packets_total", "Balancer packets by outcome (forwarded, replies, drops by reason).");
     for (outcome, n) in &r.balancer {
         fam.sample(&[("outcome", outcome)], *n);

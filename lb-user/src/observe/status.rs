@@ -73,6 +73,20 @@ pub struct VipStatus {
     pub mode: String,
     pub rules: Vec<RuleStatus>,
     pub backends: Vec<BackendStatus>,
+    /// Its firewall rules with the packets each dropped (empty: no rules).
+    pub firewall: Vec<FirewallStatus>,
+}
+
+/// One firewall rule of a VIP and the packets it dropped. The VIP's
+/// sources outside its `allow` list are counted on a rule of their own,
+/// action `not_allowed`, prefix `*`.
+#[derive(Debug, Serialize)]
+pub struct FirewallStatus {
+    /// `allow`, `deny` or `not_allowed`.
+    pub action: String,
+    pub prefix: String,
+    /// Packets dropped (always 0 for `allow`, which drops nothing).
+    pub drops: u64,
 }
 
 /// One forwarding rule's traffic (client to backend direction).
@@ -132,7 +146,19 @@ fn vip_status(maps: &BalancerMaps, v: &AppliedVip, state: &DaemonState) -> Resul
             last_change: state.backend_transitions.iter().find(|t| t.vip == v.name && t.backend == b.address).map(|t| t.last.clone()),
         });
     }
-    Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), rules, backends })
+    let mut firewall = Vec::new();
+    for f in &v.firewall {
+        let drops = match f.slot {
+            Some(slot) => maps.firewall_drops(slot)?,
+            None => 0,
+        };
+        firewall.push(FirewallStatus { action: f.action.clone(), prefix: f.prefix.clone(), drops });
+    }
+    if v.firewall.iter().any(|f| f.action == "allow") {
+        let drops = maps.firewall_drops(lb_common::firewall::not_allowed_slot(v.table))?;
+        firewall.push(FirewallStatus { action: "not_allowed".into(), prefix: "*".into(), drops });
+    }
+    Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), rules, backends, firewall })
 }
 
 /// The SNAT ports one (backend, backend port) holds: at `snat_ports` its
@@ -365,6 +391,12 @@ pub fn render_table(r: &StatusReport) -> String {
             );
             if let Some(c) = &b.last_change {
                 let _ = writeln!(out, "    last change {} ago: {} ({})", ago(c.at), c.change, c.reason);
+            }
+        }
+        if !v.firewall.is_empty() {
+            let _ = writeln!(out, "  {:<12} {:<43} {:>14}", "FIREWALL", "PREFIX", "DROPPED");
+            for f in &v.firewall {
+                let _ = writeln!(out, "  {:<12} {:<43} {:>14}", f.action, f.prefix, f.drops);
             }
         }
     }

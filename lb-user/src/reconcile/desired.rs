@@ -112,6 +112,8 @@ fn balancer(b: &BalancerConfig, swarm: &SwarmAdditions, ifindexes: &HashMap<Stri
                 .iter()
                 .map(|be| DesiredBackend { address: be.address, weight: be.weight, up: !down.contains(&v.name, be.address) })
                 .collect(),
+            allow: v.allow.iter().map(|c| c.prefix()).collect(),
+            deny: v.deny.iter().map(|c| c.prefix()).collect(),
         });
     }
     let egress = b.outside_interfaces.iter().chain([&b.inside_interface]).filter_map(|n| ifindexes.get(n).copied()).collect();

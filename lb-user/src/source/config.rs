@@ -179,6 +179,14 @@ impl Cidr {
         }
     }
 
+    /// The prefix as (address, length).
+    pub fn prefix(self) -> (IpAddr, u8) {
+        match self {
+            Cidr::V4(a, l) => (IpAddr::from(a), l),
+            Cidr::V6(a, l) => (IpAddr::from(a), l),
+        }
+    }
+
     /// Does this prefix contain `other` (same family, at least as long)?
     pub fn contains(&self, other: &Cidr) -> bool {
         match (*self, *other) {

@@ -95,6 +95,8 @@ pub fn fixture_desired() -> Desired {
         mode,
         rules: rules.to_vec(),
         backends: b,
+        allow: Vec::new(),
+        deny: Vec::new(),
     };
     Desired {
         inside_v4: INSIDE_V4.parse().ok(),
@@ -142,7 +144,7 @@ pub fn offline_tables(d: &Desired, table_size: u32) -> ModelTables {
         let base = index * 2 * table_size;
         t.maglev[base as usize..(base + table_size) as usize].copy_from_slice(&table);
         for &(proto, port, target_port) in &v.rules {
-            let svc = Service { table_base: base, table_size, stats_index, target_port, mode: v.mode as u8, _pad: 0 };
+            let svc = Service { table_base: base, table_size, stats_index, target_port, mode: v.mode as u8, firewall: 0 };
             t.services.insert(lb_user::datapath::maps::service_key(v.address, proto, port), svc);
             stats_index += 1;
         }

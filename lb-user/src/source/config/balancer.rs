@@ -8,6 +8,7 @@ use std::{
 };
 
 use lb_common::{
+    firewall::MAX_FIREWALL_RULES,
     balancer::{Mode, MAX_BACKENDS_PER_VIP, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_SNAT_ADDRESSES, MAX_TABLE_ENTRIES, MAX_VIPS},
     maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE},
     wire::{IPPROTO_TCP, IPPROTO_UDP},
@@ -15,7 +16,7 @@ use lb_common::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{check_interface_name, ConfigError, Locator};
+use super::{check_interface_name, Cidr, ConfigError, Locator};
 use crate::source::swarm::selector::NodeSelector;
 
 /// A forwarding rule: (protocol, entry port) → target port.
@@ -69,6 +70,10 @@ pub struct VipConfig {
     /// Swarm nodes that are backends too (`backends_from`).
     pub backends_from: Option<NodeSelector>,
     pub health: HealthCheck,
+    /// Firewall: with an `allow` list, only these clients may connect.
+    pub allow: Vec<Cidr>,
+    /// Firewall: these clients may not connect (wins over `allow`).
+    pub deny: Vec<Cidr>,
 }
 
 /// `[balancer]` with its VIPs.
@@ -142,6 +147,8 @@ pub(super) struct RawVip {
     backends: Vec<Spanned<RawBackend>>,
     backends_from: Option<Spanned<String>>,
     health_check: Option<Spanned<RawHealth>>,
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
+    deny: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -308,8 +315,16 @@ pub(super) fn parse(
     let mut out = Vec::new();
     let mut names = BTreeSet::new();
     let mut services = BTreeSet::new();
+    let mut prefixes = 0;
     for (i, v) in vips.iter().enumerate() {
         let vip = parse_vip(loc, i, v, table_size)?;
+        prefixes += vip.allow.len() + vip.deny.len();
+        // Half the tries: a reload writes the new prefixes before it
+        // removes the old ones.
+        if prefixes > MAX_FIREWALL_RULES as usize / 2 {
+            let span = v.deny.as_ref().or(v.allow.as_ref()).map_or(v.address.span(), Spanned::span);
+            return Err(loc.at(span, format!("vip[{i}]: {prefixes} allow and deny prefixes over all VIPs so far, at most {}", MAX_FIREWALL_RULES / 2)));
+        }
         if let (Some(sel), false) = (&v.backends_from, have_swarm) {
             return Err(loc.at(sel.span(), format!("vip[{i}].backends_from: needs a [swarm] section (where the Docker API is)")));
         }
@@ -422,7 +437,27 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
         None => None,
     };
     let health = parse_health(loc, i, v.health_check.as_ref(), rules[0].target_port)?;
-    Ok(VipConfig { name, address, mode, rules, backends, backends_from, health })
+    let allow = parse_prefixes(loc, &format!("vip[{i}].allow"), v.allow.as_ref(), address)?;
+    let deny = parse_prefixes(loc, &format!("vip[{i}].deny"), v.deny.as_ref(), address)?;
+    Ok(VipConfig { name, address, mode, rules, backends, backends_from, health, allow, deny })
+}
+
+/// A VIP's `allow` or `deny` list (`key`): prefixes of the VIP's family,
+/// none twice.
+fn parse_prefixes(loc: &Locator, key: &str, raw: Option<&Spanned<Vec<Spanned<String>>>>, vip: IpAddr) -> Result<Vec<Cidr>, ConfigError> {
+    let mut out: Vec<Cidr> = Vec::new();
+    for (j, p) in raw.map(|l| l.get_ref().as_slice()).unwrap_or_default().iter().enumerate() {
+        let err = |m: &str| loc.at(p.span(), format!("{key}[{j}] = {:?}: {m}", p.get_ref()));
+        let c = Cidr::parse(p.get_ref()).map_err(|m| err(&m))?;
+        if matches!(c, Cidr::V4(..)) != vip.is_ipv4() {
+            return Err(err(&format!("not of the VIP's family (the VIP is {vip}; only its family's clients reach it)")));
+        }
+        if out.contains(&c) {
+            return Err(err("listed twice"));
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
 
 fn parse_health(loc: &Locator, i: usize, raw: Option<&Spanned<RawHealth>>, default_port: u16) -> Result<HealthCheck, ConfigError> {

@@ -360,6 +360,8 @@ fn desired() -> Desired {
         mode,
         rules: vec![(IPPROTO_TCP, 443, 443)],
         backends: backends.iter().map(|a| DesiredBackend { address: a.parse().unwrap(), weight: 1, up: true }).collect(),
+        allow: Vec::new(),
+        deny: Vec::new(),
     };
     Desired {
         inside_v4: Some("10.1.0.1".parse().unwrap()),
