@@ -180,6 +180,11 @@ fn balancer_errors_name_key_and_line() {
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nmode='fast'\n", "t.toml:7:", "vip[0].mode"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\n[vip.health_check]\npath='/x'\n", "t.toml:7:", "only for protocol = \"http\""),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='127.0.0.1'\nrules=['tcp/443']\n", "t.toml:5:", "not usable as a VIP"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nallow=['10.0.0.1/8']\n", "t.toml:7:", "vip[0].allow[0] = \"10.0.0.1/8\": host bits set; did you mean 10.0.0.0/8?"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\ndeny=['192.0.2.0/24',\n 'nope']\n", "t.toml:8:", "vip[0].deny[1] = \"nope\""),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\ndeny=['192.0.2.0/33']\n", "t.toml:7:", "prefix length \"33\" is not in 0-32"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\ndeny=['2001:db8::/32']\n", "t.toml:7:", "vip[0].deny[0] = \"2001:db8::/32\": not of the VIP's family"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='2001:db8::1'\nrules=['tcp/443']\nallow=['2001:db8::/32', '2001:db8::/32']\n", "t.toml:7:", "vip[0].allow[1] = \"2001:db8::/32\": listed twice"),
     ];
     for (text, line, what) in cases {
         let e = err(text);
@@ -241,4 +246,18 @@ fn bgp_section_parses_and_errors_name_key_and_line() {
         let e = err(text);
         assert!(e.contains(line.as_str()) && e.contains(what), "{text}\n→ {e}\n(expected {line} … {what})");
     }
+}
+
+#[test]
+fn vip_firewall_lists_parse() {
+    let text = "[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nallow=['198.51.100.0/24', '192.0.2.7']\ndeny=['198.51.100.66']\n[[vip]]\naddress='2001:db8::1'\nrules=['tcp/443']\n";
+    let cfg = Config::parse(text, "t").unwrap();
+    let b = cfg.balancer().unwrap();
+    assert_eq!(b.vips[0].allow, vec![Cidr::V4([198, 51, 100, 0], 24), Cidr::V4([192, 0, 2, 7], 32)]);
+    assert_eq!(b.vips[0].deny, vec![Cidr::V4([198, 51, 100, 66], 32)]);
+    assert!(b.vips[1].allow.is_empty() && b.vips[1].deny.is_empty(), "no lists: everyone");
+    // All VIPs' prefixes together stay under half the tries.
+    let many: Vec<String> = (0..2049).map(|i| format!("'10.{}.{}.0/24'", i / 256, i % 256)).collect();
+    let text = format!("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\ndeny=[{}]\n", many.join(","));
+    assert!(err(&text).contains("t.toml:7:") && err(&text).contains("at most 2048"), "{}", err(&text));
 }
