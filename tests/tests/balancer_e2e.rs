@@ -16,10 +16,11 @@ use std::{
 use common::{
     daemon::{stop_cleanly, wait_until, BackendSetups},
     edge::{config, config_with, start, Running, ANY, FAST_HEALTH, SNI},
-    http::{check, metrics, who},
+    http::{check, metric, metrics, who},
     xdp,
 };
 use harness::{
+    config::{worker_vips, EdgeConfig},
     edge_lab::*,
     nginx::Nginx,
     stream::{Ended, Stream, Streaming},
@@ -335,5 +336,93 @@ fn restarts_break_no_connection() {
     // New connections after all that still spread over every worker.
     let seen: std::collections::BTreeSet<String> = (0..60).map(|_| who(&r.lab.client, IpAddr::V4(VIP_V4))).collect();
     assert_eq!(seen.len(), 3, "new connections reach every worker: {seen:?}");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+/// The balancer's config for workers 1–3 with firewall lists on the IPv4
+/// VIP (`web4`); the IPv6 VIP (`web6`) has none.
+fn firewall_config(allow: &[&str], deny: &[&str]) -> String {
+    let workers = [(1, Some(1)), (2, Some(1)), (3, Some(1))];
+    let [v4, v6] = worker_vips("web", &["tcp/443", "tcp/80"], &workers);
+    EdgeConfig::balancer().vips([v4.firewall(allow, deny), v6]).to_toml()
+}
+
+/// Whether a TLS connection to the IPv4 VIP from the client's address
+/// `src` (picked by a host route to the VIP) completes, verifying the
+/// worker's certificate.
+fn tls_from(r: &Running, src: &str) -> bool {
+    let c = &r.lab.client;
+    let route = format!("{VIP_V4}/32");
+    c.exec(&["ip", "route", "replace", &route, "via", "198.51.100.1", "src", src]).unwrap();
+    let ok = connect(c, SocketAddr::new(IpAddr::V4(VIP_V4), 443)).and_then(|s| handshake(s, &tls_client(&r.ca), SNI[0])).is_ok();
+    c.exec(&["ip", "route", "del", &route]).unwrap();
+    ok
+}
+
+/// `web4`'s firewall drops in the status: (prefix, action) → packets.
+fn firewall_drops(r: &Running) -> HashMap<(String, String), u64> {
+    let s = r.inst.status();
+    s["vips"][0]["firewall"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| ((f["prefix"].as_str().unwrap().to_string(), f["action"].as_str().unwrap().to_string()), f["drops"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Firewall rules with real parts: the real XDP balancer, TLS to nginx,
+/// two client addresses. A denied client gets no connection and its rule's
+/// counter moves (status and metrics); the allowed one connects; the VIP
+/// without rules serves both. A reload that denies the allowed client
+/// ends its open connection at once and refuses its new ones, and lets the
+/// formerly denied client in.
+#[test]
+fn firewall_denies_one_client_and_lets_the_other_connect() {
+    let mut r = start("lbfw", 3, &firewall_config(&[], &["198.51.100.3"]));
+    harness::rtnl::addr(&r.lab.client, "c-out", "198.51.100.3/24").unwrap();
+    assert!(tls_from(&r, "198.51.100.2"), "the allowed client connects");
+    let mut open = vec![Stream::open(&r.lab.client, IpAddr::V4(VIP_V4)).with_read_timeout(Duration::from_secs(3))];
+    assert!(!tls_from(&r, "198.51.100.3"), "the denied client gets no connection");
+    let drops = firewall_drops(&r);
+    assert!(drops[&("198.51.100.3/32".to_string(), "deny".to_string())] >= 1, "{drops:?}");
+    let m = metrics(&r.lab.edge);
+    let series = r#"swarmlb_firewall_drops_total{vip="web4",rule="198.51.100.3/32",action="deny"}"#;
+    assert!(metric::<u64>(&m, series).is_some_and(|n| n >= 1), "{series} in\n{m}");
+    // The VIP without rules: anyone, and nothing to show.
+    assert!(["w1", "w2", "w3"].contains(&who(&r.lab.client, IpAddr::V6(VIP_V6)).as_str()));
+    assert!(r.inst.status()["vips"][1]["firewall"].as_array().unwrap().is_empty());
+    assert_eq!(check(&mut open), Vec::<usize>::new(), "the allowed client's connection works");
+
+    // Now the other way round, by SIGHUP.
+    r.inst.write_config(&firewall_config(&[], &["198.51.100.2"]));
+    r.daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), || firewall_drops(&r).contains_key(&("198.51.100.2/32".to_string(), "deny".to_string())), || r.daemon.output_so_far());
+    assert_eq!(check(&mut open), vec![0], "the open connection of the newly denied client ends at once");
+    assert!(!tls_from(&r, "198.51.100.2"), "and it gets no new one");
+    assert!(tls_from(&r, "198.51.100.3"), "the client no longer denied connects");
+    assert!(firewall_drops(&r)[&("198.51.100.2/32".to_string(), "deny".to_string())] >= 2);
+
+    // An allow list: only those, and the rest counted as not allowed.
+    r.inst.write_config(&firewall_config(&["198.51.100.3"], &[]));
+    r.daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), || firewall_drops(&r).contains_key(&("*".to_string(), "not_allowed".to_string())), || r.daemon.output_so_far());
+    assert!(tls_from(&r, "198.51.100.3"));
+    assert!(!tls_from(&r, "198.51.100.2"));
+    assert!(firewall_drops(&r)[&("*".to_string(), "not_allowed".to_string())] >= 1);
+
+    // An upgrade from a build without the firewall: its pin directory
+    // lacks the firewall maps. The next daemon adopts the rest, creates
+    // them, and the rules hold again.
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+    for map in [lb_common::balancer::MAP_FIREWALL_V4, lb_common::balancer::MAP_FIREWALL_V6, lb_common::balancer::MAP_FIREWALL_DROPS] {
+        std::fs::remove_file(r.inst.pin_path.join(map)).unwrap();
+    }
+    assert!(!tls_from(&r, "198.51.100.2"), "the running program keeps its maps without their pins");
+    r.daemon = r.inst.start(&r.lab.edge, &[]);
+    r.inst.wait_ready(&mut r.daemon);
+    assert!(r.daemon.output_so_far().contains("adopting the running data path"), "{}", r.daemon.output_so_far());
+    assert!(r.inst.pin_path.join(lb_common::balancer::MAP_FIREWALL_V4).exists(), "the new maps are pinned");
+    assert!(tls_from(&r, "198.51.100.3"));
+    assert!(!tls_from(&r, "198.51.100.2"), "the rules hold after the upgrade");
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
