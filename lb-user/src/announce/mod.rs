@@ -135,6 +135,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, (weight, up))| AppliedBackend { address: format!("10.0.0.{i}").parse().unwrap(), id: i as u32, weight: *weight, up: *up, slots: 0 })
                 .collect(),
+            firewall: Vec::new(),
         }
     }
 
