@@ -51,6 +51,8 @@ const FRAME_MAX: usize = 256;
 const NAT4: &str = "203.0.113.10";
 const DSR4: &str = "203.0.113.11";
 const NAT6: &str = "2001:db8:10::10";
+/// A `nat` VIP with firewall rules (an allow list and denies), else as `NAT4`.
+const NATFW4: &str = "203.0.113.12";
 const DSR6: &str = "2001:db8:10::11";
 /// The edge's own outside address: not a VIP, so on to the isolator.
 const EDGE_OUTSIDE_V4: &str = "198.51.100.1";
@@ -371,6 +373,13 @@ fn desired() -> Desired {
         egress: Vec::new(),
         vips: vec![
             vip("nat4", NAT4, Mode::Nat, &BACKENDS_V4),
+            DesiredVip {
+                // The client's /24 allowed, 16 denied /25s (one inside
+                // that /24): the trie has some depth.
+                allow: vec![("198.51.100.0".parse().unwrap(), 24)],
+                deny: (0..16u8).map(|i| (IpAddr::from([198, 51, 100 + i, 128]), 25)).collect(),
+                ..vip("natfw4", NATFW4, Mode::Nat, &BACKENDS_V4)
+            },
             vip("dsr4", DSR4, Mode::Dsr, &BACKENDS_V4),
             vip("nat6", NAT6, Mode::Nat, &BACKENDS_V6),
             vip("dsr6", DSR6, Mode::Dsr, &BACKENDS_V6),
@@ -502,9 +511,16 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
     for (family, client, nat, dsr, tunnel, inside) in
         [("IPv4", CLIENT_V4, NAT4, DSR4, "IPIP", "10.1.0.1"), ("IPv6", CLIENT_V6, NAT6, DSR6, "IP6IP6", "fd00:1::1")]
     {
-        for (mode, vip, rewrite) in [("nat", nat, "DNAT+SNAT"), ("dsr", dsr, tunnel)] {
+        // (mode, VIP, rewrite, what the row's name adds)
+        let mut vips = vec![("nat", nat, "DNAT+SNAT", ""), ("dsr", dsr, tunnel, "")];
+        if family == "IPv4" {
+            // The allowed client's packets read the VIP's trie.
+            vips.push(("nat", NATFW4, "DNAT+SNAT", " with firewall rules"));
+        }
+        for (mode, vip, rewrite, with) in vips {
+            let firewalled = vip == NATFW4;
             let note = if mode == "nat" { "nat does more: both addresses and ports, a NAT entry" } else { "" };
-            let compare = |path| Some(katran::Compare::new(path, mode == "nat", family == "IPv6", note));
+            let compare = |path| (!firewalled).then(|| katran::Compare::new(path, mode == "nat", family == "IPv6", note));
             let key = client_flow(client, vip);
             let syn_frame = syn(&eth, client, vip, 443);
             let ack_frame = tcp(&eth, client, vip, &ack);
@@ -541,10 +557,10 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
                     Step { what: "client ACK (first non-SYN)", frame: ack_frame.clone(), inside: false, counts: counts(&[LbCounter::FlowHit]), remembered: true },
                 ]
             };
-            let name = |what: &str| format!("{mode} {family}, {what}");
+            let name = |what: &str| format!("{mode} {family}{with}, {what}");
             rows.push(balancer(name(&format!("new flow (miss → Maglev → {rewrite})")), Flow::New, syn_frame, Vec::new(), key, compare(katran::Path::NewFlow)));
             rows.push(balancer(name(&format!("established (hit → {rewrite})")), Flow::Established, ack_frame.clone(), handshake.clone(), key, compare(katran::Path::LruHit)));
-            if let (Some(reply), "IPv4") = (reply, family) {
+            if let (Some(reply), "IPv4", false) = (reply, family, firewalled) {
                 rows.push(balancer(name("reply (backend → client)"), Flow::Reply, reply, handshake, key, None));
                 rows.push(balancer(name("unproven flow's next packet (probe → own entry)"), Flow::Unproven, ack_frame, vec![client_syn], key, None));
             }
