@@ -494,7 +494,8 @@ impl BalancerWriter {
             self.fw_entries.remove(&k);
             self.writes += 1;
         }
-        self.fw_slots.retain(|k, _| wanted_fw.contains(k));
+        // A slot stays with a prefix that is still a `deny` of its own.
+        self.fw_slots.retain(|k, _| self.fw_entries.get(k).is_some_and(|v| v & firewall::FW_DENY_RULE != 0));
         let gone: Vec<IpAddr> = self.ids.keys().filter(|a| !addresses.contains(a)).copied().collect();
         for a in gone {
             let (id, generation) = self.ids.remove(&a).unwrap();
