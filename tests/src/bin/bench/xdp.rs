@@ -1000,7 +1000,10 @@ fn results_table(md: &mut String, rows: &[Row], m: &[Measured], verdicts: &[Stri
         let (verdict, gross, net) = if m.failures.is_empty() {
             (format!("{verdict} ✓"), Summary::of(&m.gross).show(1), net_cell(row, m))
         } else {
-            (format!("**CHECK FAILED** ({verdict})"), "**INVALID**".into(), "**INVALID**".into())
+            // What was timed stays visible (a stage-removal variant fails
+            // the checks by design), marked as not this path's figure.
+            let invalid = |cell: String| if m.gross.is_empty() { "**INVALID**".to_string() } else { format!("**INVALID** (timed {cell})") };
+            (format!("**CHECK FAILED** ({verdict})"), invalid(Summary::of(&m.gross).show(1)), invalid(net_cell(row, m)))
         };
         let wrapper = if m.wrapper.is_empty() { "–".into() } else { Summary::of(&m.wrapper).show(1) };
         let _ = writeln!(md, "| {} | {} | {method} | {repeat} | {verdict} | {gross} | {net} | {wrapper} |", row.group, row.name);
