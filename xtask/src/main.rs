@@ -63,6 +63,11 @@ enum Task {
         /// The Katran commit the object was built from, for the results.
         #[arg(long, value_name = "COMMIT", requires = "katran")]
         katran_rev: Option<String>,
+        /// Only the xdp rows whose path contains one of these texts
+        /// (comma-separated; a profiling aid: no packet rates, results in
+        /// target/bench-rows/).
+        #[arg(long, value_name = "TEXT,…")]
+        rows: Option<String>,
     },
     /// Sustained load through backend churn, the design's rules checked;
     /// results in bench/results/soak.md.
@@ -149,7 +154,7 @@ fn main() -> Result<()> {
                 .env("SWARMLB_BIN", root().join("target/release/swarmlb"))
                 .env("SWARMLB_DEB", deb))
         }
-        Task::Bench { quick, only, katran, katran_rev } => {
+        Task::Bench { quick, only, katran, katran_rev, rows } => {
             setup::ensure_bench()?;
             build()?;
             // The baselines (XDP_PASS, parse-swap-XDP_TX) and the input
@@ -163,6 +168,9 @@ fn main() -> Result<()> {
             }
             if let Some(only) = only {
                 cmd.args(["--only", &only]);
+            }
+            if let Some(rows) = rows {
+                cmd.args(["--rows", &rows]);
             }
             // The bench reads these (tests/src/bin/bench/xdp/katran.rs); it
             // runs from the workspace root, so a relative path is made whole.

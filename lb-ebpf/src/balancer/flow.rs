@@ -208,6 +208,21 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
         let x = h.wrapping_add(i) % slots;
         let (port, snat) = (g.snat_port_min + (x % span) as u16, (x / span) as u8);
         s.nat_key = nat_key(s, svc, port, snat);
+        // A SYN tries the insert first: its first probed port is nearly
+        // always free, and a lookup before the insert would walk the
+        // bucket twice. Only a taken port (or a full table) needs the
+        // entry read, the same as the model's order decides.
+        if opens && !full {
+            match LB_NAT.insert(&s.nat_key, &s.nat_entry, u64::from(BPF_NOEXIST)) {
+                Ok(()) => {
+                    s.placed.nat_port = port;
+                    s.placed.snat = snat;
+                    return forwarded(true, None);
+                }
+                Err(e) if i64::from(e) == EEXIST => {}
+                Err(_) => full = true,
+            }
+        }
         match LB_NAT.get_ptr_mut(&s.nat_key) {
             Some(e) => {
                 // SAFETY: points into a live map value.
@@ -228,7 +243,9 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
                     reclaim = x;
                 }
             }
-            None if full => {}
+            // A SYN's insert has answered for this port (gone again since:
+            // another CPU's finish; the next port will do).
+            None if full || opens => {}
             None => match LB_NAT.insert(&s.nat_key, &s.nat_entry, u64::from(BPF_NOEXIST)) {
                 Ok(()) => {
                     s.placed.nat_port = port;

@@ -117,6 +117,12 @@ pub fn run(opts: &Opts) -> Result<Section> {
     for round in 0..plan.rounds {
         let mut turns = Vec::new();
         for (i, mode) in ALL.iter().enumerate() {
+            // `--rows`: the baseline and the modes named (a profiling aid).
+            let wanted = *mode == Mode::Baseline || opts.rows.as_ref().is_none_or(|r| r.iter().any(|w| mode.label().contains(w.as_str())));
+            if !wanted {
+                turns.push(Err("not measured (--rows)".into()));
+                continue;
+            }
             let turn = measure(&lab, &tls, &plan, *mode, i, round).map_err(|e| format!("{e:#}"));
             match &turn {
                 Ok(s) => eprintln!(
@@ -171,8 +177,10 @@ fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize
 
     let (hs, tls_before, tls_after, _) = timed(|| load::handshake_rate(client, &https, tls, plan.tls_threads, plan.tls_window));
     let bulk_dst = SocketAddr::V4(mode.bulk_dst());
+    let profile = Profile::start(client, mode, round)?;
     let (gbits, bulk_before, bulk_after, bulk_elapsed) =
         timed(|| load::bulk_gbits(client, http.srcs[0], bulk_dst, plan.bulk_seconds));
+    drop(profile);
     Ok(Sample {
         conns_per_s: rate.per_second(),
         cpu_us_per_conn: usage.busy_us / rate.done as f64,
@@ -191,4 +199,34 @@ fn measure(lab: &Lab, tls: &Arc<ClientConfig>, plan: &Plan, mode: Mode, i: usize
         gbits: gbits?,
         drops,
     })
+}
+
+/// `SWARMLB_BENCH_PERF=DIR`: a system-wide `perf record` (cpu-clock, call
+/// graphs) around each bulk window, into `DIR/<mode>-r<round>.data`, to see
+/// where a mode's bulk CPU goes (bench/results/e2e-breakdown.md). Stopped
+/// on drop, as `perf record` stops on Ctrl-C.
+struct Profile(Option<harness::ChildGuard>);
+
+impl Profile {
+    /// Started from `ns` (any namespace: the recording is system-wide).
+    fn start(ns: &harness::Netns, mode: Mode, round: usize) -> Result<Self> {
+        let Some(dir) = std::env::var_os("SWARMLB_BENCH_PERF") else { return Ok(Self(None)) };
+        let name: String = mode.label().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let out = std::path::Path::new(&dir).join(format!("{name}-r{round}.data"));
+        let mut cmd = std::process::Command::new("perf");
+        cmd.args(["record", "-q", "-e", "cpu-clock", "-a", "-g", "-o"]).arg(out);
+        let child = ns.try_spawn(&mut cmd)?;
+        // perf needs a moment to open its events on every CPU.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Self(Some(child)))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.signal(libc::SIGINT);
+            let _ = child.wait_timeout(Duration::from_secs(10));
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--only xdp,e2e,control,flood,snat]`: what swarmlb
+//! `cargo xtask bench [--quick] [--only xdp,e2e,control,flood,snat] [--rows TEXT,…]`: what swarmlb
 //! costs, measured beside the alternatives in the same run. Nothing here
 //! passes or fails; it reports.
 //!
@@ -19,6 +19,9 @@
 //! and reports medians with min–max ([`report`]). Results go to
 //! `bench/results/` (`bench/results/quick/` with `--quick`): one markdown
 //! file and PNG charts per section, and `README.md` naming the machine.
+//! `--rows` (a profiling aid) keeps only the xdp rows whose path contains
+//! one of the texts, and writes to `target/bench-rows/`, never over the
+//! committed results.
 
 mod control;
 mod e2e;
@@ -35,23 +38,31 @@ use anyhow::{bail, Result};
 pub struct Opts {
     /// Fewer rounds and shorter measurements (about 2 minutes in all).
     pub quick: bool,
+    /// Only the xdp rows whose path contains one of these (`--rows`).
+    pub rows: Option<Vec<String>>,
 }
 
 fn main() -> Result<()> {
     harness::require_root()?;
     let mut quick = false;
     let mut only: Option<Vec<String>> = None;
+    let mut rows: Option<Vec<String>> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--only" => only = Some(args.next().unwrap_or_default().split(',').map(str::to_owned).collect()),
-            other => bail!("unknown argument {other:?} (try --quick, --only xdp,e2e,control,flood,snat)"),
+            "--rows" => rows = Some(args.next().unwrap_or_default().split(',').map(str::to_owned).collect()),
+            other => bail!("unknown argument {other:?} (try --quick, --only xdp,e2e,control,flood,snat, --rows TEXT,…)"),
         }
     }
-    let opts = Opts { quick };
+    let opts = Opts { quick, rows };
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
-    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join(if quick { "../bench/results/quick" } else { "../bench/results" });
+    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join(match (&opts.rows, quick) {
+        (Some(_), _) => "../target/bench-rows",
+        (None, true) => "../bench/results/quick",
+        (None, false) => "../bench/results",
+    });
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
     let machine = report::Machine::read();

@@ -95,7 +95,8 @@ impl Section {
     /// Writes `<name>.md` and the charts into `dir`.
     pub fn write(&self, dir: &Path, machine: &Machine) -> Result<()> {
         let mut md = format!("# {}\n\n- {}\n- {}\n\n{}", self.title, machine.line(), now_utc(), self.markdown);
-        for c in &self.charts {
+        // A row-filtered run can leave a chart with no bars.
+        for c in self.charts.iter().filter(|c| !c.bars.is_empty()) {
             let file = format!("{}.png", c.file);
             draw(c, &dir.join(&file)).with_context(|| format!("drawing {file}"))?;
             let _ = write!(md, "\n![{}]({file})\n", c.title);
