@@ -189,7 +189,10 @@ pub struct Service {
     pub target_port: u16,
     /// [`Mode`] as `u8`.
     pub mode: u8,
-    pub _pad: u8,
+    /// `nat`: the PROXY protocol header new flows get
+    /// ([`crate::proxy_protocol::PROXY_V2`]; 0: none). Older builds wrote
+    /// 0 into this byte (padding then).
+    pub proxy: u8,
 }
 
 /// A backend as the kernel sees it: the value of [`MAP_BACKENDS`], an
@@ -246,7 +249,7 @@ pub struct FlowEntry {
     pub generation: u32,
     /// SNAT source port (host byte order); 0 in the DSR modes.
     pub nat_port: u16,
-    /// [`FLOW_CLOSING`] or 0.
+    /// [`FLOW_CLOSING`], [`FLOW_PROXY`].
     pub flags: u8,
     /// The SNAT source address: its index in [`SnatPool`] (0: the
     /// family's first, [`Globals`]' inside address; older builds wrote 0).
@@ -257,6 +260,10 @@ pub struct FlowEntry {
 /// client's packets reads its NAT entry (its last ACK frees the SNAT
 /// port, `nat_state`). Older builds wrote 0 into this byte (padding then).
 pub const FLOW_CLOSING: u8 = 1;
+/// [`FlowEntry::flags`]: the `nat` flow's backend gets a PROXY protocol
+/// header, so each of the client's packets reads its NAT entry (for the
+/// shift of its sequence number).
+pub const FLOW_PROXY: u8 = 2;
 
 /// A `nat`-mode reply as it arrives from the backend: the key of [`MAP_NAT`].
 #[repr(C)]
@@ -377,7 +384,11 @@ pub struct NatEntry {
     pub state: u8,
     /// The backend's TCP window scale (from its SYN-ACK; 0 without one).
     pub backend_wscale: u8,
-    pub _pad: u8,
+    /// TCP: the length of the PROXY protocol header the flow's backend
+    /// gets in front of the client's data, by which the client's sequence
+    /// numbers are shifted (0: none; `crate::proxy_protocol`). Older
+    /// builds wrote 0 into this byte (padding then).
+    pub proxy_len: u8,
     /// `bpf_ktime_get_ns` of the last packet (refreshed at most every
     /// [`NAT_TOUCH_INTERVAL_NS`]); the agent's idle sweep reads it. An
     /// unproven entry's is its creation time until it is proven.
@@ -397,6 +408,14 @@ pub struct NatEntry {
 }
 
 impl NatEntry {
+    /// The [`FlowEntry::flags`] a proven flow with this entry is
+    /// remembered with: [`FLOW_CLOSING`] while it closes, [`FLOW_PROXY`]
+    /// with a PROXY protocol header.
+    #[inline(always)]
+    pub const fn flow_flags(&self) -> u8 {
+        (if self.closing != 0 { FLOW_CLOSING } else { 0 }) | (if self.proxy_len != 0 { FLOW_PROXY } else { 0 })
+    }
+
     /// Does this entry belong to the flow `want` describes (the same
     /// client and VIP ends)?
     pub fn same_flow(&self, want: &NatEntry) -> bool {
@@ -422,6 +441,10 @@ pub const NAT_REMEMBERED: u8 = 8;
 /// the client's FIN, the client's acknowledgement of it ends the
 /// connection for the backend (it holds no TIME_WAIT).
 pub const NAT_BACKEND_FIN: u8 = 16;
+/// [`NatEntry::state`]: the backend acknowledged the PROXY protocol
+/// header: every client segment is shifted, every acknowledgement moved
+/// back (`crate::proxy_protocol`).
+pub const NAT_PROXY_ACKED: u8 = 32;
 
 /// An unproven NAT entry at least this old may be taken over by a new
 /// flow that found no free port (a SYN flood's entries must not hold the

@@ -48,6 +48,8 @@ pub struct DesiredVip {
     pub name: String,
     pub address: IpAddr,
     pub mode: Mode,
+    /// The PROXY protocol header new TCP flows get ([`Service::proxy`]).
+    pub proxy: u8,
     /// (protocol, entry port, target port).
     pub rules: Vec<(u8, u16, u16)>,
     pub backends: Vec<DesiredBackend>,
@@ -389,7 +391,7 @@ impl BalancerWriter {
                         i
                     }
                 };
-                let svc = Service { table_base: base, table_size: self.table_size, stats_index, target_port: *target, mode: v.mode as u8, _pad: 0 };
+                let svc = Service { table_base: base, table_size: self.table_size, stats_index, target_port: *target, mode: v.mode as u8, proxy: if *proto == wire::IPPROTO_TCP { v.proxy } else { 0 } };
                 if self.services.get(&ord) != Some(&svc) {
                     maps.services.insert(key, svc, 0).with_context(|| format!("writing service {} {proto}/{port}", v.address))?;
                     self.services.insert(ord, svc);

@@ -28,6 +28,7 @@ use lb_common::{
     balancer_model::{decapsulate, process, Action, Decap, Outcome, Tables},
     isolator::{counter_index, DropReason, FragVerdict, PassReason, Verdict, COUNTERS_LEN, FAMILY_V4},
     model::{self, Policy},
+    proxy_protocol::PROXY_V2,
     wire::*,
 };
 use crate::reference_policy::ReferencePolicy;
@@ -59,7 +60,7 @@ pub const INSIDE_V6: &str = "fd00:1::1";
 
 /// The balancer differential test's VIPs, one per (mode, family), and the
 /// ones whose backends cannot be reached, have no route or none at all.
-pub const VIPS: [(&str, &str); 9] = [
+pub const VIPS: [(&str, &str); 11] = [
     ("nat4", "203.0.113.10"),
     ("dsr4", "203.0.113.11"),
     ("l2-4", "203.0.113.12"),
@@ -69,6 +70,8 @@ pub const VIPS: [(&str, &str); 9] = [
     ("no-neigh", "203.0.113.20"),
     ("no-route", "203.0.113.21"),
     ("empty", "203.0.113.22"),
+    ("pp4", "203.0.113.13"),
+    ("pp6", "2001:db8:10::13"),
 ];
 
 fn ip(s: &str) -> IpAddr {
@@ -93,6 +96,7 @@ pub fn fixture_desired() -> Desired {
         name: name.into(),
         address: vip_address(name),
         mode,
+        proxy: 0,
         rules: rules.to_vec(),
         backends: b,
     };
@@ -112,6 +116,8 @@ pub fn fixture_desired() -> Desired {
             vip("no-neigh", Mode::Nat, &tls, backends(&[NO_NEIGHBOUR_V4], &[1])),
             vip("no-route", Mode::Dsr, &tls, backends(&[NO_ROUTE_V4], &[1])),
             vip("empty", Mode::Nat, &tls, Vec::new()),
+            DesiredVip { proxy: PROXY_V2, ..vip("pp4", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1])) },
+            DesiredVip { proxy: PROXY_V2, ..vip("pp6", Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])) },
         ],
     }
 }
@@ -142,7 +148,7 @@ pub fn offline_tables(d: &Desired, table_size: u32) -> ModelTables {
         let base = index * 2 * table_size;
         t.maglev[base as usize..(base + table_size) as usize].copy_from_slice(&table);
         for &(proto, port, target_port) in &v.rules {
-            let svc = Service { table_base: base, table_size, stats_index, target_port, mode: v.mode as u8, _pad: 0 };
+            let svc = Service { table_base: base, table_size, stats_index, target_port, mode: v.mode as u8, proxy: if proto == IPPROTO_TCP { v.proxy } else { 0 } };
             t.services.insert(lb_user::datapath::maps::service_key(v.address, proto, port), svc);
             stats_index += 1;
         }

@@ -358,6 +358,7 @@ fn desired() -> Desired {
         name: name.into(),
         address: address.parse().unwrap(),
         mode,
+        proxy: 0,
         rules: vec![(IPPROTO_TCP, 443, 443)],
         backends: backends.iter().map(|a| DesiredBackend { address: a.parse().unwrap(), weight: 1, up: true }).collect(),
     };

@@ -1,0 +1,206 @@
+//! `proxy_protocol = "v2"` end to end: `swarmlb run` on the edge, Debian's
+//! nginx on the workers with `listen … proxy_protocol` and `real_ip_header
+//! proxy_protocol`, real clients. The proxies log the client's own
+//! address for TLS passed through (the client verifies the worker's
+//! certificate) and for HTTP, over IPv4 and IPv6; keep-alive connections
+//! carry many requests; uploads and downloads of tens of megabytes arrive
+//! byte for byte while nftables on the workers drops a share of the
+//! packets in each direction (retransmissions, SACK, the first segment
+//! lost and sent again).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use common::daemon::{stop_cleanly, wait_until};
+use harness::{
+    config::{worker_vips, EdgeConfig},
+    daemon::Instance,
+    edge_lab::*,
+    nginx::Nginx,
+    stream::Stream,
+    tls::{connect, https_get, http_get, tls_client, TestCa},
+    Netns,
+};
+
+/// TCP health checks: an HTTP check would carry no PROXY header, which a
+/// `proxy_protocol` listener refuses.
+const TCP_HEALTH: &str = r#"{ protocol = "tcp", port = 80, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }"#;
+const SNI: [&str; 2] = ["a.com", "b.com"];
+const ANY: [IpAddr; 2] = [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)];
+
+struct Lab {
+    inst: Instance,
+    daemon: harness::ChildGuard,
+    nginx: Vec<Nginx>,
+    ca: TestCa,
+    lab: EdgeLab,
+}
+
+fn start(tag: &str) -> Lab {
+    harness::require_root().unwrap();
+    let lab = EdgeLab::new(tag, 2);
+    let ca = TestCa::new();
+    let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
+    let cfg = EdgeConfig::balancer()
+        .vips(worker_vips("pp", &["tcp/443", "tcp/80"], &[(1, Some(1)), (2, Some(1))]).map(|v| v.mode("nat").proxy_protocol("v2").health_check(TCP_HEALTH)))
+        .to_toml();
+    let inst = Instance::new(tag, &cfg);
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    Lab { inst, daemon, nginx, ca, lab }
+}
+
+/// Deterministic bytes that differ at every offset of a long transfer.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Reads an HTTP/1.1 response: status and body (by Content-Length).
+fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<u8>) {
+    let mut status = 0;
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the connection ended inside a response");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(s) = l.strip_prefix("HTTP/1.1 ") {
+            status = s[..3].parse().unwrap();
+        } else if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    (status, body)
+}
+
+/// The workers drop `percent` % of the TCP segments to and from ports 80
+/// and 443, both ways (nftables, in each worker's namespace).
+fn lossy(workers: &[Netns], percent: u32) {
+    let rules = format!(
+        "table inet swl_loss {{\n chain in {{ type filter hook input priority 0; tcp dport {{ 80, 443 }} numgen random mod 100 < {percent} drop; }}\n chain out {{ type filter hook output priority 0; tcp sport {{ 80, 443 }} numgen random mod 100 < {percent} drop; }}\n}}\n"
+    );
+    for w in workers {
+        let path = std::env::temp_dir().join(format!("swl-loss-{}-{}.nft", std::process::id(), w.name()));
+        std::fs::write(&path, &rules).unwrap();
+        w.exec(&["nft", "-f", path.to_str().unwrap()]).unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// `RetransSegs` of `ns`'s TCP.
+fn retransmitted(ns: &Netns) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]).unwrap();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == "RetransSegs").unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+#[test]
+fn proxies_see_the_clients_address_over_tls_and_http_and_long_transfers_survive_loss() {
+    let mut r = start("lbpp");
+    let client_cfg = tls_client(&r.ca);
+    let vips = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)];
+    let mut requests = 0;
+    for vip in vips {
+        for sni in SNI {
+            let stream = connect(&r.lab.client, SocketAddr::new(vip, 443)).unwrap();
+            let (status, body) = https_get(stream, &client_cfg, sni, "/").unwrap_or_else(|e| panic!("TLS to {vip} for {sni}: {e:#}\n{}", r.inst.status()));
+            assert_eq!(status, 200);
+            assert!(body.starts_with("worker=w") && body.contains(&format!("host={sni}")), "{body}");
+            requests += 1;
+        }
+        let (status, body) = http_get(connect(&r.lab.client, SocketAddr::new(vip, 80)).unwrap(), "a.com", "/").unwrap();
+        assert_eq!((status, body.starts_with("worker=w")), (200, true), "{body}");
+        requests += 1;
+        // Keep-alive: many requests on one connection, the client's
+        // segments all shifted after the first.
+        let mut s = Stream::open(&r.lab.client, vip);
+        for _ in 0..300 {
+            assert_eq!(s.ask().unwrap(), s.worker);
+        }
+        requests += 301;
+    }
+    wait_until(Duration::from_secs(5), || r.nginx.iter().map(Nginx::access_count).sum::<usize>() >= requests, || "access log lines".into());
+    let mut seen = 0;
+    for n in &r.nginx {
+        for a in n.accesses() {
+            assert!(a.client == IpAddr::V4(CLIENT_V4) || a.client == IpAddr::V6(CLIENT_V6), "the PROXY header's address is the client's: {a:?}");
+            seen += 1;
+        }
+        assert!(!n.error_log().contains("broken header"), "nginx read every header: {}", n.error_log());
+    }
+    assert_eq!(seen, requests);
+
+    // Long transfers both ways with 3 % of the segments dropped each way.
+    const SIZE: usize = 24 << 20;
+    let download = pattern(SIZE, 7);
+    for n in &r.nginx {
+        n.put_file("big", &download).unwrap();
+    }
+    lossy(&r.lab.workers, 3);
+    let before = retransmitted(&r.lab.client) + r.lab.workers.iter().map(retransmitted).sum::<u64>();
+    for (k, vip) in vips.into_iter().enumerate() {
+        let upload = pattern(SIZE, 11 + k as u64);
+        let name = format!("up{k}");
+        let t = Instant::now();
+        let sock = connect(&r.lab.client, SocketAddr::new(vip, 80)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut w = sock.try_clone().unwrap();
+        let mut rd = BufReader::new(sock);
+        write!(w, "PUT /up/{name} HTTP/1.1\r\nHost: a.com\r\nContent-Length: {SIZE}\r\n\r\n").unwrap();
+        w.write_all(&upload).unwrap();
+        let (status, _) = read_response(&mut rd);
+        assert!(status == 201 || status == 204, "PUT through {vip}: {status}");
+        let up = t.elapsed();
+        // The same connection downloads (keep-alive).
+        let t = Instant::now();
+        write!(w, "GET /files/big HTTP/1.1\r\nHost: a.com\r\n\r\n").unwrap();
+        let (status, body) = read_response(&mut rd);
+        assert_eq!(status, 200);
+        assert!(body == download, "the download through {vip} arrived byte for byte");
+        let down = t.elapsed();
+        let stored = r.nginx.iter().find_map(|n| n.uploaded(&name)).expect("a worker stored the upload");
+        assert!(stored == upload, "the upload through {vip} arrived byte for byte");
+        println!("{vip}: {} MiB up in {up:?}, down in {down:?} with 3% loss each way", SIZE >> 20);
+    }
+    let retrans = retransmitted(&r.lab.client) + r.lab.workers.iter().map(retransmitted).sum::<u64>() - before;
+    println!("retransmitted segments during the transfers: {retrans}");
+    assert!(retrans > 100, "the loss made TCP retransmit ({retrans})");
+    // New connections under loss: the first data segment (with the
+    // header) is lost now and then and sent again.
+    for i in 0..60 {
+        let vip = vips[i % 2];
+        let (status, body) = http_get(connect(&r.lab.client, SocketAddr::new(vip, 80)).unwrap(), "a.com", "/").unwrap();
+        assert_eq!((status, body.starts_with("worker=w")), (200, true));
+    }
+    wait_until(Duration::from_secs(5), || r.nginx.iter().map(Nginx::access_count).sum::<usize>() >= requests + 2 + 60, || "access log lines".into());
+    for n in &r.nginx {
+        for a in n.accesses() {
+            assert!(a.client == IpAddr::V4(CLIENT_V4) || a.client == IpAddr::V6(CLIENT_V6), "{a:?}");
+        }
+        assert!(!n.error_log().contains("broken header"), "{}", n.error_log());
+    }
+    let s = r.inst.status();
+    println!("balancer counters: {}", s["balancer"]);
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
