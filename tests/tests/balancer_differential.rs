@@ -739,8 +739,8 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         let v6 = rng.below(2) == 0;
         let clients4 = ["198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.9", "198.51.100.77"];
         let clients6 = ["2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::77"];
-        let vips4 = [NAT4, NAT4, NAT4, NAT4, DSR4, DSR4, DSR4, L2_4, L2_4, NO_NEIGH_VIP, NO_ROUTE_VIP, EMPTY_VIP, "10.1.0.11"];
-        let vips6 = [NAT6, NAT6, NAT6, DSR6, DSR6, L2_6, L2_6, "fd00:1::12"];
+        let vips4 = [NAT4, NAT4, NAT4, NAT4, DSR4, DSR4, DSR4, L2_4, L2_4, NO_NEIGH_VIP, NO_ROUTE_VIP, EMPTY_VIP, "10.1.0.11", PROXY4, PROXY4];
+        let vips6 = [NAT6, NAT6, NAT6, DSR6, DSR6, L2_6, L2_6, "fd00:1::12", PROXY6];
         let (src, dst) = if v6 { (*rng.pick(&clients6), *rng.pick(&vips6)) } else { (*rng.pick(&clients4), *rng.pick(&vips4)) };
         let dport = *rng.pick(&[443u16, 443, 443, 443, 443, 443, 443, 80, 53, 8080]);
         let sport = 1024 + rng.below(60_000) as u16;
