@@ -22,7 +22,7 @@ use harness::{
     daemon::Instance,
     edge_lab::*,
     nginx::Nginx,
-    stream::Stream,
+    stream::{Ended, Stream, Streaming},
     tls::{connect, https_get, http_get, tls_client, TestCa},
     Netns,
 };
@@ -41,15 +41,28 @@ struct Lab {
     lab: EdgeLab,
 }
 
+/// The balancer's config: both VIPs over both workers, with the option or
+/// without.
+fn config(proxy_protocol: bool) -> String {
+    EdgeConfig::balancer()
+        .vips(worker_vips("pp", &["tcp/443", "tcp/80"], &[(1, Some(1)), (2, Some(1))]).map(|v| {
+            let v = v.mode("nat").health_check(TCP_HEALTH);
+            if proxy_protocol {
+                v.proxy_protocol("v2")
+            } else {
+                v
+            }
+        }))
+        .to_toml()
+}
+
+/// Two workers with nginx expecting the header, swarmlb with the option.
 fn start(tag: &str) -> Lab {
     harness::require_root().unwrap();
     let lab = EdgeLab::new(tag, 2);
     let ca = TestCa::new();
     let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
-    let cfg = EdgeConfig::balancer()
-        .vips(worker_vips("pp", &["tcp/443", "tcp/80"], &[(1, Some(1)), (2, Some(1))]).map(|v| v.mode("nat").proxy_protocol("v2").health_check(TCP_HEALTH)))
-        .to_toml();
-    let inst = Instance::new(tag, &cfg);
+    let inst = Instance::new(tag, &config(true));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
     Lab { inst, daemon, nginx, ca, lab }
@@ -209,5 +222,47 @@ fn proxies_see_the_clients_address_over_tls_and_http_and_long_transfers_survive_
     }
     let s = r.inst.status();
     println!("balancer counters: {}", s["balancer"]);
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+/// The shift lives in each flow's NAT entry: connections open across an
+/// agent restart (which adopts the pinned maps) and across a reload that
+/// turns the option off keep theirs, while new connections follow the
+/// config.
+#[test]
+fn open_connections_keep_their_shift_through_a_restart_and_a_reload() {
+    let mut r = start("lbppr");
+    let streams: Vec<Streaming> = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)].into_iter().map(|vip| Streaming::open(&r.lab.client, vip, 20, Duration::from_millis(20))).collect();
+    let progress = |what: &str| {
+        for s in &streams {
+            s.progress_at_least(what, Duration::from_secs(1), 20);
+        }
+    };
+    progress("before");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+    r.daemon = r.inst.start(&r.lab.edge, &[]);
+    r.inst.wait_ready(&mut r.daemon);
+    assert!(r.daemon.output_so_far().contains("adopting the running data path"), "{}", r.daemon.output_so_far());
+    progress("after the restart");
+
+    // Without the option new connections carry no header, which nginx
+    // refuses; the open ones keep theirs.
+    r.inst.write_config(&config(false));
+    r.daemon.signal(libc::SIGHUP);
+    let plain_refused = || http_get(connect(&r.lab.client, SocketAddr::new(IpAddr::V4(VIP_V4), 80)).unwrap(), "a.com", "/").is_err();
+    wait_until(Duration::from_secs(10), plain_refused, || format!("the reload applied:\n{}", r.daemon.output_so_far()));
+    progress("after the reload without the option");
+    r.inst.write_config(&config(true));
+    r.daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), || !plain_refused(), || "the option back".into());
+    progress("after the option came back");
+
+    let answered: u64 = streams.iter().map(Streaming::answered).sum();
+    let broken: Vec<String> = streams.into_iter().flat_map(|s| s.stop()).filter_map(|e: Ended| e.failure()).collect();
+    println!("40 streams through a restart and two reloads: {} broken, {answered} requests answered", broken.len());
+    assert!(broken.is_empty(), "broken streams: {broken:?}");
+    for n in &r.nginx {
+        assert!(n.accesses().iter().all(|a| a.client == IpAddr::V4(CLIENT_V4) || a.client == IpAddr::V6(CLIENT_V6)), "every request logged the client's address");
+    }
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
