@@ -222,6 +222,7 @@ fn proxies_see_the_clients_address_over_tls_and_http_and_long_transfers_survive_
     }
     let s = r.inst.status();
     println!("balancer counters: {}", s["balancer"]);
+    assert_eq!((s["vips"][0]["proxy_protocol"].as_str(), s["vips"][1]["proxy_protocol"].as_str()), (Some("v2"), Some("v2")), "the status shows the option");
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
 

@@ -96,6 +96,9 @@ pub struct AppliedVip {
     pub name: String,
     pub address: IpAddr,
     pub mode: String,
+    /// `proxy_protocol` (`"v2"`), if set.
+    #[serde(default)]
+    pub proxy_protocol: Option<String>,
     pub table: u32,
     pub rules: Vec<AppliedRule>,
     pub backends: Vec<AppliedBackend>,
@@ -405,6 +408,7 @@ impl BalancerWriter {
                 name: v.name.clone(),
                 address: v.address,
                 mode: v.mode.name().to_string(),
+                proxy_protocol: (v.proxy == lb_common::proxy_protocol::PROXY_V2).then(|| "v2".to_string()),
                 table: slot.index,
                 rules,
                 backends: v

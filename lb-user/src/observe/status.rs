@@ -71,6 +71,8 @@ pub struct VipStatus {
     pub name: String,
     pub address: String,
     pub mode: String,
+    /// `proxy_protocol` (`"v2"`), if set.
+    pub proxy_protocol: Option<String>,
     pub rules: Vec<RuleStatus>,
     pub backends: Vec<BackendStatus>,
 }
@@ -132,7 +134,7 @@ fn vip_status(maps: &BalancerMaps, v: &AppliedVip, state: &DaemonState) -> Resul
             last_change: state.backend_transitions.iter().find(|t| t.vip == v.name && t.backend == b.address).map(|t| t.last.clone()),
         });
     }
-    Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), rules, backends })
+    Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), proxy_protocol: v.proxy_protocol.clone(), rules, backends })
 }
 
 /// The SNAT ports one (backend, backend port) holds: at `snat_ports` its
@@ -346,7 +348,8 @@ pub fn render_table(r: &StatusReport) -> String {
         }
     }
     for v in &r.vips {
-        let _ = writeln!(out, "\nVIP {} {} ({})", v.name, v.address, v.mode);
+        let pp = v.proxy_protocol.as_ref().map_or(String::new(), |p| format!(", PROXY protocol {p}"));
+        let _ = writeln!(out, "\nVIP {} {} ({}{pp})", v.name, v.address, v.mode);
         let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10}", "RULE", "PACKETS", "BYTES", "NEW FLOWS");
         for rule in &v.rules {
             let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10}", rule.rule, rule.packets, rule.bytes, rule.new_flows);
