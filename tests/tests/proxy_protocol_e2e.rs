@@ -267,3 +267,55 @@ fn open_connections_keep_their_shift_through_a_restart_and_a_reload() {
     }
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
+
+/// An upgrade from an older build (`SWARMLB_PREVIOUS_BIN`, e.g. main's
+/// `target/release/swarmlb`; skipped without it): the new agent adopts
+/// the old one's pins — NAT entries whose `proxy_len` byte was padding,
+/// services whose `proxy` byte was — and its open `nat` connections go
+/// on; then the option is switched on by a reload and new connections get
+/// the header.
+#[test]
+fn an_upgrade_from_an_older_build_keeps_its_flows_and_takes_the_option() {
+    let Some(previous) = std::env::var_os("SWARMLB_PREVIOUS_BIN") else {
+        println!("skipped: SWARMLB_PREVIOUS_BIN names no older swarmlb");
+        return;
+    };
+    harness::require_root().unwrap();
+    let lab = EdgeLab::new("lbppu", 2);
+    let ca = TestCa::new();
+    let mut plain: Vec<Nginx> = (1..=2).map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
+    let inst = Instance::new("lbppu", &config(false));
+    let mut old = lab.edge.spawn(
+        std::process::Command::new(&previous)
+            .arg("run")
+            .arg("--config")
+            .arg(&inst.config)
+            .arg("--runtime-dir")
+            .arg(&inst.runtime_dir)
+            .env("RUST_LOG", &inst.log_filter),
+    );
+    inst.wait_ready(&mut old);
+    let streams = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
+    streams.progress_at_least("under the older build", Duration::from_secs(1), 20);
+    stop_cleanly(&mut old, libc::SIGTERM);
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    assert!(daemon.output_so_far().contains("adopting the running data path"), "{}", daemon.output_so_far());
+    streams.progress_at_least("after the upgrade", Duration::from_secs(1), 20);
+    let broken: Vec<String> = streams.stop().iter().filter_map(Ended::failure).collect();
+    assert!(broken.is_empty(), "broken across the upgrade: {broken:?}");
+
+    // The option on: the workers' nginx now expects the header.
+    for n in &mut plain {
+        n.stop();
+    }
+    drop(plain);
+    let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
+    inst.write_config(&config(true));
+    daemon.signal(libc::SIGHUP);
+    let served = || http_get(connect(&lab.client, SocketAddr::new(IpAddr::V4(VIP_V4), 80)).unwrap(), "a.com", "/").is_ok_and(|(s, _)| s == 200);
+    wait_until(Duration::from_secs(10), served, || format!("the option applied:\n{}", daemon.output_so_far()));
+    wait_until(Duration::from_secs(5), || nginx.iter().map(Nginx::access_count).sum::<usize>() >= 1, || "access log".into());
+    assert!(nginx.iter().flat_map(Nginx::accesses).all(|a| a.client == IpAddr::V4(CLIENT_V4)), "the header named the client");
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+}
