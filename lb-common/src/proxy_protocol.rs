@@ -308,6 +308,19 @@ mod tests {
     }
 
     #[test]
+    fn a_client_fin_marks_the_entry_only_once_the_header_is_acknowledged() {
+        let mut e = NatEntry { state: NAT_OPENED_BY_SYN | NAT_REPLIED, proxy_len: 28, backend_ack: 5001, backend_win: 1000, ..NatEntry::default() };
+        let fin = seg(5001, 1001, TCP_FIN | TCP_ACK, 1);
+        assert!(!crate::nat_state::client_fin(&mut e, &fin));
+        assert_eq!((e.closing, e.backend_ack), (0, 5001), "r stays where the client's data starts");
+        e.state |= NAT_PROXY_ACKED;
+        let mut shifted = fin;
+        translated(&mut shifted, SHIFT, 28);
+        assert!(crate::nat_state::client_fin(&mut e, &shifted));
+        assert_eq!((e.closing, e.backend_ack), (crate::balancer::NAT_CLOSED, 5031));
+    }
+
+    #[test]
     fn mss_and_sack_are_found_at_even_offsets_only() {
         let read = |opts: &'static [u8]| move |off: usize| Some(u16::from_be_bytes([*opts.get(off)?, *opts.get(off + 1)?]));
         let synack: &[u8] = &[2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];

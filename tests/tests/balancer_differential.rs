@@ -1369,6 +1369,42 @@ fn proxy_v2_flow(tag: &str, client: &str, vip: &str) {
     assert_eq!(o.counter, Some(LbCounter::FlowHit));
     let (o, _) = fx.client_sends(client, vip, &c2(isn + 2, 6, 0x04, &[]));
     assert_eq!(o.extra, Some(LbCounter::RstInexact), "not at the backend's acknowledgement: in the window only");
+
+    // A third sends its only byte with its FIN (HTTP/1.0 style), and
+    // sends both again: the header both times; the backend's
+    // acknowledgement of header, byte and FIN reaches the client as the
+    // byte's and the FIN's; the FIN marks the entry closing only once the
+    // header is acknowledged.
+    let sport3 = 40002;
+    fx.client_sends(client, vip, &L4::tcp_syn(sport3, 443));
+    let f3 = flow_of(&fx.kb, client, sport3, vip, 443, IPPROTO_TCP);
+    let backend3 = backend_addr(&fx.kb, f3.backend);
+    let b3 = |fx: &mut Fixture, l4: &L4| {
+        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend3), fx.kb.net.in_mac), &backend3.to_string(), &inside.to_string(), l4, |_| {}, |_| {});
+        let in_if = fx.in_if;
+        fx.run(&frame, in_if)
+    };
+    b3(&mut fx, &tcp_with_options(backend3, inside, (443, f3.nat_port), 5, isn + 1, 0x12, &opts(1400), &[]));
+    let c3 = |seq, ack, flags, payload: &[u8]| tcp_with_options(client_ip, vip_ip, (sport3, 443), seq, ack, flags, &[], payload);
+    let c3_out = |seq, ack, flags, payload: &[u8]| tcp_with_options(inside, backend3, (f3.nat_port, 443), seq, ack, flags, &[], payload);
+    let to_backend3 = |fx: &Fixture, l4: &L4| ip_frame(&FrameBuilder::new(fx.kb.net.in_mac, neighbour_mac(backend3)), &inside.to_string(), &backend3.to_string(), l4, |h| h.ttl = 63, |h| h.hop_limit = 63);
+    fx.client_sends(client, vip, &c3(isn + 1, 6, 0x10, &[]));
+    let mut header_x = proxy_v2_header(client_ip, sport3, vip_ip, 443);
+    header_x.push(b'x');
+    let nat_entry = |fx: &Fixture| fx.kb.maps().nat.iter().map(|r| r.unwrap()).find(|(k, _)| k.nat_port == f3.nat_port && k.backend == addr_key(backend3).0).map(|(_, e)| e).unwrap();
+    for _ in 0..2 {
+        let (_, out) = fx.client_sends(client, vip, &c3(isn + 1, 6, 0x19, b"x"));
+        assert_eq!(out, to_backend3(&fx, &c3_out(isn + 1, 6, 0x19, &header_x)), "the byte and the FIN behind the header");
+        assert_eq!(nat_entry(&fx).closing, 0, "not marked before the header is acknowledged");
+    }
+    let (_, out) = b3(&mut fx, &tcp_with_options(backend3, inside, (443, f3.nat_port), 6, isn + 1 + hlen + 2, 0x10, &[], &[]));
+    assert_eq!(out, to_client(&fx, &tcp_with_options(vip_ip, client_ip, (443, sport3), 6, isn + 3, 0x10, &[], &[])), "the byte and the FIN acknowledged");
+    let (_, out) = fx.client_sends(client, vip, &c3(isn + 1, 6, 0x19, b"x"));
+    assert_eq!(out, to_backend3(&fx, &c3_out(isn + 1 + hlen, 6, 0x19, b"x")), "a late copy: shifted");
+    assert_eq!(nat_entry(&fx).closing, NAT_CLOSED, "now the FIN marks the entry");
+    let knat: HashMap<NatKey, NatEntry> = fx.kb.maps().nat.iter().map(|r| r.unwrap()).map(|(k, e)| (k, NatEntry { last_seen_ns: 0, ..e })).collect();
+    let mnat: HashMap<NatKey, NatEntry> = fx.model.nat.iter().map(|(k, e)| (*k, NatEntry { last_seen_ns: 0, ..*e })).collect();
+    assert_eq!(knat, mnat);
     fx.finish();
 }
 
