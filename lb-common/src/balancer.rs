@@ -190,8 +190,15 @@ pub struct Service {
     pub table_base: u32,
     /// Slots in the table (a prime).
     pub table_size: u32,
-    /// Index into [`MAP_SERVICE_STATS`].
-    pub stats_index: u32,
+    /// Index into [`MAP_SERVICE_STATS`] (below [`MAX_SERVICES`]). A `u32`
+    /// before PROXY protocol came: its two high bytes were always 0, and
+    /// are `proxy` and padding now, so older entries read as no PROXY
+    /// header.
+    pub stats_index: u16,
+    /// `nat`: the PROXY protocol header new flows get
+    /// ([`crate::proxy_protocol::PROXY_V2`]; 0: none).
+    pub proxy: u8,
+    pub _pad: u8,
     /// Port on the backend, host byte order (equal to the entry port in
     /// the DSR modes).
     pub target_port: u16,
@@ -259,7 +266,7 @@ pub struct FlowEntry {
     pub generation: u32,
     /// SNAT source port (host byte order); 0 in the DSR modes.
     pub nat_port: u16,
-    /// [`FLOW_CLOSING`] or 0.
+    /// [`FLOW_CLOSING`], [`FLOW_PROXY`].
     pub flags: u8,
     /// The SNAT source address: its index in [`SnatPool`] (0: the
     /// family's first, [`Globals`]' inside address; older builds wrote 0).
@@ -270,6 +277,10 @@ pub struct FlowEntry {
 /// client's packets reads its NAT entry (its last ACK frees the SNAT
 /// port, `nat_state`). Older builds wrote 0 into this byte (padding then).
 pub const FLOW_CLOSING: u8 = 1;
+/// [`FlowEntry::flags`]: the `nat` flow's backend gets a PROXY protocol
+/// header, so each of the client's packets reads its NAT entry (for the
+/// shift of its sequence number).
+pub const FLOW_PROXY: u8 = 2;
 
 /// A `nat`-mode reply as it arrives from the backend: the key of [`MAP_NAT`].
 #[repr(C)]
@@ -390,7 +401,11 @@ pub struct NatEntry {
     pub state: u8,
     /// The backend's TCP window scale (from its SYN-ACK; 0 without one).
     pub backend_wscale: u8,
-    pub _pad: u8,
+    /// TCP: the length of the PROXY protocol header the flow's backend
+    /// gets in front of the client's data, by which the client's sequence
+    /// numbers are shifted (0: none; `crate::proxy_protocol`). Older
+    /// builds wrote 0 into this byte (padding then).
+    pub proxy_len: u8,
     /// `bpf_ktime_get_ns` of the last packet (refreshed at most every
     /// [`NAT_TOUCH_INTERVAL_NS`]); the agent's idle sweep reads it. An
     /// unproven entry's is its creation time until it is proven.
@@ -410,6 +425,14 @@ pub struct NatEntry {
 }
 
 impl NatEntry {
+    /// The [`FlowEntry::flags`] a proven flow with this entry is
+    /// remembered with: [`FLOW_CLOSING`] while it closes, [`FLOW_PROXY`]
+    /// with a PROXY protocol header.
+    #[inline(always)]
+    pub const fn flow_flags(&self) -> u8 {
+        (if self.closing != 0 { FLOW_CLOSING } else { 0 }) | (if self.proxy_len != 0 { FLOW_PROXY } else { 0 })
+    }
+
     /// Does this entry belong to the flow `want` describes (the same
     /// client and VIP ends)?
     pub fn same_flow(&self, want: &NatEntry) -> bool {
@@ -435,6 +458,10 @@ pub const NAT_REMEMBERED: u8 = 8;
 /// the client's FIN, the client's acknowledgement of it ends the
 /// connection for the backend (it holds no TIME_WAIT).
 pub const NAT_BACKEND_FIN: u8 = 16;
+/// [`NatEntry::state`]: the backend acknowledged the PROXY protocol
+/// header: every client segment is shifted, every acknowledgement moved
+/// back (`crate::proxy_protocol`).
+pub const NAT_PROXY_ACKED: u8 = 32;
 
 /// An unproven NAT entry at least this old may be taken over by a new
 /// flow that found no free port (a SYN flood's entries must not hold the
@@ -722,6 +749,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<Service>(), 16);
+        assert!(MAX_SERVICES <= u32::from(u16::MAX) + 1, "a service's stats_index is a u16");
         assert_eq!(size_of::<BackendInfo>(), 24);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowEntry>(), 12);

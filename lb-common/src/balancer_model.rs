@@ -65,6 +65,12 @@
 //!    once: its SNAT port is free for the next flow
 //!    ([`LbCounter::NatPortFreed`]). The agent's sweep frees other closing
 //!    ports sooner than open ones, and unproven entries within seconds.
+//!    6c. A TCP SYN of a service with `proxy_protocol` records the
+//!    header's length in its new NAT entry; that flow's client segments
+//!    are judged and sent as the backend gets them
+//!    (`proxy_protocol::client_action`): the first data segment (and its
+//!    retransmissions) with the header between TCP header and payload,
+//!    later ones with the sequence number moved by the length.
 //!    Destination becomes backend:target port, source the slot's SNAT
 //!    address:port, TTL − 1, checksums updated incrementally.
 //!    `dsr`: an outer IPv4 (IPIP) or IPv6 (IPv6-in-IPv6) header from the
@@ -89,6 +95,10 @@
 //!    to the MAC the flow came from, out of the interface it came in on.
 //!    8b. Any other packet to a SNAT address on a SNAT port is dropped
 //!    ([`LbCounter::ForgedReply`]): only replies may come there.
+//!    8c. A TCP reply of a flow with a PROXY protocol header
+//!    (`proxy_protocol`): its acknowledgement moves back by the header's
+//!    length once the header is acknowledged, its SACK edges always, and
+//!    its SYN-ACK's MSS is lowered by the length.
 //! 9. A path-MTU ICMP error (IPv4 fragmentation needed, IPv6 packet too
 //!    big) sent to a VIP about a packet the VIP sent to a client goes to
 //!    the flow's backend, so path MTU discovery works through the
@@ -103,6 +113,7 @@ use crate::{
     csum,
     maglev::flow_hash,
     nat_state::{self, Segment},
+    proxy_protocol,
     wire::*,
 };
 
@@ -323,7 +334,7 @@ fn unfit(p: &Parsed, frame_len: usize) -> Option<LbCounter> {
 }
 
 /// Decides what happens to `frame`, arrived on `ifindex`, and writes the
-/// packet to send into `out` (which needs `frame.len() + 40` bytes).
+/// packet to send into `out` (which needs `frame.len() + 52` bytes).
 pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T) -> Outcome {
     let Some(p) = parse(frame) else {
         return match parse_icmp(frame) {
@@ -408,18 +419,20 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     if opens || outcome.moved {
         t.forget_flow(&fkey);
     }
+    let mut proxy = Proxy::default();
     let slot = if mode == Mode::Nat {
         let found = match remembered {
-            Some((e, _)) => NatFound::Remembered(Slot { port: e.nat_port, snat: e.snat }, e.flags & FLOW_CLOSING != 0),
+            Some((e, _)) => NatFound::Remembered(Slot { port: e.nat_port, snat: e.snat }, e.flags),
             None => match allocate_snat_port(frame, ifindex, t, (&g, opens), p, svc, &backend, hop_ifindex) {
                 Ok(f) => f,
                 Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
             },
         };
         match nat_state_of_flow(t, &fkey, p, svc, (id, &backend), seg, found) {
-            Ok((slot, counter, extra)) => {
+            Ok((slot, counter, extra, pp)) => {
                 outcome.counter = Some(counter);
                 outcome.extra = extra;
+                proxy = pp;
                 slot
             }
             Err(c) => return Outcome { moved: outcome.moved, ..Outcome::with(Action::Drop, c) },
@@ -438,14 +451,22 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
         }
         Slot::default()
     };
-    outcome.charged = Some((svc.stats_index, id));
+    outcome.charged = Some((u32::from(svc.stats_index), id));
 
     let out_len;
     match mode {
         Mode::Nat => {
-            out_len = frame.len();
-            out[..out_len].copy_from_slice(frame);
+            if proxy.action == proxy_protocol::PREPEND {
+                out_len = frame.len() + usize::from(proxy.len);
+                prepend_header(frame, out, p, proxy.len);
+            } else {
+                out_len = frame.len();
+                out[..out_len].copy_from_slice(frame);
+            }
             rewrite(out, p, snat_address(t, &g, p.family, slot.snat), slot.port, backend.addr, svc.target_port);
+            if proxy.action == proxy_protocol::SHIFT {
+                shift_seq(out, p, proxy.len);
+            }
         }
         Mode::Dsr => {
             out_len = frame.len() + outer;
@@ -482,12 +503,20 @@ struct Slot {
     snat: u8,
 }
 
+/// What a client's `nat` segment becomes for the PROXY protocol
+/// (`proxy_protocol::client_action`), and the header's length.
+#[derive(Clone, Copy, Debug, Default)]
+struct Proxy {
+    action: u8,
+    len: u8,
+}
+
 /// How a `nat` packet's SNAT slot was found.
 #[derive(Clone, Copy, Debug)]
 enum NatFound {
     /// The flow table remembers the flow (a proven one) with this slot,
-    /// and whether it is closing ([`FLOW_CLOSING`]).
-    Remembered(Slot, bool),
+    /// and its [`FlowEntry::flags`].
+    Remembered(Slot, u8),
     /// Its own NAT entry, at this slot, found by probing.
     Own(Slot, NatEntry),
     /// A free slot, its new entry written.
@@ -504,29 +533,40 @@ fn snat_address<T: Tables>(t: &T, g: &Globals, family: u8, index: u8) -> [u8; 16
     }
 }
 
-/// Rule 6b and the proof: what the client's packet does to its NAT entry;
-/// the SNAT port, the counter and the extra counter, or the drop counter.
-fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Service, (id, b): (u32, &BackendInfo), seg: Option<Segment>, found: NatFound) -> Result<(Slot, LbCounter, Option<LbCounter>), LbCounter> {
+/// Rule 6b and the proof: what the client's packet does to its NAT entry
+/// (judged as the backend gets it: rule 6c); the SNAT port, the counter,
+/// the extra counter and the PROXY protocol action, or the drop counter.
+fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Service, (id, b): (u32, &BackendInfo), seg: Option<Segment>, found: NatFound) -> Result<(Slot, LbCounter, Option<LbCounter>, Proxy), LbCounter> {
     let key = |slot: Slot| NatKey { backend: b.addr, backend_port: svc.target_port, nat_port: slot.port, proto: p.proto, family: p.family, snat: slot.snat, _pad: 0 };
     let remember = |t: &mut T, slot: Slot, flags| t.set_flow(fkey, &FlowEntry { backend: id, generation: b.generation, nat_port: slot.port, flags, snat: slot.snat });
     match found {
-        NatFound::Fresh(slot) => Ok((slot, LbCounter::NewFlow, None)),
-        NatFound::Reclaimed(slot) => Ok((slot, LbCounter::NewFlow, Some(LbCounter::HalfOpenReclaimed))),
-        NatFound::Remembered(slot, closing) => {
-            // Only a RST or FIN, or any packet of a closing flow, needs
-            // the entry on the established path.
-            let Some(s) = seg.filter(|s| closing || s.flags & (TCP_RST | TCP_FIN) != 0) else { return Ok((slot, LbCounter::FlowHit, None)) };
+        NatFound::Fresh(slot) => Ok((slot, LbCounter::NewFlow, None, Proxy::default())),
+        NatFound::Reclaimed(slot) => Ok((slot, LbCounter::NewFlow, Some(LbCounter::HalfOpenReclaimed), Proxy::default())),
+        NatFound::Remembered(slot, flags) => {
+            // Only a RST or FIN, or any packet of a closing flow or one
+            // with a PROXY header, needs the entry on the established path.
+            let closing = flags & FLOW_CLOSING != 0;
+            let reads = closing || flags & FLOW_PROXY != 0;
+            let Some(s) = seg.filter(|s| reads || s.flags & (TCP_RST | TCP_FIN) != 0) else { return Ok((slot, LbCounter::FlowHit, None, Proxy::default())) };
             let k = key(slot);
-            let Some(mut e) = t.nat(&k) else { return Ok((slot, LbCounter::FlowHit, None)) };
+            let Some(mut e) = t.nat(&k) else { return Ok((slot, LbCounter::FlowHit, None, Proxy::default())) };
+            let (s, pp) = as_backend_gets_it(&e, s);
             let (check, _) = nat_state::tcp_client(&e, &s);
             let extra = apply_client_check(t, (fkey, &k), &mut e, Some(s), check)?;
             if !closing && e.closing != 0 && check != nat_state::Check::Finish {
-                remember(t, slot, FLOW_CLOSING);
+                remember(t, slot, e.flow_flags());
             }
-            Ok((slot, LbCounter::FlowHit, extra))
+            Ok((slot, LbCounter::FlowHit, extra, pp))
         }
         NatFound::Own(slot, mut e) => {
             let k = key(slot);
+            let (seg, pp) = match seg {
+                Some(s) => {
+                    let (s, pp) = as_backend_gets_it(&e, s);
+                    (Some(s), pp)
+                }
+                None => (None, Proxy::default()),
+            };
             let (check, proves) = match seg {
                 Some(s) => nat_state::tcp_client(&e, &s),
                 None => (nat_state::Check::Pass, false),
@@ -541,13 +581,108 @@ fn nat_state_of_flow<T: Tables>(t: &mut T, fkey: &FlowKey, p: &Parsed, svc: &Ser
                 extra = Some(if e.state & NAT_REMEMBERED != 0 { LbCounter::FlowRefound } else { LbCounter::FlowProven });
                 e.state |= NAT_REMEMBERED;
                 t.put_nat(&k, &e);
-                remember(t, slot, if e.closing != 0 { FLOW_CLOSING } else { 0 });
+                remember(t, slot, e.flow_flags());
             } else if proves {
                 t.put_nat(&k, &e);
             }
-            Ok((slot, LbCounter::FlowHit, extra))
+            Ok((slot, LbCounter::FlowHit, extra, pp))
         }
     }
+}
+
+/// Rule 6c: a client segment as the backend gets it (its PROXY protocol
+/// action, its sequence shifted or its payload grown by the header), and
+/// the action.
+fn as_backend_gets_it(e: &NatEntry, mut s: Segment) -> (Segment, Proxy) {
+    let action = proxy_protocol::client_action(e, &s);
+    proxy_protocol::translated(&mut s, action, e.proxy_len);
+    (s, Proxy { action, len: e.proxy_len })
+}
+
+/// Rule 6c: `frame` into `out` with the PROXY protocol header of its
+/// connection (the addresses and ports it arrived with) between the TCP
+/// header and the payload, the IP length and the checksums updated (a
+/// word at a time in memory order, as the kernel does).
+fn prepend_header(frame: &[u8], out: &mut [u8], p: &Parsed, len: u8) {
+    let n = usize::from(len);
+    let hl = p.l4 + usize::from(frame[p.l4 + offset::TCP_DOFF] >> 4) * 4;
+    out[..hl].copy_from_slice(&frame[..hl]);
+    out[hl + n..frame.len() + n].copy_from_slice(&frame[hl..]);
+    let words = proxy_protocol::v2_words(p.family, &p.src, &p.dst, p.sport, p.dport);
+    let mut tcp = csum::Delta::default();
+    for (i, w) in words.iter().take(n / 4).enumerate() {
+        out[hl + 4 * i..hl + 4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        tcp.word32(0, *w);
+    }
+    let ne16 = |f: &[u8], at: usize| u16::from_ne_bytes([f[at], f[at + 1]]);
+    let len_at = if p.family == FAMILY_V4 { p.l3 + offset::IPV4_TOT_LEN } else { p.l3 + offset::IPV6_PAYLOAD_LEN };
+    let old_len = be16(out, len_at).unwrap_or(0);
+    let new_len = old_len.wrapping_add(u16::from(len));
+    // The pseudo-header's TCP length: the IPv4 total length less the
+    // header, the IPv6 payload length.
+    let l4_len = if p.family == FAMILY_V4 { (p.l4 - p.l3) as u16 } else { 0 };
+    tcp.word16(u16::from_ne_bytes(old_len.wrapping_sub(l4_len).to_be_bytes()), u16::from_ne_bytes(new_len.wrapping_sub(l4_len).to_be_bytes()));
+    if p.family == FAMILY_V4 {
+        let mut ip = csum::Delta::default();
+        ip.word16(u16::from_ne_bytes(old_len.to_be_bytes()), u16::from_ne_bytes(new_len.to_be_bytes()));
+        let at = p.l3 + offset::IPV4_CHECK;
+        let c = ip.apply(ne16(out, at));
+        out[at..at + 2].copy_from_slice(&c.to_ne_bytes());
+    }
+    out[len_at..len_at + 2].copy_from_slice(&new_len.to_be_bytes());
+    let at = p.l4 + offset::TCP_CHECK;
+    let c = tcp.apply(ne16(out, at));
+    out[at..at + 2].copy_from_slice(&c.to_ne_bytes());
+}
+
+/// Adds `by` to the 32-bit big-endian field at `at` of the TCP segment
+/// at `l4`, and its change to `d`.
+fn add_be32(f: &mut [u8], at: usize, by: u32, d: &mut csum::Delta) {
+    let old: [u8; 4] = f[at..at + 4].try_into().unwrap();
+    let new = u32::from_be_bytes(old).wrapping_add(by).to_be_bytes();
+    d.word32(u32::from_ne_bytes(old), u32::from_ne_bytes(new));
+    f[at..at + 4].copy_from_slice(&new);
+}
+
+/// Applies `d` to the TCP checksum of the segment at `l4`.
+fn apply_tcp(f: &mut [u8], l4: usize, d: csum::Delta) {
+    let at = l4 + offset::TCP_CHECK;
+    let c = d.apply(u16::from_ne_bytes([f[at], f[at + 1]]));
+    f[at..at + 2].copy_from_slice(&c.to_ne_bytes());
+}
+
+/// Rule 6c: the client's sequence number moved by the header's length.
+fn shift_seq(f: &mut [u8], p: &Parsed, len: u8) {
+    let mut d = csum::Delta::default();
+    add_be32(f, p.l4 + offset::TCP_SEQ, u32::from(len), &mut d);
+    apply_tcp(f, p.l4, d);
+}
+
+/// Rule 8c: a backend segment of a flow with a PROXY protocol header:
+/// `proxy_protocol::reply_action`'s `action` applied.
+fn proxy_reply(f: &mut [u8], p: &Parsed, action: u8, len: u8) {
+    let l4 = p.l4;
+    let doff = usize::from(f[l4 + offset::TCP_DOFF] >> 4) * 4;
+    let syn = f[l4 + offset::TCP_FLAGS] & TCP_SYN != 0;
+    let back = u32::from(len).wrapping_neg();
+    let mut d = csum::Delta::default();
+    if action & proxy_protocol::ACK_SHIFT != 0 {
+        add_be32(f, l4 + offset::TCP_ACK, back, &mut d);
+    }
+    let opts = proxy_protocol::reply_options(|off| be16(f, off), l4 + TCP_MIN_HLEN, l4 + doff, syn);
+    if action & proxy_protocol::MSS_LOWER != 0 && opts.mss != 0 {
+        let old = [f[opts.mss], f[opts.mss + 1]];
+        let new = proxy_protocol::lower_mss(u16::from_be_bytes(old), len).to_be_bytes();
+        d.word16(u16::from_ne_bytes(old), u16::from_ne_bytes(new));
+        f[opts.mss..opts.mss + 2].copy_from_slice(&new);
+    }
+    if action & proxy_protocol::SACK_SHIFT != 0 {
+        for i in 0..opts.sack_blocks {
+            add_be32(f, opts.sack + 8 * i, back, &mut d);
+            add_be32(f, opts.sack + 8 * i + 4, back, &mut d);
+        }
+    }
+    apply_tcp(f, l4, d);
 }
 
 /// Applies a client segment's [`nat_state::Check`] to its entry (a
@@ -630,6 +765,7 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, open
         ifindex,
         backend_ifindex,
         state: if opens { NAT_OPENED_BY_SYN } else { 0 },
+        proxy_len: if opens && p.proto == IPPROTO_TCP { proxy_protocol::header_len(svc.proxy, p.family) } else { 0 },
         last_seen_ns: t.now_ns(),
         ..NatEntry::default()
     };
@@ -712,13 +848,20 @@ fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &P
     }
     let mut entry = *e;
     let mut extra = None;
+    let mut proxy = 0;
     match tcp_segment(frame, p) {
-        Some(s) => match nat_state::tcp_reply(&mut entry, &s) {
-            nat_state::Check::OutOfWindow => return Outcome::with(Action::Drop, LbCounter::OutOfWindow),
-            nat_state::Check::Inexact => extra = Some(LbCounter::RstInexact),
-            nat_state::Check::Finish => extra = Some(LbCounter::NatPortFreed),
-            _ => {}
-        },
+        Some(s) => {
+            proxy = proxy_protocol::reply_action(&entry, &s);
+            match nat_state::tcp_reply(&mut entry, &s) {
+                nat_state::Check::OutOfWindow => return Outcome::with(Action::Drop, LbCounter::OutOfWindow),
+                nat_state::Check::Inexact => extra = Some(LbCounter::RstInexact),
+                nat_state::Check::Finish => extra = Some(LbCounter::NatPortFreed),
+                _ => {}
+            }
+            if proxy & proxy_protocol::ACK_SHIFT != 0 {
+                entry.state |= NAT_PROXY_ACKED;
+            }
+        }
         None => nat_state::udp_reply(&mut entry),
     }
     if extra == Some(LbCounter::NatPortFreed) {
@@ -729,6 +872,9 @@ fn reply<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: &P
     }
     out[..frame.len()].copy_from_slice(frame);
     rewrite(out, p, e.vip, e.vip_port, e.client, e.client_port);
+    if proxy != 0 {
+        proxy_reply(out, p, proxy, e.proxy_len);
+    }
     let route = Route::Via { ifindex: e.ifindex, smac: e.edge_mac, dmac: e.client_mac };
     let (action, counter) = send(out, ifindex, t, route);
     if action == Action::Drop {

@@ -19,4 +19,5 @@ pub mod isolator;
 pub mod maglev;
 pub mod model;
 pub mod nat_state;
+pub mod proxy_protocol;
 pub mod wire;

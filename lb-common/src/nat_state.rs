@@ -43,7 +43,7 @@
 //! ([`crate::balancer::NAT_RECLAIM_AFTER_NS`]) and expire within seconds.
 
 use crate::{
-    balancer::{NatEntry, NAT_BACKEND_FIN, NAT_CLOSED, NAT_OPENED_BY_SYN, NAT_PROVEN, NAT_REPLIED, NAT_TIME_WAIT},
+    balancer::{NatEntry, NAT_BACKEND_FIN, NAT_CLOSED, NAT_OPENED_BY_SYN, NAT_PROVEN, NAT_PROXY_ACKED, NAT_REPLIED, NAT_TIME_WAIT},
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -269,9 +269,14 @@ fn backend_fin(e: &mut NatEntry, s: &Segment) {
 /// client's), and the backend is expected to acknowledge the FIN's end
 /// next (which tells its LAST_ACK from a crossing close, see
 /// [`backend_fin`]; a RST after the FIN starts there too). Returns whether
-/// the entry changed.
+/// the entry changed. A flow whose PROXY protocol header the backend has
+/// not acknowledged yet is not marked: its `backend_ack` must stay where
+/// the client's data starts (`crate::proxy_protocol`).
 #[inline(always)]
 pub fn client_fin(e: &mut NatEntry, s: &Segment) -> bool {
+    if e.proxy_len != 0 && e.state & NAT_PROXY_ACKED == 0 {
+        return false;
+    }
     let before = (e.closing, e.backend_ack);
     if e.closing == 0 {
         e.closing = NAT_CLOSED;

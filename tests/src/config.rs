@@ -64,6 +64,7 @@ pub struct Vip {
     name: String,
     address: IpAddr,
     mode: Option<String>,
+    proxy_protocol: Option<String>,
     rules: Vec<String>,
     health_check: Option<String>,
     backends: Vec<Backend>,
@@ -80,6 +81,7 @@ impl Vip {
             name: name.to_owned(),
             address,
             mode: None,
+            proxy_protocol: None,
             rules: rules.iter().map(|r| (*r).to_owned()).collect(),
             health_check: None,
             backends: Vec::new(),
@@ -99,6 +101,12 @@ impl Vip {
     /// Its forwarding mode (`nat`, `dsr`, `dsr-l2`).
     pub fn mode(mut self, mode: &str) -> Self {
         self.mode = Some(mode.to_owned());
+        self
+    }
+
+    /// Its `proxy_protocol` (`"v2"`).
+    pub fn proxy_protocol(mut self, version: &str) -> Self {
+        self.proxy_protocol = Some(version.to_owned());
         self
     }
 
@@ -139,6 +147,9 @@ impl Vip {
         );
         if let Some(mode) = &self.mode {
             let _ = writeln!(out, "mode = {}", quoted(mode));
+        }
+        if let Some(v) = &self.proxy_protocol {
+            let _ = writeln!(out, "proxy_protocol = {}", quoted(v));
         }
         let _ = writeln!(out, "rules = {}", array(&self.rules));
         if let Some(h) = &self.health_check {

@@ -78,6 +78,10 @@ pub const NO_NEIGH_VIP: &str = "203.0.113.20";
 pub const NO_ROUTE_VIP: &str = "203.0.113.21";
 /// A VIP without backends.
 pub const EMPTY_VIP: &str = "203.0.113.22";
+/// A `nat` VIP with `proxy_protocol = "v2"` (the rules of [`NAT4`]).
+pub const PROXY4: &str = "203.0.113.13";
+/// The IPv6 one.
+pub const PROXY6: &str = "2001:db8:10::13";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -94,11 +98,13 @@ pub fn fixture_desired() -> Desired {
         name: name.into(),
         address: ip(address),
         mode,
+        proxy: 0,
         rules: rules.to_vec(),
         backends: b,
         allow: Vec::new(),
         deny: Vec::new(),
     };
+    let proxy = |v: DesiredVip| DesiredVip { proxy: lb_common::proxy_protocol::PROXY_V2, ..v };
     let nat_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_TCP, 80, 8080), (IPPROTO_UDP, 53, 53)];
     let dsr_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_UDP, 443, 443)];
     Desired {
@@ -117,6 +123,8 @@ pub fn fixture_desired() -> Desired {
             vip("no-neigh", NO_NEIGH_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_NEIGHBOUR_V4], &[1])),
             vip("no-route", NO_ROUTE_VIP, Mode::Dsr, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_ROUTE_V4], &[1])),
             vip("empty", EMPTY_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], Vec::new()),
+            proxy(vip("pp4", PROXY4, Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1]))),
+            proxy(vip("pp6", PROXY6, Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1]))),
         ],
     }
 }

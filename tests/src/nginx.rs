@@ -76,6 +76,8 @@ pub struct Nginx {
     worker: String,
     listen: Vec<IpAddr>,
     vhosts: Vec<String>,
+    /// Every listener expects a PROXY protocol header.
+    proxy_protocol: bool,
 }
 
 impl std::fmt::Debug for Nginx {
@@ -111,6 +113,33 @@ impl Nginx {
     /// nginx gets `SIGKILL` when the thread that started it exits, so
     /// starting workers on short-lived helper threads would kill them.
     pub fn start(ns: &Netns, worker_name: &str, listen: &[IpAddr], ca: &TestCa, vhosts: &[&str]) -> Result<Self> {
+        Self::launch(ns, worker_name, listen, ca, vhosts, false)
+    }
+
+    /// [`Nginx::start`] behind a balancer that sends a PROXY protocol
+    /// header: every listener has `proxy_protocol`, and the client address
+    /// logged ([`Access::client`]) is the header's (`real_ip_header
+    /// proxy_protocol`). Port 80 also takes `PUT /up/<name>` (WebDAV: the
+    /// body is stored, [`Nginx::uploaded`]) and serves `GET /files/<name>`
+    /// from [`Nginx::put_file`].
+    pub fn start_proxy_protocol(ns: &Netns, worker_name: &str, listen: &[IpAddr], ca: &TestCa, vhosts: &[&str]) -> Result<Self> {
+        Self::launch(ns, worker_name, listen, ca, vhosts, true)
+    }
+
+    /// A file [`Nginx::start_proxy_protocol`] serves at `/files/<name>`.
+    pub fn put_file(&self, name: &str, body: &[u8]) -> Result<()> {
+        check_worker_name(name)?;
+        let path = self.dir.join("files").join(name);
+        fs::write(&path, body).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// What a client stored with `PUT /up/<name>`.
+    pub fn uploaded(&self, name: &str) -> Option<Vec<u8>> {
+        check_worker_name(name).ok()?;
+        fs::read(self.dir.join("up").join(name)).ok()
+    }
+
+    fn launch(ns: &Netns, worker_name: &str, listen: &[IpAddr], ca: &TestCa, vhosts: &[&str], proxy_protocol: bool) -> Result<Self> {
         crate::require_root()?;
         static CLEANUP: Once = Once::new();
         CLEANUP.call_once(remove_stale_dirs);
@@ -142,6 +171,7 @@ impl Nginx {
             worker: worker_name.to_owned(),
             listen: listen.to_vec(),
             vhosts: vhosts.iter().map(|v| v.to_string()).collect(),
+            proxy_protocol,
         };
         nginx.write_files(ca).with_context(|| format!("nginx {worker_name}: write config"))?;
         let d = nginx.dir.display().to_string();
@@ -264,7 +294,7 @@ impl Nginx {
     /// Writes the certificates, the ACME webroot and `nginx.conf`.
     fn write_files(&self, ca: &TestCa) -> Result<()> {
         let d = &self.dir;
-        for sub in ["acme", "tmp"] {
+        for sub in ["acme", "tmp", "files", "up"] {
             fs::create_dir(d.join(sub))?;
         }
         let write_pair = |stem: &str, names: &[&str]| -> Result<()> {
@@ -287,11 +317,24 @@ impl Nginx {
     fn config(&self) -> String {
         let d = self.dir.display();
         let w = &self.worker;
+        let pp = if self.proxy_protocol { " proxy_protocol" } else { "" };
         let listen = |port: u16, extra: &str| -> String {
             self.listen.iter().fold(String::new(), |mut s, a| {
-                let _ = writeln!(s, "        listen {}{extra};", SocketAddr::new(*a, port));
+                let _ = writeln!(s, "        listen {}{extra}{pp};", SocketAddr::new(*a, port));
                 s
             })
+        };
+        // Behind a PROXY protocol balancer: the header's client address
+        // is the one logged, files up and down for long transfers.
+        let (real_ip, transfers) = if self.proxy_protocol {
+            (
+                "set_real_ip_from 0.0.0.0/0;\n    set_real_ip_from ::/0;\n    real_ip_header proxy_protocol;\n    client_max_body_size 256m;\n",
+                format!(
+                    "        location /files/ {{\n            alias \"{d}/files/\";\n        }}\n        location /up/ {{\n            alias \"{d}/up/\";\n            dav_methods PUT;\n            create_full_put_path off;\n        }}\n"
+                ),
+            )
+        } else {
+            ("", String::new())
         };
         let mut c = format!(
             r#"# swarmlb test harness: nginx as the proxy of worker {w}
@@ -330,12 +373,13 @@ http {{
     # The soak's long-lived streams make thousands of requests each; by
     # default nginx closes a keep-alive connection after 1000.
     keepalive_requests 1000000;
-
+    {real_ip}
     server {{
 {listen80}        server_name _;
         location /.well-known/acme-challenge/ {{
             alias "{d}/acme/";
         }}
+{transfers}
         location / {{
             return 200 "worker={w}\n";
         }}

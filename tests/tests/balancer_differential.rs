@@ -744,8 +744,8 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         let v6 = rng.below(2) == 0;
         let clients4 = ["198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.9", "198.51.100.77"];
         let clients6 = ["2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::77"];
-        let vips4 = [NAT4, NAT4, NAT4, NAT4, DSR4, DSR4, DSR4, L2_4, L2_4, NO_NEIGH_VIP, NO_ROUTE_VIP, EMPTY_VIP, "10.1.0.11"];
-        let vips6 = [NAT6, NAT6, NAT6, DSR6, DSR6, L2_6, L2_6, "fd00:1::12"];
+        let vips4 = [NAT4, NAT4, NAT4, NAT4, DSR4, DSR4, DSR4, L2_4, L2_4, NO_NEIGH_VIP, NO_ROUTE_VIP, EMPTY_VIP, "10.1.0.11", PROXY4, PROXY4];
+        let vips6 = [NAT6, NAT6, NAT6, DSR6, DSR6, L2_6, L2_6, "fd00:1::12", PROXY6];
         let (src, dst) = if v6 { (*rng.pick(&clients6), *rng.pick(&vips6)) } else { (*rng.pick(&clients4), *rng.pick(&vips4)) };
         let dport = *rng.pick(&[443u16, 443, 443, 443, 443, 443, 443, 80, 53, 8080]);
         let sport = 1024 + rng.below(60_000) as u16;
@@ -1405,4 +1405,213 @@ fn evasion_forms_cannot_slip_past_a_deny() {
     let drops: u64 = fw_counters(&fx.kb).iter().sum();
     assert!(drops > 0, "the firewall counted the denied forms it saw");
     fx.finish();
+}
+
+/// A TCP segment with `options` (whole words), its checksum over the
+/// pseudo-header of `src` → `dst`, computed here from scratch.
+#[allow(clippy::too_many_arguments)]
+fn tcp_with_options(src: IpAddr, dst: IpAddr, (sport, dport): (u16, u16), seq: u32, ack: u32, flags: u8, options: &[u8], payload: &[u8]) -> L4 {
+    assert_eq!(options.len() % 4, 0);
+    let mut h = Vec::new();
+    h.extend(sport.to_be_bytes());
+    h.extend(dport.to_be_bytes());
+    h.extend(seq.to_be_bytes());
+    h.extend(ack.to_be_bytes());
+    h.push(((5 + options.len() / 4) as u8) << 4);
+    h.push(flags);
+    h.extend(1000u16.to_be_bytes());
+    h.extend([0, 0, 0, 0]);
+    h.extend(options);
+    h.extend(payload);
+    let (s, d) = (addr_key(src).0, addr_key(dst).0);
+    let n = if src.is_ipv4() { 4 } else { 16 };
+    let pseudo = sum16(&s[..n], sum16(&d[..n], u32::from(IPPROTO_TCP) + h.len() as u32));
+    let c = fold(sum16(&h, pseudo));
+    h[16..18].copy_from_slice(&c.to_be_bytes());
+    L4::Raw { protocol: IPPROTO_TCP, bytes: h }
+}
+
+/// The PROXY protocol v2 header of a TCP connection, written out byte by
+/// byte from the specification (section 2.2).
+fn proxy_v2_header(client: IpAddr, sport: u16, vip: IpAddr, dport: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21);
+    match (client, vip) {
+        (IpAddr::V4(c), IpAddr::V4(v)) => {
+            h.extend([0x11, 0, 12]);
+            h.extend(c.octets());
+            h.extend(v.octets());
+        }
+        (IpAddr::V6(c), IpAddr::V6(v)) => {
+            h.extend([0x21, 0, 36]);
+            h.extend(c.octets());
+            h.extend(v.octets());
+        }
+        _ => unreachable!(),
+    }
+    h.extend(sport.to_be_bytes());
+    h.extend(dport.to_be_bytes());
+    h
+}
+
+/// `proxy_protocol = "v2"`: one connection through a VIP with the
+/// option, every rule of `proxy_protocol` in order, each packet through
+/// kernel and model (same action, bytes, counters and NAT entries) and
+/// its output also built independently here.
+fn proxy_v2_flow(tag: &str, client: &str, vip: &str) {
+    let Some(mut fx) = Fixture::new(tag) else { return };
+    let (client_ip, vip_ip) = (ip(client), ip(vip));
+    let inside = ip(if client_ip.is_ipv4() { "10.1.0.1" } else { "fd00:1::1" });
+    let sport = 40000;
+    let isn = 0x1000_0000u32;
+    let hlen: u32 = if client_ip.is_ipv4() { 28 } else { 52 };
+    let (o, _) = fx.client_sends(client, vip, &L4::tcp_syn(sport, 443));
+    assert_eq!(o.counter, Some(LbCounter::NewFlow));
+    let flow = flow_of(&fx.kb, client, sport, vip, 443, IPPROTO_TCP);
+    let backend = backend_addr(&fx.kb, flow.backend);
+    let to_backend = |fx: &Fixture, l4: &L4| ip_frame(&FrameBuilder::new(fx.kb.net.in_mac, neighbour_mac(backend)), &inside.to_string(), &backend.to_string(), l4, |h| h.ttl = 63, |h| h.hop_limit = 63);
+    // Back to the MAC the flow came from (`client_frame`'s, for both
+    // families).
+    let to_client = |fx: &Fixture, l4: &L4| ip_frame(&FrameBuilder::new(fx.kb.net.out_mac, neighbour_mac(ip(CLIENT_V4))), vip, client, l4, |h| h.ttl = 63, |h| h.hop_limit = 63);
+    let from_backend = |fx: &mut Fixture, l4: &L4| {
+        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend), fx.kb.net.in_mac), &backend.to_string(), &inside.to_string(), l4, |_| {}, |_| {});
+        let in_if = fx.in_if;
+        fx.run(&frame, in_if)
+    };
+    let nat = flow.nat_port;
+    let c2b = |seq, ack, flags, payload: &[u8]| tcp_with_options(client_ip, vip_ip, (sport, 443), seq, ack, flags, &[], payload);
+    let c2b_out = |seq, ack, flags, payload: &[u8]| tcp_with_options(inside, backend, (nat, 443), seq, ack, flags, &[], payload);
+
+    // The SYN-ACK: MSS 1460 (SACK permitted, timestamps, window scale 7)
+    // reaches the client lowered by the header's length.
+    let opts = |mss: u16| {
+        let mut o = vec![2, 4];
+        o.extend(mss.to_be_bytes());
+        o.extend([4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]);
+        o
+    };
+    let synack = tcp_with_options(backend, inside, (443, nat), 99, isn + 1, 0x12, &opts(1460), &[]);
+    let (o, out) = from_backend(&mut fx, &synack);
+    assert_eq!(o.counter, Some(LbCounter::NatReply));
+    let want = tcp_with_options(vip_ip, client_ip, (443, sport), 99, isn + 1, 0x12, &opts(1460 - hlen as u16), &[]);
+    assert_eq!(out, to_client(&fx, &want), "the SYN-ACK's MSS is lowered by {hlen}");
+
+    // The handshake's ACK: unchanged; it proves the flow, which is
+    // remembered as one whose packets read the entry.
+    let (o, out) = fx.client_sends(client, vip, &c2b(isn + 1, 100, 0x10, &[]));
+    assert_eq!(o.extra, Some(LbCounter::FlowProven));
+    assert_eq!(out, to_backend(&fx, &c2b_out(isn + 1, 100, 0x10, &[])));
+    assert_eq!(flow_of(&fx.kb, client, sport, vip, 443, IPPROTO_TCP).flags, FLOW_PROXY);
+
+    // The first data segment: the header between TCP header and payload;
+    // its retransmission gets it again.
+    let request = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n".repeat(3);
+    let mut with_header = proxy_v2_header(client_ip, sport, vip_ip, 443);
+    assert_eq!(with_header.len() as u32, hlen);
+    with_header.extend(&request);
+    for _ in 0..2 {
+        let (o, out) = fx.client_sends(client, vip, &c2b(isn + 1, 100, 0x18, &request));
+        assert_eq!(o.counter, Some(LbCounter::FlowHit));
+        assert_eq!(out, to_backend(&fx, &c2b_out(isn + 1, 100, 0x18, &with_header)), "the header in front of the first byte");
+    }
+    // A later segment, sent before the backend acknowledged: shifted.
+    let more = isn + 1 + request.len() as u32;
+    let (_, out) = fx.client_sends(client, vip, &c2b(more, 100, 0x18, b"body"));
+    assert_eq!(out, to_backend(&fx, &c2b_out(more + hlen, 100, 0x18, b"body")));
+
+    // The backend acknowledges part of what it got with a SACK block for
+    // the rest: the SACK edges move back; the acknowledgement of the
+    // header does not exist for the client yet… then all of it.
+    let sack = |l: u32, r: u32| {
+        let mut o = vec![1, 1, 5, 10];
+        o.extend(l.to_be_bytes());
+        o.extend(r.to_be_bytes());
+        o
+    };
+    let b_more = more + hlen;
+    let (_, out) = from_backend(&mut fx, &tcp_with_options(backend, inside, (443, nat), 100, isn + 1, 0x10, &sack(b_more, b_more + 4), &[]));
+    assert_eq!(out, to_client(&fx, &tcp_with_options(vip_ip, client_ip, (443, sport), 100, isn + 1, 0x10, &sack(more, more + 4), &[])), "SACK edges −{hlen}, the ack unchanged");
+    let (_, out) = from_backend(&mut fx, &tcp_with_options(backend, inside, (443, nat), 100, b_more + 4, 0x18, &[], b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(out, to_client(&fx, &tcp_with_options(vip_ip, client_ip, (443, sport), 100, more + 4, 0x18, &[], b"HTTP/1.1 200 OK\r\n")), "the acknowledgement −{hlen}");
+    // Now every client segment moves, a late copy of the first one too.
+    let (_, out) = fx.client_sends(client, vip, &c2b(isn + 1, 117, 0x18, &request));
+    assert_eq!(out, to_backend(&fx, &c2b_out(isn + 1 + hlen, 117, 0x18, &request)), "after the acknowledgement: shifted, no header");
+    let (_, out) = fx.client_sends(client, vip, &c2b(more + 4, 117, 0x10, &[]));
+    assert_eq!(out, to_backend(&fx, &c2b_out(b_more + 4, 117, 0x10, &[])), "a pure ACK");
+    // FIN both ways, shifted and moved back, and the last ACK frees the port.
+    let (o, out) = fx.client_sends(client, vip, &c2b(more + 4, 117, 0x11, &[]));
+    assert_eq!(o.action, Action::Redirect(fx.in_if));
+    assert_eq!(out, to_backend(&fx, &c2b_out(b_more + 4, 117, 0x11, &[])), "the client's FIN");
+    let (_, out) = from_backend(&mut fx, &tcp_with_options(backend, inside, (443, nat), 117, b_more + 5, 0x11, &[], &[]));
+    assert_eq!(out, to_client(&fx, &tcp_with_options(vip_ip, client_ip, (443, sport), 117, more + 5, 0x11, &[], &[])), "the backend's FIN");
+    let (o, out) = fx.client_sends(client, vip, &c2b(more + 5, 118, 0x10, &[]));
+    assert_eq!(o.extra, Some(LbCounter::NatPortFreed), "the last ACK, shifted, is exact");
+    assert_eq!(out, to_backend(&fx, &c2b_out(b_more + 5, 118, 0x10, &[])));
+    let knat: HashMap<NatKey, NatEntry> = fx.kb.maps().nat.iter().map(|r| r.unwrap()).map(|(k, e)| (k, NatEntry { last_seen_ns: 0, ..e })).collect();
+    let mnat: HashMap<NatKey, NatEntry> = fx.model.nat.iter().map(|(k, e)| (*k, NatEntry { last_seen_ns: 0, ..*e })).collect();
+    assert_eq!(knat, mnat);
+
+    // A second connection is reset by the client before the backend
+    // acknowledged its data: the RST is shifted, exact, and frees the port.
+    let sport2 = 40001;
+    fx.client_sends(client, vip, &L4::tcp_syn(sport2, 443));
+    let nat2 = flow_of(&fx.kb, client, sport2, vip, 443, IPPROTO_TCP).nat_port;
+    let backend2 = backend_addr(&fx.kb, flow_of(&fx.kb, client, sport2, vip, 443, IPPROTO_TCP).backend);
+    let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend2), fx.kb.net.in_mac), &backend2.to_string(), &inside.to_string(), &tcp_with_options(backend2, inside, (443, nat2), 5, isn + 1, 0x12, &opts(1400), &[]), |_| {}, |_| {});
+    let in_if = fx.in_if;
+    fx.run(&frame, in_if);
+    let c2 = |seq, ack, flags, payload: &[u8]| tcp_with_options(client_ip, vip_ip, (sport2, 443), seq, ack, flags, &[], payload);
+    fx.client_sends(client, vip, &c2(isn + 1, 6, 0x10, &[]));
+    let (o, out) = fx.client_sends(client, vip, &c2(isn + 1, 6, 0x18, b"x"));
+    assert_eq!(out.len(), to_backend(&fx, &c2b_out(isn + 1, 6, 0x18, b"x")).len() + hlen as usize, "one byte, the header in front");
+    assert_eq!(o.counter, Some(LbCounter::FlowHit));
+    let (o, _) = fx.client_sends(client, vip, &c2(isn + 2, 6, 0x04, &[]));
+    assert_eq!(o.extra, Some(LbCounter::RstInexact), "not at the backend's acknowledgement: in the window only");
+
+    // A third sends its only byte with its FIN (HTTP/1.0 style), and
+    // sends both again: the header both times; the backend's
+    // acknowledgement of header, byte and FIN reaches the client as the
+    // byte's and the FIN's; the FIN marks the entry closing only once the
+    // header is acknowledged.
+    let sport3 = 40002;
+    fx.client_sends(client, vip, &L4::tcp_syn(sport3, 443));
+    let f3 = flow_of(&fx.kb, client, sport3, vip, 443, IPPROTO_TCP);
+    let backend3 = backend_addr(&fx.kb, f3.backend);
+    let b3 = |fx: &mut Fixture, l4: &L4| {
+        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(backend3), fx.kb.net.in_mac), &backend3.to_string(), &inside.to_string(), l4, |_| {}, |_| {});
+        let in_if = fx.in_if;
+        fx.run(&frame, in_if)
+    };
+    b3(&mut fx, &tcp_with_options(backend3, inside, (443, f3.nat_port), 5, isn + 1, 0x12, &opts(1400), &[]));
+    let c3 = |seq, ack, flags, payload: &[u8]| tcp_with_options(client_ip, vip_ip, (sport3, 443), seq, ack, flags, &[], payload);
+    let c3_out = |seq, ack, flags, payload: &[u8]| tcp_with_options(inside, backend3, (f3.nat_port, 443), seq, ack, flags, &[], payload);
+    let to_backend3 = |fx: &Fixture, l4: &L4| ip_frame(&FrameBuilder::new(fx.kb.net.in_mac, neighbour_mac(backend3)), &inside.to_string(), &backend3.to_string(), l4, |h| h.ttl = 63, |h| h.hop_limit = 63);
+    fx.client_sends(client, vip, &c3(isn + 1, 6, 0x10, &[]));
+    let mut header_x = proxy_v2_header(client_ip, sport3, vip_ip, 443);
+    header_x.push(b'x');
+    let nat_entry = |fx: &Fixture| fx.kb.maps().nat.iter().map(|r| r.unwrap()).find(|(k, _)| k.nat_port == f3.nat_port && k.backend == addr_key(backend3).0).map(|(_, e)| e).unwrap();
+    for _ in 0..2 {
+        let (_, out) = fx.client_sends(client, vip, &c3(isn + 1, 6, 0x19, b"x"));
+        assert_eq!(out, to_backend3(&fx, &c3_out(isn + 1, 6, 0x19, &header_x)), "the byte and the FIN behind the header");
+        assert_eq!(nat_entry(&fx).closing, 0, "not marked before the header is acknowledged");
+    }
+    let (_, out) = b3(&mut fx, &tcp_with_options(backend3, inside, (443, f3.nat_port), 6, isn + 1 + hlen + 2, 0x10, &[], &[]));
+    assert_eq!(out, to_client(&fx, &tcp_with_options(vip_ip, client_ip, (443, sport3), 6, isn + 3, 0x10, &[], &[])), "the byte and the FIN acknowledged");
+    let (_, out) = fx.client_sends(client, vip, &c3(isn + 1, 6, 0x19, b"x"));
+    assert_eq!(out, to_backend3(&fx, &c3_out(isn + 1 + hlen, 6, 0x19, b"x")), "a late copy: shifted");
+    assert_eq!(nat_entry(&fx).closing, NAT_CLOSED, "now the FIN marks the entry");
+    let knat: HashMap<NatKey, NatEntry> = fx.kb.maps().nat.iter().map(|r| r.unwrap()).map(|(k, e)| (k, NatEntry { last_seen_ns: 0, ..e })).collect();
+    let mnat: HashMap<NatKey, NatEntry> = fx.model.nat.iter().map(|(k, e)| (*k, NatEntry { last_seen_ns: 0, ..*e })).collect();
+    assert_eq!(knat, mnat);
+    fx.finish();
+}
+
+#[test]
+fn proxy_protocol_v2_ipv4_header_shift_sack_mss_fin() {
+    proxy_v2_flow("lbfxpp4", CLIENT_V4, PROXY4);
+}
+
+#[test]
+fn proxy_protocol_v2_ipv6_header_shift_sack_mss_fin() {
+    proxy_v2_flow("lbfxpp6", CLIENT_V6, PROXY6);
 }

@@ -7,6 +7,7 @@ use lb_common::{
     maglev::flow_hash,
     nat_state::{self, Check, Segment},
     isolator::FAMILY_V4,
+    proxy_protocol,
     wire::{IPPROTO_TCP, TCP_FIN, TCP_RST},
 };
 
@@ -34,6 +35,8 @@ pub struct Placed {
     pub moved: bool,
     /// The flow table marks it closing ([`FLOW_CLOSING`]).
     pub closing: bool,
+    /// The flow's backend gets a PROXY protocol header ([`FLOW_PROXY`]).
+    pub proxy: bool,
 }
 
 /// Finds the flow's backend, or chooses one with the Maglev table, and
@@ -52,6 +55,7 @@ pub fn place(key: &FlowKey, svc: &Service, opens: bool, out: &mut Placed) -> Res
     out.new = false;
     out.moved = false;
     out.closing = false;
+    out.proxy = false;
     // SAFETY: flow entries are replaced whole.
     if let Some(e) = if opens { None } else { unsafe { LB_FLOWS.get(key) } } {
         if let Some(b) = LB_BACKENDS.get(e.backend) {
@@ -62,6 +66,7 @@ pub fn place(key: &FlowKey, svc: &Service, opens: bool, out: &mut Placed) -> Res
                 out.nat_port = e.nat_port;
                 out.snat = e.snat;
                 out.closing = e.flags & FLOW_CLOSING != 0;
+                out.proxy = e.flags & FLOW_PROXY != 0;
                 return Ok(());
             }
         }
@@ -144,11 +149,12 @@ fn dropped(c: LbCounter) -> u32 {
 #[inline(never)]
 pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens: bool) -> u32 {
     let tcp = s.parsed.proto == IPPROTO_TCP;
+    s.proxy = proxy_protocol::UNCHANGED;
     // The established path: a remembered flow's packet needs its entry only
-    // for a RST or FIN, or while the flow is closing, and its flags alone
-    // say so (read once by `forward`; the fixed TCP header is whole:
-    // `parse::unfit`).
-    if !s.placed.new && (!tcp || (!s.placed.closing && s.parsed.tcp_flags & (TCP_RST | TCP_FIN) == 0)) {
+    // for a RST or FIN, or while the flow is closing or has a PROXY
+    // header, and its flags alone say so (read once by `forward`; the
+    // fixed TCP header is whole: `parse::unfit`).
+    if !s.placed.new && (!tcp || (!s.placed.closing && !s.placed.proxy && s.parsed.tcp_flags & (TCP_RST | TCP_FIN) == 0)) {
         return forwarded(false, None);
     }
     if tcp && !parse::segment(pkt, &s.parsed, &mut s.seg) {
@@ -159,6 +165,7 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
         let Some(e) = LB_NAT.get_ptr_mut(&s.nat_key) else { return forwarded(false, None) };
         // SAFETY: points into a live map value.
         let e = unsafe { &mut *e };
+        as_backend_gets_it(s, e);
         let (check, _) = nat_state::tcp_client(e, &s.seg);
         let extra = match apply_client_check(e, &s.seg, check) {
             Ok(extra) => extra,
@@ -167,7 +174,7 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
         if check == Check::Finish {
             finish(s);
         } else if !s.placed.closing && e.closing != 0 {
-            remember(&s.flow, &s.placed, FLOW_CLOSING);
+            remember(&s.flow, &s.placed, e.flow_flags());
         }
         return forwarded(false, extra);
     }
@@ -195,7 +202,7 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
         closing: 0,
         state: if opens { NAT_OPENED_BY_SYN } else { 0 },
         backend_wscale: 0,
-        _pad: 0,
+        proxy_len: if opens && tcp { proxy_protocol::header_len(svc.proxy, p.family) } else { 0 },
         last_seen_ns: now,
         backend_ifindex: s.hop.ifindex,
         backend_next: 0,
@@ -314,6 +321,9 @@ pub fn snat_index(s: &mut Scratch, g: &Globals) -> Option<u8> {
 /// check, and the flow table for a proven flow.
 #[inline(always)]
 fn own_entry(s: &mut Scratch, e: &mut NatEntry, tcp: bool) -> u32 {
+    if tcp {
+        as_backend_gets_it(s, e);
+    }
     let (check, proves) = if tcp { nat_state::tcp_client(e, &s.seg) } else { (Check::Pass, false) };
     if proves {
         e.state |= NAT_PROVEN;
@@ -327,9 +337,18 @@ fn own_entry(s: &mut Scratch, e: &mut NatEntry, tcp: bool) -> u32 {
     } else if nat_state::proven(e) {
         extra = Some(if e.state & NAT_REMEMBERED != 0 { LbCounter::FlowRefound } else { LbCounter::FlowProven });
         e.state |= NAT_REMEMBERED;
-        remember(&s.flow, &s.placed, if e.closing != 0 { FLOW_CLOSING } else { 0 });
+        remember(&s.flow, &s.placed, e.flow_flags());
     }
     forwarded(false, extra)
+}
+
+/// Rule 6c: the client's segment (`s.seg`) as the backend gets it, and
+/// its PROXY protocol action into `s.proxy` (`s.proxy_len`).
+#[inline(always)]
+fn as_backend_gets_it(s: &mut Scratch, e: &NatEntry) {
+    s.proxy = proxy_protocol::client_action(e, &s.seg);
+    s.proxy_len = e.proxy_len;
+    proxy_protocol::translated(&mut s.seg, s.proxy, e.proxy_len);
 }
 
 /// Frees a finished connection's SNAT port: its NAT entry (at

@@ -13,15 +13,17 @@ mod firewall;
 mod flow;
 mod icmp;
 mod parse;
+mod proxy;
 mod rewrite;
 mod scratch;
 mod too_big;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    balancer::{FlowKey, LbCounter, Mode, NatEntry, NatKey, Service, TrafficStats, NEXT_STAGE_ISOLATOR},
+    balancer::{FlowKey, LbCounter, Mode, NatEntry, NatKey, Service, TrafficStats, NAT_PROXY_ACKED, NEXT_STAGE_ISOLATOR},
     isolator::FAMILY_V4,
     nat_state::{self, Check},
+    proxy_protocol::{self, ACK_SHIFT, PREPEND, SHIFT},
     wire::{IPPROTO_TCP, IPV4_MIN_HLEN, IPV6_HLEN},
 };
 
@@ -199,10 +201,23 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
                 sport: s.placed.nat_port,
                 dport: svc.target_port,
             };
-            if rewrite::nat(pkt, p, &s.translation).is_none() {
+            // Rule 6c: the PROXY protocol header grows the frame.
+            let pkt = if s.proxy == PREPEND {
+                match proxy::prepend(ctx, s) {
+                    Some(grown) => grown,
+                    None => return drop(LbCounter::NoHeadroom),
+                }
+            } else {
+                *pkt
+            };
+            let p = &s.parsed;
+            if rewrite::nat(&pkt, p, &s.translation).is_none() {
                 return drop(LbCounter::Malformed);
             }
-            egress::send(pkt, &s.hop, p.ifindex)
+            if s.proxy == SHIFT && proxy::shift_seq(&pkt, p, s.proxy_len).is_none() {
+                return drop(LbCounter::Malformed);
+            }
+            egress::send(&pkt, &s.hop, p.ifindex)
         }
         Mode::Dsr => {
             if rewrite::encapsulate(ctx, p, g, &s.placed.addr).is_none() {
@@ -221,7 +236,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
             if also != 0 {
                 count_raw(also - 1);
             }
-            charge(LB_SERVICE_STATS.get_ptr_mut(svc.stats_index), bytes, new);
+            charge(LB_SERVICE_STATS.get_ptr_mut(u32::from(svc.stats_index)), bytes, new);
             charge(LB_BACKEND_STATS.get_ptr_mut(s.placed.id), bytes, new);
             action
         }
@@ -249,16 +264,23 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
     }
     let mut inexact = false;
     let mut finished = false;
+    s.proxy = 0;
     if p.proto == IPPROTO_TCP {
         if !parse::segment(pkt, p, &mut s.seg) {
             return drop(LbCounter::Malformed);
         }
+        // Rule 8c, judged before the segment moves the entry.
+        s.proxy = proxy_protocol::reply_action(e, &s.seg);
+        s.proxy_len = e.proxy_len;
         match nat_state::tcp_reply(e, &s.seg) {
             Check::OutOfWindow => return drop(LbCounter::OutOfWindow),
             Check::Inexact => inexact = true,
             Check::Finish => finished = true,
             // tcp_reply has marked a closing entry.
             Check::Close | Check::Pass => {}
+        }
+        if s.proxy & ACK_SHIFT != 0 {
+            e.state |= NAT_PROXY_ACKED;
         }
     } else {
         nat_state::udp_reply(e);
@@ -271,6 +293,9 @@ fn reply(pkt: &Packet, s: &mut Scratch, entry: *mut NatEntry) -> u32 {
         flow::finish(s);
     }
     if rewrite::nat(pkt, p, &s.translation).is_none() {
+        return drop(LbCounter::Malformed);
+    }
+    if s.proxy != 0 && proxy::reply(pkt, p, s.proxy, s.proxy_len).is_none() {
         return drop(LbCounter::Malformed);
     }
     match egress::send(pkt, &s.hop, p.ifindex) {

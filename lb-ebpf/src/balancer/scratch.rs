@@ -25,6 +25,11 @@ pub struct Scratch {
     pub nat_key: NatKey,
     pub snat_key: SnatAddrKey,
     pub nat_entry: NatEntry,
+    /// The PROXY protocol: what this `nat` packet becomes
+    /// (`proxy_protocol::client_action` forward, `reply_action` bits on
+    /// a reply; 0: nothing), and the header's length.
+    pub proxy: u8,
+    pub proxy_len: u8,
     pub fib: bpf_fib_lookup,
     pub icmp: IcmpError,
     /// Quoted addresses before and after an ICMP error's translation.

@@ -128,6 +128,7 @@ mod tests {
             name: address.into(),
             address: address.parse().unwrap(),
             mode: "dsr".into(),
+            proxy_protocol: None,
             table: 0,
             rules: Vec::new(),
             backends: backends

@@ -50,6 +50,8 @@ pub struct DesiredVip {
     pub name: String,
     pub address: IpAddr,
     pub mode: Mode,
+    /// The PROXY protocol header new TCP flows get ([`Service::proxy`]).
+    pub proxy: u8,
     /// (protocol, entry port, target port).
     pub rules: Vec<(u8, u16, u16)>,
     pub backends: Vec<DesiredBackend>,
@@ -111,6 +113,9 @@ pub struct AppliedVip {
     pub name: String,
     pub address: IpAddr,
     pub mode: String,
+    /// `proxy_protocol` (`"v2"`), if set.
+    #[serde(default)]
+    pub proxy_protocol: Option<String>,
     /// Its Maglev tables' index, also its firewall index (the counter
     /// slot of its sources outside an `allow` list).
     pub table: u32,
@@ -442,27 +447,29 @@ impl BalancerWriter {
                 let stats_index = match self.services.get(&ord) {
                     Some(s) => s.stats_index,
                     None => {
-                        let used: BTreeSet<u32> = self.services.values().map(|s| s.stats_index).collect();
-                        let i = (0..MAX_SERVICES).find(|i| !used.contains(i)).context("no free service slot")?;
-                        maps.service_stats.set(i, aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); nr_cpus()?])?, 0)?;
+                        let used: BTreeSet<u16> = self.services.values().map(|s| s.stats_index).collect();
+                        let i = (0..MAX_SERVICES as u16).find(|i| !used.contains(i)).context("no free service slot")?;
+                        maps.service_stats.set(u32::from(i), aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); nr_cpus()?])?, 0)?;
                         self.writes += 1;
                         i
                     }
                 };
-                let svc = Service { table_base: base, table_size: self.table_size, stats_index, target_port: *target, mode: v.mode as u8, firewall: fw_flags };
+                let proxy = if *proto == wire::IPPROTO_TCP { v.proxy } else { 0 };
+                let svc = Service { table_base: base, table_size: self.table_size, stats_index, proxy, _pad: 0, target_port: *target, mode: v.mode as u8, firewall: fw_flags };
                 if self.services.get(&ord) != Some(&svc) {
                     maps.services.insert(key, svc, 0).with_context(|| format!("writing service {} {proto}/{port}", v.address))?;
                     self.services.insert(ord, svc);
                     self.writes += 1;
                 }
                 wanted_services.insert(ord);
-                rules.push(AppliedRule { proto: *proto, port: *port, target_port: *target, stats_index });
+                rules.push(AppliedRule { proto: *proto, port: *port, target_port: *target, stats_index: u32::from(stats_index) });
             }
             let counts = table_counts(slot.table.as_deref().unwrap_or(&[]));
             applied.push(AppliedVip {
                 name: v.name.clone(),
                 address: v.address,
                 mode: v.mode.name().to_string(),
+                proxy_protocol: (v.proxy == lb_common::proxy_protocol::PROXY_V2).then(|| "v2".to_string()),
                 table: slot.index,
                 rules,
                 backends: v

@@ -71,6 +71,8 @@ pub struct VipStatus {
     pub name: String,
     pub address: String,
     pub mode: String,
+    /// `proxy_protocol` (`"v2"`), if set.
+    pub proxy_protocol: Option<String>,
     pub rules: Vec<RuleStatus>,
     pub backends: Vec<BackendStatus>,
     /// Its firewall rules with the packets each dropped (empty: no rules).
@@ -158,7 +160,7 @@ fn vip_status(maps: &BalancerMaps, v: &AppliedVip, state: &DaemonState) -> Resul
         let drops = maps.firewall_drops(lb_common::firewall::not_allowed_slot(v.table))?;
         firewall.push(FirewallStatus { action: "not_allowed".into(), prefix: "*".into(), drops });
     }
-    Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), rules, backends, firewall })
+    Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), proxy_protocol: v.proxy_protocol.clone(), rules, backends, firewall })
 }
 
 /// The SNAT ports one (backend, backend port) holds: at `snat_ports` its
@@ -372,7 +374,8 @@ pub fn render_table(r: &StatusReport) -> String {
         }
     }
     for v in &r.vips {
-        let _ = writeln!(out, "\nVIP {} {} ({})", v.name, v.address, v.mode);
+        let pp = v.proxy_protocol.as_ref().map_or(String::new(), |p| format!(", PROXY protocol {p}"));
+        let _ = writeln!(out, "\nVIP {} {} ({}{pp})", v.name, v.address, v.mode);
         let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10}", "RULE", "PACKETS", "BYTES", "NEW FLOWS");
         for rule in &v.rules {
             let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10}", rule.rule, rule.packets, rule.bytes, rule.new_flows);

@@ -106,6 +106,7 @@ fn balancer(b: &BalancerConfig, swarm: &SwarmAdditions, ifindexes: &HashMap<Stri
             name: v.name.clone(),
             address: v.address,
             mode: v.mode,
+            proxy: v.proxy_protocol,
             rules: v.rules.iter().map(|r| (r.proto, r.port, r.target_port)).collect(),
             backends: swarm
                 .backends_of(v)

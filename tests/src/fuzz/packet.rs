@@ -28,6 +28,7 @@ use lb_common::{
     balancer_model::{decapsulate, process, Action, Decap, Outcome, Tables},
     isolator::{counter_index, DropReason, FragVerdict, PassReason, Verdict, COUNTERS_LEN, FAMILY_V4},
     model::{self, Policy},
+    proxy_protocol::PROXY_V2,
     wire::*,
 };
 use crate::reference_policy::ReferencePolicy;
@@ -59,7 +60,7 @@ pub const INSIDE_V6: &str = "fd00:1::1";
 
 /// The balancer differential test's VIPs, one per (mode, family), and the
 /// ones whose backends cannot be reached, have no route or none at all.
-pub const VIPS: [(&str, &str); 9] = [
+pub const VIPS: [(&str, &str); 11] = [
     ("nat4", "203.0.113.10"),
     ("dsr4", "203.0.113.11"),
     ("l2-4", "203.0.113.12"),
@@ -69,6 +70,8 @@ pub const VIPS: [(&str, &str); 9] = [
     ("no-neigh", "203.0.113.20"),
     ("no-route", "203.0.113.21"),
     ("empty", "203.0.113.22"),
+    ("pp4", "203.0.113.13"),
+    ("pp6", "2001:db8:10::13"),
 ];
 
 fn ip(s: &str) -> IpAddr {
@@ -93,6 +96,7 @@ pub fn fixture_desired() -> Desired {
         name: name.into(),
         address: vip_address(name),
         mode,
+        proxy: 0,
         rules: rules.to_vec(),
         backends: b,
         allow: Vec::new(),
@@ -114,6 +118,8 @@ pub fn fixture_desired() -> Desired {
             vip("no-neigh", Mode::Nat, &tls, backends(&[NO_NEIGHBOUR_V4], &[1])),
             vip("no-route", Mode::Dsr, &tls, backends(&[NO_ROUTE_V4], &[1])),
             vip("empty", Mode::Nat, &tls, Vec::new()),
+            DesiredVip { proxy: PROXY_V2, ..vip("pp4", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1])) },
+            DesiredVip { proxy: PROXY_V2, ..vip("pp6", Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])) },
         ],
     }
 }
@@ -144,7 +150,8 @@ pub fn offline_tables(d: &Desired, table_size: u32) -> ModelTables {
         let base = index * 2 * table_size;
         t.maglev[base as usize..(base + table_size) as usize].copy_from_slice(&table);
         for &(proto, port, target_port) in &v.rules {
-            let svc = Service { table_base: base, table_size, stats_index, target_port, mode: v.mode as u8, firewall: 0 };
+            let proxy = if proto == IPPROTO_TCP { v.proxy } else { 0 };
+            let svc = Service { table_base: base, table_size, stats_index, proxy, _pad: 0, target_port, mode: v.mode as u8, firewall: 0 };
             t.services.insert(lb_user::datapath::maps::service_key(v.address, proto, port), svc);
             stats_index += 1;
         }
@@ -168,12 +175,31 @@ fn client_frame(src: &str, dst: IpAddr, l4: &L4) -> Vec<u8> {
 /// kernel replay of the corpus runs these first.
 pub fn priming_frames() -> Vec<(Vec<u8>, u32)> {
     let mut frames = Vec::new();
-    for (vip, client) in [("nat4", CLIENT_V4), ("dsr4", CLIENT_V4), ("l2-4", CLIENT_V4), ("nat6", CLIENT_V6), ("dsr6", CLIENT_V6), ("l2-6", CLIENT_V6)] {
+    let vips = [("nat4", CLIENT_V4), ("dsr4", CLIENT_V4), ("l2-4", CLIENT_V4), ("nat6", CLIENT_V6), ("dsr6", CLIENT_V6), ("l2-6", CLIENT_V6), ("pp4", CLIENT_V4), ("pp6", CLIENT_V6)];
+    for (vip, client) in vips {
         frames.push((client_frame(client, vip_address(vip), &L4::tcp_syn(40000, 443)), OUT_IFINDEX));
     }
     for (vip, client) in [("nat4", CLIENT_V4), ("nat6", CLIENT_V6), ("dsr4", CLIENT_V4)] {
         let port = if vip == "dsr4" { 443 } else { 53 };
         frames.push((client_frame(client, vip_address(vip), &L4::udp(5353, port, b"query")), OUT_IFINDEX));
+    }
+    // The PROXY protocol flows' handshakes (the backend's SYN-ACK, backend
+    // ISN 9; the client's ACK), so that their first data segment, which
+    // gets the header, is one input away.
+    let mut t = offline_tables(&fixture_desired(), FIXTURE_TABLE_SIZE);
+    for (frame, ifindex) in &frames {
+        process(frame, &mut vec![0; frame.len() + 64], *ifindex, &mut t);
+    }
+    let mut proxied: Vec<(NatKey, NatEntry)> = t.nat.iter().filter(|(_, e)| e.proxy_len != 0).map(|(k, e)| (*k, *e)).collect();
+    proxied.sort_by_key(|(k, _)| k.family);
+    for (k, e) in proxied {
+        let backend = lb_user::datapath::maps::key_addr(&k.backend, k.family);
+        let inside = ip(if k.family == FAMILY_V4 { INSIDE_V4 } else { INSIDE_V6 });
+        let synack = L4::Tcp { sport: k.backend_port, dport: k.nat_port, seq: 9, ack: 0x1000_0001, flags: 0x12, window: 64000, payload: Vec::new() };
+        frames.push((FrameBuilder::new(crate::lb_kernel::neighbour_mac(backend), IN_MAC).ip_l4(backend, inside, &synack, |_| {}, |_| {}), IN_IFINDEX));
+        let client = lb_user::datapath::maps::key_addr(&e.client, k.family).to_string();
+        let ack = L4::Tcp { sport: e.client_port, dport: e.vip_port, seq: 0x1000_0001, ack: 10, flags: 0x10, window: 500, payload: Vec::new() };
+        frames.push((client_frame(&client, lb_user::datapath::maps::key_addr(&e.vip, k.family), &ack), OUT_IFINDEX));
     }
     frames
 }
@@ -185,9 +211,9 @@ pub fn primed_tables() -> &'static ModelTables {
     TABLES.get_or_init(|| {
         let mut t = offline_tables(&fixture_desired(), FIXTURE_TABLE_SIZE);
         for (frame, ifindex) in priming_frames() {
-            let mut out = vec![0; frame.len() + 40];
+            let mut out = vec![0; frame.len() + 64];
             let o = process(&frame, &mut out, ifindex, &mut t);
-            assert_eq!(o.counter, Some(LbCounter::NewFlow), "a priming frame places a flow: {o:?}");
+            assert!(matches!(o.counter, Some(LbCounter::NewFlow | LbCounter::NatReply | LbCounter::FlowHit)), "a priming frame places or answers a flow: {o:?}");
         }
         t
     })
@@ -291,7 +317,7 @@ const REFUSED: [LbCounter; 4] = [LbCounter::Unbalanceable, LbCounter::Malformed,
 
 fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
     let mut t = base.clone();
-    let mut out = vec![0u8; frame.len() + 40];
+    let mut out = vec![0u8; frame.len() + 64];
     let o = process(frame, &mut out, ifindex, &mut t);
     let sent = &out[..o.len];
     match o.action {
@@ -305,7 +331,8 @@ fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
             if let Action::Redirect(oif) = o.action {
                 assert!(oif != ifindex && t.is_egress(oif), "redirected to {oif}");
             }
-            assert!(o.len >= ETH_HLEN + IPV4_MIN_HLEN && o.len <= frame.len() + 40, "{} bytes sent for {}", o.len, frame.len());
+            // The most a packet grows: a PROXY protocol v2 header over IPv6.
+            assert!(o.len >= ETH_HLEN + IPV4_MIN_HLEN && o.len <= frame.len() + 52, "{} bytes sent for {}", o.len, frame.len());
             check_sent(frame, sent, &o, &t);
         }
     }
@@ -323,7 +350,7 @@ fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
     // anything else repeats exactly — but for the second counter: the
     // first packet may have proved the flow or taught the entry its
     // window, which the repeat finds done.
-    let mut again = vec![0u8; frame.len() + 40];
+    let mut again = vec![0u8; frame.len() + 64];
     let o2 = process(frame, &mut again, ifindex, &mut t);
     let want = if o.counter == Some(LbCounter::NewFlow) && !opens_connection_frame(frame) {
         Outcome { counter: Some(LbCounter::FlowHit), ..o }
@@ -431,7 +458,7 @@ fn check_sent(frame: &[u8], sent: &[u8], o: &Outcome, t: &ModelTables) {
             let backend = t.backends[&id];
             let key = ServiceKey { addr: in_dst, port: u16::from_be_bytes([frame[ETH_HLEN + in_hlen + 2], frame[ETH_HLEN + in_hlen + 3]]), proto: frame[ETH_HLEN + if family == FAMILY_V4 { 9 } else { 6 }], family };
             let svc = service(&key).expect("forwarded to a service");
-            assert_eq!(svc.stats_index, charged_stats);
+            assert_eq!(u32::from(svc.stats_index), charged_stats);
             let table = &t.maglev[svc.table_base as usize..(svc.table_base + svc.table_size) as usize];
             assert!(table.contains(&id), "backend {id} is not in the VIP's table");
             match Mode::from_raw(svc.mode).unwrap() {
@@ -455,8 +482,8 @@ fn check_sent(frame: &[u8], sent: &[u8], o: &Outcome, t: &ModelTables) {
             }
         }
         Some(LbCounter::NatReply) => {
-            let nat = t.nat.values().find(|e| e.client == dst).expect("a reply to a NAT client");
-            assert_eq!(src, nat.vip, "a reply not from the VIP");
+            // A client may have flows to several VIPs.
+            assert!(t.nat.values().any(|e| e.client == dst && e.vip == src), "a reply not from the VIP of one of the client's flows");
             assert_eq!(in_dst, inside);
             assert_eq!(hop(sent), hop(frame) - 1, "TTL");
             assert_eq!(header_ok, in_header_ok, "the IPv4 header checksum's rightness changed");

@@ -266,6 +266,16 @@ pub fn frames() -> Vec<Seed> {
             add(format!("nat-reply-fin-{i}"), frame(backend, inside, IN_MAC, &fin, none4, none6));
         }
     }
+    // The primed PROXY protocol flows' client segments: the first data
+    // (the header goes in front), a later one (shifted), a FIN.
+    for name in ["pp4", "pp6"] {
+        let vip = vip_address(name);
+        let c = client(vip);
+        let seg = |seq, flags, payload: &[u8]| L4::Tcp { sport: 40000, dport: 443, seq, ack: 10, flags, window: 500, payload: payload.to_vec() };
+        add(format!("{name}-first-data"), frame(c, vip, OUT_MAC, &seg(0x1000_0001, 0x18, b"GET / HTTP/1.1\r\nHost: a.com\r\n\r\n"), none4, none6));
+        add(format!("{name}-later-data"), frame(c, vip, OUT_MAC, &seg(0x1000_0101, 0x18, b"more"), none4, none6));
+        add(format!("{name}-fin"), frame(c, vip, OUT_MAC, &seg(0x1000_0001, 0x11, &[]), none4, none6));
+    }
     // Path-MTU errors about what the VIPs sent to the primed clients.
     for (name, _) in super::packet::VIPS.iter().take(6) {
         let vip = vip_address(name);

@@ -11,6 +11,7 @@ use lb_common::{
     firewall::MAX_FIREWALL_RULES,
     balancer::{Mode, MAX_BACKENDS_PER_VIP, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_SNAT_ADDRESSES, MAX_TABLE_ENTRIES, MAX_VIPS},
     maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE},
+    proxy_protocol::{PROXY_NONE, PROXY_V2},
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Deserialize;
@@ -65,6 +66,10 @@ pub struct VipConfig {
     pub name: String,
     pub address: IpAddr,
     pub mode: Mode,
+    /// `proxy_protocol`: the PROXY protocol header the backends get on
+    /// this VIP's TCP rules (`lb_common::proxy_protocol::PROXY_V2`; 0:
+    /// none).
+    pub proxy_protocol: u8,
     pub rules: Vec<Rule>,
     pub backends: Vec<BackendConfig>,
     /// Swarm nodes that are backends too (`backends_from`).
@@ -142,6 +147,7 @@ pub(super) struct RawVip {
     name: Option<Spanned<String>>,
     address: Spanned<String>,
     mode: Option<Spanned<String>>,
+    proxy_protocol: Option<Spanned<String>>,
     rules: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     backends: Vec<Spanned<RawBackend>>,
@@ -390,6 +396,15 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
         Some(("dsr-l2", _)) => Mode::DsrL2,
         Some((other, span)) => return Err(loc.at(span, format!("vip[{i}].mode = {other:?}: expected \"nat\", \"dsr\" or \"dsr-l2\""))),
     };
+    let proxy_protocol = match v.proxy_protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+        None => PROXY_NONE,
+        Some((_, span)) if mode != Mode::Nat => {
+            return Err(loc.at(span, format!("vip[{i}].proxy_protocol: only a \"nat\" VIP can add a PROXY protocol header (in {} mode the backend sees the client's address itself)", mode.name())))
+        }
+        Some(("v2", _)) => PROXY_V2,
+        Some(("v1", span)) => return Err(loc.at(span, format!("vip[{i}].proxy_protocol = \"v1\": not supported yet; use \"v2\" (nginx, HAProxy and Envoy read both)"))),
+        Some((other, span)) => return Err(loc.at(span, format!("vip[{i}].proxy_protocol = {other:?}: expected \"v2\""))),
+    };
     let raw_rules = v.rules.get_ref();
     if raw_rules.is_empty() || raw_rules.len() > 16 {
         return Err(loc.at(v.rules.span(), format!("vip[{i}].rules: list 1 to 16 rules such as \"tcp/443\" or \"tcp/80:8080\"")));
@@ -439,7 +454,7 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
     let health = parse_health(loc, i, v.health_check.as_ref(), rules[0].target_port)?;
     let allow = parse_prefixes(loc, &format!("vip[{i}].allow"), v.allow.as_ref(), address)?;
     let deny = parse_prefixes(loc, &format!("vip[{i}].deny"), v.deny.as_ref(), address)?;
-    Ok(VipConfig { name, address, mode, rules, backends, backends_from, health, allow, deny })
+    Ok(VipConfig { name, address, mode, proxy_protocol, rules, backends, backends_from, health, allow, deny })
 }
 
 /// A VIP's `allow` or `deny` list (`key`): prefixes of the VIP's family,

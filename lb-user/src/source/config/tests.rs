@@ -156,6 +156,9 @@ fn balancer_section_parses_with_defaults() {
     assert_eq!((v6.name.as_str(), v6.mode), ("2001:db8::10", Mode::Dsr));
     assert_eq!((v6.health.protocol, v6.health.path.as_str(), v6.health.interval.as_secs()), (HealthProtocol::Http, "/healthz", 5));
     assert!(Config::parse("", "t").unwrap().balancer().is_none());
+    assert_eq!((web.proxy_protocol, v6.proxy_protocol), (0, 0), "no PROXY protocol unless asked");
+    let pp = Config::parse("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v2'\nrules=['tcp/443']\n", "t").unwrap();
+    assert_eq!(pp.balancer().unwrap().vips[0].proxy_protocol, lb_common::proxy_protocol::PROXY_V2);
 }
 
 #[test]
@@ -185,6 +188,9 @@ fn balancer_errors_name_key_and_line() {
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\ndeny=['192.0.2.0/33']\n", "t.toml:7:", "prefix length \"33\" is not in 0-32"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\ndeny=['2001:db8::/32']\n", "t.toml:7:", "vip[0].deny[0] = \"2001:db8::/32\": not of the VIP's family"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='2001:db8::1'\nrules=['tcp/443']\nallow=['2001:db8::/32', '2001:db8::/32']\n", "t.toml:7:", "vip[0].allow[1] = \"2001:db8::/32\": listed twice"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nmode='dsr'\nproxy_protocol='v2'\nrules=['tcp/443']\n", "t.toml:7:", "vip[0].proxy_protocol: only a \"nat\" VIP"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v3'\nrules=['tcp/443']\n", "t.toml:6:", "vip[0].proxy_protocol = \"v3\": expected \"v2\""),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v1'\nrules=['tcp/443']\n", "t.toml:6:", "not supported yet"),
     ];
     for (text, line, what) in cases {
         let e = err(text);

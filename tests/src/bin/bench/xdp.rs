@@ -54,6 +54,8 @@ const NAT6: &str = "2001:db8:10::10";
 /// A `nat` VIP with firewall rules (an allow list and denies), else as `NAT4`.
 const NATFW4: &str = "203.0.113.12";
 const DSR6: &str = "2001:db8:10::11";
+/// A `nat` VIP with `proxy_protocol = "v2"`.
+const PROXY4: &str = "203.0.113.13";
 /// The edge's own outside address: not a VIP, so on to the isolator.
 const EDGE_OUTSIDE_V4: &str = "198.51.100.1";
 
@@ -365,6 +367,7 @@ fn desired() -> Desired {
         name: name.into(),
         address: address.parse().unwrap(),
         mode,
+        proxy: 0,
         rules: vec![(IPPROTO_TCP, 443, 443)],
         backends: backends.iter().map(|a| DesiredBackend { address: a.parse().unwrap(), weight: 1, up: true }).collect(),
         allow: Vec::new(),
@@ -388,6 +391,7 @@ fn desired() -> Desired {
             vip("dsr4", DSR4, Mode::Dsr, &BACKENDS_V4),
             vip("nat6", NAT6, Mode::Nat, &BACKENDS_V6),
             vip("dsr6", DSR6, Mode::Dsr, &BACKENDS_V6),
+            DesiredVip { proxy: lb_common::proxy_protocol::PROXY_V2, ..vip("pp4", PROXY4, Mode::Nat, &BACKENDS_V4) },
         ],
     }
 }
@@ -570,6 +574,30 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
                 rows.push(balancer(name("unproven flow's next packet (probe → own entry)"), Flow::Unproven, ack_frame, vec![client_syn], key, None));
             }
         }
+    }
+    // `proxy_protocol = "v2"` (IPv4): what the option adds per packet —
+    // a client segment after the first data reads the NAT entry and moves
+    // its sequence number; the backend's acknowledgement of the header
+    // and data moves back. (The first data segment, which grows, cannot be
+    // restored between repeats: the e2e tests cover it.)
+    {
+        let key = client_flow(CLIENT_V4, PROXY4);
+        let syn_frame = syn(&eth, CLIENT_V4, PROXY4, 443);
+        let (backend, nat_port) = nat_placement(kb, &syn_frame)?;
+        let beth = FrameBuilder::new(neighbour_mac(backend), kb.net.in_mac);
+        let from_backend = |flags: u8, seq: u32, ack: u32| {
+            tcp(&beth, &backend.to_string(), "10.1.0.1", &L4::Tcp { sport: 443, dport: nat_port, seq, ack, flags, window: 65535, payload: Vec::new() })
+        };
+        let client_ack = |seq: u32| L4::Tcp { sport: CLIENT_PORT, dport: 443, seq, ack: BACKEND_ISN + 1, flags: TCP_ACK, window: 64240, payload: Vec::new() };
+        let handshake = vec![
+            Step { what: "client SYN", frame: syn_frame, inside: false, counts: counts(&[LbCounter::NewFlow]), remembered: false },
+            Step { what: "backend SYN-ACK", frame: from_backend(TCP_SYN | TCP_ACK, BACKEND_ISN, CLIENT_ISN + 1), inside: true, counts: counts(&[LbCounter::NatReply]), remembered: false },
+            Step { what: "client ACK of ISN + 1", frame: tcp(&eth, CLIENT_V4, PROXY4, &client_ack(CLIENT_ISN + 1)), inside: false, counts: counts(&[LbCounter::FlowHit, LbCounter::FlowProven]), remembered: true },
+        ];
+        let later = tcp(&eth, CLIENT_V4, PROXY4, &client_ack(CLIENT_ISN + 101));
+        rows.push(balancer("nat IPv4 + PROXY v2, established (hit → NAT entry → seq + 28)".into(), Flow::Established, later, handshake.clone(), key, None));
+        let acked = from_backend(TCP_ACK, BACKEND_ISN + 1, CLIENT_ISN + 1 + 28 + 100);
+        rows.push(balancer("nat IPv4 + PROXY v2, reply (ack − 28)".into(), Flow::Reply, acked, handshake, key, None));
     }
     rows.push(Row {
         group: "balancer",

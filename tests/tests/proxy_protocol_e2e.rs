@@ -1,0 +1,321 @@
+//! `proxy_protocol = "v2"` end to end: `swarmlb run` on the edge, Debian's
+//! nginx on the workers with `listen … proxy_protocol` and `real_ip_header
+//! proxy_protocol`, real clients. The proxies log the client's own
+//! address for TLS passed through (the client verifies the worker's
+//! certificate) and for HTTP, over IPv4 and IPv6; keep-alive connections
+//! carry many requests; uploads and downloads of tens of megabytes arrive
+//! byte for byte while nftables on the workers drops a share of the
+//! packets in each direction (retransmissions, SACK, the first segment
+//! lost and sent again).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use common::daemon::{stop_cleanly, wait_until};
+use harness::{
+    config::{worker_vips, EdgeConfig},
+    daemon::Instance,
+    edge_lab::*,
+    nginx::Nginx,
+    stream::{Ended, Stream, Streaming},
+    tls::{connect, https_get, http_get, tls_client, TestCa},
+    Netns,
+};
+
+/// TCP health checks: an HTTP check would carry no PROXY header, which a
+/// `proxy_protocol` listener refuses.
+const TCP_HEALTH: &str = r#"{ protocol = "tcp", port = 80, interval_s = 3, timeout_s = 1, rise = 2, fall = 2 }"#;
+const SNI: [&str; 2] = ["a.com", "b.com"];
+const ANY: [IpAddr; 2] = [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)];
+
+struct Lab {
+    inst: Instance,
+    daemon: harness::ChildGuard,
+    nginx: Vec<Nginx>,
+    ca: TestCa,
+    lab: EdgeLab,
+}
+
+/// The balancer's config: both VIPs over both workers, with the option or
+/// without.
+fn config(proxy_protocol: bool) -> String {
+    EdgeConfig::balancer()
+        .vips(worker_vips("pp", &["tcp/443", "tcp/80"], &[(1, Some(1)), (2, Some(1))]).map(|v| {
+            let v = v.mode("nat").health_check(TCP_HEALTH);
+            if proxy_protocol {
+                v.proxy_protocol("v2")
+            } else {
+                v
+            }
+        }))
+        .to_toml()
+}
+
+/// Two workers with nginx expecting the header, swarmlb with the option.
+fn start(tag: &str) -> Lab {
+    harness::require_root().unwrap();
+    let lab = EdgeLab::new(tag, 2);
+    let ca = TestCa::new();
+    let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
+    let inst = Instance::new(tag, &config(true));
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    Lab { inst, daemon, nginx, ca, lab }
+}
+
+/// Deterministic bytes that differ at every offset of a long transfer.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Reads an HTTP/1.1 response: status and body (by Content-Length).
+fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<u8>) {
+    let mut status = 0;
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the connection ended inside a response");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(s) = l.strip_prefix("HTTP/1.1 ") {
+            status = s[..3].parse().unwrap();
+        } else if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    (status, body)
+}
+
+/// The workers drop `percent` % of the TCP segments to and from ports 80
+/// and 443, both ways (nftables, in each worker's namespace).
+fn lossy(workers: &[Netns], percent: u32) {
+    let rules = format!(
+        "table inet swl_loss {{\n chain in {{ type filter hook input priority 0; tcp dport {{ 80, 443 }} numgen random mod 100 < {percent} drop; }}\n chain out {{ type filter hook output priority 0; tcp sport {{ 80, 443 }} numgen random mod 100 < {percent} drop; }}\n}}\n"
+    );
+    for w in workers {
+        let path = std::env::temp_dir().join(format!("swl-loss-{}-{}.nft", std::process::id(), w.name()));
+        std::fs::write(&path, &rules).unwrap();
+        w.exec(&["nft", "-f", path.to_str().unwrap()]).unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Connections whose PROXY header nginx could not read (not counting the
+/// harness's readiness probes and the TCP health checks, which connect
+/// and send nothing: `broken header: ""`).
+fn broken_headers(n: &Nginx) -> usize {
+    n.error_log().lines().filter(|l| l.contains("broken header") && !l.contains("broken header: \"\"")).count()
+}
+
+/// `RetransSegs` of `ns`'s TCP.
+fn retransmitted(ns: &Netns) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]).unwrap();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == "RetransSegs").unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+#[test]
+fn proxies_see_the_clients_address_over_tls_and_http_and_long_transfers_survive_loss() {
+    let mut r = start("lbpp");
+    let client_cfg = tls_client(&r.ca);
+    let vips = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)];
+    let mut requests = 0;
+    for vip in vips {
+        for sni in SNI {
+            let stream = connect(&r.lab.client, SocketAddr::new(vip, 443)).unwrap();
+            let (status, body) = https_get(stream, &client_cfg, sni, "/").unwrap_or_else(|e| panic!("TLS to {vip} for {sni}: {e:#}\n{}", r.inst.status()));
+            assert_eq!(status, 200);
+            assert!(body.starts_with("worker=w") && body.contains(&format!("host={sni}")), "{body}");
+            requests += 1;
+        }
+        let (status, body) = http_get(connect(&r.lab.client, SocketAddr::new(vip, 80)).unwrap(), "a.com", "/").unwrap();
+        assert_eq!((status, body.starts_with("worker=w")), (200, true), "{body}");
+        requests += 1;
+        // Keep-alive: many requests on one connection, the client's
+        // segments all shifted after the first.
+        let mut s = Stream::open(&r.lab.client, vip);
+        for _ in 0..300 {
+            assert_eq!(s.ask().unwrap(), s.worker);
+        }
+        requests += 301;
+    }
+    wait_until(Duration::from_secs(5), || r.nginx.iter().map(Nginx::access_count).sum::<usize>() >= requests, || "access log lines".into());
+    let mut seen = 0;
+    for n in &r.nginx {
+        for a in n.accesses() {
+            assert!(a.client == IpAddr::V4(CLIENT_V4) || a.client == IpAddr::V6(CLIENT_V6), "the PROXY header's address is the client's: {a:?}");
+            seen += 1;
+        }
+        assert_eq!(broken_headers(n), 0, "nginx read every header: {}", n.error_log());
+    }
+    assert_eq!(seen, requests);
+
+    // Long transfers both ways with 3 % of the segments dropped each way.
+    const SIZE: usize = 24 << 20;
+    let download = pattern(SIZE, 7);
+    for n in &r.nginx {
+        n.put_file("big", &download).unwrap();
+    }
+    lossy(&r.lab.workers, 3);
+    let before = retransmitted(&r.lab.client) + r.lab.workers.iter().map(retransmitted).sum::<u64>();
+    for (k, vip) in vips.into_iter().enumerate() {
+        let upload = pattern(SIZE, 11 + k as u64);
+        let name = format!("up{k}");
+        let t = Instant::now();
+        let sock = connect(&r.lab.client, SocketAddr::new(vip, 80)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut w = sock.try_clone().unwrap();
+        let mut rd = BufReader::new(sock);
+        write!(w, "PUT /up/{name} HTTP/1.1\r\nHost: a.com\r\nContent-Length: {SIZE}\r\n\r\n").unwrap();
+        w.write_all(&upload).unwrap();
+        let (status, _) = read_response(&mut rd);
+        assert!(status == 201 || status == 204, "PUT through {vip}: {status}");
+        let up = t.elapsed();
+        // The same connection downloads (keep-alive).
+        let t = Instant::now();
+        write!(w, "GET /files/big HTTP/1.1\r\nHost: a.com\r\n\r\n").unwrap();
+        let (status, body) = read_response(&mut rd);
+        assert_eq!(status, 200);
+        assert!(body == download, "the download through {vip} arrived byte for byte");
+        let down = t.elapsed();
+        let stored = r.nginx.iter().find_map(|n| n.uploaded(&name)).expect("a worker stored the upload");
+        assert!(stored == upload, "the upload through {vip} arrived byte for byte");
+        println!("{vip}: {} MiB up in {up:?}, down in {down:?} with 3% loss each way", SIZE >> 20);
+    }
+    let retrans = retransmitted(&r.lab.client) + r.lab.workers.iter().map(retransmitted).sum::<u64>() - before;
+    println!("retransmitted segments during the transfers: {retrans}");
+    assert!(retrans > 100, "the loss made TCP retransmit ({retrans})");
+    // New connections under loss: the first data segment (with the
+    // header) is lost now and then and sent again.
+    for i in 0..60 {
+        let vip = vips[i % 2];
+        let (status, body) = http_get(connect(&r.lab.client, SocketAddr::new(vip, 80)).unwrap(), "a.com", "/").unwrap();
+        assert_eq!((status, body.starts_with("worker=w")), (200, true));
+    }
+    wait_until(Duration::from_secs(5), || r.nginx.iter().map(Nginx::access_count).sum::<usize>() >= requests + 2 + 60, || "access log lines".into());
+    for n in &r.nginx {
+        for a in n.accesses() {
+            assert!(a.client == IpAddr::V4(CLIENT_V4) || a.client == IpAddr::V6(CLIENT_V6), "{a:?}");
+        }
+        assert_eq!(broken_headers(n), 0, "{}", n.error_log());
+    }
+    let s = r.inst.status();
+    println!("balancer counters: {}", s["balancer"]);
+    assert_eq!((s["vips"][0]["proxy_protocol"].as_str(), s["vips"][1]["proxy_protocol"].as_str()), (Some("v2"), Some("v2")), "the status shows the option");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+/// The shift lives in each flow's NAT entry: connections open across an
+/// agent restart (which adopts the pinned maps) and across a reload that
+/// turns the option off keep theirs, while new connections follow the
+/// config.
+#[test]
+fn open_connections_keep_their_shift_through_a_restart_and_a_reload() {
+    let mut r = start("lbppr");
+    let streams: Vec<Streaming> = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)].into_iter().map(|vip| Streaming::open(&r.lab.client, vip, 20, Duration::from_millis(20))).collect();
+    let progress = |what: &str| {
+        for s in &streams {
+            s.progress_at_least(what, Duration::from_secs(1), 20);
+        }
+    };
+    progress("before");
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+    r.daemon = r.inst.start(&r.lab.edge, &[]);
+    r.inst.wait_ready(&mut r.daemon);
+    assert!(r.daemon.output_so_far().contains("adopting the running data path"), "{}", r.daemon.output_so_far());
+    progress("after the restart");
+
+    // Without the option new connections carry no header, which nginx
+    // refuses; the open ones keep theirs.
+    r.inst.write_config(&config(false));
+    r.daemon.signal(libc::SIGHUP);
+    let plain_refused = || http_get(connect(&r.lab.client, SocketAddr::new(IpAddr::V4(VIP_V4), 80)).unwrap(), "a.com", "/").is_err();
+    wait_until(Duration::from_secs(10), plain_refused, || format!("the reload applied:\n{}", r.daemon.output_so_far()));
+    progress("after the reload without the option");
+    r.inst.write_config(&config(true));
+    r.daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), || !plain_refused(), || "the option back".into());
+    progress("after the option came back");
+
+    let answered: u64 = streams.iter().map(Streaming::answered).sum();
+    let broken: Vec<String> = streams.into_iter().flat_map(|s| s.stop()).filter_map(|e: Ended| e.failure()).collect();
+    println!("40 streams through a restart and two reloads: {} broken, {answered} requests answered", broken.len());
+    assert!(broken.is_empty(), "broken streams: {broken:?}");
+    for n in &r.nginx {
+        assert!(n.accesses().iter().all(|a| a.client == IpAddr::V4(CLIENT_V4) || a.client == IpAddr::V6(CLIENT_V6)), "every request logged the client's address");
+    }
+    stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+/// An upgrade from an older build (`SWARMLB_PREVIOUS_BIN`, e.g. main's
+/// `target/release/swarmlb`; skipped without it): the new agent adopts
+/// the old one's pins — NAT entries whose `proxy_len` byte was padding,
+/// services whose `proxy` byte was — and its open `nat` connections go
+/// on; then the option is switched on by a reload and new connections get
+/// the header.
+#[test]
+fn an_upgrade_from_an_older_build_keeps_its_flows_and_takes_the_option() {
+    let Some(previous) = std::env::var_os("SWARMLB_PREVIOUS_BIN") else {
+        println!("skipped: SWARMLB_PREVIOUS_BIN names no older swarmlb");
+        return;
+    };
+    harness::require_root().unwrap();
+    let lab = EdgeLab::new("lbppu", 2);
+    let ca = TestCa::new();
+    let mut plain: Vec<Nginx> = (1..=2).map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
+    let inst = Instance::new("lbppu", &config(false));
+    let mut old = lab.edge.spawn(
+        std::process::Command::new(&previous)
+            .arg("run")
+            .arg("--config")
+            .arg(&inst.config)
+            .arg("--runtime-dir")
+            .arg(&inst.runtime_dir)
+            .env("RUST_LOG", &inst.log_filter),
+    );
+    inst.wait_ready(&mut old);
+    let streams = Streaming::open(&lab.client, IpAddr::V4(VIP_V4), 20, Duration::from_millis(20));
+    streams.progress_at_least("under the older build", Duration::from_secs(1), 20);
+    stop_cleanly(&mut old, libc::SIGTERM);
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    assert!(daemon.output_so_far().contains("adopting the running data path"), "{}", daemon.output_so_far());
+    streams.progress_at_least("after the upgrade", Duration::from_secs(1), 20);
+    let broken: Vec<String> = streams.stop().iter().filter_map(Ended::failure).collect();
+    assert!(broken.is_empty(), "broken across the upgrade: {broken:?}");
+
+    // The option on: the workers' nginx now expects the header.
+    for n in &mut plain {
+        n.stop();
+    }
+    drop(plain);
+    let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
+    inst.write_config(&config(true));
+    daemon.signal(libc::SIGHUP);
+    let served = || http_get(connect(&lab.client, SocketAddr::new(IpAddr::V4(VIP_V4), 80)).unwrap(), "a.com", "/").is_ok_and(|(s, _)| s == 200);
+    wait_until(Duration::from_secs(10), served, || format!("the option applied:\n{}", daemon.output_so_far()));
+    wait_until(Duration::from_secs(5), || nginx.iter().map(Nginx::access_count).sum::<usize>() >= 1, || "access log".into());
+    assert!(nginx.iter().flat_map(Nginx::accesses).all(|a| a.client == IpAddr::V4(CLIENT_V4)), "the header named the client");
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+}
