@@ -131,6 +131,7 @@ pub struct BalancerMaps {
     pub service_stats: PerCpuArray<MapData, TrafficStats>,
     pub backend_stats: PerCpuArray<MapData, TrafficStats>,
     pub egress: DevMapHash<MapData>,
+    pub if_macs: Array<MapData, IfMac>,
     /// Entries the flow table holds at most.
     pub flow_capacity: u32,
     /// Entries the NAT table holds at most.
@@ -163,6 +164,7 @@ impl BalancerMaps {
             service_stats: typed!(dir, MAP_SERVICE_STATS),
             backend_stats: typed!(dir, MAP_BACKEND_STATS),
             egress: typed!(dir, MAP_EGRESS),
+            if_macs: typed!(dir, MAP_IF_MACS),
         })
     }
 

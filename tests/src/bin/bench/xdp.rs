@@ -367,6 +367,7 @@ fn desired() -> Desired {
         snat_ports: (1024, 32767),
         snat_pool: Vec::new(),
         egress: Vec::new(),
+        macs: Vec::new(),
         vips: vec![
             vip("nat4", NAT4, Mode::Nat, &BACKENDS_V4),
             vip("dsr4", DSR4, Mode::Dsr, &BACKENDS_V4),
