@@ -14,6 +14,11 @@
 //!  workers eth0  10.1.0.11, fd00:1::11, … ──┘ default via the router
 //! ```
 //!
+//! With the workers on the outside segment ([`EcmpLab::new`]'s
+//! `workers_outside`, for `dsr-l2`, whose backends are on the segment the
+//! VIPs' packets arrive on) they have [`outside_worker_addrs`] and their
+//! default route via the router's outside address.
+//!
 //! The VIPs are on no interface: the router sends their packets to an
 //! edge's MAC because BGP says so. The edges have the same interface
 //! names, so they run swarmlb with the same config. DSR replies go from
@@ -51,6 +56,11 @@ pub fn edge_addrs_v6(i: usize) -> (Ipv6Addr, Ipv6Addr) {
     (Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, n), Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, n))
 }
 
+/// Worker `i`'s (1-based) addresses on the outside segment.
+pub fn outside_worker_addrs(i: usize) -> (Ipv4Addr, Ipv6Addr) {
+    (Ipv4Addr::new(198, 51, 100, 10 + i as u8), Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 0x10 + i as u16))
+}
+
 /// The namespaces and links; everything is removed on drop.
 pub struct EcmpLab {
     // Field order: the pass-through programs go before the namespaces.
@@ -70,8 +80,9 @@ pub struct EcmpLab {
 }
 
 impl EcmpLab {
-    /// Builds the network with `edges` edges and `workers` workers.
-    pub fn new(tag: &str, edges: usize, workers: usize) -> Self {
+    /// Builds the network with `edges` edges and `workers` workers, on
+    /// the inside segment or (`workers_outside`) on the outside one.
+    pub fn new(tag: &str, edges: usize, workers: usize, workers_outside: bool) -> Self {
         let mut t = Topology::new();
         let switch = |t: &mut Topology, name: &str| {
             let ns = t.netns(&format!("{tag}{name}"));
@@ -124,11 +135,20 @@ impl EcmpLab {
         let ws: Vec<Netns> = (1..=workers)
             .map(|i| {
                 let w = t.netns(&format!("{tag}w{i}"));
-                t.plug(&w, "eth0", &inside, &format!("s-w{i}"));
-                t.addr(&w, "eth0", &format!("{}/24", worker_addrs(i).0));
-                t.route(&w, "default", "10.1.0.254");
-                t.addr(&w, "eth0", &format!("{}/64", worker_addrs(i).1));
-                t.route(&w, "default", "fd00:1::fe");
+                if workers_outside {
+                    let (v4, v6) = outside_worker_addrs(i);
+                    t.plug(&w, "eth0", &outside, &format!("o-w{i}"));
+                    t.addr(&w, "eth0", &format!("{v4}/24"));
+                    t.route(&w, "default", &ROUTER.to_string());
+                    t.addr(&w, "eth0", &format!("{v6}/64"));
+                    t.route(&w, "default", &ROUTER_V6.to_string());
+                } else {
+                    t.plug(&w, "eth0", &inside, &format!("s-w{i}"));
+                    t.addr(&w, "eth0", &format!("{}/24", worker_addrs(i).0));
+                    t.route(&w, "default", "10.1.0.254");
+                    t.addr(&w, "eth0", &format!("{}/64", worker_addrs(i).1));
+                    t.route(&w, "default", "fd00:1::fe");
+                }
                 w
             })
             .collect();

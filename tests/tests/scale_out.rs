@@ -9,10 +9,13 @@
 //!   running deploy/bird.conf and swarmlb, three nginx workers, `dsr`):
 //!   new connections spread over the edges, IPv4 and IPv6; on a hub each
 //!   edge balances only the frames to its own MAC; a VIP whose backends are all
-//!   down is withdrawn by every edge and comes back; 100 long-lived
+//!   down is withdrawn by every edge and comes back; 150 long-lived (100
+//!   IPv4, 50 IPv6)
 //!   streams survive the crash of one edge (kill -9 of swarmlb and BIRD,
 //!   its links down) and its return; a hitless restart keeps announcing;
-//!   `swarmlb down` withdraws.
+//!   `swarmlb down` withdraws. The same lab in `dsr-l2` (the workers on
+//!   the edges' segment) and in `nat` (only the streams that change edge
+//!   break).
 
 mod common;
 
@@ -27,7 +30,7 @@ use common::daemon::{scrape_metrics, stop_cleanly, wait_until, BackendSetups, In
 use harness::{
     bird::{edge_config, router_config, Bird},
     config::{EdgeConfig, Vip},
-    ecmp_lab::{edge_addrs, edge_addrs_v6, EcmpLab, EDGE_AS, ROUTER, ROUTER_AS},
+    ecmp_lab::{edge_addrs, edge_addrs_v6, outside_worker_addrs, EcmpLab, EDGE_AS, ROUTER, ROUTER_AS},
     edge_lab::worker_addrs,
     ha_lab::HaLab,
     nginx::Nginx,
@@ -152,13 +155,23 @@ struct Lab {
     lab: EcmpLab,
 }
 
+/// Worker `i`'s addresses in `mode`'s lab: on the outside segment for
+/// `dsr-l2`, else on the inside one.
+fn workers_of(mode: &str, i: usize) -> (Ipv4Addr, Ipv6Addr) {
+    if mode == "dsr-l2" {
+        outside_worker_addrs(i)
+    } else {
+        worker_addrs(i)
+    }
+}
+
 /// The config every edge runs in `mode` (same interface names, same backends).
 fn swarmlb_config(mode: &str, bird_socket: &Path) -> String {
-    let workers = (1..=WORKERS).map(|i| IpAddr::V4(worker_addrs(i).0));
+    let workers = (1..=WORKERS).map(|i| IpAddr::V4(workers_of(mode, i).0));
     let web = Vip::new("web", IpAddr::V4(WEB), &["tcp/80"]).mode(mode).backends(workers);
-    let web6 = Vip::new("web6", IpAddr::V6(WEB6), &["tcp/80"]).mode(mode).backends((1..=WORKERS).map(|i| IpAddr::V6(worker_addrs(i).1)));
+    let web6 = Vip::new("web6", IpAddr::V6(WEB6), &["tcp/80"]).mode(mode).backends((1..=WORKERS).map(|i| IpAddr::V6(workers_of(mode, i).1)));
     let check = format!("{{ protocol = \"tcp\", port = {SPARE_CHECK_PORT}, interval_s = 3, timeout_s = 1, rise = 1, fall = 1 }}");
-    let spare = Vip::new("spare", IpAddr::V4(SPARE), &["tcp/80"]).mode("dsr").health_check(&check).backends([IpAddr::V4(worker_addrs(1).0)]);
+    let spare = Vip::new("spare", IpAddr::V4(SPARE), &["tcp/80"]).mode("dsr").health_check(&check).backends([IpAddr::V4(workers_of(mode, 1).0)]);
     let body = EdgeConfig::balancer().vip(web).vip(web6).vip(spare).to_toml();
     format!("{body}\n[bgp]\ntable = {TABLE}\nbirdc_socket = \"{}\"\n", bird_socket.display())
 }
@@ -178,12 +191,12 @@ fn edge_defines(i: usize) -> [(&'static str, String); 6] {
 /// The lab with web in `mode` (spare is always `dsr`, it carries no traffic).
 fn start(tag: &str, mode: &str) -> Lab {
     harness::require_root().unwrap();
-    let lab = EcmpLab::new(tag, EDGES, WORKERS);
+    let lab = EcmpLab::new(tag, EDGES, WORKERS, mode == "dsr-l2");
     let ca = TestCa::new();
     let any: [IpAddr; 2] = ["0.0.0.0".parse().unwrap(), "::".parse().unwrap()];
     let nginx = (1..=WORKERS).map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &any, &ca, &["a.com"]).expect("nginx starts")).collect();
     let tunnel_sources: Vec<IpAddr> = (0..EDGES).flat_map(|i| [IpAddr::V4(edge_addrs(i).1), IpAddr::V6(edge_addrs_v6(i).1)]).collect();
-    let setups = (mode == "dsr").then(|| BackendSetups::apply(&lab.workers, tag, "dsr", &[IpAddr::V4(WEB), IpAddr::V6(WEB6), IpAddr::V4(SPARE)], &tunnel_sources));
+    let setups = (mode != "nat").then(|| BackendSetups::apply(&lab.workers, tag, mode, &[IpAddr::V4(WEB), IpAddr::V6(WEB6), IpAddr::V4(SPARE)], &tunnel_sources));
     let peers: Vec<(String, u32)> = (0..EDGES).map(|i| (edge_addrs(i).0.to_string(), EDGE_AS)).collect();
     let router_bird = Bird::start(&lab.router, &format!("{tag}r"), &router_config(&ROUTER.to_string(), ROUTER_AS, &peers));
     let edges = (0..EDGES)
@@ -424,6 +437,28 @@ fn down_in(ns: &harness::Netns, inst: &Instance) -> String {
     let out = child.output_so_far();
     assert!(status.success(), "swarmlb down failed:\n{out}");
     out
+}
+
+/// `dsr-l2` behind ECMP, the workers on the edges' (the router's) segment:
+/// the edges only rewrite the MACs and send each packet back out of the
+/// interface it came in on; the workers answer the client through the
+/// router. 40 IPv4 and 20 IPv6 streams survive the crash of edge 1.
+#[test]
+fn ecmp_edges_in_dsr_l2_survive_an_edge_crash() {
+    let mut l = start("bgpl2", "dsr-l2");
+    let open = |i| Stream::open(&l.lab.client, if i < 40 { IpAddr::V4(WEB) } else { IpAddr::V6(WEB6) }).with_read_timeout(Duration::from_secs(20));
+    let streams = Streaming::start((0..60).map(open).collect(), Duration::from_millis(100));
+    streams.progress_at_least("dsr-l2: before the crash", Duration::from_secs(1), 30);
+    let placed: Vec<u64> = (0..EDGES).map(|i| l.new_flows(i) + l.new_flows_of(i, "web6")).collect();
+    let converged = l.kill_edge(0);
+    println!("dsr-l2: edge 1 died: out of the router's ECMP route after {:.3} s", converged.as_secs_f64());
+    std::thread::sleep(Duration::from_secs(3));
+    streams.progress_at_least("dsr-l2: after the crash", Duration::from_secs(1), 30);
+    let ended = streams.stop();
+    let broken: Vec<String> = ended.iter().filter_map(|e| e.failure()).collect();
+    println!("dsr-l2: the edges placed {placed:?} of 60 streams; {} broken by the death of edge 1", broken.len());
+    assert!(placed[0] > 0, "edge 1 carried some streams: {placed:?}");
+    assert!(broken.is_empty(), "dsr-l2 streams broke: {broken:?}");
 }
 
 /// `nat` behind ECMP: each edge has its own SNAT address, so a flow that
