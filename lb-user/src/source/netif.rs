@@ -1,5 +1,6 @@
 //! What the agent reads of the host's network stack: its addresses (per
-//! interface, with prefix lengths), the per-interface forwarding sysctls
+//! interface, with prefix lengths), its interfaces' MACs (the balancer
+//! takes only frames addressed to them), the per-interface forwarding sysctls
 //! the reverse-path check depends on, and a netlink socket that says when
 //! an address or a link changes (the impossible-source tries follow the
 //! host's addresses without a restart).
