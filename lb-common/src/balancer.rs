@@ -70,6 +70,9 @@ pub const MAP_EGRESS: &str = "LB_EGRESS";
 /// Program array: slot [`NEXT_STAGE_ISOLATOR`] holds the isolator, which
 /// judges traffic that is not the balancer's.
 pub const MAP_NEXT_STAGE: &str = "LB_NEXT_STAGE";
+/// Array indexed by ifindex → [`IfMac`]: the MAC of each interface the
+/// balancer is attached to. Only frames addressed to it are balanced.
+pub const MAP_IF_MACS: &str = "LB_IF_MACS";
 /// On a DSR backend: [`DecapKey`] → `u32` (1): which tunnels to open.
 pub const MAP_DECAP: &str = "LB_DECAP";
 /// On a DSR backend: per-CPU array of `u64`, indexed by [`DecapCounter`].
@@ -83,6 +86,11 @@ pub const PROGRAM_DECAP: &str = "decap";
 /// Slot of the isolator in [`MAP_NEXT_STAGE`].
 pub const NEXT_STAGE_ISOLATOR: u32 = 0;
 
+/// Interfaces with an ifindex below this have a slot in [`MAP_IF_MACS`]
+/// (an array: its lookup is inlined, and every balanced packet reads it;
+/// 8 bytes each, 512 KiB). A balancer interface with a higher index is
+/// balanced without the check (the agent warns).
+pub const IF_MACS_LEN: u32 = 65_536;
 /// `[[vip]]` sections (each owns two Maglev tables).
 pub const MAX_VIPS: u32 = 16;
 /// Forwarding rules over all VIPs.
@@ -318,6 +326,19 @@ pub struct HopEntry {
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// The MAC a balancer interface receives its frames at (rule 2a of the
+/// model): a frame to another destination (another host's MAC on a
+/// bridged or promiscuous port, broadcast, multicast) is not balanced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfMac {
+    pub mac: [u8; 6],
+    /// 1: `mac` holds the interface's MAC. 0 (never written, or an
+    /// interface the balancer left): not checked.
+    pub known: u8,
+    pub _pad: u8,
 }
 
 /// The SNAT source addresses of `nat` mode: each multiplies the SNAT
@@ -595,10 +616,15 @@ pub enum LbCounter {
     /// side, or the client's last ACK after FINs both ways, the client's
     /// first): its SNAT port was freed at once.
     NatPortFreed,
+    /// Handed to the kernel: a packet the balancer would have taken (for
+    /// a VIP, a reply to a SNAT address, an ICMP error about a flow) in a
+    /// frame not addressed to its interface's MAC: another host's on a
+    /// bridged or promiscuous port, or a broadcast or multicast one.
+    OtherHost,
 }
 
 /// Number of [`LbCounter`]s.
-pub const LB_COUNTERS_LEN: u32 = 26;
+pub const LB_COUNTERS_LEN: u32 = 27;
 
 impl LbCounter {
     /// Every counter, in index order.
@@ -629,6 +655,7 @@ impl LbCounter {
         LbCounter::FlowProven,
         LbCounter::ImpossibleSource,
         LbCounter::NatPortFreed,
+        LbCounter::OtherHost,
     ];
 
     /// Whether the outcome drops the packet (its name starts with `drop_`).
@@ -680,6 +707,7 @@ impl LbCounter {
             LbCounter::FlowProven => "flow_proven",
             LbCounter::ImpossibleSource => "drop_impossible_source",
             LbCounter::NatPortFreed => "nat_port_freed",
+            LbCounter::OtherHost => "pass_other_host",
         }
     }
 }
@@ -735,6 +763,7 @@ mod pod {
     unsafe impl aya::Pod for Globals {}
     unsafe impl aya::Pod for SnatPool {}
     unsafe impl aya::Pod for HopEntry {}
+    unsafe impl aya::Pod for IfMac {}
     unsafe impl aya::Pod for SnatAddrKey {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for DecapKey {}

@@ -11,6 +11,15 @@
 //!    inside address or another of [`SnatPool`]) and matches a NAT entry
 //!    is a reply and goes back to its client.
 //!    Anything else goes to the next stage.
+//!    2a. Such a packet (and an ICMP error of rule 9) is the balancer's
+//!    only in a frame addressed to the MAC of the interface it arrived on
+//!    ([`Tables::interface_mac`]). In a frame to another destination —
+//!    another host's MAC, seen on a bridged or promiscuous port, or a
+//!    broadcast or multicast MAC, which every host on the segment receives
+//!    — it goes to the kernel unchanged ([`LbCounter::OtherHost`]), before
+//!    anything else is read or written: an edge never answers for a
+//!    neighbour. An interface whose MAC the agent has not written is not
+//!    checked.
 //! 3. A service's packet that is a fragment, or whose headers do not fit
 //!    the frame, is dropped and counted; no backend can be chosen for it.
 //!    3b. A packet of a VIP with firewall rules ([`Service::firewall`] not
@@ -176,6 +185,9 @@ pub trait Tables {
     /// The firewall rules of the VIP with index `vip` (the config's, with
     /// their counter slots; empty without rules).
     fn firewall_rules(&self, vip: u32) -> &[crate::firewall::Rule];
+    /// The MAC of interface `ifindex` ([`MAP_IF_MACS`]; all zero past its
+    /// end or never written).
+    fn interface_mac(&self, ifindex: u32) -> IfMac;
 }
 
 /// What [`Tables::insert_nat`] did.
@@ -333,6 +345,13 @@ fn unfit(p: &Parsed, frame_len: usize) -> Option<LbCounter> {
     None
 }
 
+/// Rule 2a: whether `frame` is addressed to another destination than
+/// the MAC of `ifindex` (when that is known).
+fn other_host<T: Tables>(frame: &[u8], ifindex: u32, t: &T) -> bool {
+    let m = t.interface_mac(ifindex);
+    m.known != 0 && frame.get(..6) != Some(&m.mac[..])
+}
+
 /// Decides what happens to `frame`, arrived on `ifindex`, and writes the
 /// packet to send into `out` (which needs `frame.len() + 52` bytes).
 pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T) -> Outcome {
@@ -344,13 +363,20 @@ pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T)
     };
     let skey = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
     if let Some(svc) = t.service(&skey) {
+        if other_host(frame, ifindex, t) {
+            return Outcome::with(Action::Pass, LbCounter::OtherHost);
+        }
         return forward(frame, out, ifindex, t, &p, &svc);
     }
     let Some(g) = t.globals() else { return Outcome::next_stage() };
     let snat = if p.dst == g.inside(p.family) { Some(0) } else { t.snat_index(p.family, &p.dst) };
     let Some(snat) = snat else { return Outcome::next_stage() };
     let nkey = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, snat, _pad: 0 };
-    match t.nat(&nkey) {
+    let entry = t.nat(&nkey);
+    if (entry.is_some() || on_snat_port(&g, p.dport)) && other_host(frame, ifindex, t) {
+        return Outcome::with(Action::Pass, LbCounter::OtherHost);
+    }
+    match entry {
         Some(entry) => reply(frame, out, ifindex, t, &p, &nkey, &entry),
         // Rule 8b: only a backend's reply may come to a SNAT port.
         None if on_snat_port(&g, p.dport) => Outcome::with(Action::Drop, LbCounter::ForgedReply),
@@ -1078,6 +1104,9 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
     }
     let skey = ServiceKey { addr: e.inner_src, port: e.inner_sport, proto: e.inner_proto, family: e.family };
     let Some(svc) = t.service(&skey) else { return Outcome::next_stage() };
+    if other_host(frame, ifindex, t) {
+        return Outcome::with(Action::Pass, LbCounter::OtherHost);
+    }
     let fkey = FlowKey {
         src: e.inner_dst,
         dst: e.inner_src,

@@ -86,6 +86,15 @@ pub fn copy6(dst: &mut [u8; 6], src: &[u8; 6]) {
     }
 }
 
+/// Whether two MAC addresses are equal, compared as a 4-byte and a
+/// 2-byte word.
+#[inline(always)]
+pub fn eq6(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: both arrays are 6 bytes.
+    unsafe { load32(a) == load32(b) && load16(a.add(4)) == load16(b.add(4)) }
+}
+
 /// Whether two 16-byte addresses are equal, compared as two 8-byte words.
 #[inline(always)]
 pub fn eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {

@@ -87,6 +87,11 @@ pub static LB_SNAT_POOL: Array<SnatPool> = Array::pinned(1, 0);
 #[map]
 pub static LB_SNAT_INDEX: HashMap<SnatAddrKey, u32> = HashMap::pinned(2 * MAX_SNAT_ADDRESSES as u32, 0);
 
+/// Indexed by ifindex: an array's lookup is inlined by the verifier, and
+/// every balanced packet reads it (rule 2a).
+#[map]
+pub static LB_IF_MACS: Array<IfMac> = Array::pinned(IF_MACS_LEN, 0);
+
 #[map]
 pub static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(LB_COUNTERS_LEN, 0);
 

@@ -40,6 +40,10 @@ protocol kernel {{
     merge paths on;
     ipv4 {{ import none; export all; }};
 }}
+protocol kernel {{
+    merge paths on;
+    ipv6 {{ import none; export all; }};
+}}
 protocol bfd {{
     interface "*" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }};
 }}
@@ -50,6 +54,7 @@ template bgp edge {{
     connect retry time 1;
     error wait time 1, 2;
     ipv4 {{ import all; export none; }};
+    ipv6 {{ import all; export none; }};
 }}
 "#
     );

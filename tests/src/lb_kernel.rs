@@ -113,6 +113,7 @@ pub fn fixture_desired() -> Desired {
         snat_ports: (1024, 65535),
         snat_pool: Vec::new(),
         egress: Vec::new(),
+        macs: Vec::new(),
         vips: vec![
             vip("nat4", NAT4, Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 2])),
             vip("dsr4", DSR4, Mode::Dsr, &dsr_rules, backends(&BACKENDS_V4[..2], &[1, 2])),
@@ -374,10 +375,12 @@ impl KernelBalancer {
         Self { dp: Some(dp), maps: Some(maps), writer, pin_dir, net, sizes, impossible: martian::Rules::default(), applied: Vec::new() }
     }
 
-    /// Applies a desired state (egress interfaces filled in).
+    /// Applies a desired state (egress interfaces and their MACs filled
+    /// in).
     pub fn apply(&mut self, desired: &Desired) {
         let mut d = desired.clone();
         d.egress = vec![self.net.out_ifindex, self.net.in_ifindex];
+        d.macs = vec![(self.net.out_ifindex, self.net.out_mac), (self.net.in_ifindex, self.net.in_mac)];
         // The device map resolves ifindexes in the writer's namespace.
         let (writer, maps) = (&mut self.writer, self.maps.as_mut().unwrap());
         self.applied = self.net.ns.run(|| writer.apply(maps, &d)).expect("desired state applies");
@@ -544,6 +547,8 @@ pub struct ModelTables {
     pub nat_capacity: usize,
     /// Interfaces it may redirect to.
     pub egress: HashSet<u32>,
+    /// The interfaces' MACs (rule 2a).
+    pub if_macs: HashMap<u32, IfMac>,
     /// The impossible-source rules the kernel's tries hold.
     pub impossible: martian::Rules,
     /// The VIPs' firewall rules by VIP index (as configured, not read
@@ -555,8 +560,10 @@ impl ModelTables {
     /// Empty tables routing by `fib`, with both fixture interfaces as
     /// egress interfaces.
     pub fn new(fib: FixtureFib) -> Self {
+        let mac = |mac| IfMac { mac, known: 1, _pad: 0 };
         ModelTables {
             egress: [fib.out_ifindex, fib.in_ifindex].into_iter().collect(),
+            if_macs: HashMap::from([(fib.out_ifindex, mac(fib.out_mac)), (fib.in_ifindex, mac(fib.in_mac))]),
             fib,
             services: HashMap::new(),
             backends: HashMap::new(),
@@ -584,6 +591,9 @@ impl ModelTables {
         self.snat_pool = maps.snat_pool.get(&0, 0).ok();
         self.snat_index = maps.snat_index.iter().map(|r| r.unwrap()).collect();
         self.net_generation = maps.net_generation.get(&0, 0).unwrap();
+        for i in [self.fib.out_ifindex, self.fib.in_ifindex] {
+            self.if_macs.insert(i, maps.if_macs.get(&i, 0).unwrap());
+        }
     }
 }
 
@@ -648,6 +658,9 @@ impl Tables for ModelTables {
     }
     fn route(&self, family: u8, dst: &[u8; 16], _ifindex: u32, ip_len: u16) -> Route {
         self.fib.route(family, dst, ip_len)
+    }
+    fn interface_mac(&self, ifindex: u32) -> IfMac {
+        self.if_macs.get(&ifindex).copied().unwrap_or_default()
     }
     fn is_egress(&self, ifindex: u32) -> bool {
         self.egress.contains(&ifindex)

@@ -42,6 +42,13 @@ fn client_frame(kb: &KernelBalancer, src: &str, dst: &str, l4: &L4) -> Vec<u8> {
     ip_frame(&f, src, dst, l4, |_| {}, |_| {})
 }
 
+/// A packet from `src` (a host on the inside segment) to `dst`, to the
+/// inside interface's MAC.
+fn inside_frame(kb: &KernelBalancer, src: &str, dst: &str, l4: &L4) -> Vec<u8> {
+    let f = FrameBuilder::new(neighbour_mac(ip(src)), kb.net.in_mac);
+    ip_frame(&f, src, dst, l4, |_| {}, |_| {})
+}
+
 fn ip_frame(f: &FrameBuilder, src: &str, dst: &str, l4: &L4, v4: impl Fn(&mut Ipv4), v6: impl Fn(&mut Ipv6)) -> Vec<u8> {
     f.ip_l4(ip(src), ip(dst), l4, v4, v6)
 }
@@ -312,7 +319,7 @@ fn nat_ipv6_rewrites_a_flow_both_ways() {
 #[test]
 fn a_vip_packet_on_the_inside_leaves_by_tx() {
     let Some(mut fx) = Fixture::new("lbfxtx") else { return };
-    let frame = client_frame(&fx.kb, "10.1.0.50", NAT4, &L4::tcp_syn(41000, 443));
+    let frame = inside_frame(&fx.kb, "10.1.0.50", NAT4, &L4::tcp_syn(41000, 443));
     let (o, _) = fx.run(&frame, fx.in_if);
     assert_eq!(o.action, Action::Tx);
     fx.finish();
@@ -777,6 +784,15 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         );
         (frame, if rng.below(6) == 0 { in_if } else { out_if })
     };
+    // Addressed to the MAC of the interface it arrives on; now and then to
+    // a neighbour's, broadcast or multicast (rule 2a).
+    let macs = [kb.net.out_mac, kb.net.in_mac, [2, 0, 0, 0, 0x99, 1], [0xff; 6], [1, 0, 0x5e, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1]];
+    let dst = match rng.below(16) {
+        0 => *rng.pick(&macs),
+        _ if frame.1 == out_if => macs[0],
+        _ => macs[1],
+    };
+    frame.0[..6].copy_from_slice(&dst);
     // Mutations: truncate, flip header bytes, zero the UDP checksum.
     match rng.below(10) {
         0 => {
@@ -1203,6 +1219,76 @@ fn a_closed_connection_gives_its_snat_port_back() {
 /// (`drop_impossible_source`), no flow and no NAT entry; a client's flow
 /// is placed as before, and the same backend-network source on the inside
 /// interface (one-armed) is not refused.
+/// Rule 2a: a VIP's packet, a reply to a SNAT port and a path-MTU error
+/// in a frame for another MAC (a neighbour's on a bridged or promiscuous
+/// port, broadcast, multicast) go to the kernel unchanged and counted,
+/// taking nothing; the same frames to the interface's own MAC are
+/// balanced as before. An interface whose MAC was never written is not
+/// checked.
+#[test]
+fn frames_to_other_macs_are_passed_not_balanced() {
+    let Some(mut fx) = Fixture::new("lbfxmac") else { return };
+    let others = [[2, 0, 0, 0, 0x99, 1], [0xff; 6], [1, 0, 0x5e, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1]];
+    let other_host = (Action::Pass, Some(LbCounter::OtherHost));
+    for (client, vips) in [(CLIENT_V4, [NAT4, DSR4, L2_4]), (CLIENT_V6, [NAT6, DSR6, L2_6])] {
+        for vip in vips {
+            for (i, dst) in others.iter().enumerate() {
+                let syn = L4::tcp_syn(40100 + i as u16, 443);
+                let frame = ip_frame(&FrameBuilder::new(neighbour_mac(ip(client)), *dst), client, vip, &syn, |_| {}, |_| {});
+                let (o, out) = fx.run(&frame, fx.out_if);
+                assert_eq!((o.action, o.counter), other_host, "{vip} to {dst:02x?}");
+                assert_eq!(out, frame, "passed unchanged");
+                let data = L4::tcp_ack(40100 + i as u16, 443, b"data");
+                let frame = ip_frame(&FrameBuilder::new(neighbour_mac(ip(client)), *dst), client, vip, &data, |_| {}, |_| {});
+                assert_eq!((|(o, _): (Outcome, _)| (o.action, o.counter))(fx.run(&frame, fx.out_if)), other_host);
+            }
+        }
+    }
+    assert_eq!(fx.kb.maps().flows.keys().count(), 0, "no flow remembered");
+    assert_eq!(fx.kb.maps().nat.keys().count(), 0, "no NAT entry taken");
+
+    // To the outside interface's MAC: balanced. Its own MAC, arriving on
+    // the inside interface: another interface's, passed.
+    let syn = L4::tcp_syn(40200, 443);
+    let (o, _) = fx.client_sends(CLIENT_V4, NAT4, &syn);
+    assert_eq!((o.action, o.counter), (Action::Redirect(fx.in_if), Some(LbCounter::NewFlow)));
+    let frame = client_frame(&fx.kb, CLIENT_V4, NAT4, &syn);
+    let (o, _) = fx.run(&frame, fx.in_if);
+    assert_eq!((o.action, o.counter), other_host);
+
+    // The backend's reply to the flow's SNAT port: balanced to the inside
+    // interface's MAC, passed to another.
+    let flow = flow_of(&fx.kb, CLIENT_V4, 40200, NAT4, 443, IPPROTO_TCP);
+    let backend = backend_addr(&fx.kb, flow.backend).to_string();
+    let synack = L4::Tcp { sport: 443, dport: flow.nat_port, seq: 99, ack: 0x1000_0001, flags: 0x12, window: 1000, payload: Vec::new() };
+    for dst in others {
+        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(ip(&backend)), dst), &backend, "10.1.0.1", &synack, |_| {}, |_| {});
+        let (o, _) = fx.run(&frame, fx.in_if);
+        assert_eq!((o.action, o.counter), other_host, "a reply to {dst:02x?}");
+        // A port nobody holds: not a forged reply of ours either.
+        let frame = ip_frame(&FrameBuilder::new(neighbour_mac(ip(&backend)), dst), &backend, "10.1.0.1", &reply_to(1030), |_| {}, |_| {});
+        let (o, _) = fx.run(&frame, fx.in_if);
+        assert_eq!((o.action, o.counter), other_host, "a stray reply to {dst:02x?}");
+    }
+    let frame = ip_frame(&FrameBuilder::new(neighbour_mac(ip(&backend)), fx.kb.net.in_mac), &backend, "10.1.0.1", &synack, |_| {}, |_| {});
+    let (o, _) = fx.run(&frame, fx.in_if);
+    assert_eq!((o.action, o.counter), (Action::Redirect(fx.out_if), Some(LbCounter::NatReply)));
+
+    // A path-MTU error about the flow, to a neighbour's MAC: passed.
+    let sent = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), NAT4, CLIENT_V4, &reply_to(40200), |_| {}, |_| {});
+    let err = icmp_error("198.51.100.9", NAT4, &sent[14..], 28, 64);
+    let (o, _) = fx.run(&FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), others[0]).ip(&err), fx.out_if);
+    assert_eq!((o.action, o.counter), other_host);
+
+    // An interface whose MAC is not known is not checked.
+    fx.kb.maps_mut().if_macs.set(fx.out_if, IfMac::default(), 0).unwrap();
+    fx.model.if_macs.insert(fx.out_if, IfMac::default());
+    let frame = ip_frame(&FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), others[0]), CLIENT_V4, DSR4, &L4::tcp_syn(40300, 443), |_| {}, |_| {});
+    let (o, _) = fx.run(&frame, fx.out_if);
+    assert_eq!((o.action, o.counter), (Action::Redirect(fx.in_if), Some(LbCounter::NewFlow)));
+    fx.finish();
+}
+
 #[test]
 fn impossible_sources_place_no_flow() {
     if !root_or_skip() {
@@ -1227,7 +1313,7 @@ fn impossible_sources_place_no_flow() {
     let frame = client_frame(&kb, CLIENT_V4, NAT4, &L4::tcp_syn(43000, 443));
     let (o, _) = both(&mut kb, &mut model, &frame, out_if);
     assert_eq!(o.counter, Some(LbCounter::NewFlow));
-    let frame = client_frame(&kb, "10.1.0.50", NAT4, &L4::tcp_syn(43001, 443));
+    let frame = inside_frame(&kb, "10.1.0.50", NAT4, &L4::tcp_syn(43001, 443));
     let (o, _) = both(&mut kb, &mut model, &frame, in_if);
     assert_eq!(o.counter, Some(LbCounter::NewFlow), "the inside interface has no such rules");
 }

@@ -300,7 +300,9 @@ fn xdp_prog_id(ns: &Netns, ifname: &str) -> String {
 /// new binary), or kill -9 and start — while 50 connections stream:
 /// nothing breaks, nothing moves, and requests keep being answered while no
 /// daemon runs at all. The restarted daemon's programs replace the old ones
-/// on the same links.
+/// on the same links. The first restart also stands for an upgrade from a
+/// build without the interface MAC map: its pin is gone, and the new
+/// daemon creates it, fills it and forwards on.
 #[test]
 fn restarts_break_no_connection() {
     let workers = [(1, 1), (2, 1), (3, 1)];
@@ -312,9 +314,13 @@ fn restarts_break_no_connection() {
     let first_prog = xdp_prog_id(&r.lab.edge, "e-out");
 
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
+    std::fs::remove_file(r.inst.pin_path.join(lb_common::balancer::MAP_IF_MACS)).expect("the MAC map's pin");
     progress("no daemon (after SIGTERM)", Duration::from_secs(2));
     r.daemon = r.inst.start(&r.lab.edge, &[]);
     r.inst.wait_ready(&mut r.daemon);
+    let e_out = harness::topology::ifindex(&r.lab.edge, "e-out").unwrap();
+    let written = lb_user::datapath::maps::BalancerMaps::open(&r.inst.pin_path).expect("the maps, the MAC map created again").if_macs.get(&e_out, 0).unwrap();
+    assert_eq!((written.mac, written.known), (harness::topology::mac(&r.lab.edge, "e-out").unwrap(), 1), "e-out's MAC written into the new map");
     assert!(r.daemon.output_so_far().contains("adopting the running data path"), "{}", r.daemon.output_so_far());
     let second_prog = xdp_prog_id(&r.lab.edge, "e-out");
     assert_ne!(first_prog, second_prog, "the restarted daemon's program runs");

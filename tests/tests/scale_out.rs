@@ -7,17 +7,21 @@
 //!   same backend address: the same choice on every edge.
 //! - The lab (router BIRD with `merge paths`, three edges each with BIRD
 //!   running deploy/bird.conf and swarmlb, three nginx workers, `dsr`):
-//!   new connections spread over the edges; a VIP whose backends are all
-//!   down is withdrawn by every edge and comes back; 100 long-lived
+//!   new connections spread over the edges, IPv4 and IPv6; on a hub each
+//!   edge balances only the frames to its own MAC; a VIP whose backends are all
+//!   down is withdrawn by every edge and comes back; 150 long-lived (100
+//!   IPv4, 50 IPv6)
 //!   streams survive the crash of one edge (kill -9 of swarmlb and BIRD,
 //!   its links down) and its return; a hitless restart keeps announcing;
-//!   `swarmlb down` withdraws.
+//!   `swarmlb down` withdraws. The same lab in `dsr-l2` (the workers on
+//!   the edges' segment) and in `nat` (only the streams that change edge
+//!   break).
 
 mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
     path::Path,
     time::{Duration, Instant},
 };
@@ -26,7 +30,7 @@ use common::daemon::{scrape_metrics, stop_cleanly, wait_until, BackendSetups, In
 use harness::{
     bird::{edge_config, router_config, Bird},
     config::{EdgeConfig, Vip},
-    ecmp_lab::{edge_addrs, EcmpLab, EDGE_AS, ROUTER, ROUTER_AS},
+    ecmp_lab::{edge_addrs, edge_addrs_v6, outside_worker_addrs, EcmpLab, EDGE_AS, ROUTER, ROUTER_AS},
     edge_lab::worker_addrs,
     ha_lab::HaLab,
     nginx::Nginx,
@@ -126,6 +130,8 @@ const EDGES: usize = 3;
 const WORKERS: usize = 3;
 /// The VIP the streams and new connections go to.
 const WEB: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// Its IPv6 twin (VIP `web6`, the same workers' IPv6 addresses).
+const WEB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 0x10);
 /// A VIP whose one backend is healthy only while the test listens on its
 /// health-check port.
 const SPARE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
@@ -149,20 +155,32 @@ struct Lab {
     lab: EcmpLab,
 }
 
+/// Worker `i`'s addresses in `mode`'s lab: on the outside segment for
+/// `dsr-l2`, else on the inside one.
+fn workers_of(mode: &str, i: usize) -> (Ipv4Addr, Ipv6Addr) {
+    if mode == "dsr-l2" {
+        outside_worker_addrs(i)
+    } else {
+        worker_addrs(i)
+    }
+}
+
 /// The config every edge runs in `mode` (same interface names, same backends).
 fn swarmlb_config(mode: &str, bird_socket: &Path) -> String {
-    let workers = (1..=WORKERS).map(|i| IpAddr::V4(worker_addrs(i).0));
+    let workers = (1..=WORKERS).map(|i| IpAddr::V4(workers_of(mode, i).0));
     let web = Vip::new("web", IpAddr::V4(WEB), &["tcp/80"]).mode(mode).backends(workers);
+    let web6 = Vip::new("web6", IpAddr::V6(WEB6), &["tcp/80"]).mode(mode).backends((1..=WORKERS).map(|i| IpAddr::V6(workers_of(mode, i).1)));
     let check = format!("{{ protocol = \"tcp\", port = {SPARE_CHECK_PORT}, interval_s = 3, timeout_s = 1, rise = 1, fall = 1 }}");
-    let spare = Vip::new("spare", IpAddr::V4(SPARE), &["tcp/80"]).mode("dsr").health_check(&check).backends([IpAddr::V4(worker_addrs(1).0)]);
-    let body = EdgeConfig::balancer().vip(web).vip(spare).to_toml();
+    let spare = Vip::new("spare", IpAddr::V4(SPARE), &["tcp/80"]).mode("dsr").health_check(&check).backends([IpAddr::V4(workers_of(mode, 1).0)]);
+    let body = EdgeConfig::balancer().vip(web).vip(web6).vip(spare).to_toml();
     format!("{body}\n[bgp]\ntable = {TABLE}\nbirdc_socket = \"{}\"\n", bird_socket.display())
 }
 
 /// deploy/bird.conf's defines for edge `i`.
-fn edge_defines(i: usize) -> [(&'static str, String); 5] {
+fn edge_defines(i: usize) -> [(&'static str, String); 6] {
     [
         ("EDGE_ID", edge_addrs(i).0.to_string()),
+        ("EDGE_V6", edge_addrs_v6(i).0.to_string()),
         ("EDGE_AS", EDGE_AS.to_string()),
         ("ROUTER", ROUTER.to_string()),
         ("ROUTER_AS", ROUTER_AS.to_string()),
@@ -173,12 +191,12 @@ fn edge_defines(i: usize) -> [(&'static str, String); 5] {
 /// The lab with web in `mode` (spare is always `dsr`, it carries no traffic).
 fn start(tag: &str, mode: &str) -> Lab {
     harness::require_root().unwrap();
-    let lab = EcmpLab::new(tag, EDGES, WORKERS);
+    let lab = EcmpLab::new(tag, EDGES, WORKERS, mode == "dsr-l2");
     let ca = TestCa::new();
-    let any: [IpAddr; 1] = ["0.0.0.0".parse().unwrap()];
+    let any: [IpAddr; 2] = ["0.0.0.0".parse().unwrap(), "::".parse().unwrap()];
     let nginx = (1..=WORKERS).map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &any, &ca, &["a.com"]).expect("nginx starts")).collect();
-    let tunnel_sources: Vec<IpAddr> = (0..EDGES).map(|i| IpAddr::V4(edge_addrs(i).1)).collect();
-    let setups = (mode == "dsr").then(|| BackendSetups::apply(&lab.workers, tag, "dsr", &[IpAddr::V4(WEB), IpAddr::V4(SPARE)], &tunnel_sources));
+    let tunnel_sources: Vec<IpAddr> = (0..EDGES).flat_map(|i| [IpAddr::V4(edge_addrs(i).1), IpAddr::V6(edge_addrs_v6(i).1)]).collect();
+    let setups = (mode != "nat").then(|| BackendSetups::apply(&lab.workers, tag, mode, &[IpAddr::V4(WEB), IpAddr::V6(WEB6), IpAddr::V4(SPARE)], &tunnel_sources));
     let peers: Vec<(String, u32)> = (0..EDGES).map(|i| (edge_addrs(i).0.to_string(), EDGE_AS)).collect();
     let router_bird = Bird::start(&lab.router, &format!("{tag}r"), &router_config(&ROUTER.to_string(), ROUTER_AS, &peers));
     let edges = (0..EDGES)
@@ -194,6 +212,8 @@ fn start(tag: &str, mode: &str) -> Lab {
     let l = Lab { edges, _router_bird: router_bird, _setups: setups, _nginx: nginx, lab };
     let all: Vec<IpAddr> = (0..EDGES).map(|i| IpAddr::V4(edge_addrs(i).0)).collect();
     wait_until(Duration::from_secs(30), || sorted(l.lab.next_hops(IpAddr::V4(WEB))) == all, || l.explain("the router's ECMP route to web over every edge"));
+    let all6: Vec<IpAddr> = (0..EDGES).map(|i| IpAddr::V6(edge_addrs_v6(i).0)).collect();
+    wait_until(Duration::from_secs(10), || sorted(l.lab.next_hops(IpAddr::V6(WEB6))) == all6, || l.explain("the router's ECMP route to web6 over every edge"));
     l
 }
 
@@ -205,7 +225,7 @@ fn sorted(mut v: Vec<IpAddr>) -> Vec<IpAddr> {
 impl Lab {
     /// What the router and the edges say, for a failed wait.
     fn explain(&self, what: &str) -> String {
-        let route = self.lab.router.exec(&["ip", "route"]).unwrap_or_default();
+        let route = self.lab.router.exec(&["ip", "route"]).unwrap_or_default() + &self.lab.router.exec(&["ip", "-6", "route"]).unwrap_or_default();
         let edges: Vec<String> = self.edges.iter().map(|e| format!("{}\n{}", e.bird.birdc(&["show", "protocols"]), e.bird.birdc(&["show", "route"]))).collect();
         format!("{what}\nrouter routes:\n{route}\nedges:\n{}\nrouter BIRD:\n{}", edges.join("\n"), self._router_bird.birdc(&["show", "protocols"]))
     }
@@ -223,7 +243,11 @@ impl Lab {
             assert!(t0.elapsed() < Duration::from_secs(10), "{}", self.explain("the dead edge leaves the ECMP set"));
             std::thread::sleep(Duration::from_millis(5));
         }
-        t0.elapsed()
+        let converged = t0.elapsed();
+        let gone6 = IpAddr::V6(edge_addrs_v6(i).0);
+        wait_until(Duration::from_secs(10), || !self.lab.next_hops(IpAddr::V6(WEB6)).contains(&gone6), || self.explain("the dead edge leaves web6's ECMP set"));
+        println!("edge {} out of web6's ECMP route after {:.3} s", i + 1, t0.elapsed().as_secs_f64());
+        converged
     }
 
     /// The client ports of edge `i`'s NAT entries.
@@ -232,9 +256,19 @@ impl Lab {
         maps.nat.iter().map(|r| r.expect("a NAT entry").1.client_port).collect()
     }
 
+    /// Balancer counter `name` of edge `i`.
+    fn counter(&self, i: usize, name: &str) -> u64 {
+        self.edges[i].inst.status()["balancer"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
     /// New connections edge `i` sent on (web's new flows).
     fn new_flows(&self, i: usize) -> u64 {
-        self.edges[i].inst.status()["vips"].as_array().unwrap().iter().find(|v| v["name"] == "web").unwrap()["rules"][0]["new_flows"].as_u64().unwrap()
+        self.new_flows_of(i, "web")
+    }
+
+    /// New connections edge `i` sent on to VIP `name`.
+    fn new_flows_of(&self, i: usize, name: &str) -> u64 {
+        self.edges[i].inst.status()["vips"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap()["rules"][0]["new_flows"].as_u64().unwrap()
     }
 }
 
@@ -263,6 +297,53 @@ fn ecmp_edges_spread_flows_withdraw_dead_vips_and_survive_an_edge_crash_in_dsr()
     for n in &got {
         assert!((60..=135).contains(n), "each edge carries 20–45% of new connections: {got:?}");
     }
+
+    // 1a. The same over IPv6 (web6): the edges' BIRD announce it on the
+    //     session's IPv6 channel, the router spreads it by its IPv6 ECMP.
+    let before: Vec<u64> = (0..EDGES).map(|i| l.new_flows_of(i, "web6")).collect();
+    for _ in 0..150 {
+        Stream::open(&l.lab.client, IpAddr::V6(WEB6));
+    }
+    let got: Vec<u64> = (0..EDGES).map(|i| l.new_flows_of(i, "web6") - before[i]).collect();
+    println!("150 new IPv6 connections over the edges: {got:?}");
+    assert_eq!(got.iter().sum::<u64>(), 150, "every IPv6 connection counted once, by one edge");
+    for n in &got {
+        assert!((30..=68).contains(n), "each edge carries 20–45% of new IPv6 connections: {got:?}");
+    }
+
+    // 1b. The outside segment becomes a hub: every edge's port gets the
+    //     frames the router sends to the other edges' MACs too, as on a
+    //     promiscuous port. Each edge balances only its own (rule 2a):
+    //     every connection is still placed once, by one edge, and each
+    //     edge passed what was for the others.
+    l.lab.hub(true);
+    let before: Vec<u64> = (0..EDGES).map(|i| l.new_flows(i)).collect();
+    let passed_before: Vec<u64> = (0..EDGES).map(|i| l.counter(i, "pass_other_host")).collect();
+    for _ in 0..60 {
+        one_request(&l);
+    }
+    let got: Vec<u64> = (0..EDGES).map(|i| l.new_flows(i) - before[i]).collect();
+    let passed: Vec<u64> = (0..EDGES).map(|i| l.counter(i, "pass_other_host") - passed_before[i]).collect();
+    l.lab.hub(false);
+    println!("hub: 60 new connections placed {got:?}; frames for the other edges passed {passed:?}");
+    assert_eq!(got.iter().sum::<u64>(), 60, "on a hub every connection is still placed by one edge: {got:?}");
+    for i in 0..EDGES {
+        assert!(passed[i] >= 60 - got[i], "edge {} passed the SYNs for the other edges: {passed:?}, placed {got:?}", i + 1);
+    }
+
+    // 1c. An interface's MAC changes: the agent follows it (netlink), and
+    //     the data path checks frames against the new one.
+    let ns = &l.lab.edges[1];
+    let ifindex = harness::topology::ifindex(ns, "e-in").unwrap();
+    let old = harness::topology::mac(ns, "e-in").unwrap();
+    let written = |l: &Lab| BalancerMaps::open(&l.edges[1].inst.pin_path).unwrap().if_macs.get(&ifindex, 0).unwrap();
+    assert_eq!((written(&l).mac, written(&l).known), (old, 1), "the agent wrote e-in's MAC");
+    let new = [2, 0, 0, 0, 0x13, 2];
+    ns.exec(&["ip", "link", "set", "dev", "e-in", "address", "02:00:00:00:13:02"]).unwrap();
+    wait_until(Duration::from_secs(5), || written(&l).mac == new, || format!("the new MAC of e-in written: {:?}", written(&l)));
+    let old_text = old.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    ns.exec(&["ip", "link", "set", "dev", "e-in", "address", &old_text]).unwrap();
+    wait_until(Duration::from_secs(5), || written(&l).mac == old, || format!("e-in's MAC written back: {:?}", written(&l)));
 
     // 2. A VIP without a healthy backend is withdrawn by every edge, and
     //    announced again when its backend recovers.
@@ -296,13 +377,13 @@ fn ecmp_edges_spread_flows_withdraw_dead_vips_and_survive_an_edge_crash_in_dsr()
     l.edges[2].daemon = Some(d);
     assert!(l.lab.next_hops(IpAddr::V4(WEB)).contains(&e3));
 
-    // 4. 100 long-lived streams; edge 1 dies: its links go down (the host
+    // 4. 100 long-lived streams over IPv4 and 50 over IPv6; edge 1 dies: its links go down (the host
     //    is gone: no FIN, no BGP notification gets out), then kill -9 of
     //    swarmlb and BIRD. BFD takes it out of the router's ECMP set; its
     //    streams move to the other edges, which send them to the same
     //    workers: none breaks.
-    let open = |_| Stream::open(&l.lab.client, IpAddr::V4(WEB)).with_read_timeout(Duration::from_secs(20));
-    let streams = Streaming::start((0..100).map(open).collect(), Duration::from_millis(100));
+    let open = |i| Stream::open(&l.lab.client, if i < 100 { IpAddr::V4(WEB) } else { IpAddr::V6(WEB6) }).with_read_timeout(Duration::from_secs(20));
+    let streams = Streaming::start((0..150).map(open).collect(), Duration::from_millis(100));
     streams.progress_at_least("before the crash", Duration::from_secs(1), 50);
     let e1 = IpAddr::V4(edge_addrs(0).0);
     let converged = l.kill_edge(0);
@@ -323,13 +404,15 @@ fn ecmp_edges_spread_flows_withdraw_dead_vips_and_survive_an_edge_crash_in_dsr()
     l.edges[0].inst.wait_ready(&mut d);
     l.edges[0].daemon = Some(d);
     wait_until(Duration::from_secs(30), || l.lab.next_hops(IpAddr::V4(WEB)).contains(&e1), || l.explain("edge 1 back in the ECMP set"));
+    let e1_v6 = IpAddr::V6(edge_addrs_v6(0).0);
+    wait_until(Duration::from_secs(10), || l.lab.next_hops(IpAddr::V6(WEB6)).contains(&e1_v6), || l.explain("edge 1 back in web6's ECMP set"));
     println!("edge 1 back in the router's ECMP route {:.2} s after its agent started", t1.elapsed().as_secs_f64());
     std::thread::sleep(Duration::from_secs(2));
     streams.progress_at_least("after the return", Duration::from_secs(1), 50);
     let ended = streams.stop();
     let broken: Vec<String> = ended.iter().filter_map(|e| e.failure()).collect();
     let longest = ended.iter().map(|e| e.longest).max().unwrap_or_default();
-    println!("dsr: {} of 100 streams broken by the death and the return of edge 1; the longest wait for an answer {:.2} s", broken.len(), longest.as_secs_f64());
+    println!("dsr: {} of 150 streams (100 IPv4, 50 IPv6) broken by the death and the return of edge 1; the longest wait for an answer {:.2} s", broken.len(), longest.as_secs_f64());
     assert!(broken.is_empty(), "dsr streams broke: {broken:?}");
     let returned = l.edges[0].inst.status()["flows"].as_u64().unwrap();
     println!("edge 1 after its return carries {returned} flows");
@@ -338,7 +421,7 @@ fn ecmp_edges_spread_flows_withdraw_dead_vips_and_survive_an_edge_crash_in_dsr()
     let mut d = l.edges[1].daemon.take().unwrap();
     stop_cleanly(&mut d, libc::SIGTERM);
     let out = down_in(&l.lab.edges[1], &l.edges[1].inst);
-    assert!(out.contains("withdrew 1 VIP routes"), "{out}");
+    assert!(out.contains("withdrew 2 VIP routes"), "web and web6: {out}");
     let e2 = IpAddr::V4(edge_addrs(1).0);
     wait_until(Duration::from_secs(5), || !l.lab.next_hops(IpAddr::V4(WEB)).contains(&e2), || l.explain("edge 2 withdrawn by `swarmlb down`"));
     assert!(!one_request(&l).is_empty(), "edge 3 serves on");
@@ -354,6 +437,28 @@ fn down_in(ns: &harness::Netns, inst: &Instance) -> String {
     let out = child.output_so_far();
     assert!(status.success(), "swarmlb down failed:\n{out}");
     out
+}
+
+/// `dsr-l2` behind ECMP, the workers on the edges' (the router's) segment:
+/// the edges only rewrite the MACs and send each packet back out of the
+/// interface it came in on; the workers answer the client through the
+/// router. 40 IPv4 and 20 IPv6 streams survive the crash of edge 1.
+#[test]
+fn ecmp_edges_in_dsr_l2_survive_an_edge_crash() {
+    let mut l = start("bgpl2", "dsr-l2");
+    let open = |i| Stream::open(&l.lab.client, if i < 40 { IpAddr::V4(WEB) } else { IpAddr::V6(WEB6) }).with_read_timeout(Duration::from_secs(20));
+    let streams = Streaming::start((0..60).map(open).collect(), Duration::from_millis(100));
+    streams.progress_at_least("dsr-l2: before the crash", Duration::from_secs(1), 30);
+    let placed: Vec<u64> = (0..EDGES).map(|i| l.new_flows(i) + l.new_flows_of(i, "web6")).collect();
+    let converged = l.kill_edge(0);
+    println!("dsr-l2: edge 1 died: out of the router's ECMP route after {:.3} s", converged.as_secs_f64());
+    std::thread::sleep(Duration::from_secs(3));
+    streams.progress_at_least("dsr-l2: after the crash", Duration::from_secs(1), 30);
+    let ended = streams.stop();
+    let broken: Vec<String> = ended.iter().filter_map(|e| e.failure()).collect();
+    println!("dsr-l2: the edges placed {placed:?} of 60 streams; {} broken by the death of edge 1", broken.len());
+    assert!(placed[0] > 0, "edge 1 carried some streams: {placed:?}");
+    assert!(broken.is_empty(), "dsr-l2 streams broke: {broken:?}");
 }
 
 /// `nat` behind ECMP: each edge has its own SNAT address, so a flow that

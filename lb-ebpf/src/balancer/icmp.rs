@@ -119,6 +119,9 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch) -> Option<u32> {
     s.service = ServiceKey { addr: e.inner_src, port: e.inner_sport, proto: e.inner_proto, family: s.parsed.family };
     // SAFETY: services are replaced whole by user space.
     let svc = unsafe { LB_SERVICES.get(&s.service) }?;
+    if super::dest_mac::other_host(pkt, s.parsed.ifindex) {
+        return Some(super::dest_mac::pass());
+    }
     s.flow = FlowKey {
         src: e.inner_dst,
         dst: e.inner_src,

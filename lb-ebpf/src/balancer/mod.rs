@@ -8,6 +8,7 @@
 //! packet becomes) and [`egress`] (where it goes). Anything that is not the
 //! balancer's goes on to the next stage by tail call.
 
+mod dest_mac;
 mod egress;
 mod firewall;
 mod flow;
@@ -70,11 +71,19 @@ fn decide(ctx: &XdpContext) -> Option<u32> {
     let snat = flow::snat_index(s, g)?;
     let p = &s.parsed;
     s.nat_key = NatKey { backend: p.src, backend_port: p.sport, nat_port: p.dport, proto: p.proto, family: p.family, snat, _pad: 0 };
-    match LB_NAT.get_ptr_mut(&s.nat_key) {
+    let (dport, ifindex) = (p.dport, p.ifindex);
+    let entry = LB_NAT.get_ptr_mut(&s.nat_key);
+    let snat_port = g.snat_port_min <= dport && dport <= g.snat_port_max;
+    if entry.is_none() && !snat_port {
+        return None;
+    }
+    if dest_mac::other_host(&pkt, ifindex) {
+        return Some(dest_mac::pass());
+    }
+    match entry {
         Some(entry) => Some(reply(&pkt, s, entry)),
         // Rule 8b: only a backend's reply may come to a SNAT port.
-        None if g.snat_port_min <= p.dport && p.dport <= g.snat_port_max => Some(drop(LbCounter::ForgedReply)),
-        None => None,
+        None => Some(drop(LbCounter::ForgedReply)),
     }
 }
 
@@ -120,6 +129,9 @@ fn charge(stats: Option<*mut TrafficStats>, bytes: u64, new_flow: bool) {
 #[inline(never)]
 fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u32 {
     let p = &s.parsed;
+    if dest_mac::other_host(pkt, p.ifindex) {
+        return dest_mac::pass();
+    }
     if let Some(c) = parse::unfit(p, pkt.len()) {
         return drop(c);
     }

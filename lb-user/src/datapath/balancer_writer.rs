@@ -31,6 +31,7 @@ use lb_common::{
     maglev, wire,
 };
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::datapath::maps::{addr_key, key_addr, service_key, BalancerMaps};
 
@@ -74,6 +75,9 @@ pub struct Desired {
     pub snat_pool: Vec<IpAddr>,
     /// Interfaces packets may be redirected to.
     pub egress: Vec<u32>,
+    /// The MACs of the balancer's interfaces, by ifindex: only frames to
+    /// them are balanced (rule 2a of the model).
+    pub macs: Vec<(u32, [u8; 6])>,
     pub vips: Vec<DesiredVip>,
 }
 
@@ -204,6 +208,12 @@ pub struct BalancerWriter {
     fw_entries: BTreeMap<FwKey, u32>,
     /// The counter slots of `deny` rules.
     fw_slots: BTreeMap<FwKey, u32>,
+    /// The interface MACs written ([`MAP_IF_MACS`]). Empty after an
+    /// adoption: the first apply writes them all again (reading back an
+    /// array of [`IF_MACS_LEN`] would cost a syscall each). An entry left
+    /// by an earlier process for an interface that has gone since is read
+    /// by no program.
+    if_macs: BTreeMap<u32, [u8; 6]>,
     /// Map updates and deletes so far.
     writes: u64,
 }
@@ -250,6 +260,7 @@ impl BalancerWriter {
             egress: BTreeSet::new(),
             fw_entries: BTreeMap::new(),
             fw_slots: BTreeMap::new(),
+            if_macs: BTreeMap::new(),
             writes: 0,
         };
         for (id, item) in (0..).zip(maps.backends.iter()) {
@@ -375,6 +386,7 @@ impl BalancerWriter {
             self.writes += 1;
         }
         self.writes += write_snat_pool(maps, d)?;
+        self.write_macs(maps, d)?;
         for ifindex in &d.egress {
             if !self.egress.contains(ifindex) {
                 maps.egress.insert(*ifindex, *ifindex, None, 0).with_context(|| format!("adding interface {ifindex} to the egress map"))?;
@@ -560,6 +572,30 @@ impl BalancerWriter {
             }
         }
         Ok((firewall::service_flags(vip, &rules), applied))
+    }
+
+    /// Writes each balancer interface's MAC where it changed, and forgets
+    /// those of interfaces the balancer left (0: not checked).
+    fn write_macs(&mut self, maps: &mut BalancerMaps, d: &Desired) -> Result<()> {
+        for &(ifindex, mac) in &d.macs {
+            if self.if_macs.get(&ifindex) == Some(&mac) {
+                continue;
+            }
+            if ifindex >= IF_MACS_LEN {
+                warn!(ifindex, "the interface's index is past the MAC table's end: its frames are balanced without checking their destination MAC");
+                continue;
+            }
+            maps.if_macs.set(ifindex, IfMac { mac, known: 1, _pad: 0 }, 0).with_context(|| format!("writing the MAC of interface {ifindex}"))?;
+            self.if_macs.insert(ifindex, mac);
+            self.writes += 1;
+        }
+        let gone: Vec<u32> = self.if_macs.keys().filter(|i| !d.macs.iter().any(|(j, _)| j == *i)).copied().collect();
+        for ifindex in gone {
+            let _ = maps.if_macs.set(ifindex, IfMac::default(), 0);
+            self.if_macs.remove(&ifindex);
+            self.writes += 1;
+        }
+        Ok(())
     }
 }
 

@@ -136,6 +136,7 @@ pub struct BalancerMaps {
     pub firewall_v6: LpmTrie<MapData, lb_common::firewall::SourceV6, u32>,
     /// Firewall drops by counter slot.
     pub firewall_drops: PerCpuArray<MapData, u64>,
+    pub if_macs: Array<MapData, IfMac>,
     /// Entries the flow table holds at most.
     pub flow_capacity: u32,
     /// Entries the NAT table holds at most.
@@ -171,6 +172,7 @@ impl BalancerMaps {
             firewall_v4: typed!(dir, MAP_FIREWALL_V4),
             firewall_v6: typed!(dir, MAP_FIREWALL_V6),
             firewall_drops: typed!(dir, MAP_FIREWALL_DROPS),
+            if_macs: typed!(dir, MAP_IF_MACS),
         })
     }
 

@@ -40,12 +40,21 @@ pub struct DesiredState {
 
 impl DesiredState {
     /// The state the config file `cfg` and the Swarm's additions `swarm`
-    /// ask for on a host with the addresses `host` and the interfaces
-    /// `ifindexes`, with the backends in `down` taken out.
-    pub fn of(cfg: &Config, swarm: &SwarmAdditions, ifindexes: &HashMap<String, u32>, host: &[HostAddr], down: &Down) -> Result<Self> {
+    /// ask for on a host with the addresses and interface MACs `host` and
+    /// the interfaces `ifindexes`, with the backends in `down` taken out.
+    pub fn of(cfg: &Config, swarm: &SwarmAdditions, ifindexes: &HashMap<String, u32>, host: (&[HostAddr], &BTreeMap<u32, [u8; 6]>), down: &Down) -> Result<Self> {
+        let (host, macs) = host;
         let balancer = match cfg.balancer() {
-            Some(b) => balancer(b, swarm, ifindexes, host, down)?,
-            None => Desired { inside_v4: None, inside_v6: None, snat_ports: (0, 0), snat_pool: Vec::new(), egress: Vec::new(), vips: Vec::new() },
+            Some(b) => balancer(b, swarm, ifindexes, host, down, macs)?,
+            None => Desired {
+                inside_v4: None,
+                inside_v6: None,
+                snat_ports: (0, 0),
+                snat_pool: Vec::new(),
+                egress: Vec::new(),
+                macs: Vec::new(),
+                vips: Vec::new(),
+            },
         };
         Ok(Self {
             programs: programs(cfg),
@@ -81,7 +90,14 @@ fn interface_address(host: &[HostAddr], ifindexes: &HashMap<String, u32>, ifname
 
 /// The balancer's desired state from its config, the Swarm's backends, the
 /// host's addresses and the health checks' verdicts.
-fn balancer(b: &BalancerConfig, swarm: &SwarmAdditions, ifindexes: &HashMap<String, u32>, host: &[HostAddr], down: &Down) -> Result<Desired> {
+fn balancer(
+    b: &BalancerConfig,
+    swarm: &SwarmAdditions,
+    ifindexes: &HashMap<String, u32>,
+    host: &[HostAddr],
+    down: &Down,
+    macs: &BTreeMap<u32, [u8; 6]>,
+) -> Result<Desired> {
     let inside_v4 = b.snat_v4.or_else(|| match interface_address(host, ifindexes, &b.inside_interface, false) {
         Some(IpAddr::V4(a)) => Some(a),
         _ => None,
@@ -117,8 +133,10 @@ fn balancer(b: &BalancerConfig, swarm: &SwarmAdditions, ifindexes: &HashMap<Stri
             deny: v.deny.iter().map(|c| c.prefix()).collect(),
         });
     }
-    let egress = b.outside_interfaces.iter().chain([&b.inside_interface]).filter_map(|n| ifindexes.get(n).copied()).collect();
-    Ok(Desired { inside_v4, inside_v6, snat_ports: b.snat_ports, snat_pool: snat_pool(b, ifindexes, host)?, egress, vips })
+    let egress: Vec<u32> = b.outside_interfaces.iter().chain([&b.inside_interface]).filter_map(|n| ifindexes.get(n).copied()).collect();
+    // Rule 2a: the balancer takes only frames to its interfaces' MACs.
+    let macs = egress.iter().filter_map(|i| Some((*i, *macs.get(i)?))).collect();
+    Ok(Desired { inside_v4, inside_v6, snat_ports: b.snat_ports, snat_pool: snat_pool(b, ifindexes, host)?, egress, macs, vips })
 }
 
 /// `balancer.snat_addresses`, each checked to be an address of the inside

@@ -21,7 +21,10 @@
 
 mod desired;
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use anyhow::{bail, Context, Result};
 pub use desired::DesiredState;
@@ -50,6 +53,8 @@ struct Inputs {
     down: Down,
     /// The host's addresses.
     host: Vec<HostAddr>,
+    /// The interfaces' MACs, by ifindex.
+    macs: BTreeMap<u32, [u8; 6]>,
     /// The configured interfaces' indexes.
     ifindexes: HashMap<String, u32>,
 }
@@ -123,11 +128,13 @@ impl Reconciler {
     pub fn set_config(&mut self, file: Config, swarm: SwarmAdditions) -> Result<Diff> {
         let ifindexes = resolve_interfaces(&file)?;
         let host = netif::addresses()?;
+        let macs = netif::link_macs()?;
         self.with_inputs(|i| {
             i.file = Some(file);
             i.swarm = swarm;
             i.ifindexes = ifindexes;
             i.host = host;
+            i.macs = macs;
         }, true)
     }
 
@@ -146,9 +153,11 @@ impl Reconciler {
         let Some(file) = &self.inputs.file else { return Ok(Diff::default()) };
         let ifindexes = resolve_interfaces(file)?;
         let host = netif::addresses()?;
+        let macs = netif::link_macs()?;
         self.with_inputs(|i| {
             i.ifindexes = ifindexes;
             i.host = host;
+            i.macs = macs;
         }, false)
     }
 
@@ -171,7 +180,7 @@ impl Reconciler {
         let ifindexes = self.inputs.ifindexes.clone();
         // The Swarm's additions are an input of their own: nothing is
         // folded into a config and compiled again for the data path.
-        let want = validate(file, &self.inputs.swarm, &ifindexes, &self.inputs.host, &self.inputs.down, Some(&self.sizes))?;
+        let want = validate(file, &self.inputs.swarm, &ifindexes, (&self.inputs.host, &self.inputs.macs), &self.inputs.down, Some(&self.sizes))?;
         let last = self.applied.as_ref().filter(|_| !full);
         let policy_changed = last.is_none_or(|a| a.desired.policy != want.policy || a.ifindexes != ifindexes);
         let impossible_changed = last.is_none_or(|a| a.desired.impossible != want.impossible);
@@ -317,7 +326,7 @@ fn validate(
     cfg: &Config,
     swarm: &SwarmAdditions,
     ifindexes: &HashMap<String, u32>,
-    host: &[HostAddr],
+    host: (&[HostAddr], &BTreeMap<u32, [u8; 6]>),
     down: &Down,
     sizes: Option<&MapSizes>,
 ) -> Result<DesiredState> {
@@ -340,7 +349,8 @@ fn validate(
 pub fn preflight(file: &Config) -> Result<DesiredState> {
     let ifindexes = resolve_interfaces(file)?;
     let host = netif::addresses()?;
-    let want = validate(file, &SwarmAdditions::default(), &ifindexes, &host, &Down::default(), None)?;
+    let macs = netif::link_macs()?;
+    let want = validate(file, &SwarmAdditions::default(), &ifindexes, (&host, &macs), &Down::default(), None)?;
     check_forwarding(&want.policy)?;
     check_balancer_forwarding(file)?;
     let pin_dir = file.pin_path();

@@ -1,5 +1,6 @@
 //! What the agent reads of the host's network stack: its addresses (per
-//! interface, with prefix lengths), the per-interface forwarding sysctls
+//! interface, with prefix lengths), its interfaces' MACs (the balancer
+//! takes only frames addressed to them), the per-interface forwarding sysctls
 //! the reverse-path check depends on, and a netlink socket that says when
 //! an address or a link changes (the impossible-source tries follow the
 //! host's addresses without a restart).
@@ -10,6 +11,7 @@
 //! parses nothing and needs no netlink crate.
 
 use std::{
+    collections::BTreeMap,
     ffi::CStr,
     io,
     net::IpAddr,
@@ -86,6 +88,38 @@ pub fn addresses() -> Result<Vec<HostAddr>> {
     // is the one the balancer takes as its inside address), each once.
     let mut seen = std::collections::HashSet::new();
     out.retain(|a| seen.insert(*a));
+    Ok(out)
+}
+
+/// The Ethernet MAC of every interface of the current network namespace
+/// that has one, by ifindex (`getifaddrs`' `AF_PACKET` entries: one per
+/// link, read from the kernel each time, so a changed MAC shows).
+pub fn link_macs() -> Result<BTreeMap<u32, [u8; 6]>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut out = BTreeMap::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        // SAFETY: a non-null address's family says its sockaddr type.
+        if ifa.ifa_addr.is_null() || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_PACKET {
+            continue;
+        }
+        // SAFETY: an AF_PACKET address is a sockaddr_ll.
+        let ll = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_ll) };
+        if ll.sll_halen == 6 && ll.sll_ifindex > 0 {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&ll.sll_addr[..6]);
+            out.insert(ll.sll_ifindex as u32, mac);
+        }
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
     Ok(out)
 }
 

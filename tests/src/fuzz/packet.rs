@@ -108,6 +108,7 @@ pub fn fixture_desired() -> Desired {
         snat_ports: (1024, 65535),
         snat_pool: Vec::new(),
         egress: vec![OUT_IFINDEX, IN_IFINDEX],
+        macs: vec![(OUT_IFINDEX, OUT_MAC), (IN_IFINDEX, IN_MAC)],
         vips: vec![
             vip("nat4", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 2])),
             vip("dsr4", Mode::Dsr, &dsr_rules, backends(&BACKENDS_V4[..2], &[1, 2])),
@@ -325,7 +326,7 @@ fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
             assert!(matches!(o.counter, None | Some(LbCounter::IcmpUnmatched)), "{o:?}");
             assert_eq!(o.len, 0);
         }
-        Action::Pass => assert_eq!(o.counter, Some(LbCounter::TtlExpired), "{o:?}"),
+        Action::Pass => assert!(matches!(o.counter, Some(LbCounter::TtlExpired | LbCounter::OtherHost)), "{o:?}"),
         Action::Drop => assert!(o.counter.is_some_and(LbCounter::is_drop), "{o:?}"),
         Action::Tx | Action::Redirect(_) => {
             if let Action::Redirect(oif) = o.action {
@@ -338,6 +339,13 @@ fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
     }
     if o.charged.is_some() {
         assert!(matches!(o.action, Action::Tx | Action::Redirect(_)), "charged without sending: {o:?}");
+    }
+    // Rule 2a: a frame to another MAC is never the balancer's to act on.
+    let mac = t.interface_mac(ifindex);
+    if mac.known != 0 && frame.get(..6) != Some(&mac.mac[..]) {
+        assert!(matches!(o.action, Action::NextStage | Action::Pass), "a frame to another MAC acted on: {o:?}");
+    } else {
+        assert_ne!(o.counter, Some(LbCounter::OtherHost), "a frame to the interface's MAC passed as another host's");
     }
     if matches!(o.action, Action::NextStage | Action::Pass) || o.counter.is_some_and(|c| REFUSED.contains(&c)) {
         // A refused SYN or moved flow may forget its stale entry; nothing

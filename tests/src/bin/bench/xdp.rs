@@ -379,6 +379,7 @@ fn desired() -> Desired {
         snat_ports: (1024, 32767),
         snat_pool: Vec::new(),
         egress: Vec::new(),
+        macs: Vec::new(),
         vips: vec![
             vip("nat4", NAT4, Mode::Nat, &BACKENDS_V4),
             DesiredVip {
