@@ -268,18 +268,17 @@ fn open_connections_keep_their_shift_through_a_restart_and_a_reload() {
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
 
-/// An upgrade from an older build (`SWARMLB_PREVIOUS_BIN`, e.g. main's
-/// `target/release/swarmlb`; skipped without it): the new agent adopts
+/// An upgrade from an older build (`SWARMLB_PREVIOUS_BIN`, e.g. the
+/// previous commit's `target/release/swarmlb`; run by hand with
+/// `--ignored`, since the suite builds only the tree it tests): the new agent adopts
 /// the old one's pins — NAT entries whose `proxy_len` byte was padding,
 /// services whose `proxy` byte was — and its open `nat` connections go
 /// on; then the option is switched on by a reload and new connections get
 /// the header.
 #[test]
+#[ignore = "needs SWARMLB_PREVIOUS_BIN: an older swarmlb build to upgrade from"]
 fn an_upgrade_from_an_older_build_keeps_its_flows_and_takes_the_option() {
-    let Some(previous) = std::env::var_os("SWARMLB_PREVIOUS_BIN") else {
-        println!("skipped: SWARMLB_PREVIOUS_BIN names no older swarmlb");
-        return;
-    };
+    let previous = std::env::var_os("SWARMLB_PREVIOUS_BIN").expect("SWARMLB_PREVIOUS_BIN names the older swarmlb to upgrade from");
     harness::require_root().unwrap();
     let lab = EdgeLab::new("lbppu", 2);
     let ca = TestCa::new();
