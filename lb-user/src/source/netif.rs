@@ -33,24 +33,12 @@ pub struct HostAddr {
 /// Every address of every interface of the current network namespace, in
 /// the order the kernel lists them.
 pub fn addresses() -> Result<Vec<HostAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error()).context("getifaddrs");
-    }
     let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
-            continue;
-        }
+    each_ifaddr(|ifa| {
         // SAFETY: ifa_name is a valid C string.
         let ifindex = unsafe { libc::if_nametoindex(ifa.ifa_name) };
         if ifindex == 0 {
-            continue;
+            return;
         }
         // SAFETY: the family says which sockaddr type each pointer is;
         // the netmask has the address's family.
@@ -81,9 +69,7 @@ pub fn addresses() -> Result<Vec<HostAddr>> {
         if let Some((addr, prefix)) = found {
             out.push(HostAddr { ifindex, addr, prefix });
         }
-    }
-    // SAFETY: the list from getifaddrs, freed once.
-    unsafe { libc::freeifaddrs(head) };
+    })?;
     // In the kernel's order (an interface's primary address first, which
     // is the one the balancer takes as its inside address), each once.
     let mut seen = std::collections::HashSet::new();
@@ -95,20 +81,11 @@ pub fn addresses() -> Result<Vec<HostAddr>> {
 /// that has one, by ifindex (`getifaddrs`' `AF_PACKET` entries: one per
 /// link, read from the kernel each time, so a changed MAC shows).
 pub fn link_macs() -> Result<BTreeMap<u32, [u8; 6]>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error()).context("getifaddrs");
-    }
     let mut out = BTreeMap::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        // SAFETY: a non-null address's family says its sockaddr type.
-        if ifa.ifa_addr.is_null() || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_PACKET {
-            continue;
+    each_ifaddr(|ifa| {
+        // SAFETY: the address's family says its sockaddr type.
+        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_PACKET {
+            return;
         }
         // SAFETY: an AF_PACKET address is a sockaddr_ll.
         let ll = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_ll) };
@@ -117,10 +94,30 @@ pub fn link_macs() -> Result<BTreeMap<u32, [u8; 6]>> {
             mac.copy_from_slice(&ll.sll_addr[..6]);
             out.insert(ll.sll_ifindex as u32, mac);
         }
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every entry of `getifaddrs(3)` that has an address,
+/// and frees the list.
+fn each_ifaddr(mut f: impl FnMut(&libc::ifaddrs)) -> Result<()> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if !ifa.ifa_addr.is_null() {
+            f(ifa);
+        }
     }
     // SAFETY: the list from getifaddrs, freed once.
     unsafe { libc::freeifaddrs(head) };
-    Ok(out)
+    Ok(())
 }
 
 /// The sysctl that says whether `ifname` forwards the family (`v6`).
