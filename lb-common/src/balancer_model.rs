@@ -78,7 +78,8 @@
 //!    header's length in its new NAT entry; that flow's client segments
 //!    are judged and sent as the backend gets them
 //!    (`proxy_protocol::client_action`): the first data segment (and its
-//!    retransmissions) with the header between TCP header and payload,
+//!    retransmissions) with the header (v1's text line or v2's binary
+//!    one) between TCP header and payload,
 //!    later ones with the sequence number moved by the length.
 //!    Destination becomes backend:target port, source the slot's SNAT
 //!    address:port, TTL − 1, checksums updated incrementally.
@@ -352,8 +353,13 @@ fn other_host<T: Tables>(frame: &[u8], ifindex: u32, t: &T) -> bool {
     m.known != 0 && frame.get(..6) != Some(&m.mac[..])
 }
 
+/// The most a frame grows: a PROXY protocol v1 line over IPv6 (an IPv6
+/// outer header in `dsr` adds 40).
+pub const MAX_GROWTH: usize = proxy_protocol::V1_MAX_LEN as usize;
+
 /// Decides what happens to `frame`, arrived on `ifindex`, and writes the
-/// packet to send into `out` (which needs `frame.len() + 52` bytes).
+/// packet to send into `out` (which needs `frame.len() +` [`MAX_GROWTH`]
+/// bytes).
 pub fn process<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T) -> Outcome {
     let Some(p) = parse(frame) else {
         return match parse_icmp(frame) {
@@ -634,12 +640,6 @@ fn prepend_header(frame: &[u8], out: &mut [u8], p: &Parsed, len: u8) {
     let hl = p.l4 + usize::from(frame[p.l4 + offset::TCP_DOFF] >> 4) * 4;
     out[..hl].copy_from_slice(&frame[..hl]);
     out[hl + n..frame.len() + n].copy_from_slice(&frame[hl..]);
-    let words = proxy_protocol::v2_words(p.family, &p.src, &p.dst, p.sport, p.dport);
-    let mut tcp = csum::Delta::default();
-    for (i, w) in words.iter().take(n / 4).enumerate() {
-        out[hl + 4 * i..hl + 4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-        tcp.word32(0, *w);
-    }
     let ne16 = |f: &[u8], at: usize| u16::from_ne_bytes([f[at], f[at + 1]]);
     let len_at = if p.family == FAMILY_V4 { p.l3 + offset::IPV4_TOT_LEN } else { p.l3 + offset::IPV6_PAYLOAD_LEN };
     let old_len = be16(out, len_at).unwrap_or(0);
@@ -647,6 +647,29 @@ fn prepend_header(frame: &[u8], out: &mut [u8], p: &Parsed, len: u8) {
     // The pseudo-header's TCP length: the IPv4 total length less the
     // header, the IPv6 payload length.
     let l4_len = if p.family == FAMILY_V4 { (p.l4 - p.l3) as u16 } else { 0 };
+    let mut tcp = csum::Delta::default();
+    if proxy_protocol::is_text(p.family, len) {
+        let mut text = [0u8; proxy_protocol::V1_BUF];
+        proxy_protocol::v1_text(p.family, &p.src, &p.dst, p.sport, p.dport, &mut text);
+        out[hl..hl + n].copy_from_slice(&text[..n]);
+        // Whole words, the last one with the zeros after the line.
+        for w in text[..n.div_ceil(4) * 4].chunks(4) {
+            tcp.word32(0, u32::from_ne_bytes(w.try_into().unwrap()));
+        }
+        if n % 2 == 1 {
+            let mut covered = proxy_protocol::pseudo_sum(p.family, &p.src, &p.dst, old_len.wrapping_sub(l4_len));
+            for w in frame[p.l4..hl].chunks(2) {
+                covered += u64::from(u16::from_ne_bytes([w[0], w[1]]));
+            }
+            proxy_protocol::realign(&mut tcp, proxy_protocol::payload_sum(covered));
+        }
+    } else {
+        let words = proxy_protocol::v2_words(p.family, &p.src, &p.dst, p.sport, p.dport);
+        for (i, w) in words.iter().take(n / 4).enumerate() {
+            out[hl + 4 * i..hl + 4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            tcp.word32(0, *w);
+        }
+    }
     tcp.word16(u16::from_ne_bytes(old_len.wrapping_sub(l4_len).to_be_bytes()), u16::from_ne_bytes(new_len.wrapping_sub(l4_len).to_be_bytes()));
     if p.family == FAMILY_V4 {
         let mut ip = csum::Delta::default();
@@ -791,7 +814,7 @@ fn allocate_snat_port<T: Tables>(frame: &[u8], ifindex: u32, t: &mut T, (g, open
         ifindex,
         backend_ifindex,
         state: if opens { NAT_OPENED_BY_SYN } else { 0 },
-        proxy_len: if opens && p.proto == IPPROTO_TCP { proxy_protocol::header_len(svc.proxy, p.family) } else { 0 },
+        proxy_len: if opens && p.proto == IPPROTO_TCP { proxy_protocol::header_len(svc.proxy, p.family, &p.src, &p.dst, p.sport, p.dport) } else { 0 },
         last_seen_ns: t.now_ns(),
         ..NatEntry::default()
     };

@@ -12,6 +12,14 @@ pub const fn fold(s: u32) -> u16 {
     s as u16
 }
 
+/// Folds a 64-bit one's-complement sum to 16 bits.
+#[inline(always)]
+pub const fn fold64(s: u64) -> u16 {
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    fold(s as u32)
+}
+
 /// Adds `bytes` (an even number of them) as big-endian 16-bit words.
 #[inline(always)]
 pub fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
@@ -84,10 +92,7 @@ impl Delta {
     /// The checksum `check` (in memory order) after the changes.
     #[inline(always)]
     pub fn apply(self, check: u16) -> u16 {
-        let s = u64::from(!check) + self.0;
-        let s = (s & 0xffff_ffff) + (s >> 32);
-        let s = (s & 0xffff_ffff) + (s >> 32);
-        !fold(s as u32)
+        !fold64(u64::from(!check) + self.0)
     }
 }
 

@@ -82,6 +82,10 @@ pub const EMPTY_VIP: &str = "203.0.113.22";
 pub const PROXY4: &str = "203.0.113.13";
 /// The IPv6 one.
 pub const PROXY6: &str = "2001:db8:10::13";
+/// A `nat` VIP with `proxy_protocol = "v1"` (the rules of [`NAT4`]).
+pub const PROXY4_V1: &str = "203.0.113.14";
+/// The IPv6 one.
+pub const PROXY6_V1: &str = "2001:db8:10::14";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -104,7 +108,8 @@ pub fn fixture_desired() -> Desired {
         allow: Vec::new(),
         deny: Vec::new(),
     };
-    let proxy = |v: DesiredVip| DesiredVip { proxy: lb_common::proxy_protocol::PROXY_V2, ..v };
+    let proxy = |version: u8, v: DesiredVip| DesiredVip { proxy: version, ..v };
+    let (v1, v2) = (lb_common::proxy_protocol::PROXY_V1, lb_common::proxy_protocol::PROXY_V2);
     let nat_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_TCP, 80, 8080), (IPPROTO_UDP, 53, 53)];
     let dsr_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_UDP, 443, 443)];
     Desired {
@@ -124,8 +129,10 @@ pub fn fixture_desired() -> Desired {
             vip("no-neigh", NO_NEIGH_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_NEIGHBOUR_V4], &[1])),
             vip("no-route", NO_ROUTE_VIP, Mode::Dsr, &[(IPPROTO_TCP, 443, 443)], backends(&[NO_ROUTE_V4], &[1])),
             vip("empty", EMPTY_VIP, Mode::Nat, &[(IPPROTO_TCP, 443, 443)], Vec::new()),
-            proxy(vip("pp4", PROXY4, Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1]))),
-            proxy(vip("pp6", PROXY6, Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1]))),
+            proxy(v2, vip("pp4", PROXY4, Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1]))),
+            proxy(v2, vip("pp6", PROXY6, Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1]))),
+            proxy(v1, vip("pp4v1", PROXY4_V1, Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1]))),
+            proxy(v1, vip("pp6v1", PROXY6_V1, Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1]))),
         ],
     }
 }

@@ -57,7 +57,7 @@ fn ip_frame(f: &FrameBuilder, src: &str, dst: &str, l4: &L4, v4: impl Fn(&mut Ip
 /// the model's outcome and the kernel's output packet.
 fn both(kb: &mut KernelBalancer, model: &mut ModelTables, frame: &[u8], ifindex: u32) -> (Outcome, Vec<u8>) {
     let (action, out) = kb.run(frame, ifindex);
-    let mut buf = vec![0u8; frame.len() + 64];
+    let mut buf = vec![0u8; frame.len() + lb_common::balancer_model::MAX_GROWTH];
     let o = process(frame, &mut buf, ifindex, model);
     assert_ne!(action, XDP_ABORTED, "XDP_ABORTED on {frame:02x?}");
     assert_eq!(action, action_code(o.action), "action for {frame:02x?}: model {o:?}");
@@ -751,8 +751,8 @@ fn random_packet(rng: &mut Rng, kb: &KernelBalancer, model: &ModelTables) -> (Ve
         let v6 = rng.below(2) == 0;
         let clients4 = ["198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.9", "198.51.100.77"];
         let clients6 = ["2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::77"];
-        let vips4 = [NAT4, NAT4, NAT4, NAT4, DSR4, DSR4, DSR4, L2_4, L2_4, NO_NEIGH_VIP, NO_ROUTE_VIP, EMPTY_VIP, "10.1.0.11", PROXY4, PROXY4];
-        let vips6 = [NAT6, NAT6, NAT6, DSR6, DSR6, L2_6, L2_6, "fd00:1::12", PROXY6];
+        let vips4 = [NAT4, NAT4, NAT4, NAT4, DSR4, DSR4, DSR4, L2_4, L2_4, NO_NEIGH_VIP, NO_ROUTE_VIP, EMPTY_VIP, "10.1.0.11", PROXY4, PROXY4, PROXY4_V1, PROXY4_V1];
+        let vips6 = [NAT6, NAT6, NAT6, DSR6, DSR6, L2_6, L2_6, "fd00:1::12", PROXY6, PROXY6_V1];
         let (src, dst) = if v6 { (*rng.pick(&clients6), *rng.pick(&vips6)) } else { (*rng.pick(&clients4), *rng.pick(&vips4)) };
         let dport = *rng.pick(&[443u16, 443, 443, 443, 443, 443, 443, 80, 53, 8080]);
         let sport = 1024 + rng.below(60_000) as u16;
@@ -1517,6 +1517,21 @@ fn tcp_with_options(src: IpAddr, dst: IpAddr, (sport, dport): (u16, u16), seq: u
     L4::Raw { protocol: IPPROTO_TCP, bytes: h }
 }
 
+/// The PROXY protocol header of a TCP connection, written out from the
+/// specification: v1's line (section 2.1; IPv6 as eight groups of four
+/// hex digits) or v2's bytes (section 2.2).
+fn proxy_header(version: u8, client: IpAddr, sport: u16, vip: IpAddr, dport: u16) -> Vec<u8> {
+    if version == 1 {
+        let text = |a: IpAddr| match a {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => a.segments().iter().map(|g| format!("{g:04x}")).collect::<Vec<_>>().join(":"),
+        };
+        let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+        return format!("PROXY {family} {} {} {sport} {dport}\r\n", text(client), text(vip)).into_bytes();
+    }
+    proxy_v2_header(client, sport, vip, dport)
+}
+
 /// The PROXY protocol v2 header of a TCP connection, written out byte by
 /// byte from the specification (section 2.2).
 fn proxy_v2_header(client: IpAddr, sport: u16, vip: IpAddr, dport: u16) -> Vec<u8> {
@@ -1540,17 +1555,18 @@ fn proxy_v2_header(client: IpAddr, sport: u16, vip: IpAddr, dport: u16) -> Vec<u
     h
 }
 
-/// `proxy_protocol = "v2"`: one connection through a VIP with the
-/// option, every rule of `proxy_protocol` in order, each packet through
-/// kernel and model (same action, bytes, counters and NAT entries) and
-/// its output also built independently here.
-fn proxy_v2_flow(tag: &str, client: &str, vip: &str) {
+/// `proxy_protocol = "v1"` or `"v2"` (`version`): one connection through
+/// a VIP with the option, every rule of `proxy_protocol` in order, each
+/// packet through kernel and model (same action, bytes, counters and NAT
+/// entries) and its output also built independently here. The client's
+/// ports are `sport` and the two after it (a v1 line's length depends on
+/// them).
+fn proxy_flow(tag: &str, version: u8, client: &str, vip: &str, sport: u16) {
     let Some(mut fx) = Fixture::new(tag) else { return };
     let (client_ip, vip_ip) = (ip(client), ip(vip));
     let inside = ip(if client_ip.is_ipv4() { "10.1.0.1" } else { "fd00:1::1" });
-    let sport = 40000;
     let isn = 0x1000_0000u32;
-    let hlen: u32 = if client_ip.is_ipv4() { 28 } else { 52 };
+    let hlen = proxy_header(version, client_ip, sport, vip_ip, 443).len() as u32;
     let (o, _) = fx.client_sends(client, vip, &L4::tcp_syn(sport, 443));
     assert_eq!(o.counter, Some(LbCounter::NewFlow));
     let flow = flow_of(&fx.kb, client, sport, vip, 443, IPPROTO_TCP);
@@ -1592,7 +1608,7 @@ fn proxy_v2_flow(tag: &str, client: &str, vip: &str) {
     // The first data segment: the header between TCP header and payload;
     // its retransmission gets it again.
     let request = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n".repeat(3);
-    let mut with_header = proxy_v2_header(client_ip, sport, vip_ip, 443);
+    let mut with_header = proxy_header(version, client_ip, sport, vip_ip, 443);
     assert_eq!(with_header.len() as u32, hlen);
     with_header.extend(&request);
     for _ in 0..2 {
@@ -1639,7 +1655,7 @@ fn proxy_v2_flow(tag: &str, client: &str, vip: &str) {
 
     // A second connection is reset by the client before the backend
     // acknowledged its data: the RST is shifted, exact, and frees the port.
-    let sport2 = 40001;
+    let sport2 = sport + 1;
     fx.client_sends(client, vip, &L4::tcp_syn(sport2, 443));
     let nat2 = flow_of(&fx.kb, client, sport2, vip, 443, IPPROTO_TCP).nat_port;
     let backend2 = backend_addr(&fx.kb, flow_of(&fx.kb, client, sport2, vip, 443, IPPROTO_TCP).backend);
@@ -1649,7 +1665,10 @@ fn proxy_v2_flow(tag: &str, client: &str, vip: &str) {
     let c2 = |seq, ack, flags, payload: &[u8]| tcp_with_options(client_ip, vip_ip, (sport2, 443), seq, ack, flags, &[], payload);
     fx.client_sends(client, vip, &c2(isn + 1, 6, 0x10, &[]));
     let (o, out) = fx.client_sends(client, vip, &c2(isn + 1, 6, 0x18, b"x"));
-    assert_eq!(out.len(), to_backend(&fx, &c2b_out(isn + 1, 6, 0x18, b"x")).len() + hlen as usize, "one byte, the header in front");
+    let mut header_x = proxy_header(version, client_ip, sport2, vip_ip, 443);
+    header_x.push(b'x');
+    let to_backend2 = ip_frame(&FrameBuilder::new(fx.kb.net.in_mac, neighbour_mac(backend2)), &inside.to_string(), &backend2.to_string(), &tcp_with_options(inside, backend2, (nat2, 443), isn + 1, 6, 0x18, &[], &header_x), |h| h.ttl = 63, |h| h.hop_limit = 63);
+    assert_eq!(out, to_backend2, "one byte, the header in front");
     assert_eq!(o.counter, Some(LbCounter::FlowHit));
     let (o, _) = fx.client_sends(client, vip, &c2(isn + 2, 6, 0x04, &[]));
     assert_eq!(o.extra, Some(LbCounter::RstInexact), "not at the backend's acknowledgement: in the window only");
@@ -1659,7 +1678,7 @@ fn proxy_v2_flow(tag: &str, client: &str, vip: &str) {
     // acknowledgement of header, byte and FIN reaches the client as the
     // byte's and the FIN's; the FIN marks the entry closing only once the
     // header is acknowledged.
-    let sport3 = 40002;
+    let sport3 = sport + 2;
     fx.client_sends(client, vip, &L4::tcp_syn(sport3, 443));
     let f3 = flow_of(&fx.kb, client, sport3, vip, 443, IPPROTO_TCP);
     let backend3 = backend_addr(&fx.kb, f3.backend);
@@ -1673,8 +1692,9 @@ fn proxy_v2_flow(tag: &str, client: &str, vip: &str) {
     let c3_out = |seq, ack, flags, payload: &[u8]| tcp_with_options(inside, backend3, (f3.nat_port, 443), seq, ack, flags, &[], payload);
     let to_backend3 = |fx: &Fixture, l4: &L4| ip_frame(&FrameBuilder::new(fx.kb.net.in_mac, neighbour_mac(backend3)), &inside.to_string(), &backend3.to_string(), l4, |h| h.ttl = 63, |h| h.hop_limit = 63);
     fx.client_sends(client, vip, &c3(isn + 1, 6, 0x10, &[]));
-    let mut header_x = proxy_v2_header(client_ip, sport3, vip_ip, 443);
+    let mut header_x = proxy_header(version, client_ip, sport3, vip_ip, 443);
     header_x.push(b'x');
+    let hlen = header_x.len() as u32 - 1;
     let nat_entry = |fx: &Fixture| fx.kb.maps().nat.iter().map(|r| r.unwrap()).find(|(k, _)| k.nat_port == f3.nat_port && k.backend == addr_key(backend3).0).map(|(_, e)| e).unwrap();
     for _ in 0..2 {
         let (_, out) = fx.client_sends(client, vip, &c3(isn + 1, 6, 0x19, b"x"));
@@ -1694,10 +1714,25 @@ fn proxy_v2_flow(tag: &str, client: &str, vip: &str) {
 
 #[test]
 fn proxy_protocol_v2_ipv4_header_shift_sack_mss_fin() {
-    proxy_v2_flow("lbfxpp4", CLIENT_V4, PROXY4);
+    proxy_flow("lbfxpp4", 2, CLIENT_V4, PROXY4, 40000);
 }
 
 #[test]
 fn proxy_protocol_v2_ipv6_header_shift_sack_mss_fin() {
-    proxy_v2_flow("lbfxpp6", CLIENT_V6, PROXY6);
+    proxy_flow("lbfxpp6", 2, CLIENT_V6, PROXY6, 40000);
+}
+
+/// v1's line, from a five-digit and from a four-digit client port: one
+/// of the two lengths is odd in each family (the payload's bytes change
+/// sides in the checksum's words), the other even.
+#[test]
+fn proxy_protocol_v1_ipv4_header_shift_sack_mss_fin() {
+    proxy_flow("lbfxpv14", 1, CLIENT_V4, PROXY4_V1, 40000);
+    proxy_flow("lbfxpv14", 1, CLIENT_V4, PROXY4_V1, 4000);
+}
+
+#[test]
+fn proxy_protocol_v1_ipv6_header_shift_sack_mss_fin() {
+    proxy_flow("lbfxpv16", 1, CLIENT_V6, PROXY6_V1, 40000);
+    proxy_flow("lbfxpv16", 1, CLIENT_V6, PROXY6_V1, 4000);
 }

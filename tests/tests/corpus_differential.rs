@@ -287,7 +287,7 @@ fn grown(after: &[u64], before: &[u64]) -> Vec<usize> {
 /// The model's decision for one frame: the balancer's outcome and, when
 /// it goes on to the next stage, the isolator's verdict.
 fn decide_both(model: &mut ModelTables, next: &mut NextStage, frame: &[u8], ifindex: u32) -> (Outcome, Option<Verdict>, Vec<u8>) {
-    let mut buf = vec![0u8; frame.len() + 64];
+    let mut buf = vec![0u8; frame.len() + lb_common::balancer_model::MAX_GROWTH];
     let o = process(frame, &mut buf, ifindex, model);
     let verdict = (o.action == Action::NextStage).then(|| model::decide(frame, ifindex, &next.reference, &next.host, &mut next.frags).verdict);
     buf.truncate(o.len);

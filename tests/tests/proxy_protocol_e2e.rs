@@ -1,4 +1,4 @@
-//! `proxy_protocol = "v2"` end to end: `swarmlb run` on the edge, Debian's
+//! `proxy_protocol = "v1"` and `"v2"` end to end: `swarmlb run` on the edge, Debian's
 //! nginx on the workers with `listen … proxy_protocol` and `real_ip_header
 //! proxy_protocol`, real clients. The proxies log the client's own
 //! address for TLS passed through (the client verifies the worker's
@@ -41,28 +41,28 @@ struct Lab {
     lab: EdgeLab,
 }
 
-/// The balancer's config: both VIPs over both workers, with the option or
-/// without.
-fn config(proxy_protocol: bool) -> String {
+/// The balancer's config: both VIPs over both workers, with the option
+/// (`"v1"`, `"v2"`) or without.
+fn config(proxy_protocol: Option<&str>) -> String {
     EdgeConfig::balancer()
         .vips(worker_vips("pp", &["tcp/443", "tcp/80"], &[(1, Some(1)), (2, Some(1))]).map(|v| {
             let v = v.mode("nat").health_check(TCP_HEALTH);
-            if proxy_protocol {
-                v.proxy_protocol("v2")
-            } else {
-                v
+            match proxy_protocol {
+                Some(version) => v.proxy_protocol(version),
+                None => v,
             }
         }))
         .to_toml()
 }
 
-/// Two workers with nginx expecting the header, swarmlb with the option.
-fn start(tag: &str) -> Lab {
+/// Two workers with nginx expecting the header (nginx reads either
+/// version), swarmlb with option `version`.
+fn start(tag: &str, version: &str) -> Lab {
     harness::require_root().unwrap();
     let lab = EdgeLab::new(tag, 2);
     let ca = TestCa::new();
     let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
-    let inst = Instance::new(tag, &config(true));
+    let inst = Instance::new(tag, &config(Some(version)));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
     Lab { inst, daemon, nginx, ca, lab }
@@ -137,7 +137,22 @@ fn retransmitted(ns: &Netns) -> u64 {
 
 #[test]
 fn proxies_see_the_clients_address_over_tls_and_http_and_long_transfers_survive_loss() {
-    let mut r = start("lbpp");
+    clients_address_and_transfers_under_loss("lbpp", "v2", 24 << 20);
+}
+
+/// v1's text line. Its length differs between port 443 and port 80 by a
+/// digit, so one of the two puts the client's payload at an odd offset
+/// (the checksum's realignment) in each family.
+#[test]
+fn the_v1_line_reaches_the_proxies_over_tls_and_http_and_transfers_survive_loss() {
+    clients_address_and_transfers_under_loss("lbpv1", "v1", 8 << 20);
+}
+
+/// Option `version` on both VIPs: TLS passthrough and HTTP, keep-alive,
+/// transfers of `size` bytes each way under loss and new connections
+/// under loss; nginx logs the client's address for every request.
+fn clients_address_and_transfers_under_loss(tag: &str, version: &str, size: usize) {
+    let mut r = start(tag, version);
     let client_cfg = tls_client(&r.ca);
     let vips = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)];
     let mut requests = 0;
@@ -172,22 +187,21 @@ fn proxies_see_the_clients_address_over_tls_and_http_and_long_transfers_survive_
     assert_eq!(seen, requests);
 
     // Long transfers both ways with 3 % of the segments dropped each way.
-    const SIZE: usize = 24 << 20;
-    let download = pattern(SIZE, 7);
+    let download = pattern(size, 7);
     for n in &r.nginx {
         n.put_file("big", &download).unwrap();
     }
     lossy(&r.lab.workers, 3);
     let before = retransmitted(&r.lab.client) + r.lab.workers.iter().map(retransmitted).sum::<u64>();
     for (k, vip) in vips.into_iter().enumerate() {
-        let upload = pattern(SIZE, 11 + k as u64);
+        let upload = pattern(size, 11 + k as u64);
         let name = format!("up{k}");
         let t = Instant::now();
         let sock = connect(&r.lab.client, SocketAddr::new(vip, 80)).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
         let mut w = sock.try_clone().unwrap();
         let mut rd = BufReader::new(sock);
-        write!(w, "PUT /up/{name} HTTP/1.1\r\nHost: a.com\r\nContent-Length: {SIZE}\r\n\r\n").unwrap();
+        write!(w, "PUT /up/{name} HTTP/1.1\r\nHost: a.com\r\nContent-Length: {size}\r\n\r\n").unwrap();
         w.write_all(&upload).unwrap();
         let (status, _) = read_response(&mut rd);
         assert!(status == 201 || status == 204, "PUT through {vip}: {status}");
@@ -201,7 +215,7 @@ fn proxies_see_the_clients_address_over_tls_and_http_and_long_transfers_survive_
         let down = t.elapsed();
         let stored = r.nginx.iter().find_map(|n| n.uploaded(&name)).expect("a worker stored the upload");
         assert!(stored == upload, "the upload through {vip} arrived byte for byte");
-        println!("{vip}: {} MiB up in {up:?}, down in {down:?} with 3% loss each way", SIZE >> 20);
+        println!("{vip}: {} MiB up in {up:?}, down in {down:?} with 3% loss each way", size >> 20);
     }
     let retrans = retransmitted(&r.lab.client) + r.lab.workers.iter().map(retransmitted).sum::<u64>() - before;
     println!("retransmitted segments during the transfers: {retrans}");
@@ -222,7 +236,7 @@ fn proxies_see_the_clients_address_over_tls_and_http_and_long_transfers_survive_
     }
     let s = r.inst.status();
     println!("balancer counters: {}", s["balancer"]);
-    assert_eq!((s["vips"][0]["proxy_protocol"].as_str(), s["vips"][1]["proxy_protocol"].as_str()), (Some("v2"), Some("v2")), "the status shows the option");
+    assert_eq!((s["vips"][0]["proxy_protocol"].as_str(), s["vips"][1]["proxy_protocol"].as_str()), (Some(version), Some(version)), "the status shows the option");
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
 }
 
@@ -232,7 +246,7 @@ fn proxies_see_the_clients_address_over_tls_and_http_and_long_transfers_survive_
 /// config.
 #[test]
 fn open_connections_keep_their_shift_through_a_restart_and_a_reload() {
-    let mut r = start("lbppr");
+    let mut r = start("lbppr", "v2");
     let streams: Vec<Streaming> = [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)].into_iter().map(|vip| Streaming::open(&r.lab.client, vip, 20, Duration::from_millis(20))).collect();
     let progress = |what: &str| {
         for s in &streams {
@@ -248,12 +262,12 @@ fn open_connections_keep_their_shift_through_a_restart_and_a_reload() {
 
     // Without the option new connections carry no header, which nginx
     // refuses; the open ones keep theirs.
-    r.inst.write_config(&config(false));
+    r.inst.write_config(&config(None));
     r.daemon.signal(libc::SIGHUP);
     let plain_refused = || http_get(connect(&r.lab.client, SocketAddr::new(IpAddr::V4(VIP_V4), 80)).unwrap(), "a.com", "/").is_err();
     wait_until(Duration::from_secs(10), plain_refused, || format!("the reload applied:\n{}", r.daemon.output_so_far()));
     progress("after the reload without the option");
-    r.inst.write_config(&config(true));
+    r.inst.write_config(&config(Some("v2")));
     r.daemon.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(10), || !plain_refused(), || "the option back".into());
     progress("after the option came back");
@@ -283,7 +297,7 @@ fn an_upgrade_from_an_older_build_keeps_its_flows_and_takes_the_option() {
     let lab = EdgeLab::new("lbppu", 2);
     let ca = TestCa::new();
     let mut plain: Vec<Nginx> = (1..=2).map(|i| Nginx::start(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
-    let inst = Instance::new("lbppu", &config(false));
+    let inst = Instance::new("lbppu", &config(None));
     let mut old = lab.edge.spawn(
         std::process::Command::new(&previous)
             .arg("run")
@@ -310,7 +324,7 @@ fn an_upgrade_from_an_older_build_keeps_its_flows_and_takes_the_option() {
     }
     drop(plain);
     let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
-    inst.write_config(&config(true));
+    inst.write_config(&config(Some("v2")));
     daemon.signal(libc::SIGHUP);
     let served = || http_get(connect(&lab.client, SocketAddr::new(IpAddr::V4(VIP_V4), 80)).unwrap(), "a.com", "/").is_ok_and(|(s, _)| s == 200);
     wait_until(Duration::from_secs(10), served, || format!("the option applied:\n{}", daemon.output_so_far()));

@@ -202,7 +202,7 @@ pub fn nat_flow(pkt: &Packet, s: &mut Scratch, g: &Globals, svc: &Service, opens
         closing: 0,
         state: if opens { NAT_OPENED_BY_SYN } else { 0 },
         backend_wscale: 0,
-        proxy_len: if opens && tcp { proxy_protocol::header_len(svc.proxy, p.family) } else { 0 },
+        proxy_len: if opens && tcp { s.proxy_len } else { 0 },
         last_seen_ns: now,
         backend_ifindex: s.hop.ifindex,
         backend_next: 0,

@@ -188,6 +188,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch, svc: &Service) -> u3
     }
     let mut also = 0;
     if mode == Mode::Nat {
+        // Here, not in `nat_flow`: a v1 line's length is a call deeper
+        // than the stack allows there.
+        s.proxy_len = if opens && svc.proxy != 0 { proxy::header_len(svc.proxy, &s.parsed) } else { 0 };
         let r = flow::nat_flow(pkt, s, g, svc, opens);
         if r & flow::NAT_DROP != 0 {
             count_raw(r & flow::NAT_COUNTER);

@@ -8,9 +8,10 @@ use aya_ebpf::{bindings::bpf_fib_lookup, macros::map, maps::PerCpuArray};
 use lb_common::{
     balancer::{FlowKey, NatEntry, NatKey, ServiceKey, SnatAddrKey},
     nat_state::Segment,
+    proxy_protocol::V1_BUF,
 };
 
-use super::{egress::Hop, flow::Placed, icmp::IcmpError, parse::Parsed, rewrite::Translation};
+use super::{egress::Hop, flow::Placed, icmp::IcmpError, parse::Parsed, proxy::TCP_MAX_HLEN, rewrite::Translation};
 
 /// One packet's working state.
 pub struct Scratch {
@@ -27,9 +28,15 @@ pub struct Scratch {
     pub nat_entry: NatEntry,
     /// The PROXY protocol: what this `nat` packet becomes
     /// (`proxy_protocol::client_action` forward, `reply_action` bits on
-    /// a reply; 0: nothing), and the header's length.
+    /// a reply; 0: nothing), and the header's length (for a SYN, the one
+    /// its new NAT entry gets; else the entry's).
     pub proxy: u8,
     pub proxy_len: u8,
+    /// A PROXY protocol v1 line as it is written into the packet.
+    pub proxy_text: [u8; V1_BUF],
+    /// The TCP header of a segment an odd-length line goes into, for its
+    /// checksum.
+    pub proxy_tcp_header: [u8; TCP_MAX_HLEN],
     pub fib: bpf_fib_lookup,
     pub icmp: IcmpError,
     /// Quoted addresses before and after an ICMP error's translation.

@@ -481,7 +481,7 @@ impl BalancerWriter {
                 name: v.name.clone(),
                 address: v.address,
                 mode: v.mode.name().to_string(),
-                proxy_protocol: (v.proxy == lb_common::proxy_protocol::PROXY_V2).then(|| "v2".to_string()),
+                proxy_protocol: lb_common::proxy_protocol::name(v.proxy).map(str::to_string),
                 table: slot.index,
                 rules,
                 backends: v

@@ -28,7 +28,7 @@ use lb_common::{
     balancer_model::{decapsulate, process, Action, Decap, Outcome, Tables},
     isolator::{counter_index, DropReason, FragVerdict, PassReason, Verdict, COUNTERS_LEN, FAMILY_V4},
     model::{self, Policy},
-    proxy_protocol::PROXY_V2,
+    proxy_protocol::{PROXY_V1, PROXY_V2},
     wire::*,
 };
 use crate::reference_policy::ReferencePolicy;
@@ -60,7 +60,7 @@ pub const INSIDE_V6: &str = "fd00:1::1";
 
 /// The balancer differential test's VIPs, one per (mode, family), and the
 /// ones whose backends cannot be reached, have no route or none at all.
-pub const VIPS: [(&str, &str); 11] = [
+pub const VIPS: [(&str, &str); 13] = [
     ("nat4", "203.0.113.10"),
     ("dsr4", "203.0.113.11"),
     ("l2-4", "203.0.113.12"),
@@ -72,6 +72,8 @@ pub const VIPS: [(&str, &str); 11] = [
     ("empty", "203.0.113.22"),
     ("pp4", "203.0.113.13"),
     ("pp6", "2001:db8:10::13"),
+    ("pp4v1", "203.0.113.14"),
+    ("pp6v1", "2001:db8:10::14"),
 ];
 
 fn ip(s: &str) -> IpAddr {
@@ -121,6 +123,8 @@ pub fn fixture_desired() -> Desired {
             vip("empty", Mode::Nat, &tls, Vec::new()),
             DesiredVip { proxy: PROXY_V2, ..vip("pp4", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1])) },
             DesiredVip { proxy: PROXY_V2, ..vip("pp6", Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])) },
+            DesiredVip { proxy: PROXY_V1, ..vip("pp4v1", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1])) },
+            DesiredVip { proxy: PROXY_V1, ..vip("pp6v1", Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])) },
         ],
     }
 }
@@ -189,7 +193,7 @@ pub fn priming_frames() -> Vec<(Vec<u8>, u32)> {
     // gets the header, is one input away.
     let mut t = offline_tables(&fixture_desired(), FIXTURE_TABLE_SIZE);
     for (frame, ifindex) in &frames {
-        process(frame, &mut vec![0; frame.len() + 64], *ifindex, &mut t);
+        process(frame, &mut vec![0; frame.len() + lb_common::balancer_model::MAX_GROWTH], *ifindex, &mut t);
     }
     let mut proxied: Vec<(NatKey, NatEntry)> = t.nat.iter().filter(|(_, e)| e.proxy_len != 0).map(|(k, e)| (*k, *e)).collect();
     proxied.sort_by_key(|(k, _)| k.family);
@@ -212,7 +216,7 @@ pub fn primed_tables() -> &'static ModelTables {
     TABLES.get_or_init(|| {
         let mut t = offline_tables(&fixture_desired(), FIXTURE_TABLE_SIZE);
         for (frame, ifindex) in priming_frames() {
-            let mut out = vec![0; frame.len() + 64];
+            let mut out = vec![0; frame.len() + lb_common::balancer_model::MAX_GROWTH];
             let o = process(&frame, &mut out, ifindex, &mut t);
             assert!(matches!(o.counter, Some(LbCounter::NewFlow | LbCounter::NatReply | LbCounter::FlowHit)), "a priming frame places or answers a flow: {o:?}");
         }
@@ -318,7 +322,7 @@ const REFUSED: [LbCounter; 4] = [LbCounter::Unbalanceable, LbCounter::Malformed,
 
 fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
     let mut t = base.clone();
-    let mut out = vec![0u8; frame.len() + 64];
+    let mut out = vec![0u8; frame.len() + lb_common::balancer_model::MAX_GROWTH];
     let o = process(frame, &mut out, ifindex, &mut t);
     let sent = &out[..o.len];
     match o.action {
@@ -333,7 +337,7 @@ fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
                 assert!(oif != ifindex && t.is_egress(oif), "redirected to {oif}");
             }
             // The most a packet grows: a PROXY protocol v2 header over IPv6.
-            assert!(o.len >= ETH_HLEN + IPV4_MIN_HLEN && o.len <= frame.len() + 52, "{} bytes sent for {}", o.len, frame.len());
+            assert!(o.len >= ETH_HLEN + IPV4_MIN_HLEN && o.len <= frame.len() + lb_common::balancer_model::MAX_GROWTH, "{} bytes sent for {}", o.len, frame.len());
             check_sent(frame, sent, &o, &t);
         }
     }
@@ -358,7 +362,7 @@ fn check_balancer(frame: &[u8], ifindex: u32, base: &ModelTables) {
     // anything else repeats exactly — but for the second counter: the
     // first packet may have proved the flow or taught the entry its
     // window, which the repeat finds done.
-    let mut again = vec![0u8; frame.len() + 64];
+    let mut again = vec![0u8; frame.len() + lb_common::balancer_model::MAX_GROWTH];
     let o2 = process(frame, &mut again, ifindex, &mut t);
     let want = if o.counter == Some(LbCounter::NewFlow) && !opens_connection_frame(frame) {
         Outcome { counter: Some(LbCounter::FlowHit), ..o }

@@ -11,7 +11,7 @@ use lb_common::{
     firewall::MAX_FIREWALL_RULES,
     balancer::{Mode, MAX_BACKENDS_PER_VIP, MAX_FLOWS, MAX_NAT_ENTRIES, MAX_SNAT_ADDRESSES, MAX_TABLE_ENTRIES, MAX_VIPS},
     maglev::{is_prime, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE},
-    proxy_protocol::{PROXY_NONE, PROXY_V2},
+    proxy_protocol::{PROXY_NONE, PROXY_V1, PROXY_V2},
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Deserialize;
@@ -67,7 +67,7 @@ pub struct VipConfig {
     pub address: IpAddr,
     pub mode: Mode,
     /// `proxy_protocol`: the PROXY protocol header the backends get on
-    /// this VIP's TCP rules (`lb_common::proxy_protocol::PROXY_V2`; 0:
+    /// this VIP's TCP rules (`lb_common::proxy_protocol::PROXY_V1`, `PROXY_V2`; 0:
     /// none).
     pub proxy_protocol: u8,
     pub rules: Vec<Rule>,
@@ -401,9 +401,9 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
         Some((_, span)) if mode != Mode::Nat => {
             return Err(loc.at(span, format!("vip[{i}].proxy_protocol: only a \"nat\" VIP can add a PROXY protocol header (in {} mode the backend sees the client's address itself)", mode.name())))
         }
+        Some(("v1", _)) => PROXY_V1,
         Some(("v2", _)) => PROXY_V2,
-        Some(("v1", span)) => return Err(loc.at(span, format!("vip[{i}].proxy_protocol = \"v1\": not supported yet; use \"v2\" (nginx, HAProxy and Envoy read both)"))),
-        Some((other, span)) => return Err(loc.at(span, format!("vip[{i}].proxy_protocol = {other:?}: expected \"v2\""))),
+        Some((other, span)) => return Err(loc.at(span, format!("vip[{i}].proxy_protocol = {other:?}: expected \"v1\" or \"v2\""))),
     };
     let raw_rules = v.rules.get_ref();
     if raw_rules.is_empty() || raw_rules.len() > 16 {

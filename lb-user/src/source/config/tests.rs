@@ -159,6 +159,8 @@ fn balancer_section_parses_with_defaults() {
     assert_eq!((web.proxy_protocol, v6.proxy_protocol), (0, 0), "no PROXY protocol unless asked");
     let pp = Config::parse("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v2'\nrules=['tcp/443']\n", "t").unwrap();
     assert_eq!(pp.balancer().unwrap().vips[0].proxy_protocol, lb_common::proxy_protocol::PROXY_V2);
+    let v1 = Config::parse("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v1'\nrules=['tcp/443']\n", "t").unwrap();
+    assert_eq!(v1.balancer().unwrap().vips[0].proxy_protocol, lb_common::proxy_protocol::PROXY_V1);
 }
 
 #[test]
@@ -189,8 +191,7 @@ fn balancer_errors_name_key_and_line() {
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\ndeny=['2001:db8::/32']\n", "t.toml:7:", "vip[0].deny[0] = \"2001:db8::/32\": not of the VIP's family"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='2001:db8::1'\nrules=['tcp/443']\nallow=['2001:db8::/32', '2001:db8::/32']\n", "t.toml:7:", "vip[0].allow[1] = \"2001:db8::/32\": listed twice"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nmode='dsr'\nproxy_protocol='v2'\nrules=['tcp/443']\n", "t.toml:7:", "vip[0].proxy_protocol: only a \"nat\" VIP"),
-        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v3'\nrules=['tcp/443']\n", "t.toml:6:", "vip[0].proxy_protocol = \"v3\": expected \"v2\""),
-        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v1'\nrules=['tcp/443']\n", "t.toml:6:", "not supported yet"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v3'\nrules=['tcp/443']\n", "t.toml:6:", "vip[0].proxy_protocol = \"v3\": expected \"v1\" or \"v2\""),
     ];
     for (text, line, what) in cases {
         let e = err(text);

@@ -211,7 +211,7 @@ fn prepare(kb: &mut KernelBalancer, setup: &[Step], key: Option<&FlowKey>, mut m
             return Err(format!("setup, {}: counted {} (expected {})", step.what, show_counts(&counted), show_counts(&step.counts)));
         }
         if let Some(model) = model.as_deref_mut() {
-            let mut buf = vec![0u8; step.frame.len() + 64];
+            let mut buf = vec![0u8; step.frame.len() + lb_common::balancer_model::MAX_GROWTH];
             let o = process(&step.frame, &mut buf, ifindex, model);
             if action_code(o.action) != action || buf[..o.len] != out[..] {
                 return Err(format!("setup, {}: the kernel's action or packet differs from the model's ({:?})", step.what, o.action));
@@ -688,7 +688,7 @@ fn check_balancer(row: &Row, flow: Flow, m: &mut Measured, kb: &mut KernelBalanc
         m.fail(format!("{}: {e}", row.name));
     }
     let ifindex = row_ifindex(row, kb);
-    let mut buf = vec![0u8; row.frame.len() + 64];
+    let mut buf = vec![0u8; row.frame.len() + lb_common::balancer_model::MAX_GROWTH];
     let before = kernel_counters(kb).map_err(anyhow::Error::msg)?;
     let (action, out) = kb.run(&row.frame, ifindex);
     let counted = delta(&before, &kernel_counters(kb).map_err(anyhow::Error::msg)?);
