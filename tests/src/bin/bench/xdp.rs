@@ -418,7 +418,6 @@ pub fn run(opts: &Opts) -> Result<Section> {
             };
             m.gross.push(gross);
             m.net.push(net);
-            eprintln!("DEBUG round: {net:7.1} {}", row.name);
         }
     }
     let live_paths = live_paths(&rows);
@@ -679,15 +678,13 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
                     let syn_step = handshake[0].clone();
                     rows.push(row(name("unproven flow's next packet (probe → own entry)"), Flow::Unproven, ack_frame, vec![syn_step], None, None));
                 }
+                // The PROXY protocol's rows right after the plain ones they
+                // are compared with (these VMs' noise changes within a round).
+                rows.push(data_row(kb, &eth, family, vip)?);
+                for (option, vip) in proxy_vips(family) {
+                    rows.extend(proxy_rows(kb, &eth, option, family, vip)?);
+                }
             }
-        }
-    }
-    // Per family: the reference, then each option's rows (right after it:
-    // these VMs' noise changes within a round).
-    for (family, plain, options) in [("IPv4", NAT4, [("PROXY v2", PROXY4)]), ("IPv6", NAT6, [("PROXY v2", PROXY6)])] {
-        rows.push(data_row(kb, &eth, family, plain)?);
-        for (option, vip) in options {
-            rows.extend(proxy_rows(kb, &eth, option, family, vip)?);
         }
     }
     rows.push(Row {
@@ -727,14 +724,17 @@ const HELLO: usize = 512;
 /// the rows name it; the VIP `vip` of `family`'s client). Per connection:
 /// the client's first data segment, which gets the header in front (the
 /// frame grows at the head, the headers move, the header is written, the
-/// lengths and checksums follow), then is translated; run restored
-/// (`bench_restore` shrinks the head back, as after a `dsr`
-/// encapsulation) and in single runs (also with a ClientHello-sized
-/// segment, too long to restore), beside the next data segment in single
-/// runs. Per packet, restored: the client's ACK after the first data (its
-/// sequence number moves by the header's length) and the backend's
-/// acknowledgement of header and data (moves back). Every setup is the
-/// handshake, and for the later packets the first data segment too.
+/// lengths and checksums follow), then is translated: run restored after
+/// the handshake (`bench_restore` shrinks the head back, as after a `dsr`
+/// encapsulation), and in single runs as a retransmission (the same work:
+/// the backend has acknowledged nothing), also with a ClientHello-sized
+/// segment too long to restore, beside the next data segment. Per packet,
+/// restored: the client's ACK after the first data (its sequence number
+/// moves by the header's length) and the backend's acknowledgement of
+/// header and data (moves back). The setup of all but the restored first
+/// segment is the handshake and the first data segment. A `nat` VIP
+/// without the option is the reference ([`data_row`], and the plain rows
+/// of [`balancer_rows`]).
 fn proxy_rows(kb: &mut KernelBalancer, eth: &FrameBuilder, option: &'static str, family: &'static str, vip: &'static str) -> Result<Vec<Row>> {
     let f = family_flow(kb, eth, family, vip)?;
     let first = f.from_client(CLIENT_ISN + 1, DATA);
@@ -768,6 +768,16 @@ fn proxy_rows(kb: &mut KernelBalancer, eth: &FrameBuilder, option: &'static str,
         row(format!("established (hit → NAT entry → seq + {len})"), Subject::Balancer(Flow::Established), f.from_client(CLIENT_ISN + 1 + DATA as u32, 0), &after_first, Role::Ack),
         row(format!("reply (ack − {len})"), Subject::Balancer(Flow::Reply), f.from_backend(TCP_ACK, BACKEND_ISN + 1, acked), &after_first, Role::Reply),
     ])
+}
+
+/// The `nat` VIPs of `family` with a PROXY protocol option, and the
+/// option as the rows name it.
+fn proxy_vips(family: &str) -> [(&'static str, &'static str); 1] {
+    if family == "IPv4" {
+        [("PROXY v2", PROXY4)]
+    } else {
+        [("PROXY v2", PROXY6)]
+    }
 }
 
 /// A `nat` flow of `family`'s client to `vip`.
