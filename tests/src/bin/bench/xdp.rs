@@ -608,21 +608,21 @@ impl NatFlow {
         let mut f = NatFlow { key: client_flow(client, vip), eth: eth.clone(), client, vip, beth, backend, nat_port, inside, handshake: Vec::new() };
         f.handshake = vec![
             Step { what: "client SYN", frame: syn_frame, inside: false, counts: counts(&[LbCounter::NewFlow]), remembered: false },
-            Step { what: "backend SYN-ACK", frame: f.from_backend(TCP_SYN | TCP_ACK, BACKEND_ISN, CLIENT_ISN + 1), inside: true, counts: counts(&[LbCounter::NatReply]), remembered: false },
-            Step { what: "client ACK of ISN + 1", frame: f.from_client(CLIENT_ISN + 1, 0), inside: false, counts: counts(&[LbCounter::FlowHit, LbCounter::FlowProven]), remembered: true },
+            Step { what: "backend SYN-ACK", frame: f.backend_segment(TCP_SYN | TCP_ACK, BACKEND_ISN, CLIENT_ISN + 1), inside: true, counts: counts(&[LbCounter::NatReply]), remembered: false },
+            Step { what: "client ACK of ISN + 1", frame: f.client_segment(CLIENT_ISN + 1, 0), inside: false, counts: counts(&[LbCounter::FlowHit, LbCounter::FlowProven]), remembered: true },
         ];
         Ok(f)
     }
 
     /// The client's segment at `seq` acknowledging the SYN-ACK, with
     /// `payload` bytes of data.
-    fn from_client(&self, seq: u32, payload: usize) -> Vec<u8> {
+    fn client_segment(&self, seq: u32, payload: usize) -> Vec<u8> {
         let data = (0..payload).map(|i| i as u8).collect();
         tcp(&self.eth, self.client, self.vip, &L4::Tcp { sport: CLIENT_PORT, dport: 443, seq, ack: BACKEND_ISN + 1, flags: TCP_ACK, window: 64240, payload: data })
     }
 
     /// The backend's segment of the flow, without data.
-    fn from_backend(&self, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    fn backend_segment(&self, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
         tcp(&self.beth, &self.backend.to_string(), self.inside, &L4::Tcp { sport: 443, dport: self.nat_port, seq, ack, flags, window: 65535, payload: Vec::new() })
     }
 }
@@ -672,7 +672,7 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
             rows.push(row(name(&format!("new flow (miss → Maglev → {rewrite})")), Flow::New, syn_frame, Vec::new(), compare(katran::Path::NewFlow), None));
             rows.push(row(name(&format!("established (hit → {rewrite})")), Flow::Established, ack_frame.clone(), handshake.clone(), compare(katran::Path::LruHit), tag(Role::Ack)));
             if let (Some(f), false) = (&nat_flow, firewalled) {
-                let reply = f.from_backend(TCP_ACK, BACKEND_ISN + 1, CLIENT_ISN + 1);
+                let reply = f.backend_segment(TCP_ACK, BACKEND_ISN + 1, CLIENT_ISN + 1);
                 rows.push(row(name("reply (backend → client)"), Flow::Reply, reply, handshake.clone(), None, tag(Role::Reply)));
                 if family == "IPv4" {
                     let syn_step = handshake[0].clone();
@@ -737,7 +737,7 @@ const HELLO: usize = 512;
 /// of [`balancer_rows`]).
 fn proxy_rows(kb: &mut KernelBalancer, eth: &FrameBuilder, option: &'static str, family: &'static str, vip: &'static str) -> Result<Vec<Row>> {
     let f = family_flow(kb, eth, family, vip)?;
-    let first = f.from_client(CLIENT_ISN + 1, DATA);
+    let first = f.client_segment(CLIENT_ISN + 1, DATA);
     let len = header_len(kb, &f, &first)?;
     let after_first: Vec<Step> = f
         .handshake
@@ -761,12 +761,12 @@ fn proxy_rows(kb: &mut KernelBalancer, eth: &FrameBuilder, option: &'static str,
     let acked = CLIENT_ISN + 1 + len + DATA as u32;
     // Rows compared with each other run next to each other.
     Ok(vec![
-        row(format!("next data segment, {DATA} B (hit → NAT entry → seq + {len})"), Subject::Single(Flow::Established), f.from_client(CLIENT_ISN + 1 + DATA as u32, DATA), &after_first, Role::Data(DATA)),
+        row(format!("next data segment, {DATA} B (hit → NAT entry → seq + {len})"), Subject::Single(Flow::Established), f.client_segment(CLIENT_ISN + 1 + DATA as u32, DATA), &after_first, Role::Data(DATA)),
         row(prepend(DATA), Subject::Single(Flow::FirstData), first.clone(), &after_first, Role::First(DATA)),
-        row(prepend(HELLO), Subject::Single(Flow::FirstData), f.from_client(CLIENT_ISN + 1, HELLO), &after_first, Role::First(HELLO)),
+        row(prepend(HELLO), Subject::Single(Flow::FirstData), f.client_segment(CLIENT_ISN + 1, HELLO), &after_first, Role::First(HELLO)),
         row(prepend(DATA), Subject::Balancer(Flow::FirstData), first, &f.handshake, Role::First(DATA)),
-        row(format!("established (hit → NAT entry → seq + {len})"), Subject::Balancer(Flow::Established), f.from_client(CLIENT_ISN + 1 + DATA as u32, 0), &after_first, Role::Ack),
-        row(format!("reply (ack − {len})"), Subject::Balancer(Flow::Reply), f.from_backend(TCP_ACK, BACKEND_ISN + 1, acked), &after_first, Role::Reply),
+        row(format!("established (hit → NAT entry → seq + {len})"), Subject::Balancer(Flow::Established), f.client_segment(CLIENT_ISN + 1 + DATA as u32, 0), &after_first, Role::Ack),
+        row(format!("reply (ack − {len})"), Subject::Balancer(Flow::Reply), f.backend_segment(TCP_ACK, BACKEND_ISN + 1, acked), &after_first, Role::Reply),
     ])
 }
 
@@ -794,7 +794,7 @@ fn data_row(kb: &mut KernelBalancer, eth: &FrameBuilder, family: &'static str, v
         group: "balancer",
         name: format!("nat {family}, data segment, {DATA} B (hit → DNAT+SNAT)"),
         subject: Subject::Single(Flow::Established),
-        frame: f.from_client(CLIENT_ISN + 1, DATA),
+        frame: f.client_segment(CLIENT_ISN + 1, DATA),
         inside: false,
         setup: f.handshake,
         key: Some(f.key),
