@@ -451,6 +451,14 @@ impl KernelBalancer {
         })
     }
 
+    /// Runs `f` in the fixture's namespace (one visit) with the loaded
+    /// balancer program, for BPF_PROG_TEST_RUN calls of the caller's own
+    /// making (the benchmark's timed single runs).
+    pub fn with_program<T: Send>(&mut self, f: impl FnOnce(&mut aya::programs::Xdp) -> T + Send) -> anyhow::Result<T> {
+        let prog = self.dp.as_mut().unwrap().program_mut(Program::Balancer)?;
+        Ok(self.net.ns.run(|| f(prog)))
+    }
+
     /// A descriptor of the loaded balancer program, for tail calls into it
     /// from another object (the benchmark's input-restoring wrapper). It is
     /// the kernel's `balancer` program that uses this fixture's flow map.

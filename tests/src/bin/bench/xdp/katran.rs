@@ -217,6 +217,7 @@ impl Katran {
             key: None,
             expect,
             katran: None,
+            cost: None,
         }
     }
 
