@@ -561,7 +561,11 @@ impl BalancerWriter {
                 applied.push(AppliedFirewallRule { action: if deny { "deny" } else { "allow" }.into(), prefix: format!("{a}/{len}"), slot: deny.then_some(slot) });
             }
         }
-        for r in &rules {
+        // Longest first: every packet meanwhile is judged by the old rules
+        // or the new ones (`firewall::write_order`).
+        let mut order: Vec<&firewall::Rule> = rules.iter().collect();
+        order.sort_by(|a, b| firewall::write_order(a, b));
+        for r in order {
             let key = (vip, family, r.addr, r.len);
             let value = firewall::trie_value(&rules, &r.addr, r.len);
             wanted.insert(key);
