@@ -116,6 +116,9 @@
 //!    headers, all checksums), in the DSR modes forwarded like the flow's
 //!    packets. An error whose flow is unknown goes to the next stage. An
 //!    ICMP error never places a flow.
+//!    9b. An error from a source the VIP's firewall rules refuse is
+//!    dropped and counted as in rule 3b, before its flow is looked up:
+//!    a denied network sends the VIP no errors either.
 
 use crate::{
     balancer::*,
@@ -353,6 +356,17 @@ fn other_host<T: Tables>(frame: &[u8], ifindex: u32, t: &T) -> bool {
     m.known != 0 && frame.get(..6) != Some(&m.mac[..])
 }
 
+/// Rules 3b and 9b: the drop of a packet from `src` that the firewall
+/// rules of `svc`'s VIP refuse.
+fn refused<T: Tables>(t: &T, svc: &Service, src: &[u8; 16]) -> Option<Outcome> {
+    if svc.firewall == 0 {
+        return None;
+    }
+    let vip = u32::from(svc.firewall & crate::firewall::FW_VIP_MASK);
+    let slot = crate::firewall::verdict(vip, t.firewall_rules(vip), src)?;
+    Some(Outcome { action: Action::Drop, firewall: Some(slot), ..Outcome::next_stage() })
+}
+
 /// The most a frame grows: a PROXY protocol v1 line over IPv6 (an IPv6
 /// outer header in `dsr` adds 40).
 pub const MAX_GROWTH: usize = proxy_protocol::V1_MAX_LEN as usize;
@@ -394,11 +408,8 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     if let Some(c) = unfit(p, frame.len()) {
         return Outcome::with(Action::Drop, c);
     }
-    if svc.firewall != 0 {
-        let vip = u32::from(svc.firewall & crate::firewall::FW_VIP_MASK);
-        if let Some(slot) = crate::firewall::verdict(vip, t.firewall_rules(vip), &p.src) {
-            return Outcome { action: Action::Drop, firewall: Some(slot), ..Outcome::next_stage() };
-        }
+    if let Some(drop) = refused(t, svc, &p.src) {
+        return drop;
     }
     let mode = Mode::from_raw(svc.mode).unwrap_or(Mode::Nat);
     if mode == Mode::Nat && p.ttl <= 1 {
@@ -1031,6 +1042,7 @@ struct IcmpError {
     icmp: usize,
     ip_len: usize,
     ttl: u8,
+    outer_src: [u8; 16],
     outer_dst: [u8; 16],
     /// Offset of the quoted IP header and its L4 header.
     inner_l3: usize,
@@ -1071,6 +1083,7 @@ fn parse_icmp(f: &[u8]) -> Option<IcmpError> {
                 icmp,
                 ip_len: usize::from(be16(f, l3 + offset::IPV4_TOT_LEN)?),
                 ttl: *f.get(l3 + offset::IPV4_TTL)?,
+                outer_src: addr::<4>(f, l3 + offset::IPV4_SRC)?,
                 outer_dst: addr::<4>(f, l3 + offset::IPV4_DST)?,
                 inner_l3: inner,
                 inner_l4,
@@ -1101,6 +1114,7 @@ fn parse_icmp(f: &[u8]) -> Option<IcmpError> {
                 icmp,
                 ip_len: IPV6_HLEN + usize::from(be16(f, l3 + offset::IPV6_PAYLOAD_LEN)?),
                 ttl: *f.get(l3 + offset::IPV6_HOP_LIMIT)?,
+                outer_src: addr::<16>(f, l3 + offset::IPV6_SRC)?,
                 outer_dst: addr::<16>(f, l3 + offset::IPV6_DST)?,
                 inner_l3: inner,
                 inner_l4,
@@ -1129,6 +1143,9 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
     let Some(svc) = t.service(&skey) else { return Outcome::next_stage() };
     if other_host(frame, ifindex, t) {
         return Outcome::with(Action::Pass, LbCounter::OtherHost);
+    }
+    if let Some(drop) = refused(t, &svc, &e.outer_src) {
+        return drop;
     }
     let fkey = FlowKey {
         src: e.inner_dst,

@@ -1445,6 +1445,36 @@ fn a_new_deny_applies_to_established_flows_at_once() {
     fx.finish();
 }
 
+/// Rule 9b: a path-MTU error about an allowed client's flow is forwarded
+/// when its sender is allowed, and dropped at the rule's counter when the
+/// VIP's firewall refuses the sender (a deny, or outside the allow list);
+/// IPv4 and IPv6, kernel against model.
+#[test]
+fn icmp_errors_from_a_refused_sender_are_dropped() {
+    let Some(mut fx) = Fixture::with("lbfxfwicmp", &firewall_desired()) else { return };
+    let data = L4::Tcp { sport: 443, dport: 40000, seq: 9, ack: 5, flags: 0x18, window: 500, payload: vec![7; 1400] };
+    let cases = [
+        (CLIENT_V4, NAT4, "nat4", [("198.51.100.9", None), ("198.51.100.77", Some("198.51.100.77/32")), ("192.0.2.1", Some("*"))]),
+        (CLIENT_V6, NAT6, "nat6", [("2001:db8:1::9", None), ("2001:db8:1::77", Some("2001:db8:1::77/128")), ("2001:db8:2::1", Some("*"))]),
+    ];
+    for (client, vip, name, senders) in cases {
+        fx.client_sends(client, vip, &L4::tcp_syn(40000, 443));
+        prove(&mut fx.kb, &mut fx.model, &mut fx.m, (client, 40000), vip);
+        let sent = ip_frame(&FrameBuilder::new([0; 6], [0; 6]), vip, client, &data, |_| {}, |_| {});
+        for (router, refused) in senders {
+            let err = icmp_error(router, vip, &sent[14..], 68, 60);
+            let frame = FrameBuilder::new(neighbour_mac(ip(CLIENT_V4)), fx.kb.net.out_mac).ip(&err);
+            let out_if = fx.out_if;
+            let (o, _) = fx.run(&frame, out_if);
+            match refused {
+                None => assert_eq!((o.action, o.counter), (Action::Redirect(fx.in_if), Some(LbCounter::IcmpForwarded)), "{router}"),
+                Some(rule) => assert_eq!((o.action, o.firewall), (Action::Drop, Some(fw_slot(&fx.kb, name, rule))), "{router}"),
+            }
+        }
+    }
+    fx.finish();
+}
+
 /// Every evasion form of the isolator's suite (`harness::evasion`: VLAN
 /// and QinQ tags, IPv4 options, fragments of every shape, IPv6 extension
 /// headers and fragments, translated addresses, odd flags) sent from a

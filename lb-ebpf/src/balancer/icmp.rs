@@ -25,6 +25,8 @@ use crate::{
 pub struct IcmpError {
     pub icmp: usize,
     pub ttl: u8,
+    /// The error's sender, which the VIP's firewall judges.
+    pub outer_src: [u8; 16],
     pub outer_dst: [u8; 16],
     pub inner_l3: usize,
     pub inner_l4: usize,
@@ -65,6 +67,7 @@ fn parse(pkt: &Packet, s: &mut Scratch) -> Option<()> {
             p.family = FAMILY_V4;
             p.ip_len = usize::from(ip.tot_len());
             e.ttl = ip.ttl;
+            e.outer_src = v4_key(ip.src_addr);
             e.outer_dst = v4_key(ip.dst_addr);
             e.inner_l3 = inner_at;
             e.inner_l4 = inner_at + iihl;
@@ -90,6 +93,7 @@ fn parse(pkt: &Packet, s: &mut Scratch) -> Option<()> {
             p.family = FAMILY_V6;
             p.ip_len = IPV6_HLEN + usize::from(ip.payload_len());
             e.ttl = ip.hop_limit;
+            e.outer_src = ip.src_addr;
             e.outer_dst = ip.dst_addr;
             e.inner_l3 = inner_at;
             e.inner_l4 = inner_at + IPV6_HLEN;
@@ -121,6 +125,13 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch) -> Option<u32> {
     let svc = unsafe { LB_SERVICES.get(&s.service) }?;
     if super::dest_mac::other_host(pkt, s.parsed.ifindex) {
         return Some(super::dest_mac::pass());
+    }
+    // Rule 9b: a source the VIP's firewall refuses sends it no errors
+    // either.
+    if svc.firewall != 0 {
+        if let Some(action) = super::firewall::check(svc.firewall, s.parsed.family, &s.icmp.outer_src) {
+            return Some(action);
+        }
     }
     s.flow = FlowKey {
         src: e.inner_dst,
