@@ -722,6 +722,17 @@ mod tests {
         assert_eq!(by_address(&edge_a), by_address(&edge_b));
     }
 
+    /// A state file of the build before per-rule PROXY protocol (the
+    /// setting on the VIP, none on its rules) still reads: `swarmlb
+    /// status` of the new build beside an agent of the old one.
+    #[test]
+    fn older_state_files_read() {
+        let old = r#"{"name":"web","address":"203.0.113.10","mode":"nat","proxy_protocol":"v2","table":0,
+            "rules":[{"proto":6,"port":443,"target_port":443,"stats_index":0}],"backends":[],"firewall":[]}"#;
+        let v: AppliedVip = serde_json::from_str(old).unwrap();
+        assert_eq!(v.rules[0], AppliedRule { proto: 6, port: 443, target_port: 443, stats_index: 0, proxy: 0 });
+    }
+
     #[test]
     fn backend_keys_differ_by_family_and_address() {
         let v4 = backend_key("10.0.0.1".parse().unwrap());
