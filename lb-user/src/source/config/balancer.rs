@@ -395,7 +395,11 @@ pub(super) fn parse(
         }
         for (j, r) in vip.rules.iter().enumerate() {
             if !services.insert((vip.address, r.proto, r.port)) {
-                return Err(loc.at(v.rules.get_ref()[j].span(), format!("vip[{i}].rules[{j}]: another vip already forwards this address, protocol and port")));
+                let proto = if r.proto == IPPROTO_TCP { "tcp" } else { "udp" };
+                return Err(loc.at(
+                    v.rules.get_ref()[j].span(),
+                    format!("vip[{i}].rules[{j}] ({proto}/{}): another vip already forwards this address, protocol and port", r.port),
+                ));
             }
         }
         if vip.backends_from.is_none() && !vip.backends.iter().any(|b| b.weight > 0) {

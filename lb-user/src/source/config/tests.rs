@@ -205,7 +205,7 @@ fn balancer_errors_name_key_and_line() {
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nbackends=['10.0.0.1','fd00::1']\n", "t.toml:7:", "an IPv6 backend for an IPv4 VIP"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nbackends=['10.0.0.1','10.0.0.1']\n", "t.toml:7:", "listed twice"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nbackends=[{address='10.0.0.1', weight=70000}]\n", "t.toml:7:", "weight"),
-        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\nname='a'\naddress='203.0.113.1'\nrules=['tcp/443']\n[[vip]]\nname='b'\naddress='203.0.113.1'\nrules=['tcp/443']\n", "t.toml:11:", "another vip already forwards"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\nname='a'\naddress='203.0.113.1'\nrules=['tcp/443']\n[[vip]]\nname='b'\naddress='203.0.113.1'\nrules=['tcp/443']\n", "t.toml:11:", "vip[1].rules[0] (tcp/443): another vip already forwards"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nmode='fast'\n", "t.toml:7:", "vip[0].mode"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\n[vip.health_check]\npath='/x'\n", "t.toml:7:", "only for protocol = \"http\""),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='127.0.0.1'\nrules=['tcp/443']\n", "t.toml:5:", "not usable as a VIP"),
