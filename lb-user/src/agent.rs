@@ -85,7 +85,10 @@ pub fn describe(cfg: &Config) -> String {
             let rules: Vec<String> = v
                 .rules
                 .iter()
-                .map(|r| format!("{}/{}→{}", if r.proto == lb_common::wire::IPPROTO_TCP { "tcp" } else { "udp" }, r.port, r.target_port))
+                .map(|r| {
+                    let pp = lb_common::proxy_protocol::name(r.proxy_protocol).map_or(String::new(), |p| format!(" with PROXY protocol {p}"));
+                    format!("{}/{}→{}{pp}", if r.proto == lb_common::wire::IPPROTO_TCP { "tcp" } else { "udp" }, r.port, r.target_port)
+                })
                 .collect();
             let mut backends: Vec<String> = v.backends.iter().map(|b| format!("{} (weight {})", b.address, b.weight)).collect();
             if let Some(sel) = &v.backends_from {

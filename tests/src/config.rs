@@ -65,7 +65,8 @@ pub struct Vip {
     address: IpAddr,
     mode: Option<String>,
     proxy_protocol: Option<String>,
-    rules: Vec<String>,
+    /// Each rule with its own `proxy_protocol`, if it has one.
+    rules: Vec<(String, Option<String>)>,
     health_check: Option<String>,
     backends: Vec<Backend>,
     backends_from: Option<String>,
@@ -82,7 +83,7 @@ impl Vip {
             address,
             mode: None,
             proxy_protocol: None,
-            rules: rules.iter().map(|r| (*r).to_owned()).collect(),
+            rules: rules.iter().map(|r| ((*r).to_owned(), None)).collect(),
             health_check: None,
             backends: Vec::new(),
             backends_from: None,
@@ -107,6 +108,14 @@ impl Vip {
     /// Its `proxy_protocol` (`"v2"`).
     pub fn proxy_protocol(mut self, version: &str) -> Self {
         self.proxy_protocol = Some(version.to_owned());
+        self
+    }
+
+    /// The `proxy_protocol` (`"v2"`, `"none"`) of its rule `rule` alone,
+    /// written as `{ rule = …, proxy_protocol = … }`.
+    pub fn rule_proxy_protocol(mut self, rule: &str, version: &str) -> Self {
+        let r = self.rules.iter_mut().find(|(r, _)| r == rule).unwrap_or_else(|| panic!("vip {} has no rule {rule}", self.name));
+        r.1 = Some(version.to_owned());
         self
     }
 
@@ -151,7 +160,15 @@ impl Vip {
         if let Some(v) = &self.proxy_protocol {
             let _ = writeln!(out, "proxy_protocol = {}", quoted(v));
         }
-        let _ = writeln!(out, "rules = {}", array(&self.rules));
+        let rules: Vec<String> = self
+            .rules
+            .iter()
+            .map(|(r, pp)| match pp {
+                None => quoted(r),
+                Some(v) => format!("{{ rule = {}, proxy_protocol = {} }}", quoted(r), quoted(v)),
+            })
+            .collect();
+        let _ = writeln!(out, "rules = [{}]", rules.join(", "));
         if let Some(h) = &self.health_check {
             let _ = writeln!(out, "health_check = {h}");
         }

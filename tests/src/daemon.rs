@@ -123,6 +123,13 @@ impl Instance {
         assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
+
+    /// `swarmlb status`: the text tables an operator reads.
+    pub fn status_table(&self) -> String {
+        let out = Command::new(swarmlb_bin()).arg("status").arg("--runtime-dir").arg(&self.runtime_dir).output().unwrap();
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
 }
 
 impl Drop for Instance {

@@ -27,7 +27,7 @@ use lb_common::{
 use crate::test_run::TestRun as _;
 use crate::reference_policy::ReferencePolicy;
 use lb_user::{
-    datapath::balancer_writer::{AppliedVip, BalancerWriter, Desired, DesiredBackend, DesiredVip},
+    datapath::balancer_writer::{AppliedVip, BalancerWriter, Desired, DesiredBackend, DesiredRule, DesiredVip},
     datapath::maps::addr_key,
     source::config::{Cidr, Config},
     source::netif::HostAddr,
@@ -91,6 +91,22 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Forwarding rules (protocol, port, target port) without a PROXY
+/// protocol header.
+pub fn desired_rules(list: &[(u8, u16, u16)]) -> Vec<DesiredRule> {
+    list.iter().map(|&(proto, port, target_port)| DesiredRule { proto, port, target_port, proxy: 0 }).collect()
+}
+
+/// `v` with the PROXY protocol header `proxy` (a
+/// `lb_common::proxy_protocol::PROXY_*`) on its TCP rules, as a VIP's
+/// `proxy_protocol` sets it.
+pub fn with_proxy(mut v: DesiredVip, proxy: u8) -> DesiredVip {
+    for r in v.rules.iter_mut().filter(|r| r.proto == IPPROTO_TCP) {
+        r.proxy = proxy;
+    }
+    v
+}
+
 /// The balancer state the differential tests run under: one VIP of each
 /// mode and family over the fixture backends, and VIPs whose backend
 /// cannot be reached.
@@ -102,13 +118,12 @@ pub fn fixture_desired() -> Desired {
         name: name.into(),
         address: ip(address),
         mode,
-        proxy: 0,
-        rules: rules.to_vec(),
+        rules: desired_rules(rules),
         backends: b,
         allow: Vec::new(),
         deny: Vec::new(),
     };
-    let proxy = |version: u8, v: DesiredVip| DesiredVip { proxy: version, ..v };
+    let proxy = |version: u8, v: DesiredVip| with_proxy(v, version);
     let (v1, v2) = (lb_common::proxy_protocol::PROXY_V1, lb_common::proxy_protocol::PROXY_V2);
     let nat_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_TCP, 80, 8080), (IPPROTO_UDP, 53, 53)];
     let dsr_rules = [(IPPROTO_TCP, 443, 443), (IPPROTO_UDP, 443, 443)];

@@ -76,8 +76,8 @@ pub struct Nginx {
     worker: String,
     listen: Vec<IpAddr>,
     vhosts: Vec<String>,
-    /// Every listener expects a PROXY protocol header.
-    proxy_protocol: bool,
+    /// The ports whose listeners expect a PROXY protocol header.
+    proxy_ports: Vec<u16>,
 }
 
 impl std::fmt::Debug for Nginx {
@@ -113,17 +113,22 @@ impl Nginx {
     /// nginx gets `SIGKILL` when the thread that started it exits, so
     /// starting workers on short-lived helper threads would kill them.
     pub fn start(ns: &Netns, worker_name: &str, listen: &[IpAddr], ca: &TestCa, vhosts: &[&str]) -> Result<Self> {
-        Self::launch(ns, worker_name, listen, ca, vhosts, false)
+        Self::launch(ns, worker_name, listen, ca, vhosts, &[])
     }
 
     /// [`Nginx::start`] behind a balancer that sends a PROXY protocol
-    /// header: every listener has `proxy_protocol`, and the client address
-    /// logged ([`Access::client`]) is the header's (`real_ip_header
-    /// proxy_protocol`). Port 80 also takes `PUT /up/<name>` (WebDAV: the
-    /// body is stored, [`Nginx::uploaded`]) and serves `GET /files/<name>`
-    /// from [`Nginx::put_file`].
-    pub fn start_proxy_protocol(ns: &Netns, worker_name: &str, listen: &[IpAddr], ca: &TestCa, vhosts: &[&str]) -> Result<Self> {
-        Self::launch(ns, worker_name, listen, ca, vhosts, true)
+    /// header on `ports` ([`HTTP_PORT`], [`HTTPS_PORT`]): their listeners
+    /// have `proxy_protocol`, and the client address logged
+    /// ([`Access::client`]) is the header's (`real_ip_header
+    /// proxy_protocol`); a port not in `ports` is plain and logs the peer.
+    /// Port 80 also takes `PUT /up/<name>` (WebDAV: the body is stored,
+    /// [`Nginx::uploaded`]) and serves `GET /files/<name>` from
+    /// [`Nginx::put_file`].
+    pub fn start_proxy_protocol(ns: &Netns, worker_name: &str, listen: &[IpAddr], ca: &TestCa, vhosts: &[&str], ports: &[u16]) -> Result<Self> {
+        if ports.is_empty() || ports.iter().any(|p| ![HTTP_PORT, HTTPS_PORT].contains(p)) {
+            bail!("nginx {worker_name}: PROXY protocol ports {ports:?}, expected some of {HTTP_PORT} and {HTTPS_PORT}");
+        }
+        Self::launch(ns, worker_name, listen, ca, vhosts, ports)
     }
 
     /// A file [`Nginx::start_proxy_protocol`] serves at `/files/<name>`.
@@ -139,7 +144,7 @@ impl Nginx {
         fs::read(self.dir.join("up").join(name)).ok()
     }
 
-    fn launch(ns: &Netns, worker_name: &str, listen: &[IpAddr], ca: &TestCa, vhosts: &[&str], proxy_protocol: bool) -> Result<Self> {
+    fn launch(ns: &Netns, worker_name: &str, listen: &[IpAddr], ca: &TestCa, vhosts: &[&str], proxy_ports: &[u16]) -> Result<Self> {
         crate::require_root()?;
         static CLEANUP: Once = Once::new();
         CLEANUP.call_once(remove_stale_dirs);
@@ -171,7 +176,7 @@ impl Nginx {
             worker: worker_name.to_owned(),
             listen: listen.to_vec(),
             vhosts: vhosts.iter().map(|v| v.to_string()).collect(),
-            proxy_protocol,
+            proxy_ports: proxy_ports.to_vec(),
         };
         nginx.write_files(ca).with_context(|| format!("nginx {worker_name}: write config"))?;
         let d = nginx.dir.display().to_string();
@@ -273,9 +278,11 @@ impl Nginx {
     }
 
     /// The error log so far (also in the process's output, which a failing
-    /// test prints).
+    /// test prints). Lossy: nginx quotes what it could not parse as it
+    /// came (a TLS hello where a PROXY header should be), and a strict
+    /// read would turn such a log into an empty one.
     pub fn error_log(&self) -> String {
-        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+        fs::read(self.dir.join("error.log")).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// Stops nginx: `SIGQUIT` (graceful: open requests finish), `SIGKILL`
@@ -317,8 +324,8 @@ impl Nginx {
     fn config(&self) -> String {
         let d = self.dir.display();
         let w = &self.worker;
-        let pp = if self.proxy_protocol { " proxy_protocol" } else { "" };
         let listen = |port: u16, extra: &str| -> String {
+            let pp = if self.proxy_ports.contains(&port) { " proxy_protocol" } else { "" };
             self.listen.iter().fold(String::new(), |mut s, a| {
                 let _ = writeln!(s, "        listen {}{extra}{pp};", SocketAddr::new(*a, port));
                 s
@@ -326,7 +333,7 @@ impl Nginx {
         };
         // Behind a PROXY protocol balancer: the header's client address
         // is the one logged, files up and down for long transfers.
-        let (real_ip, transfers) = if self.proxy_protocol {
+        let (real_ip, transfers) = if !self.proxy_ports.is_empty() {
             (
                 "set_real_ip_from 0.0.0.0/0;\n    set_real_ip_from ::/0;\n    real_ip_header proxy_protocol;\n    client_max_body_size 256m;\n",
                 format!(

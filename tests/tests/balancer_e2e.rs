@@ -376,6 +376,41 @@ fn firewall_drops(r: &Running) -> HashMap<(String, String), u64> {
         .collect()
 }
 
+/// `vip`'s rows under FIREWALL in `swarmlb status`'s text tables:
+/// (prefix, action) → packets dropped; empty when the VIP shows no
+/// firewall table.
+fn firewall_table(r: &Running, vip: &str) -> HashMap<(String, String), u64> {
+    let table = r.inst.status_table();
+    let section = table.split("\nVIP ").find(|s| s.starts_with(&format!("{vip} "))).unwrap_or_else(|| panic!("no VIP {vip} in\n{table}"));
+    let Some(header) = section.lines().position(|l| l.split_whitespace().eq(["FIREWALL", "PREFIX", "DROPPED"])) else { return HashMap::new() };
+    section
+        .lines()
+        .skip(header + 1)
+        .take_while(|l| l.starts_with("  ") && !l.trim().is_empty())
+        .map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [action, prefix, drops] => ((prefix.to_string(), action.to_string()), drops.parse().unwrap_or_else(|_| panic!("{l:?} in\n{table}"))),
+            _ => panic!("a FIREWALL row {l:?} in\n{table}"),
+        })
+        .collect()
+}
+
+/// The text table shows `web4`'s firewall rows as the JSON does (the
+/// same rules, the counts read between two JSON reads) and none for
+/// `web6`.
+fn check_firewall_table(r: &Running) {
+    let (before, text, after) = (firewall_drops(r), firewall_table(r, "web4"), firewall_drops(r));
+    assert!(!text.is_empty(), "web4 has firewall rules");
+    let mut keys: Vec<_> = text.keys().collect();
+    keys.sort();
+    let mut json_keys: Vec<_> = after.keys().collect();
+    json_keys.sort();
+    assert_eq!(keys, json_keys, "the text shows the rules the JSON does");
+    for (k, n) in &text {
+        assert!((before[k]..=after[k]).contains(n), "{k:?}: {n} in the text, {} to {} in the JSON", before[k], after[k]);
+    }
+    assert!(firewall_table(r, "web6").is_empty(), "web6 has no firewall rules to show");
+}
+
 /// Firewall rules with real parts: the real XDP balancer, TLS to nginx,
 /// two client addresses. A denied client gets no connection and its rule's
 /// counter moves (status and metrics); the allowed one connects; the VIP
@@ -394,6 +429,8 @@ fn firewall_denies_one_client_and_lets_the_other_connect() {
     let m = metrics(&r.lab.edge);
     let series = r#"swarmlb_firewall_drops_total{vip="web4",rule="198.51.100.3/32",action="deny"}"#;
     assert!(metric::<u64>(&m, series).is_some_and(|n| n >= 1), "{series} in\n{m}");
+    check_firewall_table(&r);
+    assert!(firewall_table(&r, "web4")[&("198.51.100.3/32".to_string(), "deny".to_string())] >= 1);
     // The VIP without rules: anyone, and nothing to show.
     assert!(["w1", "w2", "w3"].contains(&who(&r.lab.client, IpAddr::V6(VIP_V6)).as_str()));
     assert!(r.inst.status()["vips"][1]["firewall"].as_array().unwrap().is_empty());
@@ -415,6 +452,10 @@ fn firewall_denies_one_client_and_lets_the_other_connect() {
     assert!(tls_from(&r, "198.51.100.3"));
     assert!(!tls_from(&r, "198.51.100.2"));
     assert!(firewall_drops(&r)[&("*".to_string(), "not_allowed".to_string())] >= 1);
+    check_firewall_table(&r);
+    let rows = firewall_table(&r, "web4");
+    assert_eq!(rows.get(&("198.51.100.3/32".to_string(), "allow".to_string())), Some(&0), "{rows:?}");
+    assert!(rows[&("*".to_string(), "not_allowed".to_string())] >= 1, "{rows:?}");
 
     // An upgrade from a build without the firewall: its pin directory
     // lacks the firewall maps. The next daemon adopts the rest, creates

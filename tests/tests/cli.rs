@@ -232,8 +232,8 @@ fn reload_reports_the_outcome() {
     let status = inst.status();
     assert_eq!(status["agent"]["last_reload_ok"], false);
     assert_eq!(status["agent"]["last_reload_applied"], true);
-    let table = Command::new(swarmlb_bin()).args(["status", "--runtime-dir"]).arg(&inst.runtime_dir).output().unwrap();
-    assert!(text(&table.stdout).contains("LAST RELOAD FAILED (its config runs)"), "{}", text(&table.stdout));
+    let table = inst.status_table();
+    assert!(table.contains("LAST RELOAD FAILED (its config runs)"), "{table}");
     assert!(child.try_status().is_none());
     stop_cleanly(&mut child, libc::SIGTERM);
     assert!(inst.down().status.success());

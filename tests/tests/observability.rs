@@ -207,7 +207,7 @@ fn prometheus_scrapes_the_agent_runs_the_alert_rules_and_the_dashboard_queries()
             "{w}:\n{log}"
         );
     }
-    let table = String::from_utf8(Command::new(swarmlb_bin()).args(["status", "--runtime-dir"]).arg(&inst.runtime_dir).output().unwrap().stdout).unwrap();
+    let table = inst.status_table();
     assert!(table.lines().any(|l| l.trim_start().starts_with("last change") && l.contains("ago: down (health: failed 2 health checks")), "{table}");
     let groups = Prometheus::api(edge, "rules");
     for rule in groups["data"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()) {

@@ -6,7 +6,8 @@
 //! carry many requests; uploads and downloads of tens of megabytes arrive
 //! byte for byte while nftables on the workers drops a share of the
 //! packets in each direction (retransmissions, SACK, the first segment
-//! lost and sent again).
+//! lost and sent again). The option per rule: one VIP sends the header
+//! to its port 443 and not to its port 80.
 
 mod common;
 
@@ -21,7 +22,7 @@ use harness::{
     config::{worker_vips, EdgeConfig},
     daemon::Instance,
     edge_lab::*,
-    nginx::Nginx,
+    nginx::{Nginx, HTTPS_PORT, HTTP_PORT},
     stream::{Ended, Stream, Streaming},
     tls::{connect, https_get, http_get, tls_client, TestCa},
     Netns,
@@ -61,7 +62,7 @@ fn start(tag: &str, version: &str) -> Lab {
     harness::require_root().unwrap();
     let lab = EdgeLab::new(tag, 2);
     let ca = TestCa::new();
-    let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
+    let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI, &[HTTP_PORT, HTTPS_PORT]).expect("nginx starts")).collect();
     let inst = Instance::new(tag, &config(Some(version)));
     let mut daemon = inst.start(&lab.edge, &[]);
     inst.wait_ready(&mut daemon);
@@ -236,8 +237,86 @@ fn clients_address_and_transfers_under_loss(tag: &str, version: &str, size: usiz
     }
     let s = r.inst.status();
     println!("balancer counters: {}", s["balancer"]);
-    assert_eq!((s["vips"][0]["proxy_protocol"].as_str(), s["vips"][1]["proxy_protocol"].as_str()), (Some(version), Some(version)), "the status shows the option");
+    for v in 0..2 {
+        let rules: Vec<Option<&str>> = s["vips"][v]["rules"].as_array().unwrap().iter().map(|r| r["proxy_protocol"].as_str()).collect();
+        assert_eq!(rules, [Some(version), Some(version)], "the status shows the option on both rules: {}", s["vips"][v]);
+    }
     stop_cleanly(&mut r.daemon, libc::SIGTERM);
+}
+
+/// The config of [`the_header_goes_only_to_the_rules_that_have_it`]: on
+/// the IPv4 VIP the VIP's `"v2"` with `"none"` on its tcp/80 rule, on
+/// the IPv6 VIP `"v1"` on its tcp/443 rule alone; `v4_https` overrides
+/// the IPv4 VIP's tcp/443 rule.
+fn per_rule_config(v4_https: Option<&str>) -> String {
+    let [v4, v6] = worker_vips("pp", &["tcp/443", "tcp/80"], &[(1, Some(1))]).map(|v| v.mode("nat").health_check(TCP_HEALTH));
+    let v4 = v4.proxy_protocol("v2").rule_proxy_protocol("tcp/80", "none");
+    let v4 = match v4_https {
+        Some(p) => v4.rule_proxy_protocol("tcp/443", p),
+        None => v4,
+    };
+    EdgeConfig::balancer().vips([v4, v6.rule_proxy_protocol("tcp/443", "v1")]).to_toml()
+}
+
+/// `proxy_protocol` per rule, end to end: nginx has `proxy_protocol` on
+/// its 443 listeners and plain ones on 80 (a header on 80 would be a bad
+/// request, none on 443 a broken header). Over TLS the worker logs the
+/// client's address (a v2 header on the IPv4 VIP, a v1 line on the IPv6
+/// one), over HTTP the edge's (SNAT); the
+/// status shows each rule's setting. A reload that takes the header off
+/// one rule applies to that rule alone.
+#[test]
+fn the_header_goes_only_to_the_rules_that_have_it() {
+    harness::require_root().unwrap();
+    let started = Instant::now();
+    let lab = EdgeLab::new("lbppk", 1);
+    let ca = TestCa::new();
+    let nginx = Nginx::start_proxy_protocol(&lab.workers[0], "w1", &ANY, &ca, &SNI, &[HTTPS_PORT]).expect("nginx starts");
+    let inst = Instance::new("lbppk", &per_rule_config(None));
+    let mut daemon = inst.start(&lab.edge, &[]);
+    inst.wait_ready(&mut daemon);
+    let client_cfg = tls_client(&ca);
+    let https = |vip: IpAddr| https_get(connect(&lab.client, SocketAddr::new(vip, 443))?, &client_cfg, SNI[0], "/");
+    let http = |vip: IpAddr| http_get(connect(&lab.client, SocketAddr::new(vip, 80))?, "a.com", "/");
+    for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+        let (status, body) = https(vip).unwrap_or_else(|e| panic!("TLS to {vip}: {e:#}\n{}", nginx.error_log()));
+        assert_eq!((status, body.starts_with("worker=w1")), (200, true), "{body}");
+        let (status, body) = http(vip).unwrap_or_else(|e| panic!("HTTP to {vip}: {e:#}"));
+        assert_eq!((status, body.starts_with("worker=w1")), (200, true), "{body}");
+    }
+    assert_eq!(nginx.wait_access_count(4, Duration::from_secs(5)), 4);
+    let mut clients: Vec<(u16, IpAddr)> = nginx.accesses().iter().map(|a| (a.local.port(), a.client)).collect();
+    clients.sort();
+    let expected = [
+        (80, IpAddr::V4(EDGE_INSIDE_V4)),
+        (80, IpAddr::V6(EDGE_INSIDE_V6)),
+        (443, IpAddr::V4(CLIENT_V4)),
+        (443, IpAddr::V6(CLIENT_V6)),
+    ];
+    assert_eq!(clients, expected, "the client's address from the header on 443, the edge's on 80 (no header)");
+    assert_eq!(broken_headers(&nginx), 0, "{}", nginx.error_log());
+
+    // The status, JSON and text, shows each rule's setting.
+    let s = inst.status();
+    for (v, version) in [(0, "v2"), (1, "v1")] {
+        let rules: Vec<(&str, Option<&str>)> = s["vips"][v]["rules"].as_array().unwrap().iter().map(|r| (r["rule"].as_str().unwrap(), r["proxy_protocol"].as_str())).collect();
+        assert_eq!(rules, [("tcp/443→443", Some(version)), ("tcp/80→80", None)], "{}", s["vips"][v]);
+    }
+    let table = inst.status_table();
+    let proxy_column = |rule: &str| -> Vec<&str> { table.lines().filter(|l| l.trim_start().starts_with(rule)).filter_map(|l| l.split_whitespace().last()).collect() };
+    assert_eq!((proxy_column("tcp/443→443"), proxy_column("tcp/80→80")), (vec!["v2", "v1"], vec!["-", "-"]), "the PROXY column of each VIP's rules:\n{table}");
+
+    // A reload takes the header off the IPv4 VIP's 443 alone: nginx
+    // refuses its new connections there; the rest are as before.
+    inst.write_config(&per_rule_config(Some("none")));
+    daemon.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), || https(IpAddr::V4(VIP_V4)).is_err(), || format!("the reload applied:\n{}", daemon.output_so_far()));
+    assert_eq!(https(IpAddr::V6(VIP_V6)).unwrap().0, 200, "the other VIP's 443 keeps its header");
+    assert_eq!(http(IpAddr::V4(VIP_V4)).unwrap().0, 200, "the same VIP's 80 is as it was");
+    assert!(broken_headers(&nginx) >= 1, "nginx saw the header missing: {}", nginx.error_log());
+    assert_eq!(inst.status()["vips"][0]["rules"][0]["proxy_protocol"], serde_json::Value::Null);
+    stop_cleanly(&mut daemon, libc::SIGTERM);
+    println!("per-rule PROXY protocol checked in {:?}", started.elapsed());
 }
 
 /// The shift lives in each flow's NAT entry: connections open across an
@@ -323,7 +402,7 @@ fn an_upgrade_from_an_older_build_keeps_its_flows_and_takes_the_option() {
         n.stop();
     }
     drop(plain);
-    let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI).expect("nginx starts")).collect();
+    let nginx: Vec<Nginx> = (1..=2).map(|i| Nginx::start_proxy_protocol(&lab.workers[i - 1], &format!("w{i}"), &ANY, &ca, &SNI, &[HTTP_PORT, HTTPS_PORT]).expect("nginx starts")).collect();
     inst.write_config(&config(Some("v2")));
     daemon.signal(libc::SIGHUP);
     let served = || http_get(connect(&lab.client, SocketAddr::new(IpAddr::V4(VIP_V4), 80)).unwrap(), "a.com", "/").is_ok_and(|(s, _)| s == 200);

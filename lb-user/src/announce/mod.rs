@@ -128,7 +128,6 @@ mod tests {
             name: address.into(),
             address: address.parse().unwrap(),
             mode: "dsr".into(),
-            proxy_protocol: None,
             table: 0,
             rules: Vec::new(),
             backends: backends

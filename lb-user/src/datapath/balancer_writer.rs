@@ -45,16 +45,28 @@ pub struct DesiredBackend {
     pub up: bool,
 }
 
+/// A forwarding rule (one [`Service`]) as the control plane wants it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DesiredRule {
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// The VIP's port.
+    pub port: u16,
+    /// The backends' port.
+    pub target_port: u16,
+    /// The PROXY protocol header its new TCP flows get
+    /// ([`Service::proxy`], a `lb_common::proxy_protocol::PROXY_*`; the
+    /// kernel adds none to UDP).
+    pub proxy: u8,
+}
+
 /// A VIP as the control plane wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredVip {
     pub name: String,
     pub address: IpAddr,
     pub mode: Mode,
-    /// The PROXY protocol header new TCP flows get ([`Service::proxy`]).
-    pub proxy: u8,
-    /// (protocol, entry port, target port).
-    pub rules: Vec<(u8, u16, u16)>,
+    pub rules: Vec<DesiredRule>,
     pub backends: Vec<DesiredBackend>,
     /// Firewall: client prefixes (address with host bits clear, length)
     /// of the VIP's family. Empty lists: everyone may connect.
@@ -99,6 +111,9 @@ pub struct AppliedRule {
     pub port: u16,
     pub target_port: u16,
     pub stats_index: u32,
+    /// Its [`Service::proxy`] (0 in state files of older versions).
+    #[serde(default)]
+    pub proxy: u8,
 }
 
 /// One firewall rule as applied.
@@ -117,9 +132,6 @@ pub struct AppliedVip {
     pub name: String,
     pub address: IpAddr,
     pub mode: String,
-    /// `proxy_protocol` (`"v2"`), if set.
-    #[serde(default)]
-    pub proxy_protocol: Option<String>,
     /// Its Maglev tables' index, also its firewall index (the counter
     /// slot of its sources outside an `allow` list).
     pub table: u32,
@@ -403,8 +415,8 @@ impl BalancerWriter {
         for v in &d.vips {
             let known = self.vips.get(&v.name).cloned().or_else(|| {
                 // After a restart, a VIP's services still point at its table.
-                v.rules.iter().find_map(|(proto, port, _)| {
-                    let base = maps.services.get(&service_key(v.address, *proto, *port), 0).ok()?.table_base;
+                v.rules.iter().find_map(|r| {
+                    let base = maps.services.get(&service_key(v.address, r.proto, r.port), 0).ok()?.table_base;
                     Some(VipSlot { index: base / (2 * self.table_size), half: (base / self.table_size) % 2, table: None, idle: None, members: Vec::new() })
                 })
             });
@@ -453,8 +465,8 @@ impl BalancerWriter {
             // The rules are in the tries before a service's flags say so.
             let (fw_flags, fw_applied) = self.write_firewall(maps, slot.index, v, &mut wanted_fw)?;
             let mut rules = Vec::new();
-            for (proto, port, target) in &v.rules {
-                let key = service_key(v.address, *proto, *port);
+            for &DesiredRule { proto, port, target_port, proxy } in &v.rules {
+                let key = service_key(v.address, proto, port);
                 let ord = ServiceKeyOrd::from(&key);
                 let stats_index = match self.services.get(&ord) {
                     Some(s) => s.stats_index,
@@ -466,22 +478,20 @@ impl BalancerWriter {
                         i
                     }
                 };
-                let proxy = if *proto == wire::IPPROTO_TCP { v.proxy } else { 0 };
-                let svc = Service { table_base: base, table_size: self.table_size, stats_index, proxy, _pad: 0, target_port: *target, mode: v.mode as u8, firewall: fw_flags };
+                let svc = Service { table_base: base, table_size: self.table_size, stats_index, proxy, _pad: 0, target_port, mode: v.mode as u8, firewall: fw_flags };
                 if self.services.get(&ord) != Some(&svc) {
                     maps.services.insert(key, svc, 0).with_context(|| format!("writing service {} {proto}/{port}", v.address))?;
                     self.services.insert(ord, svc);
                     self.writes += 1;
                 }
                 wanted_services.insert(ord);
-                rules.push(AppliedRule { proto: *proto, port: *port, target_port: *target, stats_index: u32::from(stats_index) });
+                rules.push(AppliedRule { proto, port, target_port, stats_index: u32::from(stats_index), proxy });
             }
             let counts = table_counts(slot.table.as_deref().unwrap_or(&[]));
             applied.push(AppliedVip {
                 name: v.name.clone(),
                 address: v.address,
                 mode: v.mode.name().to_string(),
-                proxy_protocol: lb_common::proxy_protocol::name(v.proxy).map(str::to_string),
                 table: slot.index,
                 rules,
                 backends: v
@@ -714,6 +724,17 @@ mod tests {
         // reverse order.
         let edge_b: Vec<_> = set.iter().enumerate().rev().map(|(i, (a, w))| b(a, *w, 1000 - 7 * i as u32)).collect();
         assert_eq!(by_address(&edge_a), by_address(&edge_b));
+    }
+
+    /// A state file of the build before per-rule PROXY protocol (the
+    /// setting on the VIP, none on its rules) still reads: `swarmlb
+    /// status` of the new build beside an agent of the old one.
+    #[test]
+    fn older_state_files_read() {
+        let old = r#"{"name":"web","address":"203.0.113.10","mode":"nat","proxy_protocol":"v2","table":0,
+            "rules":[{"proto":6,"port":443,"target_port":443,"stats_index":0}],"backends":[],"firewall":[]}"#;
+        let v: AppliedVip = serde_json::from_str(old).unwrap();
+        assert_eq!(v.rules[0], AppliedRule { proto: 6, port: 443, target_port: 443, stats_index: 0, proxy: 0 });
     }
 
     #[test]

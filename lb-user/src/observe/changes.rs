@@ -88,7 +88,6 @@ mod tests {
             name: "web".into(),
             address: "192.0.2.1".parse().unwrap(),
             mode: "nat".into(),
-            proxy_protocol: None,
             table: 0,
             rules: vec![],
             backends: backends

@@ -71,8 +71,6 @@ pub struct VipStatus {
     pub name: String,
     pub address: String,
     pub mode: String,
-    /// `proxy_protocol` (`"v2"`), if set.
-    pub proxy_protocol: Option<String>,
     pub rules: Vec<RuleStatus>,
     pub backends: Vec<BackendStatus>,
     /// Its firewall rules with the packets each dropped (empty: no rules).
@@ -95,6 +93,9 @@ pub struct FirewallStatus {
 #[derive(Debug, Serialize)]
 pub struct RuleStatus {
     pub rule: String,
+    /// The PROXY protocol header its new connections get (`"v1"`,
+    /// `"v2"`), if any.
+    pub proxy_protocol: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -124,6 +125,7 @@ fn vip_status(maps: &BalancerMaps, v: &AppliedVip, state: &DaemonState) -> Resul
         let proto = if r.proto == lb_common::wire::IPPROTO_TCP { "tcp" } else { "udp" };
         rules.push(RuleStatus {
             rule: format!("{proto}/{}→{}", r.port, r.target_port),
+            proxy_protocol: lb_common::proxy_protocol::name(r.proxy).map(str::to_string),
             packets: s.packets,
             bytes: s.bytes,
             new_flows: s.new_flows,
@@ -160,7 +162,7 @@ fn vip_status(maps: &BalancerMaps, v: &AppliedVip, state: &DaemonState) -> Resul
         let drops = maps.firewall_drops(lb_common::firewall::not_allowed_slot(v.table))?;
         firewall.push(FirewallStatus { action: "not_allowed".into(), prefix: "*".into(), drops });
     }
-    Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), proxy_protocol: v.proxy_protocol.clone(), rules, backends, firewall })
+    Ok(VipStatus { name: v.name.clone(), address: v.address.to_string(), mode: v.mode.clone(), rules, backends, firewall })
 }
 
 /// The SNAT ports one (backend, backend port) holds: at `snat_ports` its
@@ -374,11 +376,11 @@ pub fn render_table(r: &StatusReport) -> String {
         }
     }
     for v in &r.vips {
-        let pp = v.proxy_protocol.as_ref().map_or(String::new(), |p| format!(", PROXY protocol {p}"));
-        let _ = writeln!(out, "\nVIP {} {} ({}{pp})", v.name, v.address, v.mode);
-        let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10}", "RULE", "PACKETS", "BYTES", "NEW FLOWS");
+        let _ = writeln!(out, "\nVIP {} {} ({})", v.name, v.address, v.mode);
+        let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10} PROXY", "RULE", "PACKETS", "BYTES", "NEW FLOWS");
         for rule in &v.rules {
-            let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10}", rule.rule, rule.packets, rule.bytes, rule.new_flows);
+            let pp = rule.proxy_protocol.as_deref().unwrap_or("-");
+            let _ = writeln!(out, "  {:<20} {:>14} {:>16} {:>10} {pp}", rule.rule, rule.packets, rule.bytes, rule.new_flows);
         }
         let _ = writeln!(
             out,

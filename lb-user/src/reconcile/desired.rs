@@ -12,7 +12,7 @@ use lb_common::balancer::Mode;
 
 use crate::{
     datapath::{
-        balancer_writer::{Desired, DesiredBackend, DesiredVip},
+        balancer_writer::{Desired, DesiredBackend, DesiredRule, DesiredVip},
         loader::Program,
         martian,
     },
@@ -122,8 +122,7 @@ fn balancer(
             name: v.name.clone(),
             address: v.address,
             mode: v.mode,
-            proxy: v.proxy_protocol,
-            rules: v.rules.iter().map(|r| (r.proto, r.port, r.target_port)).collect(),
+            rules: v.rules.iter().map(|r| DesiredRule { proto: r.proto, port: r.port, target_port: r.target_port, proxy: r.proxy_protocol }).collect(),
             backends: swarm
                 .backends_of(v)
                 .iter()

@@ -156,6 +156,7 @@ fn check_balancer(b: &BalancerConfig) {
             assert!(r.proto == IPPROTO_TCP || r.proto == IPPROTO_UDP);
             assert!(v.mode == Mode::Nat || r.port == r.target_port, "{} mode rewrites a port", v.mode.name());
             assert!(services.insert((v.address, r.proto, r.port)), "service {} {}/{} twice", v.address, r.proto, r.port);
+            assert!(r.proxy_protocol == 0 || (r.proto == IPPROTO_TCP && v.mode == Mode::Nat), "a PROXY protocol header on {} {}/{} ({} mode)", v.address, r.proto, r.port, v.mode.name());
         }
         assert!(v.backends.len() <= MAX_BACKENDS_PER_VIP && v.backends.len() < b.table_size as usize);
         let mut seen = std::collections::BTreeSet::new();

@@ -33,13 +33,13 @@ use lb_common::{
 };
 use crate::reference_policy::ReferencePolicy;
 use lb_user::{
-    datapath::balancer_writer::{build_table, Desired, DesiredBackend, DesiredVip},
+    datapath::balancer_writer::{build_table, Desired, DesiredBackend, DesiredRule, DesiredVip},
     datapath::maps::addr_key,
 };
 
 use crate::{
     kernel::{fixture_config, ModelFrags},
-    lb_kernel::{FixtureFib, ModelTables, BACKENDS_V4, BACKENDS_V6, CLIENT_V4, CLIENT_V6, FIXTURE_TABLE_SIZE, NO_NEIGHBOUR_V4, NO_ROUTE_V4},
+    lb_kernel::{desired_rules, with_proxy, FixtureFib, ModelTables, BACKENDS_V4, BACKENDS_V6, CLIENT_V4, CLIENT_V6, FIXTURE_TABLE_SIZE, NO_NEIGHBOUR_V4, NO_ROUTE_V4},
     rawframe::{fold, sum16, FrameBuilder, Ipv4, Ipv6, L4},
 };
 
@@ -98,8 +98,7 @@ pub fn fixture_desired() -> Desired {
         name: name.into(),
         address: vip_address(name),
         mode,
-        proxy: 0,
-        rules: rules.to_vec(),
+        rules: desired_rules(rules),
         backends: b,
         allow: Vec::new(),
         deny: Vec::new(),
@@ -121,10 +120,10 @@ pub fn fixture_desired() -> Desired {
             vip("no-neigh", Mode::Nat, &tls, backends(&[NO_NEIGHBOUR_V4], &[1])),
             vip("no-route", Mode::Dsr, &tls, backends(&[NO_ROUTE_V4], &[1])),
             vip("empty", Mode::Nat, &tls, Vec::new()),
-            DesiredVip { proxy: PROXY_V2, ..vip("pp4", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1])) },
-            DesiredVip { proxy: PROXY_V2, ..vip("pp6", Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])) },
-            DesiredVip { proxy: PROXY_V1, ..vip("pp4v1", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1])) },
-            DesiredVip { proxy: PROXY_V1, ..vip("pp6v1", Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])) },
+            with_proxy(vip("pp4", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1])), PROXY_V2),
+            with_proxy(vip("pp6", Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])), PROXY_V2),
+            with_proxy(vip("pp4v1", Mode::Nat, &nat_rules, backends(&BACKENDS_V4, &[1, 1, 1])), PROXY_V1),
+            with_proxy(vip("pp6v1", Mode::Nat, &nat_rules, backends(&BACKENDS_V6, &[1, 1, 1])), PROXY_V1),
         ],
     }
 }
@@ -154,8 +153,7 @@ pub fn offline_tables(d: &Desired, table_size: u32) -> ModelTables {
         let table = build_table(&members, table_size).expect("the fixture's tables build");
         let base = index * 2 * table_size;
         t.maglev[base as usize..(base + table_size) as usize].copy_from_slice(&table);
-        for &(proto, port, target_port) in &v.rules {
-            let proxy = if proto == IPPROTO_TCP { v.proxy } else { 0 };
+        for &DesiredRule { proto, port, target_port, proxy } in &v.rules {
             let svc = Service { table_base: base, table_size, stats_index, proxy, _pad: 0, target_port, mode: v.mode as u8, firewall: 0 };
             t.services.insert(lb_user::datapath::maps::service_key(v.address, proto, port), svc);
             stats_index += 1;

@@ -27,6 +27,11 @@ pub struct Rule {
     pub proto: u8,
     pub port: u16,
     pub target_port: u16,
+    /// The PROXY protocol header the backends get in front of each of
+    /// this rule's connections (a `lb_common::proxy_protocol::PROXY_*`
+    /// version; `PROXY_NONE` on UDP rules and off `nat` VIPs): the rule's
+    /// own `proxy_protocol`, else its VIP's.
+    pub proxy_protocol: u8,
 }
 
 /// A static backend.
@@ -66,10 +71,8 @@ pub struct VipConfig {
     pub name: String,
     pub address: IpAddr,
     pub mode: Mode,
-    /// `proxy_protocol`: the PROXY protocol header the backends get on
-    /// this VIP's TCP rules (`lb_common::proxy_protocol::PROXY_V1`, `PROXY_V2`; 0:
-    /// none).
-    pub proxy_protocol: u8,
+    /// Its forwarding rules, each with its PROXY protocol setting (the
+    /// VIP's `proxy_protocol` is only their default).
     pub rules: Vec<Rule>,
     pub backends: Vec<BackendConfig>,
     /// Swarm nodes that are backends too (`backends_from`).
@@ -148,7 +151,9 @@ pub(super) struct RawVip {
     address: Spanned<String>,
     mode: Option<Spanned<String>>,
     proxy_protocol: Option<Spanned<String>>,
-    rules: Spanned<Vec<Spanned<String>>>,
+    /// Strings (`"tcp/443"`) or tables (`{ rule = "tcp/443",
+    /// proxy_protocol = "v2" }`), read by [`rule_entry`].
+    rules: Spanned<Vec<Spanned<toml::Value>>>,
     #[serde(default)]
     backends: Vec<Spanned<RawBackend>>,
     backends_from: Option<Spanned<String>>,
@@ -177,6 +182,8 @@ struct RawHealth {
     fall: Option<i64>,
 }
 
+/// A rule's text (`tcp/443`, `tcp/80:8080`), without its PROXY protocol
+/// setting.
 fn parse_rule(s: &str) -> Result<Rule, String> {
     let (proto, ports) = match s.split_once('/') {
         Some(("tcp", p)) => (IPPROTO_TCP, p),
@@ -191,7 +198,55 @@ fn parse_rule(s: &str) -> Result<Rule, String> {
         Some((e, t)) => (port(e)?, port(t)?),
         None => (port(ports)?, port(ports)?),
     };
-    Ok(Rule { proto, port: entry, target_port: target })
+    Ok(Rule { proto, port: entry, target_port: target, proxy_protocol: PROXY_NONE })
+}
+
+/// One `rules` entry, `key` (`vip[0].rules[1]`) in errors: a string
+/// (`"tcp/443"`) or a table (`{ rule = "tcp/443", proxy_protocol = "v2" }`).
+/// Returns the key of the rule's text, the text and the rule's own
+/// `proxy_protocol`.
+fn rule_entry<'a>(loc: &Locator, key: &str, r: &'a Spanned<toml::Value>) -> Result<(String, &'a str, Option<&'a str>), ConfigError> {
+    let err = |m: String| loc.at(r.span(), format!("{key}{m}"));
+    let t = match r.get_ref() {
+        toml::Value::String(s) => return Ok((key.to_owned(), s, None)),
+        toml::Value::Table(t) => t,
+        other => {
+            return Err(err(format!(
+                " = {other}: expected a rule such as \"tcp/443\" or a table such as {{ rule = \"tcp/443\", proxy_protocol = \"v2\" }}"
+            )))
+        }
+    };
+    if let Some(k) = t.keys().find(|k| !["rule", "proxy_protocol"].contains(&k.as_str())) {
+        return Err(err(format!(".{k}: unknown key (a rule table has rule and proxy_protocol)")));
+    }
+    let text = match t.get("rule") {
+        Some(toml::Value::String(s)) => s.as_str(),
+        Some(other) => return Err(err(format!(".rule = {other}: expected a string such as \"tcp/443\""))),
+        None => return Err(err(": a rule table needs rule = \"PROTO/PORT\" (e.g. \"tcp/443\")".into())),
+    };
+    let proxy = match t.get("proxy_protocol") {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.as_str()),
+        Some(other) => return Err(err(format!(".proxy_protocol = {other}: expected \"v1\", \"v2\" or \"none\""))),
+    };
+    Ok((format!("{key}.rule"), text, proxy))
+}
+
+/// A `proxy_protocol` value (`key` and `span` name it in errors) on a
+/// VIP in `mode`: the header version, a `lb_common::proxy_protocol::PROXY_*`.
+fn parse_proxy_protocol(loc: &Locator, key: &str, value: &str, span: std::ops::Range<usize>, mode: Mode) -> Result<u8, ConfigError> {
+    if mode != Mode::Nat {
+        return Err(loc.at(
+            span,
+            format!("{key}: only a \"nat\" VIP can add a PROXY protocol header (in {} mode the backend sees the client's address itself)", mode.name()),
+        ));
+    }
+    match value {
+        "none" => Ok(PROXY_NONE),
+        "v1" => Ok(PROXY_V1),
+        "v2" => Ok(PROXY_V2),
+        other => Err(loc.at(span, format!("{key} = {other:?}: expected \"v1\", \"v2\" or \"none\""))),
+    }
 }
 
 fn in_range(v: i64, lo: i64, hi: i64, what: &str) -> Result<i64, String> {
@@ -340,9 +395,10 @@ pub(super) fn parse(
         }
         for (j, r) in vip.rules.iter().enumerate() {
             if !services.insert((vip.address, r.proto, r.port)) {
+                let proto = if r.proto == IPPROTO_TCP { "tcp" } else { "udp" };
                 return Err(loc.at(
                     v.rules.get_ref()[j].span(),
-                    format!("vip[{i}].rules[{j}] = {:?}: another vip already forwards this address, protocol and port", v.rules.get_ref()[j].get_ref()),
+                    format!("vip[{i}].rules[{j}] ({proto}/{}): another vip already forwards this address, protocol and port", r.port),
                 ));
             }
         }
@@ -396,14 +452,10 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
         Some(("dsr-l2", _)) => Mode::DsrL2,
         Some((other, span)) => return Err(loc.at(span, format!("vip[{i}].mode = {other:?}: expected \"nat\", \"dsr\" or \"dsr-l2\""))),
     };
-    let proxy_protocol = match v.proxy_protocol.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+    // The VIP's `proxy_protocol`: the default of its TCP rules.
+    let vip_proxy = match &v.proxy_protocol {
         None => PROXY_NONE,
-        Some((_, span)) if mode != Mode::Nat => {
-            return Err(loc.at(span, format!("vip[{i}].proxy_protocol: only a \"nat\" VIP can add a PROXY protocol header (in {} mode the backend sees the client's address itself)", mode.name())))
-        }
-        Some(("v1", _)) => PROXY_V1,
-        Some(("v2", _)) => PROXY_V2,
-        Some((other, span)) => return Err(loc.at(span, format!("vip[{i}].proxy_protocol = {other:?}: expected \"v1\" or \"v2\""))),
+        Some(p) => parse_proxy_protocol(loc, &format!("vip[{i}].proxy_protocol"), p.get_ref(), p.span(), mode)?,
     };
     let raw_rules = v.rules.get_ref();
     if raw_rules.is_empty() || raw_rules.len() > 16 {
@@ -411,14 +463,23 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
     }
     let mut rules: Vec<Rule> = Vec::new();
     for (j, r) in raw_rules.iter().enumerate() {
-        let key = format!("vip[{i}].rules[{j}] = {:?}", r.get_ref());
-        let rule = parse_rule(r.get_ref()).map_err(|m| loc.at(r.span(), format!("{key}: {m}")))?;
+        let (rule_key, text, own_proxy) = rule_entry(loc, &format!("vip[{i}].rules[{j}]"), r)?;
+        let key = format!("{rule_key} = {text:?}");
+        let mut rule = parse_rule(text).map_err(|m| loc.at(r.span(), format!("{key}: {m}")))?;
         if rules.iter().any(|o| o.proto == rule.proto && o.port == rule.port) {
             return Err(loc.at(r.span(), format!("{key}: the same protocol and port is listed twice")));
         }
         if mode != Mode::Nat && rule.port != rule.target_port {
             return Err(loc.at(r.span(), format!("{key}: {} mode cannot change the port (the backend receives the packet as the client sent it)", mode.name())));
         }
+        rule.proxy_protocol = match own_proxy {
+            None if rule.proto == IPPROTO_TCP => vip_proxy,
+            None => PROXY_NONE,
+            Some(_) if rule.proto != IPPROTO_TCP => {
+                return Err(loc.at(r.span(), format!("vip[{i}].rules[{j}].proxy_protocol: {text:?} is not a TCP rule (a PROXY protocol header leads a TCP stream)")))
+            }
+            Some(p) => parse_proxy_protocol(loc, &format!("vip[{i}].rules[{j}].proxy_protocol"), p, r.span(), mode)?,
+        };
         rules.push(rule);
     }
     if v.backends.len() > MAX_BACKENDS_PER_VIP || v.backends.len() >= table_size as usize {
@@ -454,7 +515,7 @@ fn parse_vip(loc: &Locator, i: usize, v: &RawVip, table_size: u32) -> Result<Vip
     let health = parse_health(loc, i, v.health_check.as_ref(), rules[0].target_port)?;
     let allow = parse_prefixes(loc, &format!("vip[{i}].allow"), v.allow.as_ref(), address)?;
     let deny = parse_prefixes(loc, &format!("vip[{i}].deny"), v.deny.as_ref(), address)?;
-    Ok(VipConfig { name, address, mode, proxy_protocol, rules, backends, backends_from, health, allow, deny })
+    Ok(VipConfig { name, address, mode, rules, backends, backends_from, health, allow, deny })
 }
 
 /// A VIP's `allow` or `deny` list (`key`): prefixes of the VIP's family,

@@ -147,8 +147,8 @@ fn balancer_section_parses_with_defaults() {
     assert_eq!((b.flow_table_size, b.nat_table_size), (262_144, 262_144));
     let web = &b.vips[0];
     assert_eq!((web.name.as_str(), web.mode), ("web", Mode::Nat));
-    assert_eq!(web.rules[1], Rule { proto: IPPROTO_TCP, port: 80, target_port: 8080 });
-    assert_eq!(web.rules[2], Rule { proto: IPPROTO_UDP, port: 53, target_port: 53 });
+    assert_eq!(web.rules[1], Rule { proto: IPPROTO_TCP, port: 80, target_port: 8080, proxy_protocol: 0 });
+    assert_eq!(web.rules[2], Rule { proto: IPPROTO_UDP, port: 53, target_port: 53, proxy_protocol: 0 });
     let weights: Vec<u32> = web.backends.iter().map(|b| b.weight).collect();
     assert_eq!(weights, vec![1, 2, 0]);
     assert_eq!((web.health.protocol, web.health.port, web.health.rise, web.health.fall), (HealthProtocol::Tcp, 443, 3, 5));
@@ -156,11 +156,35 @@ fn balancer_section_parses_with_defaults() {
     assert_eq!((v6.name.as_str(), v6.mode), ("2001:db8::10", Mode::Dsr));
     assert_eq!((v6.health.protocol, v6.health.path.as_str(), v6.health.interval.as_secs()), (HealthProtocol::Http, "/healthz", 5));
     assert!(Config::parse("", "t").unwrap().balancer().is_none());
-    assert_eq!((web.proxy_protocol, v6.proxy_protocol), (0, 0), "no PROXY protocol unless asked");
-    let pp = Config::parse("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v2'\nrules=['tcp/443']\n", "t").unwrap();
-    assert_eq!(pp.balancer().unwrap().vips[0].proxy_protocol, lb_common::proxy_protocol::PROXY_V2);
-    let v1 = Config::parse("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v1'\nrules=['tcp/443']\n", "t").unwrap();
-    assert_eq!(v1.balancer().unwrap().vips[0].proxy_protocol, lb_common::proxy_protocol::PROXY_V1);
+    assert!(web.rules.iter().chain(&v6.rules).all(|r| r.proxy_protocol == 0), "no PROXY protocol unless asked");
+}
+
+/// The PROXY protocol header of each rule of a one-VIP config whose
+/// `[[vip]]` has `vip_lines`.
+fn rule_proxies(vip_lines: &str) -> Vec<u8> {
+    let text = format!("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\n{vip_lines}");
+    let cfg = Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{text}\n→ {e}"));
+    cfg.balancer().unwrap().vips[0].rules.iter().map(|r| r.proxy_protocol).collect()
+}
+
+#[test]
+fn proxy_protocol_per_vip_and_per_rule() {
+    use lb_common::proxy_protocol::{PROXY_NONE as NONE, PROXY_V1 as V1, PROXY_V2 as V2};
+    // The VIP's setting: every TCP rule, never a UDP one.
+    assert_eq!(rule_proxies("proxy_protocol='v2'\nrules=['tcp/443', 'tcp/80:8080', 'udp/53']\n"), [V2, V2, NONE]);
+    // A rule's own setting, in a table beside plain rules (a mixed array).
+    assert_eq!(rule_proxies("rules=['tcp/80', { rule = 'tcp/443', proxy_protocol = 'v2' }]\n"), [NONE, V2]);
+    // Overrides the VIP's; "none" turns it off for that rule.
+    assert_eq!(rule_proxies("proxy_protocol='v2'\nrules=[{ rule = 'tcp/80', proxy_protocol = 'none' }, 'tcp/443', 'udp/53']\n"), [NONE, V2, NONE]);
+    assert_eq!(rule_proxies("proxy_protocol='none'\nrules=['tcp/443']\n"), [NONE]);
+    // A table without proxy_protocol is the plain rule, port mapping and all.
+    let cfg = Config::parse("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v2'\nrules=[{ rule = 'tcp/80:8080' }]\n", "t").unwrap();
+    assert_eq!(cfg.balancer().unwrap().vips[0].rules, [Rule { proto: IPPROTO_TCP, port: 80, target_port: 8080, proxy_protocol: V2 }]);
+    // Multi-line arrays of tables: the line of an error is the entry's.
+    let e = err("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=[\n  'tcp/80',\n  { rule = 'udp/53', proxy_protocol = 'v2' },\n]\n");
+    assert!(e.contains("t.toml:8:") && e.contains("vip[0].rules[1].proxy_protocol: \"udp/53\" is not a TCP rule"), "{e}");
+    // "v1" at either level.
+    assert_eq!(rule_proxies("proxy_protocol='v1'\nrules=['tcp/80', { rule = 'tcp/443', proxy_protocol = 'v2' }]\n"), [V1, V2]);
 }
 
 #[test]
@@ -181,7 +205,7 @@ fn balancer_errors_name_key_and_line() {
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nbackends=['10.0.0.1','fd00::1']\n", "t.toml:7:", "an IPv6 backend for an IPv4 VIP"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nbackends=['10.0.0.1','10.0.0.1']\n", "t.toml:7:", "listed twice"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nbackends=[{address='10.0.0.1', weight=70000}]\n", "t.toml:7:", "weight"),
-        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\nname='a'\naddress='203.0.113.1'\nrules=['tcp/443']\n[[vip]]\nname='b'\naddress='203.0.113.1'\nrules=['tcp/443']\n", "t.toml:11:", "another vip already forwards"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\nname='a'\naddress='203.0.113.1'\nrules=['tcp/443']\n[[vip]]\nname='b'\naddress='203.0.113.1'\nrules=['tcp/443']\n", "t.toml:11:", "vip[1].rules[0] (tcp/443): another vip already forwards"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\nmode='fast'\n", "t.toml:7:", "vip[0].mode"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\n[vip.health_check]\npath='/x'\n", "t.toml:7:", "only for protocol = \"http\""),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='127.0.0.1'\nrules=['tcp/443']\n", "t.toml:5:", "not usable as a VIP"),
@@ -191,7 +215,17 @@ fn balancer_errors_name_key_and_line() {
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443']\ndeny=['2001:db8::/32']\n", "t.toml:7:", "vip[0].deny[0] = \"2001:db8::/32\": not of the VIP's family"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='2001:db8::1'\nrules=['tcp/443']\nallow=['2001:db8::/32', '2001:db8::/32']\n", "t.toml:7:", "vip[0].allow[1] = \"2001:db8::/32\": listed twice"),
         ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nmode='dsr'\nproxy_protocol='v2'\nrules=['tcp/443']\n", "t.toml:7:", "vip[0].proxy_protocol: only a \"nat\" VIP"),
-        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v3'\nrules=['tcp/443']\n", "t.toml:6:", "vip[0].proxy_protocol = \"v3\": expected \"v1\" or \"v2\""),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nproxy_protocol='v3'\nrules=['tcp/443']\n", "t.toml:6:", "vip[0].proxy_protocol = \"v3\": expected \"v1\", \"v2\" or \"none\""),
+        // Rules as tables.
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['udp/53', { rule = 'udp/54', proxy_protocol = 'v2' }]\n", "t.toml:6:", "vip[0].rules[1].proxy_protocol: \"udp/54\" is not a TCP rule"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nmode='dsr'\nrules=['tcp/80', { rule = 'tcp/443', proxy_protocol = 'v2' }]\n", "t.toml:7:", "vip[0].rules[1].proxy_protocol: only a \"nat\" VIP"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=[{ rule = 'tcp/443', proxy = 'v2' }]\n", "t.toml:6:", "vip[0].rules[0].proxy: unknown key (a rule table has rule and proxy_protocol)"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=[{ proxy_protocol = 'v2' }]\n", "t.toml:6:", "vip[0].rules[0]: a rule table needs rule ="),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/80', { rule = 'tcp/443', proxy_protocol = 'v3' }]\n", "t.toml:6:", "vip[0].rules[1].proxy_protocol = \"v3\": expected \"v1\", \"v2\" or \"none\""),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=[{ rule = 'tcp/443', proxy_protocol = 2 }]\n", "t.toml:6:", "vip[0].rules[0].proxy_protocol = 2: expected \"v1\", \"v2\" or \"none\""),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=[{ rule = 'sctp/443' }]\n", "t.toml:6:", "vip[0].rules[0].rule = \"sctp/443\": expected PROTO/PORT"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443', { rule = 'tcp/443', proxy_protocol = 'v2' }]\n", "t.toml:6:", "vip[0].rules[1].rule = \"tcp/443\": the same protocol and port is listed twice"),
+        ("[balancer]\noutside_interfaces=['e']\ninside_interface='i'\n[[vip]]\naddress='203.0.113.1'\nrules=['tcp/443', 443]\n", "t.toml:6:", "vip[0].rules[1] = 443: expected a rule such as \"tcp/443\" or a table"),
     ];
     for (text, line, what) in cases {
         let e = err(text);

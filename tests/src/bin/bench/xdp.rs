@@ -27,7 +27,7 @@ use aya::{
 use harness::{
     xdp_action::*,
     kernel::{fixture_config, KernelIsolator, ModelFrags},
-    lb_kernel::{neighbour_mac, KernelBalancer, ModelTables, BACKENDS_V4, BACKENDS_V6, CLIENT_V4, CLIENT_V6},
+    lb_kernel::{desired_rules, neighbour_mac, with_proxy, KernelBalancer, ModelTables, BACKENDS_V4, BACKENDS_V6, CLIENT_V4, CLIENT_V6},
     rawframe::{fragment_ipv4, ExtHeader, FrameBuilder, Ipv4, Ipv6, L4},
 };
 use lb_common::{
@@ -450,8 +450,7 @@ fn desired() -> Desired {
         name: name.into(),
         address: address.parse().unwrap(),
         mode,
-        proxy: 0,
-        rules: vec![(IPPROTO_TCP, 443, 443)],
+        rules: desired_rules(&[(IPPROTO_TCP, 443, 443)]),
         backends: backends.iter().map(|a| DesiredBackend { address: a.parse().unwrap(), weight: 1, up: true }).collect(),
         allow: Vec::new(),
         deny: Vec::new(),
@@ -475,10 +474,10 @@ fn desired() -> Desired {
             vip("dsr4", DSR4, Mode::Dsr, &BACKENDS_V4),
             vip("nat6", NAT6, Mode::Nat, &BACKENDS_V6),
             vip("dsr6", DSR6, Mode::Dsr, &BACKENDS_V6),
-            DesiredVip { proxy: lb_common::proxy_protocol::PROXY_V2, ..vip("pp4", PROXY4, Mode::Nat, &BACKENDS_V4) },
-            DesiredVip { proxy: lb_common::proxy_protocol::PROXY_V2, ..vip("pp6", PROXY6, Mode::Nat, &BACKENDS_V6) },
-            DesiredVip { proxy: lb_common::proxy_protocol::PROXY_V1, ..vip("pp4v1", PROXY4_V1, Mode::Nat, &BACKENDS_V4) },
-            DesiredVip { proxy: lb_common::proxy_protocol::PROXY_V1, ..vip("pp6v1", PROXY6_V1, Mode::Nat, &BACKENDS_V6) },
+            with_proxy(vip("pp4", PROXY4, Mode::Nat, &BACKENDS_V4), lb_common::proxy_protocol::PROXY_V2),
+            with_proxy(vip("pp6", PROXY6, Mode::Nat, &BACKENDS_V6), lb_common::proxy_protocol::PROXY_V2),
+            with_proxy(vip("pp4v1", PROXY4_V1, Mode::Nat, &BACKENDS_V4), lb_common::proxy_protocol::PROXY_V1),
+            with_proxy(vip("pp6v1", PROXY6_V1, Mode::Nat, &BACKENDS_V6), lb_common::proxy_protocol::PROXY_V1),
         ],
     }
 }
