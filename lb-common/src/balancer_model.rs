@@ -116,9 +116,11 @@
 //!    headers, all checksums), in the DSR modes forwarded like the flow's
 //!    packets. An error whose flow is unknown goes to the next stage. An
 //!    ICMP error never places a flow.
-//!    9b. An error from a source the VIP's firewall rules refuse is
-//!    dropped and counted as in rule 3b, before its flow is looked up:
-//!    a denied network sends the VIP no errors either.
+//!    9b. An error from a sender inside one of the VIP's `deny` prefixes
+//!    is dropped and counted at that deny, before its flow is looked up:
+//!    a denied network sends the VIP no errors either. The allow list is
+//!    not asked: it names clients, and the routers on their paths must
+//!    still reach them with path-MTU errors.
 
 use crate::{
     balancer::*,
@@ -356,17 +358,6 @@ fn other_host<T: Tables>(frame: &[u8], ifindex: u32, t: &T) -> bool {
     m.known != 0 && frame.get(..6) != Some(&m.mac[..])
 }
 
-/// Rules 3b and 9b: the drop of a packet from `src` that the firewall
-/// rules of `svc`'s VIP refuse.
-fn refused<T: Tables>(t: &T, svc: &Service, src: &[u8; 16]) -> Option<Outcome> {
-    if svc.firewall == 0 {
-        return None;
-    }
-    let vip = u32::from(svc.firewall & crate::firewall::FW_VIP_MASK);
-    let slot = crate::firewall::verdict(vip, t.firewall_rules(vip), src)?;
-    Some(Outcome { action: Action::Drop, firewall: Some(slot), ..Outcome::next_stage() })
-}
-
 /// The most a frame grows: a PROXY protocol v1 line over IPv6 (an IPv6
 /// outer header in `dsr` adds 40).
 pub const MAX_GROWTH: usize = proxy_protocol::V1_MAX_LEN as usize;
@@ -408,8 +399,11 @@ fn forward<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, p: 
     if let Some(c) = unfit(p, frame.len()) {
         return Outcome::with(Action::Drop, c);
     }
-    if let Some(drop) = refused(t, svc, &p.src) {
-        return drop;
+    if svc.firewall != 0 {
+        let vip = u32::from(svc.firewall & crate::firewall::FW_VIP_MASK);
+        if let Some(slot) = crate::firewall::verdict(vip, t.firewall_rules(vip), &p.src) {
+            return Outcome { action: Action::Drop, firewall: Some(slot), ..Outcome::next_stage() };
+        }
     }
     let mode = Mode::from_raw(svc.mode).unwrap_or(Mode::Nat);
     if mode == Mode::Nat && p.ttl <= 1 {
@@ -1144,8 +1138,11 @@ fn icmp_error<T: Tables>(frame: &[u8], out: &mut [u8], ifindex: u32, t: &mut T, 
     if other_host(frame, ifindex, t) {
         return Outcome::with(Action::Pass, LbCounter::OtherHost);
     }
-    if let Some(drop) = refused(t, &svc, &e.outer_src) {
-        return drop;
+    if svc.firewall != 0 {
+        let vip = u32::from(svc.firewall & crate::firewall::FW_VIP_MASK);
+        if let Some(slot) = crate::firewall::denied(t.firewall_rules(vip), &e.outer_src) {
+            return Outcome { action: Action::Drop, firewall: Some(slot), ..Outcome::next_stage() };
+        }
     }
     let fkey = FlowKey {
         src: e.inner_dst,

@@ -109,12 +109,18 @@ pub fn prefix_contains(prefix: &[u8; 16], len: u8, addr: &[u8; 16]) -> bool {
 /// The decision read from the rules: `Some(counter slot)` drops the
 /// packet from `src` to VIP `vip`, `None` lets it through.
 pub fn verdict(vip: u32, rules: &[Rule], src: &[u8; 16]) -> Option<u32> {
-    let deny = rules.iter().filter(|r| r.deny && r.contains(src)).max_by_key(|r| r.len);
-    if let Some(d) = deny {
-        return Some(d.slot);
+    if let Some(slot) = denied(rules, src) {
+        return Some(slot);
     }
     let allow_list = rules.iter().any(|r| !r.deny);
     (allow_list && !rules.iter().any(|r| !r.deny && r.contains(src))).then_some(not_allowed_slot(vip))
+}
+
+/// The `deny` rules alone: `Some(counter slot)` of the longest `deny`
+/// that contains `src`. What an ICMP error's sender is judged by (the
+/// allow list names clients, not the routers on their paths).
+pub fn denied(rules: &[Rule], src: &[u8; 16]) -> Option<u32> {
+    rules.iter().filter(|r| r.deny && r.contains(src)).max_by_key(|r| r.len).map(|d| d.slot)
 }
 
 /// The trie value of one of `rules`' prefixes (`addr`/`len`): a drop
@@ -140,6 +146,14 @@ pub fn trie_value(rules: &[Rule], addr: &[u8; 16], len: u8) -> u32 {
 /// never by a mix (`a_reload_judges_every_packet_by_old_or_new_rules`).
 pub fn write_order(a: &Rule, b: &Rule) -> core::cmp::Ordering {
     b.len.cmp(&a.len)
+}
+
+/// A service's flags for judging an ICMP error's sender: its `deny` rules
+/// only. A drop value in the trie means a `deny` contains the source;
+/// without [`FW_ALLOW_LIST`] a source the trie does not know passes.
+#[inline(always)]
+pub const fn deny_only(flags: u8) -> u8 {
+    flags & !FW_ALLOW_LIST
 }
 
 /// The kernel's decision from the service's flags and what the trie
@@ -335,6 +349,9 @@ mod tests {
                 let want = if rules.is_empty() { None } else { verdict(1, &rules, &s) };
                 let got = if flags == 0 { None } else { judge(flags, lpm(&rules, &s)) };
                 assert_eq!(got, want, "rules {rules:?} src {s:?}");
+                // An ICMP error's sender: the deny rules alone.
+                let sender = if flags == 0 { None } else { judge(deny_only(flags), lpm(&rules, &s)) };
+                assert_eq!(sender, denied(&rules, &s), "rules {rules:?} sender {s:?}");
             }
         }
     }

@@ -1445,17 +1445,17 @@ fn a_new_deny_applies_to_established_flows_at_once() {
     fx.finish();
 }
 
-/// Rule 9b: a path-MTU error about an allowed client's flow is forwarded
-/// when its sender is allowed, and dropped at the rule's counter when the
-/// VIP's firewall refuses the sender (a deny, or outside the allow list);
-/// IPv4 and IPv6, kernel against model.
+/// Rule 9b: a path-MTU error about an allowed client's flow is dropped at
+/// the deny's counter when a `deny` contains its sender, and forwarded
+/// otherwise — from inside the allow list or outside it (the allow list
+/// names clients, not routers); IPv4 and IPv6, kernel against model.
 #[test]
-fn icmp_errors_from_a_refused_sender_are_dropped() {
+fn icmp_errors_from_a_denied_sender_are_dropped() {
     let Some(mut fx) = Fixture::with("lbfxfwicmp", &firewall_desired()) else { return };
     let data = L4::Tcp { sport: 443, dport: 40000, seq: 9, ack: 5, flags: 0x18, window: 500, payload: vec![7; 1400] };
     let cases = [
-        (CLIENT_V4, NAT4, "nat4", [("198.51.100.9", None), ("198.51.100.77", Some("198.51.100.77/32")), ("192.0.2.1", Some("*"))]),
-        (CLIENT_V6, NAT6, "nat6", [("2001:db8:1::9", None), ("2001:db8:1::77", Some("2001:db8:1::77/128")), ("2001:db8:2::1", Some("*"))]),
+        (CLIENT_V4, NAT4, "nat4", [("198.51.100.9", None), ("198.51.100.77", Some("198.51.100.77/32")), ("192.0.2.1", None)]),
+        (CLIENT_V6, NAT6, "nat6", [("2001:db8:1::9", None), ("2001:db8:1::77", Some("2001:db8:1::77/128")), ("2001:db8:2::1", None)]),
     ];
     for (client, vip, name, senders) in cases {
         fx.client_sends(client, vip, &L4::tcp_syn(40000, 443));

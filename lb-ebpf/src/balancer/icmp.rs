@@ -126,10 +126,10 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, s: &mut Scratch) -> Option<u32> {
     if super::dest_mac::other_host(pkt, s.parsed.ifindex) {
         return Some(super::dest_mac::pass());
     }
-    // Rule 9b: a source the VIP's firewall refuses sends it no errors
-    // either.
+    // Rule 9b: a denied network sends the VIP no errors either (the allow
+    // list names clients, not the routers on their paths).
     if svc.firewall != 0 {
-        if let Some(action) = super::firewall::check(svc.firewall, s.parsed.family, &s.icmp.outer_src) {
+        if let Some(action) = super::firewall::check(lb_common::firewall::deny_only(svc.firewall), s.parsed.family, &s.icmp.outer_src) {
             return Some(action);
         }
     }
