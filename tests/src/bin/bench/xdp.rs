@@ -687,8 +687,8 @@ fn balancer_rows(kb: &mut KernelBalancer) -> Result<Vec<Row>> {
                 // The PROXY protocol's rows right after the plain ones they
                 // are compared with (these VMs' noise changes within a round).
                 rows.push(data_row(kb, &eth, family, vip)?);
-                for (option, vip) in proxy_vips(family) {
-                    rows.extend(proxy_rows(kb, &eth, option, family, vip)?);
+                for (option, version, vip) in proxy_vips(family) {
+                    rows.extend(proxy_rows(kb, &eth, (option, version), family, vip)?);
                 }
             }
         }
@@ -741,10 +741,11 @@ const HELLO: usize = 512;
 /// segment is the handshake and the first data segment. A `nat` VIP
 /// without the option is the reference ([`data_row`], and the plain rows
 /// of [`balancer_rows`]).
-fn proxy_rows(kb: &mut KernelBalancer, eth: &FrameBuilder, option: &'static str, family: &'static str, vip: &'static str) -> Result<Vec<Row>> {
+fn proxy_rows(kb: &mut KernelBalancer, eth: &FrameBuilder, (option, version): (&'static str, u8), family: &'static str, vip: &'static str) -> Result<Vec<Row>> {
     let f = family_flow(kb, eth, family, vip)?;
     let first = f.client_segment(CLIENT_ISN + 1, DATA);
-    let len = header_len(kb, &f, &first)?;
+    let ((client, family_tag), server) = (addr_key(f.client.parse()?), addr_key(vip.parse()?).0);
+    let len = u32::from(lb_common::proxy_protocol::header_len(version, family_tag, &client, &server, CLIENT_PORT, 443));
     let after_first: Vec<Step> = f
         .handshake
         .iter()
@@ -776,13 +777,14 @@ fn proxy_rows(kb: &mut KernelBalancer, eth: &FrameBuilder, option: &'static str,
     ])
 }
 
-/// The `nat` VIPs of `family` with a PROXY protocol option, and the
-/// option as the rows name it.
-fn proxy_vips(family: &str) -> [(&'static str, &'static str); 2] {
+/// The `nat` VIPs of `family` with a PROXY protocol option: the option as
+/// the rows name it, its version, the VIP.
+fn proxy_vips(family: &str) -> [(&'static str, u8, &'static str); 2] {
+    use lb_common::proxy_protocol::{PROXY_V1, PROXY_V2};
     if family == "IPv4" {
-        [("PROXY v2", PROXY4), ("PROXY v1", PROXY4_V1)]
+        [("PROXY v2", PROXY_V2, PROXY4), ("PROXY v1", PROXY_V1, PROXY4_V1)]
     } else {
-        [("PROXY v2", PROXY6), ("PROXY v1", PROXY6_V1)]
+        [("PROXY v2", PROXY_V2, PROXY6), ("PROXY v1", PROXY_V1, PROXY6_V1)]
     }
 }
 
@@ -808,18 +810,6 @@ fn data_row(kb: &mut KernelBalancer, eth: &FrameBuilder, family: &'static str, v
         katran: None,
         cost: Some(CostTag { option: None, family, role: Role::Data(DATA) }),
     })
-}
-
-/// How many bytes the kernel puts in front of the first data segment
-/// `first` of `f`'s flow (the header's length, which the rows' names
-/// show; the checks compare every byte with the model).
-fn header_len(kb: &mut KernelBalancer, f: &NatFlow, first: &[u8]) -> Result<u32> {
-    prepare(kb, &f.handshake, Some(&f.key), None).map_err(anyhow::Error::msg)?;
-    let ifindex = kb.net.out_ifindex;
-    let (action, out) = kb.run(first, ifindex);
-    kb.clear_flows();
-    ensure!(action == XDP_REDIRECT && out.len() > first.len(), "a PROXY protocol flow's first data segment ended in {} at {} bytes (from {})", action_name(action), out.len(), first.len());
-    Ok((out.len() - first.len()) as u32)
 }
 
 // ---------------------------------------------------------------- checks
